@@ -1,0 +1,19 @@
+//! cairn: a SPIFFE certificate authority.
+//!
+//! One binary runs as the root tier of a trust domain, as a downstream tier whose CA is signed
+//! by the tier above, or as the node agent that serves the SPIFFE Workload API. It speaks
+//! SPIRE's wire protocols and reads SPIRE's HCL configuration.
+//!
+//! # Layout
+//! - [`spiffe`]: pure SPIFFE types (IDs, bundles, SVID rules); no I/O.
+//! - [`keymanager`]: key custody (`memory`, `disk`); keys sign through rcgen's `SigningKey`.
+//! - [`ca`]: the X.509 CA and JWT key slots, rotation as pure functions of `now`, minting.
+//! - [`upstream`]: where a tier's CA comes from (`disk`, later `vault`, `pkcs11`, `spire`).
+//! - [`datastore`]: entries, nodes, join tokens, bundles, CA journal (SQLite via sqlx).
+//! - [`config`]: SPIRE-style HCL into validated config, every error naming its key path.
+//! - [`api`], [`server`]: SPIRE's gRPC services over the admin socket and mTLS.
+//! - [`cli`]: `cairn server ...` with SPIRE's flag spelling.
+
+pub mod fsutil;
+pub mod keymanager;
+pub mod cli;
