@@ -1,10 +1,67 @@
-//! Command line: `cairn server ...`, `cairn agent ...`, with SPIRE's flag spelling.
+//! Command line: `cairn server ...` (and, through a link named `spire-server`, the same with
+//! SPIRE's program name). SPIRE's flag spelling (`-spiffeID`) works beside `--spiffe-id`.
 
+pub mod argv;
+pub mod client;
+pub mod server;
+
+use clap::{Parser, Subcommand};
 use std::process::ExitCode;
+
+/// cairn: a SPIFFE certificate authority (root tier, downstream tiers, agent).
+#[derive(Debug, Parser)]
+#[command(name = "cairn", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Top,
+}
+
+#[derive(Debug, Subcommand)]
+enum Top {
+    /// The CA server (SPIRE's spire-server).
+    Server {
+        #[command(subcommand)]
+        command: server::ServerCommand,
+    },
+}
 
 /// Runs the CLI with the process arguments.
 #[must_use]
 pub fn main() -> ExitCode {
-    eprintln!("cairn: not yet wired");
-    ExitCode::FAILURE
+    let mut args: Vec<String> = std::env::args().collect();
+    let program = args
+        .first()
+        .map(|a| std::path::Path::new(a).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default())
+        .unwrap_or_default();
+    // Invoked as spire-server: behave as `cairn server`.
+    if program == "spire-server" {
+        args.insert(1, "server".into());
+    }
+    let args = argv::normalize(args);
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cairn: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        match cli.command {
+            Top::Server { command } => server::run(command).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -42,7 +42,9 @@ impl DiskKeyManager {
                 for (id, entry) in file.keys {
                     let key_type: KeyType = entry.key_type.parse()?;
                     let pkcs8 = Zeroizing::new(
-                        base64::engine::general_purpose::STANDARD.decode(entry.pkcs8.as_bytes()).map_err(|e| err(format!("key {id}: {e}")))?,
+                        base64::engine::general_purpose::STANDARD
+                            .decode(entry.pkcs8.as_bytes())
+                            .map_err(|e| err(format!("key {id}: {e}")))?,
                     );
                     keys.insert(id.clone(), Arc::new(LocalKey::from_pkcs8(&id, key_type, &pkcs8)?));
                 }
@@ -58,7 +60,13 @@ impl DiskKeyManager {
             keys: keys
                 .iter()
                 .map(|(id, k)| {
-                    (id.clone(), FileEntry { key_type: k.key_type().as_str().to_owned(), pkcs8: base64::engine::general_purpose::STANDARD.encode(k.pkcs8()) })
+                    (
+                        id.clone(),
+                        FileEntry {
+                            key_type: k.key_type().as_str().to_owned(),
+                            pkcs8: base64::engine::general_purpose::STANDARD.encode(k.pkcs8()),
+                        },
+                    )
                 })
                 .collect(),
         };

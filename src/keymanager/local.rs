@@ -2,7 +2,7 @@
 
 use super::{Key, KeyManagerError, KeyType};
 use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING, ECDSA_P384_SHA384_FIXED_SIGNING};
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair};
 use zeroize::Zeroizing;
 
 /// An in-memory private key. Two parsed forms of the same PKCS#8 are kept: rcgen's (DER ECDSA

@@ -1,0 +1,160 @@
+//! X509-SVID minting throughput: in process versus through `MintX509SVID` on a real server's
+//! admin socket, with server CPU read from /proc. Run with `scripts/bench-mint.sh` (or
+//! `cargo bench --bench mint`). Prints figures and ratios; asserts nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "benchmark driver")]
+
+use cairn::api::pb::spire::api::server::svid::v1 as svidpb;
+use cairn::ca::x509::csr_public_key;
+use cairn::ca::{CaConfig, CaManager, CaSubject, X509SvidRequest};
+use cairn::datastore::sql::SqlDatastore;
+use cairn::keymanager::{KeyType, MemoryKeyManager};
+use cairn::spiffe::{SpiffeId, TrustDomain};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const SECS: f64 = 3.0;
+
+fn csrs(n: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            let mut p = rcgen::CertificateParams::default();
+            p.subject_alt_names = vec![rcgen::SanType::URI(format!("spiffe://example.org/w/{i}").try_into().unwrap())];
+            p.serialize_request(&key).unwrap().der().to_vec()
+        })
+        .collect()
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+async fn in_process(csrs: &[Vec<u8>]) -> f64 {
+    let ds = Arc::new(SqlDatastore::open("sqlite3", "sqlite::memory:").await.unwrap());
+    let cfg = CaConfig {
+        trust_domain: TrustDomain::new("example.org").unwrap(),
+        ca_ttl: 86_400,
+        default_x509_svid_ttl: 3600,
+        default_jwt_svid_ttl: 300,
+        ca_key_type: KeyType::EcP256,
+        jwt_key_type: KeyType::EcP256,
+        ca_subject: CaSubject::default(),
+        jwt_issuer: None,
+        journal_key: "bench".into(),
+    };
+    let m = CaManager::new(cfg, Arc::new(MemoryKeyManager::new()), None, ds);
+    m.initialize(cairn::now_unix()).await.unwrap();
+    let ca = m.ca();
+    let now = cairn::now_unix();
+    let start = Instant::now();
+    let mut n = 0usize;
+    while start.elapsed().as_secs_f64() < SECS {
+        let csr = &csrs[n % csrs.len()];
+        // The same work the RPC does: parse + verify the CSR, take its URI SAN, build, sign.
+        let (spki, parsed) = csr_public_key(csr).unwrap();
+        let uri = parsed
+            .requested_extensions()
+            .into_iter()
+            .flatten()
+            .find_map(|e| match e {
+                x509_parser::extensions::ParsedExtension::SubjectAlternativeName(s) => s.general_names.iter().find_map(|g| match g {
+                    x509_parser::extensions::GeneralName::URI(u) => Some((*u).to_owned()),
+                    _ => None,
+                }),
+                _ => None,
+            })
+            .unwrap();
+        let id = SpiffeId::new(&uri).unwrap();
+        let chain = ca.mint_x509_svid(&spki, &X509SvidRequest { id: &id, dns_names: &[], ttl: 0 }, now).unwrap();
+        std::hint::black_box(chain);
+        n += 1;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn over_rpc(socket: &std::path::Path, pid: u32, callers: usize, csrs: Arc<Vec<Vec<u8>>>) -> (f64, f64) {
+    let ch = cairn::cli::client::connect_admin(socket).await.unwrap();
+    // Warm up.
+    let mut c = svidpb::svid_client::SvidClient::new(ch.clone());
+    for csr in csrs.iter().take(50) {
+        c.mint_x509svid(svidpb::MintX509svidRequest { csr: csr.clone(), ttl: 0 }).await.unwrap();
+    }
+    let cpu0 = cpu_seconds(pid);
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(SECS);
+    let mut tasks = Vec::new();
+    for t in 0..callers {
+        let mut c = svidpb::svid_client::SvidClient::new(ch.clone());
+        let csrs = Arc::clone(&csrs);
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0usize;
+            while Instant::now() < deadline {
+                let csr = csrs[(t * 7919 + n) % csrs.len()].clone();
+                c.mint_x509svid(svidpb::MintX509svidRequest { csr, ttl: 0 }).await.unwrap();
+                n += 1;
+            }
+            n
+        }));
+    }
+    let mut total = 0usize;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pid) - cpu0;
+    (total as f64 / wall, total as f64 / cpu)
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let pool = Arc::new(csrs(256));
+        let inproc = in_process(&pool).await;
+
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("api.sock");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let conf = dir.path().join("server.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                r#"server {{ bind_address = "127.0.0.1" bind_port = "{port}" socket_path = "{sock}" trust_domain = "example.org" data_dir = "{d}" log_level = "WARN" }}
+plugins {{ DataStore "sql" {{ plugin_data {{ database_type = "sqlite3" connection_string = "{d}/ds.sqlite3" }} }} KeyManager "memory" {{}} }}"#,
+                sock = socket.display(),
+                d = dir.path().display()
+            ),
+        )
+        .unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(["server", "run", "-config"])
+            .arg(&conf)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let t0 = Instant::now();
+        while !socket.exists() || cairn::cli::client::connect_admin(&socket).await.is_err() {
+            assert!(t0.elapsed() < Duration::from_secs(30), "server did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (r1, c1) = over_rpc(&socket, child.id(), 1, Arc::clone(&pool)).await;
+        let (r16, c16) = over_rpc(&socket, child.id(), 16, Arc::clone(&pool)).await;
+        let _ = child.kill();
+        let _ = child.wait();
+
+        // OpenBao pki/sign on these machines: ~1,000 certs per bao CPU-second
+        // (shared/reference/perf-anchors.md §5; BENCH_OPENBAO_RATE overrides with a fresh figure).
+        let bao: f64 = std::env::var("BENCH_OPENBAO_RATE").ok().and_then(|v| v.parse().ok()).unwrap_or(1000.0);
+        println!("X509-SVID minting from a CSR (parse + verify CSR, build, sign; EC P-256, aws-lc-rs)");
+        println!("  in-process, 1 thread            : {inproc:>9.0} /s   (baseline)");
+        println!("  MintX509SVID, 1 caller          : {r1:>9.0} /s   {c1:>9.0} per server CPU-s");
+        println!("  MintX509SVID, 16 callers        : {r16:>9.0} /s   {c16:>9.0} per server CPU-s");
+        println!("  ratio per-CPU-s / in-process    : 1 caller {:.2}   16 callers {:.2}   (target >= 0.50)", c1 / inproc, c16 / inproc);
+        println!("  ratio per-CPU-s / OpenBao ({bao:.0}): 1 caller {:.1}x  16 callers {:.1}x  (target >= 5x)", c1 / bao, c16 / bao);
+    });
+}

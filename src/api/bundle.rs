@@ -1,0 +1,184 @@
+//! `spire.api.server.bundle.v1.Bundle`.
+
+use super::convert::{bundle_from_proto, bundle_to_proto, jwt_key_from_proto, jwt_key_to_proto, x509_authority_from_proto};
+use super::pb::spire::api::server::bundle::v1 as pb;
+use super::pb::spire::api::types as pt;
+use super::status::{ApiError, ok_status};
+use super::{Policy, Svc};
+use crate::spiffe::TrustDomain;
+use tonic::{Request, Response, Status};
+
+fn foreign_td(svc: &Svc, td: &str) -> Result<TrustDomain, ApiError> {
+    let td = TrustDomain::new(td).map_err(|e| ApiError::InvalidArgument(format!("trust domain argument is not valid: {e}")))?;
+    if &td == svc.state().trust_domain_ref() {
+        return Err(ApiError::InvalidArgument(format!("{td} is this server's own trust domain; use GetBundle / AppendBundle")));
+    }
+    Ok(td)
+}
+
+impl super::ApiState {
+    pub(crate) fn trust_domain_ref(&self) -> &TrustDomain {
+        &self.trust_domain
+    }
+}
+
+#[tonic::async_trait]
+impl pb::bundle_server::Bundle for Svc {
+    async fn count_bundles(&self, req: Request<pb::CountBundlesRequest>) -> Result<Response<pb::CountBundlesResponse>, Status> {
+        self.authorize(&req, Policy::LocalOrAdmin, "/spire.api.server.bundle.v1.Bundle/CountBundles").await?;
+        let n = self.state().datastore.list_bundles().await.map_err(ApiError::from)?.len();
+        Ok(Response::new(pb::CountBundlesResponse { count: i32::try_from(n).unwrap_or(i32::MAX) }))
+    }
+
+    async fn get_bundle(&self, req: Request<pb::GetBundleRequest>) -> Result<Response<pt::Bundle>, Status> {
+        self.authorize(&req, Policy::Any, "/spire.api.server.bundle.v1.Bundle/GetBundle").await?;
+        let b = self.state().datastore.get_bundle(&self.state().trust_domain).await.map_err(ApiError::from)?;
+        let b = b.ok_or_else(|| ApiError::NotFound("bundle not found".into()))?;
+        Ok(Response::new(bundle_to_proto(&b)))
+    }
+
+    async fn append_bundle(&self, req: Request<pb::AppendBundleRequest>) -> Result<Response<pt::Bundle>, Status> {
+        self.authorize(&req, Policy::LocalOrAdmin, "/spire.api.server.bundle.v1.Bundle/AppendBundle").await?;
+        let r = req.get_ref();
+        if r.x509_authorities.is_empty() && r.jwt_authorities.is_empty() {
+            return Err(ApiError::InvalidArgument("no authorities to append".into()).into());
+        }
+        let x509 = r.x509_authorities.iter().map(x509_authority_from_proto).collect::<Result<Vec<_>, _>>()?;
+        let jwt = r.jwt_authorities.iter().map(jwt_key_from_proto).collect::<Result<Vec<_>, _>>()?;
+        let b = self.state().datastore.append_bundle(&self.state().trust_domain, &x509, &jwt).await.map_err(ApiError::from)?;
+        Ok(Response::new(bundle_to_proto(&b)))
+    }
+
+    async fn publish_jwt_authority(
+        &self,
+        req: Request<pb::PublishJwtAuthorityRequest>,
+    ) -> Result<Response<pb::PublishJwtAuthorityResponse>, Status> {
+        self.authorize(&req, Policy::Downstream, "/spire.api.server.bundle.v1.Bundle/PublishJWTAuthority").await?;
+        let key = req.get_ref().jwt_authority.as_ref().ok_or_else(|| ApiError::InvalidArgument("missing JWT authority".into()))?;
+        let key = jwt_key_from_proto(key)?;
+        let b = self
+            .state()
+            .datastore
+            .append_bundle(&self.state().trust_domain, &[], std::slice::from_ref(&key))
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(pb::PublishJwtAuthorityResponse { jwt_authorities: b.jwt_authorities.iter().map(jwt_key_to_proto).collect() }))
+    }
+
+    async fn publish_wit_authority(
+        &self,
+        _req: Request<pb::PublishWitAuthorityRequest>,
+    ) -> Result<Response<pb::PublishWitAuthorityResponse>, Status> {
+        Err(ApiError::Unimplemented("WIT-SVIDs are not supported").into())
+    }
+
+    async fn list_federated_bundles(
+        &self,
+        req: Request<pb::ListFederatedBundlesRequest>,
+    ) -> Result<Response<pb::ListFederatedBundlesResponse>, Status> {
+        self.authorize(&req, Policy::LocalOrAdmin, "/spire.api.server.bundle.v1.Bundle/ListFederatedBundles").await?;
+        let own = &self.state().trust_domain;
+        let bundles = self.state().datastore.list_bundles().await.map_err(ApiError::from)?;
+        Ok(Response::new(pb::ListFederatedBundlesResponse {
+            bundles: bundles.iter().filter(|b| &b.trust_domain != own).map(bundle_to_proto).collect(),
+            next_page_token: String::new(),
+        }))
+    }
+
+    async fn get_federated_bundle(&self, req: Request<pb::GetFederatedBundleRequest>) -> Result<Response<pt::Bundle>, Status> {
+        self.authorize(&req, Policy::LocalOrAdmin, "/spire.api.server.bundle.v1.Bundle/GetFederatedBundle").await?;
+        let td = foreign_td(self, &req.get_ref().trust_domain)?;
+        let b = self
+            .state()
+            .datastore
+            .get_bundle(&td)
+            .await
+            .map_err(ApiError::from)?
+            .ok_or_else(|| ApiError::NotFound("bundle not found".into()))?;
+        Ok(Response::new(bundle_to_proto(&b)))
+    }
+
+    async fn batch_create_federated_bundle(
+        &self,
+        req: Request<pb::BatchCreateFederatedBundleRequest>,
+    ) -> Result<Response<pb::BatchCreateFederatedBundleResponse>, Status> {
+        self.authorize(&req, Policy::LocalOrAdmin, "/spire.api.server.bundle.v1.Bundle/BatchCreateFederatedBundle").await?;
+        let mut results = Vec::new();
+        for b in &req.get_ref().bundle {
+            let r: Result<pt::Bundle, ApiError> = async {
+                foreign_td(self, &b.trust_domain)?;
+                let b = bundle_from_proto(b)?;
+                Ok(bundle_to_proto(&self.state().datastore.create_bundle(&b).await?))
+            }
+            .await;
+            results.push(match r {
+                Ok(b) => pb::batch_create_federated_bundle_response::Result { status: Some(ok_status()), bundle: Some(b) },
+                Err(e) => pb::batch_create_federated_bundle_response::Result { status: Some(e.to_result_status()), bundle: None },
+            });
+        }
+        Ok(Response::new(pb::BatchCreateFederatedBundleResponse { results }))
+    }
+
+    async fn batch_update_federated_bundle(
+        &self,
+        req: Request<pb::BatchUpdateFederatedBundleRequest>,
+    ) -> Result<Response<pb::BatchUpdateFederatedBundleResponse>, Status> {
+        self.authorize(&req, Policy::LocalOrAdmin, "/spire.api.server.bundle.v1.Bundle/BatchUpdateFederatedBundle").await?;
+        let mut results = Vec::new();
+        for b in &req.get_ref().bundle {
+            let r: Result<pt::Bundle, ApiError> = async {
+                let td = foreign_td(self, &b.trust_domain)?;
+                if self.state().datastore.get_bundle(&td).await?.is_none() {
+                    return Err(ApiError::NotFound("bundle not found".into()));
+                }
+                Ok(bundle_to_proto(&self.state().datastore.set_bundle(&bundle_from_proto(b)?).await?))
+            }
+            .await;
+            results.push(match r {
+                Ok(b) => pb::batch_update_federated_bundle_response::Result { status: Some(ok_status()), bundle: Some(b) },
+                Err(e) => pb::batch_update_federated_bundle_response::Result { status: Some(e.to_result_status()), bundle: None },
+            });
+        }
+        Ok(Response::new(pb::BatchUpdateFederatedBundleResponse { results }))
+    }
+
+    async fn batch_set_federated_bundle(
+        &self,
+        req: Request<pb::BatchSetFederatedBundleRequest>,
+    ) -> Result<Response<pb::BatchSetFederatedBundleResponse>, Status> {
+        self.authorize(&req, Policy::LocalOrAdmin, "/spire.api.server.bundle.v1.Bundle/BatchSetFederatedBundle").await?;
+        let mut results = Vec::new();
+        for b in &req.get_ref().bundle {
+            let r: Result<pt::Bundle, ApiError> = async {
+                foreign_td(self, &b.trust_domain)?;
+                Ok(bundle_to_proto(&self.state().datastore.set_bundle(&bundle_from_proto(b)?).await?))
+            }
+            .await;
+            results.push(match r {
+                Ok(b) => pb::batch_set_federated_bundle_response::Result { status: Some(ok_status()), bundle: Some(b) },
+                Err(e) => pb::batch_set_federated_bundle_response::Result { status: Some(e.to_result_status()), bundle: None },
+            });
+        }
+        Ok(Response::new(pb::BatchSetFederatedBundleResponse { results }))
+    }
+
+    async fn batch_delete_federated_bundle(
+        &self,
+        req: Request<pb::BatchDeleteFederatedBundleRequest>,
+    ) -> Result<Response<pb::BatchDeleteFederatedBundleResponse>, Status> {
+        self.authorize(&req, Policy::LocalOrAdmin, "/spire.api.server.bundle.v1.Bundle/BatchDeleteFederatedBundle").await?;
+        let mut results = Vec::new();
+        for t in &req.get_ref().trust_domains {
+            let r: Result<(), ApiError> = async {
+                let td = foreign_td(self, t)?;
+                Ok(self.state().datastore.delete_bundle(&td).await?)
+            }
+            .await;
+            results.push(pb::batch_delete_federated_bundle_response::Result {
+                status: Some(r.map_or_else(|e| e.to_result_status(), |()| ok_status())),
+                trust_domain: t.clone(),
+            });
+        }
+        Ok(Response::new(pb::BatchDeleteFederatedBundleResponse { results }))
+    }
+}

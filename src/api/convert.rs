@@ -1,0 +1,234 @@
+//! Conversions between SPIRE's proto types and cairn's domain types, with SPIRE's validation.
+
+use super::pb::spire::api::types as pt;
+use super::status::ApiError;
+use crate::datastore::{AttestedNode, Entry, Selector};
+use crate::spiffe::{Bundle, JwtAuthority, SpiffeId, TrustDomain};
+
+/// Longest hint SPIRE accepts on an entry.
+pub const MAX_HINT_LEN: usize = 1024;
+
+/// `SPIFFEID{trust_domain, path}` to a SPIFFE ID.
+///
+/// # Errors
+/// `InvalidArgument` naming the problem.
+pub fn id_from_proto(id: Option<&pt::Spiffeid>, what: &str) -> Result<SpiffeId, ApiError> {
+    let id = id.ok_or_else(|| ApiError::InvalidArgument(format!("invalid {what}: request must specify SPIFFE ID")))?;
+    let td = TrustDomain::new(&id.trust_domain).map_err(|e| ApiError::InvalidArgument(format!("invalid {what}: trust domain: {e}")))?;
+    if !id.path.is_empty() && !id.path.starts_with('/') {
+        return Err(ApiError::InvalidArgument(format!("invalid {what}: path must have a leading slash")));
+    }
+    SpiffeId::from_path(&td, &id.path).map_err(|e| ApiError::InvalidArgument(format!("invalid {what}: {e}")))
+}
+
+/// A SPIFFE ID as `SPIFFEID`.
+#[must_use]
+pub fn id_to_proto(id: &SpiffeId) -> pt::Spiffeid {
+    pt::Spiffeid { trust_domain: id.trust_domain().as_str().to_owned(), path: id.path().to_owned() }
+}
+
+/// A domain bundle as the proto bundle.
+#[must_use]
+pub fn bundle_to_proto(b: &Bundle) -> pt::Bundle {
+    pt::Bundle {
+        trust_domain: b.trust_domain.as_str().to_owned(),
+        x509_authorities: b.x509_authorities.iter().map(|d| pt::X509Certificate { asn1: d.clone(), tainted: false }).collect(),
+        jwt_authorities: b.jwt_authorities.iter().map(jwt_key_to_proto).collect(),
+        refresh_hint: b.refresh_hint.unwrap_or(0),
+        sequence_number: b.sequence_number,
+        wit_authorities: vec![],
+    }
+}
+
+/// A JWT authority as `JWTKey`.
+#[must_use]
+pub fn jwt_key_to_proto(k: &JwtAuthority) -> pt::JwtKey {
+    pt::JwtKey { public_key: k.public_key.clone(), key_id: k.key_id.clone(), expires_at: k.expires_at, tainted: false }
+}
+
+/// `JWTKey` to a JWT authority, checking that the key parses and has an id.
+///
+/// # Errors
+/// `InvalidArgument`.
+pub fn jwt_key_from_proto(k: &pt::JwtKey) -> Result<JwtAuthority, ApiError> {
+    if k.key_id.is_empty() {
+        return Err(ApiError::InvalidArgument("invalid JWT authority: missing key ID".into()));
+    }
+    use x509_parser::prelude::FromDer;
+    match x509_parser::x509::SubjectPublicKeyInfo::from_der(&k.public_key) {
+        Ok(([], _)) => {}
+        _ => return Err(ApiError::InvalidArgument(format!("invalid JWT authority {:?}: public key is not PKIX DER", k.key_id))),
+    }
+    Ok(JwtAuthority { key_id: k.key_id.clone(), public_key: k.public_key.clone(), expires_at: k.expires_at })
+}
+
+/// An X.509 authority: must be one parseable CA certificate.
+///
+/// # Errors
+/// `InvalidArgument`.
+pub fn x509_authority_from_proto(c: &pt::X509Certificate) -> Result<Vec<u8>, ApiError> {
+    match x509_parser::parse_x509_certificate(&c.asn1) {
+        Ok(([], cert)) => {
+            if !cert.is_ca() {
+                return Err(ApiError::InvalidArgument("invalid X.509 authority: not a CA certificate".into()));
+            }
+            Ok(c.asn1.clone())
+        }
+        _ => Err(ApiError::InvalidArgument("invalid X.509 authority: not a DER certificate".into())),
+    }
+}
+
+/// The proto bundle to a domain bundle (federated bundles).
+///
+/// # Errors
+/// `InvalidArgument`.
+pub fn bundle_from_proto(b: &pt::Bundle) -> Result<Bundle, ApiError> {
+    let trust_domain = TrustDomain::new(&b.trust_domain)
+        .map_err(|e| ApiError::InvalidArgument(format!("invalid trust domain {:?}: {e}", b.trust_domain)))?;
+    Ok(Bundle {
+        trust_domain,
+        x509_authorities: b.x509_authorities.iter().map(x509_authority_from_proto).collect::<Result<_, _>>()?,
+        jwt_authorities: b.jwt_authorities.iter().map(jwt_key_from_proto).collect::<Result<_, _>>()?,
+        refresh_hint: (b.refresh_hint > 0).then_some(b.refresh_hint),
+        sequence_number: b.sequence_number,
+    })
+}
+
+fn valid_entry_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 255 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+/// Validates a selector (`type` without `:`, both parts non-empty).
+///
+/// # Errors
+/// `InvalidArgument`.
+pub fn selector_from_proto(s: &pt::Selector) -> Result<Selector, ApiError> {
+    if s.r#type.is_empty() {
+        return Err(ApiError::InvalidArgument("invalid selector: missing selector type".into()));
+    }
+    if s.r#type.contains(':') {
+        return Err(ApiError::InvalidArgument(format!("invalid selector: selector type {:?} contains ':'", s.r#type)));
+    }
+    if s.value.is_empty() {
+        return Err(ApiError::InvalidArgument(format!("invalid selector: missing value for type {:?}", s.r#type)));
+    }
+    Ok(Selector { kind: s.r#type.clone(), value: s.value.clone() })
+}
+
+/// Validates and converts an entry (the id is generated when empty).
+///
+/// # Errors
+/// `InvalidArgument` naming the field.
+pub fn entry_from_proto(e: &pt::Entry, td: &TrustDomain) -> Result<Entry, ApiError> {
+    let bad = |m: String| ApiError::InvalidArgument(format!("failed to convert entry: {m}"));
+    let spiffe_id = id_from_proto(e.spiffe_id.as_ref(), "spiffe ID").map_err(|e| bad(e.to_string()))?;
+    let parent_id = id_from_proto(e.parent_id.as_ref(), "parent ID").map_err(|e| bad(e.to_string()))?;
+    if !spiffe_id.is_member_of(td) {
+        return Err(bad(format!("invalid spiffe ID: {spiffe_id} is not a member of trust domain {td}")));
+    }
+    if spiffe_id.is_trust_domain_id() || spiffe_id.is_reserved() {
+        return Err(bad(format!("invalid spiffe ID: {spiffe_id}: paths under /spire and the bare trust domain are reserved")));
+    }
+    if !parent_id.is_member_of(td) || parent_id.is_trust_domain_id() {
+        return Err(bad(format!("invalid parent ID: {parent_id} must be a member of trust domain {td} with a path")));
+    }
+    if e.selectors.is_empty() {
+        return Err(bad("selector list is empty".into()));
+    }
+    let selectors = e.selectors.iter().map(selector_from_proto).collect::<Result<Vec<_>, _>>().map_err(|e| bad(e.to_string()))?;
+    if e.x509_svid_ttl < 0 || e.jwt_svid_ttl < 0 {
+        return Err(bad("TTLs must not be negative".into()));
+    }
+    if e.hint.len() > MAX_HINT_LEN {
+        return Err(bad(format!("hint is longer than {MAX_HINT_LEN} bytes")));
+    }
+    for name in &e.dns_names {
+        validate_dns_name(name).map_err(|m| bad(format!("invalid DNS name {name:?}: {m}")))?;
+    }
+    let federates_with = e
+        .federates_with
+        .iter()
+        .map(|t| TrustDomain::new(t).map_err(|err| bad(format!("invalid federated trust domain {t:?}: {err}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let id = if e.id.is_empty() {
+        uuid::Uuid::new_v4().to_string()
+    } else if valid_entry_id(&e.id) {
+        e.id.clone()
+    } else {
+        return Err(bad(format!("invalid entry ID {:?}: at most 255 characters of [A-Za-z0-9._-]", e.id)));
+    };
+    Ok(Entry {
+        id,
+        spiffe_id,
+        parent_id,
+        selectors,
+        x509_svid_ttl: e.x509_svid_ttl,
+        jwt_svid_ttl: e.jwt_svid_ttl,
+        federates_with,
+        admin: e.admin,
+        downstream: e.downstream,
+        dns_names: e.dns_names.clone(),
+        expires_at: e.expires_at,
+        hint: e.hint.clone(),
+        store_svid: e.store_svid,
+        revision_number: e.revision_number,
+        created_at: e.created_at,
+    })
+}
+
+/// DNS SAN rules: LDH labels, at most 253 bytes, wildcard only as the whole leftmost label.
+fn validate_dns_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > 253 {
+        return Err("length must be 1-253");
+    }
+    for (i, label) in name.split('.').enumerate() {
+        if label == "*" && i == 0 {
+            continue;
+        }
+        if label.is_empty() || label.len() > 63 {
+            return Err("empty or over-long label");
+        }
+        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') || label.starts_with('-') || label.ends_with('-') {
+            return Err("labels are letters, digits and inner hyphens");
+        }
+    }
+    Ok(())
+}
+
+/// A domain entry as the proto entry.
+#[must_use]
+pub fn entry_to_proto(e: &Entry) -> pt::Entry {
+    pt::Entry {
+        id: e.id.clone(),
+        spiffe_id: Some(id_to_proto(&e.spiffe_id)),
+        parent_id: Some(id_to_proto(&e.parent_id)),
+        selectors: e.selectors.iter().map(|s| pt::Selector { r#type: s.kind.clone(), value: s.value.clone() }).collect(),
+        x509_svid_ttl: e.x509_svid_ttl,
+        federates_with: e.federates_with.iter().map(|t| t.as_str().to_owned()).collect(),
+        admin: e.admin,
+        downstream: e.downstream,
+        expires_at: e.expires_at,
+        dns_names: e.dns_names.clone(),
+        revision_number: e.revision_number,
+        store_svid: e.store_svid,
+        jwt_svid_ttl: e.jwt_svid_ttl,
+        hint: e.hint.clone(),
+        created_at: e.created_at,
+        additional_attributes: None,
+    }
+}
+
+/// An attested node as the proto agent.
+#[must_use]
+pub fn agent_to_proto(n: &AttestedNode) -> pt::Agent {
+    pt::Agent {
+        id: Some(id_to_proto(&n.spiffe_id)),
+        attestation_type: n.attestation_type.clone(),
+        x509svid_serial_number: n.cert_serial_number.clone(),
+        x509svid_expires_at: n.cert_not_after,
+        selectors: n.selectors.iter().map(|s| pt::Selector { r#type: s.kind.clone(), value: s.value.clone() }).collect(),
+        banned: n.cert_serial_number.is_empty(),
+        can_reattest: n.can_reattest,
+        agent_version: String::new(),
+    }
+}

@@ -1,0 +1,258 @@
+//! `spire.api.server.entry.v1.Entry` (admin half; the agent half comes with the agent issue).
+
+use super::convert::{entry_from_proto, entry_to_proto, id_from_proto, selector_from_proto};
+use super::pb::spire::api::server::entry::v1 as pb;
+use super::pb::spire::api::types as pt;
+use super::status::{ApiError, ok_status};
+use super::{Policy, Svc};
+use crate::datastore::{Entry, EntryFilter};
+use tonic::{Request, Response, Status, Streaming};
+
+/// Most entries one page returns when the caller does not say.
+const DEFAULT_PAGE: usize = 500;
+
+/// Selectors to match and SPIRE's match behaviour.
+type SelectorFilter = Option<(Vec<crate::datastore::Selector>, i32)>;
+
+fn filter_from(
+    by_spiffe_id: Option<&pt::Spiffeid>,
+    by_parent_id: Option<&pt::Spiffeid>,
+    by_selectors: Option<&pt::SelectorMatch>,
+    by_downstream: Option<bool>,
+) -> Result<(EntryFilter, SelectorFilter), ApiError> {
+    let mut f = EntryFilter { downstream: by_downstream, ..EntryFilter::default() };
+    if let Some(id) = by_spiffe_id {
+        f.spiffe_id = Some(id_from_proto(Some(id), "spiffe ID filter")?);
+    }
+    if let Some(id) = by_parent_id {
+        f.parent_id = Some(id_from_proto(Some(id), "parent ID filter")?);
+    }
+    let sel = match by_selectors {
+        Some(m) => Some((m.selectors.iter().map(selector_from_proto).collect::<Result<Vec<_>, _>>()?, m.r#match)),
+        None => None,
+    };
+    Ok((f, sel))
+}
+
+/// Applies SPIRE's selector match behaviours (exact, subset, superset, any).
+fn selector_match(e: &Entry, wanted: &[crate::datastore::Selector], behaviour: i32) -> bool {
+    use pt::selector_match::MatchBehavior as B;
+    let has = |s: &crate::datastore::Selector| e.selectors.contains(s);
+    match B::try_from(behaviour).unwrap_or(B::MatchExact) {
+        B::MatchExact => {
+            let mut w = wanted.to_vec();
+            w.sort();
+            w.dedup();
+            w == e.selectors
+        }
+        B::MatchSubset => e.selectors.iter().all(|s| wanted.contains(s)),
+        B::MatchSuperset => wanted.iter().all(has),
+        B::MatchAny => wanted.iter().any(has),
+    }
+}
+
+impl Svc {
+    async fn filtered_entries(&self, f: EntryFilter, sel: SelectorFilter) -> Result<Vec<Entry>, ApiError> {
+        let mut entries = self.state().datastore.list_entries(&f).await?;
+        if let Some((wanted, behaviour)) = sel {
+            entries.retain(|e| selector_match(e, &wanted, behaviour));
+        }
+        Ok(entries)
+    }
+}
+
+#[tonic::async_trait]
+impl pb::entry_server::Entry for Svc {
+    async fn count_entries(&self, req: Request<pb::CountEntriesRequest>) -> Result<Response<pb::CountEntriesResponse>, Status> {
+        self.authorize(&req, Policy::LocalOrAdmin, "/spire.api.server.entry.v1.Entry/CountEntries").await?;
+        let count = match &req.get_ref().filter {
+            None => self.state().datastore.count_entries().await.map_err(ApiError::from)?,
+            Some(fl) => {
+                let (f, sel) = filter_from(fl.by_spiffe_id.as_ref(), fl.by_parent_id.as_ref(), fl.by_selectors.as_ref(), fl.by_downstream)?;
+                i64::try_from(self.filtered_entries(f, sel).await?.len()).unwrap_or(i64::MAX)
+            }
+        };
+        Ok(Response::new(pb::CountEntriesResponse { count: i32::try_from(count).unwrap_or(i32::MAX) }))
+    }
+
+    async fn list_entries(&self, req: Request<pb::ListEntriesRequest>) -> Result<Response<pb::ListEntriesResponse>, Status> {
+        self.authorize(&req, Policy::LocalOrAdmin, "/spire.api.server.entry.v1.Entry/ListEntries").await?;
+        let r = req.get_ref();
+        if r.page_size < 0 {
+            return Err(ApiError::InvalidArgument("page_size must not be negative".into()).into());
+        }
+        let (f, sel) = match &r.filter {
+            Some(fl) => filter_from(fl.by_spiffe_id.as_ref(), fl.by_parent_id.as_ref(), fl.by_selectors.as_ref(), fl.by_downstream)?,
+            None => (EntryFilter::default(), None),
+        };
+        let entries = self.filtered_entries(f, sel).await?;
+        // Page tokens are offsets into the id-ordered list.
+        let start: usize = if r.page_token.is_empty() {
+            0
+        } else {
+            r.page_token.parse().map_err(|_| ApiError::InvalidArgument("could not parse page token".into()))?
+        };
+        let size = if r.page_size == 0 { usize::MAX } else { usize::try_from(r.page_size).unwrap_or(DEFAULT_PAGE) };
+        let page: Vec<pt::Entry> = entries.iter().skip(start).take(size).map(entry_to_proto).collect();
+        let next = start.saturating_add(page.len());
+        let next_page_token = if r.page_size > 0 && next < entries.len() { next.to_string() } else { String::new() };
+        Ok(Response::new(pb::ListEntriesResponse { entries: page, next_page_token }))
+    }
+
+    async fn get_entry(&self, req: Request<pb::GetEntryRequest>) -> Result<Response<pt::Entry>, Status> {
+        self.authorize(&req, Policy::LocalOrAdmin, "/spire.api.server.entry.v1.Entry/GetEntry").await?;
+        let id = &req.get_ref().id;
+        if id.is_empty() {
+            return Err(ApiError::InvalidArgument("missing ID".into()).into());
+        }
+        let e = self
+            .state()
+            .datastore
+            .get_entry(id)
+            .await
+            .map_err(ApiError::from)?
+            .ok_or_else(|| ApiError::NotFound("entry not found".into()))?;
+        Ok(Response::new(entry_to_proto(&e)))
+    }
+
+    async fn batch_create_entry(
+        &self,
+        req: Request<pb::BatchCreateEntryRequest>,
+    ) -> Result<Response<pb::BatchCreateEntryResponse>, Status> {
+        self.authorize(&req, Policy::LocalOrAdmin, "/spire.api.server.entry.v1.Entry/BatchCreateEntry").await?;
+        let ds = &self.state().datastore;
+        let mut results = Vec::with_capacity(req.get_ref().entries.len());
+        for e in &req.get_ref().entries {
+            let r: Result<pt::Entry, (ApiError, Option<pt::Entry>)> = async {
+                let entry = entry_from_proto(e, &self.state().trust_domain).map_err(|e| (e, None))?;
+                for td in &entry.federates_with {
+                    if ds.get_bundle(td).await.map_err(|e| (e.into(), None))?.is_none() {
+                        return Err((
+                            ApiError::InvalidArgument(format!("failed to create entry: unable to find federated bundle {td:?}")),
+                            None,
+                        ));
+                    }
+                }
+                if let Some(existing) = ds.find_similar_entry(&entry).await.map_err(|e| (e.into(), None))? {
+                    return Err((ApiError::AlreadyExists("similar entry already exists".into()), Some(entry_to_proto(&existing))));
+                }
+                ds.create_entry(&entry).await.map(|e| entry_to_proto(&e)).map_err(|e| (e.into(), None))
+            }
+            .await;
+            results.push(match r {
+                Ok(e) => pb::batch_create_entry_response::Result { status: Some(ok_status()), entry: Some(e) },
+                Err((err, existing)) => pb::batch_create_entry_response::Result { status: Some(err.to_result_status()), entry: existing },
+            });
+        }
+        Ok(Response::new(pb::BatchCreateEntryResponse { results }))
+    }
+
+    async fn batch_update_entry(
+        &self,
+        req: Request<pb::BatchUpdateEntryRequest>,
+    ) -> Result<Response<pb::BatchUpdateEntryResponse>, Status> {
+        self.authorize(&req, Policy::LocalOrAdmin, "/spire.api.server.entry.v1.Entry/BatchUpdateEntry").await?;
+        let ds = &self.state().datastore;
+        let mask = req.get_ref().input_mask;
+        let mut results = Vec::new();
+        for e in &req.get_ref().entries {
+            let r: Result<pt::Entry, ApiError> = async {
+                if e.id.is_empty() {
+                    return Err(ApiError::InvalidArgument("failed to convert entry: missing ID".into()));
+                }
+                let current = ds.get_entry(&e.id).await?.ok_or_else(|| ApiError::NotFound("entry not found".into()))?;
+                // Fields outside the input mask keep their stored values (no mask = replace all).
+                let mut merged = super::convert::entry_to_proto(&current);
+                match &mask {
+                    None => merged = e.clone(),
+                    Some(m) => {
+                        if m.spiffe_id {
+                            merged.spiffe_id.clone_from(&e.spiffe_id);
+                        }
+                        if m.parent_id {
+                            merged.parent_id.clone_from(&e.parent_id);
+                        }
+                        if m.selectors {
+                            merged.selectors.clone_from(&e.selectors);
+                        }
+                        if m.x509_svid_ttl {
+                            merged.x509_svid_ttl = e.x509_svid_ttl;
+                        }
+                        if m.jwt_svid_ttl {
+                            merged.jwt_svid_ttl = e.jwt_svid_ttl;
+                        }
+                        if m.federates_with {
+                            merged.federates_with.clone_from(&e.federates_with);
+                        }
+                        if m.admin {
+                            merged.admin = e.admin;
+                        }
+                        if m.downstream {
+                            merged.downstream = e.downstream;
+                        }
+                        if m.expires_at {
+                            merged.expires_at = e.expires_at;
+                        }
+                        if m.dns_names {
+                            merged.dns_names.clone_from(&e.dns_names);
+                        }
+                        if m.store_svid {
+                            merged.store_svid = e.store_svid;
+                        }
+                        if m.hint {
+                            merged.hint.clone_from(&e.hint);
+                        }
+                    }
+                }
+                merged.id.clone_from(&e.id);
+                let entry = entry_from_proto(&merged, &self.state().trust_domain)?;
+                Ok(entry_to_proto(&ds.update_entry(&entry).await?))
+            }
+            .await;
+            results.push(match r {
+                Ok(e) => pb::batch_update_entry_response::Result { status: Some(ok_status()), entry: Some(e) },
+                Err(err) => pb::batch_update_entry_response::Result { status: Some(err.to_result_status()), entry: None },
+            });
+        }
+        Ok(Response::new(pb::BatchUpdateEntryResponse { results }))
+    }
+
+    async fn batch_delete_entry(
+        &self,
+        req: Request<pb::BatchDeleteEntryRequest>,
+    ) -> Result<Response<pb::BatchDeleteEntryResponse>, Status> {
+        self.authorize(&req, Policy::LocalOrAdmin, "/spire.api.server.entry.v1.Entry/BatchDeleteEntry").await?;
+        let mut results = Vec::new();
+        for id in &req.get_ref().ids {
+            let r = if id.is_empty() {
+                Err(ApiError::InvalidArgument("missing entry ID".into()))
+            } else {
+                self.state().datastore.delete_entry(id).await.map(|_| ()).map_err(|e| match e {
+                    crate::datastore::DatastoreError::NotFound(_) => ApiError::NotFound("entry not found".into()),
+                    other => other.into(),
+                })
+            };
+            results.push(pb::batch_delete_entry_response::Result {
+                status: Some(r.map_or_else(|e| e.to_result_status(), |()| ok_status())),
+                id: id.clone(),
+            });
+        }
+        Ok(Response::new(pb::BatchDeleteEntryResponse { results }))
+    }
+
+    async fn get_authorized_entries(
+        &self,
+        _req: Request<pb::GetAuthorizedEntriesRequest>,
+    ) -> Result<Response<pb::GetAuthorizedEntriesResponse>, Status> {
+        Err(ApiError::Unimplemented("agent sync is not in this cairn yet").into())
+    }
+
+    type SyncAuthorizedEntriesStream = futures::stream::BoxStream<'static, Result<pb::SyncAuthorizedEntriesResponse, Status>>;
+
+    async fn sync_authorized_entries(
+        &self,
+        _req: Request<Streaming<pb::SyncAuthorizedEntriesRequest>>,
+    ) -> Result<Response<Self::SyncAuthorizedEntriesStream>, Status> {
+        Err(ApiError::Unimplemented("agent sync is not in this cairn yet").into())
+    }
+}

@@ -1,0 +1,120 @@
+//! The one place API errors become gRPC statuses.
+//!
+//! Codes follow SPIRE (`pkg/common/api/status.go` and the per-RPC table in
+//! `shared/reference/spire-protocol.md` §7). Internal causes are logged in full and answered
+//! with a generic message, so datastore and key details never reach a caller.
+
+use crate::ca::CaError;
+use crate::datastore::DatastoreError;
+use tonic::{Code, Status};
+
+/// Errors an API handler returns.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// The request is malformed or names something invalid.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The named record does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// A record with the same identity exists.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The caller may not call this method.
+    #[error("authorization denied for method {0}")]
+    PermissionDenied(&'static str),
+    /// The caller presented an unusable certificate.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The server cannot serve this now (e.g. no CA yet).
+    #[error("{0}")]
+    Unavailable(String),
+    /// Not implemented by this cairn.
+    #[error("{0}")]
+    Unimplemented(&'static str),
+    /// A failure inside the server; `public` is what the caller sees.
+    #[error("{public}: {detail}")]
+    Internal {
+        /// What the caller is told.
+        public: &'static str,
+        /// What is logged.
+        detail: String,
+    },
+}
+
+impl ApiError {
+    /// The code of this error (also used for per-item results of batch RPCs).
+    #[must_use]
+    pub fn code(&self) -> Code {
+        match self {
+            Self::InvalidArgument(_) => Code::InvalidArgument,
+            Self::NotFound(_) => Code::NotFound,
+            Self::AlreadyExists(_) => Code::AlreadyExists,
+            Self::PermissionDenied(_) => Code::PermissionDenied,
+            Self::Unauthenticated(_) => Code::Unauthenticated,
+            Self::Unavailable(_) => Code::Unavailable,
+            Self::Unimplemented(_) => Code::Unimplemented,
+            Self::Internal { .. } => Code::Internal,
+        }
+    }
+
+    /// The message a caller sees.
+    #[must_use]
+    pub fn public_message(&self) -> String {
+        match self {
+            Self::Internal { public, detail } => {
+                tracing::error!(error = %detail, "{public}");
+                (*public).to_owned()
+            }
+            other => other.to_string(),
+        }
+    }
+
+    /// The `spire.api.types.Status` for a batch result.
+    #[must_use]
+    pub fn to_result_status(&self) -> crate::api::pb::spire::api::types::Status {
+        crate::api::pb::spire::api::types::Status { code: self.code() as i32, message: self.public_message() }
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Self {
+        Status::new(e.code(), e.public_message())
+    }
+}
+
+impl From<DatastoreError> for ApiError {
+    fn from(e: DatastoreError) -> Self {
+        match e {
+            DatastoreError::NotFound(what) => Self::NotFound(format!("{what} not found")),
+            DatastoreError::AlreadyExists { what } => Self::AlreadyExists(format!("{what} already exists")),
+            DatastoreError::Corrupt { .. } | DatastoreError::Database(_) | DatastoreError::Config(_) => {
+                Self::Internal { public: "datastore error", detail: e.to_string() }
+            }
+        }
+    }
+}
+
+impl From<CaError> for ApiError {
+    fn from(e: CaError) -> Self {
+        match e {
+            CaError::InvalidRequest(m) => Self::InvalidArgument(m),
+            CaError::NoX509Ca => {
+                Self::Internal { public: "failed to sign X509-SVID: X509 CA is not available for signing", detail: e.to_string() }
+            }
+            CaError::NoJwtKey => {
+                Self::Internal { public: "failed to sign JWT-SVID: JWT key is not available for signing", detail: e.to_string() }
+            }
+            CaError::Template(_) | CaError::Signing(_) | CaError::KeyManager(_) | CaError::Upstream(_) | CaError::Datastore(_) => {
+                Self::Internal { public: "failed to sign", detail: e.to_string() }
+            }
+        }
+    }
+}
+
+/// The OK status of a batch result.
+#[must_use]
+pub fn ok_status() -> crate::api::pb::spire::api::types::Status {
+    crate::api::pb::spire::api::types::Status { code: 0, message: "OK".into() }
+}

@@ -1,0 +1,121 @@
+//! `spire.api.server.svid.v1.SVID`.
+
+use super::convert::{id_from_proto, id_to_proto};
+use super::pb::spire::api::server::svid::v1 as pb;
+use super::pb::spire::api::types as pt;
+use super::status::ApiError;
+use super::{Policy, Svc, now};
+use crate::ca::X509SvidRequest;
+use crate::ca::x509::csr_public_key;
+use crate::spiffe::SpiffeId;
+use tonic::{Request, Response, Status};
+use x509_parser::extensions::{GeneralName, ParsedExtension};
+
+/// Largest CSR accepted (a P-384 or RSA-4096 CSR with a few SANs is well under this).
+const MAX_CSR_BYTES: usize = 16 * 1024;
+
+fn check_csr_size(csr: &[u8]) -> Result<(), ApiError> {
+    if csr.is_empty() {
+        return Err(ApiError::InvalidArgument("missing CSR".into()));
+    }
+    if csr.len() > MAX_CSR_BYTES {
+        return Err(ApiError::InvalidArgument(format!("CSR is {} bytes; at most {MAX_CSR_BYTES} are accepted", csr.len())));
+    }
+    Ok(())
+}
+
+fn expires_at(der: &[u8]) -> i64 {
+    x509_parser::parse_x509_certificate(der).map(|(_, c)| c.validity().not_after.timestamp()).unwrap_or(0)
+}
+
+#[tonic::async_trait]
+impl pb::svid_server::Svid for Svc {
+    async fn mint_x509svid(&self, req: Request<pb::MintX509svidRequest>) -> Result<Response<pb::MintX509svidResponse>, Status> {
+        self.authorize(&req, Policy::LocalOrAdmin, "/spire.api.server.svid.v1.SVID/MintX509SVID").await?;
+        let r = req.get_ref();
+        check_csr_size(&r.csr)?;
+        if r.ttl < 0 {
+            return Err(ApiError::InvalidArgument("ttl must not be negative".into()).into());
+        }
+        let (spki, csr) = csr_public_key(&r.csr).map_err(ApiError::from)?;
+        let mut uris = Vec::new();
+        let mut dns = Vec::new();
+        for ext in csr.requested_extensions().into_iter().flatten() {
+            if let ParsedExtension::SubjectAlternativeName(san) = ext {
+                for n in &san.general_names {
+                    match n {
+                        GeneralName::URI(u) => uris.push((*u).to_owned()),
+                        GeneralName::DNSName(d) => dns.push((*d).to_owned()),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        let [uri] = uris.as_slice() else {
+            return Err(ApiError::InvalidArgument(format!("CSR must have exactly one URI SAN, found {}", uris.len())).into());
+        };
+        let id = SpiffeId::new(uri).map_err(|e| ApiError::InvalidArgument(format!("CSR URI SAN is not a valid SPIFFE ID: {e}")))?;
+        let chain = self
+            .state()
+            .ca
+            .mint_x509_svid(&spki, &X509SvidRequest { id: &id, dns_names: &dns, ttl: i64::from(r.ttl) }, now())
+            .map_err(ApiError::from)?;
+        let exp = chain.first().map_or(0, |l| expires_at(l));
+        Ok(Response::new(pb::MintX509svidResponse {
+            svid: Some(pt::X509svid { cert_chain: chain, id: Some(id_to_proto(&id)), expires_at: exp, hint: String::new() }),
+        }))
+    }
+
+    async fn mint_jwtsvid(&self, req: Request<pb::MintJwtsvidRequest>) -> Result<Response<pb::MintJwtsvidResponse>, Status> {
+        self.authorize(&req, Policy::LocalOrAdmin, "/spire.api.server.svid.v1.SVID/MintJWTSVID").await?;
+        let r = req.get_ref();
+        let id = id_from_proto(r.id.as_ref(), "SPIFFE ID")?;
+        if r.ttl < 0 {
+            return Err(ApiError::InvalidArgument("ttl must not be negative".into()).into());
+        }
+        let now = now();
+        let (token, exp) = self.state().ca.mint_jwt_svid(&id, &r.audience, i64::from(r.ttl), now).map_err(ApiError::from)?;
+        Ok(Response::new(pb::MintJwtsvidResponse {
+            svid: Some(pt::Jwtsvid { token, id: Some(id_to_proto(&id)), expires_at: exp, issued_at: now, hint: String::new() }),
+        }))
+    }
+
+    async fn mint_witsvid(&self, _req: Request<pb::MintWitsvidRequest>) -> Result<Response<pb::MintWitsvidResponse>, Status> {
+        Err(ApiError::Unimplemented("WIT-SVIDs are not supported").into())
+    }
+
+    async fn batch_new_x509svid(
+        &self,
+        _req: Request<pb::BatchNewX509svidRequest>,
+    ) -> Result<Response<pb::BatchNewX509svidResponse>, Status> {
+        Err(ApiError::Unimplemented("agent SVID issuance is not in this cairn yet").into())
+    }
+
+    async fn new_jwtsvid(&self, _req: Request<pb::NewJwtsvidRequest>) -> Result<Response<pb::NewJwtsvidResponse>, Status> {
+        Err(ApiError::Unimplemented("agent SVID issuance is not in this cairn yet").into())
+    }
+
+    async fn batch_new_witsvid(&self, _req: Request<pb::BatchNewWitsvidRequest>) -> Result<Response<pb::BatchNewWitsvidResponse>, Status> {
+        Err(ApiError::Unimplemented("WIT-SVIDs are not supported").into())
+    }
+
+    async fn new_downstream_x509ca(
+        &self,
+        req: Request<pb::NewDownstreamX509caRequest>,
+    ) -> Result<Response<pb::NewDownstreamX509caResponse>, Status> {
+        self.authorize(&req, Policy::Downstream, "/spire.api.server.svid.v1.SVID/NewDownstreamX509CA").await?;
+        let r = req.get_ref();
+        check_csr_size(&r.csr)?;
+        if r.preferred_ttl < 0 {
+            return Err(ApiError::InvalidArgument("preferred_ttl must not be negative".into()).into());
+        }
+        let (spki, _) = csr_public_key(&r.csr).map_err(ApiError::from)?;
+        let ttl = if r.preferred_ttl == 0 { self.state().ca_ttl } else { i64::from(r.preferred_ttl) };
+        let chain = self.state().ca.mint_downstream_ca(&spki, &self.state().ca_subject, ttl, now()).map_err(ApiError::from)?;
+        let bundle = self.state().datastore.get_bundle(&self.state().trust_domain).await.map_err(ApiError::from)?;
+        Ok(Response::new(pb::NewDownstreamX509caResponse {
+            ca_cert_chain: chain,
+            x509_authorities: bundle.map(|b| b.x509_authorities).unwrap_or_default(),
+        }))
+    }
+}

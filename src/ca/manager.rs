@@ -1,0 +1,562 @@
+//! The CA manager: current/next slots for the X.509 CA and the JWT key, their journal in the
+//! datastore, and the rotation loop.
+//!
+//! Order matters and follows from two SPIRE bugs: the X.509 CA is handled before the JWT key,
+//! and JWT work is skipped while there is no X.509 CA, so a server whose upstream is down does
+//! not churn JWT keys on every restart (SPIRE #5038); a JWT key is added to the bundle (and,
+//! with an upstream that supports it, published upstream) when it is *prepared*, and a failed
+//! publication fails the preparation, so no key is ever used before others can verify it.
+
+use super::rotation::{self, Action, Lifetime};
+use super::x509::{self as tmpl, CaSubject};
+use super::{Ca, CaError, JwtSigner, X509Authority};
+use crate::datastore::Datastore;
+use crate::keymanager::{Key, KeyManager, KeyRef, KeyType};
+use crate::spiffe::{JwtAuthority, TrustDomain};
+use crate::upstream::{UpstreamAuthority, UpstreamError};
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use tokio::sync::Mutex;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+/// Journal records kept per credential type.
+const JOURNAL_CAP: usize = 10;
+/// Expired authorities stay in the bundle this long (SPIRE's safety threshold).
+const BUNDLE_PRUNE_GRACE: i64 = 24 * 3600;
+
+/// What the CA manager needs from the server config.
+#[derive(Debug, Clone)]
+pub struct CaConfig {
+    /// The trust domain.
+    pub trust_domain: TrustDomain,
+    /// Lifetime of each X.509 CA and JWT key, seconds.
+    pub ca_ttl: i64,
+    /// Default X509-SVID TTL, seconds.
+    pub default_x509_svid_ttl: i64,
+    /// Default JWT-SVID TTL, seconds.
+    pub default_jwt_svid_ttl: i64,
+    /// Key type of the X.509 CA.
+    pub ca_key_type: KeyType,
+    /// Key type of the JWT key.
+    pub jwt_key_type: KeyType,
+    /// Subject of CA certificates.
+    pub ca_subject: CaSubject,
+    /// `iss` claim of JWT-SVIDs, if any.
+    pub jwt_issuer: Option<String>,
+    /// The row this server's journal lives in (one per server when several share a database).
+    pub journal_key: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+enum Status {
+    Prepared,
+    Active,
+    Old,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct X509Record {
+    slot: String,
+    /// When this server prepared the CA: rotation thresholds count from here (as SPIRE's
+    /// do), not from the backdated notBefore.
+    issued_at: i64,
+    not_before: i64,
+    not_after: i64,
+    certificate: String,
+    chain: Vec<String>,
+    authority_id: String,
+    status: Status,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct JwtRecord {
+    slot: String,
+    issued_at: i64,
+    not_after: i64,
+    kid: String,
+    public_key: String,
+    status: Status,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Journal {
+    x509: Vec<X509Record>,
+    jwt: Vec<JwtRecord>,
+}
+
+struct X509Slot {
+    record: X509Record,
+    authority: Arc<X509Authority>,
+}
+
+struct JwtSlot {
+    record: JwtRecord,
+    signer: Arc<JwtSigner>,
+}
+
+#[derive(Default)]
+struct Slots {
+    x509_current: Option<X509Slot>,
+    x509_next: Option<X509Slot>,
+    jwt_current: Option<JwtSlot>,
+    jwt_next: Option<JwtSlot>,
+    journal: Journal,
+    warned_no_jwt_publish: bool,
+}
+
+/// A snapshot of the slots for status output.
+#[derive(Debug, Clone, Serialize)]
+pub struct SlotStatus {
+    /// `x509` or `jwt`.
+    pub kind: &'static str,
+    /// `current` or `next`.
+    pub role: &'static str,
+    /// `A` or `B`.
+    pub slot: String,
+    /// Authority id (X.509: hex SKI; JWT: kid).
+    pub id: String,
+    /// Expiry, unix seconds.
+    pub not_after: i64,
+}
+
+/// Owns the CA's slots and rotates them.
+pub struct CaManager {
+    config: CaConfig,
+    key_manager: Arc<dyn KeyManager>,
+    upstream: Option<Arc<dyn UpstreamAuthority>>,
+    datastore: Arc<dyn Datastore>,
+    ca: Arc<Ca>,
+    slots: Mutex<Slots>,
+}
+
+impl std::fmt::Debug for CaManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaManager").field("trust_domain", &self.config.trust_domain).finish_non_exhaustive()
+    }
+}
+
+fn key_id(kind: &str, slot: &str) -> String {
+    match kind {
+        "x509" => format!("x509-CA-{slot}"),
+        _ => format!("JWT-Signer-{slot}"),
+    }
+}
+
+fn other_slot(slot: Option<&str>) -> &'static str {
+    if slot == Some("A") { "B" } else { "A" }
+}
+
+fn random_kid() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut bytes = [0u8; 32];
+    let _ = aws_lc_rs::rand::fill(&mut bytes);
+    bytes.iter().map(|b| char::from(ALPHABET.get(usize::from(*b) % ALPHABET.len()).copied().unwrap_or(b'A'))).collect()
+}
+
+impl CaManager {
+    /// A manager with empty slots; call [`CaManager::initialize`] before serving.
+    #[must_use]
+    pub fn new(
+        config: CaConfig,
+        key_manager: Arc<dyn KeyManager>,
+        upstream: Option<Arc<dyn UpstreamAuthority>>,
+        datastore: Arc<dyn Datastore>,
+    ) -> Self {
+        let ca = Arc::new(Ca::new(
+            config.trust_domain.clone(),
+            config.default_x509_svid_ttl,
+            config.default_jwt_svid_ttl,
+            config.jwt_issuer.clone(),
+        ));
+        Self { config, key_manager, upstream, datastore, ca, slots: Mutex::new(Slots::default()) }
+    }
+
+    /// The signing half, shared with the API handlers.
+    #[must_use]
+    pub fn ca(&self) -> Arc<Ca> {
+        Arc::clone(&self.ca)
+    }
+
+    /// Loads the journal (resuming slots whose keys the key manager still holds), then rotates
+    /// once so that an X.509 CA and a JWT key are active. Fails when none can be made, e.g. the
+    /// upstream authority is unreachable on first start.
+    ///
+    /// # Errors
+    /// Datastore, key manager or upstream failures.
+    pub async fn initialize(&self, now: i64) -> Result<(), CaError> {
+        {
+            let mut slots = self.slots.lock().await;
+            self.load_journal(&mut slots).await?;
+        }
+        self.rotate(now).await
+    }
+
+    async fn load_journal(&self, slots: &mut Slots) -> Result<(), CaError> {
+        let Some(text) = self.datastore.get_ca_journal(&self.config.journal_key).await? else { return Ok(()) };
+        let journal: Journal = match serde_json::from_str(&text) {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::warn!(error = %e, "CA journal unreadable; starting with fresh slots");
+                return Ok(());
+            }
+        };
+        for rec in journal.x509.iter().filter(|r| r.status != Status::Old) {
+            match self.restore_x509(rec) {
+                Ok(Some(slot)) => {
+                    let target = if rec.status == Status::Active { &mut slots.x509_current } else { &mut slots.x509_next };
+                    *target = Some(slot);
+                }
+                Ok(None) => {
+                    tracing::info!(slot = %rec.slot, "X.509 CA in the journal has no matching key (non-persistent key manager?); it will be replaced")
+                }
+                Err(e) => tracing::warn!(slot = %rec.slot, error = %e, "X.509 CA in the journal is unusable; it will be replaced"),
+            }
+        }
+        for rec in journal.jwt.iter().filter(|r| r.status != Status::Old) {
+            match self.restore_jwt(rec) {
+                Ok(Some(slot)) => {
+                    let target = if rec.status == Status::Active { &mut slots.jwt_current } else { &mut slots.jwt_next };
+                    *target = Some(slot);
+                }
+                Ok(None) => tracing::info!(slot = %rec.slot, "JWT key in the journal has no matching key; it will be replaced"),
+                Err(e) => tracing::warn!(slot = %rec.slot, error = %e, "JWT key in the journal is unusable; it will be replaced"),
+            }
+        }
+        slots.journal = journal;
+        if let Some(cur) = &slots.x509_current {
+            self.ca.set_x509(Arc::clone(&cur.authority));
+            tracing::info!(authority_id = %cur.record.authority_id, not_after = cur.record.not_after, "resumed X.509 CA from the journal");
+        }
+        if let Some(cur) = &slots.jwt_current {
+            self.ca.set_jwt(Arc::clone(&cur.signer));
+            tracing::info!(kid = %cur.record.kid, "resumed JWT key from the journal");
+        }
+        Ok(())
+    }
+
+    fn restore_x509(&self, rec: &X509Record) -> Result<Option<X509Slot>, CaError> {
+        let Some(key) = self.key_manager.get_key(&key_id("x509", &rec.slot))? else { return Ok(None) };
+        let cert = B64.decode(&rec.certificate).map_err(|e| CaError::Template(e.to_string()))?;
+        let chain = rec.chain.iter().map(|c| B64.decode(c)).collect::<Result<Vec<_>, _>>().map_err(|e| CaError::Template(e.to_string()))?;
+        match X509Authority::new(cert, chain, key) {
+            Ok(a) => Ok(Some(X509Slot { record: rec.clone(), authority: Arc::new(a) })),
+            // The slot's key was regenerated since (a crash between key and journal write).
+            Err(CaError::Template(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn restore_jwt(&self, rec: &JwtRecord) -> Result<Option<JwtSlot>, CaError> {
+        let Some(key) = self.key_manager.get_key(&key_id("jwt", &rec.slot))? else { return Ok(None) };
+        if B64.encode(key.spki_der()) != rec.public_key {
+            return Ok(None);
+        }
+        Ok(Some(JwtSlot { record: rec.clone(), signer: Arc::new(JwtSigner::new(rec.kid.clone(), rec.not_after, key)) }))
+    }
+
+    /// One rotation step at `now`: prepare, activate or nothing, for X.509 then JWT.
+    ///
+    /// # Errors
+    /// When a needed preparation fails; the active credentials are untouched then.
+    pub async fn rotate(&self, now: i64) -> Result<(), CaError> {
+        let mut slots = self.slots.lock().await;
+        let result = self.rotate_locked(&mut slots, now).await;
+        // Whatever happened, record what is in the slots now.
+        self.save_journal(&mut slots).await?;
+        result?;
+        if let Err(e) = self.datastore.prune_bundle(&self.config.trust_domain, now - BUNDLE_PRUNE_GRACE).await {
+            tracing::warn!(error = %e, "pruning expired authorities from the bundle failed");
+        }
+        Ok(())
+    }
+
+    async fn rotate_locked(&self, slots: &mut Slots, now: i64) -> Result<(), CaError> {
+        let lt = |r: &X509Record| Lifetime { not_before: r.issued_at, not_after: r.not_after };
+        match rotation::next_action(
+            slots.x509_current.as_ref().map(|s| lt(&s.record)),
+            slots.x509_next.as_ref().map(|s| lt(&s.record)),
+            now,
+        ) {
+            Action::Nothing => {}
+            Action::PrepareNext => {
+                let slot = other_slot(slots.x509_current.as_ref().map(|s| s.record.slot.as_str()));
+                slots.x509_next = Some(self.prepare_x509(slot, now).await?);
+                tracing::info!(slot, "prepared next X.509 CA");
+            }
+            Action::ActivateNext => activate_x509(slots, &self.ca),
+            Action::PrepareAndActivate => {
+                let slot = other_slot(slots.x509_current.as_ref().map(|s| s.record.slot.as_str()));
+                slots.x509_next = Some(self.prepare_x509(slot, now).await?);
+                activate_x509(slots, &self.ca);
+            }
+        }
+        if slots.x509_current.is_none() {
+            // Never touch JWT keys without an X.509 CA (SPIRE #5038).
+            return Err(CaError::NoX509Ca);
+        }
+        let lt = |r: &JwtRecord| Lifetime { not_before: r.issued_at, not_after: r.not_after };
+        match rotation::next_action(slots.jwt_current.as_ref().map(|s| lt(&s.record)), slots.jwt_next.as_ref().map(|s| lt(&s.record)), now)
+        {
+            Action::Nothing => {}
+            Action::PrepareNext => {
+                let slot = other_slot(slots.jwt_current.as_ref().map(|s| s.record.slot.as_str()));
+                slots.jwt_next = Some(self.prepare_jwt(slots, slot, now).await?);
+                tracing::info!(slot, "prepared next JWT key");
+            }
+            Action::ActivateNext => activate_jwt(slots, &self.ca),
+            Action::PrepareAndActivate => {
+                let slot = other_slot(slots.jwt_current.as_ref().map(|s| s.record.slot.as_str()));
+                slots.jwt_next = Some(self.prepare_jwt(slots, slot, now).await?);
+                activate_jwt(slots, &self.ca);
+            }
+        }
+        Ok(())
+    }
+
+    async fn prepare_x509(&self, slot: &str, now: i64) -> Result<X509Slot, CaError> {
+        let key = self.key_manager.generate_key(&key_id("x509", slot), self.config.ca_key_type)?;
+        let td = &self.config.trust_domain;
+        let (cert, chain) = match &self.upstream {
+            None => {
+                let cert = tmpl::self_signed_ca(&KeyRef(Arc::clone(&key)), td, &self.config.ca_subject, now, self.config.ca_ttl)?;
+                self.datastore.append_bundle(td, std::slice::from_ref(&cert), &[]).await?;
+                (cert, Vec::new())
+            }
+            Some(up) => {
+                let csr = self.ca_csr(&key)?;
+                let minted = up.mint_x509_ca(&csr, self.config.ca_ttl).await.map_err(|e| CaError::Upstream(e.to_string()))?;
+                validate_minted(&minted.chain, &minted.roots, &key, td, now)?;
+                self.datastore.append_bundle(td, &minted.roots, &[]).await?;
+                let first = minted.chain.first().cloned().ok_or_else(|| CaError::Upstream("empty chain".into()))?;
+                (first, minted.chain)
+            }
+        };
+        let authority = X509Authority::new(cert.clone(), chain.clone(), key)?;
+        let (_, parsed) = x509_parser::parse_x509_certificate(&cert).map_err(|e| CaError::Template(e.to_string()))?;
+        let record = X509Record {
+            slot: slot.to_owned(),
+            issued_at: now,
+            not_before: parsed.validity().not_before.timestamp(),
+            not_after: authority.not_after,
+            certificate: B64.encode(&cert),
+            chain: chain.iter().map(|c| B64.encode(c)).collect(),
+            authority_id: authority.authority_id.clone(),
+            status: Status::Prepared,
+        };
+        Ok(X509Slot { record, authority: Arc::new(authority) })
+    }
+
+    fn ca_csr(&self, key: &Arc<dyn Key>) -> Result<Vec<u8>, CaError> {
+        let mut params = rcgen::CertificateParams::default();
+        let mut dn = rcgen::DistinguishedName::new();
+        for c in &self.config.ca_subject.country {
+            dn.push(rcgen::DnType::CountryName, c.as_str());
+        }
+        for o in &self.config.ca_subject.organization {
+            dn.push(rcgen::DnType::OrganizationName, o.as_str());
+        }
+        params.distinguished_name = dn;
+        params.subject_alt_names = vec![rcgen::SanType::URI(
+            self.config.trust_domain.id_string().try_into().map_err(|e: rcgen::Error| CaError::Template(e.to_string()))?,
+        )];
+        let csr = params.serialize_request(&KeyRef(Arc::clone(key))).map_err(|e| CaError::Signing(e.to_string()))?;
+        Ok(csr.der().to_vec())
+    }
+
+    async fn prepare_jwt(&self, slots: &mut Slots, slot: &str, now: i64) -> Result<JwtSlot, CaError> {
+        let key = self.key_manager.generate_key(&key_id("jwt", slot), self.config.jwt_key_type)?;
+        let kid = random_kid();
+        let not_after = now + self.config.ca_ttl;
+        let authority = JwtAuthority { key_id: kid.clone(), public_key: key.spki_der(), expires_at: not_after };
+        let td = &self.config.trust_domain;
+        let mut keys = vec![authority.clone()];
+        if let Some(up) = &self.upstream {
+            match up.publish_jwt_key(&authority).await {
+                Ok(upstream_keys) => keys.extend(upstream_keys.into_iter().filter(|k| k.key_id != kid)),
+                Err(UpstreamError::Unsupported) => {
+                    if !slots.warned_no_jwt_publish {
+                        tracing::warn!(
+                            "the upstream authority cannot publish JWT keys: JWT-SVIDs from this tier validate only where this tier's bundle is known"
+                        );
+                        slots.warned_no_jwt_publish = true;
+                    }
+                }
+                Err(e) => return Err(CaError::Upstream(format!("publishing JWT key: {e}"))),
+            }
+        }
+        self.datastore.append_bundle(td, &[], &keys).await?;
+        let record = JwtRecord {
+            slot: slot.to_owned(),
+            issued_at: now,
+            not_after,
+            kid: kid.clone(),
+            public_key: B64.encode(key.spki_der()),
+            status: Status::Prepared,
+        };
+        Ok(JwtSlot { record, signer: Arc::new(JwtSigner::new(kid, not_after, key)) })
+    }
+
+    async fn save_journal(&self, slots: &mut Slots) -> Result<(), CaError> {
+        let mut journal = slots.journal.clone();
+        for (slot, status) in [(&slots.x509_current, Status::Active), (&slots.x509_next, Status::Prepared)] {
+            if let Some(s) = slot {
+                journal.x509.retain(|r| r.certificate != s.record.certificate);
+                let mut r = s.record.clone();
+                r.status = status;
+                journal.x509.push(r);
+            }
+        }
+        for (slot, status) in [(&slots.jwt_current, Status::Active), (&slots.jwt_next, Status::Prepared)] {
+            if let Some(s) = slot {
+                journal.jwt.retain(|r| r.kid != s.record.kid);
+                let mut r = s.record.clone();
+                r.status = status;
+                journal.jwt.push(r);
+            }
+        }
+        // Anything no longer in a slot is old.
+        let live_x509: Vec<&str> =
+            [&slots.x509_current, &slots.x509_next].iter().filter_map(|s| s.as_ref().map(|s| s.record.certificate.as_str())).collect();
+        for r in &mut journal.x509 {
+            if !live_x509.contains(&r.certificate.as_str()) {
+                r.status = Status::Old;
+            }
+        }
+        let live_jwt: Vec<&str> =
+            [&slots.jwt_current, &slots.jwt_next].iter().filter_map(|s| s.as_ref().map(|s| s.record.kid.as_str())).collect();
+        for r in &mut journal.jwt {
+            if !live_jwt.contains(&r.kid.as_str()) {
+                r.status = Status::Old;
+            }
+        }
+        let x_len = journal.x509.len();
+        journal.x509.drain(..x_len.saturating_sub(JOURNAL_CAP));
+        let j_len = journal.jwt.len();
+        journal.jwt.drain(..j_len.saturating_sub(JOURNAL_CAP));
+        let text = serde_json::to_string(&journal).map_err(|e| CaError::Template(e.to_string()))?;
+        self.datastore.set_ca_journal(&self.config.journal_key, &text).await?;
+        slots.journal = journal;
+        Ok(())
+    }
+
+    /// The slots, for status output.
+    pub async fn status(&self) -> Vec<SlotStatus> {
+        let slots = self.slots.lock().await;
+        let mut out = Vec::new();
+        for (role, s) in [("current", &slots.x509_current), ("next", &slots.x509_next)] {
+            if let Some(s) = s {
+                out.push(SlotStatus {
+                    kind: "x509",
+                    role,
+                    slot: s.record.slot.clone(),
+                    id: s.record.authority_id.clone(),
+                    not_after: s.record.not_after,
+                });
+            }
+        }
+        for (role, s) in [("current", &slots.jwt_current), ("next", &slots.jwt_next)] {
+            if let Some(s) = s {
+                out.push(SlotStatus {
+                    kind: "jwt",
+                    role,
+                    slot: s.record.slot.clone(),
+                    id: s.record.kid.clone(),
+                    not_after: s.record.not_after,
+                });
+            }
+        }
+        out
+    }
+
+    /// Rotates every `interval` until `shutdown` resolves; failures are logged and retried.
+    pub async fn run(self: Arc<Self>, interval: std::time::Duration, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return,
+                _ = ticker.tick() => {
+                    if let Err(e) = self.rotate(crate::now_unix()).await {
+                        tracing::warn!(error = %e, "CA rotation failed; keeping the current credentials and retrying");
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn activate_x509(slots: &mut Slots, ca: &Ca) {
+    if let Some(next) = slots.x509_next.take() {
+        ca.set_x509(Arc::clone(&next.authority));
+        tracing::info!(authority_id = %next.record.authority_id, not_after = next.record.not_after, "activated X.509 CA");
+        slots.x509_current = Some(next);
+    }
+}
+
+fn activate_jwt(slots: &mut Slots, ca: &Ca) {
+    if let Some(next) = slots.jwt_next.take() {
+        ca.set_jwt(Arc::clone(&next.signer));
+        tracing::info!(kid = %next.record.kid, "activated JWT key");
+        slots.jwt_current = Some(next);
+    }
+}
+
+/// Checks a CA minted upstream before it is used (SPIRE's credential validator): a currently
+/// valid CA for our key with the trust-domain URI SAN, chaining to the returned roots.
+fn validate_minted(chain: &[Vec<u8>], roots: &[Vec<u8>], key: &Arc<dyn Key>, td: &TrustDomain, now: i64) -> Result<(), CaError> {
+    let bad = |why: &str| CaError::Upstream(format!("X509 CA minted by upstream authority is invalid: {why}"));
+    let first = chain.first().ok_or_else(|| bad("empty chain"))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(first).map_err(|_| bad("unparsable certificate"))?;
+    if !cert.is_ca() {
+        return Err(bad("not a CA"));
+    }
+    if cert.public_key().raw != key.spki_der().as_slice() {
+        return Err(bad("public key differs from the CSR's"));
+    }
+    if !(cert.validity().not_before.timestamp() <= now && now < cert.validity().not_after.timestamp()) {
+        return Err(bad("not valid now (check clock skew between tiers)"));
+    }
+    let ku_ok = cert.key_usage().ok().flatten().is_some_and(|ku| ku.value.key_cert_sign());
+    if !ku_ok {
+        return Err(bad("keyCertSign missing"));
+    }
+    let uris: Vec<String> = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|g| if let x509_parser::extensions::GeneralName::URI(u) = g { Some((*u).to_owned()) } else { None })
+                .collect()
+        })
+        .unwrap_or_default();
+    if !(uris.is_empty() || uris == [td.id_string()]) {
+        return Err(bad("URI SAN is not the trust domain ID"));
+    }
+    if roots.is_empty() {
+        return Err(bad("no upstream roots"));
+    }
+    // Walk the chain to a root.
+    let mut current = first.clone();
+    for next in chain.iter().skip(1).chain(std::iter::once(&Vec::new())) {
+        let (_, c) = x509_parser::parse_x509_certificate(&current).map_err(|_| bad("unparsable certificate"))?;
+        if roots.iter().any(|r| x509_parser::parse_x509_certificate(r).is_ok_and(|(_, r)| c.verify_signature(Some(r.public_key())).is_ok()))
+        {
+            return Ok(());
+        }
+        if next.is_empty() {
+            break;
+        }
+        let (_, n) = x509_parser::parse_x509_certificate(next).map_err(|_| bad("unparsable certificate"))?;
+        if c.verify_signature(Some(n.public_key())).is_err() {
+            return Err(bad("chain is broken"));
+        }
+        current.clone_from(next);
+    }
+    Err(bad("does not chain to the upstream roots"))
+}

@@ -1,0 +1,268 @@
+//! The server's certificate authority.
+//!
+//! [`Ca`] is the hot path: it holds the active X.509 CA and JWT key and mints X509-SVIDs,
+//! JWT-SVIDs and downstream CAs. [`manager::CaManager`] owns the current/next slots, decides
+//! rotation with the pure functions in [`rotation`], persists the journal in the datastore and
+//! swaps the active credentials into the [`Ca`].
+
+pub mod manager;
+pub mod rotation;
+pub mod x509;
+
+use crate::keymanager::{Key, KeyManagerError, KeyRef};
+use crate::spiffe::{SpiffeId, TrustDomain};
+use rcgen::PublicKeyData;
+use std::sync::{Arc, RwLock};
+
+pub use manager::{CaConfig, CaManager};
+pub use x509::CaSubject;
+
+/// Errors from the CA.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CaError {
+    /// No active X.509 CA (still starting, or the upstream never answered).
+    #[error("X509 CA is not available for signing")]
+    NoX509Ca,
+    /// No active JWT key.
+    #[error("JWT key is not available for signing")]
+    NoJwtKey,
+    /// The request cannot be served as asked (bad CSR, bad TTL, bad audience ...).
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// A certificate template could not be built.
+    #[error("certificate template: {0}")]
+    Template(String),
+    /// Signing failed in the key's backend.
+    #[error("signing: {0}")]
+    Signing(String),
+    /// The key manager failed.
+    #[error(transparent)]
+    KeyManager(#[from] KeyManagerError),
+    /// The upstream authority failed or returned something unusable.
+    #[error("upstream authority: {0}")]
+    Upstream(String),
+    /// The datastore failed.
+    #[error("datastore: {0}")]
+    Datastore(#[from] crate::datastore::DatastoreError),
+}
+
+/// The X.509 CA in use: its certificate, the chain that goes after an SVID, and its key.
+pub struct X509Authority {
+    /// DER of the CA certificate.
+    pub cert_der: Vec<u8>,
+    /// Certificates that follow a leaf in an SVID chain: empty for a self-signed root;
+    /// [this CA, intermediates...] (roots excluded) when an upstream signed it.
+    pub chain: Vec<Vec<u8>>,
+    /// notAfter, unix seconds.
+    pub not_after: i64,
+    /// Hex subject key id (SPIRE's authority id).
+    pub authority_id: String,
+    issuer: rcgen::Issuer<'static, KeyRef>,
+}
+
+impl std::fmt::Debug for X509Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("X509Authority")
+            .field("authority_id", &self.authority_id)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+impl X509Authority {
+    /// Wraps a CA certificate and its key for signing.
+    ///
+    /// # Errors
+    /// When the certificate does not parse or its key differs from `key`.
+    pub fn new(cert_der: Vec<u8>, chain: Vec<Vec<u8>>, key: Arc<dyn Key>) -> Result<Self, CaError> {
+        let (_, cert) = x509_parser::parse_x509_certificate(&cert_der).map_err(|e| CaError::Template(format!("CA certificate: {e}")))?;
+        if cert.public_key().raw != key.spki_der().as_slice() {
+            return Err(CaError::Template("CA certificate does not match its key".into()));
+        }
+        let not_after = cert.validity().not_after.timestamp();
+        let authority_id = hex(&x509::key_id(&KeyRef(Arc::clone(&key))));
+        let issuer =
+            rcgen::Issuer::from_ca_cert_der(&cert_der.as_slice().into(), KeyRef(key)).map_err(|e| CaError::Template(e.to_string()))?;
+        Ok(Self { cert_der, chain, not_after, authority_id, issuer })
+    }
+}
+
+/// The JWT signing key in use.
+#[derive(Debug)]
+pub struct JwtSigner {
+    /// The `kid` header value.
+    pub kid: String,
+    /// Expiry of the key; JWT-SVID `exp` never exceeds it.
+    pub not_after: i64,
+    key: Arc<dyn Key>,
+}
+
+impl JwtSigner {
+    /// Wraps a JWT key.
+    #[must_use]
+    pub fn new(kid: String, not_after: i64, key: Arc<dyn Key>) -> Self {
+        Self { kid, not_after, key }
+    }
+}
+
+/// Parameters of an X509-SVID request.
+#[derive(Debug, Clone)]
+pub struct X509SvidRequest<'a> {
+    /// Identity to put in the URI SAN.
+    pub id: &'a SpiffeId,
+    /// DNS SANs (first one becomes the CN).
+    pub dns_names: &'a [String],
+    /// Requested TTL in seconds (0 = default).
+    pub ttl: i64,
+}
+
+/// The signing half of the CA. Cheap to share; swaps are atomic per credential.
+#[derive(Debug)]
+pub struct Ca {
+    trust_domain: TrustDomain,
+    default_x509_ttl: i64,
+    default_jwt_ttl: i64,
+    jwt_issuer: Option<String>,
+    x509: RwLock<Option<Arc<X509Authority>>>,
+    jwt: RwLock<Option<Arc<JwtSigner>>>,
+}
+
+/// Largest audience list accepted on a JWT-SVID (bounds the token size).
+pub const MAX_AUDIENCES: usize = 64;
+
+impl Ca {
+    /// An empty CA for `trust_domain`; the manager activates credentials into it.
+    #[must_use]
+    pub fn new(trust_domain: TrustDomain, default_x509_ttl: i64, default_jwt_ttl: i64, jwt_issuer: Option<String>) -> Self {
+        Self { trust_domain, default_x509_ttl, default_jwt_ttl, jwt_issuer, x509: RwLock::new(None), jwt: RwLock::new(None) }
+    }
+
+    /// The trust domain.
+    #[must_use]
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.trust_domain
+    }
+
+    /// The active X.509 authority.
+    #[must_use]
+    pub fn x509_authority(&self) -> Option<Arc<X509Authority>> {
+        self.x509.read().ok().and_then(|g| g.clone())
+    }
+
+    /// The active JWT key.
+    #[must_use]
+    pub fn jwt_signer(&self) -> Option<Arc<JwtSigner>> {
+        self.jwt.read().ok().and_then(|g| g.clone())
+    }
+
+    pub(crate) fn set_x509(&self, a: Arc<X509Authority>) {
+        if let Ok(mut g) = self.x509.write() {
+            *g = Some(a);
+        }
+    }
+
+    pub(crate) fn set_jwt(&self, s: Arc<JwtSigner>) {
+        if let Ok(mut g) = self.jwt.write() {
+            *g = Some(s);
+        }
+    }
+
+    /// Mints an X509-SVID for `public_key`; returns the chain, leaf first.
+    ///
+    /// # Errors
+    /// No active CA, an ID outside the trust domain or without a path, or a signing failure.
+    pub fn mint_x509_svid(&self, public_key: &impl PublicKeyData, req: &X509SvidRequest<'_>, now: i64) -> Result<Vec<Vec<u8>>, CaError> {
+        if !req.id.is_member_of(&self.trust_domain) {
+            return Err(CaError::InvalidRequest(format!("{} is not a member of trust domain {}", req.id, self.trust_domain)));
+        }
+        if req.id.is_trust_domain_id() {
+            return Err(CaError::InvalidRequest("an X509-SVID needs a SPIFFE ID with a path".into()));
+        }
+        if req.ttl < 0 {
+            return Err(CaError::InvalidRequest("ttl must not be negative".into()));
+        }
+        let ca = self.x509_authority().ok_or(CaError::NoX509Ca)?;
+        let ttl = if req.ttl == 0 { self.default_x509_ttl } else { req.ttl };
+        let not_after = (now + ttl).min(ca.not_after);
+        let params = x509::svid_params(req.id, req.dns_names, public_key, now - x509::NOT_BEFORE_CUSHION, not_after)?;
+        let leaf = params.signed_by(public_key, &ca.issuer).map_err(|e| CaError::Signing(e.to_string()))?;
+        let mut chain = Vec::with_capacity(1 + ca.chain.len());
+        chain.push(leaf.der().to_vec());
+        chain.extend(ca.chain.iter().cloned());
+        Ok(chain)
+    }
+
+    /// Mints a CA certificate for a downstream tier's public key: the trust-domain URI SAN,
+    /// the parent's subject with `OU=DOWNSTREAM-n`, lifetime capped at this CA's expiry.
+    /// Returns [new CA, this tier's chain...].
+    ///
+    /// # Errors
+    /// No active CA, or a signing failure.
+    pub fn mint_downstream_ca(
+        &self,
+        public_key: &impl PublicKeyData,
+        subject: &CaSubject,
+        ttl: i64,
+        now: i64,
+    ) -> Result<Vec<Vec<u8>>, CaError> {
+        let ca = self.x509_authority().ok_or(CaError::NoX509Ca)?;
+        let not_after = (now + ttl).min(ca.not_after);
+        let ou = format!("DOWNSTREAM-{}", ca.chain.len().max(1));
+        let params = x509::ca_params(&self.trust_domain, subject, Some(&ou), public_key, now - x509::NOT_BEFORE_CUSHION, not_after)?;
+        let cert = params.signed_by(public_key, &ca.issuer).map_err(|e| CaError::Signing(e.to_string()))?;
+        let mut chain = vec![cert.der().to_vec()];
+        if ca.chain.is_empty() {
+            // Self-signed root: the downstream's chain ends at its own CA (the root is in the bundle).
+        } else {
+            chain.extend(ca.chain.iter().cloned());
+        }
+        Ok(chain)
+    }
+
+    /// Mints a JWT-SVID; returns the token and its `exp`, which is capped at the key's expiry.
+    ///
+    /// # Errors
+    /// No active key, an empty or oversized audience list, an ID outside the trust domain.
+    pub fn mint_jwt_svid(&self, id: &SpiffeId, audience: &[String], ttl: i64, now: i64) -> Result<(String, i64), CaError> {
+        if audience.is_empty() || audience.iter().any(String::is_empty) {
+            return Err(CaError::InvalidRequest("at least one audience is required".into()));
+        }
+        if audience.len() > MAX_AUDIENCES {
+            return Err(CaError::InvalidRequest(format!("too many audiences: {} (at most {MAX_AUDIENCES})", audience.len())));
+        }
+        if !id.is_member_of(&self.trust_domain) || id.is_trust_domain_id() {
+            return Err(CaError::InvalidRequest(format!("{id} is not a workload ID of trust domain {}", self.trust_domain)));
+        }
+        if ttl < 0 {
+            return Err(CaError::InvalidRequest("ttl must not be negative".into()));
+        }
+        let signer = self.jwt_signer().ok_or(CaError::NoJwtKey)?;
+        let ttl = if ttl == 0 { self.default_jwt_ttl } else { ttl };
+        let exp = (now + ttl).min(signer.not_after);
+        let mut claims = serde_json::Map::new();
+        claims.insert("sub".into(), id.as_str().into());
+        claims.insert("aud".into(), audience.to_vec().into());
+        claims.insert("exp".into(), exp.into());
+        claims.insert("iat".into(), now.into());
+        if let Some(iss) = &self.jwt_issuer {
+            claims.insert("iss".into(), iss.clone().into());
+        }
+        let alg = match signer.key.key_type() {
+            crate::keymanager::KeyType::EcP256 => crate::spiffe::jwt::JwtAlg::ES256,
+            crate::keymanager::KeyType::EcP384 => crate::spiffe::jwt::JwtAlg::ES384,
+        };
+        let input = crate::spiffe::jwt::signing_input(alg, &signer.kid, &serde_json::Value::Object(claims));
+        let sig = signer.key.sign_jws(input.as_bytes())?;
+        Ok((crate::spiffe::jwt::assemble(&input, &sig), exp))
+    }
+}
+
+/// Lowercase hex.
+#[must_use]
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests;

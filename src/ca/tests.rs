@@ -1,0 +1,195 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test code: a failed unwrap is a failed test")]
+use super::*;
+use crate::datastore::{Datastore, sql::SqlDatastore};
+use crate::keymanager::{KeyManager, KeyType, MemoryKeyManager};
+use std::sync::Arc;
+use x509_parser::prelude::*;
+
+const H: i64 = 3600;
+const T0: i64 = 1_800_000_000;
+
+fn td() -> TrustDomain {
+    TrustDomain::new("example.org").unwrap()
+}
+
+fn config(ca_ttl: i64) -> CaConfig {
+    CaConfig {
+        trust_domain: td(),
+        ca_ttl,
+        default_x509_svid_ttl: H,
+        default_jwt_svid_ttl: 300,
+        ca_key_type: KeyType::EcP256,
+        jwt_key_type: KeyType::EcP256,
+        ca_subject: CaSubject::default(),
+        jwt_issuer: Some("https://issuer.example".into()),
+        journal_key: "test".into(),
+    }
+}
+
+async fn datastore() -> Arc<dyn Datastore> {
+    Arc::new(SqlDatastore::open("sqlite3", "sqlite::memory:").await.unwrap())
+}
+
+fn leaf_key() -> rcgen::KeyPair {
+    rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap()
+}
+
+#[tokio::test]
+async fn rotation_end_to_end_with_injected_clock() {
+    let ds = datastore().await;
+    let km: Arc<dyn KeyManager> = Arc::new(MemoryKeyManager::new());
+    let m = CaManager::new(config(24 * H), km, None, Arc::clone(&ds));
+    m.initialize(T0).await.unwrap();
+    let first = m.ca().x509_authority().unwrap();
+    let first_kid = m.ca().jwt_signer().unwrap().kid.clone();
+    let bundle = ds.get_bundle(&td()).await.unwrap().unwrap();
+    assert_eq!(bundle.x509_authorities, vec![first.cert_der.clone()]);
+    assert_eq!(bundle.jwt_authorities.len(), 1);
+    let seq0 = bundle.sequence_number;
+
+    // Before the prepare threshold nothing changes.
+    m.rotate(T0 + 11 * H).await.unwrap();
+    assert_eq!(ds.get_bundle(&td()).await.unwrap().unwrap().sequence_number, seq0);
+    // At half-life the next CA and JWT key are prepared and published, not used.
+    m.rotate(T0 + 12 * H).await.unwrap();
+    let bundle = ds.get_bundle(&td()).await.unwrap().unwrap();
+    assert_eq!(bundle.x509_authorities.len(), 2);
+    assert_eq!(bundle.jwt_authorities.len(), 2);
+    assert!(bundle.sequence_number > seq0);
+    assert_eq!(m.ca().x509_authority().unwrap().authority_id, first.authority_id);
+    assert_eq!(m.ca().jwt_signer().unwrap().kid, first_kid);
+    // At the activation threshold (5/6 of life) the prepared ones take over.
+    m.rotate(T0 + 20 * H).await.unwrap();
+    let second = m.ca().x509_authority().unwrap();
+    assert_ne!(second.authority_id, first.authority_id);
+    assert_ne!(m.ca().jwt_signer().unwrap().kid, first_kid);
+    assert!(bundle.x509_authorities.contains(&second.cert_der));
+    // SVIDs now chain to the new root.
+    let key = leaf_key();
+    let id = SpiffeId::new("spiffe://example.org/w").unwrap();
+    let chain = m.ca().mint_x509_svid(&key, &X509SvidRequest { id: &id, dns_names: &[], ttl: 0 }, T0 + 20 * H).unwrap();
+    let (_, leaf) = parse_x509_certificate(&chain[0]).unwrap();
+    let (_, root) = parse_x509_certificate(&second.cert_der).unwrap();
+    leaf.verify_signature(Some(root.public_key())).unwrap();
+    let status = m.status().await;
+    assert_eq!(status.iter().filter(|s| s.role == "current").count(), 2);
+}
+
+#[tokio::test]
+async fn svid_profile_and_ttl_capping() {
+    let ds = datastore().await;
+    let m = CaManager::new(config(2 * H), Arc::new(MemoryKeyManager::new()), None, ds);
+    m.initialize(T0).await.unwrap();
+    let ca = m.ca();
+    let key = leaf_key();
+    let id = SpiffeId::new("spiffe://example.org/ns/prod/web").unwrap();
+    let dns = vec!["web.example.org".to_owned()];
+    // A TTL longer than the CA's remaining life is capped at the CA's notAfter.
+    let chain = ca.mint_x509_svid(&key, &X509SvidRequest { id: &id, dns_names: &dns, ttl: 10 * H }, T0).unwrap();
+    assert_eq!(chain.len(), 1, "a self-signed root's SVID chain is the leaf alone");
+    let (_, leaf) = parse_x509_certificate(&chain[0]).unwrap();
+    assert_eq!(leaf.validity().not_after.timestamp(), ca.x509_authority().unwrap().not_after);
+    assert_eq!(leaf.validity().not_before.timestamp(), T0 - 10);
+    assert!(!leaf.is_ca());
+    let ku = leaf.key_usage().unwrap().unwrap();
+    assert!(ku.critical && ku.value.digital_signature() && !ku.value.key_cert_sign() && !ku.value.crl_sign());
+    let eku = leaf.extended_key_usage().unwrap().unwrap().value;
+    assert!(eku.server_auth && eku.client_auth);
+    let authority = ca.x509_authority().unwrap();
+    let (_, ca_cert) = parse_x509_certificate(&authority.cert_der).unwrap();
+    let ski = match ca_cert
+        .get_extension_unique(&x509_parser::oid_registry::OID_X509_EXT_SUBJECT_KEY_IDENTIFIER)
+        .unwrap()
+        .unwrap()
+        .parsed_extension()
+    {
+        ParsedExtension::SubjectKeyIdentifier(k) => k.0.to_vec(),
+        _ => panic!("no SKI"),
+    };
+    let aki = match leaf
+        .get_extension_unique(&x509_parser::oid_registry::OID_X509_EXT_AUTHORITY_KEY_IDENTIFIER)
+        .unwrap()
+        .unwrap()
+        .parsed_extension()
+    {
+        ParsedExtension::AuthorityKeyIdentifier(k) => k.key_identifier.as_ref().unwrap().0.to_vec(),
+        _ => panic!("no AKI"),
+    };
+    assert_eq!(ski, aki);
+    // Refusals.
+    let other = SpiffeId::new("spiffe://other.org/w").unwrap();
+    assert!(matches!(
+        ca.mint_x509_svid(&key, &X509SvidRequest { id: &other, dns_names: &[], ttl: 0 }, T0),
+        Err(CaError::InvalidRequest(_))
+    ));
+    let root = SpiffeId::new("spiffe://example.org").unwrap();
+    assert!(matches!(ca.mint_x509_svid(&key, &X509SvidRequest { id: &root, dns_names: &[], ttl: 0 }, T0), Err(CaError::InvalidRequest(_))));
+}
+
+#[tokio::test]
+async fn jwt_svid_claims_and_exp_cap() {
+    let ds = datastore().await;
+    let m = CaManager::new(config(H), Arc::new(MemoryKeyManager::new()), None, Arc::clone(&ds));
+    m.initialize(T0).await.unwrap();
+    let id = SpiffeId::new("spiffe://example.org/w").unwrap();
+    let (token, exp) = m.ca().mint_jwt_svid(&id, &["a".into()], 10 * H, T0).unwrap();
+    assert_eq!(exp, m.ca().jwt_signer().unwrap().not_after);
+    let bundle = ds.get_bundle(&td()).await.unwrap().unwrap();
+    let claims = crate::spiffe::jwt::validate_jwt_svid(&token, &["a"], T0, |t, kid| {
+        assert_eq!(t, &td());
+        Ok(bundle.jwt_authorities.iter().find(|k| k.key_id == kid).map(|k| k.public_key.clone()))
+    })
+    .unwrap();
+    assert_eq!(claims.subject, id);
+    assert_eq!(claims.expiry, m.ca().jwt_signer().unwrap().not_after, "exp is capped at the key's expiry");
+    assert_eq!(claims.issuer.as_deref(), Some("https://issuer.example"));
+    assert!(m.ca().mint_jwt_svid(&id, &[], 0, T0).is_err());
+    assert!(m.ca().mint_jwt_svid(&id, &vec!["a".to_owned(); 10_000], 0, T0).is_err());
+}
+
+#[tokio::test]
+async fn restart_with_persistent_keys_resumes_and_memory_keys_remint() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("ds.sqlite3").display());
+    let keys = dir.path().join("keys.json");
+    let (first, kid) = {
+        let ds: Arc<dyn Datastore> = Arc::new(SqlDatastore::open("sqlite3", &db).await.unwrap());
+        let km = Arc::new(crate::keymanager::DiskKeyManager::open(&keys).unwrap());
+        let m = CaManager::new(config(24 * H), km, None, ds);
+        m.initialize(T0).await.unwrap();
+        (m.ca().x509_authority().unwrap().cert_der.clone(), m.ca().jwt_signer().unwrap().kid.clone())
+    };
+    let ds: Arc<dyn Datastore> = Arc::new(SqlDatastore::open("sqlite3", &db).await.unwrap());
+    let km = Arc::new(crate::keymanager::DiskKeyManager::open(&keys).unwrap());
+    let m = CaManager::new(config(24 * H), km, None, Arc::clone(&ds));
+    m.initialize(T0 + H).await.unwrap();
+    assert_eq!(m.ca().x509_authority().unwrap().cert_der, first, "disk keys: same CA after restart");
+    assert_eq!(m.ca().jwt_signer().unwrap().kid, kid);
+    assert_eq!(ds.get_bundle(&td()).await.unwrap().unwrap().x509_authorities.len(), 1);
+    // Memory keys: the journal's key is gone, so a new CA is minted; the old root stays.
+    let m = CaManager::new(config(24 * H), Arc::new(MemoryKeyManager::new()), None, Arc::clone(&ds));
+    m.initialize(T0 + 2 * H).await.unwrap();
+    assert_ne!(m.ca().x509_authority().unwrap().cert_der, first);
+    let bundle = ds.get_bundle(&td()).await.unwrap().unwrap();
+    assert_eq!(bundle.x509_authorities.len(), 2);
+    assert!(bundle.x509_authorities.contains(&first));
+}
+
+#[tokio::test]
+async fn unreachable_upstream_fails_start_without_jwt_churn() {
+    #[derive(Debug)]
+    struct Down;
+    #[async_trait::async_trait]
+    impl crate::upstream::UpstreamAuthority for Down {
+        async fn mint_x509_ca(&self, _: &[u8], _: i64) -> Result<crate::upstream::MintedCa, crate::upstream::UpstreamError> {
+            Err(crate::upstream::UpstreamError::Unavailable("connection refused".into()))
+        }
+    }
+    let ds = datastore().await;
+    let km = Arc::new(MemoryKeyManager::new());
+    let m = CaManager::new(config(H), Arc::clone(&km) as Arc<dyn KeyManager>, Some(Arc::new(Down)), Arc::clone(&ds));
+    let err = m.initialize(T0).await.unwrap_err().to_string();
+    assert!(err.contains("connection refused"), "{err}");
+    assert!(km.get_key("JWT-Signer-A").unwrap().is_none(), "no JWT key made while there is no X.509 CA");
+    assert!(ds.get_bundle(&td()).await.unwrap().is_none());
+}

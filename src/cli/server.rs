@@ -1,0 +1,938 @@
+//! `cairn server ...` subcommands.
+
+use super::client::connect_admin;
+use crate::api::convert::{bundle_from_proto, id_to_proto};
+use crate::api::pb::spire::api::server::{agent::v1 as agentpb, bundle::v1 as bundlepb, entry::v1 as entrypb, svid::v1 as svidpb};
+use crate::api::pb::spire::api::types as pt;
+use crate::config::server::{DEFAULT_SOCKET_PATH, ServerConfig, ServerOverrides};
+use crate::spiffe::{Bundle, SpiffeId, TrustDomain};
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+
+/// `cairn server` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ServerCommand {
+    /// Run the server.
+    Run(RunArgs),
+    /// Check a config file and report every problem.
+    Validate(RunArgs),
+    /// Is the server up and serving?
+    Healthcheck(HealthArgs),
+    /// Registration entries.
+    Entry {
+        #[command(subcommand)]
+        command: EntryCommand,
+    },
+    /// Join tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// The trust bundle and federated bundles.
+    Bundle {
+        #[command(subcommand)]
+        command: BundleCommand,
+    },
+    /// Mint X509-SVIDs.
+    X509 {
+        #[command(subcommand)]
+        command: X509Command,
+    },
+    /// Mint JWT-SVIDs.
+    Jwt {
+        #[command(subcommand)]
+        command: JwtCommand,
+    },
+    /// Attested agents.
+    Agent {
+        #[command(subcommand)]
+        command: AgentCommand,
+    },
+}
+
+/// Flags of `run` and `validate` (SPIRE's).
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Path to the config file.
+    #[arg(long, default_value = "conf/server/server.conf")]
+    config: PathBuf,
+    /// Expand $VAR and ${VAR} in the config file.
+    #[arg(long)]
+    expand_env: bool,
+    /// Override trust_domain.
+    #[arg(long)]
+    trust_domain: Option<String>,
+    /// Override bind_address.
+    #[arg(long)]
+    bind_address: Option<String>,
+    /// Override bind_port.
+    #[arg(long)]
+    server_port: Option<u16>,
+    /// Override socket_path.
+    #[arg(long)]
+    socket_path: Option<PathBuf>,
+    /// Override data_dir.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Override log_level.
+    #[arg(long)]
+    log_level: Option<String>,
+}
+
+/// Flags shared by admin commands.
+#[derive(Debug, Args, Clone)]
+pub struct Sock {
+    /// Path to the server's admin socket.
+    #[arg(long, default_value = DEFAULT_SOCKET_PATH, global = true)]
+    socket_path: PathBuf,
+    /// Output format: pretty or json.
+    #[arg(long, default_value = "pretty", global = true)]
+    output: String,
+}
+
+/// `healthcheck` flags.
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    #[command(flatten)]
+    sock: Sock,
+    /// Only check that the socket answers.
+    #[arg(long)]
+    shallow: bool,
+    /// Print what is checked.
+    #[arg(long)]
+    verbose: bool,
+}
+
+/// Entry fields (create and update).
+#[derive(Debug, Args, Clone, Default)]
+pub struct EntryFields {
+    /// Entry ID (update: which entry; create: a custom ID).
+    #[arg(long)]
+    entry_id: Option<String>,
+    /// SPIFFE ID the entry issues.
+    #[arg(long)]
+    spiffe_id: Option<String>,
+    /// Parent ID (an agent or node alias).
+    #[arg(long)]
+    parent_id: Option<String>,
+    /// Selector `type:value` (repeatable).
+    #[arg(long)]
+    selector: Vec<String>,
+    /// Make a node-alias entry (parent = the server).
+    #[arg(long)]
+    node: bool,
+    /// The identity may call admin APIs.
+    #[arg(long)]
+    admin: bool,
+    /// The identity is a downstream tier.
+    #[arg(long)]
+    downstream: bool,
+    /// Trust domain whose bundle the workload receives (repeatable).
+    #[arg(long)]
+    federates_with: Vec<String>,
+    /// DNS SAN (repeatable).
+    #[arg(long)]
+    dns: Vec<String>,
+    /// X509-SVID TTL, seconds.
+    #[arg(long)]
+    x509_svid_ttl: Option<i32>,
+    /// JWT-SVID TTL, seconds.
+    #[arg(long)]
+    jwt_svid_ttl: Option<i32>,
+    /// Entry expiry, unix seconds.
+    #[arg(long)]
+    entry_expiry: Option<i64>,
+    /// Hint for workloads.
+    #[arg(long)]
+    hint: Option<String>,
+    /// The agent stores the SVID.
+    #[arg(long)]
+    store_svid: bool,
+}
+
+/// `entry` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum EntryCommand {
+    /// Create an entry.
+    Create {
+        #[command(flatten)]
+        f: EntryFields,
+        #[command(flatten)]
+        sock: Sock,
+    },
+    /// Update an entry (fields not given keep their values).
+    Update {
+        #[command(flatten)]
+        f: EntryFields,
+        #[command(flatten)]
+        sock: Sock,
+    },
+    /// Show entries (filters optional).
+    Show {
+        /// Entry ID.
+        #[arg(long)]
+        entry_id: Option<String>,
+        /// Filter by SPIFFE ID.
+        #[arg(long)]
+        spiffe_id: Option<String>,
+        /// Filter by parent ID.
+        #[arg(long)]
+        parent_id: Option<String>,
+        /// Filter by selector (repeatable; exact match of the set).
+        #[arg(long)]
+        selector: Vec<String>,
+        /// Only downstream entries.
+        #[arg(long)]
+        downstream: bool,
+        #[command(flatten)]
+        sock: Sock,
+    },
+    /// Delete an entry.
+    Delete {
+        /// Entry ID.
+        #[arg(long)]
+        entry_id: String,
+        #[command(flatten)]
+        sock: Sock,
+    },
+    /// Count entries.
+    Count {
+        #[command(flatten)]
+        sock: Sock,
+    },
+}
+
+/// `token` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Generate a join token.
+    Generate {
+        /// Register this ID as an alias of the agent that attests with the token.
+        #[arg(long)]
+        spiffe_id: Option<String>,
+        /// Token TTL, seconds.
+        #[arg(long, default_value_t = 600)]
+        ttl: i32,
+        #[command(flatten)]
+        sock: Sock,
+    },
+}
+
+/// `bundle` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum BundleCommand {
+    /// Show this trust domain's bundle.
+    Show {
+        /// pem or spiffe.
+        #[arg(long, default_value = "pem")]
+        format: String,
+        #[command(flatten)]
+        sock: Sock,
+    },
+    /// List federated bundles.
+    List {
+        /// Only this trust domain.
+        #[arg(long)]
+        id: Option<String>,
+        /// pem or spiffe.
+        #[arg(long, default_value = "pem")]
+        format: String,
+        #[command(flatten)]
+        sock: Sock,
+    },
+    /// Create or replace a federated bundle.
+    Set {
+        /// Trust domain (SPIFFE ID form or bare name).
+        #[arg(long)]
+        id: String,
+        /// File to read (stdin when absent).
+        #[arg(long)]
+        path: Option<PathBuf>,
+        /// pem or spiffe.
+        #[arg(long, default_value = "pem")]
+        format: String,
+        #[command(flatten)]
+        sock: Sock,
+    },
+    /// Delete a federated bundle.
+    Delete {
+        /// Trust domain.
+        #[arg(long)]
+        id: String,
+        /// restrict, delete or dissociate.
+        #[arg(long, default_value = "restrict")]
+        mode: String,
+        #[command(flatten)]
+        sock: Sock,
+    },
+    /// Count bundles.
+    Count {
+        #[command(flatten)]
+        sock: Sock,
+    },
+}
+
+/// `x509` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum X509Command {
+    /// Mint an X509-SVID (key made here, CSR sent).
+    Mint {
+        /// SPIFFE ID.
+        #[arg(long)]
+        spiffe_id: String,
+        /// DNS SAN (repeatable).
+        #[arg(long)]
+        dns: Vec<String>,
+        /// TTL, seconds (0 = server default).
+        #[arg(long, default_value_t = 0)]
+        ttl: i32,
+        /// Directory to write svid.pem, key.pem, bundle.pem into.
+        #[arg(long)]
+        write: Option<PathBuf>,
+        #[command(flatten)]
+        sock: Sock,
+    },
+}
+
+/// `jwt` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum JwtCommand {
+    /// Mint a JWT-SVID.
+    Mint {
+        /// SPIFFE ID.
+        #[arg(long)]
+        spiffe_id: String,
+        /// Audience (repeatable).
+        #[arg(long)]
+        audience: Vec<String>,
+        /// TTL, seconds (0 = server default).
+        #[arg(long, default_value_t = 0)]
+        ttl: i32,
+        /// File to write the token into.
+        #[arg(long)]
+        write: Option<PathBuf>,
+        #[command(flatten)]
+        sock: Sock,
+    },
+}
+
+/// `agent` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// List agents.
+    List {
+        #[command(flatten)]
+        sock: Sock,
+    },
+    /// Show one agent.
+    Show {
+        /// Agent SPIFFE ID.
+        #[arg(long)]
+        spiffe_id: String,
+        #[command(flatten)]
+        sock: Sock,
+    },
+    /// Evict (delete) an agent; it may attest again.
+    Evict {
+        /// Agent SPIFFE ID.
+        #[arg(long)]
+        spiffe_id: String,
+        #[command(flatten)]
+        sock: Sock,
+    },
+    /// Ban an agent.
+    Ban {
+        /// Agent SPIFFE ID.
+        #[arg(long)]
+        spiffe_id: String,
+        #[command(flatten)]
+        sock: Sock,
+    },
+    /// Count agents.
+    Count {
+        #[command(flatten)]
+        sock: Sock,
+    },
+}
+
+type CliResult = Result<(), String>;
+
+fn s(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+fn status_msg(st: &tonic::Status) -> String {
+    format!("{}: {}", code_name(st.code()), st.message())
+}
+
+fn code_name(c: tonic::Code) -> &'static str {
+    use tonic::Code as C;
+    match c {
+        C::InvalidArgument => "InvalidArgument",
+        C::NotFound => "NotFound",
+        C::AlreadyExists => "AlreadyExists",
+        C::PermissionDenied => "PermissionDenied",
+        C::Unauthenticated => "Unauthenticated",
+        C::Unavailable => "Unavailable",
+        C::Unimplemented => "Unimplemented",
+        C::Internal => "Internal",
+        C::ResourceExhausted => "ResourceExhausted",
+        C::FailedPrecondition => "FailedPrecondition",
+        _ => "Error",
+    }
+}
+
+/// Runs one `cairn server` subcommand.
+///
+/// # Errors
+/// A message for the operator.
+pub async fn run(cmd: ServerCommand) -> CliResult {
+    match cmd {
+        ServerCommand::Run(a) => run_server(a).await,
+        ServerCommand::Validate(a) => {
+            ServerConfig::load(&a.config, a.expand_env, &overrides(&a))
+                .map_err(|e| format!("config {} is not valid:\n{e}", a.config.display()))?;
+            println!("Configuration is valid.");
+            Ok(())
+        }
+        ServerCommand::Healthcheck(h) => healthcheck(h).await,
+        ServerCommand::Entry { command } => entry(command).await,
+        ServerCommand::Token { command } => token(command).await,
+        ServerCommand::Bundle { command } => bundle(command).await,
+        ServerCommand::X509 { command } => x509(command).await,
+        ServerCommand::Jwt { command } => jwt(command).await,
+        ServerCommand::Agent { command } => agent(command).await,
+    }
+}
+
+fn overrides(a: &RunArgs) -> ServerOverrides {
+    ServerOverrides {
+        trust_domain: a.trust_domain.clone(),
+        bind_address: a.bind_address.clone(),
+        server_port: a.server_port,
+        socket_path: a.socket_path.clone(),
+        data_dir: a.data_dir.clone(),
+        log_level: a.log_level.clone(),
+    }
+}
+
+async fn run_server(a: RunArgs) -> CliResult {
+    let config = ServerConfig::load(&a.config, a.expand_env, &overrides(&a))
+        .map_err(|e| format!("config {} is not valid:\n{e}", a.config.display()))?;
+    crate::telemetry::init(&config.log_level, config.log_format);
+    let addr = format!("{}:{}", config.bind_address, config.bind_port);
+    let tcp = tokio::net::TcpListener::bind(&addr).await.map_err(|e| format!("server.bind_address/bind_port {addr}: {e}"))?;
+    let uds = crate::server::bind_admin_socket(&config.socket_path).await.map_err(s)?;
+    let health = match &config.health {
+        Some(h) if h.listener_enabled => {
+            let haddr = format!("{}:{}", h.bind_address, h.bind_port);
+            Some(tokio::net::TcpListener::bind(&haddr).await.map_err(|e| format!("health_checks {haddr}: {e}"))?)
+        }
+        _ => None,
+    };
+    let socket_path = config.socket_path.clone();
+    let server = crate::server::Server::build(config).await.map_err(s)?;
+    let shutdown = async {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(t) => t,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    let r = server.run(tcp, uds, health, shutdown).await.map_err(s);
+    let _ = std::fs::remove_file(&socket_path);
+    r
+}
+
+async fn healthcheck(h: HealthArgs) -> CliResult {
+    let ch = connect_admin(&h.sock.socket_path).await.map_err(|e| format!("Server is unhealthy: {e}"))?;
+    if !h.shallow {
+        let mut c = bundlepb::bundle_client::BundleClient::new(ch);
+        c.get_bundle(bundlepb::GetBundleRequest::default())
+            .await
+            .map_err(|e| format!("Server is unhealthy: unable to fetch bundle: {}", e.message()))?;
+        if h.verbose {
+            println!("Fetched the trust bundle over {}", h.sock.socket_path.display());
+        }
+    }
+    println!("Server is healthy.");
+    Ok(())
+}
+
+fn parse_id(s: &str, what: &str) -> Result<SpiffeId, String> {
+    SpiffeId::new(s).map_err(|e| format!("invalid {what} {s:?}: {e}"))
+}
+
+fn parse_selectors(sel: &[String]) -> Result<Vec<pt::Selector>, String> {
+    sel.iter()
+        .map(|s| {
+            crate::spiffe::parse_selector(s)
+                .map(|(t, v)| pt::Selector { r#type: t, value: v })
+                .map_err(|e| format!("invalid selector {s:?}: {e} (expected type:value, e.g. unix:uid:1000)"))
+        })
+        .collect()
+}
+
+fn fmt_ttl(t: i32) -> String {
+    if t == 0 { "default".into() } else { t.to_string() }
+}
+
+fn print_entry(e: &pt::Entry) {
+    let id = |i: &Option<pt::Spiffeid>| i.as_ref().map(|i| format!("spiffe://{}{}", i.trust_domain, i.path)).unwrap_or_default();
+    println!("Entry ID         : {}", e.id);
+    println!("SPIFFE ID        : {}", id(&e.spiffe_id));
+    println!("Parent ID        : {}", id(&e.parent_id));
+    println!("Revision         : {}", e.revision_number);
+    if e.downstream {
+        println!("Downstream       : true");
+    }
+    println!("X509-SVID TTL    : {}", fmt_ttl(e.x509_svid_ttl));
+    println!("JWT-SVID TTL     : {}", fmt_ttl(e.jwt_svid_ttl));
+    if e.expires_at != 0 {
+        println!("Expiration time  : {}", e.expires_at);
+    }
+    for s in &e.selectors {
+        println!("Selector         : {}:{}", s.r#type, s.value);
+    }
+    for f in &e.federates_with {
+        println!("FederatesWith    : {f}");
+    }
+    for d in &e.dns_names {
+        println!("DNS name         : {d}");
+    }
+    if e.admin {
+        println!("Admin            : true");
+    }
+    if !e.hint.is_empty() {
+        println!("Hint             : {}", e.hint);
+    }
+    println!();
+}
+
+fn entry_json(e: &pt::Entry) -> serde_json::Value {
+    let id = |i: &Option<pt::Spiffeid>| i.as_ref().map(|i| serde_json::json!({"trust_domain": i.trust_domain, "path": i.path}));
+    serde_json::json!({
+        "id": e.id, "spiffe_id": id(&e.spiffe_id), "parent_id": id(&e.parent_id),
+        "selectors": e.selectors.iter().map(|s| serde_json::json!({"type": s.r#type, "value": s.value})).collect::<Vec<_>>(),
+        "x509_svid_ttl": e.x509_svid_ttl, "jwt_svid_ttl": e.jwt_svid_ttl, "federates_with": e.federates_with,
+        "admin": e.admin, "downstream": e.downstream, "expires_at": e.expires_at, "dns_names": e.dns_names,
+        "revision_number": e.revision_number, "store_svid": e.store_svid, "hint": e.hint, "created_at": e.created_at,
+    })
+}
+
+fn proto_entry(f: &EntryFields, td: Option<&TrustDomain>) -> Result<pt::Entry, String> {
+    let spiffe_id = f.spiffe_id.as_deref().map(|s| parse_id(s, "SPIFFE ID")).transpose()?;
+    let parent_id = if f.node {
+        let td = spiffe_id.as_ref().map(|i| i.trust_domain().clone()).or_else(|| td.cloned()).ok_or("-node needs -spiffeID")?;
+        Some(SpiffeId::from_segments(&td, &["spire", "server"]).map_err(s)?)
+    } else {
+        f.parent_id.as_deref().map(|s| parse_id(s, "parent ID")).transpose()?
+    };
+    Ok(pt::Entry {
+        id: f.entry_id.clone().unwrap_or_default(),
+        spiffe_id: spiffe_id.as_ref().map(id_to_proto),
+        parent_id: parent_id.as_ref().map(id_to_proto),
+        selectors: parse_selectors(&f.selector)?,
+        x509_svid_ttl: f.x509_svid_ttl.unwrap_or(0),
+        jwt_svid_ttl: f.jwt_svid_ttl.unwrap_or(0),
+        federates_with: f
+            .federates_with
+            .iter()
+            .map(|t| TrustDomain::new(t).map(|t| t.as_str().to_owned()).map_err(|e| format!("invalid -federatesWith {t:?}: {e}")))
+            .collect::<Result<_, _>>()?,
+        admin: f.admin,
+        downstream: f.downstream,
+        expires_at: f.entry_expiry.unwrap_or(0),
+        dns_names: f.dns.clone(),
+        hint: f.hint.clone().unwrap_or_default(),
+        store_svid: f.store_svid,
+        ..pt::Entry::default()
+    })
+}
+
+fn check_result(status: Option<&pt::Status>) -> Result<(), String> {
+    match status {
+        Some(st) if st.code != 0 => Err(format!("{}: {}", code_name(tonic::Code::from_i32(st.code)), st.message)),
+        _ => Ok(()),
+    }
+}
+
+async fn entry(cmd: EntryCommand) -> CliResult {
+    match cmd {
+        EntryCommand::Create { f, sock } => {
+            if f.spiffe_id.is_none() {
+                return Err("a SPIFFE ID is required (-spiffeID)".into());
+            }
+            if f.parent_id.is_none() && !f.node {
+                return Err("a parent ID is required (-parentID, or -node for a node alias)".into());
+            }
+            if f.selector.is_empty() {
+                return Err("at least one selector is required (-selector type:value)".into());
+            }
+            let e = proto_entry(&f, None)?;
+            let mut c = entrypb::entry_client::EntryClient::new(connect_admin(&sock.socket_path).await?);
+            let resp = c
+                .batch_create_entry(entrypb::BatchCreateEntryRequest { entries: vec![e], output_mask: None })
+                .await
+                .map_err(|e| status_msg(&e))?
+                .into_inner();
+            let r = resp.results.first().ok_or("server returned no result")?;
+            check_result(r.status.as_ref())?;
+            let e = r.entry.as_ref().ok_or("server returned no entry")?;
+            if sock.output == "json" {
+                println!("{}", serde_json::json!({"results": [{"status": {"code": 0, "message": "OK"}, "entry": entry_json(e)}]}));
+            } else {
+                print_entry(e);
+            }
+            Ok(())
+        }
+        EntryCommand::Update { f, sock } => {
+            let id = f.entry_id.clone().ok_or("-entryID is required")?;
+            let mut c = entrypb::entry_client::EntryClient::new(connect_admin(&sock.socket_path).await?);
+            let mut e = proto_entry(&f, None)?;
+            e.id = id;
+            let mask = pt::EntryMask {
+                spiffe_id: f.spiffe_id.is_some(),
+                parent_id: f.parent_id.is_some() || f.node,
+                selectors: !f.selector.is_empty(),
+                x509_svid_ttl: f.x509_svid_ttl.is_some(),
+                jwt_svid_ttl: f.jwt_svid_ttl.is_some(),
+                federates_with: !f.federates_with.is_empty(),
+                admin: f.admin,
+                downstream: f.downstream,
+                expires_at: f.entry_expiry.is_some(),
+                dns_names: !f.dns.is_empty(),
+                store_svid: f.store_svid,
+                hint: f.hint.is_some(),
+                ..pt::EntryMask::default()
+            };
+            let resp = c
+                .batch_update_entry(entrypb::BatchUpdateEntryRequest { entries: vec![e], input_mask: Some(mask), output_mask: None })
+                .await
+                .map_err(|e| status_msg(&e))?
+                .into_inner();
+            let r = resp.results.first().ok_or("server returned no result")?;
+            check_result(r.status.as_ref())?;
+            if let Some(e) = &r.entry {
+                if sock.output == "json" { println!("{}", entry_json(e)) } else { print_entry(e) }
+            }
+            Ok(())
+        }
+        EntryCommand::Show { entry_id, spiffe_id, parent_id, selector, downstream, sock } => {
+            let mut c = entrypb::entry_client::EntryClient::new(connect_admin(&sock.socket_path).await?);
+            let entries = if let Some(id) = entry_id {
+                vec![c.get_entry(entrypb::GetEntryRequest { id, output_mask: None }).await.map_err(|e| status_msg(&e))?.into_inner()]
+            } else {
+                let filter = entrypb::list_entries_request::Filter {
+                    by_spiffe_id: spiffe_id.as_deref().map(|s| parse_id(s, "SPIFFE ID")).transpose()?.as_ref().map(id_to_proto),
+                    by_parent_id: parent_id.as_deref().map(|s| parse_id(s, "parent ID")).transpose()?.as_ref().map(id_to_proto),
+                    by_selectors: if selector.is_empty() {
+                        None
+                    } else {
+                        Some(pt::SelectorMatch { selectors: parse_selectors(&selector)?, r#match: 0 })
+                    },
+                    by_downstream: downstream.then_some(true),
+                    ..Default::default()
+                };
+                c.list_entries(entrypb::ListEntriesRequest { filter: Some(filter), ..Default::default() })
+                    .await
+                    .map_err(|e| status_msg(&e))?
+                    .into_inner()
+                    .entries
+            };
+            if sock.output == "json" {
+                println!("{}", serde_json::json!({"entries": entries.iter().map(entry_json).collect::<Vec<_>>()}));
+            } else {
+                println!("Found {} {}", entries.len(), if entries.len() == 1 { "entry" } else { "entries" });
+                for e in &entries {
+                    print_entry(e);
+                }
+            }
+            Ok(())
+        }
+        EntryCommand::Delete { entry_id, sock } => {
+            let mut c = entrypb::entry_client::EntryClient::new(connect_admin(&sock.socket_path).await?);
+            let resp = c
+                .batch_delete_entry(entrypb::BatchDeleteEntryRequest { ids: vec![entry_id.clone()] })
+                .await
+                .map_err(|e| status_msg(&e))?
+                .into_inner();
+            check_result(resp.results.first().and_then(|r| r.status.as_ref()))?;
+            println!("Deleted entry with ID: {entry_id}");
+            Ok(())
+        }
+        EntryCommand::Count { sock } => {
+            let mut c = entrypb::entry_client::EntryClient::new(connect_admin(&sock.socket_path).await?);
+            let n = c.count_entries(entrypb::CountEntriesRequest::default()).await.map_err(|e| status_msg(&e))?.into_inner().count;
+            if sock.output == "json" {
+                println!("{}", serde_json::json!({"count": n}))
+            } else {
+                println!("{n} registration {}", if n == 1 { "entry" } else { "entries" })
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn token(cmd: TokenCommand) -> CliResult {
+    let TokenCommand::Generate { spiffe_id, ttl, sock } = cmd;
+    let agent_id = spiffe_id.as_deref().map(|s| parse_id(s, "SPIFFE ID")).transpose()?;
+    let mut c = agentpb::agent_client::AgentClient::new(connect_admin(&sock.socket_path).await?);
+    let t = c
+        .create_join_token(agentpb::CreateJoinTokenRequest { ttl, token: String::new(), agent_id: agent_id.as_ref().map(id_to_proto) })
+        .await
+        .map_err(|e| status_msg(&e))?
+        .into_inner();
+    if sock.output == "json" {
+        println!("{}", serde_json::json!({"value": t.value, "expires_at": t.expires_at}))
+    } else {
+        println!("Token: {}", t.value)
+    }
+    Ok(())
+}
+
+fn render_bundle(b: &pt::Bundle, format: &str) -> Result<String, String> {
+    let bundle = bundle_from_proto(b).map_err(s)?;
+    match format {
+        "pem" => Ok(bundle.x509_pem()),
+        "spiffe" => Ok(bundle.to_spiffe_json()),
+        other => Err(format!("unknown -format {other:?}: expected pem or spiffe")),
+    }
+}
+
+async fn bundle(cmd: BundleCommand) -> CliResult {
+    match cmd {
+        BundleCommand::Show { format, sock } => {
+            let mut c = bundlepb::bundle_client::BundleClient::new(connect_admin(&sock.socket_path).await?);
+            let b = c.get_bundle(bundlepb::GetBundleRequest::default()).await.map_err(|e| status_msg(&e))?.into_inner();
+            print!("{}", render_bundle(&b, &format)?);
+            if format == "spiffe" {
+                println!();
+            }
+            Ok(())
+        }
+        BundleCommand::List { id, format, sock } => {
+            let mut c = bundlepb::bundle_client::BundleClient::new(connect_admin(&sock.socket_path).await?);
+            let bundles = if let Some(id) = id {
+                let td = TrustDomain::new(&id).map_err(|e| format!("invalid -id {id:?}: {e}"))?;
+                vec![
+                    c.get_federated_bundle(bundlepb::GetFederatedBundleRequest { trust_domain: td.as_str().into(), output_mask: None })
+                        .await
+                        .map_err(|e| status_msg(&e))?
+                        .into_inner(),
+                ]
+            } else {
+                c.list_federated_bundles(bundlepb::ListFederatedBundlesRequest::default())
+                    .await
+                    .map_err(|e| status_msg(&e))?
+                    .into_inner()
+                    .bundles
+            };
+            for b in &bundles {
+                println!("****************************************");
+                println!("* {}", b.trust_domain);
+                println!("****************************************");
+                println!("{}", render_bundle(b, &format)?);
+            }
+            Ok(())
+        }
+        BundleCommand::Set { id, path, format, sock } => {
+            let td = TrustDomain::new(&id).map_err(|e| format!("invalid -id {id:?}: {e}"))?;
+            let data = match &path {
+                Some(p) => std::fs::read(p).map_err(|e| format!("-path {}: {e}", p.display()))?,
+                None => {
+                    use std::io::Read;
+                    let mut v = Vec::new();
+                    std::io::stdin().read_to_end(&mut v).map_err(s)?;
+                    v
+                }
+            };
+            let bundle = match format.as_str() {
+                "pem" => {
+                    let text = String::from_utf8(data).map_err(|_| "bundle file is not text")?;
+                    Bundle {
+                        trust_domain: td.clone(),
+                        x509_authorities: crate::spiffe::parse_pem_certs(&text).map_err(s)?,
+                        jwt_authorities: vec![],
+                        refresh_hint: None,
+                        sequence_number: 0,
+                    }
+                }
+                "spiffe" => Bundle::from_spiffe_json(td.clone(), &data).map_err(|e| format!("invalid SPIFFE bundle: {e}"))?,
+                other => return Err(format!("unknown -format {other:?}: expected pem or spiffe")),
+            };
+            let mut c = bundlepb::bundle_client::BundleClient::new(connect_admin(&sock.socket_path).await?);
+            let resp = c
+                .batch_set_federated_bundle(bundlepb::BatchSetFederatedBundleRequest {
+                    bundle: vec![crate::api::convert::bundle_to_proto(&bundle)],
+                    output_mask: None,
+                })
+                .await
+                .map_err(|e| status_msg(&e))?
+                .into_inner();
+            check_result(resp.results.first().and_then(|r| r.status.as_ref()))?;
+            println!("bundle set.");
+            Ok(())
+        }
+        BundleCommand::Delete { id, mode, sock } => {
+            let td = TrustDomain::new(&id).map_err(|e| format!("invalid -id {id:?}: {e}"))?;
+            let mode = match mode.as_str() {
+                "restrict" => 0,
+                "delete" => 1,
+                "dissociate" => 2,
+                other => return Err(format!("unknown -mode {other:?}: expected restrict, delete or dissociate")),
+            };
+            let mut c = bundlepb::bundle_client::BundleClient::new(connect_admin(&sock.socket_path).await?);
+            let resp = c
+                .batch_delete_federated_bundle(bundlepb::BatchDeleteFederatedBundleRequest {
+                    trust_domains: vec![td.as_str().into()],
+                    mode,
+                })
+                .await
+                .map_err(|e| status_msg(&e))?
+                .into_inner();
+            check_result(resp.results.first().and_then(|r| r.status.as_ref()))?;
+            println!("bundle deleted.");
+            Ok(())
+        }
+        BundleCommand::Count { sock } => {
+            let mut c = bundlepb::bundle_client::BundleClient::new(connect_admin(&sock.socket_path).await?);
+            let n = c.count_bundles(bundlepb::CountBundlesRequest {}).await.map_err(|e| status_msg(&e))?.into_inner().count;
+            println!("{n} bundle{}", if n == 1 { "" } else { "s" });
+            Ok(())
+        }
+    }
+}
+
+fn pem_of(tag: &str, der: &[u8]) -> String {
+    pem::encode(&pem::Pem::new(tag, der.to_vec()))
+}
+
+async fn x509(cmd: X509Command) -> CliResult {
+    let X509Command::Mint { spiffe_id, dns, ttl, write, sock } = cmd;
+    let id = parse_id(&spiffe_id, "SPIFFE ID")?;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(s)?;
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::URI(id.as_str().try_into().map_err(|e: rcgen::Error| e.to_string())?)];
+    for d in &dns {
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::DnsName(d.as_str().try_into().map_err(|e: rcgen::Error| format!("invalid -dns {d:?}: {e}"))?));
+    }
+    let csr = params.serialize_request(&key).map_err(s)?;
+    let ch = connect_admin(&sock.socket_path).await?;
+    let mut c = svidpb::svid_client::SvidClient::new(ch.clone());
+    let resp =
+        c.mint_x509svid(svidpb::MintX509svidRequest { csr: csr.der().to_vec(), ttl }).await.map_err(|e| status_msg(&e))?.into_inner();
+    let svid = resp.svid.ok_or("server returned no SVID")?;
+    let mut b = bundlepb::bundle_client::BundleClient::new(ch);
+    let bundle = b.get_bundle(bundlepb::GetBundleRequest::default()).await.map_err(|e| status_msg(&e))?.into_inner();
+    let svid_pem: String = svid.cert_chain.iter().map(|c| pem_of("CERTIFICATE", c)).collect();
+    let key_pem = zeroize::Zeroizing::new(key.serialize_pem());
+    let bundle_pem: String = bundle.x509_authorities.iter().map(|c| pem_of("CERTIFICATE", &c.asn1)).collect();
+    match write {
+        Some(dir) => {
+            std::fs::create_dir_all(&dir).map_err(|e| format!("-write {}: {e}", dir.display()))?;
+            let w = |name: &str, data: &[u8], private: bool| -> Result<(), String> {
+                let p = dir.join(name);
+                if private { crate::fsutil::write_private_atomic(&p, data) } else { std::fs::write(&p, data) }
+                    .map_err(|e| format!("{}: {e}", p.display()))
+            };
+            w("svid.pem", svid_pem.as_bytes(), false)?;
+            w("key.pem", key_pem.as_bytes(), true)?;
+            w("bundle.pem", bundle_pem.as_bytes(), false)?;
+            println!("X509-SVID written to {}", dir.join("svid.pem").display());
+            println!("Private key written to {}", dir.join("key.pem").display());
+            println!("Root CAs written to {}", dir.join("bundle.pem").display());
+        }
+        None => {
+            println!("X509-SVID:\n{svid_pem}");
+            println!("Private key:\n{}", key_pem.as_str());
+            println!("Root CAs:\n{bundle_pem}");
+        }
+    }
+    Ok(())
+}
+
+async fn jwt(cmd: JwtCommand) -> CliResult {
+    let JwtCommand::Mint { spiffe_id, audience, ttl, write, sock } = cmd;
+    let id = parse_id(&spiffe_id, "SPIFFE ID")?;
+    if audience.is_empty() {
+        return Err("at least one audience is required (-audience)".into());
+    }
+    let mut c = svidpb::svid_client::SvidClient::new(connect_admin(&sock.socket_path).await?);
+    let resp = c
+        .mint_jwtsvid(svidpb::MintJwtsvidRequest { id: Some(id_to_proto(&id)), audience, ttl })
+        .await
+        .map_err(|e| status_msg(&e))?
+        .into_inner();
+    let token = resp.svid.ok_or("server returned no SVID")?.token;
+    match write {
+        Some(p) => {
+            crate::fsutil::write_private_atomic(&p, token.as_bytes()).map_err(|e| format!("-write {}: {e}", p.display()))?;
+            println!("JWT-SVID written to {}", p.display());
+        }
+        None => println!("{token}"),
+    }
+    Ok(())
+}
+
+fn print_agent(a: &pt::Agent) {
+    let id = a.id.as_ref().map(|i| format!("spiffe://{}{}", i.trust_domain, i.path)).unwrap_or_default();
+    println!("SPIFFE ID         : {id}");
+    println!("Attestation type  : {}", a.attestation_type);
+    println!("Expiration time   : {}", a.x509svid_expires_at);
+    println!("Serial number     : {}", a.x509svid_serial_number);
+    println!("Can re-attest     : {}", a.can_reattest);
+    if a.banned {
+        println!("Banned            : true");
+    }
+    println!();
+}
+
+async fn agent(cmd: AgentCommand) -> CliResult {
+    let agent_ref = |s: &str| parse_id(s, "agent SPIFFE ID").map(|i| id_to_proto(&i));
+    match cmd {
+        AgentCommand::List { sock } => {
+            let mut c = agentpb::agent_client::AgentClient::new(connect_admin(&sock.socket_path).await?);
+            let agents = c.list_agents(agentpb::ListAgentsRequest::default()).await.map_err(|e| status_msg(&e))?.into_inner().agents;
+            println!("Found {} attested agent{}:\n", agents.len(), if agents.len() == 1 { "" } else { "s" });
+            agents.iter().for_each(print_agent);
+            Ok(())
+        }
+        AgentCommand::Show { spiffe_id, sock } => {
+            let mut c = agentpb::agent_client::AgentClient::new(connect_admin(&sock.socket_path).await?);
+            let a = c
+                .get_agent(agentpb::GetAgentRequest { id: Some(agent_ref(&spiffe_id)?), output_mask: None })
+                .await
+                .map_err(|e| status_msg(&e))?
+                .into_inner();
+            print_agent(&a);
+            Ok(())
+        }
+        AgentCommand::Evict { spiffe_id, sock } => {
+            let mut c = agentpb::agent_client::AgentClient::new(connect_admin(&sock.socket_path).await?);
+            c.delete_agent(agentpb::DeleteAgentRequest { id: Some(agent_ref(&spiffe_id)?) }).await.map_err(|e| status_msg(&e))?;
+            println!("Agent evicted successfully");
+            Ok(())
+        }
+        AgentCommand::Ban { spiffe_id, sock } => {
+            let mut c = agentpb::agent_client::AgentClient::new(connect_admin(&sock.socket_path).await?);
+            c.ban_agent(agentpb::BanAgentRequest { id: Some(agent_ref(&spiffe_id)?) }).await.map_err(|e| status_msg(&e))?;
+            println!("Agent banned successfully");
+            Ok(())
+        }
+        AgentCommand::Count { sock } => {
+            let mut c = agentpb::agent_client::AgentClient::new(connect_admin(&sock.socket_path).await?);
+            let n = c.count_agents(agentpb::CountAgentsRequest::default()).await.map_err(|e| status_msg(&e))?.into_inner().count;
+            println!("{n} attested agent{}", if n == 1 { "" } else { "s" });
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! Configuration: SPIRE-style HCL (version 1) or JSON into validated config.
+//!
+//! Two stages, as the style guide asks: [`hcl`] parses text into a generic tree, then
+//! [`server::ServerConfig::from_tree`] walks it, collecting *every* problem with the dotted path
+//! of its key (`server.ca_ttl`, `plugins.KeyManager.disk.plugin_data.keys_path`) before failing.
+
+pub mod hcl;
+pub mod server;
+
+use hcl::{Item, Object, Value};
+use std::fmt;
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted path of the key (empty for file-level problems).
+    pub path: String,
+    /// What is wrong and, where possible, what to do.
+    pub message: String,
+}
+
+/// Every problem found in a config file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            if e.path.is_empty() {
+                write!(f, "{}", e.message)?;
+            } else {
+                write!(f, "{}: {}", e.path, e.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses config text: JSON when it starts with `{`, HCL otherwise. With `expand_env`, `$VAR`
+/// and `${VAR}` are replaced from the environment first (SPIRE's `-expandEnv`).
+///
+/// # Errors
+/// A syntax error, reported with its line and column.
+pub fn parse_text(text: &str, expand_env: bool) -> Result<Object, ConfigErrors> {
+    let text = if expand_env { hcl::expand_env(text, |k| std::env::var(k).ok()) } else { text.to_owned() };
+    let parsed = if text.trim_start().starts_with('{') { hcl::parse_json(&text) } else { hcl::parse(&text) };
+    parsed.map_err(|e| ConfigErrors(vec![ConfigError { path: String::new(), message: format!("syntax error: {e}") }]))
+}
+
+/// Walks a parsed tree, recording errors against key paths.
+pub(crate) struct Walker {
+    pub(crate) errors: Vec<ConfigError>,
+}
+
+impl Walker {
+    pub(crate) fn new() -> Self {
+        Self { errors: Vec::new() }
+    }
+
+    pub(crate) fn err(&mut self, path: &str, message: impl Into<String>) {
+        self.errors.push(ConfigError { path: path.to_owned(), message: message.into() });
+    }
+
+    /// The object under `key`, accepting HCL1's habit of wrapping blocks in a list.
+    pub(crate) fn block<'a>(&mut self, obj: &'a Object, key: &str, path: &str) -> Option<&'a Object> {
+        let mut found: Option<&'a Object> = None;
+        for item in obj.get_all(key) {
+            let p = join(path, key);
+            match as_object(&item.value) {
+                Some(o) if found.is_none() => found = Some(o),
+                Some(_) => self.err(&p, format!("block given more than once (line {})", item.line)),
+                None => self.err(&p, "expected a block { ... }"),
+            }
+        }
+        found
+    }
+
+    /// Reports every key of `obj` not in `known`.
+    pub(crate) fn unknown_keys(&mut self, obj: &Object, known: &[&str], path: &str, hint: impl Fn(&str) -> Option<&'static str>) {
+        for item in &obj.items {
+            if !known.contains(&item.key.as_str()) {
+                let msg = match hint(&item.key) {
+                    Some(h) => format!("unknown key (line {}): {h}", item.line),
+                    None => format!("unknown key (line {})", item.line),
+                };
+                self.err(&join(path, &item.key), msg);
+            }
+        }
+    }
+
+    fn single<'a>(&mut self, obj: &'a Object, key: &str, path: &str) -> Option<&'a Item> {
+        let mut it = obj.get_all(key);
+        let first = it.next()?;
+        if let Some(dup) = it.next() {
+            self.err(&join(path, key), format!("given more than once (lines {} and {})", first.line, dup.line));
+        }
+        Some(first)
+    }
+
+    pub(crate) fn string(&mut self, obj: &Object, key: &str, path: &str) -> Option<String> {
+        let item = self.single(obj, key, path)?;
+        match &item.value {
+            Value::String(s) => Some(s.clone()),
+            _ => {
+                self.err(&join(path, key), "expected a string");
+                None
+            }
+        }
+    }
+
+    pub(crate) fn boolean(&mut self, obj: &Object, key: &str, path: &str) -> Option<bool> {
+        let item = self.single(obj, key, path)?;
+        match &item.value {
+            Value::Bool(b) => Some(*b),
+            Value::String(s) if s == "true" || s == "false" => Some(s == "true"),
+            _ => {
+                self.err(&join(path, key), "expected true or false");
+                None
+            }
+        }
+    }
+
+    /// A port: SPIRE configs write them both as numbers and as strings.
+    pub(crate) fn port(&mut self, obj: &Object, key: &str, path: &str) -> Option<u16> {
+        let item = self.single(obj, key, path)?;
+        let n = match &item.value {
+            Value::Int(n) => Some(*n),
+            Value::String(s) => s.trim().parse::<i64>().ok(),
+            _ => None,
+        };
+        match n.and_then(|n| u16::try_from(n).ok()) {
+            Some(p) => Some(p),
+            None => {
+                self.err(&join(path, key), "expected a port number 0-65535");
+                None
+            }
+        }
+    }
+
+    /// A Go-style duration (`"1h30m"`, `"90s"`) or a number of seconds; returns seconds.
+    pub(crate) fn duration(&mut self, obj: &Object, key: &str, path: &str) -> Option<i64> {
+        let item = self.single(obj, key, path)?;
+        let parsed = match &item.value {
+            Value::Int(n) if *n >= 0 => Ok(*n),
+            Value::String(s) => parse_duration(s),
+            _ => Err("expected a duration such as \"1h\", \"30m\" or \"90s\"".to_owned()),
+        };
+        match parsed {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.err(&join(path, key), e);
+                None
+            }
+        }
+    }
+
+    pub(crate) fn strings(&mut self, obj: &Object, key: &str, path: &str) -> Option<Vec<String>> {
+        let item = self.single(obj, key, path)?;
+        match &item.value {
+            Value::String(s) => Some(vec![s.clone()]),
+            Value::List(l) => {
+                let out: Option<Vec<String>> = l.iter().map(|v| if let Value::String(s) = v { Some(s.clone()) } else { None }).collect();
+                if out.is_none() {
+                    self.err(&join(path, key), "expected a list of strings");
+                }
+                out
+            }
+            _ => {
+                self.err(&join(path, key), "expected a list of strings");
+                None
+            }
+        }
+    }
+}
+
+/// HCL1 may deliver a block as an object or as a one-element list of objects.
+pub(crate) fn as_object(v: &Value) -> Option<&Object> {
+    match v {
+        Value::Object(o) => Some(o),
+        Value::List(l) if l.len() == 1 => l.first().and_then(as_object),
+        _ => None,
+    }
+}
+
+pub(crate) fn join(path: &str, key: &str) -> String {
+    if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
+}
+
+/// Parses a Go duration string into whole seconds (sub-second parts round up).
+///
+/// # Errors
+/// A message naming what is wrong.
+pub fn parse_duration(s: &str) -> Result<i64, String> {
+    let bad = || format!("invalid duration {s:?}: expected e.g. \"24h\", \"1h30m\", \"90s\"");
+    let t = s.trim();
+    if t.is_empty() {
+        return Err(bad());
+    }
+    if t == "0" {
+        return Ok(0);
+    }
+    let mut total_ms: i128 = 0;
+    let mut rest = t;
+    while !rest.is_empty() {
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        if num_len == 0 {
+            return Err(bad());
+        }
+        let (num, tail) = rest.split_at(num_len);
+        let value: f64 = num.parse().map_err(|_| bad())?;
+        let unit_len = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let ms_per: f64 = match unit {
+            "ms" => 1.0,
+            "s" => 1000.0,
+            "m" => 60_000.0,
+            "h" => 3_600_000.0,
+            "d" => return Err(format!("invalid duration {s:?}: Go durations have no \"d\" unit; write {}h", num)),
+            _ => return Err(bad()),
+        };
+        #[expect(clippy::cast_possible_truncation, reason = "bounded just below")]
+        let part = (value * ms_per).round() as i128;
+        total_ms = total_ms.checked_add(part).filter(|v| *v < i128::from(i64::MAX)).ok_or_else(bad)?;
+        rest = tail;
+    }
+    i64::try_from((total_ms + 999) / 1000).map_err(|_| bad())
+}
+
+/// Formats seconds the Go way (`"1h30m0s"` style, shortened: `"1h30m"`).
+#[must_use]
+pub fn format_duration(secs: i64) -> String {
+    if secs == 0 {
+        return "0s".into();
+    }
+    let (h, m, s) = (secs / 3600, (secs % 3600) / 60, secs % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 {
+        out.push_str(&format!("{s}s"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        for (s, want) in [("24h", 86_400), ("1h30m", 5_400), ("90s", 90), ("0", 0), ("1.5h", 5_400), ("500ms", 1), ("5m", 300)] {
+            assert_eq!(parse_duration(s), Ok(want), "{s}");
+        }
+        for s in ["", "h", "10", "1x", "-1h", "1d"] {
+            assert!(parse_duration(s).is_err(), "{s}");
+        }
+        assert_eq!(format_duration(5_400), "1h30m");
+        assert_eq!(format_duration(600), "10m");
+    }
+}

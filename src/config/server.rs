@@ -1,0 +1,587 @@
+//! `cairn server` configuration: SPIRE's server.conf keys.
+
+use super::hcl::{Object, Value};
+use super::{ConfigErrors, Walker, as_object, format_duration, join};
+use crate::ca::CaSubject;
+use crate::keymanager::KeyType;
+use crate::spiffe::{SpiffeId, TrustDomain};
+use crate::upstream::disk::DiskUpstreamConfig;
+use std::path::PathBuf;
+
+/// Where the datastore lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatastoreConfig {
+    /// `sqlite3` (postgres and mysql later).
+    pub database_type: String,
+    /// Driver connection string (for sqlite3: a file path or `sqlite://...`).
+    pub connection_string: String,
+}
+
+/// The key manager plugin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyManagerConfig {
+    /// `KeyManager "memory"`.
+    Memory,
+    /// `KeyManager "disk" { plugin_data { keys_path } }`.
+    Disk {
+        /// The key file.
+        keys_path: PathBuf,
+    },
+}
+
+/// The upstream authority plugin.
+#[derive(Debug, Clone)]
+pub enum UpstreamConfig {
+    /// `UpstreamAuthority "disk"`.
+    Disk(DiskUpstreamConfig),
+}
+
+/// `health_checks { ... }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// Whether the HTTP listener runs.
+    pub listener_enabled: bool,
+    /// Listen address (default `localhost`).
+    pub bind_address: String,
+    /// Listen port (default 80).
+    pub bind_port: u16,
+    /// Liveness path (default `/live`).
+    pub live_path: String,
+    /// Readiness path (default `/ready`).
+    pub ready_path: String,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Validated server configuration.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The trust domain served.
+    pub trust_domain: TrustDomain,
+    /// gRPC listen address.
+    pub bind_address: String,
+    /// gRPC listen port (default 8081).
+    pub bind_port: u16,
+    /// Admin socket path.
+    pub socket_path: PathBuf,
+    /// Directory for server state.
+    pub data_dir: PathBuf,
+    /// DEBUG, INFO, WARN or ERROR.
+    pub log_level: String,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Lifetime of CAs and JWT keys, seconds.
+    pub ca_ttl: i64,
+    /// Default X509-SVID TTL, seconds.
+    pub default_x509_svid_ttl: i64,
+    /// Default JWT-SVID TTL, seconds.
+    pub default_jwt_svid_ttl: i64,
+    /// Agent SVID TTL, seconds.
+    pub agent_ttl: i64,
+    /// CA key type.
+    pub ca_key_type: KeyType,
+    /// JWT key type.
+    pub jwt_key_type: KeyType,
+    /// CA subject.
+    pub ca_subject: CaSubject,
+    /// `iss` for JWT-SVIDs.
+    pub jwt_issuer: Option<String>,
+    /// SPIFFE IDs allowed to call admin APIs over TLS.
+    pub admin_ids: Vec<SpiffeId>,
+    /// Datastore plugin.
+    pub datastore: DatastoreConfig,
+    /// Key manager plugin.
+    pub key_manager: KeyManagerConfig,
+    /// Node attestors enabled (`join_token`).
+    pub node_attestors: Vec<String>,
+    /// Upstream authority, if any (none = self-signed root).
+    pub upstream: Option<UpstreamConfig>,
+    /// Health listener.
+    pub health: Option<HealthConfig>,
+    /// How often the CA rotator checks its slots (`experimental.ca_rotation_interval`, default 10s).
+    pub ca_rotation_interval: i64,
+}
+
+/// Command-line overrides (SPIRE's `-trustDomain`, `-serverPort` ...), applied over the file.
+#[derive(Debug, Clone, Default)]
+pub struct ServerOverrides {
+    /// `-trustDomain`.
+    pub trust_domain: Option<String>,
+    /// `-bindAddress`.
+    pub bind_address: Option<String>,
+    /// `-serverPort`.
+    pub server_port: Option<u16>,
+    /// `-socketPath`.
+    pub socket_path: Option<PathBuf>,
+    /// `-dataDir`.
+    pub data_dir: Option<PathBuf>,
+    /// `-logLevel`.
+    pub log_level: Option<String>,
+}
+
+const SERVER_KEYS: &[&str] = &[
+    "trust_domain",
+    "bind_address",
+    "bind_port",
+    "socket_path",
+    "data_dir",
+    "log_level",
+    "log_format",
+    "log_file",
+    "ca_ttl",
+    "default_x509_svid_ttl",
+    "default_jwt_svid_ttl",
+    "agent_ttl",
+    "ca_key_type",
+    "jwt_key_type",
+    "ca_subject",
+    "jwt_issuer",
+    "admin_ids",
+    "experimental",
+];
+
+fn server_hint(key: &str) -> Option<&'static str> {
+    match key {
+        "registration_uds_path" => Some("renamed: use socket_path"),
+        "default_svid_ttl" => Some("renamed: use default_x509_svid_ttl"),
+        "svid_ttl" => Some("use default_x509_svid_ttl"),
+        "upstream_bundle" => Some("removed in SPIRE 1.0: the upstream bundle is always used"),
+        "federation" => Some("federation is not in this cairn yet"),
+        _ => None,
+    }
+}
+
+/// Default admin socket (SPIRE's).
+pub const DEFAULT_SOCKET_PATH: &str = "/tmp/spire-server/private/api.sock";
+
+impl ServerConfig {
+    /// Reads and validates a server config file.
+    ///
+    /// # Errors
+    /// Every problem found, each naming its key.
+    pub fn load(path: &std::path::Path, expand_env: bool, overrides: &ServerOverrides) -> Result<Self, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![super::ConfigError {
+                path: String::new(),
+                message: format!("cannot read config file {}: {e}", path.display()),
+            }])
+        })?;
+        let tree = super::parse_text(&text, expand_env)?;
+        Self::from_tree(&tree, overrides)
+    }
+
+    /// Validates a parsed config tree.
+    ///
+    /// # Errors
+    /// Every problem found, each naming its key.
+    #[allow(clippy::too_many_lines, reason = "one linear walk over the server keys reads best in one place")]
+    pub fn from_tree(tree: &Object, overrides: &ServerOverrides) -> Result<Self, ConfigErrors> {
+        let mut w = Walker::new();
+        w.unknown_keys(tree, &["server", "plugins", "health_checks", "telemetry"], "", |k| match k {
+            "federation" => Some("federation goes inside the server block, and is not in this cairn yet"),
+            _ => None,
+        });
+        let empty = Object::default();
+        let server = w.block(tree, "server", "").unwrap_or_else(|| {
+            w.err("server", "missing: a server { ... } block is required");
+            &empty
+        });
+        let p = "server";
+        w.unknown_keys(server, SERVER_KEYS, p, server_hint);
+
+        let td_text = overrides.trust_domain.clone().or_else(|| w.string(server, "trust_domain", p));
+        let trust_domain = match td_text {
+            None => {
+                w.err("server.trust_domain", "missing: set the trust domain name, e.g. \"example.org\"");
+                None
+            }
+            Some(t) if t.starts_with("spiffe://") => {
+                w.err("server.trust_domain", "give the bare name (example.org), not a SPIFFE ID");
+                None
+            }
+            Some(t) => match TrustDomain::new(&t) {
+                Ok(td) => Some(td),
+                Err(e) => {
+                    w.err("server.trust_domain", format!("invalid trust domain {t:?}: {e}"));
+                    None
+                }
+            },
+        };
+        let bind_address =
+            overrides.bind_address.clone().or_else(|| w.string(server, "bind_address", p)).unwrap_or_else(|| "0.0.0.0".into());
+        if bind_address.parse::<std::net::IpAddr>().is_err() {
+            w.err("server.bind_address", format!("{bind_address:?} is not an IP address"));
+        }
+        let bind_port = overrides.server_port.or_else(|| w.port(server, "bind_port", p)).unwrap_or(8081);
+        let socket_path = overrides
+            .socket_path
+            .clone()
+            .or_else(|| w.string(server, "socket_path", p).map(PathBuf::from))
+            .unwrap_or_else(|| DEFAULT_SOCKET_PATH.into());
+        let data_dir =
+            overrides.data_dir.clone().or_else(|| w.string(server, "data_dir", p).map(PathBuf::from)).unwrap_or_else(|| ".".into());
+        let log_level =
+            overrides.log_level.clone().or_else(|| w.string(server, "log_level", p)).unwrap_or_else(|| "INFO".into()).to_ascii_uppercase();
+        if !["DEBUG", "INFO", "WARN", "ERROR", "TRACE"].contains(&log_level.as_str()) {
+            w.err("server.log_level", format!("{log_level:?}: expected DEBUG, INFO, WARN or ERROR"));
+        }
+        let log_format = match w.string(server, "log_format", p).as_deref().map(str::to_ascii_lowercase).as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                w.err("server.log_format", format!("{other:?}: expected text or json"));
+                LogFormat::Text
+            }
+        };
+        let positive = |w: &mut Walker, key: &str, v: Option<i64>, default: i64| -> i64 {
+            match v {
+                Some(0) => {
+                    w.err(&join(p, key), "must be greater than zero");
+                    default
+                }
+                Some(v) => v,
+                None => default,
+            }
+        };
+        let v = w.duration(server, "ca_ttl", p);
+        let ca_ttl = positive(&mut w, "ca_ttl", v, 24 * 3600);
+        let v = w.duration(server, "default_x509_svid_ttl", p);
+        let default_x509_svid_ttl = positive(&mut w, "default_x509_svid_ttl", v, 3600);
+        let v = w.duration(server, "default_jwt_svid_ttl", p);
+        let default_jwt_svid_ttl = positive(&mut w, "default_jwt_svid_ttl", v, 300);
+        let v = w.duration(server, "agent_ttl", p);
+        let agent_ttl = positive(&mut w, "agent_ttl", v, default_x509_svid_ttl);
+        // An SVID must fit in the time a CA stays active after the next one is published
+        // (ca_ttl/6, at most 7 days); otherwise SVIDs get cut short by their CA's expiry.
+        let max_svid = (ca_ttl / 6).min(7 * 24 * 3600);
+        for (key, ttl) in
+            [("default_x509_svid_ttl", default_x509_svid_ttl), ("default_jwt_svid_ttl", default_jwt_svid_ttl), ("agent_ttl", agent_ttl)]
+        {
+            if ttl > max_svid {
+                w.err(
+                    &join(p, key),
+                    format!(
+                        "{} is longer than ca_ttl/6 ({}), so SVIDs would be cut short by their CA's expiry: lower {key} to at most {} or raise ca_ttl to at least {}",
+                        format_duration(ttl),
+                        format_duration(max_svid),
+                        format_duration(max_svid),
+                        format_duration(ttl * 6)
+                    ),
+                );
+            }
+        }
+        let key_type = |w: &mut Walker, key: &str, default: KeyType| -> KeyType {
+            match w.string(server, key, p) {
+                None => default,
+                Some(s) => s.parse().unwrap_or_else(|_| {
+                    w.err(&join(p, key), format!("{s:?}: expected ec-p256 or ec-p384"));
+                    default
+                }),
+            }
+        };
+        let ca_key_type = key_type(&mut w, "ca_key_type", KeyType::EcP256);
+        let jwt_key_type = key_type(&mut w, "jwt_key_type", ca_key_type);
+        let ca_subject = match w.block(server, "ca_subject", p) {
+            None => CaSubject::default(),
+            Some(o) => {
+                let sp = "server.ca_subject";
+                w.unknown_keys(o, &["country", "organization", "common_name"], sp, |_| None);
+                let d = CaSubject::default();
+                CaSubject {
+                    country: w.strings(o, "country", sp).unwrap_or(d.country),
+                    organization: w.strings(o, "organization", sp).unwrap_or(d.organization),
+                    common_name: w.string(o, "common_name", sp).filter(|s| !s.is_empty()),
+                }
+            }
+        };
+        let jwt_issuer = w.string(server, "jwt_issuer", p).filter(|s| !s.is_empty());
+        let admin_ids = w
+            .strings(server, "admin_ids", p)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|s| match SpiffeId::new(&s) {
+                Ok(id) => Some(id),
+                Err(e) => {
+                    w.err("server.admin_ids", format!("{s:?}: {e}"));
+                    None
+                }
+            })
+            .collect();
+        let mut ca_rotation_interval = 10;
+        if let Some(exp) = w.block(server, "experimental", p) {
+            w.unknown_keys(exp, &["ca_rotation_interval"], "server.experimental", |_| None);
+            if let Some(v) = w.duration(exp, "ca_rotation_interval", "server.experimental") {
+                if v == 0 {
+                    w.err("server.experimental.ca_rotation_interval", "must be greater than zero");
+                } else {
+                    ca_rotation_interval = v;
+                }
+            }
+        }
+
+        let plugins = Plugins::read(&mut w, tree);
+        let health = w.block(tree, "health_checks", "").map(|o| {
+            let hp = "health_checks";
+            w.unknown_keys(o, &["listener_enabled", "bind_address", "bind_port", "live_path", "ready_path"], hp, |_| None);
+            HealthConfig {
+                listener_enabled: w.boolean(o, "listener_enabled", hp).unwrap_or(false),
+                bind_address: w.string(o, "bind_address", hp).unwrap_or_else(|| "localhost".into()),
+                bind_port: w.port(o, "bind_port", hp).unwrap_or(80),
+                live_path: w.string(o, "live_path", hp).unwrap_or_else(|| "/live".into()),
+                ready_path: w.string(o, "ready_path", hp).unwrap_or_else(|| "/ready".into()),
+            }
+        });
+
+        match (trust_domain, plugins, w.errors.is_empty()) {
+            (Some(trust_domain), Some(pl), true) => Ok(Self {
+                trust_domain,
+                bind_address,
+                bind_port,
+                socket_path,
+                data_dir,
+                log_level,
+                log_format,
+                ca_ttl,
+                default_x509_svid_ttl,
+                default_jwt_svid_ttl,
+                agent_ttl,
+                ca_key_type,
+                jwt_key_type,
+                ca_subject,
+                jwt_issuer,
+                admin_ids,
+                datastore: pl.datastore,
+                key_manager: pl.key_manager,
+                node_attestors: pl.node_attestors,
+                upstream: pl.upstream,
+                health,
+                ca_rotation_interval,
+            }),
+            _ => Err(ConfigErrors(w.errors)),
+        }
+    }
+}
+
+struct Plugins {
+    datastore: DatastoreConfig,
+    key_manager: KeyManagerConfig,
+    node_attestors: Vec<String>,
+    upstream: Option<UpstreamConfig>,
+}
+
+/// One `Type "name" { ... }` plugin block: its name and `plugin_data`.
+struct PluginDecl<'a> {
+    name: String,
+    path: String,
+    data: Option<&'a Object>,
+}
+
+fn plugin_decls<'a>(w: &mut Walker, plugins: &'a Object, kind: &str) -> Vec<PluginDecl<'a>> {
+    let mut out = Vec::new();
+    for item in plugins.get_all(kind) {
+        let Some(named) = as_object(&item.value) else {
+            w.err(&join("plugins", kind), "expected Type \"name\" { ... }");
+            continue;
+        };
+        for inner in &named.items {
+            let path = format!("plugins.{kind}.{}", inner.key);
+            let Some(body) = as_object(&inner.value) else {
+                w.err(&path, "expected a block { ... }");
+                continue;
+            };
+            w.unknown_keys(body, &["plugin_data", "plugin_cmd", "plugin_checksum", "enabled", "plugin_data_file"], &path, |_| None);
+            if body.get_all("plugin_cmd").next().is_some() {
+                w.err(
+                    &join(&path, "plugin_cmd"),
+                    "external plugin binaries are not supported by cairn; remove plugin_cmd to use the built-in plugin",
+                );
+            }
+            if body.get_all("plugin_data_file").next().is_some() {
+                w.err(&join(&path, "plugin_data_file"), "not supported yet: put the settings in plugin_data");
+            }
+            if w.boolean(body, "enabled", &path) == Some(false) {
+                continue;
+            }
+            let data = match body.get_all("plugin_data").next().map(|i| &i.value) {
+                None => None,
+                Some(Value::Object(o)) => Some(o),
+                Some(v) => {
+                    let o = as_object(v);
+                    if o.is_none() {
+                        w.err(&join(&path, "plugin_data"), "expected a block { ... }");
+                    }
+                    o
+                }
+            };
+            out.push(PluginDecl { name: inner.key.clone(), path: join(&path, "plugin_data"), data });
+        }
+    }
+    out
+}
+
+impl Plugins {
+    fn read(w: &mut Walker, tree: &Object) -> Option<Self> {
+        let Some(plugins) = w.block(tree, "plugins", "") else {
+            w.err("plugins", "missing: a plugins { ... } block with DataStore and KeyManager is required");
+            return None;
+        };
+        w.unknown_keys(
+            plugins,
+            &["DataStore", "KeyManager", "NodeAttestor", "UpstreamAuthority", "Notifier", "BundlePublisher", "CredentialComposer"],
+            "plugins",
+            |k| match k {
+                "NodeResolver" => Some("the NodeResolver plugin type was removed from SPIRE; delete this block"),
+                "UpstreamCA" => Some("renamed: use UpstreamAuthority"),
+                _ => None,
+            },
+        );
+        for kind in ["Notifier", "BundlePublisher", "CredentialComposer"] {
+            if plugins.get_all(kind).next().is_some() {
+                w.err(&join("plugins", kind), "this plugin type is not supported by cairn yet");
+            }
+        }
+        let empty = Object::default();
+
+        let ds = plugin_decls(w, plugins, "DataStore");
+        let datastore = match ds.as_slice() {
+            [d] if d.name == "sql" => {
+                let data = d.data.unwrap_or(&empty);
+                w.unknown_keys(
+                    data,
+                    &["database_type", "connection_string", "max_open_conns", "max_idle_conns", "conn_max_lifetime", "disable_migration"],
+                    &d.path,
+                    |_| None,
+                );
+                let database_type = w.string(data, "database_type", &d.path);
+                let connection_string = w.string(data, "connection_string", &d.path);
+                match database_type.as_deref() {
+                    None => w.err(&join(&d.path, "database_type"), "missing (e.g. \"sqlite3\")"),
+                    Some("sqlite3") => {}
+                    Some(t @ ("postgres" | "mysql")) => {
+                        w.err(&join(&d.path, "database_type"), format!("{t:?} is not built into this cairn yet; use sqlite3"))
+                    }
+                    Some(t) => w.err(&join(&d.path, "database_type"), format!("{t:?}: expected sqlite3, postgres or mysql")),
+                }
+                if connection_string.as_deref().is_none_or(str::is_empty) {
+                    w.err(&join(&d.path, "connection_string"), "missing (for sqlite3: a file path such as \"./data/datastore.sqlite3\")");
+                }
+                match (database_type, connection_string) {
+                    (Some(t), Some(c)) => Some(DatastoreConfig { database_type: t, connection_string: c }),
+                    _ => None,
+                }
+            }
+            [d] => {
+                w.err(&d.path.replace(".plugin_data", ""), "unknown DataStore: the only one is \"sql\"");
+                None
+            }
+            [] => {
+                w.err("plugins.DataStore", "missing: configure DataStore \"sql\"");
+                None
+            }
+            _ => {
+                w.err("plugins.DataStore", "exactly one DataStore may be configured");
+                None
+            }
+        };
+
+        let km = plugin_decls(w, plugins, "KeyManager");
+        let key_manager = match km.as_slice() {
+            [k] if k.name == "memory" => {
+                if let Some(d) = k.data {
+                    w.unknown_keys(d, &[], &k.path, |_| None);
+                }
+                Some(KeyManagerConfig::Memory)
+            }
+            [k] if k.name == "disk" => {
+                let data = k.data.unwrap_or(&empty);
+                w.unknown_keys(data, &["keys_path"], &k.path, |_| None);
+                match w.string(data, "keys_path", &k.path) {
+                    Some(p) if !p.is_empty() => Some(KeyManagerConfig::Disk { keys_path: p.into() }),
+                    _ => {
+                        w.err(&join(&k.path, "keys_path"), "missing: the file the disk key manager keeps keys in");
+                        None
+                    }
+                }
+            }
+            [k] => {
+                w.err(
+                    &k.path.replace(".plugin_data", ""),
+                    "unknown KeyManager: expected \"memory\" or \"disk\" (pkcs11 comes in a later cairn)",
+                );
+                None
+            }
+            [] => {
+                w.err("plugins.KeyManager", "missing: configure KeyManager \"disk\" or \"memory\"");
+                None
+            }
+            _ => {
+                w.err("plugins.KeyManager", "exactly one KeyManager may be configured");
+                None
+            }
+        };
+
+        let mut node_attestors = Vec::new();
+        for na in plugin_decls(w, plugins, "NodeAttestor") {
+            match na.name.as_str() {
+                "join_token" => {
+                    if let Some(d) = na.data {
+                        w.unknown_keys(d, &[], &na.path, |_| None);
+                    }
+                    node_attestors.push(na.name);
+                }
+                other => w.err(&na.path.replace(".plugin_data", ""), format!("unknown NodeAttestor {other:?}: this cairn has join_token")),
+            }
+        }
+
+        let ua = plugin_decls(w, plugins, "UpstreamAuthority");
+        let upstream = match ua.as_slice() {
+            [] => None,
+            [u] if u.name == "disk" => {
+                let data = u.data.unwrap_or(&empty);
+                w.unknown_keys(data, &["cert_file_path", "key_file_path", "bundle_file_path"], &u.path, |k| match k {
+                    "ttl" => Some("removed: the downstream's ca_ttl decides"),
+                    _ => None,
+                });
+                let cert = w.string(data, "cert_file_path", &u.path);
+                let key = w.string(data, "key_file_path", &u.path);
+                let bundle = w.string(data, "bundle_file_path", &u.path).filter(|s| !s.is_empty());
+                if cert.is_none() {
+                    w.err(&join(&u.path, "cert_file_path"), "missing");
+                }
+                if key.is_none() {
+                    w.err(&join(&u.path, "key_file_path"), "missing");
+                }
+                match (cert, key) {
+                    (Some(c), Some(k)) => Some(UpstreamConfig::Disk(DiskUpstreamConfig {
+                        cert_file_path: c.into(),
+                        key_file_path: k.into(),
+                        bundle_file_path: bundle.map(PathBuf::from),
+                    })),
+                    _ => None,
+                }
+            }
+            [u] => {
+                w.err(
+                    &u.path.replace(".plugin_data", ""),
+                    "unknown UpstreamAuthority: this cairn has \"disk\" (vault, pkcs11 and spire come in later issues)",
+                );
+                None
+            }
+            _ => {
+                w.err("plugins.UpstreamAuthority", "at most one UpstreamAuthority may be configured");
+                None
+            }
+        };
+        Some(Self { datastore: datastore?, key_manager: key_manager?, node_attestors, upstream })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,194 @@
+//! The datastore: registration entries, attested nodes, join tokens, bundles, federation
+//! relationships and the CA journal.
+//!
+//! [`Datastore`] is the seam; [`sql::SqlDatastore`] implements it over sqlx. SQLite is the
+//! embedded default; PostgreSQL and MySQL slot in behind the same trait (a later issue).
+//! Every bundle change bumps its `sequence_number` and wakes [`Datastore::watch_changes`]
+//! subscribers, which the TLS verifier and (later) the agent entry cache follow.
+
+pub mod sql;
+
+use crate::spiffe::{Bundle, JwtAuthority, SpiffeId, TrustDomain};
+use async_trait::async_trait;
+
+/// Errors from the datastore.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DatastoreError {
+    /// The record does not exist.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// A record with the same identity exists.
+    #[error("{what} already exists")]
+    AlreadyExists {
+        /// What kind of record.
+        what: &'static str,
+    },
+    /// A stored value could not be decoded (the database was edited by hand or is damaged).
+    #[error("corrupt {what}: {reason}")]
+    Corrupt {
+        /// What kind of record.
+        what: &'static str,
+        /// Why it could not be decoded.
+        reason: String,
+    },
+    /// The database failed or cannot be reached.
+    #[error("database: {0}")]
+    Database(String),
+    /// The configuration for the datastore is not usable.
+    #[error("datastore config: {0}")]
+    Config(String),
+}
+
+/// A selector (`type:value`), e.g. `unix:uid:1000`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Selector {
+    /// The attestor that produces it (`unix`, `join_token`, `spiffe_id`, ...).
+    pub kind: String,
+    /// The value; may itself contain colons.
+    pub value: String,
+}
+
+/// A registration entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Unique id (UUIDv4 unless given).
+    pub id: String,
+    /// The identity issued to matching workloads.
+    pub spiffe_id: SpiffeId,
+    /// The agent (or node alias) the entry lives under.
+    pub parent_id: SpiffeId,
+    /// Sorted, de-duplicated selectors.
+    pub selectors: Vec<Selector>,
+    /// X509-SVID TTL in seconds (0 = server default).
+    pub x509_svid_ttl: i32,
+    /// JWT-SVID TTL in seconds (0 = server default).
+    pub jwt_svid_ttl: i32,
+    /// Trust domains whose bundles workloads of this entry receive.
+    pub federates_with: Vec<TrustDomain>,
+    /// The identity may call admin APIs.
+    pub admin: bool,
+    /// The identity is a downstream tier (may call NewDownstreamX509CA).
+    pub downstream: bool,
+    /// DNS SANs (the first is also the subject CN).
+    pub dns_names: Vec<String>,
+    /// Unix seconds after which the entry is ignored (0 = never).
+    pub expires_at: i64,
+    /// Workload-facing hint.
+    pub hint: String,
+    /// SVID stored by the agent (SPIRE's `store_svid`).
+    pub store_svid: bool,
+    /// 0 at creation, +1 on every update.
+    pub revision_number: i64,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// An attested agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttestedNode {
+    /// The agent's SPIFFE ID.
+    pub spiffe_id: SpiffeId,
+    /// `join_token`, `x509pop`, ...
+    pub attestation_type: String,
+    /// Decimal serial of the current agent SVID; empty when banned.
+    pub cert_serial_number: String,
+    /// Unix seconds.
+    pub cert_not_after: i64,
+    /// Serial of an SVID issued by RenewAgent but not used yet.
+    pub new_cert_serial_number: String,
+    /// Unix seconds.
+    pub new_cert_not_after: i64,
+    /// Whether the agent may attest again.
+    pub can_reattest: bool,
+    /// Node selectors from attestation.
+    pub selectors: Vec<Selector>,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// Filters for listing entries (all optional, combined with AND).
+#[derive(Debug, Clone, Default)]
+pub struct EntryFilter {
+    /// Exact SPIFFE ID.
+    pub spiffe_id: Option<SpiffeId>,
+    /// Exact parent ID.
+    pub parent_id: Option<SpiffeId>,
+    /// Entries whose selector set equals this one (SPIRE's `MATCH_EXACT`).
+    pub selectors_exact: Option<Vec<Selector>>,
+    /// Downstream flag.
+    pub downstream: Option<bool>,
+}
+
+/// What changed, for subscribers that keep caches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Change {
+    /// Registration entries.
+    Entries,
+    /// A bundle (own or federated).
+    Bundle,
+    /// Attested nodes.
+    Nodes,
+}
+
+/// The storage seam. Implementations are shared by every API handler.
+#[async_trait]
+pub trait Datastore: Send + Sync + std::fmt::Debug {
+    /// The bundle of `td`, if stored.
+    async fn get_bundle(&self, td: &TrustDomain) -> Result<Option<Bundle>, DatastoreError>;
+    /// Every stored bundle.
+    async fn list_bundles(&self) -> Result<Vec<Bundle>, DatastoreError>;
+    /// Adds X.509 roots and JWT keys to `td`'s bundle (creating it), skipping ones already
+    /// present; bumps the sequence number when something was added. Returns the result.
+    async fn append_bundle(&self, td: &TrustDomain, x509: &[Vec<u8>], jwt: &[JwtAuthority]) -> Result<Bundle, DatastoreError>;
+    /// Replaces `bundle.trust_domain`'s bundle with `bundle`'s authorities; bumps the sequence
+    /// number when the content changed. Returns what is stored.
+    async fn set_bundle(&self, bundle: &Bundle) -> Result<Bundle, DatastoreError>;
+    /// Creates a bundle; fails if one exists.
+    async fn create_bundle(&self, bundle: &Bundle) -> Result<Bundle, DatastoreError>;
+    /// Deletes `td`'s bundle.
+    async fn delete_bundle(&self, td: &TrustDomain) -> Result<(), DatastoreError>;
+    /// Drops X.509 roots and JWT keys of `td` that expired before `before` (unix seconds).
+    async fn prune_bundle(&self, td: &TrustDomain, before: i64) -> Result<bool, DatastoreError>;
+
+    /// Creates an entry; a similar entry (same SPIFFE ID, parent and selector set) makes this
+    /// fail with `AlreadyExists` and returns it in `Err`'s companion `find_similar_entry`.
+    async fn create_entry(&self, entry: &Entry) -> Result<Entry, DatastoreError>;
+    /// The similar entry (same SPIFFE ID, parent, selector set), if any.
+    async fn find_similar_entry(&self, entry: &Entry) -> Result<Option<Entry>, DatastoreError>;
+    /// One entry by id.
+    async fn get_entry(&self, id: &str) -> Result<Option<Entry>, DatastoreError>;
+    /// Entries matching `filter`, ordered by id.
+    async fn list_entries(&self, filter: &EntryFilter) -> Result<Vec<Entry>, DatastoreError>;
+    /// Replaces an entry (by id), incrementing its revision number.
+    async fn update_entry(&self, entry: &Entry) -> Result<Entry, DatastoreError>;
+    /// Deletes an entry, returning it.
+    async fn delete_entry(&self, id: &str) -> Result<Entry, DatastoreError>;
+    /// Number of entries.
+    async fn count_entries(&self) -> Result<i64, DatastoreError>;
+
+    /// Stores a join token.
+    async fn create_join_token(&self, token: &str, expires_at: i64) -> Result<(), DatastoreError>;
+    /// Deletes a join token and returns its expiry (single use: it is gone either way).
+    async fn take_join_token(&self, token: &str) -> Result<Option<i64>, DatastoreError>;
+
+    /// Creates an attested node record.
+    async fn create_attested_node(&self, node: &AttestedNode) -> Result<(), DatastoreError>;
+    /// One node by SPIFFE ID.
+    async fn get_attested_node(&self, id: &SpiffeId) -> Result<Option<AttestedNode>, DatastoreError>;
+    /// Every node.
+    async fn list_attested_nodes(&self) -> Result<Vec<AttestedNode>, DatastoreError>;
+    /// Replaces a node record.
+    async fn update_attested_node(&self, node: &AttestedNode) -> Result<(), DatastoreError>;
+    /// Deletes a node record, returning it.
+    async fn delete_attested_node(&self, id: &SpiffeId) -> Result<AttestedNode, DatastoreError>;
+
+    /// The CA journal stored under `server_key`.
+    async fn get_ca_journal(&self, server_key: &str) -> Result<Option<String>, DatastoreError>;
+    /// Stores the CA journal under `server_key`.
+    async fn set_ca_journal(&self, server_key: &str, data: &str) -> Result<(), DatastoreError>;
+
+    /// A receiver woken on every change.
+    fn watch_changes(&self) -> tokio::sync::broadcast::Receiver<Change>;
+}

@@ -1,0 +1,277 @@
+//! `cairn server`: assembly of datastore, key manager, upstream authority, CA manager and the
+//! gRPC services, and the `run(listeners, shutdown)` loop.
+
+pub mod tls;
+
+use crate::api::pb::spire::api::server as spb;
+use crate::api::{ApiState, Svc};
+use crate::ca::{CaConfig, CaManager};
+use crate::config::server::{KeyManagerConfig, ServerConfig, UpstreamConfig};
+use crate::datastore::{Change, Datastore, sql::SqlDatastore};
+use crate::keymanager::{DiskKeyManager, KeyManager, MemoryKeyManager};
+use crate::upstream::{DiskUpstreamAuthority, UpstreamAuthority};
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tls::TlsState;
+use tokio::net::{TcpListener, UnixListener};
+
+/// Largest gRPC message accepted (bounds memory per request; SPIRE's clients stay far below).
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The datastore could not be opened.
+    #[error("datastore: {0}")]
+    Datastore(#[from] crate::datastore::DatastoreError),
+    /// The key manager could not be opened.
+    #[error("key manager: {0}")]
+    KeyManager(#[from] crate::keymanager::KeyManagerError),
+    /// The upstream authority is misconfigured.
+    #[error("upstream authority: {0}")]
+    Upstream(#[from] crate::upstream::UpstreamError),
+    /// The CA could not be prepared.
+    #[error("CA: {0}")]
+    Ca(#[from] crate::ca::CaError),
+    /// Sockets, files.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// A built server, ready to [`Server::run`].
+#[derive(Debug)]
+pub struct Server {
+    config: ServerConfig,
+    state: Arc<ApiState>,
+    ca_manager: Arc<CaManager>,
+    tls: Arc<TlsState>,
+}
+
+/// A stable id for this server's journal row, kept in `data_dir` so servers sharing a
+/// database (HA) each find their own journal.
+fn server_instance_id(data_dir: &Path) -> Result<String, ServerError> {
+    let path = data_dir.join("server_id");
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => Ok(s.trim().to_owned()),
+        _ => {
+            let id = uuid::Uuid::new_v4().to_string();
+            crate::fsutil::write_private_atomic(&path, id.as_bytes()).map_err(|e| ServerError::Io(format!("{}: {e}", path.display())))?;
+            Ok(id)
+        }
+    }
+}
+
+impl Server {
+    /// Opens everything the config names and brings up the CA (minting or resuming it).
+    ///
+    /// # Errors
+    /// The first component that cannot start, with the reason.
+    pub async fn build(config: ServerConfig) -> Result<Self, ServerError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| ServerError::Io(format!("data_dir {}: {e}", config.data_dir.display())))?;
+        let datastore: Arc<dyn Datastore> =
+            Arc::new(SqlDatastore::open(&config.datastore.database_type, &config.datastore.connection_string).await?);
+        let key_manager: Arc<dyn KeyManager> = match &config.key_manager {
+            KeyManagerConfig::Memory => Arc::new(MemoryKeyManager::new()),
+            KeyManagerConfig::Disk { keys_path } => Arc::new(DiskKeyManager::open(keys_path)?),
+        };
+        let upstream: Option<Arc<dyn UpstreamAuthority>> = match &config.upstream {
+            None => None,
+            Some(UpstreamConfig::Disk(d)) => Some(Arc::new(DiskUpstreamAuthority::new(d.clone(), config.trust_domain.clone())?)),
+        };
+        let ca_config = CaConfig {
+            trust_domain: config.trust_domain.clone(),
+            ca_ttl: config.ca_ttl,
+            default_x509_svid_ttl: config.default_x509_svid_ttl,
+            default_jwt_svid_ttl: config.default_jwt_svid_ttl,
+            ca_key_type: config.ca_key_type,
+            jwt_key_type: config.jwt_key_type,
+            ca_subject: config.ca_subject.clone(),
+            jwt_issuer: config.jwt_issuer.clone(),
+            journal_key: server_instance_id(&config.data_dir)?,
+        };
+        let ca_manager = Arc::new(CaManager::new(ca_config, key_manager, upstream, Arc::clone(&datastore)));
+        ca_manager.initialize(crate::now_unix()).await?;
+        let tls = Arc::new(
+            TlsState::new(config.trust_domain.clone(), ca_manager.ca(), config.ca_key_type, config.default_x509_svid_ttl)
+                .map_err(|e| ServerError::Io(e.to_string()))?,
+        );
+        tls.rotate_if_needed(crate::now_unix()).map_err(ServerError::Io)?;
+        if let Some(b) = datastore.get_bundle(&config.trust_domain).await? {
+            tls.set_roots(&b.x509_authorities);
+        }
+        let state = Arc::new(ApiState {
+            trust_domain: config.trust_domain.clone(),
+            datastore,
+            ca: ca_manager.ca(),
+            ca_manager: Arc::clone(&ca_manager),
+            admin_ids: config.admin_ids.clone(),
+            ca_ttl: config.ca_ttl,
+            ca_subject: config.ca_subject.clone(),
+            started: std::time::Instant::now(),
+            server_svid: Arc::clone(&tls.chain_out),
+        });
+        Ok(Self { config, state, ca_manager, tls })
+    }
+
+    /// The API state (tests and benchmarks use it in process).
+    #[must_use]
+    pub fn state(&self) -> Arc<ApiState> {
+        Arc::clone(&self.state)
+    }
+
+    /// Serves the admin socket, the TLS gRPC port and (optionally) the health listener until
+    /// `shutdown` resolves, while rotating the CA and the server SVID in the background.
+    ///
+    /// # Errors
+    /// A listener failing.
+    pub async fn run(
+        self,
+        tcp: TcpListener,
+        uds: UnixListener,
+        health: Option<TcpListener>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|v| *v).await;
+        };
+        let mut tasks = tokio::task::JoinSet::new();
+
+        // CA rotation.
+        let interval = Duration::from_secs(u64::try_from(self.config.ca_rotation_interval).unwrap_or(10));
+        tasks.spawn(Arc::clone(&self.ca_manager).run(interval, stopped(stop_rx.clone())));
+
+        // Server SVID rotation and trust-bundle refresh for client verification.
+        {
+            let tls = Arc::clone(&self.tls);
+            let ds = Arc::clone(&self.state.datastore);
+            let td = self.config.trust_domain.clone();
+            let mut changes = ds.watch_changes();
+            let stop = stopped(stop_rx.clone());
+            tasks.spawn(async move {
+                tokio::pin!(stop);
+                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    tokio::select! {
+                        () = &mut stop => return,
+                        _ = tick.tick() => {}
+                        c = changes.recv() => if !matches!(c, Ok(Change::Bundle) | Err(_)) { continue },
+                    }
+                    if let Err(e) = tls.rotate_if_needed(crate::now_unix()) {
+                        tracing::warn!(error = %e, "server SVID rotation failed");
+                    }
+                    match ds.get_bundle(&td).await {
+                        Ok(Some(b)) => tls.set_roots(&b.x509_authorities),
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!(error = %e, "reading the bundle for TLS failed"),
+                    }
+                }
+            });
+        }
+
+        // Admin socket: every caller is local.
+        {
+            let svc = Svc::new(Arc::clone(&self.state), true);
+            let incoming = tokio_stream::wrappers::UnixListenerStream::new(uds);
+            let router = grpc_router(&svc)
+                .add_service(spb::debug::v1::debug_server::DebugServer::new(svc.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES));
+            let stop = stopped(stop_rx.clone());
+            tasks.spawn(async move {
+                if let Err(e) = router.serve_with_incoming_shutdown(incoming, stop).await {
+                    tracing::error!(error = %e, "admin socket server failed");
+                }
+            });
+        }
+
+        // TLS gRPC port.
+        {
+            let svc = Svc::new(Arc::clone(&self.state), false);
+            let router = grpc_router(&svc);
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(self.tls.server_config().map_err(|e| ServerError::Io(e.to_string()))?));
+            let (conn_tx, conn_rx) =
+                tokio::sync::mpsc::channel::<Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>>(64);
+            let stop = stopped(stop_rx.clone());
+            tasks.spawn(async move {
+                let accept = async move {
+                    loop {
+                        let (sock, peer) = match tcp.accept().await {
+                            Ok(x) => x,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "accept failed");
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                continue;
+                            }
+                        };
+                        let acceptor = acceptor.clone();
+                        let tx = conn_tx.clone();
+                        // Handshakes run concurrently and time out, so a silent client cannot stall others.
+                        tokio::spawn(async move {
+                            match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(sock)).await {
+                                Ok(Ok(tls)) => {
+                                    let _ = tx.send(Ok(tls)).await;
+                                }
+                                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                            }
+                        });
+                    }
+                };
+                let serve = router.serve_with_incoming_shutdown(tokio_stream::wrappers::ReceiverStream::new(conn_rx), stop);
+                tokio::select! {
+                    () = accept => {}
+                    r = serve => if let Err(e) = r { tracing::error!(error = %e, "TLS gRPC server failed") },
+                }
+            });
+        }
+
+        if let (Some(listener), Some(h)) = (health, self.config.health.clone()) {
+            let state = Arc::clone(&self.state);
+            tasks.spawn(crate::telemetry::health::serve(listener, h, state, stopped(stop_rx.clone())));
+        }
+
+        tracing::info!(trust_domain = %self.config.trust_domain, "cairn server is serving");
+        shutdown.await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+        let drain = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
+            tracing::warn!("some tasks did not stop within 10s");
+        }
+        Ok(())
+    }
+}
+
+fn grpc_router(svc: &Svc) -> tonic::transport::server::Router {
+    let m = MAX_MESSAGE_BYTES;
+    tonic::transport::Server::builder()
+        .max_connection_age(Duration::from_secs(180))
+        .add_service(spb::bundle::v1::bundle_server::BundleServer::new(svc.clone()).max_decoding_message_size(m))
+        .add_service(spb::entry::v1::entry_server::EntryServer::new(svc.clone()).max_decoding_message_size(m))
+        .add_service(spb::svid::v1::svid_server::SvidServer::new(svc.clone()).max_decoding_message_size(m))
+        .add_service(spb::agent::v1::agent_server::AgentServer::new(svc.clone()).max_decoding_message_size(m))
+}
+
+/// Binds the admin socket: creates its directory (0770 like SPIRE's), removes a stale socket
+/// left by a crashed server, and refuses to steal one a live server is using.
+///
+/// # Errors
+/// The socket is in use or cannot be created.
+pub async fn bind_admin_socket(path: &Path) -> Result<UnixListener, ServerError> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| ServerError::Io(format!("socket_path directory {}: {e}", dir.display())))?;
+    }
+    if path.exists() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            return Err(ServerError::Io(format!("socket_path {} is in use by a running server", path.display())));
+        }
+        std::fs::remove_file(path).map_err(|e| ServerError::Io(format!("removing stale socket {}: {e}", path.display())))?;
+    }
+    let l = UnixListener::bind(path).map_err(|e| ServerError::Io(format!("socket_path {}: {e}", path.display())))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o770))
+        .map_err(|e| ServerError::Io(format!("socket_path {}: {e}", path.display())))?;
+    Ok(l)
+}

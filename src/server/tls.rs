@@ -1,0 +1,224 @@
+//! The server's TLS identity and client verification on the gRPC port.
+//!
+//! The server presents `spiffe://<td>/spire/server`, an X509-SVID with an in-memory key,
+//! re-minted at half-life or when the active CA changes. Client certificates are optional (an
+//! agent attesting for the first time has none) but, when present, must chain to the trust
+//! domain's current bundle and carry one SPIFFE ID of this trust domain; otherwise the
+//! handshake fails. Session tickets are off so every connection is checked against the
+//! bundle of the moment.
+
+use crate::ca::{Ca, X509SvidRequest};
+use crate::keymanager::KeyType;
+use crate::spiffe::{SpiffeId, TrustDomain};
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use std::sync::{Arc, RwLock};
+
+struct Svid {
+    certified: Arc<CertifiedKey>,
+    chain: Vec<Vec<u8>>,
+    not_before: i64,
+    not_after: i64,
+    authority_id: String,
+}
+
+/// The rotating server SVID and the verifier built from the current bundle.
+pub struct TlsState {
+    trust_domain: TrustDomain,
+    server_id: SpiffeId,
+    ca: Arc<Ca>,
+    key_type: KeyType,
+    ttl: i64,
+    provider: Arc<CryptoProvider>,
+    svid: RwLock<Option<Svid>>,
+    verifier: RwLock<Option<Arc<dyn ClientCertVerifier>>>,
+    /// The chain published for debug output.
+    pub chain_out: Arc<RwLock<Vec<Vec<u8>>>>,
+}
+
+impl std::fmt::Debug for TlsState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsState").field("server_id", &self.server_id).finish_non_exhaustive()
+    }
+}
+
+impl TlsState {
+    /// A TLS state for `trust_domain`, minting from `ca`.
+    ///
+    /// # Errors
+    /// Only if the trust domain cannot form the server ID (it always can).
+    pub fn new(trust_domain: TrustDomain, ca: Arc<Ca>, key_type: KeyType, ttl: i64) -> Result<Self, crate::spiffe::SpiffeIdError> {
+        let server_id = SpiffeId::from_segments(&trust_domain, &["spire", "server"])?;
+        Ok(Self {
+            trust_domain,
+            server_id,
+            ca,
+            key_type,
+            ttl,
+            provider: Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+            svid: RwLock::new(None),
+            verifier: RwLock::new(None),
+            chain_out: Arc::new(RwLock::new(Vec::new())),
+        })
+    }
+
+    /// Re-mints the server SVID when there is none, it is past half-life, or the CA changed.
+    ///
+    /// # Errors
+    /// When minting fails (no CA); the previous SVID stays in use.
+    pub fn rotate_if_needed(&self, now: i64) -> Result<bool, String> {
+        let authority = self.ca.x509_authority().ok_or("no active X.509 CA")?;
+        let due = match self.svid.read().map_err(|_| "lock")?.as_ref() {
+            None => true,
+            Some(s) => now >= s.not_before + (s.not_after - s.not_before) / 2 || s.authority_id != authority.authority_id,
+        };
+        if !due {
+            return Ok(false);
+        }
+        let alg = match self.key_type {
+            KeyType::EcP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+            KeyType::EcP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+        };
+        let key = rcgen::KeyPair::generate_for(alg).map_err(|e| e.to_string())?;
+        let chain = self
+            .ca
+            .mint_x509_svid(&key, &X509SvidRequest { id: &self.server_id, dns_names: &[], ttl: self.ttl }, now)
+            .map_err(|e| e.to_string())?;
+        let pkcs8 = zeroize::Zeroizing::new(key.serialize_der());
+        let signing = self
+            .provider
+            .key_provider
+            .load_private_key(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8.to_vec())))
+            .map_err(|e| e.to_string())?;
+        let certs: Vec<CertificateDer<'static>> = chain.iter().map(|c| CertificateDer::from(c.clone())).collect();
+        let (not_before, not_after) = chain
+            .first()
+            .and_then(|l| x509_parser::parse_x509_certificate(l).ok())
+            .map(|(_, c)| (c.validity().not_before.timestamp(), c.validity().not_after.timestamp()))
+            .ok_or("minted SVID does not parse")?;
+        let svid = Svid {
+            certified: Arc::new(CertifiedKey::new(certs, signing)),
+            chain: chain.clone(),
+            not_before,
+            not_after,
+            authority_id: authority.authority_id.clone(),
+        };
+        *self.svid.write().map_err(|_| "lock")? = Some(svid);
+        if let Ok(mut out) = self.chain_out.write() {
+            *out = chain;
+        }
+        tracing::info!(not_after, "rotated server SVID");
+        Ok(true)
+    }
+
+    /// Rebuilds the client verifier from the trust domain's X.509 roots.
+    pub fn set_roots(&self, roots: &[Vec<u8>]) {
+        let mut store = rustls::RootCertStore::empty();
+        for r in roots {
+            if let Err(e) = store.add(CertificateDer::from(r.clone())) {
+                tracing::warn!(error = %e, "a bundle root is not usable as a TLS trust anchor");
+            }
+        }
+        let built =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(store), Arc::clone(&self.provider)).allow_unauthenticated().build();
+        match built {
+            Ok(v) => {
+                if let Ok(mut g) = self.verifier.write() {
+                    *g = Some(v);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot build the client verifier from the bundle"),
+        }
+    }
+
+    /// The current SVID chain, leaf first.
+    #[must_use]
+    pub fn chain(&self) -> Vec<Vec<u8>> {
+        self.svid.read().ok().and_then(|g| g.as_ref().map(|s| s.chain.clone())).unwrap_or_default()
+    }
+
+    /// A rustls server config that resolves the current SVID and verifies clients per call.
+    ///
+    /// # Errors
+    /// When the protocol versions cannot be set up with the provider.
+    pub fn server_config(self: &Arc<Self>) -> Result<rustls::ServerConfig, rustls::Error> {
+        let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::clone(&self.provider))
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+            .with_client_cert_verifier(Arc::new(Verifier(Arc::clone(self))))
+            .with_cert_resolver(Arc::new(Resolver(Arc::clone(self))));
+        // gRPC clients (grpc-go >= 1.67) insist on ALPN h2.
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        cfg.send_tls13_tickets = 0;
+        cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        Ok(cfg)
+    }
+}
+
+#[derive(Debug)]
+struct Resolver(Arc<TlsState>);
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.0.svid.read().ok().and_then(|g| g.as_ref().map(|s| Arc::clone(&s.certified)))
+    }
+}
+
+#[derive(Debug)]
+struct Verifier(Arc<TlsState>);
+
+impl ClientCertVerifier for Verifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let inner = self.0.verifier.read().ok().and_then(|g| g.clone()).ok_or(rustls::Error::General("no trust bundle yet".into()))?;
+        inner.verify_client_cert(end_entity, intermediates, now)?;
+        let id = crate::spiffe::x509::leaf_spiffe_id(end_entity.as_ref())
+            .map_err(|e| rustls::Error::General(format!("client certificate is not an X509-SVID: {e}")))?;
+        if !id.is_member_of(&self.0.trust_domain) {
+            return Err(rustls::Error::General(format!("client {id} is not in trust domain {}", self.0.trust_domain)));
+        }
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.provider.signature_verification_algorithms.supported_schemes()
+    }
+}

@@ -1,0 +1,53 @@
+//! UpstreamAuthority: where a tier's X.509 CA comes from when it is not self-signed.
+//!
+//! Backends: `disk` (a CA certificate and key on disk). Later issues add `vault` (Vault PKI),
+//! `pkcs11` (an HSM-held upstream key) and `spire` (an upstream SPIRE-API server, which makes
+//! this server a downstream tier and is the only backend that publishes JWT keys).
+
+pub mod disk;
+
+use crate::spiffe::JwtAuthority;
+use async_trait::async_trait;
+
+pub use disk::DiskUpstreamAuthority;
+
+/// Errors from an upstream authority.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpstreamError {
+    /// The backend does not offer this optional capability.
+    #[error("not supported by this upstream authority")]
+    Unsupported,
+    /// The backend's own configuration or files are unusable.
+    #[error("{0}")]
+    Config(String),
+    /// The request was refused (bad CSR and the like).
+    #[error("{0}")]
+    Refused(String),
+    /// The upstream could not be reached.
+    #[error("upstream unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A CA minted upstream.
+#[derive(Debug, Clone)]
+pub struct MintedCa {
+    /// The new CA first, then intermediates up to (excluding) a root.
+    pub chain: Vec<Vec<u8>>,
+    /// The upstream trust anchors.
+    pub roots: Vec<Vec<u8>>,
+}
+
+/// Signs this tier's CA. Optional capabilities return [`UpstreamError::Unsupported`].
+#[async_trait]
+pub trait UpstreamAuthority: Send + Sync + std::fmt::Debug {
+    /// Signs a CA certificate for the CSR (whose URI SAN is the trust-domain ID).
+    /// `preferred_ttl` is advisory, in seconds.
+    async fn mint_x509_ca(&self, csr_der: &[u8], preferred_ttl: i64) -> Result<MintedCa, UpstreamError>;
+
+    /// Publishes a JWT key upstream; returns every JWT key the upstream knows.
+    /// Supported by: `spire` (later issue). Others: `Unsupported`.
+    async fn publish_jwt_key(&self, _key: &JwtAuthority) -> Result<Vec<JwtAuthority>, UpstreamError> {
+        Err(UpstreamError::Unsupported)
+    }
+}

@@ -1,0 +1,188 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test code: a failed unwrap is a failed test")]
+//! Test harness: runs the real `cairn` binary as separate processes on 127.0.0.1 and checks
+//! what it issues with independent tools (openssl, PyJWT).
+#![allow(dead_code, reason = "each test binary uses a different part of the harness")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const CAIRN: &str = env!("CARGO_BIN_EXE_cairn");
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Fails loudly when a tool the tests depend on is missing (never skips silently).
+pub fn require(tool: &str) {
+    let ok =
+        Command::new("sh").arg("-c").arg(format!("command -v {tool}")).stdout(Stdio::null()).status().map(|s| s.success()).unwrap_or(false);
+    assert!(ok, "{tool} is required by this test: run scripts/install-test-deps.sh");
+}
+
+pub struct ServerOpts {
+    pub key_manager: &'static str,
+    pub extra_server: String,
+    pub extra_plugins: String,
+    pub health_port: Option<u16>,
+}
+
+impl Default for ServerOpts {
+    fn default() -> Self {
+        Self { key_manager: "disk", extra_server: String::new(), extra_plugins: String::new(), health_port: None }
+    }
+}
+
+/// A running `cairn server run` in its own directory.
+pub struct TestServer {
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub port: u16,
+    pub config: PathBuf,
+    child: Option<Child>,
+}
+
+pub fn write_config(dir: &Path, port: u16, opts: &ServerOpts) -> PathBuf {
+    let socket = dir.join("api.sock");
+    let km = match opts.key_manager {
+        "memory" => "KeyManager \"memory\" {}".to_owned(),
+        _ => format!("KeyManager \"disk\" {{ plugin_data {{ keys_path = \"{}\" }} }}", dir.join("keys.json").display()),
+    };
+    let health = opts
+        .health_port
+        .map(|p| format!("health_checks {{\n listener_enabled = true\n bind_address = \"127.0.0.1\"\n bind_port = \"{p}\"\n}}"))
+        .unwrap_or_default();
+    let text = format!(
+        r#"
+server {{
+    bind_address = "127.0.0.1"
+    bind_port = "{port}"
+    socket_path = "{socket}"
+    trust_domain = "example.org"
+    data_dir = "{dir}"
+    log_level = "DEBUG"
+    {extra_server}
+}}
+plugins {{
+    DataStore "sql" {{
+        plugin_data {{ database_type = "sqlite3" connection_string = "{dir}/datastore.sqlite3" }}
+    }}
+    {km}
+    NodeAttestor "join_token" {{ plugin_data {{}} }}
+    {extra_plugins}
+}}
+{health}
+"#,
+        socket = socket.display(),
+        dir = dir.display(),
+        extra_server = opts.extra_server,
+        extra_plugins = opts.extra_plugins,
+    );
+    let path = dir.join("server.conf");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+impl TestServer {
+    pub fn start(dir: &Path, opts: &ServerOpts) -> Self {
+        let port = free_port();
+        let config = write_config(dir, port, opts);
+        let mut s = Self { dir: dir.to_owned(), socket: dir.join("api.sock"), port, config, child: None };
+        s.spawn();
+        s
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("server.log")).unwrap();
+        let child =
+            Command::new(CAIRN).args(["server", "run", "-config"]).arg(&self.config).stdout(Stdio::null()).stderr(log).spawn().unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                panic!("server exited with {status}:\n{}", self.log());
+            }
+            if self.socket.exists() && self.cli(&["healthcheck"]).status.success() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "server did not become healthy:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
+    /// Runs `cairn server <args> -socketPath <sock>`.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let mut a: Vec<String> = vec!["server".into()];
+        a.extend(args.iter().map(|s| (*s).to_owned()));
+        a.push("-socketPath".into());
+        a.push(self.socket.display().to_string());
+        Command::new(CAIRN).args(&a).output().unwrap()
+    }
+
+    /// Like `cli` but asserts success and returns stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "cairn server {args:?} failed:\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Runs a command, returning (success, stdout+stderr).
+pub fn run(cmd: &mut Command) -> (bool, String) {
+    let out = cmd.output().unwrap();
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// `openssl x509 -noout <args>` on a PEM file.
+pub fn openssl_x509(pem: &Path, args: &[&str]) -> String {
+    let (ok, out) = run(Command::new("openssl").arg("x509").arg("-in").arg(pem).arg("-noout").args(args));
+    assert!(ok, "openssl x509 {args:?} failed: {out}");
+    out
+}
+
+/// Splits a PEM file with several certificates into one file per certificate.
+pub fn split_pem(pem: &Path, out_dir: &Path, prefix: &str) -> Vec<PathBuf> {
+    let text = std::fs::read_to_string(pem).unwrap();
+    let mut files = Vec::new();
+    for (i, block) in text.split("-----END CERTIFICATE-----").filter(|b| b.contains("BEGIN")).enumerate() {
+        let p = out_dir.join(format!("{prefix}{i}.pem"));
+        std::fs::write(&p, format!("{}-----END CERTIFICATE-----\n", block.trim_start())).unwrap();
+        files.push(p);
+    }
+    files
+}

@@ -1,0 +1,418 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test code: a failed unwrap is a failed test")]
+//! End-to-end tests of `cairn server` as a root tier: the real binary, checked with openssl
+//! and PyJWT rather than with cairn's own parsers.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn mint_x509(s: &TestServer, id: &str, extra: &[&str], dir: &std::path::Path) {
+    let mut args = vec!["x509", "mint", "-spiffeID", id, "-write"];
+    let d = dir.display().to_string();
+    args.push(&d);
+    args.extend_from_slice(extra);
+    s.cli_ok(&args);
+}
+
+#[test]
+fn x509_svids_and_ca_verify_with_openssl_and_match_the_profile() {
+    require("openssl");
+    let tmp = tempfile::tempdir().unwrap();
+    let s = TestServer::start(tmp.path(), &ServerOpts::default());
+    let bundle = tmp.path().join("bundle.pem");
+    std::fs::write(&bundle, s.cli_ok(&["bundle", "show", "-format", "pem"])).unwrap();
+    let out = tmp.path().join("svid");
+    mint_x509(&s, "spiffe://example.org/ns/prod/web", &["-dns", "web.example.org"], &out);
+    let svid = out.join("svid.pem");
+
+    for purpose in ["sslclient", "sslserver"] {
+        let (ok, text) =
+            run(Command::new("openssl").args(["verify", "-x509_strict", "-purpose", purpose, "-CAfile"]).arg(&bundle).arg(&svid));
+        assert!(ok && text.contains(": OK"), "openssl verify ({purpose}) failed: {text}");
+    }
+    // Leaf profile, read by openssl.
+    let ext = openssl_x509(
+        &svid,
+        &["-ext", "subjectAltName,basicConstraints,keyUsage,extendedKeyUsage,subjectKeyIdentifier,authorityKeyIdentifier"],
+    );
+    assert!(ext.contains("URI:spiffe://example.org/ns/prod/web"), "{ext}");
+    assert_eq!(ext.matches("URI:").count(), 1, "exactly one URI SAN: {ext}");
+    assert!(ext.contains("DNS:web.example.org"), "{ext}");
+    assert!(ext.contains("CA:FALSE"), "{ext}");
+    assert!(ext.contains("X509v3 Key Usage: critical") && ext.contains("Digital Signature"), "{ext}");
+    assert!(!ext.contains("Certificate Sign") && !ext.contains("CRL Sign"), "{ext}");
+    assert!(ext.contains("TLS Web Server Authentication") && ext.contains("TLS Web Client Authentication"), "{ext}");
+    assert!(ext.contains("Subject Key Identifier") && ext.contains("Authority Key Identifier"), "{ext}");
+    // The leaf's AKI is the CA's SKI.
+    let ca_ext = openssl_x509(&bundle, &["-ext", "subjectAltName,basicConstraints,keyUsage,subjectKeyIdentifier"]);
+    let ski = ca_ext.lines().skip_while(|l| !l.contains("Subject Key Identifier")).nth(1).unwrap().trim().to_owned();
+    assert!(ext.contains(&ski), "leaf AKI should be the CA SKI {ski}: {ext}");
+    // CA profile.
+    assert!(ca_ext.contains("CA:TRUE"), "{ca_ext}");
+    assert!(ca_ext.contains("Certificate Sign") && ca_ext.contains("CRL Sign") && !ca_ext.contains("Digital Signature"), "{ca_ext}");
+    assert!(ca_ext.contains("URI:spiffe://example.org"), "{ca_ext}");
+    // The private key matches the certificate and is private on disk.
+    let (_, cert_pub) = run(Command::new("openssl").args(["x509", "-noout", "-pubkey", "-in"]).arg(&svid));
+    let (_, key_pub) = run(Command::new("openssl").args(["pkey", "-pubout", "-in"]).arg(out.join("key.pem")));
+    assert_eq!(cert_pub, key_pub);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(out.join("key.pem")).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::metadata(tmp.path().join("keys.json")).unwrap().permissions().mode() & 0o777, 0o600);
+    // A wrong root does not verify it.
+    let other = tempfile::tempdir().unwrap();
+    let s2 = TestServer::start(other.path(), &ServerOpts::default());
+    let other_bundle = other.path().join("bundle.pem");
+    std::fs::write(&other_bundle, s2.cli_ok(&["bundle", "show"])).unwrap();
+    let (ok, _) = run(Command::new("openssl").args(["verify", "-CAfile"]).arg(&other_bundle).arg(&svid));
+    assert!(!ok, "an SVID must not verify against another server's root");
+}
+
+const PYJWT_CHECK: &str = r#"
+import json, sys, jwt
+from jwt.algorithms import ECAlgorithm
+token, bundle_path, aud, want_sub = sys.argv[1:5]
+doc = json.load(open(bundle_path))
+header = jwt.get_unverified_header(token)
+assert header["typ"] == "JWT", header
+keys = [k for k in doc["keys"] if k.get("use") == "jwt-svid" and k.get("kid") == header["kid"]]
+assert len(keys) == 1, ("kid not in bundle", header, doc)
+key = ECAlgorithm.from_jwk(json.dumps(keys[0]))
+claims = jwt.decode(token, key, algorithms=[header["alg"]], audience=aud)
+assert claims["sub"] == want_sub, claims
+try:
+    jwt.decode(token, key, algorithms=[header["alg"]], audience="someone-else")
+    raise SystemExit("wrong audience accepted")
+except jwt.InvalidAudienceError:
+    pass
+print("OK", claims["sub"], header["alg"])
+"#;
+
+#[test]
+fn jwt_svids_verify_with_pyjwt_against_the_spiffe_bundle() {
+    require("python3");
+    let tmp = tempfile::tempdir().unwrap();
+    let s = TestServer::start(
+        tmp.path(),
+        &ServerOpts { extra_server: "jwt_issuer = \"https://issuer.example.org\"".into(), ..ServerOpts::default() },
+    );
+    let token = s.cli_ok(&["jwt", "mint", "-spiffeID", "spiffe://example.org/api", "-audience", "db", "-ttl", "120"]).trim().to_owned();
+    let bundle = tmp.path().join("bundle.json");
+    std::fs::write(&bundle, s.cli_ok(&["bundle", "show", "-format", "spiffe"])).unwrap();
+    let (ok, out) =
+        run(Command::new("python3").arg("-c").arg(PYJWT_CHECK).arg(&token).arg(&bundle).arg("db").arg("spiffe://example.org/api"));
+    assert!(ok && out.contains("OK spiffe://example.org/api ES256"), "PyJWT rejected the JWT-SVID: {out}");
+    // A tampered token fails.
+    let mut bad = token.clone();
+    bad.pop();
+    bad.push(if token.ends_with('A') { 'B' } else { 'A' });
+    let (ok, _) = run(Command::new("python3").arg("-c").arg(PYJWT_CHECK).arg(&bad).arg(&bundle).arg("db").arg("spiffe://example.org/api"));
+    assert!(!ok, "a tampered token must not verify");
+    // Minting refuses nonsense.
+    let out = s.cli(&["jwt", "mint", "-spiffeID", "spiffe://example.org/api"]);
+    assert!(!out.status.success());
+    let out = s.cli(&["jwt", "mint", "-spiffeID", "spiffe://other.org/api", "-audience", "x"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("InvalidArgument"), "{out:?}");
+}
+
+#[test]
+fn restart_with_disk_keys_resumes_the_same_ca() {
+    require("openssl");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = TestServer::start(tmp.path(), &ServerOpts::default());
+    let before = s.cli_ok(&["bundle", "show", "-format", "spiffe"]);
+    let before_pem = s.cli_ok(&["bundle", "show"]);
+    s.stop();
+    s.spawn();
+    let after = s.cli_ok(&["bundle", "show", "-format", "spiffe"]);
+    assert_eq!(before, after, "bundle (roots, JWT keys, sequence) must not change across a restart with disk keys");
+    let bundle = tmp.path().join("bundle.pem");
+    std::fs::write(&bundle, before_pem).unwrap();
+    let out = tmp.path().join("svid");
+    mint_x509(&s, "spiffe://example.org/after-restart", &[], &out);
+    let (ok, text) = run(Command::new("openssl").args(["verify", "-CAfile"]).arg(&bundle).arg(out.join("svid.pem")));
+    assert!(ok, "SVID after restart must verify against the bundle from before: {text}");
+}
+
+#[test]
+fn restart_with_memory_keys_mints_a_new_ca_and_keeps_the_old_root() {
+    require("openssl");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = TestServer::start(tmp.path(), &ServerOpts { key_manager: "memory", ..ServerOpts::default() });
+    let first = tmp.path().join("first.pem");
+    std::fs::write(&first, s.cli_ok(&["bundle", "show"])).unwrap();
+    let old_svid = tmp.path().join("old");
+    mint_x509(&s, "spiffe://example.org/w", &[], &old_svid);
+    s.stop();
+    s.spawn();
+    let both = tmp.path().join("both.pem");
+    std::fs::write(&both, s.cli_ok(&["bundle", "show"])).unwrap();
+    let roots = split_pem(&both, tmp.path(), "root");
+    assert_eq!(roots.len(), 2, "old root kept beside the new one");
+    let first_fp = openssl_x509(&first, &["-fingerprint", "-sha256"]);
+    assert!(roots.iter().any(|r| openssl_x509(r, &["-fingerprint", "-sha256"]) == first_fp), "the old root is still in the bundle");
+    let new_svid = tmp.path().join("new");
+    mint_x509(&s, "spiffe://example.org/w", &[], &new_svid);
+    // The new SVID does not chain to the old root alone, but verifies with the bundle; the old
+    // SVID still verifies with the bundle too.
+    let (ok, _) = run(Command::new("openssl").args(["verify", "-CAfile"]).arg(&first).arg(new_svid.join("svid.pem")));
+    assert!(!ok, "new CA expected after a memory-key restart");
+    for svid in [old_svid.join("svid.pem"), new_svid.join("svid.pem")] {
+        let (ok, text) = run(Command::new("openssl").args(["verify", "-CAfile"]).arg(&both).arg(&svid));
+        assert!(ok, "{}: {text}", svid.display());
+    }
+}
+
+#[test]
+fn rotation_with_a_short_ca_ttl_prepares_then_activates_with_both_roots_in_the_bundle() {
+    require("openssl");
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = ServerOpts {
+        extra_server: "ca_ttl = \"30s\"\n default_x509_svid_ttl = \"5s\"\n default_jwt_svid_ttl = \"5s\"\n experimental { ca_rotation_interval = \"1s\" }".into(),
+        ..ServerOpts::default()
+    };
+    let s = TestServer::start(tmp.path(), &opts);
+    let first = tmp.path().join("first.pem");
+    std::fs::write(&first, s.cli_ok(&["bundle", "show"])).unwrap();
+    assert_eq!(split_pem(&first, tmp.path(), "f").len(), 1);
+    let start = Instant::now();
+    // Prepared at half-life (15s): the bundle gains a second root while SVIDs still come from the first.
+    let both = tmp.path().join("both.pem");
+    loop {
+        std::fs::write(&both, s.cli_ok(&["bundle", "show"])).unwrap();
+        if split_pem(&both, tmp.path(), "b").len() == 2 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(25), "next CA was not prepared:\n{}", s.log());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let prepared_at = start.elapsed();
+    assert!(prepared_at >= Duration::from_secs(11), "prepared too early: {prepared_at:?}");
+    let d = tmp.path().join("mid");
+    mint_x509(&s, "spiffe://example.org/w", &[], &d);
+    let (ok, _) = run(Command::new("openssl").args(["verify", "-CAfile"]).arg(&first).arg(d.join("svid.pem")));
+    assert!(ok, "before activation, SVIDs still chain to the first CA");
+    let spiffe = s.cli_ok(&["bundle", "show", "-format", "spiffe"]);
+    assert_eq!(spiffe.matches("\"jwt-svid\"").count(), 2, "next JWT key published at preparation: {spiffe}");
+    // Activated at 5/6 of life (25s): new SVIDs chain to the second root only.
+    loop {
+        let d = tmp.path().join("late");
+        mint_x509(&s, "spiffe://example.org/w", &[], &d);
+        let (old_ok, _) = run(Command::new("openssl").args(["verify", "-CAfile"]).arg(&first).arg(d.join("svid.pem")));
+        if !old_ok {
+            let (ok, text) = run(Command::new("openssl").args(["verify", "-CAfile"]).arg(&both).arg(d.join("svid.pem")));
+            assert!(ok, "after activation SVIDs verify against the bundle: {text}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(40), "next CA was not activated:\n{}", s.log());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(start.elapsed() >= Duration::from_secs(20), "activated too early: {:?}", start.elapsed());
+}
+
+#[test]
+fn bad_config_is_refused_with_every_key_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let conf = tmp.path().join("bad.conf");
+    std::fs::write(
+        &conf,
+        r#"
+server {
+    trust_domain = "Bad Domain"
+    ca_ttl = "1h"
+    default_x509_svid_ttl = "2h"
+    bind_port = "http"
+}
+plugins {
+    DataStore "sql" { plugin_data { database_type = "sqlite3" } }
+    KeyManager "vault" {}
+}
+"#,
+    )
+    .unwrap();
+    let (ok, out) = run(Command::new(CAIRN).args(["server", "validate", "-config"]).arg(&conf));
+    assert!(!ok, "{out}");
+    for path in [
+        "server.trust_domain",
+        "server.default_x509_svid_ttl",
+        "server.bind_port",
+        "plugins.DataStore.sql.plugin_data.connection_string",
+        "plugins.KeyManager.vault",
+    ] {
+        assert!(out.contains(path), "missing {path} in:\n{out}");
+    }
+    // run refuses the same file before touching anything.
+    let (ok, out) = run(Command::new(CAIRN).args(["server", "run", "-config"]).arg(&conf));
+    assert!(!ok && out.contains("server.trust_domain"), "{out}");
+    assert!(!tmp.path().join("datastore.sqlite3").exists());
+    // A good config validates; --kebab-case spelling works too.
+    let good = write_config(tmp.path(), free_port(), &ServerOpts::default());
+    let (ok, out) = run(Command::new(CAIRN).args(["server", "validate", "--config"]).arg(&good));
+    assert!(ok && out.contains("valid"), "{out}");
+}
+
+#[test]
+fn entries_crud_and_bad_input_is_refused_without_side_effects() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = TestServer::start(tmp.path(), &ServerOpts::default());
+    let bad: &[(&[&str], &str)] = &[
+        (&["-spiffeID", "spiffe://example.org/a//b", "-parentID", "spiffe://example.org/agent", "-selector", "unix:uid:0"], "SPIFFE ID"),
+        (&["-spiffeID", "spiffe://Example.org/a", "-parentID", "spiffe://example.org/agent", "-selector", "unix:uid:0"], "SPIFFE ID"),
+        (&["-spiffeID", "spiffe://example.org/a", "-parentID", "spiffe://example.org/agent", "-selector", "unix"], "selector"),
+        (&["-spiffeID", "spiffe://example.org/a", "-parentID", "spiffe://example.org/agent", "-selector", ":uid"], "selector"),
+        (&["-spiffeID", "spiffe://example.org/a", "-parentID", "spiffe://example.org/agent"], "selector"),
+        (&["-spiffeID", "spiffe://example.org/a", "-selector", "unix:uid:0"], "parent"),
+        (&["-spiffeID", "spiffe://other.org/a", "-parentID", "spiffe://example.org/agent", "-selector", "unix:uid:0"], "trust domain"),
+        (
+            &["-spiffeID", "spiffe://example.org/spire/agent/x", "-parentID", "spiffe://example.org/agent", "-selector", "unix:uid:0"],
+            "reserved",
+        ),
+        (
+            &[
+                "-spiffeID",
+                "spiffe://example.org/a",
+                "-parentID",
+                "spiffe://example.org/agent",
+                "-selector",
+                "unix:uid:0",
+                "-dns",
+                "bad_name!",
+            ],
+            "DNS",
+        ),
+        (
+            &[
+                "-spiffeID",
+                "spiffe://example.org/a",
+                "-parentID",
+                "spiffe://example.org/agent",
+                "-selector",
+                "unix:uid:0",
+                "-federatesWith",
+                "nowhere.org",
+            ],
+            "federated bundle",
+        ),
+    ];
+    for (args, want) in bad {
+        let mut a = vec!["entry", "create"];
+        a.extend_from_slice(args);
+        let out = s.cli(&a);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(err.to_lowercase().contains(&want.to_lowercase()), "{args:?}: error does not mention {want}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    assert!(s.cli_ok(&["entry", "count"]).starts_with("0 "));
+    // The good one, in SPIRE spelling and in kebab case.
+    let out = s.cli_ok(&[
+        "entry",
+        "create",
+        "-spiffeID",
+        "spiffe://example.org/web",
+        "-parentID",
+        "spiffe://example.org/spire/agent/join_token/t",
+        "-selector",
+        "unix:uid:1000",
+        "-x509SVIDTTL",
+        "600",
+        "-downstream",
+    ]);
+    assert!(
+        out.contains("spiffe://example.org/web") && out.contains("Downstream       : true") && out.contains("X509-SVID TTL    : 600"),
+        "{out}"
+    );
+    let id = out.lines().find_map(|l| l.strip_prefix("Entry ID         : ")).unwrap().to_owned();
+    let dup = s.cli(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/web",
+        "--parent-id",
+        "spiffe://example.org/spire/agent/join_token/t",
+        "--selector",
+        "unix:uid:1000",
+    ]);
+    assert!(!dup.status.success() && String::from_utf8_lossy(&dup.stderr).contains("AlreadyExists"), "{dup:?}");
+    let shown = s.cli_ok(&["entry", "show", "-spiffeID", "spiffe://example.org/web", "-output", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(v["entries"][0]["id"], id.as_str());
+    assert_eq!(v["entries"][0]["selectors"][0]["value"], "uid:1000");
+    let upd = s.cli_ok(&["entry", "update", "-entryID", &id, "-x509SVIDTTL", "900"]);
+    assert!(upd.contains("Revision         : 1") && upd.contains("X509-SVID TTL    : 900") && upd.contains("unix:uid:1000"), "{upd}");
+    s.cli_ok(&["entry", "delete", "-entryID", &id]);
+    let gone = s.cli(&["entry", "delete", "-entryID", &id]);
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("NotFound"), "{gone:?}");
+    assert!(s.cli_ok(&["entry", "count"]).starts_with("0 "));
+}
+
+#[test]
+fn join_tokens_and_agents_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = TestServer::start(tmp.path(), &ServerOpts::default());
+    let out = s.cli_ok(&["token", "generate", "-spiffeID", "spiffe://example.org/nodes/downstream", "-ttl", "600"]);
+    let token = out.trim().strip_prefix("Token: ").unwrap().to_owned();
+    assert_eq!(token.len(), 36, "UUIDv4 token: {out}");
+    // The alias entry: parented to the agent-to-be, selector spiffe_id:<agent id>.
+    let shown = s.cli_ok(&["entry", "show", "-spiffeID", "spiffe://example.org/nodes/downstream"]);
+    assert!(shown.contains(&format!("spiffe://example.org/spire/agent/join_token/{token}")), "{shown}");
+    assert!(shown.contains(&format!("spiffe_id:spiffe://example.org/spire/agent/join_token/{token}")), "{shown}");
+    let bad = s.cli(&["token", "generate", "-spiffeID", "spiffe://example.org/spire/x"]);
+    assert!(!bad.status.success(), "reserved alias must be refused");
+    let bad = s.cli(&["token", "generate", "-ttl", "0"]);
+    assert!(!bad.status.success());
+    assert!(s.cli_ok(&["agent", "count"]).starts_with("0 "));
+    assert!(s.cli_ok(&["agent", "list"]).contains("Found 0"));
+    let missing = s.cli(&["agent", "show", "-spiffeID", "spiffe://example.org/spire/agent/join_token/nope"]);
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("NotFound"), "{missing:?}");
+    let wrong = s.cli(&["agent", "ban", "-spiffeID", "spiffe://example.org/not-an-agent"]);
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("InvalidArgument"), "{wrong:?}");
+}
+
+#[test]
+fn federated_bundles_set_list_delete() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = TestServer::start(tmp.path(), &ServerOpts::default());
+    // A bundle of another trust domain, as an operator would paste it.
+    let other_dir = tempfile::tempdir().unwrap();
+    let b = TestServer::start(other_dir.path(), &ServerOpts::default());
+    let foreign = other_dir.path().join("foreign.json");
+    std::fs::write(&foreign, b.cli_ok(&["bundle", "show", "-format", "spiffe"])).unwrap();
+    a.cli_ok(&["bundle", "set", "-id", "spiffe://partner.org", "-path", foreign.to_str().unwrap(), "-format", "spiffe"]);
+    assert!(a.cli_ok(&["bundle", "count"]).starts_with("2 "));
+    let listed = a.cli_ok(&["bundle", "list", "-format", "spiffe"]);
+    assert!(listed.contains("partner.org") && listed.contains("\"x509-svid\""), "{listed}");
+    let garbage = tmp.path().join("garbage.json");
+    std::fs::write(&garbage, "{\"keys\": [], \"keys\": []}").unwrap();
+    let bad = a.cli(&["bundle", "set", "-id", "partner2.org", "-path", garbage.to_str().unwrap(), "-format", "spiffe"]);
+    assert!(!bad.status.success(), "duplicate keys must be refused");
+    let own = a.cli(&["bundle", "set", "-id", "example.org", "-path", foreign.to_str().unwrap(), "-format", "spiffe"]);
+    assert!(!own.status.success(), "own trust domain cannot be overwritten as a federated bundle");
+    a.cli_ok(&["bundle", "delete", "-id", "partner.org"]);
+    assert!(a.cli_ok(&["bundle", "count"]).starts_with("1 "));
+}
+
+#[test]
+fn health_endpoints_and_spire_server_link() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hp = free_port();
+    let s = TestServer::start(tmp.path(), &ServerOpts { health_port: Some(hp), ..ServerOpts::default() });
+    let get = |path: &str| {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", hp)).unwrap();
+        write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut r = String::new();
+        c.read_to_string(&mut r).unwrap();
+        r
+    };
+    assert!(get("/live").starts_with("HTTP/1.1 200"));
+    assert!(get("/ready").starts_with("HTTP/1.1 200"));
+    assert!(get("/nope").starts_with("HTTP/1.1 404"));
+    let link = tmp.path().join("spire-server");
+    std::os::unix::fs::symlink(CAIRN, &link).unwrap();
+    let (ok, out) = run(Command::new(&link).args(["healthcheck", "-socketPath"]).arg(&s.socket));
+    assert!(ok && out.contains("Server is healthy."), "{out}");
+    let (ok, out) = run(Command::new(CAIRN).args(["server", "healthcheck", "-socketPath"]).arg(tmp.path().join("nope.sock")));
+    assert!(!ok && out.contains("unhealthy"), "{out}");
+}
