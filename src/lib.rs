@@ -21,6 +21,7 @@
 //! - [`api`], [`server`]: SPIRE's gRPC services over the admin socket and TLS.
 //! - [`cli`]: `cairn server ...` with SPIRE's flag spelling.
 
+pub mod agent;
 pub mod api;
 pub mod ca;
 pub mod cli;

@@ -1,0 +1,83 @@
+//! What the agent knows, as one immutable snapshot the Workload API serves from.
+//!
+//! The sync loop builds a new [`Snapshot`] whenever entries, SVIDs or bundles change and
+//! publishes it on a `tokio::sync::watch` channel; every open Workload API stream holds a
+//! receiver and re-sends to its caller when the part it sees changed. JWT-SVIDs are minted on
+//! demand (through [`WorkloadSource::fetch_jwt_svid`]) and cached by the source.
+
+use crate::datastore::Selector;
+use crate::spiffe::{Bundle, SpiffeId, TrustDomain};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use zeroize::Zeroizing;
+
+/// One workload identity the agent holds an X509-SVID for.
+#[derive(Clone)]
+pub struct X509SvidItem {
+    /// The registration entry it comes from.
+    pub entry_id: String,
+    /// The identity.
+    pub spiffe_id: SpiffeId,
+    /// The entry's selectors: a caller gets this SVID when all of them are among its own.
+    pub selectors: Vec<Selector>,
+    /// Leaf first, then intermediates (DER), exactly as the server returned them.
+    pub chain: Vec<Vec<u8>>,
+    /// The private key, PKCS#8 DER.
+    pub key_pkcs8: Arc<Zeroizing<Vec<u8>>>,
+    /// The entry's hint.
+    pub hint: String,
+    /// Trust domains whose bundles callers of this identity receive.
+    pub federates_with: Vec<TrustDomain>,
+    /// Leaf notAfter, unix seconds.
+    pub not_after: i64,
+}
+
+impl std::fmt::Debug for X509SvidItem {
+    // The key is never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("X509SvidItem").field("entry_id", &self.entry_id).field("spiffe_id", &self.spiffe_id).field("not_after", &self.not_after).finish_non_exhaustive()
+    }
+}
+
+/// Everything the Workload API needs, at one moment.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The agent's trust domain.
+    pub trust_domain: TrustDomain,
+    /// The agent's own trust domain bundle (X.509 roots and JWT keys).
+    pub bundle: Bundle,
+    /// Bundles of other trust domains the agent's entries federate with.
+    pub federated: BTreeMap<TrustDomain, Bundle>,
+    /// Identities with SVIDs, in a stable order (the first matching one is a caller's default).
+    pub svids: Vec<Arc<X509SvidItem>>,
+}
+
+impl Snapshot {
+    /// The identities whose entry selectors are all among `caller` (SPIRE's subset match).
+    #[must_use]
+    pub fn svids_for(&self, caller: &[Selector]) -> Vec<Arc<X509SvidItem>> {
+        self.svids.iter().filter(|s| !s.selectors.is_empty() && s.selectors.iter().all(|sel| caller.contains(sel))).cloned().collect()
+    }
+}
+
+/// Why a JWT-SVID could not be fetched.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FetchJwtError {
+    /// The server refused (bad audience and the like): do not retry.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The server or the connection to it failed: try again later.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// What the Workload API reads from; the agent's sync loop implements it.
+#[tonic::async_trait]
+pub trait WorkloadSource: Send + Sync + 'static {
+    /// The current snapshot and its updates. `None` until the first sync completed.
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<Option<Arc<Snapshot>>>;
+    /// A JWT-SVID for `svid`'s identity and `audience` (from cache until half-life, else minted
+    /// by the server). Returns the token and its `exp`.
+    async fn fetch_jwt_svid(&self, svid: &X509SvidItem, audience: &[String]) -> Result<(String, i64), FetchJwtError>;
+}

@@ -1,0 +1,4 @@
+//! `cairn agent`: node attestation, sync with the server, the SVID cache and the SPIFFE
+//! Workload API on a Unix socket.
+
+pub mod cache;
