@@ -35,7 +35,11 @@ pub struct X509SvidItem {
 impl std::fmt::Debug for X509SvidItem {
     // The key is never printed.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("X509SvidItem").field("entry_id", &self.entry_id).field("spiffe_id", &self.spiffe_id).field("not_after", &self.not_after).finish_non_exhaustive()
+        f.debug_struct("X509SvidItem")
+            .field("entry_id", &self.entry_id)
+            .field("spiffe_id", &self.spiffe_id)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
     }
 }
 

@@ -2,3 +2,4 @@
 //! Workload API on a Unix socket.
 
 pub mod cache;
+pub mod unix_attestor;
