@@ -9,9 +9,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
   else sudo apt-get update -qq && sudo apt-get install -y -qq "${need_apt[@]}"; fi
 fi
-if ! python3 -c 'import jwt, cryptography' >/dev/null 2>&1; then
-  python3 -m pip install --quiet --disable-pip-version-check 'pyjwt[crypto]>=2.8' || \
-    python3 -m pip install --quiet --disable-pip-version-check --break-system-packages 'pyjwt[crypto]>=2.8'
+if ! python3 -c 'import jwt, cryptography, spiffe' >/dev/null 2>&1; then
+  python3 -m pip install --quiet --disable-pip-version-check 'pyjwt[crypto]>=2.8' 'spiffe>=0.3' || \
+    python3 -m pip install --quiet --disable-pip-version-check --break-system-packages 'pyjwt[crypto]>=2.8' 'spiffe>=0.3'
 fi
-python3 -c 'import jwt, cryptography; print("pyjwt", jwt.__version__)'
+python3 -c 'import jwt, cryptography, spiffe; print("pyjwt", jwt.__version__, "py-spiffe ok")'
 openssl version

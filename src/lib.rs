@@ -23,6 +23,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod attest;
 pub mod ca;
 pub mod cli;
 pub mod config;

@@ -2,4 +2,7 @@
 //! Workload API on a Unix socket.
 
 pub mod cache;
+pub mod client;
+pub mod manager;
 pub mod unix_attestor;
+pub mod workload;

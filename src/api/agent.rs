@@ -20,6 +20,50 @@ fn agent_id(id: Option<&pt::Spiffeid>, svc: &Svc) -> Result<SpiffeId, ApiError> 
     Ok(id)
 }
 
+type AttestTx = tokio::sync::mpsc::Sender<Result<pb::AttestAgentResponse, Status>>;
+
+/// One attestation exchange: params, optional challenge rounds, then the agent SVID.
+async fn attest_flow(
+    state: &crate::api::ApiState,
+    inbound: &mut Streaming<pb::AttestAgentRequest>,
+    tx: &AttestTx,
+) -> Result<pb::AttestAgentResponse, ApiError> {
+    let first = inbound.message().await.map_err(|e| ApiError::InvalidArgument(format!("failed to receive request: {}", e.message())))?;
+    let Some(pb::AttestAgentRequest { step: Some(pb::attest_agent_request::Step::Params(params)) }) = first else {
+        return Err(ApiError::InvalidArgument("malformed param: missing params".into()));
+    };
+    let data = params.data.ok_or_else(|| ApiError::InvalidArgument("malformed param: missing attestation data".into()))?;
+    let csr = params.params.map(|p| p.csr).unwrap_or_default();
+    if csr.is_empty() {
+        return Err(ApiError::InvalidArgument("malformed param: missing CSR".into()));
+    }
+    if data.r#type.is_empty() {
+        return Err(ApiError::InvalidArgument("malformed param: missing attestation type".into()));
+    }
+    if data.payload.is_empty() {
+        return Err(ApiError::InvalidArgument("malformed param: missing attestation data payload".into()));
+    }
+    let now = now();
+    let attested = match data.r#type.as_str() {
+        "join_token" => {
+            let token = std::str::from_utf8(&data.payload).map_err(|_| ApiError::InvalidArgument("join token is not text".into()))?;
+            crate::server::attest::attest_join_token(state, token, now).await?
+        }
+        "x509pop" => crate::server::attest::attest_x509pop(state, &data.payload, inbound, tx, now).await?,
+        other => {
+            return Err(ApiError::InvalidArgument(format!("error getting node attestor: could not find node attestor type {other:?}")));
+        }
+    };
+    let svid = crate::server::attest::issue_agent_svid(state, &attested, &csr, now).await?;
+    tracing::info!(agent_id = %attested.agent_id, attestation_type = attested.attestation_type, "agent attested");
+    Ok(pb::AttestAgentResponse {
+        step: Some(pb::attest_agent_response::Step::Result(pb::attest_agent_response::Result {
+            svid: Some(svid),
+            reattestable: attested.can_reattest,
+        })),
+    })
+}
+
 /// Longest join token accepted (it becomes a path segment of the agent ID).
 const MAX_TOKEN_LEN: usize = 255;
 
@@ -82,12 +126,48 @@ impl pb::agent_server::Agent for Svc {
 
     type AttestAgentStream = futures::stream::BoxStream<'static, Result<pb::AttestAgentResponse, Status>>;
 
-    async fn attest_agent(&self, _req: Request<Streaming<pb::AttestAgentRequest>>) -> Result<Response<Self::AttestAgentStream>, Status> {
-        Err(ApiError::Unimplemented("node attestation is not in this cairn yet").into())
+    async fn attest_agent(&self, req: Request<Streaming<pb::AttestAgentRequest>>) -> Result<Response<Self::AttestAgentStream>, Status> {
+        self.authorize(&req, Policy::Any, "/spire.api.server.agent.v1.Agent/AttestAgent").await?;
+        let state = self.state_arc();
+        let mut inbound = req.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tokio::spawn(async move {
+            // The whole exchange is bounded so a silent client cannot hold a task forever.
+            let flow = attest_flow(&state, &mut inbound, &tx);
+            let result = match tokio::time::timeout(std::time::Duration::from_secs(30), flow).await {
+                Ok(r) => r,
+                Err(_) => Err(ApiError::InvalidArgument("attestation timed out".into())),
+            };
+            let msg = result.map_err(|e| {
+                tracing::info!(error = %e, "node attestation refused");
+                Status::from(e)
+            });
+            let _ = tx.send(msg).await;
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
-    async fn renew_agent(&self, _req: Request<pb::RenewAgentRequest>) -> Result<Response<pb::RenewAgentResponse>, Status> {
-        Err(ApiError::Unimplemented("node attestation is not in this cairn yet").into())
+    async fn renew_agent(&self, req: Request<pb::RenewAgentRequest>) -> Result<Response<pb::RenewAgentResponse>, Status> {
+        let caller = self.authorize(&req, Policy::Agent, "/spire.api.server.agent.v1.Agent/RenewAgent").await?;
+        let id = caller.id().cloned().ok_or(ApiError::PermissionDenied("/spire.api.server.agent.v1.Agent/RenewAgent"))?;
+        let ds = &self.state().datastore;
+        let mut node =
+            ds.get_attested_node(&id).await.map_err(ApiError::from)?.ok_or_else(|| ApiError::NotFound("agent not found".into()))?;
+        if node.can_reattest {
+            return Err(ApiError::AgentDenied {
+                method: "/spire.api.server.agent.v1.Agent/RenewAgent",
+                reason: pt::permission_denied_details::Reason::AgentMustReattest as i32,
+                detail: "agent must reattest instead of renew".into(),
+            }
+            .into());
+        }
+        let csr = req.get_ref().params.as_ref().map(|p| p.csr.clone()).unwrap_or_default();
+        let (svid, serial, not_after) = crate::server::attest::mint_agent_svid(self.state(), &id, &csr, now())?;
+        // The old SVID keeps working until the new one is first presented (then promoted).
+        node.new_cert_serial_number = serial;
+        node.new_cert_not_after = not_after;
+        ds.update_attested_node(&node).await.map_err(ApiError::from)?;
+        Ok(Response::new(pb::RenewAgentResponse { svid: Some(svid) }))
     }
 
     async fn create_join_token(&self, req: Request<pb::CreateJoinTokenRequest>) -> Result<Response<pt::JoinToken>, Status> {
@@ -144,7 +224,11 @@ impl pb::agent_server::Agent for Svc {
         Ok(Response::new(pt::JoinToken { value: token, expires_at }))
     }
 
-    async fn post_status(&self, _req: Request<pb::PostStatusRequest>) -> Result<Response<pb::PostStatusResponse>, Status> {
-        Err(ApiError::Unimplemented("agent status is not in this cairn yet").into())
+    async fn post_status(&self, req: Request<pb::PostStatusRequest>) -> Result<Response<pb::PostStatusResponse>, Status> {
+        self.authorize(&req, Policy::Agent, "/spire.api.server.agent.v1.Agent/PostStatus").await?;
+        if req.get_ref().agent_version.len() > 255 {
+            return Err(ApiError::InvalidArgument("agent version is longer than 255 characters".into()).into());
+        }
+        Ok(Response::new(pb::PostStatusResponse {}))
     }
 }

@@ -86,7 +86,7 @@ impl pb::bundle_server::Bundle for Svc {
     }
 
     async fn get_federated_bundle(&self, req: Request<pb::GetFederatedBundleRequest>) -> Result<Response<pt::Bundle>, Status> {
-        self.authorize(&req, Policy::LocalOrAdmin, "/spire.api.server.bundle.v1.Bundle/GetFederatedBundle").await?;
+        self.authorize(&req, Policy::LocalAdminOrAgent, "/spire.api.server.bundle.v1.Bundle/GetFederatedBundle").await?;
         let td = foreign_td(self, &req.get_ref().trust_domain)?;
         let b = self
             .state()

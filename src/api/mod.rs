@@ -40,6 +40,12 @@ pub struct ApiState {
     pub started: std::time::Instant,
     /// The server's own SVID chain, for debug output.
     pub server_svid: Arc<std::sync::RwLock<Vec<Vec<u8>>>>,
+    /// Authorized entries per agent, kept in memory.
+    pub entry_cache: Arc<crate::server::entrycache::EntryCache>,
+    /// Lifetime of agent SVIDs, seconds.
+    pub agent_ttl: i64,
+    /// Node attestation settings.
+    pub attestors: crate::server::attest::Attestors,
 }
 
 /// Who is calling.
@@ -48,9 +54,29 @@ pub enum Caller {
     /// Over the admin Unix socket.
     Local,
     /// Over TLS with an X509-SVID.
-    Svid(SpiffeId),
+    Svid(SpiffeId, SvidInfo),
     /// Over TLS without a client certificate.
     Anonymous,
+}
+
+/// What the server needs from a caller's X509-SVID besides its ID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SvidInfo {
+    /// Serial number, decimal (as SPIRE records agent serials).
+    pub serial: String,
+    /// notAfter, unix seconds.
+    pub not_after: i64,
+}
+
+impl Caller {
+    /// The caller's SPIFFE ID, if it presented one.
+    #[must_use]
+    pub fn id(&self) -> Option<&SpiffeId> {
+        match self {
+            Self::Svid(id, _) => Some(id),
+            _ => None,
+        }
+    }
 }
 
 /// Which callers a method admits (SPIRE's policy table).
@@ -64,6 +90,10 @@ pub enum Policy {
     LocalOnly,
     /// Callers whose ID has a `downstream` entry.
     Downstream,
+    /// Attested, current, unbanned agents.
+    Agent,
+    /// Local callers, admins and agents.
+    LocalAdminOrAgent,
 }
 
 /// A service mounted on one listener.
@@ -90,9 +120,13 @@ impl Svc {
         }
         let Some(certs) = req.peer_certs() else { return Ok(Caller::Anonymous) };
         let Some(leaf) = certs.first() else { return Ok(Caller::Anonymous) };
-        crate::spiffe::x509::leaf_spiffe_id(leaf.as_ref())
-            .map(Caller::Svid)
-            .map_err(|e| ApiError::Unauthenticated(format!("client certificate: {e}")))
+        let id = crate::spiffe::x509::leaf_spiffe_id(leaf.as_ref())
+            .map_err(|e| ApiError::Unauthenticated(format!("client certificate: {e}")))?;
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
+            .map_err(|_| ApiError::Unauthenticated("client certificate does not parse".into()))?;
+        let info =
+            SvidInfo { serial: crate::ca::x509::num_to_decimal(cert.raw_serial()), not_after: cert.validity().not_after.timestamp() };
+        Ok(Caller::Svid(id, info))
     }
 
     /// Checks `policy` for the caller of `req`; returns the caller.
@@ -102,11 +136,16 @@ impl Svc {
     pub async fn authorize<T>(&self, req: &tonic::Request<T>, policy: Policy, method: &'static str) -> Result<Caller, ApiError> {
         let caller = self.caller(req)?;
         let ok = match (&caller, policy) {
-            (_, Policy::Any) | (Caller::Local, Policy::LocalOrAdmin | Policy::LocalOnly) => true,
-            (Caller::Svid(id), Policy::LocalOrAdmin) => {
-                self.state.admin_ids.contains(id) || self.entries_for(id).await?.iter().any(|e| e.admin)
+            (_, Policy::Any) | (Caller::Local, Policy::LocalOrAdmin | Policy::LocalOnly | Policy::LocalAdminOrAgent) => true,
+            (Caller::Svid(id, _), Policy::LocalOrAdmin) => self.is_admin(id).await?,
+            (Caller::Svid(id, info), Policy::LocalAdminOrAgent) => {
+                self.is_admin(id).await? || self.check_agent(id, info, method).await.is_ok()
             }
-            (Caller::Svid(id), Policy::Downstream) => self.entries_for(id).await?.iter().any(|e| e.downstream),
+            (Caller::Svid(id, _), Policy::Downstream) => self.entries_for(id).await?.iter().any(|e| e.downstream),
+            (Caller::Svid(id, info), Policy::Agent) => {
+                self.check_agent(id, info, method).await?;
+                true
+            }
             _ => false,
         };
         if ok {
@@ -117,6 +156,41 @@ impl Svc {
         }
     }
 
+    async fn is_admin(&self, id: &SpiffeId) -> Result<bool, ApiError> {
+        Ok(self.state.admin_ids.contains(id) || self.entries_for(id).await?.iter().any(|e| e.admin))
+    }
+
+    /// SPIRE's agent check: an attested node record exists, is not banned, and the caller
+    /// presents the current (or the freshly renewed) SVID, which is then promoted.
+    async fn check_agent(&self, id: &SpiffeId, info: &SvidInfo, method: &'static str) -> Result<(), ApiError> {
+        use crate::api::pb::spire::api::types::permission_denied_details::Reason;
+        let deny = |reason: Reason, detail: String| ApiError::AgentDenied { method, reason: reason as i32, detail };
+        if info.not_after < now() {
+            return Err(deny(Reason::AgentExpired, format!("agent {id} SVID has expired")));
+        }
+        let ds = &self.state.datastore;
+        let Some(mut node) = ds.get_attested_node(id).await? else {
+            return Err(deny(Reason::AgentNotAttested, format!("agent {id} is not attested")));
+        };
+        if node.cert_serial_number.is_empty() {
+            return Err(deny(Reason::AgentBanned, format!("agent {id} is banned")));
+        }
+        if node.cert_serial_number == info.serial {
+            return Ok(());
+        }
+        if !node.new_cert_serial_number.is_empty() && node.new_cert_serial_number == info.serial {
+            node.cert_serial_number = std::mem::take(&mut node.new_cert_serial_number);
+            node.cert_not_after = node.new_cert_not_after;
+            node.new_cert_not_after = 0;
+            ds.update_attested_node(&node).await?;
+            return Ok(());
+        }
+        Err(deny(
+            Reason::AgentNotActive,
+            format!("agent {id} expected to have serial number {}; has {}", node.cert_serial_number, info.serial),
+        ))
+    }
+
     async fn entries_for(&self, id: &SpiffeId) -> Result<Vec<crate::datastore::Entry>, ApiError> {
         Ok(self.state.datastore.list_entries(&EntryFilter { spiffe_id: Some(id.clone()), ..EntryFilter::default() }).await?)
     }
@@ -125,6 +199,12 @@ impl Svc {
     #[must_use]
     pub fn state(&self) -> &ApiState {
         &self.state
+    }
+
+    /// The shared state, owned (for spawned tasks).
+    #[must_use]
+    pub fn state_arc(&self) -> Arc<ApiState> {
+        Arc::clone(&self.state)
     }
 }
 

@@ -24,6 +24,20 @@ pub enum ApiError {
     /// The caller may not call this method.
     #[error("authorization denied for method {0}")]
     PermissionDenied(&'static str),
+    /// An agent failed the agent check; `reason` is SPIRE's `PermissionDeniedDetails.Reason`,
+    /// sent in the status details so agents know whether to re-attest or stop.
+    #[error("authorization denied for method {method}")]
+    AgentDenied {
+        /// The method called.
+        method: &'static str,
+        /// `PermissionDeniedDetails.Reason` value.
+        reason: i32,
+        /// What is logged.
+        detail: String,
+    },
+    /// Refused with a message of its own (attestation failures).
+    #[error("{0}")]
+    Denied(String),
     /// The caller presented an unusable certificate.
     #[error("{0}")]
     Unauthenticated(String),
@@ -51,7 +65,7 @@ impl ApiError {
             Self::InvalidArgument(_) => Code::InvalidArgument,
             Self::NotFound(_) => Code::NotFound,
             Self::AlreadyExists(_) => Code::AlreadyExists,
-            Self::PermissionDenied(_) => Code::PermissionDenied,
+            Self::PermissionDenied(_) | Self::AgentDenied { .. } | Self::Denied(_) => Code::PermissionDenied,
             Self::Unauthenticated(_) => Code::Unauthenticated,
             Self::Unavailable(_) => Code::Unavailable,
             Self::Unimplemented(_) => Code::Unimplemented,
@@ -78,10 +92,45 @@ impl ApiError {
     }
 }
 
+/// `google.rpc.Status`, the container of gRPC status details.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+    #[prost(message, repeated, tag = "3")]
+    details: Vec<prost_types::Any>,
+}
+
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Self {
+        if let ApiError::AgentDenied { reason, detail, .. } = &e {
+            tracing::info!(reason, %detail, "agent denied");
+            let msg = e.public_message();
+            let details = crate::api::pb::spire::api::types::PermissionDeniedDetails { reason: *reason };
+            let status = RpcStatus {
+                code: Code::PermissionDenied as i32,
+                message: msg.clone(),
+                details: vec![prost_types::Any {
+                    type_url: "type.googleapis.com/spire.api.types.PermissionDeniedDetails".into(),
+                    value: prost::Message::encode_to_vec(&details),
+                }],
+            };
+            return Status::with_details(Code::PermissionDenied, msg, prost::Message::encode_to_vec(&status).into());
+        }
         Status::new(e.code(), e.public_message())
     }
+}
+
+/// The `PermissionDeniedDetails.Reason` carried by a status, if any (agent side).
+#[must_use]
+pub fn denied_reason(status: &Status) -> Option<i32> {
+    let s: RpcStatus = prost::Message::decode(status.details()).ok()?;
+    s.details.iter().find(|a| a.type_url.ends_with("spire.api.types.PermissionDeniedDetails")).and_then(|a| {
+        let d: crate::api::pb::spire::api::types::PermissionDeniedDetails = prost::Message::decode(a.value.as_slice()).ok()?;
+        Some(d.reason)
+    })
 }
 
 impl From<DatastoreError> for ApiError {

@@ -51,6 +51,15 @@ pub struct HealthConfig {
     pub ready_path: String,
 }
 
+/// `NodeAttestor "x509pop" { plugin_data { ... } }` on the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct X509PopSettings {
+    /// PEM files with the CAs node certificates must chain to (`ca_bundle_path` and/or `ca_bundle_paths`).
+    pub ca_bundle_paths: Vec<PathBuf>,
+    /// `agent_path_template` (SPIRE's default when absent).
+    pub agent_path_template: Option<String>,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -99,8 +108,10 @@ pub struct ServerConfig {
     pub datastore: DatastoreConfig,
     /// Key manager plugin.
     pub key_manager: KeyManagerConfig,
-    /// Node attestors enabled (`join_token`).
+    /// Node attestors enabled (`join_token`, `x509pop`).
     pub node_attestors: Vec<String>,
+    /// `NodeAttestor "x509pop"` settings, when enabled.
+    pub x509pop: Option<X509PopSettings>,
     /// Upstream authority, if any (none = self-signed root).
     pub upstream: Option<UpstreamConfig>,
     /// Health listener.
@@ -360,6 +371,7 @@ impl ServerConfig {
                 datastore: pl.datastore,
                 key_manager: pl.key_manager,
                 node_attestors: pl.node_attestors,
+                x509pop: pl.x509pop,
                 upstream: pl.upstream,
                 health,
                 ca_rotation_interval,
@@ -373,6 +385,7 @@ struct Plugins {
     datastore: DatastoreConfig,
     key_manager: KeyManagerConfig,
     node_attestors: Vec<String>,
+    x509pop: Option<X509PopSettings>,
     upstream: Option<UpstreamConfig>,
 }
 
@@ -528,6 +541,7 @@ impl Plugins {
         };
 
         let mut node_attestors = Vec::new();
+        let mut x509pop = None;
         for na in plugin_decls(w, plugins, "NodeAttestor") {
             match na.name.as_str() {
                 "join_token" => {
@@ -536,7 +550,25 @@ impl Plugins {
                     }
                     node_attestors.push(na.name);
                 }
-                other => w.err(&na.path.replace(".plugin_data", ""), format!("unknown NodeAttestor {other:?}: this cairn has join_token")),
+                "x509pop" => {
+                    let data = na.data.unwrap_or(&empty);
+                    w.unknown_keys(data, &["ca_bundle_path", "ca_bundle_paths", "agent_path_template", "mode"], &na.path, |_| None);
+                    if let Some(mode) = w.string(data, "mode", &na.path).filter(|m| m != "external_pki") {
+                        w.err(&join(&na.path, "mode"), format!("{mode:?}: this cairn supports external_pki"));
+                    }
+                    let mut paths: Vec<PathBuf> = w.string(data, "ca_bundle_path", &na.path).into_iter().map(PathBuf::from).collect();
+                    paths.extend(w.strings(data, "ca_bundle_paths", &na.path).unwrap_or_default().into_iter().map(PathBuf::from));
+                    if paths.is_empty() {
+                        w.err(&join(&na.path, "ca_bundle_path"), "missing: the PEM file of the CA that signs node certificates");
+                    }
+                    let agent_path_template = w.string(data, "agent_path_template", &na.path);
+                    x509pop = Some(X509PopSettings { ca_bundle_paths: paths, agent_path_template });
+                    node_attestors.push(na.name);
+                }
+                other => w.err(
+                    &na.path.replace(".plugin_data", ""),
+                    format!("unknown NodeAttestor {other:?}: this cairn has join_token and x509pop"),
+                ),
             }
         }
 
@@ -579,7 +611,7 @@ impl Plugins {
                 None
             }
         };
-        Some(Self { datastore: datastore?, key_manager: key_manager?, node_attestors, upstream })
+        Some(Self { datastore: datastore?, key_manager: key_manager?, node_attestors, x509pop, upstream })
     }
 }
 

@@ -1,6 +1,8 @@
 //! `cairn server`: assembly of datastore, key manager, upstream authority, CA manager and the
 //! gRPC services, and the `run(listeners, shutdown)` loop.
 
+pub mod attest;
+pub mod entrycache;
 pub mod tls;
 
 use crate::api::pb::spire::api::server as spb;
@@ -102,6 +104,22 @@ impl Server {
         if let Some(b) = datastore.get_bundle(&config.trust_domain).await? {
             tls.set_roots(&b.x509_authorities);
         }
+        let entry_cache =
+            Arc::new(crate::server::entrycache::EntryCache::new(config.trust_domain.clone()).map_err(|e| ServerError::Io(e.to_string()))?);
+        entry_cache.reload(datastore.as_ref()).await?;
+        let mut attestors = attest::Attestors { join_token: config.node_attestors.iter().any(|n| n == "join_token"), x509pop: None };
+        if let Some(x) = &config.x509pop {
+            let mut roots = Vec::new();
+            for p in &x.ca_bundle_paths {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| ServerError::Io(format!("NodeAttestor x509pop ca_bundle_path {}: {e}", p.display())))?;
+                roots.extend(
+                    crate::spiffe::parse_pem_certs(&text)
+                        .map_err(|e| ServerError::Io(format!("NodeAttestor x509pop ca_bundle_path {}: {e}", p.display())))?,
+                );
+            }
+            attestors.x509pop = Some(attest::X509PopServer { roots, agent_path_template: x.agent_path_template.clone() });
+        }
         let state = Arc::new(ApiState {
             trust_domain: config.trust_domain.clone(),
             datastore,
@@ -112,6 +130,9 @@ impl Server {
             ca_subject: config.ca_subject.clone(),
             started: std::time::Instant::now(),
             server_svid: Arc::clone(&tls.chain_out),
+            entry_cache,
+            agent_ttl: config.agent_ttl,
+            attestors,
         });
         Ok(Self { config, state, ca_manager, tls })
     }
@@ -143,6 +164,13 @@ impl Server {
         // CA rotation.
         let interval = Duration::from_secs(u64::try_from(self.config.ca_rotation_interval).unwrap_or(10));
         tasks.spawn(Arc::clone(&self.ca_manager).run(interval, stopped(stop_rx.clone())));
+
+        // The agent-facing entry cache follows datastore changes.
+        tasks.spawn(Arc::clone(&self.state.entry_cache).run(
+            Arc::clone(&self.state.datastore),
+            Duration::from_secs(300),
+            stopped(stop_rx.clone()),
+        ));
 
         // Server SVID rotation and trust-bundle refresh for client verification.
         {

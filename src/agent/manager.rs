@@ -1,0 +1,582 @@
+//! The agent's core: attestation, the agent SVID (persisted, renewed at half-life), and the
+//! sync loop that keeps entries, bundles and workload SVIDs current and publishes them as a
+//! [`Snapshot`] for the Workload API.
+
+use super::cache::{FetchJwtError, Snapshot, WorkloadSource, X509SvidItem};
+use super::client::{self, ClientIdentity, ServerTrust};
+use crate::api::convert::bundle_from_proto;
+use crate::api::pb::spire::api::server::{agent::v1 as agentpb, bundle::v1 as bundlepb, entry::v1 as entrypb, svid::v1 as svidpb};
+use crate::api::pb::spire::api::types as pt;
+use crate::datastore::Selector;
+use crate::spiffe::{Bundle, SpiffeId, TrustDomain};
+use base64::Engine as _;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use zeroize::Zeroizing;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+/// SVIDs requested per BatchNewX509SVID call (SPIRE's starting batch size).
+const CSR_BATCH: usize = 500;
+
+/// How the agent proves its node's identity.
+#[derive(Clone)]
+pub enum NodeAttestation {
+    /// A one-time join token (none needed when a stored SVID is still valid).
+    JoinToken(Option<String>),
+    /// x509pop: the node certificate chain (leaf first) and its PKCS#8 key.
+    X509Pop {
+        /// Leaf first.
+        chain: Vec<Vec<u8>>,
+        /// PKCS#8 DER.
+        key_pkcs8: Arc<Zeroizing<Vec<u8>>>,
+    },
+}
+
+impl std::fmt::Debug for NodeAttestation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::JoinToken(_) => f.write_str("JoinToken(..)"),
+            Self::X509Pop { .. } => f.write_str("X509Pop(..)"),
+        }
+    }
+}
+
+/// What the agent runtime needs (built from agent.conf).
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    /// Trust domain.
+    pub trust_domain: TrustDomain,
+    /// `server_address:server_port`.
+    pub server_addr: String,
+    /// Bootstrap trust: roots from `trust_bundle_path`/`_url`, or insecure bootstrap.
+    pub bootstrap: ServerTrust,
+    /// Node attestation.
+    pub attestation: NodeAttestation,
+    /// Where the agent SVID and bundle persist (`None` = memory key manager).
+    pub state_dir: Option<PathBuf>,
+    /// Sync period.
+    pub sync_interval: Duration,
+}
+
+/// Why the agent stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    /// Attestation was refused (bad token, untrusted certificate...): retrying will not help.
+    #[error("node attestation failed: {0}")]
+    AttestationRefused(String),
+    /// The server cannot be reached.
+    #[error("server unavailable: {0}")]
+    Unavailable(String),
+    /// The agent is banned or was evicted and cannot re-attest.
+    #[error("{0}")]
+    Denied(String),
+    /// Local state (files, keys).
+    #[error("{0}")]
+    Local(String),
+}
+
+#[derive(Clone)]
+struct AgentSvid {
+    chain: Vec<Vec<u8>>,
+    key: Arc<Zeroizing<Vec<u8>>>,
+    not_before: i64,
+    not_after: i64,
+    reattestable: bool,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Persisted {
+    chain: Vec<String>,
+    key: String,
+    reattestable: bool,
+    bundle: Vec<String>,
+}
+
+struct State {
+    svid: AgentSvid,
+    channel: tonic::transport::Channel,
+    bundle: Bundle,
+    federated: BTreeMap<TrustDomain, Bundle>,
+    entries: Vec<pt::Entry>,
+    svids: HashMap<String, (i64, Arc<X509SvidItem>)>,
+    jwt: HashMap<(String, Vec<String>), (String, i64, i64)>,
+}
+
+/// The running agent: implements [`WorkloadSource`].
+pub struct Agent {
+    settings: AgentSettings,
+    server_id: SpiffeId,
+    state: tokio::sync::Mutex<State>,
+    snapshot: watch::Sender<Option<Arc<Snapshot>>>,
+    /// Set when the agent must stop (banned, evicted and unable to re-attest).
+    fatal: Mutex<Option<String>>,
+}
+
+fn keypair_and_csr(id: Option<&SpiffeId>) -> Result<(Vec<u8>, Zeroizing<Vec<u8>>), String> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
+    let mut p = rcgen::CertificateParams::default();
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(rcgen::DnType::CountryName, "US");
+    dn.push(rcgen::DnType::OrganizationName, "SPIRE");
+    p.distinguished_name = dn;
+    if let Some(id) = id {
+        p.subject_alt_names = vec![rcgen::SanType::URI(id.as_str().try_into().map_err(|e: rcgen::Error| e.to_string())?)];
+    }
+    let csr = p.serialize_request(&key).map_err(|e| e.to_string())?;
+    Ok((csr.der().to_vec(), Zeroizing::new(key.serialize_der())))
+}
+
+fn validity(der: &[u8]) -> (i64, i64) {
+    x509_parser::parse_x509_certificate(der)
+        .map(|(_, c)| (c.validity().not_before.timestamp(), c.validity().not_after.timestamp()))
+        .unwrap_or((0, 0))
+}
+
+fn half_life_passed(nb: i64, na: i64, now: i64) -> bool {
+    now >= nb + (na - nb) / 2
+}
+
+impl Agent {
+    /// Starts the agent: resumes a persisted SVID or attests, then fetches the bundle.
+    ///
+    /// # Errors
+    /// Attestation refused or impossible, or the server unreachable.
+    pub async fn start(settings: AgentSettings) -> Result<Arc<Self>, AgentError> {
+        let server_id =
+            SpiffeId::from_segments(&settings.trust_domain, &["spire", "server"]).map_err(|e| AgentError::Local(e.to_string()))?;
+        let persisted = settings.state_dir.as_ref().and_then(|d| load_persisted(&d.join("agent-svid.json")));
+        let now = crate::now_unix();
+        let (svid, roots) = match persisted {
+            Some((svid, roots)) if svid.not_after > now + 5 => {
+                tracing::info!(not_after = svid.not_after, "resuming the stored agent SVID");
+                (svid, roots)
+            }
+            _ => {
+                let trust = settings.bootstrap.clone();
+                let svid = attest(&settings, &server_id, trust.clone()).await?;
+                // The bundle, fetched over the attestation trust (no client certificate).
+                let ch = client::connect(&settings.server_addr, trust, server_id.clone(), None).map_err(AgentError::Local)?;
+                let b = bundlepb::bundle_client::BundleClient::new(ch)
+                    .get_bundle(bundlepb::GetBundleRequest::default())
+                    .await
+                    .map_err(|e| AgentError::Unavailable(e.message().to_owned()))?
+                    .into_inner();
+                (svid, b.x509_authorities.into_iter().map(|c| c.asn1).collect())
+            }
+        };
+        let bundle = Bundle {
+            trust_domain: settings.trust_domain.clone(),
+            x509_authorities: roots,
+            jwt_authorities: vec![],
+            refresh_hint: None,
+            sequence_number: 0,
+        };
+        let channel = mtls(&settings, &server_id, &svid, &bundle)?;
+        let (snapshot, _) = watch::channel(None);
+        let agent = Arc::new(Self {
+            settings,
+            server_id,
+            state: tokio::sync::Mutex::new(State {
+                svid,
+                channel,
+                bundle,
+                federated: BTreeMap::new(),
+                entries: vec![],
+                svids: HashMap::new(),
+                jwt: HashMap::new(),
+            }),
+            snapshot,
+            fatal: Mutex::new(None),
+        });
+        {
+            let st = agent.state.lock().await;
+            agent.persist(&st);
+        }
+        Ok(agent)
+    }
+
+    fn persist(&self, st: &State) {
+        let Some(dir) = &self.settings.state_dir else { return };
+        let p = Persisted {
+            chain: st.svid.chain.iter().map(|c| B64.encode(c)).collect(),
+            key: B64.encode(st.svid.key.as_slice()),
+            reattestable: st.svid.reattestable,
+            bundle: st.bundle.x509_authorities.iter().map(|c| B64.encode(c)).collect(),
+        };
+        let res = std::fs::create_dir_all(dir).and_then(|()| {
+            let text = Zeroizing::new(serde_json::to_vec(&p).map_err(std::io::Error::other)?);
+            crate::fsutil::write_private_atomic(&dir.join("agent-svid.json"), &text)
+        });
+        if let Err(e) = res {
+            tracing::warn!(error = %e, "could not persist the agent SVID");
+        }
+    }
+
+    /// The agent's SPIFFE ID.
+    pub async fn agent_id(&self) -> Option<SpiffeId> {
+        let st = self.state.lock().await;
+        st.svid.chain.first().and_then(|l| crate::spiffe::leaf_spiffe_id(l).ok())
+    }
+
+    /// Runs the sync loop until `shutdown` or a fatal refusal.
+    ///
+    /// # Errors
+    /// The agent was banned or evicted and cannot re-attest.
+    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
+        tokio::pin!(shutdown);
+        let mut backoff = self.settings.sync_interval;
+        loop {
+            let wait = match self.sync_once().await {
+                Ok(()) => {
+                    backoff = self.settings.sync_interval;
+                    self.settings.sync_interval
+                }
+                Err(e) => {
+                    if let Some(msg) = self.fatal.lock().ok().and_then(|g| g.clone()) {
+                        return Err(AgentError::Denied(msg));
+                    }
+                    tracing::warn!(error = %e, "sync failed; retrying");
+                    backoff = (backoff * 2).min(self.settings.sync_interval * 12).max(Duration::from_secs(1));
+                    backoff
+                }
+            };
+            tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// One sync: renew the agent SVID if due, fetch entries and bundles, mint what is missing
+    /// or due for rotation, publish the snapshot if anything changed.
+    ///
+    /// # Errors
+    /// A failed RPC (the previous state stays published).
+    pub async fn sync_once(&self) -> Result<(), String> {
+        let mut st = self.state.lock().await;
+        let now = crate::now_unix();
+        if half_life_passed(st.svid.not_before, st.svid.not_after, now) {
+            self.renew(&mut st).await?;
+        }
+        let ch = st.channel.clone();
+        let entries = match entrypb::entry_client::EntryClient::new(ch.clone())
+            .get_authorized_entries(entrypb::GetAuthorizedEntriesRequest::default())
+            .await
+        {
+            Ok(r) => r.into_inner().entries,
+            Err(e) => {
+                self.check_fatal(&e, &mut st).await;
+                return Err(format!("fetching authorized entries: {}", e.message()));
+            }
+        };
+        let b = bundlepb::bundle_client::BundleClient::new(ch.clone())
+            .get_bundle(bundlepb::GetBundleRequest::default())
+            .await
+            .map_err(|e| format!("fetching bundle: {}", e.message()))?
+            .into_inner();
+        let bundle = bundle_from_proto(&b).map_err(|e| format!("server sent an invalid bundle: {e}"))?;
+        if bundle.trust_domain != self.settings.trust_domain {
+            return Err(format!("server sent the bundle of {} instead of {}", bundle.trust_domain, self.settings.trust_domain));
+        }
+        let mut federated = BTreeMap::new();
+        let wanted: std::collections::BTreeSet<String> = entries.iter().flat_map(|e| e.federates_with.iter().cloned()).collect();
+        for td in wanted {
+            match bundlepb::bundle_client::BundleClient::new(ch.clone())
+                .get_federated_bundle(bundlepb::GetFederatedBundleRequest { trust_domain: td.clone(), output_mask: None })
+                .await
+            {
+                Ok(r) => {
+                    if let Ok(fb) = bundle_from_proto(&r.into_inner()) {
+                        federated.insert(fb.trust_domain.clone(), fb);
+                    }
+                }
+                Err(e) if e.code() == tonic::Code::NotFound => {}
+                Err(e) => return Err(format!("fetching federated bundle {td}: {}", e.message())),
+            }
+        }
+        // Which entries need a (new) SVID.
+        let due: Vec<&pt::Entry> = entries
+            .iter()
+            .filter(|e| match st.svids.get(&e.id) {
+                None => true,
+                Some((rev, item)) => {
+                    *rev != e.revision_number
+                        || half_life_passed(validity(item.chain.first().map_or(&[][..], |c| c.as_slice())).0, item.not_after, now)
+                }
+            })
+            .collect();
+        let mut minted: HashMap<String, (i64, Arc<X509SvidItem>)> = HashMap::new();
+        for batch in due.chunks(CSR_BATCH) {
+            let mut keys = Vec::with_capacity(batch.len());
+            let mut params = Vec::with_capacity(batch.len());
+            for e in batch {
+                let id = e.spiffe_id.as_ref().and_then(|i| SpiffeId::from_path(&TrustDomain::new(&i.trust_domain).ok()?, &i.path).ok());
+                let (csr, key) = keypair_and_csr(id.as_ref())?;
+                keys.push(key);
+                params.push(svidpb::NewX509svidParams { entry_id: e.id.clone(), csr });
+            }
+            let resp =
+                match svidpb::svid_client::SvidClient::new(ch.clone()).batch_new_x509svid(svidpb::BatchNewX509svidRequest { params }).await
+                {
+                    Ok(r) => r.into_inner(),
+                    Err(e) => {
+                        self.check_fatal(&e, &mut st).await;
+                        return Err(format!("minting SVIDs: {}", e.message()));
+                    }
+                };
+            for ((e, key), r) in batch.iter().zip(keys).zip(resp.results) {
+                match (r.status.as_ref().map(|s| s.code), r.svid) {
+                    (Some(0), Some(svid)) => {
+                        let Some(item) = svid_item(e, svid.cert_chain, key) else { continue };
+                        minted.insert(e.id.clone(), (e.revision_number, Arc::new(item)));
+                    }
+                    (_, _) => tracing::warn!(entry_id = %e.id, status = ?r.status, "server did not mint an SVID for entry"),
+                }
+            }
+        }
+        // Keep SVIDs only for entries still authorized.
+        let mut svids: HashMap<String, (i64, Arc<X509SvidItem>)> = HashMap::new();
+        for e in &entries {
+            if let Some(m) = minted.remove(&e.id) {
+                svids.insert(e.id.clone(), m);
+            } else if let Some(old) = st.svids.get(&e.id) {
+                // Entry unchanged: carry hint/federation updates that do not bump the revision.
+                svids.insert(e.id.clone(), old.clone());
+            }
+        }
+        let changed = st.bundle != bundle
+            || st.federated != federated
+            || entries != st.entries
+            || svids.keys().collect::<std::collections::BTreeSet<_>>() != st.svids.keys().collect()
+            || !minted_is_empty(&svids, &st.svids);
+        st.entries = entries;
+        st.svids = svids;
+        let bundle_changed = st.bundle.x509_authorities != bundle.x509_authorities;
+        st.bundle = bundle;
+        st.federated = federated;
+        st.jwt.retain(|_, (_, _, exp)| *exp > now);
+        if bundle_changed {
+            self.persist(&st);
+        }
+        if changed || self.snapshot.borrow().is_none() {
+            let snap = self.build_snapshot(&st);
+            self.snapshot.send_replace(Some(Arc::new(snap)));
+        }
+        Ok(())
+    }
+
+    fn build_snapshot(&self, st: &State) -> Snapshot {
+        let mut svids: Vec<Arc<X509SvidItem>> = st.entries.iter().filter_map(|e| st.svids.get(&e.id).map(|(_, s)| Arc::clone(s))).collect();
+        // Stable order: by SPIFFE ID then entry id, so a caller's default identity does not flap.
+        svids.sort_by(|a, b| a.spiffe_id.cmp(&b.spiffe_id).then_with(|| a.entry_id.cmp(&b.entry_id)));
+        Snapshot { trust_domain: self.settings.trust_domain.clone(), bundle: st.bundle.clone(), federated: st.federated.clone(), svids }
+    }
+
+    async fn renew(&self, st: &mut State) -> Result<(), String> {
+        let new = if st.svid.reattestable {
+            let trust = ServerTrust::Roots(st.bundle.x509_authorities.clone());
+            attest(&self.settings, &self.server_id, trust).await.map_err(|e| e.to_string())?
+        } else {
+            let (csr, key) = keypair_and_csr(None)?;
+            let resp = agentpb::agent_client::AgentClient::new(st.channel.clone())
+                .renew_agent(agentpb::RenewAgentRequest { params: Some(agentpb::AgentX509svidParams { csr }) })
+                .await
+                .map_err(|e| format!("renewing agent SVID: {}", e.message()))?
+                .into_inner();
+            let chain = resp.svid.ok_or("server returned no SVID")?.cert_chain;
+            let (nb, na) = validity(chain.first().ok_or("empty chain")?);
+            AgentSvid { chain, key: Arc::new(key), not_before: nb, not_after: na, reattestable: false }
+        };
+        st.channel = mtls(&self.settings, &self.server_id, &new, &st.bundle).map_err(|e| e.to_string())?;
+        st.svid = new;
+        self.persist(st);
+        tracing::info!(not_after = st.svid.not_after, "renewed agent SVID");
+        Ok(())
+    }
+
+    /// Reacts to the server's verdict on this agent: banned -> stop; evicted or unknown ->
+    /// re-attest when the attestor allows it, else stop.
+    async fn check_fatal(&self, status: &tonic::Status, st: &mut State) {
+        use crate::api::pb::spire::api::types::permission_denied_details::Reason;
+        let Some(reason) = crate::api::status::denied_reason(status) else { return };
+        let reason = Reason::try_from(reason).unwrap_or(Reason::Unknown);
+        let msg = match reason {
+            Reason::AgentBanned => Some("the agent is banned on the server".to_owned()),
+            Reason::AgentNotAttested | Reason::AgentExpired | Reason::AgentNotActive | Reason::AgentMustReattest => {
+                if st.svid.reattestable || matches!(&self.settings.attestation, NodeAttestation::X509Pop { .. }) {
+                    let trust = ServerTrust::Roots(st.bundle.x509_authorities.clone());
+                    match attest(&self.settings, &self.server_id, trust).await {
+                        Ok(svid) => match mtls(&self.settings, &self.server_id, &svid, &st.bundle) {
+                            Ok(ch) => {
+                                st.channel = ch;
+                                st.svid = svid;
+                                self.persist(st);
+                                None
+                            }
+                            Err(e) => Some(e.to_string()),
+                        },
+                        Err(e) => Some(format!("re-attestation failed: {e}")),
+                    }
+                } else {
+                    Some(format!(
+                        "the server no longer accepts this agent ({reason:?}) and join-token agents cannot re-attest; generate a new token"
+                    ))
+                }
+            }
+            Reason::Unknown => None,
+        };
+        if let Some(m) = msg {
+            if let Some(dir) = &self.settings.state_dir {
+                let _ = std::fs::remove_file(dir.join("agent-svid.json"));
+            }
+            if let Ok(mut g) = self.fatal.lock() {
+                *g = Some(m);
+            }
+        }
+    }
+}
+
+fn minted_is_empty(new: &HashMap<String, (i64, Arc<X509SvidItem>)>, old: &HashMap<String, (i64, Arc<X509SvidItem>)>) -> bool {
+    new.iter().all(|(k, (_, v))| old.get(k).is_some_and(|(_, o)| Arc::ptr_eq(o, v)))
+}
+
+fn svid_item(e: &pt::Entry, chain: Vec<Vec<u8>>, key: Zeroizing<Vec<u8>>) -> Option<X509SvidItem> {
+    let id = e.spiffe_id.as_ref()?;
+    let spiffe_id = SpiffeId::from_path(&TrustDomain::new(&id.trust_domain).ok()?, &id.path).ok()?;
+    let not_after = validity(chain.first()?).1;
+    Some(X509SvidItem {
+        entry_id: e.id.clone(),
+        spiffe_id,
+        selectors: e.selectors.iter().map(|s| Selector { kind: s.r#type.clone(), value: s.value.clone() }).collect(),
+        chain,
+        key_pkcs8: Arc::new(key),
+        hint: e.hint.clone(),
+        federates_with: e.federates_with.iter().filter_map(|t| TrustDomain::new(t).ok()).collect(),
+        not_after,
+    })
+}
+
+fn mtls(
+    settings: &AgentSettings,
+    server_id: &SpiffeId,
+    svid: &AgentSvid,
+    bundle: &Bundle,
+) -> Result<tonic::transport::Channel, AgentError> {
+    let identity = ClientIdentity { chain: svid.chain.clone(), key_pkcs8: Arc::clone(&svid.key) };
+    client::connect(&settings.server_addr, ServerTrust::Roots(bundle.x509_authorities.clone()), server_id.clone(), Some(&identity))
+        .map_err(AgentError::Local)
+}
+
+fn load_persisted(path: &std::path::Path) -> Option<(AgentSvid, Vec<Vec<u8>>)> {
+    let text = Zeroizing::new(std::fs::read(path).ok()?);
+    let p: Persisted = serde_json::from_slice(&text).ok()?;
+    let chain: Vec<Vec<u8>> = p.chain.iter().map(|c| B64.decode(c)).collect::<Result<_, _>>().ok()?;
+    let key = Zeroizing::new(B64.decode(&p.key).ok()?);
+    let roots: Vec<Vec<u8>> = p.bundle.iter().map(|c| B64.decode(c)).collect::<Result<_, _>>().ok()?;
+    let (nb, na) = validity(chain.first()?);
+    Some((AgentSvid { chain, key: Arc::new(key), not_before: nb, not_after: na, reattestable: p.reattestable }, roots))
+}
+
+/// Runs AttestAgent: params, then challenge rounds (x509pop), then the SVID.
+async fn attest(settings: &AgentSettings, server_id: &SpiffeId, trust: ServerTrust) -> Result<AgentSvid, AgentError> {
+    let (csr, key) = keypair_and_csr(None).map_err(AgentError::Local)?;
+    let (kind, payload) = match &settings.attestation {
+        NodeAttestation::JoinToken(Some(t)) => ("join_token", t.as_bytes().to_vec()),
+        NodeAttestation::JoinToken(None) => {
+            return Err(AgentError::AttestationRefused("no stored agent SVID and no join_token configured: generate one with `cairn server token generate` and set agent.join_token".into()));
+        }
+        NodeAttestation::X509Pop { chain, .. } => ("x509pop", crate::attest::x509pop::attestation_payload(chain)),
+    };
+    let ch = client::connect(&settings.server_addr, trust, server_id.clone(), None).map_err(AgentError::Local)?;
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tx.send(agentpb::AttestAgentRequest {
+        step: Some(agentpb::attest_agent_request::Step::Params(agentpb::attest_agent_request::Params {
+            data: Some(pt::AttestationData { r#type: kind.into(), payload }),
+            params: Some(agentpb::AgentX509svidParams { csr }),
+        })),
+    })
+    .await
+    .map_err(|e| AgentError::Local(e.to_string()))?;
+    let mut resp = agentpb::agent_client::AgentClient::new(ch)
+        .attest_agent(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(classify)?
+        .into_inner();
+    loop {
+        let msg = resp
+            .message()
+            .await
+            .map_err(classify)?
+            .ok_or_else(|| AgentError::Unavailable("server closed the attestation stream".into()))?;
+        match msg.step {
+            Some(agentpb::attest_agent_response::Step::Challenge(challenge)) => {
+                let NodeAttestation::X509Pop { key_pkcs8, .. } = &settings.attestation else {
+                    return Err(AgentError::AttestationRefused("server sent a challenge to a join_token agent".into()));
+                };
+                let answer = crate::attest::x509pop::challenge_response(key_pkcs8, &challenge)
+                    .map_err(|e| AgentError::AttestationRefused(e.to_string()))?;
+                tx.send(agentpb::AttestAgentRequest { step: Some(agentpb::attest_agent_request::Step::ChallengeResponse(answer)) })
+                    .await
+                    .map_err(|e| AgentError::Local(e.to_string()))?;
+            }
+            Some(agentpb::attest_agent_response::Step::Result(r)) => {
+                let chain = r.svid.ok_or_else(|| AgentError::Unavailable("attestation result without SVID".into()))?.cert_chain;
+                let (nb, na) = validity(chain.first().ok_or_else(|| AgentError::Unavailable("empty SVID chain".into()))?);
+                let id = chain.first().and_then(|l| crate::spiffe::leaf_spiffe_id(l).ok());
+                tracing::info!(agent_id = ?id.map(|i| i.to_string()), "node attested");
+                return Ok(AgentSvid { chain, key: Arc::new(key), not_before: nb, not_after: na, reattestable: r.reattestable });
+            }
+            None => return Err(AgentError::Unavailable("empty attestation response".into())),
+        }
+    }
+}
+
+fn classify(e: tonic::Status) -> AgentError {
+    match e.code() {
+        tonic::Code::InvalidArgument | tonic::Code::PermissionDenied | tonic::Code::FailedPrecondition | tonic::Code::NotFound => {
+            AgentError::AttestationRefused(e.message().to_owned())
+        }
+        _ => AgentError::Unavailable(e.message().to_owned()),
+    }
+}
+
+#[tonic::async_trait]
+impl WorkloadSource for Agent {
+    fn subscribe(&self) -> watch::Receiver<Option<Arc<Snapshot>>> {
+        self.snapshot.subscribe()
+    }
+
+    async fn fetch_jwt_svid(&self, svid: &X509SvidItem, audience: &[String]) -> Result<(String, i64), FetchJwtError> {
+        let mut aud = audience.to_vec();
+        aud.sort();
+        aud.dedup();
+        let key = (svid.entry_id.clone(), aud.clone());
+        let now = crate::now_unix();
+        let ch = {
+            let st = self.state.lock().await;
+            if let Some((token, iat, exp)) = st.jwt.get(&key) {
+                // Cached until half-life, as SPIRE's agent does.
+                if !half_life_passed(*iat, *exp, now) {
+                    return Ok((token.clone(), *exp));
+                }
+            }
+            st.channel.clone()
+        };
+        let resp = svidpb::svid_client::SvidClient::new(ch)
+            .new_jwtsvid(svidpb::NewJwtsvidRequest { entry_id: svid.entry_id.clone(), audience: aud })
+            .await
+            .map_err(|e| match e.code() {
+                tonic::Code::InvalidArgument => FetchJwtError::InvalidArgument(e.message().to_owned()),
+                _ => FetchJwtError::Unavailable(e.message().to_owned()),
+            })?
+            .into_inner();
+        let j = resp.svid.ok_or_else(|| FetchJwtError::Unavailable("server returned no JWT-SVID".into()))?;
+        let mut st = self.state.lock().await;
+        st.jwt.insert(key, (j.token.clone(), j.issued_at, j.expires_at));
+        Ok((j.token, j.expires_at))
+    }
+}

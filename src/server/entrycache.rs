@@ -1,0 +1,210 @@
+//! The in-memory entry cache that answers agent syncs.
+//!
+//! Agents sync every few seconds; answering each sync with datastore queries is what made
+//! SPIRE's datastore the bottleneck at scale (spire-notes §9). This cache holds every entry
+//! and every agent's node selectors, indexed by parent; it is rebuilt from the datastore when
+//! the datastore reports a change (entries or nodes), so steady-state syncs cost the datastore
+//! nothing. Authorization follows SPIRE's crawl: entries parented to the agent or to a node
+//! alias whose selectors the agent has, and, transitively, their descendants.
+
+use crate::datastore::{Change, Datastore, DatastoreError, Entry, EntryFilter, Selector};
+use crate::spiffe::{SpiffeId, TrustDomain};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+#[derive(Debug, Default)]
+struct Index {
+    by_id: HashMap<String, Arc<Entry>>,
+    by_parent: HashMap<SpiffeId, Vec<Arc<Entry>>>,
+    /// Entries parented to the server: node aliases.
+    aliases: Vec<Arc<Entry>>,
+    node_selectors: HashMap<SpiffeId, Vec<Selector>>,
+}
+
+/// The cache.
+#[derive(Debug)]
+pub struct EntryCache {
+    trust_domain: TrustDomain,
+    server_id: SpiffeId,
+    index: RwLock<Arc<Index>>,
+    reloads: AtomicU64,
+}
+
+impl EntryCache {
+    /// An empty cache for `trust_domain`; call [`EntryCache::reload`] before use.
+    ///
+    /// # Errors
+    /// Never in practice (the server ID is always a valid ID).
+    pub fn new(trust_domain: TrustDomain) -> Result<Self, crate::spiffe::SpiffeIdError> {
+        let server_id = SpiffeId::from_segments(&trust_domain, &["spire", "server"])?;
+        Ok(Self { trust_domain, server_id, index: RwLock::new(Arc::new(Index::default())), reloads: AtomicU64::new(0) })
+    }
+
+    /// How many times the cache was rebuilt from the datastore (each rebuild is two queries).
+    #[must_use]
+    pub fn reload_count(&self) -> u64 {
+        self.reloads.load(Ordering::Relaxed)
+    }
+
+    /// Rebuilds the index from the datastore.
+    ///
+    /// # Errors
+    /// The datastore failed; the previous index stays in use.
+    pub async fn reload(&self, ds: &dyn Datastore) -> Result<(), DatastoreError> {
+        let entries = ds.list_entries(&EntryFilter::default()).await?;
+        let nodes = ds.list_attested_nodes().await?;
+        let mut idx = Index::default();
+        for e in entries {
+            if !e.spiffe_id.is_member_of(&self.trust_domain) || !e.parent_id.is_member_of(&self.trust_domain) {
+                continue;
+            }
+            let e = Arc::new(e);
+            idx.by_id.insert(e.id.clone(), Arc::clone(&e));
+            if e.parent_id == self.server_id {
+                idx.aliases.push(Arc::clone(&e));
+            }
+            idx.by_parent.entry(e.parent_id.clone()).or_default().push(e);
+        }
+        for n in nodes {
+            // A banned agent's selectors must not alias it into anything.
+            if !n.cert_serial_number.is_empty() {
+                idx.node_selectors.insert(n.spiffe_id, n.selectors);
+            }
+        }
+        if let Ok(mut g) = self.index.write() {
+            *g = Arc::new(idx);
+        }
+        self.reloads.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Keeps the cache current: rebuilds after every entry or node change (bursts coalesce),
+    /// and every `full_reload` as a safety net, until `shutdown`.
+    pub async fn run(self: Arc<Self>, ds: Arc<dyn Datastore>, full_reload: Duration, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut changes = ds.watch_changes();
+        let mut tick = tokio::time::interval(full_reload);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return,
+                _ = tick.tick() => {}
+                c = changes.recv() => match c {
+                    Ok(Change::Entries | Change::Nodes) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        // Let a burst (a batch create) finish before rebuilding once.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        while let Ok(_) | Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) = changes.try_recv() {}
+                    }
+                    Ok(_) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+            }
+            if let Err(e) = self.reload(ds.as_ref()).await {
+                tracing::warn!(error = %e, "entry cache reload failed; serving the previous one");
+            }
+        }
+    }
+
+    /// The entries `agent` may get SVIDs for, sorted by id.
+    #[must_use]
+    pub fn authorized_entries(&self, agent: &SpiffeId) -> Vec<Arc<Entry>> {
+        let Ok(idx) = self.index.read().map(|g| Arc::clone(&g)) else { return Vec::new() };
+        let mut roots: Vec<SpiffeId> = vec![agent.clone()];
+        if let Some(sel) = idx.node_selectors.get(agent) {
+            for alias in &idx.aliases {
+                if !alias.selectors.is_empty() && alias.selectors.iter().all(|s| sel.contains(s)) {
+                    roots.push(alias.spiffe_id.clone());
+                }
+            }
+        }
+        let mut out: Vec<Arc<Entry>> = Vec::new();
+        let mut seen_entries: HashSet<&str> = HashSet::new();
+        let mut visited: HashSet<SpiffeId> = HashSet::new();
+        let mut queue: VecDeque<SpiffeId> = roots.into();
+        while let Some(parent) = queue.pop_front() {
+            if !visited.insert(parent.clone()) {
+                continue;
+            }
+            for e in idx.by_parent.get(&parent).into_iter().flatten() {
+                if seen_entries.insert(e.id.as_str()) {
+                    out.push(Arc::clone(e));
+                }
+                queue.push_back(e.spiffe_id.clone());
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    /// One authorized entry of `agent` by id.
+    #[must_use]
+    pub fn authorized_entry(&self, agent: &SpiffeId, entry_id: &str) -> Option<Arc<Entry>> {
+        self.authorized_entries(agent).into_iter().find(|e| e.id == entry_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+    use super::*;
+    use crate::datastore::{AttestedNode, sql::SqlDatastore};
+
+    fn entry(id: &str, spiffe: &str, parent: &str, sel: &[(&str, &str)]) -> Entry {
+        Entry {
+            id: id.into(),
+            spiffe_id: SpiffeId::new(spiffe).unwrap(),
+            parent_id: SpiffeId::new(parent).unwrap(),
+            selectors: sel.iter().map(|(k, v)| Selector { kind: (*k).into(), value: (*v).into() }).collect(),
+            x509_svid_ttl: 0,
+            jwt_svid_ttl: 0,
+            federates_with: vec![],
+            admin: false,
+            downstream: false,
+            dns_names: vec![],
+            expires_at: 0,
+            hint: String::new(),
+            store_svid: false,
+            revision_number: 0,
+            created_at: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn crawl_follows_parents_aliases_and_descendants() {
+        let ds = SqlDatastore::open("sqlite3", "sqlite::memory:").await.unwrap();
+        let agent = "spiffe://example.org/spire/agent/join_token/t";
+        for e in [
+            entry("1", "spiffe://example.org/direct", agent, &[("unix", "uid:1")]),
+            entry("2", "spiffe://example.org/child", "spiffe://example.org/direct", &[("unix", "uid:2")]),
+            entry("3", "spiffe://example.org/alias", "spiffe://example.org/spire/server", &[("x509pop", "subject:cn:n1")]),
+            entry("4", "spiffe://example.org/via-alias", "spiffe://example.org/alias", &[("unix", "uid:3")]),
+            entry("5", "spiffe://example.org/other", "spiffe://example.org/spire/agent/join_token/u", &[("unix", "uid:4")]),
+            entry("6", "spiffe://example.org/cycle", "spiffe://example.org/child", &[("unix", "uid:5")]),
+            entry("7", "spiffe://example.org/direct", "spiffe://example.org/cycle", &[("unix", "uid:6")]),
+        ] {
+            ds.create_entry(&e).await.unwrap();
+        }
+        ds.create_attested_node(&AttestedNode {
+            spiffe_id: SpiffeId::new(agent).unwrap(),
+            attestation_type: "join_token".into(),
+            cert_serial_number: "1".into(),
+            cert_not_after: 0,
+            new_cert_serial_number: String::new(),
+            new_cert_not_after: 0,
+            can_reattest: false,
+            selectors: vec![Selector { kind: "x509pop".into(), value: "subject:cn:n1".into() }],
+            created_at: 0,
+        })
+        .await
+        .unwrap();
+        let cache = EntryCache::new(TrustDomain::new("example.org").unwrap()).unwrap();
+        cache.reload(&ds).await.unwrap();
+        let ids: Vec<String> = cache.authorized_entries(&SpiffeId::new(agent).unwrap()).iter().map(|e| e.id.clone()).collect();
+        assert_eq!(ids, ["1", "2", "4", "6", "7"], "alias itself and the other agent's entry are excluded; cycles end");
+        assert!(cache.authorized_entry(&SpiffeId::new(agent).unwrap(), "5").is_none());
+        // Unknown agent: nothing.
+        assert!(cache.authorized_entries(&SpiffeId::new("spiffe://example.org/spire/agent/x").unwrap()).is_empty());
+    }
+}
