@@ -32,6 +32,10 @@ impl pb::bundle_server::Bundle for Svc {
 
     async fn get_bundle(&self, req: Request<pb::GetBundleRequest>) -> Result<Response<pt::Bundle>, Status> {
         self.authorize(&req, Policy::Any, "/spire.api.server.bundle.v1.Bundle/GetBundle").await?;
+        // Served from memory (kept current by bundle change events): agents call this every sync.
+        if let Some(b) = self.state().entry_cache.bundle() {
+            return Ok(Response::new(bundle_to_proto(&b)));
+        }
         let b = self.state().datastore.get_bundle(&self.state().trust_domain).await.map_err(ApiError::from)?;
         let b = b.ok_or_else(|| ApiError::NotFound("bundle not found".into()))?;
         Ok(Response::new(bundle_to_proto(&b)))
@@ -46,6 +50,8 @@ impl pb::bundle_server::Bundle for Svc {
         let x509 = r.x509_authorities.iter().map(x509_authority_from_proto).collect::<Result<Vec<_>, _>>()?;
         let jwt = r.jwt_authorities.iter().map(jwt_key_from_proto).collect::<Result<Vec<_>, _>>()?;
         let b = self.state().datastore.append_bundle(&self.state().trust_domain, &x509, &jwt).await.map_err(ApiError::from)?;
+        // Read-your-writes for the in-memory copy GetBundle serves.
+        self.state().entry_cache.reload_bundle(self.state().datastore.as_ref()).await.map_err(ApiError::from)?;
         Ok(Response::new(bundle_to_proto(&b)))
     }
 

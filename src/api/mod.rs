@@ -168,6 +168,15 @@ impl Svc {
         if info.not_after < now() {
             return Err(deny(Reason::AgentExpired, format!("agent {id} SVID has expired")));
         }
+        // The common case, the current SVID of an unbanned agent, is answered from memory; any
+        // other answer is confirmed against the datastore, so a change the cache has not seen
+        // yet (a renewal, an eviction) is never decided on stale data.
+        if let Some(n) = self.state.entry_cache.node(id)
+            && !n.cert_serial_number.is_empty()
+            && n.cert_serial_number == info.serial
+        {
+            return Ok(());
+        }
         let ds = &self.state.datastore;
         let Some(mut node) = ds.get_attested_node(id).await? else {
             return Err(deny(Reason::AgentNotAttested, format!("agent {id} is not attested")));

@@ -191,4 +191,9 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
 
     /// A receiver woken on every change.
     fn watch_changes(&self) -> tokio::sync::broadcast::Receiver<Change>;
+
+    /// Statements run so far (for benchmarks that show which paths touch the database).
+    fn query_count(&self) -> u64 {
+        0
+    }
 }

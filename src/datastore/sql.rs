@@ -15,6 +15,7 @@ use tokio::sync::broadcast;
 pub struct SqlDatastore {
     pool: SqlitePool,
     changes: broadcast::Sender<Change>,
+    queries: std::sync::atomic::AtomicU64,
 }
 
 /// How a bundle is stored: the authorities with their expiries (the SPIFFE JSON form has no
@@ -81,7 +82,7 @@ impl SqlDatastore {
             .await
             .map_err(|e| DatastoreError::Database(format!("migration: {e}")))?;
         let (changes, _) = broadcast::channel(64);
-        Ok(Self { pool, changes })
+        Ok(Self { pool, changes, queries: std::sync::atomic::AtomicU64::new(0) })
     }
 
     fn notify(&self, change: Change) {
@@ -225,6 +226,7 @@ impl SqlDatastore {
 #[async_trait]
 impl Datastore for SqlDatastore {
     async fn get_bundle(&self, td: &TrustDomain) -> Result<Option<Bundle>, DatastoreError> {
+        self.queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let row = sqlx::query("SELECT data, sequence_number FROM bundles WHERE trust_domain = ?")
             .bind(td.as_str())
             .fetch_optional(&self.pool)
@@ -234,6 +236,7 @@ impl Datastore for SqlDatastore {
     }
 
     async fn list_bundles(&self) -> Result<Vec<Bundle>, DatastoreError> {
+        self.queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let rows = sqlx::query("SELECT trust_domain, data, sequence_number FROM bundles ORDER BY trust_domain")
             .fetch_all(&self.pool)
             .await
@@ -242,6 +245,7 @@ impl Datastore for SqlDatastore {
     }
 
     async fn append_bundle(&self, td: &TrustDomain, x509: &[Vec<u8>], jwt: &[JwtAuthority]) -> Result<Bundle, DatastoreError> {
+        self.queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.upsert_bundle_tx(td, |b| {
             let mut changed = false;
             for der in x509 {
@@ -262,6 +266,7 @@ impl Datastore for SqlDatastore {
     }
 
     async fn set_bundle(&self, bundle: &Bundle) -> Result<Bundle, DatastoreError> {
+        self.queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.upsert_bundle_tx(&bundle.trust_domain, |b| {
             if same_content(b, bundle) {
                 return false;
@@ -275,6 +280,7 @@ impl Datastore for SqlDatastore {
     }
 
     async fn create_bundle(&self, bundle: &Bundle) -> Result<Bundle, DatastoreError> {
+        self.queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if self.get_bundle(&bundle.trust_domain).await?.is_some() {
             return Err(DatastoreError::AlreadyExists { what: "bundle" });
         }
@@ -282,6 +288,7 @@ impl Datastore for SqlDatastore {
     }
 
     async fn delete_bundle(&self, td: &TrustDomain) -> Result<(), DatastoreError> {
+        self.queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let done = sqlx::query("DELETE FROM bundles WHERE trust_domain = ?").bind(td.as_str()).execute(&self.pool).await.map_err(db_err)?;
         if done.rows_affected() == 0 {
             return Err(DatastoreError::NotFound("bundle"));
@@ -291,6 +298,7 @@ impl Datastore for SqlDatastore {
     }
 
     async fn prune_bundle(&self, td: &TrustDomain, before: i64) -> Result<bool, DatastoreError> {
+        self.queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut pruned = false;
         self.upsert_bundle_tx(td, |b| {
             let n = b.x509_authorities.len() + b.jwt_authorities.len();
@@ -308,6 +316,7 @@ impl Datastore for SqlDatastore {
     }
 
     async fn create_entry(&self, e: &Entry) -> Result<Entry, DatastoreError> {
+        self.queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if self.find_similar_entry(e).await?.is_some() {
             return Err(DatastoreError::AlreadyExists { what: "similar entry" });
         }
@@ -330,6 +339,7 @@ impl Datastore for SqlDatastore {
     }
 
     async fn find_similar_entry(&self, e: &Entry) -> Result<Option<Entry>, DatastoreError> {
+        self.queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let rows = sqlx::query("SELECT * FROM registered_entries WHERE spiffe_id = ? AND parent_id = ? AND selectors = ?")
             .bind(e.spiffe_id.as_str())
             .bind(e.parent_id.as_str())
@@ -341,12 +351,14 @@ impl Datastore for SqlDatastore {
     }
 
     async fn get_entry(&self, id: &str) -> Result<Option<Entry>, DatastoreError> {
+        self.queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let row =
             sqlx::query("SELECT * FROM registered_entries WHERE entry_id = ?").bind(id).fetch_optional(&self.pool).await.map_err(db_err)?;
         row.as_ref().map(entry_from_row).transpose()
     }
 
     async fn list_entries(&self, f: &EntryFilter) -> Result<Vec<Entry>, DatastoreError> {
+        self.queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut sql = String::from("SELECT * FROM registered_entries WHERE 1=1");
         if f.spiffe_id.is_some() {
             sql.push_str(" AND spiffe_id = ?");
@@ -379,6 +391,7 @@ impl Datastore for SqlDatastore {
     }
 
     async fn update_entry(&self, e: &Entry) -> Result<Entry, DatastoreError> {
+        self.queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut tx = self.pool.begin().await.map_err(db_err)?;
         let row = sqlx::query("SELECT revision_number, created_at FROM registered_entries WHERE entry_id = ?")
             .bind(&e.id)
@@ -402,6 +415,7 @@ impl Datastore for SqlDatastore {
     }
 
     async fn delete_entry(&self, id: &str) -> Result<Entry, DatastoreError> {
+        self.queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let Some(entry) = self.get_entry(id).await? else { return Err(DatastoreError::NotFound("entry")) };
         sqlx::query("DELETE FROM registered_entries WHERE entry_id = ?").bind(id).execute(&self.pool).await.map_err(db_err)?;
         self.notify(Change::Entries);
@@ -409,10 +423,12 @@ impl Datastore for SqlDatastore {
     }
 
     async fn count_entries(&self) -> Result<i64, DatastoreError> {
+        self.queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         sqlx::query("SELECT COUNT(*) AS n FROM registered_entries").fetch_one(&self.pool).await.map(|r| r.get("n")).map_err(db_err)
     }
 
     async fn create_join_token(&self, token: &str, expires_at: i64) -> Result<(), DatastoreError> {
+        self.queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         sqlx::query("INSERT INTO join_tokens (token, expires_at) VALUES (?, ?)")
             .bind(token)
             .bind(expires_at)
@@ -426,6 +442,7 @@ impl Datastore for SqlDatastore {
     }
 
     async fn take_join_token(&self, token: &str) -> Result<Option<i64>, DatastoreError> {
+        self.queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let row = sqlx::query("DELETE FROM join_tokens WHERE token = ? RETURNING expires_at")
             .bind(token)
             .fetch_optional(&self.pool)
@@ -435,6 +452,7 @@ impl Datastore for SqlDatastore {
     }
 
     async fn create_attested_node(&self, n: &AttestedNode) -> Result<(), DatastoreError> {
+        self.queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         sqlx::query("INSERT INTO attested_nodes (spiffe_id, attestation_type, cert_serial_number, cert_not_after, new_cert_serial_number, new_cert_not_after, can_reattest, selectors, created_at) VALUES (?,?,?,?,?,?,?,?,?)")
             .bind(n.spiffe_id.as_str()).bind(&n.attestation_type).bind(&n.cert_serial_number).bind(n.cert_not_after)
             .bind(&n.new_cert_serial_number).bind(n.new_cert_not_after).bind(n.can_reattest).bind(selectors_json(&n.selectors)?).bind(now())
@@ -448,6 +466,7 @@ impl Datastore for SqlDatastore {
     }
 
     async fn get_attested_node(&self, id: &SpiffeId) -> Result<Option<AttestedNode>, DatastoreError> {
+        self.queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let row = sqlx::query("SELECT * FROM attested_nodes WHERE spiffe_id = ?")
             .bind(id.as_str())
             .fetch_optional(&self.pool)
@@ -457,11 +476,13 @@ impl Datastore for SqlDatastore {
     }
 
     async fn list_attested_nodes(&self) -> Result<Vec<AttestedNode>, DatastoreError> {
+        self.queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let rows = sqlx::query("SELECT * FROM attested_nodes ORDER BY spiffe_id").fetch_all(&self.pool).await.map_err(db_err)?;
         rows.iter().map(node_from_row).collect()
     }
 
     async fn update_attested_node(&self, n: &AttestedNode) -> Result<(), DatastoreError> {
+        self.queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let done = sqlx::query("UPDATE attested_nodes SET attestation_type=?, cert_serial_number=?, cert_not_after=?, new_cert_serial_number=?, new_cert_not_after=?, can_reattest=?, selectors=? WHERE spiffe_id=?")
             .bind(&n.attestation_type).bind(&n.cert_serial_number).bind(n.cert_not_after).bind(&n.new_cert_serial_number)
             .bind(n.new_cert_not_after).bind(n.can_reattest).bind(selectors_json(&n.selectors)?).bind(n.spiffe_id.as_str())
@@ -474,6 +495,7 @@ impl Datastore for SqlDatastore {
     }
 
     async fn delete_attested_node(&self, id: &SpiffeId) -> Result<AttestedNode, DatastoreError> {
+        self.queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let Some(node) = self.get_attested_node(id).await? else { return Err(DatastoreError::NotFound("agent")) };
         sqlx::query("DELETE FROM attested_nodes WHERE spiffe_id = ?").bind(id.as_str()).execute(&self.pool).await.map_err(db_err)?;
         self.notify(Change::Nodes);
@@ -481,6 +503,7 @@ impl Datastore for SqlDatastore {
     }
 
     async fn get_ca_journal(&self, server_key: &str) -> Result<Option<String>, DatastoreError> {
+        self.queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let row = sqlx::query("SELECT data FROM ca_journals WHERE server_key = ?")
             .bind(server_key)
             .fetch_optional(&self.pool)
@@ -490,6 +513,7 @@ impl Datastore for SqlDatastore {
     }
 
     async fn set_ca_journal(&self, server_key: &str, data: &str) -> Result<(), DatastoreError> {
+        self.queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         sqlx::query("INSERT INTO ca_journals (server_key, data, updated_at) VALUES (?, ?, ?) ON CONFLICT(server_key) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at")
             .bind(server_key).bind(data).bind(now()).execute(&self.pool).await.map_err(db_err)?;
         Ok(())
@@ -497,6 +521,10 @@ impl Datastore for SqlDatastore {
 
     fn watch_changes(&self) -> broadcast::Receiver<Change> {
         self.changes.subscribe()
+    }
+
+    fn query_count(&self) -> u64 {
+        self.queries.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

@@ -7,7 +7,8 @@
 //! nothing. Authorization follows SPIRE's crawl: entries parented to the agent or to a node
 //! alias whose selectors the agent has, and, transitively, their descendants.
 
-use crate::datastore::{Change, Datastore, DatastoreError, Entry, EntryFilter, Selector};
+use crate::datastore::{AttestedNode, Change, Datastore, DatastoreError, Entry, EntryFilter, Selector};
+use crate::spiffe::Bundle;
 use crate::spiffe::{SpiffeId, TrustDomain};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +22,7 @@ struct Index {
     /// Entries parented to the server: node aliases.
     aliases: Vec<Arc<Entry>>,
     node_selectors: HashMap<SpiffeId, Vec<Selector>>,
+    nodes: HashMap<SpiffeId, AttestedNode>,
 }
 
 /// The cache.
@@ -29,6 +31,7 @@ pub struct EntryCache {
     trust_domain: TrustDomain,
     server_id: SpiffeId,
     index: RwLock<Arc<Index>>,
+    bundle: RwLock<Option<Arc<Bundle>>>,
     reloads: AtomicU64,
 }
 
@@ -39,7 +42,13 @@ impl EntryCache {
     /// Never in practice (the server ID is always a valid ID).
     pub fn new(trust_domain: TrustDomain) -> Result<Self, crate::spiffe::SpiffeIdError> {
         let server_id = SpiffeId::from_segments(&trust_domain, &["spire", "server"])?;
-        Ok(Self { trust_domain, server_id, index: RwLock::new(Arc::new(Index::default())), reloads: AtomicU64::new(0) })
+        Ok(Self {
+            trust_domain,
+            server_id,
+            index: RwLock::new(Arc::new(Index::default())),
+            bundle: RwLock::new(None),
+            reloads: AtomicU64::new(0),
+        })
     }
 
     /// How many times the cache was rebuilt from the datastore (each rebuild is two queries).
@@ -70,14 +79,40 @@ impl EntryCache {
         for n in nodes {
             // A banned agent's selectors must not alias it into anything.
             if !n.cert_serial_number.is_empty() {
-                idx.node_selectors.insert(n.spiffe_id, n.selectors);
+                idx.node_selectors.insert(n.spiffe_id.clone(), n.selectors.clone());
             }
+            idx.nodes.insert(n.spiffe_id.clone(), n);
         }
         if let Ok(mut g) = self.index.write() {
             *g = Arc::new(idx);
         }
+        self.reload_bundle(ds).await?;
         self.reloads.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Re-reads the trust domain's bundle.
+    ///
+    /// # Errors
+    /// The datastore failed; the previous bundle stays in use.
+    pub async fn reload_bundle(&self, ds: &dyn Datastore) -> Result<(), DatastoreError> {
+        let b = ds.get_bundle(&self.trust_domain).await?;
+        if let Ok(mut g) = self.bundle.write() {
+            *g = b.map(Arc::new);
+        }
+        Ok(())
+    }
+
+    /// The trust domain's bundle as of the last change event.
+    #[must_use]
+    pub fn bundle(&self) -> Option<Arc<Bundle>> {
+        self.bundle.read().ok().and_then(|g| g.clone())
+    }
+
+    /// An attested node as of the last change event.
+    #[must_use]
+    pub fn node(&self, id: &SpiffeId) -> Option<AttestedNode> {
+        self.index.read().ok().and_then(|g| g.nodes.get(id).cloned())
     }
 
     /// Keeps the cache current: rebuilds after every entry or node change (bursts coalesce),
@@ -97,7 +132,12 @@ impl EntryCache {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                         while let Ok(_) | Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) = changes.try_recv() {}
                     }
-                    Ok(_) => continue,
+                    Ok(Change::Bundle) => {
+                        if let Err(e) = self.reload_bundle(ds.as_ref()).await {
+                            tracing::warn!(error = %e, "bundle cache reload failed");
+                        }
+                        continue;
+                    }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 },
             }
