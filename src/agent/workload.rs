@@ -213,22 +213,48 @@ pub async fn serve(
         shutdown.await;
         stop.send_replace(true);
     };
+    let health = AgentHealth { source: Arc::clone(&api.source) };
     let service =
         InterceptedService::new(SpiffeWorkloadApiServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES), check_security_header);
     tonic::transport::Server::builder()
         .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
         .add_service(service)
+        .add_service(
+            crate::api::pb::grpc::health::v1::health_server::HealthServer::new(health).max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
         .serve_with_incoming_shutdown(accept_loop(listener), signal)
         .await
 }
 
+/// `grpc.health.v1.Health` on the Workload API socket, which `spire-agent healthcheck` calls:
+/// serving once the agent has synced with its server at least once.
+struct AgentHealth {
+    source: Arc<dyn WorkloadSource>,
+}
+
+#[tonic::async_trait]
+impl crate::api::pb::grpc::health::v1::health_server::Health for AgentHealth {
+    async fn check(
+        &self,
+        _req: Request<crate::api::pb::grpc::health::v1::HealthCheckRequest>,
+    ) -> Result<Response<crate::api::pb::grpc::health::v1::HealthCheckResponse>, Status> {
+        use crate::api::pb::grpc::health::v1::health_check_response::ServingStatus;
+        let ready = self.source.subscribe().borrow().is_some();
+        let status = if ready { ServingStatus::Serving } else { ServingStatus::NotServing };
+        Ok(Response::new(crate::api::pb::grpc::health::v1::HealthCheckResponse { status: status as i32 }))
+    }
+}
+
 /// The connections of `listener`. tonic retries a failed accept at once, which spins when the
 /// process is out of file descriptors; this waits a little instead and never yields an error.
-fn accept_loop(listener: UnixListener) -> impl Stream<Item = Result<tokio::net::UnixStream, std::io::Error>> + Send + 'static {
+fn accept_loop(
+    listener: UnixListener,
+) -> impl Stream<Item = Result<super::authority::AuthorityFix<tokio::net::UnixStream>, std::io::Error>> + Send + 'static {
     futures::stream::unfold(listener, |listener| async move {
         loop {
             match listener.accept().await {
-                Ok((stream, _)) => return Some((Ok(stream), listener)),
+                // C-core clients send the socket path as :authority; see `authority`.
+                Ok((stream, _)) => return Some((Ok(super::authority::AuthorityFix::new(stream)), listener)),
                 Err(e) => {
                     tracing::warn!(error = %e, "workload API accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;

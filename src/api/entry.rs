@@ -242,17 +242,65 @@ impl pb::entry_server::Entry for Svc {
 
     async fn get_authorized_entries(
         &self,
-        _req: Request<pb::GetAuthorizedEntriesRequest>,
+        req: Request<pb::GetAuthorizedEntriesRequest>,
     ) -> Result<Response<pb::GetAuthorizedEntriesResponse>, Status> {
-        Err(ApiError::Unimplemented("agent sync is not in this cairn yet").into())
+        let caller = self.authorize(&req, Policy::Agent, "/spire.api.server.entry.v1.Entry/GetAuthorizedEntries").await?;
+        let id = caller.id().ok_or(ApiError::PermissionDenied("/spire.api.server.entry.v1.Entry/GetAuthorizedEntries"))?;
+        // Answered from memory: steady-state syncs never touch the datastore.
+        let entries = self.state().entry_cache.authorized_entries(id).iter().map(|e| entry_to_proto(e)).collect();
+        Ok(Response::new(pb::GetAuthorizedEntriesResponse { entries }))
     }
 
     type SyncAuthorizedEntriesStream = futures::stream::BoxStream<'static, Result<pb::SyncAuthorizedEntriesResponse, Status>>;
 
     async fn sync_authorized_entries(
         &self,
-        _req: Request<Streaming<pb::SyncAuthorizedEntriesRequest>>,
+        req: Request<Streaming<pb::SyncAuthorizedEntriesRequest>>,
     ) -> Result<Response<Self::SyncAuthorizedEntriesStream>, Status> {
-        Err(ApiError::Unimplemented("agent sync is not in this cairn yet").into())
+        const PAGE: usize = 500;
+        let caller = self.authorize(&req, Policy::Agent, "/spire.api.server.entry.v1.Entry/SyncAuthorizedEntries").await?;
+        let id = caller.id().cloned().ok_or(ApiError::PermissionDenied("/spire.api.server.entry.v1.Entry/SyncAuthorizedEntries"))?;
+        let mut inbound = req.into_inner();
+        let first = inbound.message().await?.ok_or_else(|| ApiError::InvalidArgument("missing initial request".into()))?;
+        if !first.ids.is_empty() {
+            return Err(ApiError::InvalidArgument("specifying IDs on initial request is not supported".into()).into());
+        }
+        if first.output_mask.is_some_and(|m| !m.revision_number) {
+            return Err(ApiError::InvalidArgument("revision number cannot be masked".into()).into());
+        }
+        let entries = self.state().entry_cache.authorized_entries(&id);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            if entries.len() <= PAGE {
+                // Small sets: the whole set in one message, as SPIRE does.
+                let all = entries.iter().map(|e| entry_to_proto(e)).collect();
+                let _ = tx.send(Ok(pb::SyncAuthorizedEntriesResponse { entry_revisions: vec![], entries: all, more: false })).await;
+                return;
+            }
+            let revisions: Vec<pb::EntryRevision> = entries
+                .iter()
+                .map(|e| pb::EntryRevision { id: e.id.clone(), revision_number: e.revision_number, created_at: e.created_at })
+                .collect();
+            let pages: Vec<&[pb::EntryRevision]> = revisions.chunks(PAGE).collect();
+            for (i, page) in pages.iter().enumerate() {
+                let more = i + 1 < pages.len();
+                if tx.send(Ok(pb::SyncAuthorizedEntriesResponse { entry_revisions: page.to_vec(), entries: vec![], more })).await.is_err() {
+                    return;
+                }
+            }
+            let by_id: std::collections::HashMap<&str, &std::sync::Arc<Entry>> = entries.iter().map(|e| (e.id.as_str(), e)).collect();
+            while let Ok(Some(r)) = inbound.message().await {
+                let wanted: Vec<pt::Entry> = r.ids.iter().filter_map(|i| by_id.get(i.as_str())).map(|e| entry_to_proto(e)).collect();
+                let chunks: Vec<&[pt::Entry]> = if wanted.is_empty() { vec![&[]] } else { wanted.chunks(PAGE).collect() };
+                for (i, c) in chunks.iter().enumerate() {
+                    let more = i + 1 < chunks.len();
+                    if tx.send(Ok(pb::SyncAuthorizedEntriesResponse { entry_revisions: vec![], entries: c.to_vec(), more })).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 }

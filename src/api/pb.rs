@@ -60,6 +60,15 @@ pub mod cairn {
         }
     }
 }
+/// gRPC health checking (`grpc.health.v1`, Check only): SPIRE's agent serves it on the
+/// Workload API socket and `healthcheck` calls it.
+pub mod grpc {
+    pub mod health {
+        pub mod v1 {
+            tonic::include_proto!("grpc.health.v1");
+        }
+    }
+}
 /// SPIFFE Workload API (package-less proto; gRPC service `SpiffeWorkloadAPI`).
 pub mod workload {
     tonic::include_proto!("workload");

@@ -86,13 +86,67 @@ impl pb::svid_server::Svid for Svc {
 
     async fn batch_new_x509svid(
         &self,
-        _req: Request<pb::BatchNewX509svidRequest>,
+        req: Request<pb::BatchNewX509svidRequest>,
     ) -> Result<Response<pb::BatchNewX509svidResponse>, Status> {
-        Err(ApiError::Unimplemented("agent SVID issuance is not in this cairn yet").into())
+        let caller = self.authorize(&req, Policy::Agent, "/spire.api.server.svid.v1.SVID/BatchNewX509SVID").await?;
+        let agent = caller.id().ok_or(ApiError::PermissionDenied("/spire.api.server.svid.v1.SVID/BatchNewX509SVID"))?;
+        let params = &req.get_ref().params;
+        if params.is_empty() {
+            return Err(ApiError::InvalidArgument("missing parameters".into()).into());
+        }
+        let authorized: std::collections::HashMap<String, std::sync::Arc<crate::datastore::Entry>> =
+            self.state().entry_cache.authorized_entries(agent).into_iter().map(|e| (e.id.clone(), e)).collect();
+        let now = now();
+        let results = params
+            .iter()
+            .map(|p| {
+                let r: Result<pt::X509svid, ApiError> = (|| {
+                    if p.entry_id.is_empty() {
+                        return Err(ApiError::InvalidArgument("missing entry ID".into()));
+                    }
+                    check_csr_size(&p.csr)?;
+                    let entry =
+                        authorized.get(&p.entry_id).ok_or_else(|| ApiError::NotFound("entry not found or not authorized".into()))?;
+                    let (spki, _) = csr_public_key(&p.csr)?;
+                    let req = X509SvidRequest { id: &entry.spiffe_id, dns_names: &entry.dns_names, ttl: i64::from(entry.x509_svid_ttl) };
+                    let chain = self.state().ca.mint_x509_svid(&spki, &req, now)?;
+                    let exp = chain.first().map_or(0, |l| expires_at(l));
+                    Ok(pt::X509svid { cert_chain: chain, id: Some(id_to_proto(&entry.spiffe_id)), expires_at: exp, hint: String::new() })
+                })();
+                match r {
+                    Ok(svid) => pb::batch_new_x509svid_response::Result { status: Some(super::status::ok_status()), svid: Some(svid) },
+                    Err(e) => pb::batch_new_x509svid_response::Result { status: Some(e.to_result_status()), svid: None },
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::BatchNewX509svidResponse { results }))
     }
 
-    async fn new_jwtsvid(&self, _req: Request<pb::NewJwtsvidRequest>) -> Result<Response<pb::NewJwtsvidResponse>, Status> {
-        Err(ApiError::Unimplemented("agent SVID issuance is not in this cairn yet").into())
+    async fn new_jwtsvid(&self, req: Request<pb::NewJwtsvidRequest>) -> Result<Response<pb::NewJwtsvidResponse>, Status> {
+        let caller = self.authorize(&req, Policy::Agent, "/spire.api.server.svid.v1.SVID/NewJWTSVID").await?;
+        let agent = caller.id().ok_or(ApiError::PermissionDenied("/spire.api.server.svid.v1.SVID/NewJWTSVID"))?;
+        let r = req.get_ref();
+        let entry = self
+            .state()
+            .entry_cache
+            .authorized_entry(agent, &r.entry_id)
+            .ok_or_else(|| ApiError::NotFound("entry not found or not authorized".into()))?;
+        let audience: Vec<String> = r.audience.iter().filter(|a| !a.is_empty()).cloned().collect();
+        if audience.is_empty() {
+            return Err(ApiError::InvalidArgument("at least one audience is required".into()).into());
+        }
+        let now = now();
+        let (token, exp) =
+            self.state().ca.mint_jwt_svid(&entry.spiffe_id, &audience, i64::from(entry.jwt_svid_ttl), now).map_err(ApiError::from)?;
+        Ok(Response::new(pb::NewJwtsvidResponse {
+            svid: Some(pt::Jwtsvid {
+                token,
+                id: Some(id_to_proto(&entry.spiffe_id)),
+                expires_at: exp,
+                issued_at: now,
+                hint: entry.hint.clone(),
+            }),
+        }))
     }
 
     async fn batch_new_witsvid(&self, _req: Request<pb::BatchNewWitsvidRequest>) -> Result<Response<pb::BatchNewWitsvidResponse>, Status> {

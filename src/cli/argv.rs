@@ -13,6 +13,7 @@ const SPECIAL: &[(&str, &str)] = &[
     ("authorityID", "authority-id"),
     ("endpointSpiffeID", "endpoint-spiffe-id"),
     ("bundleEndpointURL", "bundle-endpoint-url"),
+    ("disableSDSAPI", "disable-sds-api"),
 ];
 
 fn camel_to_kebab(name: &str) -> String {

@@ -1,6 +1,8 @@
-//! Command line: `cairn server ...` (and, through a link named `spire-server`, the same with
-//! SPIRE's program name). SPIRE's flag spelling (`-spiffeID`) works beside `--spiffe-id`.
+//! Command line: `cairn server ...` and `cairn agent ...` (and, through links named
+//! `spire-server` / `spire-agent`, the same with SPIRE's program names). SPIRE's flag spelling
+//! (`-spiffeID`) works beside `--spiffe-id`.
 
+pub mod agent;
 pub mod argv;
 pub mod client;
 pub mod server;
@@ -23,6 +25,11 @@ enum Top {
         #[command(subcommand)]
         command: server::ServerCommand,
     },
+    /// The node agent and Workload API clients (SPIRE's spire-agent).
+    Agent {
+        #[command(subcommand)]
+        command: agent::AgentCommand,
+    },
 }
 
 /// Runs the CLI with the process arguments.
@@ -33,9 +40,11 @@ pub fn main() -> ExitCode {
         .first()
         .map(|a| std::path::Path::new(a).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default())
         .unwrap_or_default();
-    // Invoked as spire-server: behave as `cairn server`.
+    // Invoked as spire-server or spire-agent: behave as `cairn server` / `cairn agent`.
     if program == "spire-server" {
         args.insert(1, "server".into());
+    } else if program == "spire-agent" {
+        args.insert(1, "agent".into());
     }
     let args = argv::normalize(args);
     let cli = match Cli::try_parse_from(args) {
@@ -55,6 +64,7 @@ pub fn main() -> ExitCode {
     let result = rt.block_on(async move {
         match cli.command {
             Top::Server { command } => server::run(command).await,
+            Top::Agent { command } => agent::run(command, |config| Box::pin(crate::agent::run::run(config))).await,
         }
     });
     match result {

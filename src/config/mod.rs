@@ -4,6 +4,7 @@
 //! [`server::ServerConfig::from_tree`] walks it, collecting *every* problem with the dotted path
 //! of its key (`server.ca_ttl`, `plugins.KeyManager.disk.plugin_data.keys_path`) before failing.
 
+pub mod agent;
 pub mod hcl;
 pub mod server;
 

@@ -167,10 +167,10 @@ pub async fn attest_x509pop(
         .verify_response(&response)
         .map_err(|e| ApiError::Denied(format!("nodeattestor(x509pop): challenge response verification failed: {e}")))?;
     let path = cert
-        .agent_path(cfg.agent_path_template.as_deref())
+        .agent_path(state.trust_domain.as_str(), cfg.agent_path_template.as_deref())
         .map_err(|e| ApiError::Internal { public: "failed to build agent ID", detail: e.to_string() })?;
     let agent_id = SpiffeId::from_path(&state.trust_domain, &path)
         .map_err(|e| ApiError::Internal { public: "failed to build agent ID", detail: format!("{path}: {e}") })?;
-    let selectors = cert.selectors().into_iter().map(|(kind, value)| Selector { kind, value }).collect();
+    let selectors = cert.selectors(state.trust_domain.as_str()).into_iter().map(|(kind, value)| Selector { kind, value }).collect();
     Ok(Attested { agent_id, attestation_type: "x509pop", selectors, can_reattest: true })
 }

@@ -3,6 +3,8 @@
 //! what it issues with independent tools (openssl, PyJWT).
 #![allow(dead_code, reason = "each test binary uses a different part of the harness")]
 
+pub mod agent;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};

@@ -1,0 +1,181 @@
+//! `cairn agent run`: config -> attestation -> sync loop + Workload API, until a signal.
+
+use super::client::ServerTrust;
+use super::manager::{Agent, AgentSettings, NodeAttestation};
+use super::unix_attestor::{self, PeerCred, UnixAttestorConfig};
+use super::workload::{self, CallerInfo, WorkloadApi};
+use crate::config::agent::{
+    AgentConfig, AgentKeyManagerConfig, NodeAttestorConfig, TrustBundleFormat, TrustBundleSource, WorkloadAttestorConfig,
+};
+use crate::datastore::Selector;
+use crate::spiffe::Bundle;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn bootstrap_roots(config: &AgentConfig) -> Result<ServerTrust, String> {
+    match &config.trust_bundle {
+        TrustBundleSource::InsecureBootstrap => {
+            tracing::warn!(
+                "insecure_bootstrap is set: the server's identity is checked but its certificate chain is not, until the first bundle arrives"
+            );
+            Ok(ServerTrust::InsecureBootstrap)
+        }
+        TrustBundleSource::Path(p, format) => {
+            let data = std::fs::read(p).map_err(|e| format!("agent.trust_bundle_path {}: {e}", p.display()))?;
+            let roots = match format {
+                TrustBundleFormat::Pem => {
+                    let text = String::from_utf8(data).map_err(|_| format!("agent.trust_bundle_path {}: not a PEM file", p.display()))?;
+                    crate::spiffe::parse_pem_certs(&text).map_err(|e| format!("agent.trust_bundle_path {}: {e}", p.display()))?
+                }
+                TrustBundleFormat::Spiffe => {
+                    Bundle::from_spiffe_json(config.trust_domain.clone(), &data)
+                        .map_err(|e| format!("agent.trust_bundle_path {}: {e}", p.display()))?
+                        .x509_authorities
+                }
+            };
+            if roots.is_empty() {
+                return Err(format!("agent.trust_bundle_path {}: no certificates", p.display()));
+            }
+            Ok(ServerTrust::Roots(roots))
+        }
+        TrustBundleSource::Url(u, _) => Err(format!(
+            "agent.trust_bundle_url {u:?}: fetching the bootstrap bundle over HTTPS is not in this cairn yet; download it and use trust_bundle_path"
+        )),
+    }
+}
+
+fn node_attestation(config: &AgentConfig) -> Result<NodeAttestation, String> {
+    match &config.node_attestor {
+        NodeAttestorConfig::JoinToken => Ok(NodeAttestation::JoinToken(config.join_token.clone())),
+        NodeAttestorConfig::X509Pop { private_key_path, certificate_path, intermediates_path } => {
+            let p = "plugins.NodeAttestor.x509pop.plugin_data";
+            let key_pem = zeroize::Zeroizing::new(
+                std::fs::read_to_string(private_key_path)
+                    .map_err(|e| format!("{p}.private_key_path {}: {e}", private_key_path.display()))?,
+            );
+            let key =
+                rcgen::KeyPair::from_pem(&key_pem).map_err(|e| format!("{p}.private_key_path {}: {e}", private_key_path.display()))?;
+            let certs = std::fs::read_to_string(certificate_path)
+                .map_err(|e| format!("{p}.certificate_path {}: {e}", certificate_path.display()))?;
+            let mut chain =
+                crate::spiffe::parse_pem_certs(&certs).map_err(|e| format!("{p}.certificate_path {}: {e}", certificate_path.display()))?;
+            if let Some(i) = intermediates_path {
+                let text = std::fs::read_to_string(i).map_err(|e| format!("{p}.intermediates_path {}: {e}", i.display()))?;
+                chain.extend(crate::spiffe::parse_pem_certs(&text).map_err(|e| format!("{p}.intermediates_path {}: {e}", i.display()))?);
+            }
+            Ok(NodeAttestation::X509Pop { chain, key_pkcs8: Arc::new(zeroize::Zeroizing::new(key.serialize_der())) })
+        }
+    }
+}
+
+/// Binds the Workload API socket. The socket is world-connectable on purpose: callers are
+/// identified by workload attestation, not by file permissions (as in SPIRE).
+async fn bind_workload_socket(path: &std::path::Path) -> Result<tokio::net::UnixListener, String> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| format!("agent.socket_path directory {}: {e}", dir.display()))?;
+    }
+    if path.exists() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            return Err(format!("agent.socket_path {} is in use by a running agent", path.display()));
+        }
+        std::fs::remove_file(path).map_err(|e| format!("removing stale socket {}: {e}", path.display()))?;
+    }
+    let l = tokio::net::UnixListener::bind(path).map_err(|e| format!("agent.socket_path {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))
+        .map_err(|e| format!("agent.socket_path {}: {e}", path.display()))?;
+    Ok(l)
+}
+
+/// Runs the agent until SIGINT/SIGTERM.
+///
+/// # Errors
+/// A message for the operator (bad files, attestation refused, banned).
+pub async fn run(config: AgentConfig) -> Result<(), String> {
+    crate::telemetry::init(&config.log_level, config.log_format);
+    let trust = bootstrap_roots(&config)?;
+    let attestation = node_attestation(&config)?;
+    let state_dir = match &config.key_manager {
+        AgentKeyManagerConfig::Memory => None,
+        AgentKeyManagerConfig::Disk { directory } => Some(directory.clone()),
+    };
+    let unix = config.workload_attestors.iter().map(|w| match w {
+        WorkloadAttestorConfig::Unix(u) => *u,
+    });
+    let unix_cfgs: Vec<UnixAttestorConfig> = unix
+        .map(|u| UnixAttestorConfig {
+            discover_workload_path: u.discover_workload_path,
+            workload_size_limit: u.workload_size_limit,
+            ..UnixAttestorConfig::default()
+        })
+        .collect();
+    let settings = AgentSettings {
+        trust_domain: config.trust_domain.clone(),
+        server_addr: format!("{}:{}", config.server_address, config.server_port),
+        bootstrap: trust,
+        attestation,
+        state_dir,
+        sync_interval: config.sync_interval,
+    };
+    let agent = Agent::start(settings).await.map_err(|e| e.to_string())?;
+    if let Some(id) = agent.agent_id().await {
+        tracing::info!(agent_id = %id, "agent identity");
+    }
+    // First sync before serving, so the first Workload API answer already has SVIDs.
+    for attempt in 0..5 {
+        match agent.sync_once().await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, attempt, "initial sync failed");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    // The socket appears once the agent has an identity and a first sync, as SPIRE's does.
+    let listener = bind_workload_socket(&config.socket_path).await?;
+    let attestor = move |c: &CallerInfo| -> Result<Vec<Selector>, String> {
+        let peer = PeerCred { pid: c.pid, uid: c.uid, gid: c.gid };
+        let mut out = Vec::new();
+        for cfg in &unix_cfgs {
+            for (kind, value) in unix_attestor::attest(&peer, cfg).map_err(|e| e.to_string())? {
+                out.push(Selector { kind, value });
+            }
+        }
+        Ok(out)
+    };
+    let api = WorkloadApi::new(Arc::clone(&agent) as Arc<dyn super::cache::WorkloadSource>, Arc::new(attestor));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let serve = tokio::spawn(workload::serve(api, listener, stopped(stop_rx.clone())));
+    let sync = tokio::spawn(Arc::clone(&agent).run(stopped(stop_rx.clone())));
+    let socket = config.socket_path.clone();
+    tracing::info!(socket = %socket.display(), "Workload API is serving");
+    let signal = async {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(t) => t,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    tokio::pin!(sync);
+    let result = tokio::select! {
+        () = signal => Ok(()),
+        r = &mut sync => match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
+        },
+    };
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), serve).await;
+    let _ = std::fs::remove_file(&socket);
+    result
+}

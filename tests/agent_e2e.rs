@@ -1,0 +1,135 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test code: a failed unwrap is a failed test")]
+//! A cairn agent attested to a cairn server, serving the Workload API to real SPIFFE clients
+//! (the Python `spiffe` package here; the Rust `spiffe` crate in workload_clients.rs).
+
+mod common;
+
+use common::agent::*;
+use common::*;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const PY_CLIENT: &str = r#"
+import sys, datetime
+from spiffe import WorkloadApiClient, JwtSvid, TrustDomain
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import hashes, serialization
+sock, want = sys.argv[1], sys.argv[2]
+with WorkloadApiClient(socket_path="unix:" + sock) as c:
+    svid = c.fetch_x509_svid()
+    assert str(svid.spiffe_id) == want, svid.spiffe_id
+    bundle = c.fetch_x509_bundles().get_bundle_for_trust_domain(TrustDomain("example.org"))
+    roots = bundle.x509_authorities
+    assert len(roots) >= 1
+    # The chain verifies: each certificate is signed by the next, the last by a bundle root.
+    chain = list(svid.cert_chain)
+    issuers = chain[1:] + [None]
+    for cert, issuer in zip(chain, issuers):
+        if issuer is None:
+            issuer = next(r for r in roots if r.subject == cert.issuer)
+        issuer.public_key().verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm))
+    # The private key matches the leaf.
+    pub1 = svid.private_key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    pub2 = svid.leaf.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    assert pub1 == pub2
+    jwt = c.fetch_jwt_svid(audience={"test-audience"})
+    assert str(jwt.spiffe_id) == want, jwt.spiffe_id
+    jb = c.fetch_jwt_bundles().get_bundle_for_trust_domain(TrustDomain("example.org"))
+    parsed = JwtSvid.parse_and_validate(jwt.token, jb, {"test-audience"})
+    assert str(parsed.spiffe_id) == want
+    validated = c.validate_jwt_svid(jwt.token, "test-audience")
+    assert str(validated.spiffe_id) == want
+    try:
+        c.validate_jwt_svid(jwt.token, "other-audience")
+        raise SystemExit("wrong audience accepted")
+    except Exception as e:
+        assert "audience" in str(e).lower() or "invalid" in str(e).lower(), e
+print("PY-OK", want)
+"#;
+
+#[test]
+fn python_spiffe_client_against_an_attested_agent() {
+    require("python3");
+    let tmp = tempfile::tempdir().unwrap();
+    let sdir = tmp.path().join("server");
+    std::fs::create_dir(&sdir).unwrap();
+    let s = TestServer::start(&sdir, &ServerOpts::default());
+    let t = token(&s, "spiffe://example.org/node1", "600");
+    s.cli_ok(&[
+        "entry",
+        "create",
+        "-parentID",
+        "spiffe://example.org/node1",
+        "-spiffeID",
+        "spiffe://example.org/workload",
+        "-selector",
+        &format!("unix:uid:{}", my_uid()),
+    ]);
+    let adir = tmp.path().join("agent");
+    std::fs::create_dir(&adir).unwrap();
+    let cfg = agent_config(&adir, &s, "NodeAttestor \"join_token\" { plugin_data {} }", Some(&t));
+    let mut a = TestAgent::start(&adir, cfg.clone());
+    let (ok, out) = run(Command::new("python3").arg("-c").arg(PY_CLIENT).arg(&a.socket).arg("spiffe://example.org/workload"));
+    assert!(ok && out.contains("PY-OK"), "py-spiffe failed: {out}\nagent log:\n{}", a.log());
+    // The agent is recorded on the server under its join-token ID.
+    let agents = s.cli_ok(&["agent", "list"]);
+    assert!(agents.contains(&format!("spiffe://example.org/spire/agent/join_token/{t}")), "{agents}");
+
+    // Restart with disk keys: same identity, no token needed (the token is spent anyway).
+    a.stop();
+    let cfg2 = agent_config(&adir, &s, "NodeAttestor \"join_token\" { plugin_data {} }", None);
+    a.config = cfg2;
+    a.spawn();
+    let (ok, out) = run(Command::new("python3").arg("-c").arg(PY_CLIENT).arg(&a.socket).arg("spiffe://example.org/workload"));
+    assert!(ok, "after restart: {out}\n{}", a.log());
+    assert!(s.cli_ok(&["agent", "count"]).starts_with("1 "), "restart must not create a second agent");
+
+    // The token is single use: a second agent presenting it is refused, clearly.
+    let bdir = tmp.path().join("agent2");
+    std::fs::create_dir(&bdir).unwrap();
+    let cfg = agent_config(&bdir, &s, "NodeAttestor \"join_token\" { plugin_data {} }", Some(&t));
+    let out = Command::new(CAIRN).args(["agent", "run", "-config"]).arg(&cfg).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("join token does not exist or has already been used"), "{err}");
+    // The first agent keeps serving.
+    let (ok, _) = run(Command::new("python3").arg("-c").arg(PY_CLIENT).arg(&a.socket).arg("spiffe://example.org/workload"));
+    assert!(ok);
+}
+
+#[test]
+fn expired_token_and_banned_agent_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sdir = tmp.path().join("server");
+    std::fs::create_dir(&sdir).unwrap();
+    let s = TestServer::start(&sdir, &ServerOpts::default());
+    let t = token(&s, "spiffe://example.org/node-exp", "1");
+    std::thread::sleep(Duration::from_millis(2100));
+    let adir = tmp.path().join("a");
+    std::fs::create_dir(&adir).unwrap();
+    let cfg = agent_config(&adir, &s, "NodeAttestor \"join_token\" { plugin_data {} }", Some(&t));
+    let out = Command::new(CAIRN).args(["agent", "run", "-config"]).arg(&cfg).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("expired"), "{err}");
+
+    // A banned agent is told so and stops.
+    let t2 = token(&s, "spiffe://example.org/node-ban", "600");
+    let bdir = tmp.path().join("b");
+    std::fs::create_dir(&bdir).unwrap();
+    let cfg = agent_config(&bdir, &s, "NodeAttestor \"join_token\" { plugin_data {} }", Some(&t2));
+    let mut a = TestAgent::start(&bdir, cfg);
+    s.cli_ok(&["agent", "ban", "-spiffeID", &format!("spiffe://example.org/spire/agent/join_token/{t2}")]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let exited = loop {
+        if let Some(c) = a.child.as_mut()
+            && let Ok(Some(status)) = c.try_wait()
+        {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(exited.is_some_and(|s| !s.success()), "a banned agent must stop:\n{}", a.log());
+    assert!(a.log().contains("banned"), "{}", a.log());
+}

@@ -1,0 +1,126 @@
+//! Running `cairn agent` processes in tests.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    dead_code,
+    reason = "test code: a failed unwrap is a failed test; each test binary uses part of it"
+)]
+
+use super::*;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct TestAgent {
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub config: PathBuf,
+    pub child: Option<Child>,
+}
+
+pub fn agent_config(dir: &Path, server: &TestServer, node_attestor: &str, join_token: Option<&str>) -> PathBuf {
+    let bundle = dir.join("bootstrap.pem");
+    if !bundle.exists() {
+        std::fs::write(&bundle, server.cli_ok(&["bundle", "show"])).unwrap();
+    }
+    let token = join_token.map(|t| format!("join_token = \"{t}\"")).unwrap_or_default();
+    let text = format!(
+        r#"
+agent {{
+    data_dir = "{d}"
+    log_level = "DEBUG"
+    server_address = "127.0.0.1"
+    server_port = "{port}"
+    socket_path = "{d}/agent.sock"
+    trust_bundle_path = "{bundle}"
+    trust_domain = "example.org"
+    {token}
+    experimental {{ sync_interval = "1s" }}
+}}
+plugins {{
+    {node_attestor}
+    KeyManager "disk" {{ plugin_data {{ directory = "{d}/keys" }} }}
+    WorkloadAttestor "unix" {{ plugin_data {{ discover_workload_path = true }} }}
+}}
+"#,
+        d = dir.display(),
+        port = server.port,
+        bundle = bundle.display(),
+    );
+    let path = dir.join("agent.conf");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+impl TestAgent {
+    pub fn start(dir: &Path, config: PathBuf) -> Self {
+        let mut a = Self { dir: dir.to_owned(), socket: dir.join("agent.sock"), config, child: None };
+        a.spawn();
+        a
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("agent.log")).unwrap();
+        self.child = Some(
+            Command::new(CAIRN).args(["agent", "run", "-config"]).arg(&self.config).stdout(Stdio::null()).stderr(log).spawn().unwrap(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                panic!("agent exited with {status}:\n{}", self.log());
+            }
+            if self.socket.exists() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "agent did not start:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    pub fn api(&self, args: &[&str]) -> std::process::Output {
+        let mut a = vec!["agent", "api"];
+        a.extend_from_slice(args);
+        let sock = self.socket.display().to_string();
+        a.push("-socketPath");
+        a.push(&sock);
+        Command::new(CAIRN).args(&a).output().unwrap()
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn my_uid() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+pub fn token(server: &TestServer, alias: &str, ttl: &str) -> String {
+    let out = server.cli_ok(&["token", "generate", "-spiffeID", alias, "-ttl", ttl]);
+    out.trim().strip_prefix("Token: ").unwrap().to_owned()
+}
