@@ -47,6 +47,7 @@ async fn in_process(csrs: &[Vec<u8>]) -> f64 {
         ca_subject: CaSubject::default(),
         jwt_issuer: None,
         journal_key: "bench".into(),
+        jwt_publish_grace: 0,
     };
     let m = CaManager::new(cfg, Arc::new(MemoryKeyManager::new()), None, ds);
     m.initialize(cairn::now_unix()).await.unwrap();

@@ -62,12 +62,18 @@ impl pb::bundle_server::Bundle for Svc {
         self.authorize(&req, Policy::Downstream, "/spire.api.server.bundle.v1.Bundle/PublishJWTAuthority").await?;
         let key = req.get_ref().jwt_authority.as_ref().ok_or_else(|| ApiError::InvalidArgument("missing JWT authority".into()))?;
         let key = jwt_key_from_proto(key)?;
-        let b = self
-            .state()
-            .datastore
-            .append_bundle(&self.state().trust_domain, &[], std::slice::from_ref(&key))
-            .await
-            .map_err(ApiError::from)?;
+        let mut keys = vec![key.clone()];
+        // A downstream tier publishes further up first, so the key reaches the root (and
+        // from there every tier) before this tier reports it accepted.
+        if let Some(up) = &self.state().upstream {
+            match up.publish_jwt_key(&key).await {
+                Ok(upstream_keys) => keys.extend(upstream_keys),
+                Err(crate::upstream::UpstreamError::Unsupported) => {}
+                Err(e) => return Err(ApiError::Internal { public: "failed to publish JWT key", detail: e.to_string() }.into()),
+            }
+        }
+        let b = self.state().datastore.append_bundle(&self.state().trust_domain, &[], &keys).await.map_err(ApiError::from)?;
+        self.state().entry_cache.reload_bundle(self.state().datastore.as_ref()).await.map_err(ApiError::from)?;
         Ok(Response::new(pb::PublishJwtAuthorityResponse { jwt_authorities: b.jwt_authorities.iter().map(jwt_key_to_proto).collect() }))
     }
 

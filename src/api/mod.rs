@@ -46,6 +46,10 @@ pub struct ApiState {
     pub agent_ttl: i64,
     /// Node attestation settings.
     pub attestors: crate::server::attest::Attestors,
+    /// The upstream authority, when this server is not a self-signed root.
+    pub upstream: Option<Arc<dyn crate::upstream::UpstreamAuthority>>,
+    /// Last contact with the upstream (for status output).
+    pub upstream_status: Arc<std::sync::RwLock<crate::server::UpstreamStatus>>,
 }
 
 /// Who is calling.

@@ -46,6 +46,8 @@ pub struct CaConfig {
     pub jwt_issuer: Option<String>,
     /// The row this server's journal lives in (one per server when several share a database).
     pub journal_key: String,
+    /// Seconds a JWT key published upstream waits before first use (see `rotate_locked`).
+    pub jwt_publish_grace: i64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -297,6 +299,12 @@ impl CaManager {
             return Err(CaError::NoX509Ca);
         }
         let lt = |r: &JwtRecord| Lifetime { not_before: r.issued_at, not_after: r.not_after };
+        // A key published upstream needs a moment to reach the other tiers' bundles and their
+        // agents; until then JWT-SVIDs signed with it would fail validation elsewhere
+        // (SPIRE #5317, #3582). So a fresh key under an upstream waits `jwt_publish_grace`
+        // before first use, even when there is no current key to fall back on.
+        let grace = if self.upstream.is_some() { self.config.jwt_publish_grace } else { 0 };
+        let next_ready = |s: &Slots| s.jwt_next.as_ref().is_some_and(|n| now >= n.record.issued_at + grace);
         match rotation::next_action(slots.jwt_current.as_ref().map(|s| lt(&s.record)), slots.jwt_next.as_ref().map(|s| lt(&s.record)), now)
         {
             Action::Nothing => {}
@@ -305,11 +313,22 @@ impl CaManager {
                 slots.jwt_next = Some(self.prepare_jwt(slots, slot, now).await?);
                 tracing::info!(slot, "prepared next JWT key");
             }
-            Action::ActivateNext => activate_jwt(slots, &self.ca),
+            Action::ActivateNext => {
+                if next_ready(slots) {
+                    activate_jwt(slots, &self.ca);
+                }
+            }
             Action::PrepareAndActivate => {
                 let slot = other_slot(slots.jwt_current.as_ref().map(|s| s.record.slot.as_str()));
                 slots.jwt_next = Some(self.prepare_jwt(slots, slot, now).await?);
-                activate_jwt(slots, &self.ca);
+                if next_ready(slots) {
+                    activate_jwt(slots, &self.ca);
+                } else {
+                    tracing::info!(
+                        grace_secs = grace,
+                        "JWT key published upstream; activating it once it has had time to reach the other tiers"
+                    );
+                }
             }
         }
         Ok(())
@@ -328,6 +347,7 @@ impl CaManager {
                 let csr = self.ca_csr(&key)?;
                 let minted = up.mint_x509_ca(&csr, self.config.ca_ttl).await.map_err(|e| CaError::Upstream(e.to_string()))?;
                 validate_minted(&minted.chain, &minted.roots, &key, td, now)?;
+                check_tier_ttls(&minted.chain, &minted.roots, self.config.ca_ttl)?;
                 self.datastore.append_bundle(td, &minted.roots, &[]).await?;
                 let first = minted.chain.first().cloned().ok_or_else(|| CaError::Upstream("empty chain".into()))?;
                 (first, minted.chain)
@@ -502,6 +522,36 @@ fn activate_jwt(slots: &mut Slots, ca: &Ca) {
         tracing::info!(kid = %next.record.kid, "activated JWT key");
         slots.jwt_current = Some(next);
     }
+}
+
+/// Refuses tier TTL ratios that cannot work (SPIRE #7199): an upstream CA is active while it
+/// has between 2/3 and 1/6 of its life left, and caps what it signs at its own expiry, so a
+/// downstream gets its full `ca_ttl` only when the upstream CA lives at least 6 times as long.
+/// Otherwise downstream CAs come out short and SVIDs get cut or expire early; say so plainly.
+fn check_tier_ttls(chain: &[Vec<u8>], roots: &[Vec<u8>], ca_ttl: i64) -> Result<(), CaError> {
+    let parse = |d: &[u8]| {
+        x509_parser::parse_x509_certificate(d).ok().map(|(_, c)| c.validity().not_after.timestamp() - c.validity().not_before.timestamp())
+    };
+    let ours = chain.first().and_then(|c| x509_parser::parse_x509_certificate(c).ok().map(|(_, c)| c.issuer().to_string()));
+    // The issuer: the next certificate in the chain, else the root with our issuer's name.
+    let issuer_life = chain.get(1).and_then(|c| parse(c)).or_else(|| {
+        roots
+            .iter()
+            .find(|r| x509_parser::parse_x509_certificate(r).is_ok_and(|(_, c)| Some(c.subject().to_string()) == ours))
+            .and_then(|r| parse(r))
+    });
+    if let Some(life) = issuer_life
+        && life < 6 * ca_ttl
+    {
+        return Err(CaError::Upstream(format!(
+            "the upstream CA lives {}, less than 6 x this tier's ca_ttl ({}): downstream CAs would be cut short. Raise the upstream's ca_ttl to at least {} or lower this tier's ca_ttl to at most {}",
+            crate::config::format_duration(life),
+            crate::config::format_duration(ca_ttl),
+            crate::config::format_duration(6 * ca_ttl),
+            crate::config::format_duration(life / 6)
+        )));
+    }
+    Ok(())
 }
 
 /// Checks a CA minted upstream before it is used (SPIRE's credential validator): a currently

@@ -23,6 +23,7 @@ fn config(ca_ttl: i64) -> CaConfig {
         ca_subject: CaSubject::default(),
         jwt_issuer: Some("https://issuer.example".into()),
         journal_key: "test".into(),
+        jwt_publish_grace: 0,
     }
 }
 

@@ -34,6 +34,8 @@ pub enum KeyManagerConfig {
 pub enum UpstreamConfig {
     /// `UpstreamAuthority "disk"`.
     Disk(DiskUpstreamConfig),
+    /// `UpstreamAuthority "spire"`: this server is a downstream tier.
+    Spire(crate::upstream::spire::SpireUpstreamConfig),
 }
 
 /// `health_checks { ... }`.
@@ -118,6 +120,15 @@ pub struct ServerConfig {
     pub health: Option<HealthConfig>,
     /// How often the CA rotator checks its slots (`experimental.ca_rotation_interval`, default 10s).
     pub ca_rotation_interval: i64,
+    /// Seconds a JWT key published upstream waits before first use
+    /// (`experimental.jwt_publish_grace`, default 5s).
+    pub jwt_publish_grace: i64,
+    /// How often the upstream bundle is polled when the upstream cannot push it
+    /// (`experimental.upstream_bundle_poll_interval`, default 5s, SPIRE's).
+    pub upstream_poll_interval: i64,
+    /// Use polling even when the upstream can push (`experimental.upstream_bundle_push = false`),
+    /// to compare the two paths.
+    pub upstream_bundle_push: bool,
 }
 
 /// Command-line overrides (SPIRE's `-trustDomain`, `-serverPort` ...), applied over the file.
@@ -326,14 +337,36 @@ impl ServerConfig {
             })
             .collect();
         let mut ca_rotation_interval = 10;
+        let mut jwt_publish_grace = 5;
+        let mut upstream_poll_interval = 5;
+        let mut upstream_bundle_push = true;
         if let Some(exp) = w.block(server, "experimental", p) {
-            w.unknown_keys(exp, &["ca_rotation_interval"], "server.experimental", |_| None);
-            if let Some(v) = w.duration(exp, "ca_rotation_interval", "server.experimental") {
+            let ep = "server.experimental";
+            w.unknown_keys(
+                exp,
+                &["ca_rotation_interval", "jwt_publish_grace", "upstream_bundle_poll_interval", "upstream_bundle_push"],
+                ep,
+                |_| None,
+            );
+            if let Some(v) = w.duration(exp, "ca_rotation_interval", ep) {
                 if v == 0 {
                     w.err("server.experimental.ca_rotation_interval", "must be greater than zero");
                 } else {
                     ca_rotation_interval = v;
                 }
+            }
+            if let Some(v) = w.duration(exp, "jwt_publish_grace", ep) {
+                jwt_publish_grace = v;
+            }
+            if let Some(v) = w.duration(exp, "upstream_bundle_poll_interval", ep) {
+                if v == 0 {
+                    w.err("server.experimental.upstream_bundle_poll_interval", "must be greater than zero");
+                } else {
+                    upstream_poll_interval = v;
+                }
+            }
+            if let Some(v) = w.boolean(exp, "upstream_bundle_push", ep) {
+                upstream_bundle_push = v;
             }
         }
 
@@ -375,6 +408,9 @@ impl ServerConfig {
                 upstream: pl.upstream,
                 health,
                 ca_rotation_interval,
+                jwt_publish_grace,
+                upstream_poll_interval,
+                upstream_bundle_push,
             }),
             _ => Err(ConfigErrors(w.errors)),
         }
@@ -599,10 +635,36 @@ impl Plugins {
                     _ => None,
                 }
             }
+            [u] if u.name == "spire" => {
+                let data = u.data.unwrap_or(&empty);
+                w.unknown_keys(data, &["server_address", "server_port", "workload_api_socket", "experimental"], &u.path, |_| None);
+                let addr = w.string(data, "server_address", &u.path);
+                let port = w.port(data, "server_port", &u.path);
+                let socket = w.string(data, "workload_api_socket", &u.path);
+                if addr.is_none() {
+                    w.err(&join(&u.path, "server_address"), "missing: the upstream server's address");
+                }
+                if port.is_none() {
+                    w.err(&join(&u.path, "server_port"), "missing: the upstream server's port");
+                }
+                if socket.is_none() {
+                    w.err(&join(&u.path, "workload_api_socket"), "missing: the Workload API socket of the upper tier's agent on this host");
+                }
+                match (addr, port, socket) {
+                    (Some(server_address), Some(server_port), Some(s)) => {
+                        Some(UpstreamConfig::Spire(crate::upstream::spire::SpireUpstreamConfig {
+                            server_address,
+                            server_port,
+                            workload_api_socket: s.into(),
+                        }))
+                    }
+                    _ => None,
+                }
+            }
             [u] => {
                 w.err(
                     &u.path.replace(".plugin_data", ""),
-                    "unknown UpstreamAuthority: this cairn has \"disk\" (vault, pkcs11 and spire come in later issues)",
+                    "unknown UpstreamAuthority: this cairn has \"disk\" and \"spire\" (vault and pkcs11 come in later issues)",
                 );
                 None
             }

@@ -2,8 +2,12 @@
 //! gRPC services, and the `run(listeners, shutdown)` loop.
 
 pub mod attest;
+pub mod bundlewatch;
 pub mod entrycache;
 pub mod tls;
+pub mod upstream_sync;
+
+pub use upstream_sync::UpstreamStatus;
 
 use crate::api::pb::spire::api::server as spb;
 use crate::api::{ApiState, Svc};
@@ -82,6 +86,9 @@ impl Server {
         let upstream: Option<Arc<dyn UpstreamAuthority>> = match &config.upstream {
             None => None,
             Some(UpstreamConfig::Disk(d)) => Some(Arc::new(DiskUpstreamAuthority::new(d.clone(), config.trust_domain.clone())?)),
+            Some(UpstreamConfig::Spire(c)) => {
+                Some(Arc::new(crate::upstream::spire::SpireUpstream::new(c.clone(), config.trust_domain.clone())?))
+            }
         };
         let ca_config = CaConfig {
             trust_domain: config.trust_domain.clone(),
@@ -93,8 +100,9 @@ impl Server {
             ca_subject: config.ca_subject.clone(),
             jwt_issuer: config.jwt_issuer.clone(),
             journal_key: server_instance_id(&config.data_dir)?,
+            jwt_publish_grace: config.jwt_publish_grace,
         };
-        let ca_manager = Arc::new(CaManager::new(ca_config, key_manager, upstream, Arc::clone(&datastore)));
+        let ca_manager = Arc::new(CaManager::new(ca_config, key_manager, upstream.clone(), Arc::clone(&datastore)));
         ca_manager.initialize(crate::now_unix()).await?;
         let tls = Arc::new(
             TlsState::new(config.trust_domain.clone(), ca_manager.ca(), config.ca_key_type, config.default_x509_svid_ttl)
@@ -133,6 +141,8 @@ impl Server {
             entry_cache,
             agent_ttl: config.agent_ttl,
             attestors,
+            upstream,
+            upstream_status: Arc::new(std::sync::RwLock::new(UpstreamStatus::default())),
         });
         Ok(Self { config, state, ca_manager, tls })
     }
@@ -164,6 +174,18 @@ impl Server {
         // CA rotation.
         let interval = Duration::from_secs(u64::try_from(self.config.ca_rotation_interval).unwrap_or(10));
         tasks.spawn(Arc::clone(&self.ca_manager).run(interval, stopped(stop_rx.clone())));
+
+        // A downstream tier keeps its bundle in step with the upstream's.
+        if let Some(up) = self.state.upstream.clone() {
+            let sync = upstream_sync::run(
+                up,
+                Arc::clone(&self.state),
+                Duration::from_secs(u64::try_from(self.config.upstream_poll_interval).unwrap_or(5)),
+                self.config.upstream_bundle_push,
+                stopped(stop_rx.clone()),
+            );
+            tasks.spawn(sync);
+        }
 
         // The agent-facing entry cache follows datastore changes.
         tasks.spawn(Arc::clone(&self.state.entry_cache).run(
@@ -280,6 +302,10 @@ fn grpc_router(svc: &Svc) -> tonic::transport::server::Router {
         .add_service(spb::entry::v1::entry_server::EntryServer::new(svc.clone()).max_decoding_message_size(m))
         .add_service(spb::svid::v1::svid_server::SvidServer::new(svc.clone()).max_decoding_message_size(m))
         .add_service(spb::agent::v1::agent_server::AgentServer::new(svc.clone()).max_decoding_message_size(m))
+        .add_service(
+            crate::api::pb::cairn::api::bundlewatch::v1::bundle_watch_server::BundleWatchServer::new(svc.clone())
+                .max_decoding_message_size(m),
+        )
 }
 
 /// Binds the admin socket: creates its directory (0770 like SPIRE's), removes a stale socket

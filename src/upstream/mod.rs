@@ -5,8 +5,9 @@
 //! this server a downstream tier and is the only backend that publishes JWT keys).
 
 pub mod disk;
+pub mod spire;
 
-use crate::spiffe::JwtAuthority;
+use crate::spiffe::{Bundle, JwtAuthority};
 use async_trait::async_trait;
 
 pub use disk::DiskUpstreamAuthority;
@@ -48,6 +49,19 @@ pub trait UpstreamAuthority: Send + Sync + std::fmt::Debug {
     /// Publishes a JWT key upstream; returns every JWT key the upstream knows.
     /// Supported by: `spire` (later issue). Others: `Unsupported`.
     async fn publish_jwt_key(&self, _key: &JwtAuthority) -> Result<Vec<JwtAuthority>, UpstreamError> {
+        Err(UpstreamError::Unsupported)
+    }
+
+    /// The upstream trust domain bundle (roots and every tier's JWT keys), for keeping this
+    /// tier's bundle in step. Supported by: `spire`.
+    async fn upstream_bundle(&self) -> Result<Bundle, UpstreamError> {
+        Err(UpstreamError::Unsupported)
+    }
+
+    /// Streams the upstream bundle on every change past `known_sequence` into `tx` until the
+    /// stream breaks. Supported by: `spire` against a cairn upstream (SPIRE upstreams answer
+    /// `Unsupported`, and the caller falls back to polling [`UpstreamAuthority::upstream_bundle`]).
+    async fn watch_upstream_bundle(&self, _known_sequence: u64, _tx: tokio::sync::mpsc::Sender<Bundle>) -> Result<(), UpstreamError> {
         Err(UpstreamError::Unsupported)
     }
 }

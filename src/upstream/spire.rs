@@ -1,0 +1,180 @@
+//! `UpstreamAuthority "spire"`: this server is a downstream tier of an upstream SPIRE-API
+//! server (cairn or SPIRE) in the same trust domain.
+//!
+//! As in SPIRE, the downstream authenticates with the X509-SVID that a co-located agent of
+//! the upper tier serves on its Workload API (`workload_api_socket`), requires the upstream to
+//! present `spiffe://<td>/spire/server`, gets its CA from `NewDownstreamX509CA`, publishes its
+//! JWT keys with `PublishJWTAuthority`, and keeps its bundle in step with the upstream's.
+//! Bundle changes arrive by push when the upstream is cairn (its `BundleWatch` stream), and
+//! by polling `GetBundle` when it is SPIRE (which has no such stream).
+
+use super::{MintedCa, UpstreamAuthority, UpstreamError};
+use crate::agent::client::{self, ClientIdentity, ServerTrust};
+use crate::api::convert::{bundle_from_proto, jwt_key_to_proto};
+use crate::api::pb::spire::api::server::{bundle::v1 as bundlepb, svid::v1 as svidpb};
+use crate::api::pb::workload::{X509svidRequest, spiffe_workload_api_client::SpiffeWorkloadApiClient};
+use crate::spiffe::{Bundle, JwtAuthority, SpiffeId, TrustDomain};
+use async_trait::async_trait;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `plugin_data` of `UpstreamAuthority "spire"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpireUpstreamConfig {
+    /// Upstream server host.
+    pub server_address: String,
+    /// Upstream server port.
+    pub server_port: u16,
+    /// The upper tier's agent Workload API socket.
+    pub workload_api_socket: PathBuf,
+}
+
+/// The `spire` upstream authority.
+#[derive(Debug)]
+pub struct SpireUpstream {
+    config: SpireUpstreamConfig,
+    trust_domain: TrustDomain,
+    server_id: SpiffeId,
+}
+
+fn unavailable(what: &str, e: &tonic::Status) -> UpstreamError {
+    match e.code() {
+        tonic::Code::PermissionDenied | tonic::Code::InvalidArgument | tonic::Code::Unauthenticated => UpstreamError::Refused(format!(
+            "{what}: {} ({:?}); is this server's SVID registered with -downstream on the upstream?",
+            e.message(),
+            e.code()
+        )),
+        _ => UpstreamError::Unavailable(format!("{what}: {}", e.message())),
+    }
+}
+
+impl SpireUpstream {
+    /// A client for `config` in `trust_domain`.
+    ///
+    /// # Errors
+    /// Never in practice (the server ID is always valid).
+    pub fn new(config: SpireUpstreamConfig, trust_domain: TrustDomain) -> Result<Self, UpstreamError> {
+        let server_id = SpiffeId::from_segments(&trust_domain, &["spire", "server"]).map_err(|e| UpstreamError::Config(e.to_string()))?;
+        Ok(Self { config, trust_domain, server_id })
+    }
+
+    /// The X509-SVID (and its trust bundle) from the co-located upper-tier agent.
+    async fn workload_svid(&self) -> Result<(ClientIdentity, Vec<Vec<u8>>), UpstreamError> {
+        let path = self.config.workload_api_socket.clone();
+        let ch = tonic::transport::Endpoint::try_from("http://localhost")
+            .map_err(|e| UpstreamError::Config(e.to_string()))?
+            .connect_with_connector(tower::service_fn(move |_| {
+                let p = path.clone();
+                async move { tokio::net::UnixStream::connect(p).await.map(hyper_util::rt::TokioIo::new) }
+            }))
+            .await
+            .map_err(|e| UpstreamError::Unavailable(format!("workload_api_socket {}: {e}", self.config.workload_api_socket.display())))?;
+        let mut req = tonic::Request::new(X509svidRequest {});
+        req.metadata_mut().insert("workload.spiffe.io", tonic::metadata::MetadataValue::from_static("true"));
+        req.set_timeout(Duration::from_secs(10));
+        let mut stream = SpiffeWorkloadApiClient::new(ch)
+            .fetch_x509svid(req)
+            .await
+            .map_err(|e| unavailable("fetching this server's X509-SVID from workload_api_socket", &e))?
+            .into_inner();
+        let msg = stream
+            .message()
+            .await
+            .map_err(|e| unavailable("reading the X509-SVID", &e))?
+            .ok_or_else(|| UpstreamError::Unavailable("workload API closed the stream".into()))?;
+        let svid = msg.svids.into_iter().next().ok_or_else(|| UpstreamError::Unavailable("workload API returned no SVID".into()))?;
+        let chain = split_der(&svid.x509_svid)?;
+        let roots = split_der(&svid.bundle)?;
+        Ok((ClientIdentity { chain, key_pkcs8: Arc::new(zeroize::Zeroizing::new(svid.x509_svid_key)) }, roots))
+    }
+
+    async fn channel(&self) -> Result<tonic::transport::Channel, UpstreamError> {
+        let (identity, roots) = self.workload_svid().await?;
+        let addr = format!("{}:{}", self.config.server_address, self.config.server_port);
+        client::connect(&addr, ServerTrust::Roots(roots), self.server_id.clone(), Some(&identity)).map_err(UpstreamError::Config)
+    }
+
+    async fn get_bundle(&self, ch: tonic::transport::Channel) -> Result<Bundle, UpstreamError> {
+        let b = bundlepb::bundle_client::BundleClient::new(ch)
+            .get_bundle(bundlepb::GetBundleRequest::default())
+            .await
+            .map_err(|e| unavailable("GetBundle", &e))?
+            .into_inner();
+        let b = bundle_from_proto(&b).map_err(|e| UpstreamError::Refused(format!("upstream bundle is invalid: {e}")))?;
+        if b.trust_domain != self.trust_domain {
+            return Err(UpstreamError::Refused(format!(
+                "upstream serves trust domain {} but this server is {}",
+                b.trust_domain, self.trust_domain
+            )));
+        }
+        Ok(b)
+    }
+}
+
+/// Splits concatenated DER certificates (the Workload API's encoding).
+fn split_der(mut data: &[u8]) -> Result<Vec<Vec<u8>>, UpstreamError> {
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        let (rest, _) = x509_parser::parse_x509_certificate(data)
+            .map_err(|e| UpstreamError::Refused(format!("workload API sent an invalid certificate: {e}")))?;
+        let used = data.len() - rest.len();
+        out.push(data.get(..used).unwrap_or_default().to_vec());
+        data = rest;
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl UpstreamAuthority for SpireUpstream {
+    async fn mint_x509_ca(&self, csr_der: &[u8], preferred_ttl: i64) -> Result<MintedCa, UpstreamError> {
+        let ch = self.channel().await?;
+        let ttl = i32::try_from(preferred_ttl).unwrap_or(i32::MAX);
+        let resp = svidpb::svid_client::SvidClient::new(ch.clone())
+            .new_downstream_x509ca(svidpb::NewDownstreamX509caRequest { csr: csr_der.to_vec(), preferred_ttl: ttl })
+            .await
+            .map_err(|e| unavailable("NewDownstreamX509CA", &e))?
+            .into_inner();
+        // As SPIRE does, the roots come from GetBundle (which carries taint flags), not the RPC.
+        let bundle = self.get_bundle(ch).await?;
+        let roots = if bundle.x509_authorities.is_empty() { resp.x509_authorities } else { bundle.x509_authorities };
+        Ok(MintedCa { chain: resp.ca_cert_chain, roots })
+    }
+
+    async fn publish_jwt_key(&self, key: &JwtAuthority) -> Result<Vec<JwtAuthority>, UpstreamError> {
+        let ch = self.channel().await?;
+        let resp = bundlepb::bundle_client::BundleClient::new(ch)
+            .publish_jwt_authority(bundlepb::PublishJwtAuthorityRequest { jwt_authority: Some(jwt_key_to_proto(key)) })
+            .await
+            .map_err(|e| unavailable("PublishJWTAuthority", &e))?
+            .into_inner();
+        resp.jwt_authorities
+            .iter()
+            .map(|k| crate::api::convert::jwt_key_from_proto(k).map_err(|e| UpstreamError::Refused(e.to_string())))
+            .collect()
+    }
+
+    async fn upstream_bundle(&self) -> Result<Bundle, UpstreamError> {
+        let ch = self.channel().await?;
+        self.get_bundle(ch).await
+    }
+
+    async fn watch_upstream_bundle(&self, known_sequence: u64, tx: tokio::sync::mpsc::Sender<Bundle>) -> Result<(), UpstreamError> {
+        use crate::api::pb::cairn::api::bundlewatch::v1 as watchpb;
+        let ch = self.channel().await?;
+        let mut stream = watchpb::bundle_watch_client::BundleWatchClient::new(ch)
+            .watch_bundle(watchpb::WatchBundleRequest { known_sequence_number: known_sequence })
+            .await
+            .map_err(|e| if e.code() == tonic::Code::Unimplemented { UpstreamError::Unsupported } else { unavailable("WatchBundle", &e) })?
+            .into_inner();
+        while let Some(msg) = stream.message().await.map_err(|e| unavailable("WatchBundle", &e))? {
+            if let Some(b) = msg.bundle {
+                let b = bundle_from_proto(&b).map_err(|e| UpstreamError::Refused(format!("upstream bundle is invalid: {e}")))?;
+                if tx.send(b).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        Err(UpstreamError::Unavailable("upstream closed the bundle watch".into()))
+    }
+}
