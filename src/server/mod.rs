@@ -187,6 +187,23 @@ impl Server {
             tasks.spawn(sync);
         }
 
+        // A status file for `cairn tiers status` (and operators): slots, bundle, upstream sync.
+        {
+            let state = Arc::clone(&self.state);
+            let path = self.config.data_dir.join("status.json");
+            let stop = stopped(stop_rx.clone());
+            tasks.spawn(async move {
+                tokio::pin!(stop);
+                loop {
+                    write_status(&state, &path).await;
+                    tokio::select! {
+                        () = &mut stop => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            });
+        }
+
         // The agent-facing entry cache follows datastore changes.
         tasks.spawn(Arc::clone(&self.state.entry_cache).run(
             Arc::clone(&self.state.datastore),
@@ -291,6 +308,50 @@ impl Server {
             tracing::warn!("some tasks did not stop within 10s");
         }
         Ok(())
+    }
+}
+
+/// What `status.json` holds.
+#[derive(Debug, serde::Serialize)]
+struct StatusFile {
+    trust_domain: String,
+    updated_at: i64,
+    slots: Vec<crate::ca::manager::SlotStatus>,
+    ca_chain: Vec<String>,
+    bundle_sequence: u64,
+    x509_roots: usize,
+    jwt_key_ids: Vec<String>,
+    upstream: Option<UpstreamStatus>,
+}
+
+async fn write_status(state: &ApiState, path: &Path) {
+    let bundle = state.entry_cache.bundle();
+    let chain = state
+        .ca
+        .x509_authority()
+        .map(|a| {
+            std::iter::once(a.cert_der.clone())
+                .chain(a.chain.iter().skip(1).cloned())
+                .filter_map(|d| {
+                    x509_parser::parse_x509_certificate(&d)
+                        .ok()
+                        .map(|(_, c)| format!("{} (issuer {}; until {})", c.subject(), c.issuer(), c.validity().not_after))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let status = StatusFile {
+        trust_domain: state.trust_domain.to_string(),
+        updated_at: crate::now_unix(),
+        slots: state.ca_manager.status().await,
+        ca_chain: chain,
+        bundle_sequence: bundle.as_ref().map_or(0, |b| b.sequence_number),
+        x509_roots: bundle.as_ref().map_or(0, |b| b.x509_authorities.len()),
+        jwt_key_ids: bundle.as_ref().map(|b| b.jwt_authorities.iter().map(|k| k.key_id.clone()).collect()).unwrap_or_default(),
+        upstream: state.upstream.as_ref().and_then(|_| state.upstream_status.read().ok().map(|s| s.clone())),
+    };
+    if let Ok(text) = serde_json::to_vec_pretty(&status) {
+        let _ = crate::fsutil::write_private_atomic(path, &text);
     }
 }
 
