@@ -359,3 +359,60 @@ fn tier_ttls_that_cannot_work_are_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("6 x this tier's ca_ttl") && err.contains("3h"), "{err}");
 }
+
+/// Short CA lifetimes at every tier: through several downstream rotations, every fresh
+/// X509-SVID verifies against the root bundle and every fresh JWT-SVID from one region
+/// validates in the other.
+#[test]
+fn rotations_across_tiers_leave_no_validation_gap() {
+    require("openssl");
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path();
+    let rdir = base.join("root");
+    std::fs::create_dir(&rdir).unwrap();
+    let root = TestServer::start(&rdir, &ServerOpts { extra_server: "ca_ttl = \"6m\"\n default_x509_svid_ttl = \"30s\"\n default_jwt_svid_ttl = \"30s\"\n experimental { ca_rotation_interval = \"1s\" }".into(), ..ServerOpts::default() });
+    let d1 = downstream(base, "r1", &root, "60s", "10s");
+    let d2 = downstream(base, "r2", &root, "60s", "10s");
+    let a1 = workload_agent(base, "a1", &d1.server, "spiffe://example.org/r1/web");
+    let a2 = workload_agent(base, "a2", &d2.server, "spiffe://example.org/r2/api");
+    let root_pem = base.join("root.pem");
+    std::fs::write(&root_pem, root.cli_ok(&["bundle", "show"])).unwrap();
+    let ca_of = |s: &TestServer| -> Option<String> {
+        let st: serde_json::Value = serde_json::from_slice(&std::fs::read(s.dir.join("status.json")).ok()?).ok()?;
+        Some(st["slots"].as_array()?.iter().find(|x| x["kind"] == "x509" && x["role"] == "current")?["id"].as_str()?.to_owned())
+    };
+    let mut seen_cas = std::collections::BTreeSet::new();
+    let start = Instant::now();
+    let mut checks = 0;
+    while start.elapsed() < Duration::from_secs(150) {
+        for (i, (agent, other)) in [(&a1, &a2), (&a2, &a1)].into_iter().enumerate() {
+            let dir = base.join(format!("x{checks}-{i}"));
+            fetch_x509(agent, &dir);
+            let chain = split_pem(&dir.join("svid.0.pem"), &dir, "c");
+            let inter = dir.join("inter.pem");
+            std::fs::write(&inter, chain.iter().skip(1).map(|p| std::fs::read_to_string(p).unwrap()).collect::<String>()).unwrap();
+            let (ok, text) =
+                run(Command::new("openssl").args(["verify", "-CAfile"]).arg(&root_pem).arg("-untrusted").arg(&inter).arg(&chain[0]));
+            assert!(ok, "after {:?}: a fresh X509-SVID failed to verify: {text}", start.elapsed());
+            // A fresh audience forces a freshly minted JWT-SVID.
+            let aud = format!("aud-{checks}-{i}");
+            let out = agent.api(&["fetch", "jwt", "-audience", &aud]);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let token = text.lines().skip_while(|l| !l.starts_with("token(")).nth(1).unwrap_or_default().trim().to_owned();
+            assert!(!token.is_empty(), "no JWT-SVID after {:?}: {text}{}", start.elapsed(), String::from_utf8_lossy(&out.stderr));
+            let out = other.api(&["validate", "jwt", "-audience", &aud, "-svid", &token]);
+            assert!(
+                out.status.success(),
+                "after {:?}: a fresh JWT-SVID from one region failed in the other: {}",
+                start.elapsed(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        if let Some(ca) = ca_of(&d1.server) {
+            seen_cas.insert(ca);
+        }
+        checks += 1;
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    assert!(seen_cas.len() >= 3, "expected several downstream CA rotations, saw {} CAs in {checks} rounds", seen_cas.len());
+}
