@@ -149,6 +149,11 @@ pub async fn run(config: AgentConfig) -> Result<(), String> {
         let _ = rx.wait_for(|v| *v).await;
     };
     let serve = tokio::spawn(workload::serve(api, listener, stopped(stop_rx.clone())));
+    if let Some(h) = config.health.clone().filter(|h| h.listener_enabled) {
+        let addr = format!("{}:{}", h.bind_address, h.bind_port);
+        let l = tokio::net::TcpListener::bind(&addr).await.map_err(|e| format!("health_checks {addr}: {e}"))?;
+        tokio::spawn(crate::telemetry::health::serve(l, h, Arc::clone(&agent), stopped(stop_rx.clone())));
+    }
     let sync = tokio::spawn(Arc::clone(&agent).run(stopped(stop_rx.clone())));
     let socket = config.socket_path.clone();
     tracing::info!(socket = %socket.display(), "Workload API is serving");

@@ -8,12 +8,36 @@ use hyper::{Request, Response, StatusCode};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
-async fn ready(state: &ApiState) -> bool {
-    state.ca.x509_authority().is_some_and(|a| a.not_after > crate::now_unix()) && state.datastore.count_entries().await.is_ok()
+/// What `/ready` asks.
+#[async_trait::async_trait]
+pub trait Readiness: Send + Sync + 'static {
+    /// Whether the process can do its job now.
+    async fn ready(&self) -> bool;
+}
+
+#[async_trait::async_trait]
+impl Readiness for ApiState {
+    /// A server is ready with a valid CA and a reachable datastore.
+    async fn ready(&self) -> bool {
+        self.ca.x509_authority().is_some_and(|a| a.not_after > crate::now_unix()) && self.datastore.count_entries().await.is_ok()
+    }
+}
+
+#[async_trait::async_trait]
+impl Readiness for crate::agent::manager::Agent {
+    /// An agent is ready once it has synced with its server.
+    async fn ready(&self) -> bool {
+        crate::agent::cache::WorkloadSource::subscribe(self).borrow().is_some()
+    }
 }
 
 /// Serves the health endpoints until `shutdown` resolves.
-pub async fn serve(listener: TcpListener, cfg: HealthConfig, state: Arc<ApiState>, shutdown: impl std::future::Future<Output = ()>) {
+pub async fn serve<R: Readiness + ?Sized>(
+    listener: TcpListener,
+    cfg: HealthConfig,
+    state: Arc<R>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     let cfg = Arc::new(cfg);
     loop {
@@ -32,7 +56,7 @@ pub async fn serve(listener: TcpListener, cfg: HealthConfig, state: Arc<ApiState
                     let (code, body) = if path == cfg.live_path {
                         (StatusCode::OK, "live\n")
                     } else if path == cfg.ready_path {
-                        if ready(&state).await { (StatusCode::OK, "ready\n") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready\n") }
+                        if state.ready().await { (StatusCode::OK, "ready\n") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready\n") }
                     } else {
                         (StatusCode::NOT_FOUND, "not found\n")
                     };
