@@ -132,12 +132,14 @@ plugins {{ DataStore "sql" {{ plugin_data {{ database_type = "sqlite3" connectio
             ),
         )
         .unwrap();
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
-            .args(["server", "run", "-config"])
-            .arg(&conf)
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"));
+        cmd.args(["server", "run", "-config"]).arg(&conf).stderr(std::process::Stdio::null());
+        // BENCH_SERVER_WORKERS=n runs the server with n tokio workers (TOKIO_WORKER_THREADS).
+        let workers = std::env::var("BENCH_SERVER_WORKERS").ok();
+        if let Some(w) = &workers {
+            cmd.env("TOKIO_WORKER_THREADS", w);
+        }
+        let mut child = cmd.spawn().unwrap();
         let t0 = Instant::now();
         while !socket.exists() || cairn::cli::client::connect_admin(&socket).await.is_err() {
             assert!(t0.elapsed() < Duration::from_secs(30), "server did not start");
@@ -151,7 +153,7 @@ plugins {{ DataStore "sql" {{ plugin_data {{ database_type = "sqlite3" connectio
         // OpenBao pki/sign on these machines: ~1,000 certs per bao CPU-second
         // (shared/reference/perf-anchors.md §5; BENCH_OPENBAO_RATE overrides with a fresh figure).
         let bao: f64 = std::env::var("BENCH_OPENBAO_RATE").ok().and_then(|v| v.parse().ok()).unwrap_or(1000.0);
-        println!("X509-SVID minting from a CSR (parse + verify CSR, build, sign; EC P-256, aws-lc-rs)");
+        println!("X509-SVID minting from a CSR (parse + verify CSR, build, sign; EC P-256, aws-lc-rs); server tokio workers: {}", workers.as_deref().unwrap_or("default (one per core)"));
         println!("  in-process, 1 thread            : {inproc:>9.0} /s   (baseline)");
         println!("  MintX509SVID, 1 caller          : {r1:>9.0} /s   {c1:>9.0} per server CPU-s");
         println!("  MintX509SVID, 16 callers        : {r16:>9.0} /s   {c16:>9.0} per server CPU-s");
