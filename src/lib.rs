@@ -19,7 +19,8 @@
 //! - [`datastore`]: entries, nodes, join tokens, bundles, CA journal (SQLite via sqlx).
 //! - [`config`]: SPIRE-style HCL into validated config, every error naming its key path.
 //! - [`api`], [`server`]: SPIRE's gRPC services over the admin socket and TLS.
-//! - [`cli`]: `cairn server ...` with SPIRE's flag spelling.
+//! - [`cli`]: `cairn server ...` and `cairn agent ...` with SPIRE's flag spelling, `cairn tiers ...`.
+//! - [`tiers`]: the local multi-tier demo (`cairn tiers up`): topology file, processes, report.
 
 pub mod agent;
 pub mod api;
@@ -33,6 +34,7 @@ pub mod keymanager;
 pub mod server;
 pub mod spiffe;
 pub mod telemetry;
+pub mod tiers;
 pub mod upstream;
 
 /// Seconds since the Unix epoch, from the system clock. Domain logic takes `now` as a

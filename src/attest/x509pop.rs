@@ -2120,7 +2120,7 @@ mod tests {
         // Unpadded base64 is refused, as by Go's StdEncoding.
         let der = GO_STD_B64.encode(&pki.chain[0]);
         let unpadded = format!(r#"{{"certificates":["{}"]}}"#, der.trim_end_matches('='));
-        if unpadded.len() + 2 != der.len() + 18 || der.ends_with('=') {
+        if der.ends_with('=') {
             assert!(matches!(verify_payload(unpadded.as_bytes(), &pki.roots, NOW, 4), Err(X509PopError::MalformedPayload(_))));
         }
         // Deep nesting hits serde_json's recursion limit, not the stack.

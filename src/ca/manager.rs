@@ -493,18 +493,35 @@ impl CaManager {
     /// Rotates every `interval` until `shutdown` resolves; failures are logged and retried.
     pub async fn run(self: Arc<Self>, interval: std::time::Duration, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Wake at the next tick, or sooner when a published JWT key's grace period ends,
+            // so a fresh downstream is not left without a JWT key for a whole interval.
+            let wait = match self.pending_jwt_activation().await {
+                Some(at) => {
+                    let secs = u64::try_from((at - crate::now_unix()).max(0)).unwrap_or(0);
+                    interval.min(std::time::Duration::from_secs(secs) + std::time::Duration::from_millis(50))
+                }
+                None => interval,
+            };
             tokio::select! {
                 () = &mut shutdown => return,
-                _ = ticker.tick() => {
+                () = tokio::time::sleep(wait) => {
                     if let Err(e) = self.rotate(crate::now_unix()).await {
                         tracing::warn!(error = %e, "CA rotation failed; keeping the current credentials and retrying");
                     }
                 }
             }
         }
+    }
+
+    /// When a prepared JWT key waiting out its publication grace becomes usable, if one is.
+    async fn pending_jwt_activation(&self) -> Option<i64> {
+        self.upstream.as_ref()?;
+        let slots = self.slots.lock().await;
+        let next = slots.jwt_next.as_ref()?;
+        // Only a key that would be activated right away (no usable current one) is urgent.
+        let current_ok = slots.jwt_current.as_ref().is_some_and(|c| c.record.not_after > crate::now_unix());
+        (!current_ok).then_some(next.record.issued_at + self.config.jwt_publish_grace)
     }
 }
 

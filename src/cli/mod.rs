@@ -1,11 +1,12 @@
-//! Command line: `cairn server ...` and `cairn agent ...` (and, through links named
-//! `spire-server` / `spire-agent`, the same with SPIRE's program names). SPIRE's flag spelling
-//! (`-spiffeID`) works beside `--spiffe-id`.
+//! Command line: `cairn server ...`, `cairn agent ...` (and, through links named
+//! `spire-server` / `spire-agent`, the same with SPIRE's program names) and `cairn tiers ...`
+//! (the local multi-tier demo). SPIRE's flag spelling (`-spiffeID`) works beside `--spiffe-id`.
 
 pub mod agent;
 pub mod argv;
 pub mod client;
 pub mod server;
+pub mod tiers;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -29,6 +30,11 @@ enum Top {
     Agent {
         #[command(subcommand)]
         command: agent::AgentCommand,
+    },
+    /// A local multi-tier demo: root, downstream servers and agents from a topology file.
+    Tiers {
+        #[command(subcommand)]
+        command: tiers::TiersCommand,
     },
 }
 
@@ -65,6 +71,7 @@ pub fn main() -> ExitCode {
         match cli.command {
             Top::Server { command } => server::run(command).await,
             Top::Agent { command } => agent::run(command, |config| Box::pin(crate::agent::run::run(config))).await,
+            Top::Tiers { command } => tiers::run(command).await,
         }
     });
     match result {

@@ -250,6 +250,74 @@ pub fn format_duration(secs: i64) -> String {
     out
 }
 
+/// One `Type "name" { ... }` plugin block: its name, its path and its `plugin_data`.
+pub(crate) struct PluginDecl<'a> {
+    pub(crate) name: String,
+    pub(crate) path: String,
+    pub(crate) data: Option<&'a Object>,
+}
+
+impl PluginDecl<'_> {
+    /// `plugins.Type.name`, for errors about the plugin as a whole.
+    pub(crate) fn block_path(&self) -> &str {
+        self.path.strip_suffix(".plugin_data").unwrap_or(&self.path)
+    }
+}
+
+/// Every `kind` plugin block under `plugins`, with SPIRE's per-plugin keys checked.
+pub(crate) fn plugin_decls<'a>(w: &mut Walker, plugins: &'a Object, kind: &str) -> Vec<PluginDecl<'a>> {
+    let mut out = Vec::new();
+    // HCL gives one item per block; JSON may give a list of `{"name": {...}}` objects.
+    let mut named_blocks: Vec<&'a Object> = Vec::new();
+    for item in plugins.get_all(kind) {
+        match &item.value {
+            Value::List(l) if l.len() > 1 => named_blocks.extend(l.iter().filter_map(as_object)),
+            v => match as_object(v) {
+                Some(o) => named_blocks.push(o),
+                None => w.err(&join("plugins", kind), "expected Type \"name\" { ... }"),
+            },
+        }
+    }
+    for named in named_blocks {
+        for inner in &named.items {
+            let path = format!("plugins.{kind}.{}", inner.key);
+            let Some(body) = as_object(&inner.value) else {
+                w.err(&path, "expected a block { ... }");
+                continue;
+            };
+            w.unknown_keys(body, &["plugin_data", "plugin_cmd", "plugin_checksum", "enabled", "plugin_data_file"], &path, |_| None);
+            if body.get_all("plugin_cmd").next().is_some() {
+                w.err(
+                    &join(&path, "plugin_cmd"),
+                    "external plugin binaries are not supported by cairn; remove plugin_cmd to use the built-in plugin",
+                );
+            }
+            if body.get_all("plugin_data_file").next().is_some() {
+                w.err(&join(&path, "plugin_data_file"), "not supported yet: put the settings in plugin_data");
+            }
+            if w.boolean(body, "enabled", &path) == Some(false) {
+                continue;
+            }
+            let data = match body.get_all("plugin_data").next().map(|i| &i.value) {
+                None => None,
+                Some(v) => {
+                    let o = as_object(v);
+                    if o.is_none() {
+                        w.err(&join(&path, "plugin_data"), "expected a block { ... }");
+                    }
+                    o
+                }
+            };
+            if out.iter().any(|d: &PluginDecl<'_>| d.name == inner.key) {
+                w.err(&path, format!("{kind} {:?} configured more than once", inner.key));
+                continue;
+            }
+            out.push(PluginDecl { name: inner.key.clone(), path: join(&path, "plugin_data"), data });
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

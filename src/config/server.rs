@@ -1,7 +1,7 @@
 //! `cairn server` configuration: SPIRE's server.conf keys.
 
-use super::hcl::{Object, Value};
-use super::{ConfigErrors, Walker, as_object, format_duration, join};
+use super::hcl::Object;
+use super::{ConfigErrors, Walker, format_duration, join, plugin_decls};
 use crate::ca::CaSubject;
 use crate::keymanager::KeyType;
 use crate::spiffe::{SpiffeId, TrustDomain};
@@ -423,56 +423,6 @@ struct Plugins {
     node_attestors: Vec<String>,
     x509pop: Option<X509PopSettings>,
     upstream: Option<UpstreamConfig>,
-}
-
-/// One `Type "name" { ... }` plugin block: its name and `plugin_data`.
-struct PluginDecl<'a> {
-    name: String,
-    path: String,
-    data: Option<&'a Object>,
-}
-
-fn plugin_decls<'a>(w: &mut Walker, plugins: &'a Object, kind: &str) -> Vec<PluginDecl<'a>> {
-    let mut out = Vec::new();
-    for item in plugins.get_all(kind) {
-        let Some(named) = as_object(&item.value) else {
-            w.err(&join("plugins", kind), "expected Type \"name\" { ... }");
-            continue;
-        };
-        for inner in &named.items {
-            let path = format!("plugins.{kind}.{}", inner.key);
-            let Some(body) = as_object(&inner.value) else {
-                w.err(&path, "expected a block { ... }");
-                continue;
-            };
-            w.unknown_keys(body, &["plugin_data", "plugin_cmd", "plugin_checksum", "enabled", "plugin_data_file"], &path, |_| None);
-            if body.get_all("plugin_cmd").next().is_some() {
-                w.err(
-                    &join(&path, "plugin_cmd"),
-                    "external plugin binaries are not supported by cairn; remove plugin_cmd to use the built-in plugin",
-                );
-            }
-            if body.get_all("plugin_data_file").next().is_some() {
-                w.err(&join(&path, "plugin_data_file"), "not supported yet: put the settings in plugin_data");
-            }
-            if w.boolean(body, "enabled", &path) == Some(false) {
-                continue;
-            }
-            let data = match body.get_all("plugin_data").next().map(|i| &i.value) {
-                None => None,
-                Some(Value::Object(o)) => Some(o),
-                Some(v) => {
-                    let o = as_object(v);
-                    if o.is_none() {
-                        w.err(&join(&path, "plugin_data"), "expected a block { ... }");
-                    }
-                    o
-                }
-            };
-            out.push(PluginDecl { name: inner.key.clone(), path: join(&path, "plugin_data"), data });
-        }
-    }
-    out
 }
 
 impl Plugins {
