@@ -416,3 +416,51 @@ fn rotations_across_tiers_leave_no_validation_gap() {
     }
     assert!(seen_cas.len() >= 3, "expected several downstream CA rotations, saw {} CAs in {checks} rounds", seen_cas.len());
 }
+
+/// One binary: a downstream server that attests itself to the upstream (join_token) instead
+/// of relying on a separate upper-tier agent process.
+#[test]
+fn downstream_with_an_embedded_agent_identity() {
+    require("openssl");
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path();
+    let rdir = base.join("root");
+    std::fs::create_dir(&rdir).unwrap();
+    let root = TestServer::start(&rdir, &ServerOpts::default());
+    let t = root.cli_ok(&["token", "generate", "-ttl", "600"]).trim().strip_prefix("Token: ").unwrap().to_owned();
+    let agent_id = format!("spiffe://example.org/spire/agent/join_token/{t}");
+    root.cli_ok(&[
+        "entry",
+        "create",
+        "-parentID",
+        &agent_id,
+        "-spiffeID",
+        "spiffe://example.org/embedded-region",
+        "-selector",
+        "unix:uid:0",
+        "-downstream",
+    ]);
+    let bundle = base.join("root.pem");
+    std::fs::write(&bundle, root.cli_ok(&["bundle", "show"])).unwrap();
+    let ddir = base.join("region");
+    std::fs::create_dir(&ddir).unwrap();
+    let opts = ServerOpts {
+        extra_server: "ca_ttl = \"4h\"\n default_x509_svid_ttl = \"30m\"\n experimental { jwt_publish_grace = \"1s\" }".into(),
+        extra_plugins: format!(
+            "UpstreamAuthority \"spire\" {{ plugin_data {{ server_address = \"127.0.0.1\" server_port = \"{}\" join_token = \"{t}\" trust_bundle_path = \"{}\" }} }}",
+            root.port,
+            bundle.display()
+        ),
+        ..ServerOpts::default()
+    };
+    let d = TestServer::start(&ddir, &opts);
+    assert!(root.cli_ok(&["agent", "list"]).contains(&agent_id), "the server attested itself as an agent of the root");
+    wait_until("both JWT keys at both servers", Duration::from_secs(15), || jwt_kids(&root).len() == 2 && jwt_kids(&d).len() == 2);
+    let out = base.join("svid");
+    d.cli_ok(&["x509", "mint", "-spiffeID", "spiffe://example.org/region-workload", "-write", out.to_str().unwrap()]);
+    let certs = split_pem(&out.join("svid.pem"), base, "c");
+    let inter = base.join("inter.pem");
+    std::fs::write(&inter, certs.iter().skip(1).map(|p| std::fs::read_to_string(p).unwrap()).collect::<String>()).unwrap();
+    let (ok, text) = run(Command::new("openssl").args(["verify", "-CAfile"]).arg(&bundle).arg("-untrusted").arg(&inter).arg(&certs[0]));
+    assert!(ok, "{text}");
+}

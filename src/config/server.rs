@@ -370,7 +370,7 @@ impl ServerConfig {
             }
         }
 
-        let plugins = Plugins::read(&mut w, tree);
+        let plugins = Plugins::read(&mut w, tree, trust_domain.as_ref(), overrides, server);
         let health = w.block(tree, "health_checks", "").map(|o| {
             let hp = "health_checks";
             w.unknown_keys(o, &["listener_enabled", "bind_address", "bind_port", "live_path", "ready_path"], hp, |_| None);
@@ -417,6 +417,61 @@ impl ServerConfig {
     }
 }
 
+/// How an embedded upstream agent attests.
+enum EmbeddedAttestation {
+    JoinToken(String),
+    X509Pop { key: PathBuf, cert: PathBuf },
+}
+
+fn data_dir_for_embedded(overrides: &ServerOverrides, server: &Object) -> PathBuf {
+    let base = overrides
+        .data_dir
+        .clone()
+        .or_else(|| {
+            server
+                .get_all("data_dir")
+                .next()
+                .and_then(|i| if let super::hcl::Value::String(s) = &i.value { Some(PathBuf::from(s)) } else { None })
+        })
+        .unwrap_or_else(|| ".".into());
+    base.join("upstream-agent")
+}
+
+/// The settings of the agent a downstream server runs in-process to authenticate upstream.
+/// Files are read here, so a bad path is a config error at start.
+fn embedded_settings(
+    td: TrustDomain,
+    addr: &str,
+    port: u16,
+    bundle: &str,
+    attestation: EmbeddedAttestation,
+    dir: PathBuf,
+) -> Result<crate::agent::manager::AgentSettings, String> {
+    use crate::agent::manager::{AgentSettings, NodeAttestation};
+    let text = std::fs::read_to_string(bundle).map_err(|e| format!("trust_bundle_path {bundle}: {e}"))?;
+    let roots = crate::spiffe::parse_pem_certs(&text).map_err(|e| format!("trust_bundle_path {bundle}: {e}"))?;
+    let attestation = match attestation {
+        EmbeddedAttestation::JoinToken(t) => NodeAttestation::JoinToken(Some(t)),
+        EmbeddedAttestation::X509Pop { key, cert } => {
+            let key_pem = zeroize::Zeroizing::new(
+                std::fs::read_to_string(&key).map_err(|e| format!("x509pop.private_key_path {}: {e}", key.display()))?,
+            );
+            let kp = rcgen::KeyPair::from_pem(&key_pem).map_err(|e| format!("x509pop.private_key_path {}: {e}", key.display()))?;
+            let certs = std::fs::read_to_string(&cert).map_err(|e| format!("x509pop.certificate_path {}: {e}", cert.display()))?;
+            let chain = crate::spiffe::parse_pem_certs(&certs).map_err(|e| format!("x509pop.certificate_path {}: {e}", cert.display()))?;
+            NodeAttestation::X509Pop { chain, key_pkcs8: std::sync::Arc::new(zeroize::Zeroizing::new(kp.serialize_der())) }
+        }
+    };
+    Ok(AgentSettings {
+        trust_domain: td,
+        server_addr: format!("{addr}:{port}"),
+        bootstrap: crate::agent::client::ServerTrust::Roots(roots),
+        attestation,
+        state_dir: Some(dir),
+        sync_interval: std::time::Duration::from_secs(1),
+    })
+}
+
 struct Plugins {
     datastore: DatastoreConfig,
     key_manager: KeyManagerConfig,
@@ -426,7 +481,13 @@ struct Plugins {
 }
 
 impl Plugins {
-    fn read(w: &mut Walker, tree: &Object) -> Option<Self> {
+    fn read(
+        w: &mut Walker,
+        tree: &Object,
+        trust_domain: Option<&TrustDomain>,
+        overrides: &ServerOverrides,
+        server: &Object,
+    ) -> Option<Self> {
         let Some(plugins) = w.block(tree, "plugins", "") else {
             w.err("plugins", "missing: a plugins { ... } block with DataStore and KeyManager is required");
             return None;
@@ -587,26 +648,91 @@ impl Plugins {
             }
             [u] if u.name == "spire" => {
                 let data = u.data.unwrap_or(&empty);
-                w.unknown_keys(data, &["server_address", "server_port", "workload_api_socket", "experimental"], &u.path, |_| None);
+                w.unknown_keys(
+                    data,
+                    &[
+                        "server_address",
+                        "server_port",
+                        "workload_api_socket",
+                        "join_token",
+                        "x509pop",
+                        "trust_bundle_path",
+                        "agent_data_dir",
+                        "experimental",
+                    ],
+                    &u.path,
+                    |_| None,
+                );
                 let addr = w.string(data, "server_address", &u.path);
                 let port = w.port(data, "server_port", &u.path);
                 let socket = w.string(data, "workload_api_socket", &u.path);
+                let token = w.string(data, "join_token", &u.path);
+                let pop = w.block(data, "x509pop", &u.path);
+                let bundle = w.string(data, "trust_bundle_path", &u.path);
+                let agent_dir = w.string(data, "agent_data_dir", &u.path);
                 if addr.is_none() {
                     w.err(&join(&u.path, "server_address"), "missing: the upstream server's address");
                 }
                 if port.is_none() {
                     w.err(&join(&u.path, "server_port"), "missing: the upstream server's port");
                 }
-                if socket.is_none() {
-                    w.err(&join(&u.path, "workload_api_socket"), "missing: the Workload API socket of the upper tier's agent on this host");
-                }
-                match (addr, port, socket) {
-                    (Some(server_address), Some(server_port), Some(s)) => {
-                        Some(UpstreamConfig::Spire(crate::upstream::spire::SpireUpstreamConfig {
-                            server_address,
-                            server_port,
-                            workload_api_socket: s.into(),
-                        }))
+                let embedded = token.is_some() || pop.is_some();
+                let identity = match (socket, embedded) {
+                    (Some(s), false) => Some(crate::upstream::spire::IdentitySource::WorkloadApi(s.into())),
+                    (Some(_), true) => {
+                        w.err(
+                            &join(&u.path, "workload_api_socket"),
+                            "give either workload_api_socket (an upper-tier agent on this host) or join_token/x509pop (this server attests itself), not both",
+                        );
+                        None
+                    }
+                    (None, false) => {
+                        w.err(
+                            &join(&u.path, "workload_api_socket"),
+                            "missing: the Workload API socket of the upper tier's agent on this host (or join_token / x509pop for an embedded agent identity)",
+                        );
+                        None
+                    }
+                    (None, true) => {
+                        if bundle.is_none() {
+                            w.err(
+                                &join(&u.path, "trust_bundle_path"),
+                                "missing: the upstream's bundle (PEM) to trust it before the first attestation",
+                            );
+                        }
+                        let attestation = if let Some(o) = pop {
+                            let pp = join(&u.path, "x509pop");
+                            w.unknown_keys(o, &["private_key_path", "certificate_path"], &pp, |_| None);
+                            let k = w.string(o, "private_key_path", &pp);
+                            let c = w.string(o, "certificate_path", &pp);
+                            match (k, c) {
+                                (Some(k), Some(c)) => Some(EmbeddedAttestation::X509Pop { key: k.into(), cert: c.into() }),
+                                _ => {
+                                    w.err(&pp, "needs private_key_path and certificate_path");
+                                    None
+                                }
+                            }
+                        } else {
+                            token.map(EmbeddedAttestation::JoinToken)
+                        };
+                        match (trust_domain.cloned(), bundle, attestation, &addr, port) {
+                            (Some(td), Some(b), Some(a), Some(addr), Some(port)) => {
+                                let dir = agent_dir.map_or_else(|| data_dir_for_embedded(overrides, server), PathBuf::from);
+                                match embedded_settings(td, addr, port, &b, a, dir) {
+                                    Ok(s) => Some(crate::upstream::spire::IdentitySource::Embedded(Box::new(s))),
+                                    Err(e) => {
+                                        w.err(&u.path, e);
+                                        None
+                                    }
+                                }
+                            }
+                            _ => None,
+                        }
+                    }
+                };
+                match (addr, port, identity) {
+                    (Some(server_address), Some(server_port), Some(identity)) => {
+                        Some(UpstreamConfig::Spire(crate::upstream::spire::SpireUpstreamConfig { server_address, server_port, identity }))
                     }
                     _ => None,
                 }

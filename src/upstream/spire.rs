@@ -20,22 +20,41 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// `plugin_data` of `UpstreamAuthority "spire"`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct SpireUpstreamConfig {
     /// Upstream server host.
     pub server_address: String,
     /// Upstream server port.
     pub server_port: u16,
-    /// The upper tier's agent Workload API socket.
-    pub workload_api_socket: PathBuf,
+    /// Where this server's identity toward the upstream comes from.
+    pub identity: IdentitySource,
+}
+
+/// How a downstream server gets the X509-SVID it presents upstream.
+#[derive(Debug, Clone)]
+pub enum IdentitySource {
+    /// SPIRE's arrangement: the Workload API socket of an upper-tier agent on this host.
+    WorkloadApi(PathBuf),
+    /// cairn's one-binary arrangement: the server attests itself to the upstream as an agent
+    /// (join_token or x509pop) and uses the SVID of an entry parented to that agent identity.
+    Embedded(Box<crate::agent::manager::AgentSettings>),
 }
 
 /// The `spire` upstream authority.
-#[derive(Debug)]
 pub struct SpireUpstream {
     config: SpireUpstreamConfig,
     trust_domain: TrustDomain,
     server_id: SpiffeId,
+    embedded: tokio::sync::OnceCell<Arc<crate::agent::manager::Agent>>,
+}
+
+impl std::fmt::Debug for SpireUpstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpireUpstream")
+            .field("server_address", &self.config.server_address)
+            .field("server_port", &self.config.server_port)
+            .finish_non_exhaustive()
+    }
 }
 
 fn unavailable(what: &str, e: &tonic::Status) -> UpstreamError {
@@ -56,12 +75,52 @@ impl SpireUpstream {
     /// Never in practice (the server ID is always valid).
     pub fn new(config: SpireUpstreamConfig, trust_domain: TrustDomain) -> Result<Self, UpstreamError> {
         let server_id = SpiffeId::from_segments(&trust_domain, &["spire", "server"]).map_err(|e| UpstreamError::Config(e.to_string()))?;
-        Ok(Self { config, trust_domain, server_id })
+        Ok(Self { config, trust_domain, server_id, embedded: tokio::sync::OnceCell::new() })
+    }
+
+    /// The X509-SVID this server presents upstream, and the upstream trust bundle.
+    async fn workload_svid(&self) -> Result<(ClientIdentity, Vec<Vec<u8>>), UpstreamError> {
+        match &self.config.identity {
+            IdentitySource::WorkloadApi(path) => self.workload_api_svid(path).await,
+            IdentitySource::Embedded(settings) => self.embedded_svid(settings).await,
+        }
+    }
+
+    /// Attests once as an agent of the upstream, keeps that agent syncing in the background,
+    /// and takes the first SVID it holds (the entry registered for this server, which must be
+    /// `-downstream` and parented to the agent ID or to an alias of it).
+    async fn embedded_svid(
+        &self,
+        settings: &crate::agent::manager::AgentSettings,
+    ) -> Result<(ClientIdentity, Vec<Vec<u8>>), UpstreamError> {
+        use crate::agent::cache::WorkloadSource;
+        let agent = self
+            .embedded
+            .get_or_try_init(|| async {
+                let agent = crate::agent::manager::Agent::start(settings.clone())
+                    .await
+                    .map_err(|e| UpstreamError::Unavailable(format!("embedded agent: {e}")))?;
+                agent.sync_once().await.map_err(|e| UpstreamError::Unavailable(format!("embedded agent: {e}")))?;
+                let runner = Arc::clone(&agent);
+                tokio::spawn(async move {
+                    if let Err(e) = runner.run(std::future::pending::<()>()).await {
+                        tracing::error!(error = %e, "embedded upstream agent stopped");
+                    }
+                });
+                Ok::<_, UpstreamError>(agent)
+            })
+            .await?;
+        let snap =
+            agent.subscribe().borrow().clone().ok_or_else(|| UpstreamError::Unavailable("embedded agent has not synced yet".into()))?;
+        let svid = snap.svids.first().ok_or_else(|| {
+            UpstreamError::Refused("the embedded agent holds no SVID: register this server on the upstream with `entry create -parentID <agent ID> -spiffeID <id> -selector ... -downstream`".into())
+        })?;
+        Ok((ClientIdentity { chain: svid.chain.clone(), key_pkcs8: Arc::clone(&svid.key_pkcs8) }, snap.bundle.x509_authorities.clone()))
     }
 
     /// The X509-SVID (and its trust bundle) from the co-located upper-tier agent.
-    async fn workload_svid(&self) -> Result<(ClientIdentity, Vec<Vec<u8>>), UpstreamError> {
-        let path = self.config.workload_api_socket.clone();
+    async fn workload_api_svid(&self, socket: &std::path::Path) -> Result<(ClientIdentity, Vec<Vec<u8>>), UpstreamError> {
+        let path = socket.to_path_buf();
         let ch = tonic::transport::Endpoint::try_from("http://localhost")
             .map_err(|e| UpstreamError::Config(e.to_string()))?
             .connect_with_connector(tower::service_fn(move |_| {
@@ -69,7 +128,7 @@ impl SpireUpstream {
                 async move { tokio::net::UnixStream::connect(p).await.map(hyper_util::rt::TokioIo::new) }
             }))
             .await
-            .map_err(|e| UpstreamError::Unavailable(format!("workload_api_socket {}: {e}", self.config.workload_api_socket.display())))?;
+            .map_err(|e| UpstreamError::Unavailable(format!("workload_api_socket {}: {e}", socket.display())))?;
         let mut req = tonic::Request::new(X509svidRequest {});
         req.metadata_mut().insert("workload.spiffe.io", tonic::metadata::MetadataValue::from_static("true"));
         req.set_timeout(Duration::from_secs(10));
