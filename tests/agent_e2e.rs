@@ -133,3 +133,76 @@ fn expired_token_and_banned_agent_are_refused() {
     assert!(exited.is_some_and(|s| !s.success()), "a banned agent must stop:\n{}", a.log());
     assert!(a.log().contains("banned"), "{}", a.log());
 }
+
+/// `trust_bundle_url`: the agent fetches its first bundle over HTTPS (the web server's
+/// certificate checked against the roots in SSL_CERT_FILE), then attests.
+#[test]
+fn bootstrap_bundle_from_a_url() {
+    require("openssl");
+    let tmp = tempfile::tempdir().unwrap();
+    let sdir = tmp.path().join("server");
+    std::fs::create_dir(&sdir).unwrap();
+    let s = TestServer::start(&sdir, &ServerOpts::default());
+    let web = tmp.path().join("web");
+    std::fs::create_dir(&web).unwrap();
+    std::fs::write(web.join("bundle.pem"), s.cli_ok(&["bundle", "show"])).unwrap();
+    let sh = format!(
+        r#"set -e
+cd {d}
+openssl ecparam -name prime256v1 -genkey -noout -out ca.key
+openssl req -new -x509 -key ca.key -subj "/CN=web test CA" -days 2 -out ca.crt -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign"
+openssl ecparam -name prime256v1 -genkey -noout -out web.key
+openssl req -new -key web.key -subj "/CN=localhost" -out web.csr
+printf 'subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n' > web.ext
+openssl x509 -req -in web.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 -extfile web.ext -out web.crt
+"#,
+        d = web.display()
+    );
+    let (ok, out) = run(Command::new("sh").arg("-c").arg(sh));
+    assert!(ok, "{out}");
+    let port = free_port();
+    let mut httpd = Command::new("openssl")
+        .current_dir(&web)
+        .args(["s_server", "-WWW", "-accept", &format!("127.0.0.1:{port}"), "-cert", "web.crt", "-key", "web.key"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let t = token(&s, "spiffe://example.org/url-node", "600");
+    let adir = tmp.path().join("agent");
+    std::fs::create_dir(&adir).unwrap();
+    let cfg = agent_config(&adir, &s, "NodeAttestor \"join_token\" { plugin_data {} }", Some(&t));
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let text = text.replace(
+        &format!("trust_bundle_path = \"{}\"", adir.join("bootstrap.pem").display()),
+        &format!("trust_bundle_url = \"https://localhost:{port}/bundle.pem\""),
+    );
+    std::fs::write(&cfg, &text).unwrap();
+    assert!(text.contains("trust_bundle_url"), "{text}");
+    let mut agent = Command::new(CAIRN)
+        .args(["agent", "run", "-config"])
+        .arg(&cfg)
+        .env("SSL_CERT_FILE", web.join("ca.crt"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(adir.join("agent.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !adir.join("agent.sock").exists() && start.elapsed() < Duration::from_secs(20) {
+        if let Ok(Some(st)) = agent.try_wait() {
+            panic!("agent exited {st}: {}", std::fs::read_to_string(adir.join("agent.log")).unwrap_or_default());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let attested = s.cli_ok(&["agent", "list"]).contains(&t);
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let _ = httpd.kill();
+    let _ = httpd.wait();
+    assert!(
+        attested,
+        "agent did not attest after fetching the bundle over HTTPS: {}",
+        std::fs::read_to_string(adir.join("agent.log")).unwrap_or_default()
+    );
+}

@@ -2,6 +2,7 @@
 //! Workload API on a Unix socket.
 
 pub mod authority;
+pub mod bootstrap;
 pub mod cache;
 pub mod client;
 pub mod manager;

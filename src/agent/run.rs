@@ -12,7 +12,7 @@ use crate::spiffe::Bundle;
 use std::sync::Arc;
 use std::time::Duration;
 
-fn bootstrap_roots(config: &AgentConfig) -> Result<ServerTrust, String> {
+async fn bootstrap_roots(config: &AgentConfig) -> Result<ServerTrust, String> {
     match &config.trust_bundle {
         TrustBundleSource::InsecureBootstrap => {
             tracing::warn!(
@@ -38,8 +38,8 @@ fn bootstrap_roots(config: &AgentConfig) -> Result<ServerTrust, String> {
             }
             Ok(ServerTrust::Roots(roots))
         }
-        TrustBundleSource::Url(u, _) => Err(format!(
-            "agent.trust_bundle_url {u:?}: fetching the bootstrap bundle over HTTPS is not in this cairn yet; download it and use trust_bundle_path"
+        TrustBundleSource::Url(u, format) => Ok(ServerTrust::Roots(
+            super::bootstrap::fetch_roots(u, matches!(format, TrustBundleFormat::Spiffe), &config.trust_domain).await?,
         )),
     }
 }
@@ -93,7 +93,7 @@ async fn bind_workload_socket(path: &std::path::Path) -> Result<tokio::net::Unix
 /// A message for the operator (bad files, attestation refused, banned).
 pub async fn run(config: AgentConfig) -> Result<(), String> {
     crate::telemetry::init(&config.log_level, config.log_format);
-    let trust = bootstrap_roots(&config)?;
+    let trust = bootstrap_roots(&config).await?;
     let attestation = node_attestation(&config)?;
     let state_dir = match &config.key_manager {
         AgentKeyManagerConfig::Memory => None,
