@@ -133,10 +133,15 @@ impl pb::entry_server::Entry for Svc {
                         ));
                     }
                 }
-                if let Some(existing) = ds.find_similar_entry(&entry).await.map_err(|e| (e.into(), None))? {
-                    return Err((ApiError::AlreadyExists("similar entry already exists".into()), Some(entry_to_proto(&existing))));
+                // create_entry refuses a similar entry itself; only then is the existing one looked up.
+                match ds.create_entry(&entry).await {
+                    Ok(e) => Ok(entry_to_proto(&e)),
+                    Err(crate::datastore::DatastoreError::AlreadyExists { what }) => {
+                        let existing = ds.find_similar_entry(&entry).await.ok().flatten().map(|e| entry_to_proto(&e));
+                        Err((ApiError::AlreadyExists(format!("{what} already exists")), existing))
+                    }
+                    Err(e) => Err((e.into(), None)),
                 }
-                ds.create_entry(&entry).await.map(|e| entry_to_proto(&e)).map_err(|e| (e.into(), None))
             }
             .await;
             results.push(match r {

@@ -272,6 +272,10 @@ impl Server {
                                 continue;
                             }
                         };
+                        // Small gRPC messages must not wait for Nagle (see the agent client).
+                        if let Err(e) = sock.set_nodelay(true) {
+                            tracing::debug!(%peer, error = %e, "set_nodelay failed");
+                        }
                         let acceptor = acceptor.clone();
                         let tx = conn_tx.clone();
                         // Handshakes run concurrently and time out, so a silent client cannot stall others.
