@@ -212,11 +212,9 @@ impl Ca {
         let params = x509::ca_params(&self.trust_domain, subject, Some(&ou), public_key, now - x509::NOT_BEFORE_CUSHION, not_after)?;
         let cert = params.signed_by(public_key, &ca.issuer).map_err(|e| CaError::Signing(e.to_string()))?;
         let mut chain = vec![cert.der().to_vec()];
-        if ca.chain.is_empty() {
-            // Self-signed root: the downstream's chain ends at its own CA (the root is in the bundle).
-        } else {
-            chain.extend(ca.chain.iter().cloned());
-        }
+        // [new CA] + this tier's chain; under a self-signed root that chain is empty, since the
+        // root travels in the bundle, not in chains.
+        chain.extend(ca.chain.iter().cloned());
         Ok(chain)
     }
 
