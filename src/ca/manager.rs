@@ -105,6 +105,8 @@ struct Slots {
     jwt_current: Option<JwtSlot>,
     jwt_next: Option<JwtSlot>,
     journal: Journal,
+    /// The journal text last stored, to skip identical writes.
+    journal_written: Option<String>,
     warned_no_jwt_publish: bool,
 }
 
@@ -456,7 +458,11 @@ impl CaManager {
         let j_len = journal.jwt.len();
         journal.jwt.drain(..j_len.saturating_sub(JOURNAL_CAP));
         let text = serde_json::to_string(&journal).map_err(|e| CaError::Template(e.to_string()))?;
-        self.datastore.set_ca_journal(&self.config.journal_key, &text).await?;
+        // Most rotation ticks change nothing: skip the write then.
+        if slots.journal_written.as_deref() != Some(text.as_str()) {
+            self.datastore.set_ca_journal(&self.config.journal_key, &text).await?;
+            slots.journal_written = Some(text);
+        }
         slots.journal = journal;
         Ok(())
     }

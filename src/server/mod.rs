@@ -215,6 +215,7 @@ impl Server {
         {
             let tls = Arc::clone(&self.tls);
             let ds = Arc::clone(&self.state.datastore);
+            let cache = Arc::clone(&self.state.entry_cache);
             let td = self.config.trust_domain.clone();
             let mut changes = ds.watch_changes();
             let stop = stopped(stop_rx.clone());
@@ -222,13 +223,21 @@ impl Server {
                 tokio::pin!(stop);
                 let mut tick = tokio::time::interval(Duration::from_secs(5));
                 loop {
-                    tokio::select! {
+                    // A bundle change is read from the datastore at once; the periodic tick
+                    // (SVID half-life checks) uses the in-memory copy and costs no query.
+                    let changed = tokio::select! {
                         () = &mut stop => return,
-                        _ = tick.tick() => {}
-                        c = changes.recv() => if !matches!(c, Ok(Change::Bundle) | Err(_)) { continue },
-                    }
+                        _ = tick.tick() => false,
+                        c = changes.recv() => if matches!(c, Ok(Change::Bundle) | Err(_)) { true } else { continue },
+                    };
                     if let Err(e) = tls.rotate_if_needed(crate::now_unix()) {
                         tracing::warn!(error = %e, "server SVID rotation failed");
+                    }
+                    if !changed {
+                        if let Some(b) = cache.bundle() {
+                            tls.set_roots(&b.x509_authorities);
+                        }
+                        continue;
                     }
                     match ds.get_bundle(&td).await {
                         Ok(Some(b)) => tls.set_roots(&b.x509_authorities),
