@@ -20,6 +20,7 @@
 //! - [`config`]: SPIRE-style HCL into validated config, every error naming its key path.
 //! - [`api`], [`server`]: SPIRE's gRPC services over the admin socket and TLS.
 //! - [`cli`]: `cairn server ...` and `cairn agent ...` with SPIRE's flag spelling, `cairn tiers ...`.
+//! - [`net`]: how every listener accepts, pins, caps and reaps connections.
 //! - [`tiers`]: the local multi-tier demo (`cairn tiers up`): topology file, processes, report.
 
 pub mod agent;
@@ -31,6 +32,7 @@ pub mod config;
 pub mod datastore;
 pub mod fsutil;
 pub mod keymanager;
+pub mod net;
 pub mod server;
 pub mod spiffe;
 pub mod telemetry;

@@ -1,7 +1,6 @@
 //! `cairn agent`: node attestation, sync with the server, the SVID cache and the SPIFFE
 //! Workload API on a Unix socket.
 
-pub mod authority;
 pub mod bootstrap;
 pub mod cache;
 pub mod client;

@@ -93,6 +93,7 @@ async fn bind_workload_socket(path: &std::path::Path) -> Result<tokio::net::Unix
 /// A message for the operator (bad files, attestation refused, banned).
 pub async fn run(config: AgentConfig) -> Result<(), String> {
     crate::telemetry::init(&config.log_level, config.log_format);
+    let nofile = crate::net::raise_nofile_limit();
     let trust = bootstrap_roots(&config).await?;
     let attestation = node_attestation(&config)?;
     let state_dir = match &config.key_manager {
@@ -148,11 +149,11 @@ pub async fn run(config: AgentConfig) -> Result<(), String> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
-    let serve = tokio::spawn(workload::serve(api, listener, stopped(stop_rx.clone())));
+    let serve = tokio::spawn(workload::serve(api, listener, workload::default_limits(nofile), stopped(stop_rx.clone())));
     if let Some(h) = config.health.clone().filter(|h| h.listener_enabled) {
         let addr = format!("{}:{}", h.bind_address, h.bind_port);
         let l = tokio::net::TcpListener::bind(&addr).await.map_err(|e| format!("health_checks {addr}: {e}"))?;
-        tokio::spawn(crate::telemetry::health::serve(l, h, Arc::clone(&agent), stopped(stop_rx.clone())));
+        tokio::spawn(crate::telemetry::health::serve(l, h, Arc::clone(&agent), nofile, stopped(stop_rx.clone())));
     }
     let sync = tokio::spawn(Arc::clone(&agent).run(stopped(stop_rx.clone())));
     let socket = config.socket_path.clone();

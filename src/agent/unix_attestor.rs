@@ -38,8 +38,12 @@
 //! [`attest`] inside `tokio::task::spawn_blocking`.
 //!
 //! Pid reuse (the caller exiting and its pid being recycled before or during
-//! attestation) is not detected here; as in SPIRE, that is the job of the
-//! peer tracker that calls this attestor and re-checks the peer afterwards.
+//! attestation) and exec are not detected here: as in SPIRE, the caller pins the
+//! peer at accept and re-checks it afterwards ([`crate::net::peer`]). What this
+//! attestor does check is that the effective uid and gid it reads are the ones
+//! the kernel reported at connect: a process that gained privileges in between
+//! (a setuid exec that later drops them again, say) is refused instead of being
+//! described by a snapshot taken while it was privileged.
 
 use std::fs::File;
 use std::io;
@@ -91,20 +95,8 @@ impl Default for UnixAttestorConfig {
     }
 }
 
-/// The caller as the kernel reports it for the socket connection (tokio's
-/// `UnixStream::peer_cred` gives all three).
-///
-/// Only `pid` feeds the selectors, as in SPIRE; `uid` and `gid` are carried
-/// for logging and for callers that want to cross-check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PeerCred {
-    /// Process id of the peer, when the platform reports one.
-    pub pid: Option<i32>,
-    /// Effective uid of the peer at connect time.
-    pub uid: u32,
-    /// Effective gid of the peer at connect time.
-    pub gid: u32,
-}
+/// The caller as the kernel reports it for the socket connection.
+pub use crate::net::PeerCred;
 
 /// Why attestation of a caller failed. Any error fails the whole attestation,
 /// as any error does in SPIRE's plugin; there are no partial selector sets.
@@ -132,6 +124,20 @@ pub enum UnixAttestorError {
         /// The underlying I/O error.
         #[source]
         source: io::Error,
+    },
+    /// The process runs with other effective ids than it connected with.
+    #[error("process {pid} runs as uid {now_uid} gid {now_gid} but connected as uid {uid} gid {gid}")]
+    CredentialsChanged {
+        /// The pid being attested.
+        pid: i32,
+        /// Effective uid at connect.
+        uid: u32,
+        /// Effective gid at connect.
+        gid: u32,
+        /// Effective uid now.
+        now_uid: u32,
+        /// Effective gid now.
+        now_gid: u32,
     },
     /// `/proc/<pid>/status` lacks a usable `Uid:` or `Gid:` line.
     #[error("{what} lookup: {detail} (pid {pid})")]
@@ -232,6 +238,9 @@ pub fn attest(peer: &PeerCred, cfg: &UnixAttestorConfig) -> Result<Vec<(String, 
         Err(source) => return Err(UnixAttestorError::ReadStatus { pid, source }),
     };
     let ids = parse_status(&status, pid)?;
+    if (ids.uid, ids.gid) != (peer.uid, peer.gid) {
+        return Err(UnixAttestorError::CredentialsChanged { pid, uid: peer.uid, gid: peer.gid, now_uid: ids.uid, now_gid: ids.gid });
+    }
 
     // A missing or unreadable passwd/group file resolves nothing, just as a
     // failed lookup in SPIRE only drops the name selector.
@@ -529,8 +538,26 @@ video2:x:44:
         }
     }
 
-    fn peer(pid: i32) -> PeerCred {
-        PeerCred { pid: Some(pid), uid: 0, gid: 0 }
+    /// Attests `pid` as a caller that connected with the effective ids its status shows now.
+    fn attest_as_connected(pid: i32, cfg: &UnixAttestorConfig) -> Result<Vec<(String, String)>, UnixAttestorError> {
+        let (uid, gid) = std::fs::read_to_string(cfg.proc_root.join(pid.to_string()).join("status"))
+            .ok()
+            .and_then(|s| parse_status(&s, pid).ok())
+            .map_or((0, 0), |ids| (ids.uid, ids.gid));
+        attest(&PeerCred { pid: Some(pid), uid, gid }, cfg)
+    }
+
+    #[test]
+    fn a_process_running_with_other_ids_than_it_connected_with_is_refused() {
+        // Connected as nobody, now effectively root (a setuid exec): no selectors at all.
+        let tmp = TempDir::new("credchange");
+        let root = fake_proc(&tmp, 77, &status_text("65534\t0\t0\t0", "65534\t65534\t65534\t65534", ""), None);
+        let cfg = cfg_for(&tmp, root);
+        let nobody = PeerCred { pid: Some(77), uid: 65534, gid: 65534 };
+        assert!(matches!(attest(&nobody, &cfg), Err(UnixAttestorError::CredentialsChanged { pid: 77, uid: 65534, now_uid: 0, .. })));
+        // The same process, had it connected as root, is attested.
+        let as_root = PeerCred { pid: Some(77), uid: 0, gid: 65534 };
+        assert!(attest(&as_root, &cfg).is_ok());
     }
 
     fn values(selectors: &[(String, String)]) -> Vec<&str> {
@@ -567,7 +594,7 @@ video2:x:44:
         let cfg =
             UnixAttestorConfig { discover_workload_path: true, passwd_path: passwd, group_path: group, ..UnixAttestorConfig::default() };
         let pid = i32::try_from(std::process::id()).unwrap();
-        let selectors = attest(&peer(pid), &cfg).unwrap();
+        let selectors = attest_as_connected(pid, &cfg).unwrap();
 
         let exe = std::env::current_exe().unwrap();
         let expected_hash = hex_lower(&Sha256::digest(std::fs::read(&exe).unwrap()));
@@ -586,7 +613,7 @@ video2:x:44:
     #[test]
     fn own_process_without_path_discovery_has_no_path_or_hash() {
         let pid = i32::try_from(std::process::id()).unwrap();
-        let selectors = attest(&peer(pid), &UnixAttestorConfig::default()).unwrap();
+        let selectors = attest_as_connected(pid, &UnixAttestorConfig::default()).unwrap();
         let vals = values(&selectors);
         assert_eq!(vals.first().copied(), Some(format!("uid:{}", own_effective("Uid")).as_str()));
         assert!(vals.iter().all(|v| !v.starts_with("path:") && !v.starts_with("sha256:")));
@@ -596,7 +623,7 @@ video2:x:44:
     fn own_process_negative_limit_skips_hash() {
         let pid = i32::try_from(std::process::id()).unwrap();
         let cfg = UnixAttestorConfig { discover_workload_path: true, workload_size_limit: -1, ..UnixAttestorConfig::default() };
-        let vals = attest(&peer(pid), &cfg).unwrap();
+        let vals = attest_as_connected(pid, &cfg).unwrap();
         let vals = values(&vals);
         let exe = std::env::current_exe().unwrap();
         assert_eq!(vals.last().copied(), Some(format!("path:{}", exe.display()).as_str()));
@@ -607,7 +634,7 @@ video2:x:44:
     fn own_process_over_size_limit_fails() {
         let pid = i32::try_from(std::process::id()).unwrap();
         let cfg = UnixAttestorConfig { discover_workload_path: true, workload_size_limit: 1, ..UnixAttestorConfig::default() };
-        match attest(&peer(pid), &cfg) {
+        match attest_as_connected(pid, &cfg) {
             Err(UnixAttestorError::SizeLimitExceeded { size, limit: 1, path }) => {
                 assert!(size > 1);
                 assert_eq!(path, Path::new("/proc").join(pid.to_string()).join("exe"));
@@ -620,10 +647,10 @@ video2:x:44:
     fn nonexistent_pid_is_an_error() {
         let tmp = TempDir::new("nopid");
         let cfg = cfg_for(&tmp, tmp.path().join("proc"));
-        assert!(matches!(attest(&peer(4242), &cfg), Err(UnixAttestorError::ProcessNotFound { pid: 4242 })));
+        assert!(matches!(attest_as_connected(4242, &cfg), Err(UnixAttestorError::ProcessNotFound { pid: 4242 })));
         // Against the real /proc too: pid_max is at most 2^22.
         let real = UnixAttestorConfig::default();
-        assert!(matches!(attest(&peer(i32::MAX), &real), Err(UnixAttestorError::ProcessNotFound { .. })));
+        assert!(matches!(attest_as_connected(i32::MAX, &real), Err(UnixAttestorError::ProcessNotFound { .. })));
     }
 
     #[test]
@@ -631,8 +658,8 @@ video2:x:44:
         let cfg = UnixAttestorConfig::default();
         let no_pid = PeerCred { pid: None, uid: 0, gid: 0 };
         assert!(matches!(attest(&no_pid, &cfg), Err(UnixAttestorError::MissingPid)));
-        assert!(matches!(attest(&peer(0), &cfg), Err(UnixAttestorError::InvalidPid(0))));
-        assert!(matches!(attest(&peer(-5), &cfg), Err(UnixAttestorError::InvalidPid(-5))));
+        assert!(matches!(attest_as_connected(0, &cfg), Err(UnixAttestorError::InvalidPid(0))));
+        assert!(matches!(attest_as_connected(-5, &cfg), Err(UnixAttestorError::InvalidPid(-5))));
     }
 
     #[test]
@@ -641,7 +668,7 @@ video2:x:44:
         // Real 1001/1001, effective 1000/50: SPIRE reports the effective ids.
         let root = fake_proc(&tmp, 4242, &status_text("1001\t1000\t1000\t1000", "1001\t50\t50\t50", ""), None);
         let cfg = cfg_for(&tmp, root);
-        let sel = attest(&peer(4242), &cfg).unwrap();
+        let sel = attest_as_connected(4242, &cfg).unwrap();
         assert_eq!(values(&sel), ["uid:1000", "user:alice", "gid:50", "group:staff"]);
     }
 
@@ -650,7 +677,7 @@ video2:x:44:
         let tmp = TempDir::new("single");
         let root = fake_proc(&tmp, 7, &status_text("0", "0", ""), None);
         let cfg = cfg_for(&tmp, root);
-        let sel = attest(&peer(7), &cfg).unwrap();
+        let sel = attest_as_connected(7, &cfg).unwrap();
         assert_eq!(values(&sel), ["uid:0", "user:root", "gid:0", "group:root"]);
     }
 
@@ -659,7 +686,7 @@ video2:x:44:
         let tmp = TempDir::new("supp");
         let root = fake_proc(&tmp, 4242, &status_text("1000\t1000\t1000\t1000", "1000\t1000\t1000\t1000", "50 27 999 44 "), None);
         let cfg = cfg_for(&tmp, root);
-        let sel = attest(&peer(4242), &cfg).unwrap();
+        let sel = attest_as_connected(4242, &cfg).unwrap();
         assert_eq!(
             values(&sel),
             [
@@ -682,7 +709,7 @@ video2:x:44:
         let tmp = TempDir::new("unknown");
         let root = fake_proc(&tmp, 9, &status_text("1999\t1999\t1999\t1999", "2999\t2999\t2999\t2999", ""), None);
         let cfg = cfg_for(&tmp, root);
-        let sel = attest(&peer(9), &cfg).unwrap();
+        let sel = attest_as_connected(9, &cfg).unwrap();
         assert_eq!(values(&sel), ["uid:1999", "gid:2999"]);
     }
 
@@ -695,7 +722,7 @@ video2:x:44:
             group_path: tmp.path().join("absent-group"),
             ..cfg_for(&tmp, root)
         };
-        let sel = attest(&peer(9), &cfg).unwrap();
+        let sel = attest_as_connected(9, &cfg).unwrap();
         assert_eq!(values(&sel), ["uid:0", "gid:0", "supplementary_gid:0"]);
     }
 
@@ -749,7 +776,7 @@ video2:x:44:
         passwd.extend_from_slice(b"zed:x:1000:1000::/home/zed:/bin/sh\n");
         let root = fake_proc(&tmp, 3, &status_text("1000\t1000\t1000\t1000", "1\t1\t1\t1", ""), None);
         let cfg = UnixAttestorConfig { passwd_path: tmp.write("bin-passwd", &passwd), ..cfg_for(&tmp, root) };
-        let sel = attest(&peer(3), &cfg).unwrap();
+        let sel = attest_as_connected(3, &cfg).unwrap();
         assert_eq!(values(&sel), ["uid:1000", "user:zed", "gid:1"]);
     }
 
@@ -768,7 +795,7 @@ video2:x:44:
         }
         let cfg = cfg_for(&tmp, tmp.path().join("proc"));
         for (pid, _, which) in &cases {
-            match attest(&peer(*pid), &cfg) {
+            match attest_as_connected(*pid, &cfg) {
                 Err(UnixAttestorError::MalformedStatus { what, .. }) => assert_eq!(what, *which),
                 other => panic!("pid {pid}: expected malformed status, got {other:?}"),
             }
@@ -781,22 +808,22 @@ video2:x:44:
         let exe = tmp.write("bin/workload", b"data");
         let root = fake_proc(&tmp, 12, &status_text("1000\t1000\t1000\t1000", "50\t50\t50\t50", ""), Some(&exe));
         let cfg = UnixAttestorConfig { discover_workload_path: true, ..cfg_for(&tmp, root.clone()) };
-        let sel = attest(&peer(12), &cfg).unwrap();
+        let sel = attest_as_connected(12, &cfg).unwrap();
         let path_sel = format!("path:{}", exe.display());
         let hash_sel = format!("sha256:{DATA_SHA256}");
         assert_eq!(values(&sel), ["uid:1000", "user:alice", "gid:50", "group:staff", path_sel.as_str(), hash_sel.as_str()]);
 
         // Exactly at the limit is fine; one byte over is refused.
         let at_limit = UnixAttestorConfig { workload_size_limit: 4, ..cfg.clone() };
-        assert_eq!(values(&attest(&peer(12), &at_limit).unwrap()).last().copied(), Some(hash_sel.as_str()));
+        assert_eq!(values(&attest_as_connected(12, &at_limit).unwrap()).last().copied(), Some(hash_sel.as_str()));
         let over = UnixAttestorConfig { workload_size_limit: 2, ..cfg.clone() };
-        let err = attest(&peer(12), &over).unwrap_err();
+        let err = attest_as_connected(12, &over).unwrap_err();
         assert!(matches!(err, UnixAttestorError::SizeLimitExceeded { size: 4, limit: 2, .. }));
         assert_eq!(err.to_string(), format!("SHA256 digest: workload {} exceeds size limit (4 > 2)", root.join("12/exe").display()));
 
         // A negative limit disables hashing, so even an oversized file passes.
         let no_hash = UnixAttestorConfig { workload_size_limit: -1, ..cfg };
-        assert_eq!(values(&attest(&peer(12), &no_hash).unwrap()).last().copied(), Some(path_sel.as_str()));
+        assert_eq!(values(&attest_as_connected(12, &no_hash).unwrap()).last().copied(), Some(path_sel.as_str()));
     }
 
     #[test]
@@ -809,12 +836,12 @@ video2:x:44:
         let root = fake_proc(&tmp, 20, &status_text("0", "0", ""), Some(target));
         fake_proc(&tmp, 21, &status_text("0", "0", ""), None);
         let cfg = UnixAttestorConfig { discover_workload_path: true, ..cfg_for(&tmp, root) };
-        assert!(matches!(attest(&peer(20), &cfg), Err(UnixAttestorError::Digest { .. })));
+        assert!(matches!(attest_as_connected(20, &cfg), Err(UnixAttestorError::Digest { .. })));
         let path_only = UnixAttestorConfig { workload_size_limit: -1, ..cfg.clone() };
-        let sel = attest(&peer(20), &path_only).unwrap();
+        let sel = attest_as_connected(20, &path_only).unwrap();
         assert_eq!(values(&sel).last().copied(), Some("path:/nonexistent/bin/app (deleted)"));
         // No exe link at all (e.g. a zombie or a kernel thread).
-        assert!(matches!(attest(&peer(21), &cfg), Err(UnixAttestorError::ExeLookup { pid: 21, .. })));
+        assert!(matches!(attest_as_connected(21, &cfg), Err(UnixAttestorError::ExeLookup { pid: 21, .. })));
     }
 
     #[test]

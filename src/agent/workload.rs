@@ -35,7 +35,6 @@ use serde_json::Value;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
 use crate::agent::cache::{FetchJwtError, Snapshot, WorkloadSource, X509SvidItem};
@@ -46,6 +45,7 @@ use crate::api::pb::workload::{
     X509svidRequest, X509svidResponse,
 };
 use crate::datastore::Selector;
+use crate::net::{ConnInfo, ConnLimits, Peer, Registry};
 use crate::spiffe::{Bundle, JwtSvidError, SpiffeId, TrustDomain, validate_jwt_svid};
 
 /// The metadata key every Workload API request must carry with the value `true` (WEP §3). It
@@ -65,16 +65,21 @@ pub const MAX_AUDIENCES: usize = 64;
 /// Longest audience value accepted, in bytes.
 pub const MAX_AUDIENCE_LEN: usize = 1024;
 
-/// Limit on the HTTP/2 header block a caller may send: the metadata of a Workload API call is
-/// a few hundred bytes, and this keeps a hostile caller from making the server buffer more.
-const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
-
 /// Claims of a token from another trust domain that `ValidateJWTSVID` passes on. SPIRE drops
 /// the rest, since a foreign issuer's extra claims mean nothing here.
 const FOREIGN_CLAIMS_KEPT: [&str; 3] = ["sub", "aud", "exp"];
 
 const NO_IDENTITY: &str = "no identity issued";
 const ATTESTATION_FAILED: &str = "workload attestation failed";
+const PEER_CHANGED: &str = "the calling process is not the one that connected";
+
+/// Why a caller was not attested.
+enum AttestFailure {
+    /// The attestor could not describe it.
+    Attestor(String),
+    /// It is not the process that connected.
+    Changed(crate::net::PeerChanged),
+}
 
 /// The caller of a Workload API request as the kernel reports it for the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,22 +138,44 @@ impl WorkloadApi {
         Self { source, attestor, stop: Arc::new(watch::Sender::new(false)) }
     }
 
-    /// Attests the caller of `req` from the peer credentials of its connection.
+    /// Attests the caller of `req` from the peer credentials of its connection, then checks
+    /// that the process attested is still the one that connected (see [`crate::net::peer`]):
+    /// otherwise a connection handed to a setuid program, or left behind for a pid to be
+    /// reused, would be served the new process's identities.
     async fn attest<T>(&self, req: &Request<T>) -> Result<Vec<Selector>, Status> {
-        // Absent only when the connection is not a Unix socket (or the kernel refused to say
-        // who is on the other end): such a caller cannot be identified, so it gets nothing.
-        let Some(cred) = req.extensions().get::<UdsConnectInfo>().and_then(|info| info.peer_cred) else {
+        // Absent only when the connection is not one of our Unix socket connections: such a
+        // caller cannot be identified, so it gets nothing.
+        let Some(peer) = req.extensions().get::<ConnInfo>().and_then(|info| match &info.peer {
+            Peer::Unix(p) => Some(p.clone()),
+            Peer::Tls { .. } => None,
+        }) else {
             tracing::warn!("workload API caller has no peer credentials");
             return Err(Status::unavailable(ATTESTATION_FAILED));
         };
-        let caller = CallerInfo { pid: cred.pid(), uid: cred.uid(), gid: cred.gid() };
+        let cred = peer.cred();
+        let caller = CallerInfo { pid: cred.pid, uid: cred.uid, gid: cred.gid };
         let attestor = Arc::clone(&self.attestor);
-        match tokio::task::spawn_blocking(move || attestor.attest(&caller)).await {
+        let result = tokio::task::spawn_blocking(move || {
+            // Attestation may fail because the process changed (it now runs as someone else, or
+            // is gone); that is the peer check's verdict to give, so it is consulted either way.
+            let selectors = attestor.attest(&caller);
+            peer.verify().map_err(AttestFailure::Changed)?;
+            selectors.map_err(AttestFailure::Attestor)
+        })
+        .await;
+        match result {
             Ok(Ok(selectors)) => {
                 tracing::debug!(pid = ?caller.pid, uid = caller.uid, selectors = selectors.len(), "workload attested");
                 Ok(selectors)
             }
-            Ok(Err(e)) => {
+            Ok(Err(AttestFailure::Changed(e))) => {
+                tracing::warn!(
+                    pid = ?caller.pid, uid = caller.uid, gid = caller.gid, error = %e,
+                    "workload refused: the calling process changed since it connected"
+                );
+                Err(Status::permission_denied(PEER_CHANGED))
+            }
+            Ok(Err(AttestFailure::Attestor(e))) => {
                 tracing::warn!(pid = ?caller.pid, uid = caller.uid, error = %e, "workload attestation failed");
                 Err(Status::unavailable(ATTESTATION_FAILED))
             }
@@ -196,9 +223,10 @@ type UpdateStream<M> = Pin<Box<dyn Stream<Item = Result<M, Status>> + Send + 'st
 
 /// Serves the Workload API on `listener` until `shutdown` completes.
 ///
-/// Each connection's peer credentials are captured when it is accepted and the caller is
-/// attested again on every request. When `shutdown` completes the listener is closed, open
-/// streams end with `Unavailable`, and the call returns once in-flight requests finished.
+/// Each connection's peer is pinned when it is accepted, and the caller is attested again on
+/// every request (and checked to still be that process). Connections are capped and reaped
+/// as `limits` says. When `shutdown` completes the listener is closed, open streams end with
+/// `Unavailable`, and the call returns once in-flight requests finished.
 ///
 /// # Errors
 ///
@@ -206,6 +234,7 @@ type UpdateStream<M> = Pin<Box<dyn Stream<Item = Result<M, Status>> + Send + 'st
 pub async fn serve(
     api: WorkloadApi,
     listener: UnixListener,
+    limits: ConnLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let stop = Arc::clone(&api.stop);
@@ -216,14 +245,28 @@ pub async fn serve(
     let health = AgentHealth { source: Arc::clone(&api.source) };
     let service =
         InterceptedService::new(SpiffeWorkloadApiServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES), check_security_header);
-    tonic::transport::Server::builder()
-        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+    crate::net::grpc_server()
         .add_service(service)
         .add_service(
             crate::api::pb::grpc::health::v1::health_server::HealthServer::new(health).max_decoding_message_size(MAX_REQUEST_BYTES),
         )
-        .serve_with_incoming_shutdown(accept_loop(listener), signal)
+        .serve_with_incoming_shutdown(crate::net::uds_incoming(listener, Registry::new(limits)), signal)
         .await
+}
+
+/// The Workload API's connection limits for a process allowed `nofile` descriptors: most of
+/// them (it is the agent's main listener), half at most for one uid, so one local user cannot
+/// take every slot from the others.
+#[must_use]
+pub fn default_limits(nofile: u64) -> ConnLimits {
+    let max = crate::net::fd_budget(nofile, 60, 100_000);
+    ConnLimits {
+        name: "Workload API",
+        first_request_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(120),
+        max_connections: max,
+        max_per_peer: (max / 2).max(8),
+    }
 }
 
 /// `grpc.health.v1.Health` on the Workload API socket, which `spire-agent healthcheck` calls:
@@ -243,25 +286,6 @@ impl crate::api::pb::grpc::health::v1::health_server::Health for AgentHealth {
         let status = if ready { ServingStatus::Serving } else { ServingStatus::NotServing };
         Ok(Response::new(crate::api::pb::grpc::health::v1::HealthCheckResponse { status: status as i32 }))
     }
-}
-
-/// The connections of `listener`. tonic retries a failed accept at once, which spins when the
-/// process is out of file descriptors; this waits a little instead and never yields an error.
-fn accept_loop(
-    listener: UnixListener,
-) -> impl Stream<Item = Result<super::authority::AuthorityFix<tokio::net::UnixStream>, std::io::Error>> + Send + 'static {
-    futures::stream::unfold(listener, |listener| async move {
-        loop {
-            match listener.accept().await {
-                // C-core clients send the socket path as :authority; see `authority`.
-                Ok((stream, _)) => return Some((Ok(super::authority::AuthorityFix::new(stream)), listener)),
-                Err(e) => {
-                    tracing::warn!(error = %e, "workload API accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    })
 }
 
 /// SPIRE's rule: exactly one `workload.spiffe.io` value, and it is `true`. Applied to every

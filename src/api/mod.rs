@@ -50,6 +50,8 @@ pub struct ApiState {
     pub upstream: Option<Arc<dyn crate::upstream::UpstreamAuthority>>,
     /// Last contact with the upstream (for status output).
     pub upstream_status: Arc<std::sync::RwLock<crate::server::UpstreamStatus>>,
+    /// Open `BundleWatch` streams, capped.
+    pub watchers: Arc<crate::server::bundlewatch::Watchers>,
 }
 
 /// Who is calling.
@@ -122,7 +124,9 @@ impl Svc {
         if self.local {
             return Ok(Caller::Local);
         }
-        let Some(certs) = req.peer_certs() else { return Ok(Caller::Anonymous) };
+        let Some(certs) = req.extensions().get::<crate::net::ConnInfo>().and_then(crate::net::ConnInfo::peer_certs) else {
+            return Ok(Caller::Anonymous);
+        };
         let Some(leaf) = certs.first() else { return Ok(Caller::Anonymous) };
         let id = crate::spiffe::x509::leaf_spiffe_id(leaf.as_ref())
             .map_err(|e| ApiError::Unauthenticated(format!("client certificate: {e}")))?;

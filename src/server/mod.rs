@@ -15,6 +15,7 @@ use crate::ca::{CaConfig, CaManager};
 use crate::config::server::{KeyManagerConfig, ServerConfig, UpstreamConfig};
 use crate::datastore::{Change, Datastore, sql::SqlDatastore};
 use crate::keymanager::{DiskKeyManager, KeyManager, MemoryKeyManager};
+use crate::net::{ConnLimits, Registry};
 use crate::upstream::{DiskUpstreamAuthority, UpstreamAuthority};
 use std::future::Future;
 use std::path::Path;
@@ -143,6 +144,7 @@ impl Server {
             attestors,
             upstream,
             upstream_status: Arc::new(std::sync::RwLock::new(UpstreamStatus::default())),
+            watchers: Arc::default(),
         });
         Ok(Self { config, state, ca_manager, tls })
     }
@@ -248,10 +250,12 @@ impl Server {
             });
         }
 
+        let nofile = crate::net::raise_nofile_limit();
+
         // Admin socket: every caller is local.
         {
             let svc = Svc::new(Arc::clone(&self.state), true);
-            let incoming = tokio_stream::wrappers::UnixListenerStream::new(uds);
+            let incoming = crate::net::uds_incoming(uds, Registry::new(admin_limits(nofile)));
             let router = grpc_router(&svc)
                 .add_service(spb::debug::v1::debug_server::DebugServer::new(svc.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES));
             let stop = stopped(stop_rx.clone());
@@ -267,49 +271,18 @@ impl Server {
             let svc = Svc::new(Arc::clone(&self.state), false);
             let router = grpc_router(&svc);
             let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(self.tls.server_config().map_err(|e| ServerError::Io(e.to_string()))?));
-            let (conn_tx, conn_rx) =
-                tokio::sync::mpsc::channel::<Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>>(64);
+            let incoming = crate::net::tls_incoming(tcp, acceptor, Registry::new(tls_limits(nofile)));
             let stop = stopped(stop_rx.clone());
             tasks.spawn(async move {
-                let accept = async move {
-                    loop {
-                        let (sock, peer) = match tcp.accept().await {
-                            Ok(x) => x,
-                            Err(e) => {
-                                tracing::warn!(error = %e, "accept failed");
-                                tokio::time::sleep(Duration::from_millis(50)).await;
-                                continue;
-                            }
-                        };
-                        // Small gRPC messages must not wait for Nagle (see the agent client).
-                        if let Err(e) = sock.set_nodelay(true) {
-                            tracing::debug!(%peer, error = %e, "set_nodelay failed");
-                        }
-                        let acceptor = acceptor.clone();
-                        let tx = conn_tx.clone();
-                        // Handshakes run concurrently and time out, so a silent client cannot stall others.
-                        tokio::spawn(async move {
-                            match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(sock)).await {
-                                Ok(Ok(tls)) => {
-                                    let _ = tx.send(Ok(tls)).await;
-                                }
-                                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                            }
-                        });
-                    }
-                };
-                let serve = router.serve_with_incoming_shutdown(tokio_stream::wrappers::ReceiverStream::new(conn_rx), stop);
-                tokio::select! {
-                    () = accept => {}
-                    r = serve => if let Err(e) = r { tracing::error!(error = %e, "TLS gRPC server failed") },
+                if let Err(e) = router.serve_with_incoming_shutdown(incoming, stop).await {
+                    tracing::error!(error = %e, "TLS gRPC server failed");
                 }
             });
         }
 
         if let (Some(listener), Some(h)) = (health, self.config.health.clone()) {
             let state = Arc::clone(&self.state);
-            tasks.spawn(crate::telemetry::health::serve(listener, h, state, stopped(stop_rx.clone())));
+            tasks.spawn(crate::telemetry::health::serve(listener, h, state, nofile, stopped(stop_rx.clone())));
         }
 
         tracing::info!(trust_domain = %self.config.trust_domain, "cairn server is serving");
@@ -368,9 +341,37 @@ async fn write_status(state: &ApiState, path: &Path) {
     }
 }
 
-fn grpc_router(svc: &Svc) -> tonic::transport::server::Router {
+/// The admin socket's limits: callers are local administrators and scripts; a quarter of the
+/// descriptors, any of them for one uid (usually every caller is root).
+fn admin_limits(nofile: u64) -> ConnLimits {
+    let max = crate::net::fd_budget(nofile, 20, 4096);
+    ConnLimits {
+        name: "admin socket",
+        first_request_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(120),
+        max_connections: max,
+        max_per_peer: max,
+    }
+}
+
+/// The TLS port's limits: agents and downstream tiers, most of the descriptors, half at most
+/// for one address. Agents sync every few seconds, so two idle minutes means gone.
+fn tls_limits(nofile: u64) -> ConnLimits {
+    let max = crate::net::fd_budget(nofile, 55, 100_000);
+    ConnLimits {
+        name: "TLS port",
+        first_request_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(120),
+        max_connections: max,
+        max_per_peer: (max / 2).max(8),
+    }
+}
+
+type GrpcRouter = tonic::transport::server::Router<tower::layer::util::Stack<crate::net::ActivityLayer, tower::layer::util::Identity>>;
+
+fn grpc_router(svc: &Svc) -> GrpcRouter {
     let m = MAX_MESSAGE_BYTES;
-    tonic::transport::Server::builder()
+    crate::net::grpc_server()
         .max_connection_age(Duration::from_secs(180))
         .add_service(spb::bundle::v1::bundle_server::BundleServer::new(svc.clone()).max_decoding_message_size(m))
         .add_service(spb::entry::v1::entry_server::EntryServer::new(svc.clone()).max_decoding_message_size(m))

@@ -271,7 +271,7 @@ impl TestServer {
         let listener = UnixListener::bind(&path).unwrap();
         let api = WorkloadApi::new(Arc::clone(&source) as Arc<dyn WorkloadSource>, attestor);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(serve(api, listener, async move {
+        let task = tokio::spawn(serve(api, listener, default_limits(1024), async move {
             let _ = stopped.await;
         }));
         Self { _dir: dir, path, pki, source, attest, seen, stop: Some(stop), task: Some(task) }
@@ -692,7 +692,7 @@ async fn jwt_svid_source_errors_map_to_codes() {
         let path = dir.path().join("agent.sock");
         let listener = UnixListener::bind(&path).unwrap();
         let api = WorkloadApi::new(Arc::new(FailingSource { inner, invalid }), Arc::new(|_: &CallerInfo| Ok(caller_selectors())));
-        let task = tokio::spawn(serve(api, listener, std::future::pending()));
+        let task = tokio::spawn(serve(api, listener, default_limits(1024), std::future::pending()));
         let channel = Endpoint::from_shared(format!("unix:{}", path.display())).unwrap().connect().await.unwrap();
         let mut client = SpiffeWorkloadApiClient::new(channel);
         assert_eq!(client.fetch_jwtsvid(jwt_req(&["a"], "")).await.unwrap_err().code(), code);

@@ -1,4 +1,4 @@
-//! Makes gRPC C-core clients (py-spiffe, grpc-java, Envoy) work over the Workload API socket.
+//! Makes gRPC C-core clients (py-spiffe, grpc-java, Envoy, grpcurl) work over cairn's Unix sockets.
 //!
 //! Those clients send the socket path, percent-encoded, as the HTTP/2 `:authority`
 //! (`tmp%2Fagent.sock`). That is not a valid URI authority, and the h2 crate under tonic
@@ -232,13 +232,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for AuthorityFix<S> {
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-impl tonic::transport::server::Connected for AuthorityFix<tokio::net::UnixStream> {
-    type ConnectInfo = <tokio::net::UnixStream as tonic::transport::server::Connected>::ConnectInfo;
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.inner.connect_info()
     }
 }
 
