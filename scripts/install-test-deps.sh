@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what cairn's tests need on a fresh Debian machine: openssl (the independent X.509
 # verifier), Python's PyJWT + cryptography (the independent JWT verifier), py-spiffe, and h2 (the
-# raw HTTP/2 client of scripts/flood.py).
+# raw HTTP/2 client of scripts/flood.py), grpcio with grpcio-tools and SPIRE's API protos
+# (clients generated from SPIRE's own definitions).
 set -euo pipefail
 need_apt=()
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
@@ -11,9 +12,25 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
   else sudo apt-get update -qq && sudo apt-get install -y -qq "${need_apt[@]}"; fi
 fi
-if ! python3 -c 'import jwt, cryptography, spiffe, h2' >/dev/null 2>&1; then
-  python3 -m pip install --quiet --disable-pip-version-check 'pyjwt[crypto]>=2.8' 'spiffe>=0.3' 'h2>=4' || \
-    python3 -m pip install --quiet --disable-pip-version-check --break-system-packages 'pyjwt[crypto]>=2.8' 'spiffe>=0.3' 'h2>=4'
+pips=('pyjwt[crypto]>=2.8' 'spiffe>=0.3' 'h2>=4' 'grpcio>=1.60' 'grpcio-tools>=1.60')
+if ! python3 -c 'import jwt, cryptography, spiffe, h2, grpc, grpc_tools' >/dev/null 2>&1; then
+  python3 -m pip install --quiet --disable-pip-version-check "${pips[@]}" || \
+    python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "${pips[@]}"
 fi
-python3 -c 'import jwt, cryptography, spiffe, h2; print("pyjwt", jwt.__version__, "py-spiffe ok")'
+python3 -c 'import jwt, cryptography, spiffe, h2, grpc, grpc_tools; print("pyjwt", jwt.__version__, "grpcio", grpc.__version__, "py-spiffe ok")'
+
+# SPIRE's own API protos (spire-api-sdk), unmodified, as the `spire-api` crate ships them: tests
+# generate real gRPC clients from them (grpcio) to drive cairn as SPIRE's users' tools would.
+# Fetched from crates.io (a registry these machines reach), checked against a pinned digest.
+sdk_dir="$(cd "$(dirname "$0")/.." && pwd)/target/spire-api-sdk"
+sdk_crate="spire-api-0.6.0"
+sdk_sha256="6481d31d10f056d4e9be798c9ab24482605f3ff46ffce1b788ea0a983d1cba7e"
+if [ ! -f "$sdk_dir/$sdk_crate/spire-api-sdk/proto/spire/api/server/entry/v1/entry.proto" ]; then
+  command -v curl >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq curl; }
+  mkdir -p "$sdk_dir"
+  curl -sSfL -o "$sdk_dir/$sdk_crate.crate" "https://static.crates.io/crates/spire-api/$sdk_crate.crate"
+  echo "$sdk_sha256  $sdk_dir/$sdk_crate.crate" | sha256sum -c --quiet -
+  tar xzf "$sdk_dir/$sdk_crate.crate" -C "$sdk_dir"
+fi
+echo "spire-api-sdk protos: $sdk_dir/$sdk_crate/spire-api-sdk/proto"
 openssl version

@@ -1,0 +1,100 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test code: a failed unwrap is a failed test")]
+//! A Python grpcio client generated from SPIRE's own protos (spire-api-sdk, fetched by
+//! scripts/install-test-deps.sh) drives the server's admin socket with no channel options, as
+//! an operator's tooling would (issue 8, item 1). gRPC C-core sends the socket path as
+//! `:authority`, which the Rust HTTP/2 stack rejects unless cairn rewrites it.
+
+mod common;
+
+use common::*;
+use std::path::PathBuf;
+use std::process::Command;
+
+const CLIENT: &str = r#"
+import os, subprocess, sys, tempfile
+proto, sock = sys.argv[1], sys.argv[2]
+out = tempfile.mkdtemp()
+files = []
+for root, _, names in os.walk(os.path.join(proto, "spire/api")):
+    files += [os.path.join(root, n) for n in names if n.endswith(".proto")]
+import grpc_tools, grpc_tools.protoc
+inc = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
+rc = grpc_tools.protoc.main(["protoc", f"-I{proto}", f"-I{inc}", f"--python_out={out}", f"--grpc_python_out={out}"] + files)
+assert rc == 0, "protoc failed"
+sys.path.insert(0, out)
+import grpc
+from spire.api.server.bundle.v1 import bundle_pb2, bundle_pb2_grpc
+from spire.api.server.entry.v1 import entry_pb2, entry_pb2_grpc
+from spire.api.server.svid.v1 import svid_pb2, svid_pb2_grpc
+from spire.api.server.agent.v1 import agent_pb2, agent_pb2_grpc
+from spire.api.server.debug.v1 import debug_pb2, debug_pb2_grpc
+from spire.api.types import entry_pb2 as tentry, spiffeid_pb2, selector_pb2
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+ch = grpc.insecure_channel("unix:" + sock)  # no options: C-core sends the path as :authority
+b = bundle_pb2_grpc.BundleStub(ch).GetBundle(bundle_pb2.GetBundleRequest())
+assert b.trust_domain == "example.org" and len(b.x509_authorities) >= 1, b
+assert len(b.jwt_authorities) >= 1, b
+
+entries = entry_pb2_grpc.EntryStub(ch)
+e = tentry.Entry(
+    spiffe_id=spiffeid_pb2.SPIFFEID(trust_domain="example.org", path="/py/workload"),
+    parent_id=spiffeid_pb2.SPIFFEID(trust_domain="example.org", path="/py/node"),
+    selectors=[selector_pb2.Selector(type="unix", value="uid:1234")],
+)
+r = entries.BatchCreateEntry(entry_pb2.BatchCreateEntryRequest(entries=[e]))
+assert r.results[0].status.code == 0, r
+eid = r.results[0].entry.id
+assert entries.CountEntries(entry_pb2.CountEntriesRequest()).count >= 1
+got = entries.GetEntry(entry_pb2.GetEntryRequest(id=eid))
+assert got.spiffe_id.path == "/py/workload", got
+listed = entries.ListEntries(entry_pb2.ListEntriesRequest())
+assert any(x.id == eid for x in listed.entries)
+
+svid = svid_pb2_grpc.SVIDStub(ch)
+key = ec.generate_private_key(ec.SECP256R1())
+csr = (x509.CertificateSigningRequestBuilder()
+       .subject_name(x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, "US")]))
+       .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier("spiffe://example.org/py/minted")]), critical=False)
+       .sign(key, hashes.SHA256()))
+m = svid.MintX509SVID(svid_pb2.MintX509SVIDRequest(csr=csr.public_bytes(serialization.Encoding.DER), ttl=600))
+assert m.svid.id.path == "/py/minted", m
+leaf = x509.load_der_x509_certificate(m.svid.cert_chain[0])
+assert leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.UniformResourceIdentifier) == ["spiffe://example.org/py/minted"]
+j = svid.MintJWTSVID(svid_pb2.MintJWTSVIDRequest(id=spiffeid_pb2.SPIFFEID(trust_domain="example.org", path="/py/jwt"), audience=["db"], ttl=300))
+assert j.svid.token.count(".") == 2, j
+
+agents = agent_pb2_grpc.AgentStub(ch)
+tok = agents.CreateJoinToken(agent_pb2.CreateJoinTokenRequest(ttl=600))
+assert len(tok.value) > 10, tok
+agents.ListAgents(agent_pb2.ListAgentsRequest())
+agents.CountAgents(agent_pb2.CountAgentsRequest())
+info = debug_pb2_grpc.DebugStub(ch).GetInfo(debug_pb2.GetInfoRequest())
+assert len(info.svid_chain) >= 1, info
+# A refused call is a proper gRPC status, not a broken stream.
+try:
+    entries.GetEntry(entry_pb2.GetEntryRequest(id="no-such-entry"))
+    raise SystemExit("missing entry found")
+except grpc.RpcError as err:
+    assert err.code() == grpc.StatusCode.NOT_FOUND, err
+print("GRPCIO-OK")
+"#;
+
+fn sdk_protos() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/spire-api-sdk/spire-api-0.6.0/spire-api-sdk/proto");
+    assert!(p.join("spire/api/server/entry/v1/entry.proto").exists(), "SPIRE's protos are missing: run scripts/install-test-deps.sh");
+    p
+}
+
+#[test]
+fn grpcio_client_from_spires_protos_drives_the_admin_socket() {
+    require("python3");
+    let protos = sdk_protos();
+    let tmp = tempfile::tempdir().unwrap();
+    let s = TestServer::start(tmp.path(), &ServerOpts::default());
+    let (ok, out) = run(Command::new("python3").arg("-c").arg(CLIENT).arg(&protos).arg(&s.socket));
+    assert!(ok && out.contains("GRPCIO-OK"), "grpcio client failed:\n{out}\nserver log:\n{}", s.log());
+}
