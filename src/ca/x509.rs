@@ -13,6 +13,9 @@ use time::OffsetDateTime;
 /// Every certificate starts this many seconds in the past, to absorb clock skew between tiers.
 pub const NOT_BEFORE_CUSHION: i64 = 10;
 
+/// RFC 5280's `ub-common-name`: a CN longer than this is not a valid X.520 name.
+pub const MAX_COMMON_NAME_LEN: usize = 64;
+
 /// A subject for CA certificates (`ca_subject` in server.conf).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CaSubject {
@@ -110,7 +113,10 @@ pub(crate) fn svid_params(
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CountryName, "US");
     dn.push(DnType::OrganizationName, "SPIRE");
-    if let Some(first) = dns_names.first() {
+    // As SPIRE, the first DNS name doubles as the CN, but only when it fits RFC 5280's
+    // ub-common-name (64): SPIRE copies longer names too and so issues non-conforming
+    // subjects. A longer name stays in the SAN, which is what TLS clients match against.
+    if let Some(first) = dns_names.first().filter(|d| d.len() <= MAX_COMMON_NAME_LEN) {
         dn.push(DnType::CommonName, first.as_str());
     }
     p.distinguished_name = dn;
