@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test code: a failed unwrap is a failed test")]
 //! Admin minting (`MintX509SVID`, `MintJWTSVID`) applies SPIRE's checks: workload IDs of this
-//! trust domain only (never `/spire/server` or an agent ID), and DNS names as entries have them.
+//! trust domain only (never `/spire/server` or an agent ID), DNS names as entries have them, and
+//! CSR keys cairn cannot verify are named as unsupported rather than as bad signatures.
 
 mod common;
 
@@ -141,4 +142,40 @@ async fn mint_rpcs_refuse_reserved_and_foreign_ids_and_bad_dns_names_with_spires
     let ext = openssl_x509(&leaf, &["-subject", "-ext", "subjectAltName"]);
     assert!(ext.contains(&format!("DNS:{long}")), "{ext}");
     assert!(!ext.contains("CN"), "a CN longer than 64 characters was issued: {ext}");
+}
+
+/// A CSR made by openssl with `-newkey <spec>`, DER.
+fn openssl_csr(dir: &Path, name: &str, newkey: &[&str]) -> Vec<u8> {
+    let out = dir.join(format!("{name}.csr"));
+    let (ok, text) = run(Command::new("openssl")
+        .args(["req", "-new", "-nodes", "-subj", "/CN=w", "-addext", "subjectAltName=URI:spiffe://example.org/w", "-outform", "DER"])
+        .args(newkey)
+        .arg("-keyout")
+        .arg(dir.join(format!("{name}.key")))
+        .arg("-out")
+        .arg(&out));
+    assert!(ok, "openssl req {newkey:?} failed: {text}");
+    std::fs::read(out).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csr_keys_cairn_cannot_verify_are_called_unsupported() {
+    require("openssl");
+    let tmp = tempfile::tempdir().unwrap();
+    let (_s, mut svid, _) = started(tmp.path()).await;
+    let p521 = openssl_csr(tmp.path(), "p521", &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-521"]);
+    let rsa1024 = openssl_csr(tmp.path(), "rsa1024", &["-newkey", "rsa:1024"]);
+    for (csr, what) in [(p521, "EC P-521"), (rsa1024, "RSA 1024 bits")] {
+        let err = svid.mint_x509svid(svidpb::MintX509svidRequest { csr, ttl: 0 }).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
+        assert!(err.message().contains(&format!("unsupported CSR key: {what}")), "{what}: {:?}", err.message());
+        assert!(err.message().contains("supported: EC P-256, EC P-384, RSA 2048-8192 bits"), "{what}: {:?}", err.message());
+    }
+    // The supported kinds still mint.
+    for (name, newkey) in
+        [("rsa2048", &["-newkey", "rsa:2048"][..]), ("p384", &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-384"][..])]
+    {
+        let csr = openssl_csr(tmp.path(), name, newkey);
+        assert!(svid.mint_x509svid(svidpb::MintX509svidRequest { csr, ttl: 0 }).await.is_ok(), "{name}");
+    }
 }
