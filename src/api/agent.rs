@@ -43,6 +43,9 @@ async fn attest_flow(
     if data.payload.is_empty() {
         return Err(ApiError::InvalidArgument("malformed param: missing attestation data payload".into()));
     }
+    // Before attestation: a join token is consumed by attesting, so a CSR refused afterwards
+    // would burn it and leave the agent with no way to retry.
+    crate::server::attest::check_agent_csr(&csr)?;
     let now = now();
     let attested = match data.r#type.as_str() {
         "join_token" => {
