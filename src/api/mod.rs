@@ -9,6 +9,7 @@ pub mod bundle;
 pub mod convert;
 pub mod debug;
 pub mod entry;
+pub mod limiter;
 pub mod pb;
 pub mod status;
 pub mod svid;
@@ -50,6 +51,8 @@ pub struct ApiState {
     pub upstream: Option<Arc<dyn crate::upstream::UpstreamAuthority>>,
     /// Last contact with the upstream (for status output).
     pub upstream_status: Arc<std::sync::RwLock<crate::server::UpstreamStatus>>,
+    /// Failed node attestations per peer address (throttling).
+    pub attest_limiter: limiter::FailureLimiter,
 }
 
 /// Who is calling.

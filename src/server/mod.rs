@@ -143,6 +143,7 @@ impl Server {
             attestors,
             upstream,
             upstream_status: Arc::new(std::sync::RwLock::new(UpstreamStatus::default())),
+            attest_limiter: crate::api::limiter::FailureLimiter::default(),
         });
         Ok(Self { config, state, ca_manager, tls })
     }
