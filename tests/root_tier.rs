@@ -416,3 +416,26 @@ fn health_endpoints_and_spire_server_link() {
     let (ok, out) = run(Command::new(CAIRN).args(["server", "healthcheck", "-socketPath"]).arg(tmp.path().join("nope.sock")));
     assert!(!ok && out.contains("unhealthy"), "{out}");
 }
+
+#[test]
+fn cli_output_into_a_closed_pipe_ends_quietly() {
+    use std::process::Stdio;
+    let tmp = tempfile::tempdir().unwrap();
+    let s = TestServer::start(tmp.path(), &ServerOpts::default());
+    let sock = s.socket.display().to_string();
+    let config = s.config.display().to_string();
+    // As `cairn ... | head -c0`: the reader is gone before the command writes anything.
+    for args in [
+        vec!["server", "bundle", "show", "-socketPath", &sock],
+        vec!["server", "entry", "show", "-socketPath", &sock],
+        vec!["server", "validate", "-config", &config],
+    ] {
+        let mut child = Command::new(CAIRN).args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?} panicked on a closed stdout: {stderr}");
+        assert!(stderr.is_empty(), "{args:?} complained about the closed stdout: {stderr}");
+        assert!(out.status.success(), "{args:?} exited with {}: {stderr}", out.status);
+    }
+}

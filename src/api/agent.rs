@@ -43,6 +43,9 @@ async fn attest_flow(
     if data.payload.is_empty() {
         return Err(ApiError::InvalidArgument("malformed param: missing attestation data payload".into()));
     }
+    // Before attestation: a join token is consumed by attesting, so a CSR refused afterwards
+    // would burn it and leave the agent with no way to retry.
+    crate::server::attest::check_agent_csr(&csr)?;
     let now = now();
     let attested = match data.r#type.as_str() {
         "join_token" => {
@@ -128,7 +131,22 @@ impl pb::agent_server::Agent for Svc {
 
     async fn attest_agent(&self, req: Request<Streaming<pb::AttestAgentRequest>>) -> Result<Response<Self::AttestAgentStream>, Status> {
         self.authorize(&req, Policy::Any, "/spire.api.server.agent.v1.Agent/AttestAgent").await?;
+        // The TCP peer (None on the admin socket, whose callers are trusted and not throttled).
+        let peer = req.extensions().get::<crate::net::ConnInfo>().and_then(crate::net::ConnInfo::remote_addr);
         let state = self.state_arc();
+        if let Some(addr) = peer
+            && let Err(wait) = state.attest_limiter.check(addr.ip(), std::time::Instant::now())
+        {
+            // Debug only: a throttled peer hammering would otherwise flood the log; the moment
+            // it became throttled was logged at warn.
+            tracing::debug!(peer = %addr, wait_secs = wait.as_secs(), "node attestation throttled");
+            return Err(ApiError::ResourceExhausted(format!(
+                "too many failed attestation attempts from {}; retry in {} s",
+                addr.ip(),
+                wait.as_secs().max(1)
+            ))
+            .into());
+        }
         let mut inbound = req.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         tokio::spawn(async move {
@@ -139,7 +157,16 @@ impl pb::agent_server::Agent for Svc {
                 Err(_) => Err(ApiError::InvalidArgument("attestation timed out".into())),
             };
             let msg = result.map_err(|e| {
-                tracing::info!(error = %e, "node attestation refused");
+                let peer_text = peer.map_or_else(|| "local".to_owned(), |a| a.to_string());
+                tracing::info!(peer = %peer_text, error = %e, "node attestation refused");
+                // The server's own failures (datastore, signing) are not the peer's doing.
+                let peers_fault = !matches!(e, ApiError::Internal { .. } | ApiError::Unavailable(_));
+                if let Some(addr) = peer
+                    && peers_fault
+                    && state.attest_limiter.record_failure(addr.ip(), std::time::Instant::now())
+                {
+                    tracing::warn!(peer = %addr.ip(), "repeated failed node attestations: peer throttled");
+                }
                 Status::from(e)
             });
             let _ = tx.send(msg).await;

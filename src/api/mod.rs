@@ -9,6 +9,7 @@ pub mod bundle;
 pub mod convert;
 pub mod debug;
 pub mod entry;
+pub mod limiter;
 pub mod pb;
 pub mod status;
 pub mod svid;
@@ -52,6 +53,8 @@ pub struct ApiState {
     pub upstream_status: Arc<std::sync::RwLock<crate::server::UpstreamStatus>>,
     /// Open `BundleWatch` streams, capped.
     pub watchers: Arc<crate::server::bundlewatch::Watchers>,
+    /// Failed node attestations per peer address (throttling).
+    pub attest_limiter: limiter::FailureLimiter,
 }
 
 /// Who is calling.

@@ -41,6 +41,9 @@ pub enum ApiError {
     /// The caller presented an unusable certificate.
     #[error("{0}")]
     Unauthenticated(String),
+    /// The caller has made too many (failed) attempts and must wait.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// The server cannot serve this now (e.g. no CA yet).
     #[error("{0}")]
     Unavailable(String),
@@ -67,6 +70,7 @@ impl ApiError {
             Self::AlreadyExists(_) => Code::AlreadyExists,
             Self::PermissionDenied(_) | Self::AgentDenied { .. } | Self::Denied(_) => Code::PermissionDenied,
             Self::Unauthenticated(_) => Code::Unauthenticated,
+            Self::ResourceExhausted(_) => Code::ResourceExhausted,
             Self::Unavailable(_) => Code::Unavailable,
             Self::Unimplemented(_) => Code::Unimplemented,
             Self::Internal { .. } => Code::Internal,

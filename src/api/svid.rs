@@ -1,6 +1,6 @@
 //! `spire.api.server.svid.v1.SVID`.
 
-use super::convert::{id_from_proto, id_to_proto};
+use super::convert::{check_wildcard_overlap, id_from_proto, id_to_proto, validate_dns_name, verify_trust_domain_workload_id};
 use super::pb::spire::api::server::svid::v1 as pb;
 use super::pb::spire::api::types as pt;
 use super::status::ApiError;
@@ -55,6 +55,16 @@ impl pb::svid_server::Svid for Svc {
             return Err(ApiError::InvalidArgument(format!("CSR must have exactly one URI SAN, found {}", uris.len())).into());
         };
         let id = SpiffeId::new(uri).map_err(|e| ApiError::InvalidArgument(format!("CSR URI SAN is not a valid SPIFFE ID: {e}")))?;
+        // SPIRE's checks, in SPIRE's order and words: an admin mints workload SVIDs only, never
+        // the server's or an agent's identity, and only in this trust domain.
+        verify_trust_domain_workload_id(&self.state().trust_domain, &id)
+            .map_err(|m| ApiError::InvalidArgument(format!("CSR URI SAN is invalid: {m}")))?;
+        for name in &dns {
+            validate_dns_name(name).map_err(|m| ApiError::InvalidArgument(format!("CSR DNS name is invalid: {name:?}: {m}")))?;
+        }
+        check_wildcard_overlap(&dns).map_err(|m| {
+            ApiError::InvalidArgument(format!("CSR DNS name contains a wildcard that covers another non-wildcard name: {m}"))
+        })?;
         let chain = self
             .state()
             .ca
@@ -70,6 +80,8 @@ impl pb::svid_server::Svid for Svc {
         self.authorize(&req, Policy::LocalOrAdmin, "/spire.api.server.svid.v1.SVID/MintJWTSVID").await?;
         let r = req.get_ref();
         let id = id_from_proto(r.id.as_ref(), "SPIFFE ID")?;
+        verify_trust_domain_workload_id(&self.state().trust_domain, &id)
+            .map_err(|m| ApiError::InvalidArgument(format!("invalid SPIFFE ID: {m}")))?;
         if r.ttl < 0 {
             return Err(ApiError::InvalidArgument("ttl must not be negative".into()).into());
         }

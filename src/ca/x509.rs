@@ -13,6 +13,9 @@ use time::OffsetDateTime;
 /// Every certificate starts this many seconds in the past, to absorb clock skew between tiers.
 pub const NOT_BEFORE_CUSHION: i64 = 10;
 
+/// RFC 5280's `ub-common-name`: a CN longer than this is not a valid X.520 name.
+pub const MAX_COMMON_NAME_LEN: usize = 64;
+
 /// A subject for CA certificates (`ca_subject` in server.conf).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CaSubject {
@@ -110,7 +113,10 @@ pub(crate) fn svid_params(
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CountryName, "US");
     dn.push(DnType::OrganizationName, "SPIRE");
-    if let Some(first) = dns_names.first() {
+    // As SPIRE, the first DNS name doubles as the CN, but only when it fits RFC 5280's
+    // ub-common-name (64): SPIRE copies longer names too and so issues non-conforming
+    // subjects. A longer name stays in the SAN, which is what TLS clients match against.
+    if let Some(first) = dns_names.first().filter(|d| d.len() <= MAX_COMMON_NAME_LEN) {
         dn.push(DnType::CommonName, first.as_str());
     }
     p.distinguished_name = dn;
@@ -174,10 +180,54 @@ pub fn csr_public_key(
     if !rest.is_empty() {
         return Err(CaError::InvalidRequest("malformed CSR: trailing data".into()));
     }
+    // The key type is checked first: a key the verifier cannot handle (P-521, RSA-1024) would
+    // otherwise be reported as a bad signature, which sends the caller looking in the wrong place.
+    check_csr_key(&csr.certification_request_info.subject_pki)?;
     csr.verify_signature().map_err(|_| CaError::InvalidRequest("invalid CSR signature".into()))?;
     let spki = rcgen::SubjectPublicKeyInfo::from_der(csr.certification_request_info.subject_pki.raw)
         .map_err(|e| CaError::InvalidRequest(format!("CSR public key: {e}")))?;
     Ok((spki, csr))
+}
+
+/// The CSR keys cairn verifies and certifies, as said in errors.
+pub const SUPPORTED_CSR_KEYS: &str = "EC P-256, EC P-384, RSA 2048-8192 bits, Ed25519";
+
+/// Refuses a CSR key the signature verifier does not handle, naming it and what is supported.
+fn check_csr_key(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<(), CaError> {
+    use x509_parser::oid_registry::{
+        OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_NIST_EC_P521, OID_PKCS1_RSAENCRYPTION, OID_SIG_ED25519,
+    };
+    let alg = &spki.algorithm.algorithm;
+    let unsupported = |what: String| CaError::InvalidRequest(format!("unsupported CSR key: {what} (supported: {SUPPORTED_CSR_KEYS})"));
+    if *alg == OID_KEY_TYPE_EC_PUBLIC_KEY {
+        let curve = spki.algorithm.parameters.as_ref().and_then(|p| p.as_oid().ok());
+        return match curve {
+            Some(c) if c == OID_EC_P256 || c == OID_NIST_EC_P384 => Ok(()),
+            Some(c) if c == OID_NIST_EC_P521 => Err(unsupported("EC P-521".into())),
+            Some(c) => Err(unsupported(format!("EC curve {c}"))),
+            None => Err(unsupported("EC key without a named curve".into())),
+        };
+    }
+    if *alg == OID_PKCS1_RSAENCRYPTION {
+        let bits = match spki.parsed() {
+            Ok(x509_parser::public_key::PublicKey::RSA(rsa)) => rsa_modulus_bits(rsa.modulus),
+            _ => return Err(CaError::InvalidRequest("malformed CSR: RSA public key does not parse".into())),
+        };
+        return if (2048..=8192).contains(&bits) { Ok(()) } else { Err(unsupported(format!("RSA {bits} bits"))) };
+    }
+    if *alg == OID_SIG_ED25519 {
+        return Ok(());
+    }
+    Err(unsupported(format!("key algorithm {alg}")))
+}
+
+/// Bit length of a big-endian RSA modulus (leading zero bytes and bits do not count).
+fn rsa_modulus_bits(modulus: &[u8]) -> usize {
+    let trimmed: &[u8] = match modulus.iter().position(|b| *b != 0) {
+        Some(i) => modulus.get(i..).unwrap_or_default(),
+        None => &[],
+    };
+    trimmed.first().map_or(0, |first| trimmed.len() * 8 - first.leading_zeros() as usize)
 }
 
 /// Parses a SubjectPublicKeyInfo (for the CSR-less path).
@@ -198,6 +248,16 @@ mod tests {
         assert_eq!(num_to_decimal(&[1, 0]), "256");
         assert_eq!(num_to_decimal(&[0xff, 0xff, 0xff, 0xff]), "4294967295");
         assert_eq!(num_to_decimal(&[0x7f; 16]), "169473963133173273960190490760135540607");
+    }
+
+    #[test]
+    fn rsa_modulus_bits_ignore_leading_zeros() {
+        assert_eq!(rsa_modulus_bits(&[]), 0);
+        assert_eq!(rsa_modulus_bits(&[0, 0x80, 0]), 16);
+        assert_eq!(rsa_modulus_bits(&[0x01, 0]), 9);
+        let mut m = vec![0u8; 257];
+        m[1] = 0xc1;
+        assert_eq!(rsa_modulus_bits(&m), 2048);
     }
 
     #[test]

@@ -279,7 +279,7 @@ where
         }
         AgentCommand::Validate(a) => {
             a.load()?;
-            println!("SPIRE agent configuration file is valid.");
+            outln!("SPIRE agent configuration file is valid.");
             Ok(())
         }
         AgentCommand::Healthcheck(h) => healthcheck(&h).await,
@@ -410,7 +410,7 @@ fn check_output(o: &str) -> Result<bool, String> {
 async fn healthcheck(h: &HealthArgs) -> CliResult {
     let unhealthy = |e: &str| format!("Agent is unhealthy: {e}");
     if h.verbose {
-        println!("Checking agent health...");
+        outln!("Checking agent health...");
     }
     let ch = connect(&h.sock).await.map_err(|e| unhealthy(&e))?;
     let timeout = Some(Duration::from_secs(5));
@@ -426,7 +426,7 @@ async fn healthcheck(h: &HealthArgs) -> CliResult {
         Ok(Err(st)) if st.code() == tonic::Code::Unimplemented => {
             // No health service: probe the Workload API as SPIRE's health service does.
             if h.verbose {
-                println!("The agent serves no grpc.health.v1 service; probing the Workload API instead...");
+                outln!("The agent serves no grpc.health.v1 service; probing the Workload API instead...");
             }
             let mut c = workload_client(ch);
             let probe = with_timeout(timeout, async {
@@ -438,7 +438,7 @@ async fn healthcheck(h: &HealthArgs) -> CliResult {
                 Ok(_) => {}
                 Err(e) if e.contains("code = PermissionDenied") => {
                     if h.verbose {
-                        println!("The Workload API answered PermissionDenied (this process has no identity): the agent is up");
+                        outln!("The Workload API answered PermissionDenied (this process has no identity): the agent is up");
                     }
                 }
                 Err(e) => {
@@ -462,7 +462,7 @@ async fn healthcheck(h: &HealthArgs) -> CliResult {
             return Err(unhealthy("unable to determine health"));
         }
     }
-    println!("Agent is healthy.");
+    outln!("Agent is healthy.");
     Ok(())
 }
 
@@ -596,38 +596,38 @@ fn validity(der: &[u8]) -> (String, String) {
 
 /// SPIRE's `printX509SVIDResponse`.
 fn print_x509_svids(svids: &[ParsedSvid], elapsed: Duration) {
-    println!("Received {} svid{} after {}", svids.len(), if svids.len() == 1 { "" } else { "s" }, go_duration(elapsed));
+    outln!("Received {} svid{} after {}", svids.len(), if svids.len() == 1 { "" } else { "s" }, go_duration(elapsed));
     for s in svids {
-        println!();
-        println!("SPIFFE ID:\t\t{}", s.spiffe_id);
+        outln!();
+        outln!("SPIFFE ID:\t\t{}", s.spiffe_id);
         if !s.hint.is_empty() {
-            println!("Hint:\t\t\t{}", s.hint);
+            outln!("Hint:\t\t\t{}", s.hint);
         }
         let mut certs = s.certs.iter();
         if let Some(leaf) = certs.next() {
             let (nb, na) = validity(leaf);
-            println!("SVID Valid After:\t{nb}");
-            println!("SVID Valid Until:\t{na}");
+            outln!("SVID Valid After:\t{nb}");
+            outln!("SVID Valid Until:\t{na}");
         }
         for (i, c) in certs.enumerate() {
             let (nb, na) = validity(c);
-            println!("Intermediate #{} Valid After:\t{nb}", i + 1);
-            println!("Intermediate #{} Valid Until:\t{na}", i + 1);
+            outln!("Intermediate #{} Valid After:\t{nb}", i + 1);
+            outln!("Intermediate #{} Valid Until:\t{na}", i + 1);
         }
         for (i, c) in s.bundle.iter().enumerate() {
             let (nb, na) = validity(c);
-            println!("CA #{} Valid After:\t{nb}", i + 1);
-            println!("CA #{} Valid Until:\t{na}", i + 1);
+            outln!("CA #{} Valid After:\t{nb}", i + 1);
+            outln!("CA #{} Valid Until:\t{na}", i + 1);
         }
         for (td, certs) in &s.federated {
             for (i, c) in certs.iter().enumerate() {
                 let (nb, na) = validity(c);
-                println!("[{td}] CA #{} Valid After:\t{nb}", i + 1);
-                println!("[{td}] CA #{} Valid Until:\t{na}", i + 1);
+                outln!("[{td}] CA #{} Valid After:\t{nb}", i + 1);
+                outln!("[{td}] CA #{} Valid Until:\t{na}", i + 1);
             }
         }
     }
-    println!();
+    outln!();
 }
 
 fn pem_certs(certs: &[Vec<u8>]) -> String {
@@ -643,16 +643,16 @@ fn write_svids(dir: &Path, svids: &[ParsedSvid]) -> CliResult {
         let svid_path = dir.join(format!("svid.{i}.pem"));
         let key_path = dir.join(format!("svid.{i}.key"));
         let bundle_path = dir.join(format!("bundle.{i}.pem"));
-        println!("Writing SVID #{i} to file {}.", svid_path.display());
+        outln!("Writing SVID #{i} to file {}.", svid_path.display());
         public(&svid_path, &pem_certs(&s.certs))?;
-        println!("Writing key #{i} to file {}.", key_path.display());
+        outln!("Writing key #{i} to file {}.", key_path.display());
         let key_pem = Zeroizing::new(pem::encode(&pem::Pem::new("PRIVATE KEY", s.key_pkcs8.to_vec())));
         crate::fsutil::write_private_atomic(&key_path, key_pem.as_bytes()).map_err(|e| format!("{}: {e}", key_path.display()))?;
-        println!("Writing bundle #{i} to file {}.", bundle_path.display());
+        outln!("Writing bundle #{i} to file {}.", bundle_path.display());
         public(&bundle_path, &pem_certs(&s.bundle))?;
         for (j, (td, certs)) in s.federated.iter().enumerate() {
             let p = dir.join(format!("federated_bundle.{i}.{j}.pem"));
-            println!("Writing federated bundle #{j} for trust domain {td} to file {}.", p.display());
+            outln!("Writing federated bundle #{j} for trust domain {td} to file {}.", p.display());
             public(&p, &pem_certs(certs))?;
         }
     }
@@ -692,7 +692,7 @@ async fn fetch_x509(a: &FetchX509Args) -> CliResult {
     let elapsed = start.elapsed();
     if json {
         // As in SPIRE, -write and -silent apply to the pretty output only.
-        println!("{}", x509_response_json(&resp));
+        outln!("{}", x509_response_json(&resp));
         return Ok(());
     }
     let svids = parse_x509_response(&resp)?;
@@ -804,17 +804,17 @@ async fn fetch_jwt(a: &FetchJwtArgs) -> CliResult {
         let bundles_json = serde_json::json!({
             "bundles": bundles.iter().map(|(k, v)| ((*k).clone(), b64(v).into())).collect::<serde_json::Map<_, _>>()
         });
-        println!("{}", serde_json::Value::Array(vec![svids_json, bundles_json]));
+        outln!("{}", serde_json::Value::Array(vec![svids_json, bundles_json]));
         return Ok(());
     }
     for s in &svids.svids {
-        println!("token({}):\n\t{}", s.spiffe_id, s.svid);
+        outln!("token({}):\n\t{}", s.spiffe_id, s.svid);
         if !s.hint.is_empty() {
-            println!("hint({}):\n\t{}", s.spiffe_id, s.hint);
+            outln!("hint({}):\n\t{}", s.spiffe_id, s.hint);
         }
     }
     for (td, jwks) in bundles {
-        println!("bundle({td}):\n\t{}", String::from_utf8_lossy(jwks));
+        outln!("bundle({td}):\n\t{}", String::from_utf8_lossy(jwks));
     }
     Ok(())
 }
@@ -870,11 +870,11 @@ async fn validate_jwt(a: &ValidateJwtArgs) -> CliResult {
     };
     let claims = resp.claims.as_ref().map_or_else(|| serde_json::json!({}), proto_struct_json);
     if json {
-        println!("{}", serde_json::json!({"claims": claims, "spiffe_id": resp.spiffe_id}));
+        outln!("{}", serde_json::json!({"claims": claims, "spiffe_id": resp.spiffe_id}));
     } else {
-        println!("SVID is valid.");
-        println!("SPIFFE ID : {}", resp.spiffe_id);
-        println!("Claims    : {claims}");
+        outln!("SVID is valid.");
+        outln!("SPIFFE ID : {}", resp.spiffe_id);
+        outln!("Claims    : {claims}");
     }
     Ok(())
 }

@@ -2,6 +2,18 @@
 //! `spire-server` / `spire-agent`, the same with SPIRE's program names) and `cairn tiers ...`
 //! (the local multi-tier demo). SPIRE's flag spelling (`-spiffeID`) works beside `--spiffe-id`.
 
+/// `println!` for command output. `println!` panics when stdout is a closed pipe
+/// (`cairn ... | head`); this exits quietly instead (see [`write_stdout`]).
+macro_rules! outln {
+    () => { $crate::cli::write_stdout(format_args!(""), true) };
+    ($($t:tt)*) => { $crate::cli::write_stdout(format_args!($($t)*), true) };
+}
+
+/// `print!` for command output (see `outln!`).
+macro_rules! out {
+    ($($t:tt)*) => { $crate::cli::write_stdout(format_args!($($t)*), false) };
+}
+
 pub mod agent;
 pub mod argv;
 pub mod client;
@@ -9,6 +21,7 @@ pub mod server;
 pub mod tiers;
 
 use clap::{Parser, Subcommand};
+use std::io::Write as _;
 use std::process::ExitCode;
 
 /// cairn: a SPIFFE certificate authority (root tier, downstream tiers, agent).
@@ -79,6 +92,28 @@ pub fn main() -> ExitCode {
         Err(e) => {
             eprintln!("Error: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes command output to stdout and flushes it, so a closed stdout is seen at once.
+///
+/// When the reader has gone (`EPIPE`, e.g. `cairn server bundle show | head -c1`), everything
+/// it wanted has been delivered: the process exits with status 0 and prints nothing, as a
+/// Unix tool killed by SIGPIPE would (Rust ignores SIGPIPE, so `println!` panicked instead).
+/// Streaming commands (`agent api watch`) stop here too rather than run on unread. Any other
+/// write error is reported on stderr and ends the process with status 1.
+pub fn write_stdout(args: std::fmt::Arguments<'_>, newline: bool) {
+    let result = {
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_fmt(args).and_then(|()| if newline { stdout.write_all(b"\n") } else { Ok(()) }).and_then(|()| stdout.flush())
+    };
+    match result {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "cairn: cannot write to standard output: {e}");
+            std::process::exit(1);
         }
     }
 }

@@ -392,7 +392,7 @@ pub async fn run(cmd: ServerCommand) -> CliResult {
         ServerCommand::Validate(a) => {
             ServerConfig::load(&a.config, a.expand_env, &overrides(&a))
                 .map_err(|e| format!("config {} is not valid:\n{e}", a.config.display()))?;
-            println!("Configuration is valid.");
+            outln!("Configuration is valid.");
             Ok(())
         }
         ServerCommand::Healthcheck(h) => healthcheck(h).await,
@@ -458,10 +458,10 @@ async fn healthcheck(h: HealthArgs) -> CliResult {
             .await
             .map_err(|e| format!("Server is unhealthy: unable to fetch bundle: {}", e.message()))?;
         if h.verbose {
-            println!("Fetched the trust bundle over {}", h.sock.socket_path.display());
+            outln!("Fetched the trust bundle over {}", h.sock.socket_path.display());
         }
     }
-    println!("Server is healthy.");
+    outln!("Server is healthy.");
     Ok(())
 }
 
@@ -485,34 +485,34 @@ fn fmt_ttl(t: i32) -> String {
 
 fn print_entry(e: &pt::Entry) {
     let id = |i: &Option<pt::Spiffeid>| i.as_ref().map(|i| format!("spiffe://{}{}", i.trust_domain, i.path)).unwrap_or_default();
-    println!("Entry ID         : {}", e.id);
-    println!("SPIFFE ID        : {}", id(&e.spiffe_id));
-    println!("Parent ID        : {}", id(&e.parent_id));
-    println!("Revision         : {}", e.revision_number);
+    outln!("Entry ID         : {}", e.id);
+    outln!("SPIFFE ID        : {}", id(&e.spiffe_id));
+    outln!("Parent ID        : {}", id(&e.parent_id));
+    outln!("Revision         : {}", e.revision_number);
     if e.downstream {
-        println!("Downstream       : true");
+        outln!("Downstream       : true");
     }
-    println!("X509-SVID TTL    : {}", fmt_ttl(e.x509_svid_ttl));
-    println!("JWT-SVID TTL     : {}", fmt_ttl(e.jwt_svid_ttl));
+    outln!("X509-SVID TTL    : {}", fmt_ttl(e.x509_svid_ttl));
+    outln!("JWT-SVID TTL     : {}", fmt_ttl(e.jwt_svid_ttl));
     if e.expires_at != 0 {
-        println!("Expiration time  : {}", e.expires_at);
+        outln!("Expiration time  : {}", e.expires_at);
     }
     for s in &e.selectors {
-        println!("Selector         : {}:{}", s.r#type, s.value);
+        outln!("Selector         : {}:{}", s.r#type, s.value);
     }
     for f in &e.federates_with {
-        println!("FederatesWith    : {f}");
+        outln!("FederatesWith    : {f}");
     }
     for d in &e.dns_names {
-        println!("DNS name         : {d}");
+        outln!("DNS name         : {d}");
     }
     if e.admin {
-        println!("Admin            : true");
+        outln!("Admin            : true");
     }
     if !e.hint.is_empty() {
-        println!("Hint             : {}", e.hint);
+        outln!("Hint             : {}", e.hint);
     }
-    println!();
+    outln!();
 }
 
 fn entry_json(e: &pt::Entry) -> serde_json::Value {
@@ -586,7 +586,7 @@ async fn entry(cmd: EntryCommand) -> CliResult {
             check_result(r.status.as_ref())?;
             let e = r.entry.as_ref().ok_or("server returned no entry")?;
             if sock.output == "json" {
-                println!("{}", serde_json::json!({"results": [{"status": {"code": 0, "message": "OK"}, "entry": entry_json(e)}]}));
+                outln!("{}", serde_json::json!({"results": [{"status": {"code": 0, "message": "OK"}, "entry": entry_json(e)}]}));
             } else {
                 print_entry(e);
             }
@@ -620,7 +620,7 @@ async fn entry(cmd: EntryCommand) -> CliResult {
             let r = resp.results.first().ok_or("server returned no result")?;
             check_result(r.status.as_ref())?;
             if let Some(e) = &r.entry {
-                if sock.output == "json" { println!("{}", entry_json(e)) } else { print_entry(e) }
+                if sock.output == "json" { outln!("{}", entry_json(e)) } else { print_entry(e) }
             }
             Ok(())
         }
@@ -647,9 +647,9 @@ async fn entry(cmd: EntryCommand) -> CliResult {
                     .entries
             };
             if sock.output == "json" {
-                println!("{}", serde_json::json!({"entries": entries.iter().map(entry_json).collect::<Vec<_>>()}));
+                outln!("{}", serde_json::json!({"entries": entries.iter().map(entry_json).collect::<Vec<_>>()}));
             } else {
-                println!("Found {} {}", entries.len(), if entries.len() == 1 { "entry" } else { "entries" });
+                outln!("Found {} {}", entries.len(), if entries.len() == 1 { "entry" } else { "entries" });
                 for e in &entries {
                     print_entry(e);
                 }
@@ -664,16 +664,16 @@ async fn entry(cmd: EntryCommand) -> CliResult {
                 .map_err(|e| status_msg(&e))?
                 .into_inner();
             check_result(resp.results.first().and_then(|r| r.status.as_ref()))?;
-            println!("Deleted entry with ID: {entry_id}");
+            outln!("Deleted entry with ID: {entry_id}");
             Ok(())
         }
         EntryCommand::Count { sock } => {
             let mut c = entrypb::entry_client::EntryClient::new(connect_admin(&sock.socket_path).await?);
             let n = c.count_entries(entrypb::CountEntriesRequest::default()).await.map_err(|e| status_msg(&e))?.into_inner().count;
             if sock.output == "json" {
-                println!("{}", serde_json::json!({"count": n}))
+                outln!("{}", serde_json::json!({"count": n}))
             } else {
-                println!("{n} registration {}", if n == 1 { "entry" } else { "entries" })
+                outln!("{n} registration {}", if n == 1 { "entry" } else { "entries" })
             }
             Ok(())
         }
@@ -690,9 +690,9 @@ async fn token(cmd: TokenCommand) -> CliResult {
         .map_err(|e| status_msg(&e))?
         .into_inner();
     if sock.output == "json" {
-        println!("{}", serde_json::json!({"value": t.value, "expires_at": t.expires_at}))
+        outln!("{}", serde_json::json!({"value": t.value, "expires_at": t.expires_at}))
     } else {
-        println!("Token: {}", t.value)
+        outln!("Token: {}", t.value)
     }
     Ok(())
 }
@@ -711,9 +711,9 @@ async fn bundle(cmd: BundleCommand) -> CliResult {
         BundleCommand::Show { format, sock } => {
             let mut c = bundlepb::bundle_client::BundleClient::new(connect_admin(&sock.socket_path).await?);
             let b = c.get_bundle(bundlepb::GetBundleRequest::default()).await.map_err(|e| status_msg(&e))?.into_inner();
-            print!("{}", render_bundle(&b, &format)?);
+            out!("{}", render_bundle(&b, &format)?);
             if format == "spiffe" {
-                println!();
+                outln!();
             }
             Ok(())
         }
@@ -735,10 +735,10 @@ async fn bundle(cmd: BundleCommand) -> CliResult {
                     .bundles
             };
             for b in &bundles {
-                println!("****************************************");
-                println!("* {}", b.trust_domain);
-                println!("****************************************");
-                println!("{}", render_bundle(b, &format)?);
+                outln!("****************************************");
+                outln!("* {}", b.trust_domain);
+                outln!("****************************************");
+                outln!("{}", render_bundle(b, &format)?);
             }
             Ok(())
         }
@@ -777,7 +777,7 @@ async fn bundle(cmd: BundleCommand) -> CliResult {
                 .map_err(|e| status_msg(&e))?
                 .into_inner();
             check_result(resp.results.first().and_then(|r| r.status.as_ref()))?;
-            println!("bundle set.");
+            outln!("bundle set.");
             Ok(())
         }
         BundleCommand::Delete { id, mode, sock } => {
@@ -798,13 +798,13 @@ async fn bundle(cmd: BundleCommand) -> CliResult {
                 .map_err(|e| status_msg(&e))?
                 .into_inner();
             check_result(resp.results.first().and_then(|r| r.status.as_ref()))?;
-            println!("bundle deleted.");
+            outln!("bundle deleted.");
             Ok(())
         }
         BundleCommand::Count { sock } => {
             let mut c = bundlepb::bundle_client::BundleClient::new(connect_admin(&sock.socket_path).await?);
             let n = c.count_bundles(bundlepb::CountBundlesRequest {}).await.map_err(|e| status_msg(&e))?.into_inner().count;
-            println!("{n} bundle{}", if n == 1 { "" } else { "s" });
+            outln!("{n} bundle{}", if n == 1 { "" } else { "s" });
             Ok(())
         }
     }
@@ -847,14 +847,14 @@ async fn x509(cmd: X509Command) -> CliResult {
             w("svid.pem", svid_pem.as_bytes(), false)?;
             w("key.pem", key_pem.as_bytes(), true)?;
             w("bundle.pem", bundle_pem.as_bytes(), false)?;
-            println!("X509-SVID written to {}", dir.join("svid.pem").display());
-            println!("Private key written to {}", dir.join("key.pem").display());
-            println!("Root CAs written to {}", dir.join("bundle.pem").display());
+            outln!("X509-SVID written to {}", dir.join("svid.pem").display());
+            outln!("Private key written to {}", dir.join("key.pem").display());
+            outln!("Root CAs written to {}", dir.join("bundle.pem").display());
         }
         None => {
-            println!("X509-SVID:\n{svid_pem}");
-            println!("Private key:\n{}", key_pem.as_str());
-            println!("Root CAs:\n{bundle_pem}");
+            outln!("X509-SVID:\n{svid_pem}");
+            outln!("Private key:\n{}", key_pem.as_str());
+            outln!("Root CAs:\n{bundle_pem}");
         }
     }
     Ok(())
@@ -876,24 +876,24 @@ async fn jwt(cmd: JwtCommand) -> CliResult {
     match write {
         Some(p) => {
             crate::fsutil::write_private_atomic(&p, token.as_bytes()).map_err(|e| format!("-write {}: {e}", p.display()))?;
-            println!("JWT-SVID written to {}", p.display());
+            outln!("JWT-SVID written to {}", p.display());
         }
-        None => println!("{token}"),
+        None => outln!("{token}"),
     }
     Ok(())
 }
 
 fn print_agent(a: &pt::Agent) {
     let id = a.id.as_ref().map(|i| format!("spiffe://{}{}", i.trust_domain, i.path)).unwrap_or_default();
-    println!("SPIFFE ID         : {id}");
-    println!("Attestation type  : {}", a.attestation_type);
-    println!("Expiration time   : {}", a.x509svid_expires_at);
-    println!("Serial number     : {}", a.x509svid_serial_number);
-    println!("Can re-attest     : {}", a.can_reattest);
+    outln!("SPIFFE ID         : {id}");
+    outln!("Attestation type  : {}", a.attestation_type);
+    outln!("Expiration time   : {}", a.x509svid_expires_at);
+    outln!("Serial number     : {}", a.x509svid_serial_number);
+    outln!("Can re-attest     : {}", a.can_reattest);
     if a.banned {
-        println!("Banned            : true");
+        outln!("Banned            : true");
     }
-    println!();
+    outln!();
 }
 
 async fn agent(cmd: AgentCommand) -> CliResult {
@@ -902,7 +902,7 @@ async fn agent(cmd: AgentCommand) -> CliResult {
         AgentCommand::List { sock } => {
             let mut c = agentpb::agent_client::AgentClient::new(connect_admin(&sock.socket_path).await?);
             let agents = c.list_agents(agentpb::ListAgentsRequest::default()).await.map_err(|e| status_msg(&e))?.into_inner().agents;
-            println!("Found {} attested agent{}:\n", agents.len(), if agents.len() == 1 { "" } else { "s" });
+            outln!("Found {} attested agent{}:\n", agents.len(), if agents.len() == 1 { "" } else { "s" });
             agents.iter().for_each(print_agent);
             Ok(())
         }
@@ -919,19 +919,19 @@ async fn agent(cmd: AgentCommand) -> CliResult {
         AgentCommand::Evict { spiffe_id, sock } => {
             let mut c = agentpb::agent_client::AgentClient::new(connect_admin(&sock.socket_path).await?);
             c.delete_agent(agentpb::DeleteAgentRequest { id: Some(agent_ref(&spiffe_id)?) }).await.map_err(|e| status_msg(&e))?;
-            println!("Agent evicted successfully");
+            outln!("Agent evicted successfully");
             Ok(())
         }
         AgentCommand::Ban { spiffe_id, sock } => {
             let mut c = agentpb::agent_client::AgentClient::new(connect_admin(&sock.socket_path).await?);
             c.ban_agent(agentpb::BanAgentRequest { id: Some(agent_ref(&spiffe_id)?) }).await.map_err(|e| status_msg(&e))?;
-            println!("Agent banned successfully");
+            outln!("Agent banned successfully");
             Ok(())
         }
         AgentCommand::Count { sock } => {
             let mut c = agentpb::agent_client::AgentClient::new(connect_admin(&sock.socket_path).await?);
             let n = c.count_agents(agentpb::CountAgentsRequest::default()).await.map_err(|e| status_msg(&e))?.into_inner().count;
-            println!("{n} attested agent{}", if n == 1 { "" } else { "s" });
+            outln!("{n} attested agent{}", if n == 1 { "" } else { "s" });
             Ok(())
         }
     }

@@ -28,7 +28,7 @@
 
 use super::hcl::{Object, Value};
 use super::server::{HealthConfig, LogFormat};
-use super::{ConfigError, ConfigErrors, Walker, join, plugin_decls};
+use super::{ConfigError, ConfigErrors, Walker, join, plugin_decls, quote};
 use crate::keymanager::KeyType;
 use crate::spiffe::TrustDomain;
 use std::fmt;
@@ -382,14 +382,14 @@ impl AgentConfig {
         let log_level =
             overrides.log_level.clone().or_else(|| w.string(agent, "log_level", p)).unwrap_or_else(|| "INFO".into()).to_ascii_uppercase();
         if !["DEBUG", "INFO", "WARN", "ERROR", "TRACE"].contains(&log_level.as_str()) {
-            w.err("agent.log_level", format!("{log_level:?}: expected DEBUG, INFO, WARN or ERROR"));
+            w.err("agent.log_level", format!("{}: expected DEBUG, INFO, WARN or ERROR", quote(&log_level)));
         }
         let log_format = match overrides.log_format.clone().or_else(|| w.string(agent, "log_format", p)).map(|s| s.to_ascii_lowercase()) {
             None => LogFormat::Text,
             Some(s) if s.is_empty() || s == "text" => LogFormat::Text,
             Some(s) if s == "json" => LogFormat::Json,
             Some(other) => {
-                w.err("agent.log_format", format!("{other:?}: expected text or json"));
+                w.err("agent.log_format", format!("{}: expected text or json", quote(other)));
                 LogFormat::Text
             }
         };
@@ -410,7 +410,7 @@ impl AgentConfig {
                     KeyType::EcP256
                 }
                 Err(_) => {
-                    w.err("agent.workload_x509_svid_key_type", format!("{s:?}: expected ec-p256 or ec-p384"));
+                    w.err("agent.workload_x509_svid_key_type", format!("{}: expected ec-p256 or ec-p384", quote(s)));
                     KeyType::EcP256
                 }
             },
@@ -421,7 +421,7 @@ impl AgentConfig {
                 "agent.rebootstrap_mode",
                 "not supported by cairn yet: only \"never\" (re-bootstrap by hand: delete the agent's data_dir)",
             ),
-            Some(other) => w.err("agent.rebootstrap_mode", format!("{other:?}: expected never, auto or always")),
+            Some(other) => w.err("agent.rebootstrap_mode", format!("{}: expected never, auto or always", quote(other))),
         }
         let _ = w.duration(agent, "rebootstrap_delay", p);
         if w.boolean(agent, "allow_unauthenticated_verifiers", p) == Some(true) {
@@ -524,7 +524,7 @@ fn trust_domain(w: &mut Walker, text: Option<String>) -> Option<TrustDomain> {
         Some(t) => match TrustDomain::new(&t) {
             Ok(td) => Some(td),
             Err(e) => {
-                w.err(path, format!("invalid trust domain {t:?}: {e}"));
+                w.err(path, format!("invalid trust domain {}: {e}", quote(t)));
                 None
             }
         },
@@ -575,7 +575,7 @@ fn trust_bundle(w: &mut Walker, agent: &Object, o: &AgentOverrides) -> Option<Tr
         None | Some("" | "pem") => Some(TrustBundleFormat::Pem),
         Some("spiffe") => Some(TrustBundleFormat::Spiffe),
         Some(other) => {
-            w.err("agent.trust_bundle_format", format!("{other:?}: expected \"pem\" or \"spiffe\""));
+            w.err("agent.trust_bundle_format", format!("{}: expected \"pem\" or \"spiffe\"", quote(other)));
             None
         }
     };
@@ -585,7 +585,7 @@ fn trust_bundle(w: &mut Walker, agent: &Object, o: &AgentOverrides) -> Option<Tr
     if let Some(u) = &url
         && !u.get(..8).is_some_and(|s| s.eq_ignore_ascii_case("https://"))
     {
-        w.err("agent.trust_bundle_url", format!("{u:?}: the trust bundle URL must start with https://"));
+        w.err("agent.trust_bundle_url", format!("{}: the trust bundle URL must start with https://", quote(u)));
     }
     match (insecure, path, url) {
         (true, None, None) => Some(TrustBundleSource::InsecureBootstrap),
@@ -703,7 +703,7 @@ impl Plugins {
                 }
             }
             [n] => {
-                w.err(n.block_path(), format!("unknown NodeAttestor {:?}: this cairn has \"join_token\" and \"x509pop\"", n.name));
+                w.err(n.block_path(), format!("unknown NodeAttestor {}: this cairn has \"join_token\" and \"x509pop\"", quote(&n.name)));
                 None
             }
             [] => {
@@ -734,7 +734,7 @@ impl Plugins {
                     .map(|directory| AgentKeyManagerConfig::Disk { directory })
             }
             [k] => {
-                w.err(k.block_path(), format!("unknown KeyManager {:?}: expected \"disk\" or \"memory\"", k.name));
+                w.err(k.block_path(), format!("unknown KeyManager {}: expected \"disk\" or \"memory\"", quote(&k.name)));
                 None
             }
             [] => {
@@ -761,7 +761,7 @@ impl Plugins {
                 }
                 other => w.err(
                     a.block_path(),
-                    format!("unknown WorkloadAttestor {other:?}: this cairn has \"unix\" (docker, k8s and systemd come later)"),
+                    format!("unknown WorkloadAttestor {}: this cairn has \"unix\" (docker, k8s and systemd come later)", quote(other)),
                 ),
             }
         }

@@ -36,6 +36,7 @@
 //! Untrusted input never panics: nesting (objects, lists and block labels together) is capped
 //! at 64 levels, so hostile input gets an error rather than a stack overflow.
 
+use super::quote;
 use std::fmt::Write as _;
 
 /// Deepest nesting of objects and lists (block labels count as levels) accepted by the readers.
@@ -281,16 +282,6 @@ impl<'s> Cursor<'s> {
 
 fn describe_char(c: char) -> String {
     format!("character '{}'", c.escape_debug())
-}
-
-/// Quotes a string for an error message, shortened so messages stay on one line.
-fn quote(s: &str) -> String {
-    const LIMIT: usize = 40;
-    let mut short: String = s.chars().take(LIMIT).collect();
-    if s.chars().nth(LIMIT).is_some() {
-        short.push_str("...");
-    }
-    format!("{short:?}")
 }
 
 // ---------------------------------------------------------------------------------------------

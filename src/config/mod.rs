@@ -51,6 +51,35 @@ pub fn parse_text(text: &str, expand_env: bool) -> Result<Object, ConfigErrors> 
     parsed.map_err(|e| ConfigErrors(vec![ConfigError { path: String::new(), message: format!("syntax error: {e}") }]))
 }
 
+/// Longest part of a config value (or key) quoted in an error message.
+const QUOTE_LIMIT: usize = 64;
+
+/// Longest key path kept in an error (real paths are under 60 bytes; a key can be any size).
+const PATH_LIMIT: usize = 200;
+
+/// Longest error message kept, whatever it quotes (a backstop for messages that embed a value
+/// without [`quote`], e.g. through an inner error).
+const MESSAGE_LIMIT: usize = 1024;
+
+/// Quotes a config value for an error message, cut to its first 64 characters plus its size:
+/// a 5 MB value would otherwise be echoed whole into the error, the terminal and the logs.
+pub(crate) fn quote(s: impl AsRef<str>) -> String {
+    let s = s.as_ref();
+    match s.char_indices().nth(QUOTE_LIMIT) {
+        None => format!("{s:?}"),
+        Some((cut, _)) => format!("{:?}... ({} bytes)", s.get(..cut).unwrap_or_default(), s.len()),
+    }
+}
+
+/// Cuts `text` to `limit` bytes (on a character boundary), saying how long it was.
+fn bounded(text: String, limit: usize) -> String {
+    if text.len() <= limit {
+        return text;
+    }
+    let cut = (0..=limit).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+    format!("{}... ({} bytes)", text.get(..cut).unwrap_or_default(), text.len())
+}
+
 /// Walks a parsed tree, recording errors against key paths.
 pub(crate) struct Walker {
     pub(crate) errors: Vec<ConfigError>,
@@ -62,7 +91,8 @@ impl Walker {
     }
 
     pub(crate) fn err(&mut self, path: &str, message: impl Into<String>) {
-        self.errors.push(ConfigError { path: path.to_owned(), message: message.into() });
+        // A key can be as long as a value (an unknown key of 5 MB): both are bounded.
+        self.errors.push(ConfigError { path: bounded(path.to_owned(), PATH_LIMIT), message: bounded(message.into(), MESSAGE_LIMIT) });
     }
 
     /// The object under `key`, accepting HCL1's habit of wrapping blocks in a list.
@@ -195,7 +225,7 @@ pub(crate) fn join(path: &str, key: &str) -> String {
 /// # Errors
 /// A message naming what is wrong.
 pub fn parse_duration(s: &str) -> Result<i64, String> {
-    let bad = || format!("invalid duration {s:?}: expected e.g. \"24h\", \"1h30m\", \"90s\"");
+    let bad = || format!("invalid duration {}: expected e.g. \"24h\", \"1h30m\", \"90s\"", quote(s));
     let t = s.trim();
     if t.is_empty() {
         return Err(bad());
@@ -219,7 +249,7 @@ pub fn parse_duration(s: &str) -> Result<i64, String> {
             "s" => 1000.0,
             "m" => 60_000.0,
             "h" => 3_600_000.0,
-            "d" => return Err(format!("invalid duration {s:?}: Go durations have no \"d\" unit; write {}h", num)),
+            "d" => return Err(format!("invalid duration {}: Go durations have no \"d\" unit; use hours (1d = 24h)", quote(s))),
             _ => return Err(bad()),
         };
         #[expect(clippy::cast_possible_truncation, reason = "bounded just below")]
@@ -309,7 +339,7 @@ pub(crate) fn plugin_decls<'a>(w: &mut Walker, plugins: &'a Object, kind: &str) 
                 }
             };
             if out.iter().any(|d: &PluginDecl<'_>| d.name == inner.key) {
-                w.err(&path, format!("{kind} {:?} configured more than once", inner.key));
+                w.err(&path, format!("{kind} {} configured more than once", quote(&inner.key)));
                 continue;
             }
             out.push(PluginDecl { name: inner.key.clone(), path: join(&path, "plugin_data"), data });
@@ -332,5 +362,37 @@ mod tests {
         }
         assert_eq!(format_duration(5_400), "1h30m");
         assert_eq!(format_duration(600), "10m");
+    }
+
+    #[test]
+    fn huge_values_and_keys_are_not_echoed_whole() {
+        const BIG: usize = 5 * 1024 * 1024;
+        let big = "x".repeat(BIG);
+        let text = format!(
+            "server {{\n trust_domain = \"{big}\"\n log_level = \"{big}\"\n ca_ttl = \"{big}\"\n {big} = 1\n}}\nplugins {{\n NodeAttestor \"{big}\" {{ plugin_data {{}} }}\n}}\n"
+        );
+        let tree = parse_text(&text, false).unwrap();
+        let errors = server::ServerConfig::from_tree(&tree, &server::ServerOverrides::default()).unwrap_err();
+        let shown = errors.to_string();
+        for key in ["server.trust_domain", "server.log_level", "server.ca_ttl", "NodeAttestor"] {
+            let line = shown.lines().find(|l| l.starts_with(key) || l.contains(key)).unwrap_or_else(|| panic!("no error for {key}"));
+            assert!(line.len() < 400, "{key}: {} bytes", line.len());
+            assert!(line.contains(&format!("({BIG} bytes)")), "{key}: size not given: {line}");
+        }
+        // The unknown key is named by a path as long as the key: bounded too.
+        assert!(
+            errors.0.iter().all(|e| e.path.len() < PATH_LIMIT + 50 && e.message.len() < MESSAGE_LIMIT + 50),
+            "an error kept a huge value"
+        );
+        assert!(shown.len() < 20 * 1024, "whole report is {} bytes", shown.len());
+    }
+
+    #[test]
+    fn quote_keeps_short_values_and_cuts_on_characters() {
+        assert_eq!(quote("debug"), "\"debug\"");
+        let long = "é".repeat(100);
+        let q = quote(&long);
+        assert!(q.starts_with(&format!("{:?}", "é".repeat(64))), "{q}");
+        assert!(q.ends_with("... (200 bytes)"), "{q}");
     }
 }

@@ -1,7 +1,7 @@
 //! `cairn server` configuration: SPIRE's server.conf keys.
 
 use super::hcl::Object;
-use super::{ConfigErrors, Walker, format_duration, join, plugin_decls};
+use super::{ConfigErrors, Walker, format_duration, join, plugin_decls, quote};
 use crate::ca::CaSubject;
 use crate::keymanager::KeyType;
 use crate::spiffe::{SpiffeId, TrustDomain};
@@ -231,7 +231,7 @@ impl ServerConfig {
             Some(t) => match TrustDomain::new(&t) {
                 Ok(td) => Some(td),
                 Err(e) => {
-                    w.err("server.trust_domain", format!("invalid trust domain {t:?}: {e}"));
+                    w.err("server.trust_domain", format!("invalid trust domain {}: {e}", quote(t)));
                     None
                 }
             },
@@ -239,7 +239,7 @@ impl ServerConfig {
         let bind_address =
             overrides.bind_address.clone().or_else(|| w.string(server, "bind_address", p)).unwrap_or_else(|| "0.0.0.0".into());
         if bind_address.parse::<std::net::IpAddr>().is_err() {
-            w.err("server.bind_address", format!("{bind_address:?} is not an IP address"));
+            w.err("server.bind_address", format!("{} is not an IP address", quote(&bind_address)));
         }
         let bind_port = overrides.server_port.or_else(|| w.port(server, "bind_port", p)).unwrap_or(8081);
         let socket_path = overrides
@@ -252,13 +252,13 @@ impl ServerConfig {
         let log_level =
             overrides.log_level.clone().or_else(|| w.string(server, "log_level", p)).unwrap_or_else(|| "INFO".into()).to_ascii_uppercase();
         if !["DEBUG", "INFO", "WARN", "ERROR", "TRACE"].contains(&log_level.as_str()) {
-            w.err("server.log_level", format!("{log_level:?}: expected DEBUG, INFO, WARN or ERROR"));
+            w.err("server.log_level", format!("{}: expected DEBUG, INFO, WARN or ERROR", quote(&log_level)));
         }
         let log_format = match w.string(server, "log_format", p).as_deref().map(str::to_ascii_lowercase).as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
             Some(other) => {
-                w.err("server.log_format", format!("{other:?}: expected text or json"));
+                w.err("server.log_format", format!("{}: expected text or json", quote(other)));
                 LogFormat::Text
             }
         };
@@ -303,7 +303,7 @@ impl ServerConfig {
             match w.string(server, key, p) {
                 None => default,
                 Some(s) => s.parse().unwrap_or_else(|_| {
-                    w.err(&join(p, key), format!("{s:?}: expected ec-p256 or ec-p384"));
+                    w.err(&join(p, key), format!("{}: expected ec-p256 or ec-p384", quote(s)));
                     default
                 }),
             }
@@ -331,7 +331,7 @@ impl ServerConfig {
             .filter_map(|s| match SpiffeId::new(&s) {
                 Ok(id) => Some(id),
                 Err(e) => {
-                    w.err("server.admin_ids", format!("{s:?}: {e}"));
+                    w.err("server.admin_ids", format!("{}: {e}", quote(s)));
                     None
                 }
             })
@@ -525,9 +525,9 @@ impl Plugins {
                     None => w.err(&join(&d.path, "database_type"), "missing (e.g. \"sqlite3\")"),
                     Some("sqlite3") => {}
                     Some(t @ ("postgres" | "mysql")) => {
-                        w.err(&join(&d.path, "database_type"), format!("{t:?} is not built into this cairn yet; use sqlite3"))
+                        w.err(&join(&d.path, "database_type"), format!("{} is not built into this cairn yet; use sqlite3", quote(t)))
                     }
-                    Some(t) => w.err(&join(&d.path, "database_type"), format!("{t:?}: expected sqlite3, postgres or mysql")),
+                    Some(t) => w.err(&join(&d.path, "database_type"), format!("{}: expected sqlite3, postgres or mysql", quote(t))),
                 }
                 if connection_string.as_deref().is_none_or(str::is_empty) {
                     w.err(&join(&d.path, "connection_string"), "missing (for sqlite3: a file path such as \"./data/datastore.sqlite3\")");
@@ -601,7 +601,7 @@ impl Plugins {
                     let data = na.data.unwrap_or(&empty);
                     w.unknown_keys(data, &["ca_bundle_path", "ca_bundle_paths", "agent_path_template", "mode"], &na.path, |_| None);
                     if let Some(mode) = w.string(data, "mode", &na.path).filter(|m| m != "external_pki") {
-                        w.err(&join(&na.path, "mode"), format!("{mode:?}: this cairn supports external_pki"));
+                        w.err(&join(&na.path, "mode"), format!("{}: this cairn supports external_pki", quote(mode)));
                     }
                     let mut paths: Vec<PathBuf> = w.string(data, "ca_bundle_path", &na.path).into_iter().map(PathBuf::from).collect();
                     paths.extend(w.strings(data, "ca_bundle_paths", &na.path).unwrap_or_default().into_iter().map(PathBuf::from));
@@ -614,7 +614,7 @@ impl Plugins {
                 }
                 other => w.err(
                     &na.path.replace(".plugin_data", ""),
-                    format!("unknown NodeAttestor {other:?}: this cairn has join_token and x509pop"),
+                    format!("unknown NodeAttestor {}: this cairn has join_token and x509pop", quote(other)),
                 ),
             }
         }

@@ -105,11 +105,12 @@ pub async fn issue_agent_svid(state: &ApiState, attested: &Attested, csr: &[u8],
     Ok(svid)
 }
 
-/// Mints an agent SVID; returns it with its decimal serial and notAfter.
+/// Checks an agent's CSR (size, syntax, key type, signature) and returns its key. Attestation
+/// calls this before it consumes anything, so a bad CSR does not burn a single-use join token.
 ///
 /// # Errors
-/// A bad CSR or no CA.
-pub fn mint_agent_svid(state: &ApiState, agent_id: &SpiffeId, csr: &[u8], now: i64) -> Result<(pt::X509svid, String, i64), ApiError> {
+/// `InvalidArgument` naming what is wrong with the CSR.
+pub fn check_agent_csr(csr: &[u8]) -> Result<rcgen::SubjectPublicKeyInfo, ApiError> {
     if csr.is_empty() {
         return Err(ApiError::InvalidArgument("malformed param: missing CSR".into()));
     }
@@ -117,6 +118,15 @@ pub fn mint_agent_svid(state: &ApiState, agent_id: &SpiffeId, csr: &[u8], now: i
         return Err(ApiError::InvalidArgument("CSR is too large".into()));
     }
     let (spki, _) = crate::ca::x509::csr_public_key(csr).map_err(|e| ApiError::InvalidArgument(format!("failed to parse CSR: {e}")))?;
+    Ok(spki)
+}
+
+/// Mints an agent SVID; returns it with its decimal serial and notAfter.
+///
+/// # Errors
+/// A bad CSR or no CA.
+pub fn mint_agent_svid(state: &ApiState, agent_id: &SpiffeId, csr: &[u8], now: i64) -> Result<(pt::X509svid, String, i64), ApiError> {
+    let spki = check_agent_csr(csr)?;
     let chain = state.ca.mint_x509_svid(&spki, &X509SvidRequest { id: agent_id, dns_names: &[], ttl: state.agent_ttl }, now)?;
     let leaf = chain.first().ok_or_else(|| ApiError::Internal { public: "failed to sign X509-SVID", detail: "empty chain".into() })?;
     let (_, cert) = x509_parser::parse_x509_certificate(leaf)

@@ -145,6 +145,7 @@ impl Server {
             upstream,
             upstream_status: Arc::new(std::sync::RwLock::new(UpstreamStatus::default())),
             watchers: Arc::default(),
+            attest_limiter: crate::api::limiter::FailureLimiter::default(),
         });
         Ok(Self { config, state, ca_manager, tls })
     }
