@@ -157,7 +157,7 @@ pub async fn run(config: AgentConfig) -> Result<(), String> {
     }
     let sync = tokio::spawn(Arc::clone(&agent).run(stopped(stop_rx.clone())));
     let socket = config.socket_path.clone();
-    tracing::info!(socket = %socket.display(), "Workload API is serving");
+    tracing::info!(socket = %socket.display(), "Starting agent APIs");
     let signal = async {
         let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(t) => t,

@@ -112,6 +112,7 @@ impl pb::agent_server::Agent for Svc {
         self.authorize(&req, Policy::LocalOrAdmin, "/spire.api.server.agent.v1.Agent/DeleteAgent").await?;
         let id = agent_id(req.get_ref().id.as_ref(), self)?;
         self.state().datastore.delete_attested_node(&id).await.map_err(ApiError::from)?;
+        tracing::info!(spiffe_id = %id, "Agent deleted");
         Ok(Response::new(()))
     }
 
@@ -124,6 +125,7 @@ impl pb::agent_server::Agent for Svc {
         n.cert_serial_number.clear();
         n.new_cert_serial_number.clear();
         ds.update_attested_node(&n).await.map_err(ApiError::from)?;
+        tracing::info!(spiffe_id = %id, "Agent banned");
         Ok(Response::new(()))
     }
 

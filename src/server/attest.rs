@@ -11,7 +11,7 @@ use crate::spiffe::SpiffeId;
 /// Which node attestors the server accepts.
 #[derive(Debug, Clone, Default)]
 pub struct Attestors {
-    /// `NodeAttestor "join_token"`.
+    /// Join-token attestation (always on in a server, as in SPIRE; off only in tests).
     pub join_token: bool,
     /// `NodeAttestor "x509pop"`: the trusted CA roots and the agent path template.
     pub x509pop: Option<X509PopServer>,

@@ -116,7 +116,9 @@ impl Server {
         let entry_cache =
             Arc::new(crate::server::entrycache::EntryCache::new(config.trust_domain.clone()).map_err(|e| ServerError::Io(e.to_string()))?);
         entry_cache.reload(datastore.as_ref()).await?;
-        let mut attestors = attest::Attestors { join_token: config.node_attestors.iter().any(|n| n == "join_token"), x509pop: None };
+        // Join tokens are built in, as in SPIRE: a `NodeAttestor "join_token"` block is accepted but
+        // not required (SPIRE's own suites and walk-throughs rely on that).
+        let mut attestors = attest::Attestors { join_token: true, x509pop: None };
         if let Some(x) = &config.x509pop {
             let mut roots = Vec::new();
             for p in &x.ca_bundle_paths {
