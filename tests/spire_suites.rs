@@ -406,3 +406,274 @@ fn evict_agent_suite() {
     let agent = s.up("spire-agent", "spire-agent", "agent/agent.conf");
     wait_log(&agent, "Starting agent APIs", "agent to be back up");
 }
+
+/// One "container" of a multi-container suite: its own `/opt/spire`, run as `uid`.
+struct Container {
+    name: &'static str,
+    opt: PathBuf,
+    uid: u32,
+}
+
+/// nested-rotation: root, two intermediates under it, a leaf under each, a server and an agent
+/// for each. The downstream servers are attested by the agent above them; where the suite
+/// tells them apart by docker label (`docker:label:org.integration.name:<x>`), this replay
+/// runs each as its own uid and registers `unix:uid:<uid>`, which is what that label stands
+/// for on a host without docker. Each server gets its own admin socket path (containers would
+/// each have their own /tmp).
+#[test]
+#[ignore = "needs issue 8 item 3 (equal ca_ttl at every tier) and disable_jwt_svids, merging next"]
+fn nested_rotation_suite_steps_1_to_10() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    require("openssl");
+    assert_eq!(my_uid(), 0, "nested-rotation runs servers and workloads as other uids: run as root (CI does)");
+    let _guard = DEFAULT_SOCKETS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run_dir = tmp.path().join("run");
+    let (okc, out) = run(Command::new("cp").arg("-r").arg(fixtures().join("suites/nested-rotation")).arg(&run_dir));
+    assert!(okc, "{out}");
+    let r = |rel: &str| run_dir.join(rel);
+    // 00-setup
+    for d in [
+        "shared/rootSocket",
+        "shared/intermediateASocket",
+        "shared/intermediateBSocket",
+        "shared/intermediateA/data",
+        "shared/intermediateB/data",
+    ] {
+        std::fs::create_dir_all(r(d)).unwrap();
+        std::fs::set_permissions(r(d), std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    for tier in ["root", "intermediateA", "leafA", "intermediateB", "leafB"] {
+        x509pop_setup(&r(&format!("{tier}/server")), &[&r(&format!("{tier}/agent"))]);
+    }
+    let (okc, out) = run(Command::new("chmod").arg("-R").arg("a+rX").arg(&run_dir));
+    assert!(okc, "{out}");
+
+    let servers = ["root", "intermediateA", "intermediateB", "leafA", "leafB"];
+    let ports: std::collections::HashMap<&str, u16> = servers.iter().map(|s| (*s, free_port())).collect();
+    let uid_of = |tier: &str| match tier {
+        "intermediateA" => 2001,
+        "intermediateB" => 2002,
+        "leafA" => 2003,
+        "leafB" => 2004,
+        _ => 0,
+    };
+    // docker-compose's volumes, per container.
+    let container = |name: &'static str| -> Container {
+        let (tier, kind) = name.rsplit_once('-').unwrap();
+        let opt = tmp.path().join("c").join(name).join("opt/spire");
+        for d in ["bin", "conf", "data", "private"] {
+            std::fs::create_dir_all(opt.join(d)).unwrap();
+        }
+        for link in ["spire-server", "spire-agent"] {
+            let _ = std::os::unix::fs::symlink(CAIRN, opt.join("bin").join(link));
+        }
+        let _ = std::os::unix::fs::symlink(r(&format!("{tier}/{kind}")), opt.join("conf").join(kind));
+        let sockets = match (tier, kind) {
+            ("root", "agent") | ("intermediateA" | "intermediateB", "server") => Some("shared/rootSocket"),
+            ("intermediateA", "agent") | ("leafA", "server") => Some("shared/intermediateASocket"),
+            ("intermediateB", "agent") | ("leafB", "server") => Some("shared/intermediateBSocket"),
+            _ => None,
+        };
+        match sockets {
+            Some(s) => {
+                let _ = std::os::unix::fs::symlink(r(s), opt.join("sockets"));
+            }
+            None => std::fs::create_dir_all(opt.join("sockets")).unwrap(),
+        }
+        if kind == "server" && tier.starts_with("intermediate") {
+            std::fs::remove_dir(opt.join("data")).unwrap();
+            std::fs::create_dir_all(opt.join("data")).unwrap();
+            let _ = std::os::unix::fs::symlink(r(&format!("shared/{tier}/data")), opt.join("data/server"));
+        }
+        let uid = if kind == "server" { uid_of(tier) } else { 0 };
+        let (okc, out) = run(Command::new("chown").arg("-R").arg(format!("{uid}:{uid}")).arg(tmp.path().join("c").join(name)));
+        assert!(okc, "{out}");
+        let (okc, out) = run(Command::new("chmod").arg("-R").arg("a+rX").arg(tmp.path().join("c")));
+        assert!(okc, "{out}");
+        Container { name, opt, uid }
+    };
+    // The container's view of its config: docker's paths, host names and ports made local.
+    let localize = |c: &Container, file: &Path| {
+        let (tier, kind) = c.name.rsplit_once('-').unwrap();
+        let mut text = std::fs::read_to_string(file).unwrap().replace("/opt/spire", &c.opt.display().to_string());
+        for s in servers {
+            let host = format!("\"{s}-server\"");
+            if text.contains(&host) {
+                text = text
+                    .replace(&host, "\"127.0.0.1\"")
+                    .replace("server_port         = 8081", &format!("server_port = {}", ports[s]))
+                    .replace("server_port = \"8081\"", &format!("server_port = \"{}\"", ports[s]));
+            }
+        }
+        if kind == "server" {
+            text =
+                text.replace("bind_port = \"8081\"", &format!("bind_port = \"{}\"", ports[tier])).replace("\"0.0.0.0\"", "\"127.0.0.1\"");
+            text = text.replacen("server {", &format!("server {{\n\tsocket_path = \"{}/private/api.sock\"", c.opt.display()), 1);
+        } else if let Some(start) = text.find("WorkloadAttestor \"docker\"") {
+            // cairn has no docker attestor: the unix one stands in (see above).
+            if text.contains("WorkloadAttestor \"unix\"") {
+                let end = start + text[start..].find("}\n    }").unwrap() + 7;
+                text = format!("{}{}", &text[..start], &text[end..]);
+            } else {
+                text = text.replace("WorkloadAttestor \"docker\"", "WorkloadAttestor \"unix\"");
+            }
+        }
+        std::fs::write(file, text).unwrap();
+    };
+    let up = |c: &Container| -> Proc {
+        let (_, kind) = c.name.rsplit_once('-').unwrap();
+        let conf = c.opt.join(format!("conf/{kind}/{kind}.conf"));
+        let log = tmp.path().join(format!("{}.log", c.name));
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let err = file.try_clone().unwrap();
+        let mut cmd = Command::new(c.opt.join(format!("bin/spire-{kind}")));
+        cmd.args(["run", "-config"]).arg(&conf).current_dir(&c.opt).stdout(file).stderr(err);
+        if c.uid != 0 {
+            cmd.uid(c.uid).gid(c.uid);
+        }
+        Proc { child: Some(cmd.spawn().unwrap()), log }
+    };
+    let server_cli = |c: &Container, args: &[&str]| -> Output {
+        let mut a: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+        a.push("-socketPath".into());
+        a.push(c.opt.join("private/api.sock").display().to_string());
+        Command::new(c.opt.join("bin/spire-server")).args(&a).output().unwrap()
+    };
+    let check_server_started = |p: &Proc, name: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while p.logs().matches("Starting Server APIs").count() < 2 {
+            assert!(Instant::now() < deadline, "timed out waiting for {name} to start:\n{}", p.logs());
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    };
+    let start_tier = |tier: &'static str, server: &Container, agent: &Container| -> (Proc, Proc) {
+        localize(server, &r(&format!("{tier}/server/server.conf")));
+        localize(agent, &r(&format!("{tier}/agent/agent.conf")));
+        let sp = up(server);
+        check_server_started(&sp, server.name);
+        let bundle = ok(&server_cli(server, &["bundle", "show"]), "bundle show");
+        std::fs::write(r(&format!("{tier}/agent/bootstrap.crt")), bundle).unwrap();
+        let ap = up(agent);
+        (sp, ap)
+    };
+    let names: [(&'static str, &'static str, &'static str); 5] = [
+        ("root", "root-server", "root-agent"),
+        ("intermediateA", "intermediateA-server", "intermediateA-agent"),
+        ("leafA", "leafA-server", "leafA-agent"),
+        ("intermediateB", "intermediateB-server", "intermediateB-agent"),
+        ("leafB", "leafB-server", "leafB-agent"),
+    ];
+    let mut cs = std::collections::HashMap::new();
+    for (tier, s, a) in names {
+        cs.insert(s, container(s));
+        cs.insert(a, container(a));
+        let _ = tier;
+    }
+    let agent_id =
+        |tier: &str| format!("spiffe://domain.test/spire/agent/x509pop/{}", fingerprint(&r(&format!("{tier}/agent/agent.crt.pem"))));
+    let downstream = |c: &Container, parent: &str, id: &str, label: &str, ttl: &str| {
+        let uid = uid_of(label);
+        ok(
+            &server_cli(
+                c,
+                &[
+                    "entry",
+                    "create",
+                    "-parentID",
+                    parent,
+                    "-spiffeID",
+                    id,
+                    "-selector",
+                    &format!("unix:uid:{uid}"),
+                    "-downstream",
+                    "-x509SVIDTTL",
+                    ttl,
+                ],
+            ),
+            "downstream entry create",
+        );
+    };
+    // 01-start-root
+    let (_root_s, root_a) = start_tier("root", &cs["root-server"], &cs["root-agent"]);
+    // 02-create-intermediate-downstream-entries
+    for x in ["intermediateA", "intermediateB"] {
+        downstream(&cs["root-server"], &agent_id("root"), &format!("spiffe://domain.test/{x}"), x, "3600");
+        wait_log(&root_a, &format!("spiffe://domain.test/{x}"), "root-agent to sync down entry");
+    }
+    // 03-start-intermediateA
+    let (_ia_s, ia_a) = start_tier("intermediateA", &cs["intermediateA-server"], &cs["intermediateA-agent"]);
+    // 04-create-leafA-downstream-entry
+    downstream(&cs["intermediateA-server"], &agent_id("intermediateA"), "spiffe://domain.test/leafA", "leafA", "90");
+    wait_log(&ia_a, "spiffe://domain.test/leafA", "intermediateA-agent to sync down entry");
+    // 05-start-leafA
+    let (_la_s, la_a) = start_tier("leafA", &cs["leafA-server"], &cs["leafA-agent"]);
+    // 06-start-intermediateB
+    let (_ib_s, ib_a) = start_tier("intermediateB", &cs["intermediateB-server"], &cs["intermediateB-agent"]);
+    // 07-create-leafB-downstream-entry
+    downstream(&cs["intermediateB-server"], &agent_id("intermediateB"), "spiffe://domain.test/leafB", "leafB", "90");
+    wait_log(&ib_a, "spiffe://domain.test/leafB", "intermediateB-agent to sync down entry");
+    // 08-start-leafB
+    let (_lb_s, lb_a) = start_tier("leafB", &cs["leafB-server"], &cs["leafB-agent"]);
+    // 09-create-workload-entries
+    for (tier, agent) in [("intermediateA", &ia_a), ("leafA", &la_a), ("intermediateB", &ib_a), ("leafB", &lb_a)] {
+        let id = format!("spiffe://domain.test/{tier}/workload");
+        ok(
+            &server_cli(
+                &cs[format!("{tier}-server").as_str()],
+                &["entry", "create", "-parentID", &agent_id(tier), "-spiffeID", &id, "-selector", "unix:uid:1001", "-x509SVIDTTL", "0"],
+            ),
+            "workload entry create",
+        );
+        wait_log(agent, &id, "agent to sync down entry");
+    }
+    // 10-check-svids
+    let sock = |agent: &str| cs[agent].opt.join("sockets/workload_api.sock").display().to_string();
+    let as_1001 = |args: &[&str]| -> Output { Command::new(CAIRN).arg("agent").args(args).uid(1001).gid(1001).output().unwrap() };
+    let out = as_1001(&["api", "fetch", "jwt", "-audience", "testIt", "-socketPath", &sock("intermediateB-agent"), "-output", "json"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "Expected JWT command to fail but it succeeded: {text}");
+    assert!(
+        text.contains("code = Unimplemented desc = JWT functionality is disabled"),
+        "Expected JWT to be disabled on intermediateB. Got: {text}"
+    );
+    let scratch = |agent: &str| {
+        let d = tmp.path().join("c").join(agent).join("tmp");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        d
+    };
+    let validate_x509 = |a: &str, b: &str| {
+        let (ta, tb) = (scratch(a), scratch(b));
+        ok(&as_1001(&["api", "fetch", "x509", "-socketPath", &sock(a), "-write", &ta.display().to_string()]), "x509-SVID check");
+        let copied = tmp.path().join("c").join(b).join("opt/svid.0.pem");
+        std::fs::copy(ta.join("svid.0.pem"), &copied).unwrap();
+        ok(&as_1001(&["api", "fetch", "x509", "-socketPath", &sock(b), "-write", &tb.display().to_string()]), "x509-SVID check");
+        let (v, vout) = run(Command::new("openssl")
+            .arg("verify")
+            .arg("-verbose")
+            .arg("-CAfile")
+            .arg(tb.join("bundle.0.pem"))
+            .arg("-untrusted")
+            .arg(&copied)
+            .arg(&copied));
+        assert!(v, "SVID from {a} does not verify with {b}'s bundle: {vout}");
+    };
+    let validate_jwt = |a: &str, b: &str| {
+        let out =
+            ok(&as_1001(&["api", "fetch", "jwt", "-audience", "testIt", "-socketPath", &sock(a), "-output", "json"]), "JWT-SVID check");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("fetch jwt -output json: {e}: {out}"));
+        let token = v[0]["svids"][0]["svid"].as_str().unwrap_or_else(|| panic!("no .[0].svids[0].svid in {out}")).to_owned();
+        ok(&as_1001(&["api", "validate", "jwt", "-audience", "testIt", "-svid", &token, "-socketPath", &sock(b)]), "JWT-SVID validation");
+    };
+    for i in 1..=15 {
+        eprintln!("check {i} of 15");
+        validate_x509("intermediateA-agent", "intermediateB-agent");
+        validate_x509("leafA-agent", "leafB-agent");
+        validate_jwt("intermediateA-agent", "intermediateB-agent");
+        validate_jwt("leafA-agent", "leafB-agent");
+        std::thread::sleep(Duration::from_secs(6));
+    }
+}

@@ -258,6 +258,9 @@ impl Server {
         // Admin socket: every caller is local.
         {
             let svc = Svc::new(Arc::clone(&self.state), true);
+            // SPIRE logs this once per listener; operators (and SPIRE's suites) count the lines.
+            let addr = uds.local_addr().ok().and_then(|a| a.as_pathname().map(|p| p.display().to_string())).unwrap_or_default();
+            tracing::info!(network = "unix", address = %addr, "Starting Server APIs");
             let incoming = crate::net::uds_incoming(uds, Registry::new(admin_limits(nofile)));
             let router = grpc_router(&svc)
                 .add_service(spb::debug::v1::debug_server::DebugServer::new(svc.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES));
@@ -274,6 +277,7 @@ impl Server {
             let svc = Svc::new(Arc::clone(&self.state), false);
             let router = grpc_router(&svc);
             let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(self.tls.server_config().map_err(|e| ServerError::Io(e.to_string()))?));
+            tracing::info!(network = "tcp", address = %tcp.local_addr().map(|a| a.to_string()).unwrap_or_default(), "Starting Server APIs");
             let incoming = crate::net::tls_incoming(tcp, acceptor, Registry::new(tls_limits(nofile)));
             let stop = stopped(stop_rx.clone());
             tasks.spawn(async move {
