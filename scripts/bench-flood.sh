@@ -19,7 +19,7 @@ trap 'pkill -f "$work/" 2>/dev/null || true; rm -rf "$work"' EXIT
 ulimit -n "$(ulimit -Hn)"
 
 rss() { awk '/VmRSS/ {print int($2/1024)}' "/proc/$1/status" 2>/dev/null || echo "dead"; }
-probe() { python3 scripts/flood.py probe --port "$1" --samples 30 | python3 -c 'import json,sys; v=json.loads(sys.stdin.read()); print(f"{v[\"p50_ms\"]}/{v[\"p99_ms\"]} ms ({v[\"errors\"]} err)")'; }
+probe() { python3 scripts/flood.py probe --port "$1" --samples 30 --text; }
 
 printf '%-28s | %-9s | %-26s | %-9s | %-26s | %-9s | %-26s | %-9s\n' binary "base MB" "base p50/p99" "idle MB" "during 10k idle p50/p99" "strm MB" "during 40k streams p50/p99" "after MB"
 for bin in "${bins[@]}"; do

@@ -197,7 +197,10 @@ def probe(args):
             errors += 1
     lat.sort()
     pick = lambda q: round(lat[min(len(lat) - 1, int(q * len(lat)))], 2) if lat else None
-    say(event="probe", samples=len(lat), errors=errors, p50_ms=pick(0.5), p99_ms=pick(0.99))
+    if args.text:
+        print(f"{pick(0.5)}/{pick(0.99)} ms ({errors} err)", flush=True)
+    else:
+        say(event="probe", samples=len(lat), errors=errors, p50_ms=pick(0.5), p99_ms=pick(0.99))
 
 
 def main():
@@ -217,6 +220,7 @@ def main():
     c = sub.add_parser("probe")
     c.add_argument("--port", type=int, required=True)
     c.add_argument("--samples", type=int, default=50)
+    c.add_argument("--text", action="store_true", help="print 'p50/p99 ms (errors)' instead of JSON")
     args = ap.parse_args()
     try:
         import resource
