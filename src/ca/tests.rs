@@ -194,3 +194,31 @@ async fn unreachable_upstream_fails_start_without_jwt_churn() {
     assert!(km.get_key("JWT-Signer-A").unwrap().is_none(), "no JWT key made while there is no X.509 CA");
     assert!(ds.get_bundle(&td()).await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn svids_are_capped_at_the_entry_expiry() {
+    let m = CaManager::new(config(24 * H), Arc::new(MemoryKeyManager::new()), None, datastore().await);
+    m.initialize(T0).await.unwrap();
+    let ca = m.ca();
+    let key = leaf_key();
+    let id = SpiffeId::new("spiffe://example.org/w").unwrap();
+    let req = X509SvidRequest { id: &id, dns_names: &[], ttl: H };
+    let chain = ca.mint_x509_svid_until(&key, &req, T0 + 120, T0).unwrap();
+    let (_, leaf) = X509Certificate::from_der(&chain[0]).unwrap();
+    assert_eq!(leaf.validity().not_after.timestamp(), T0 + 120, "a 1h TTL is cut to the entry's expiry");
+    // 0 = no limit: the TTL decides.
+    let chain = ca.mint_x509_svid_until(&key, &req, 0, T0).unwrap();
+    let (_, leaf) = X509Certificate::from_der(&chain[0]).unwrap();
+    assert_eq!(leaf.validity().not_after.timestamp(), T0 + H);
+    // A limit later than the TTL changes nothing.
+    let chain = ca.mint_x509_svid_until(&key, &req, T0 + 2 * H, T0).unwrap();
+    let (_, leaf) = X509Certificate::from_der(&chain[0]).unwrap();
+    assert_eq!(leaf.validity().not_after.timestamp(), T0 + H);
+    assert!(matches!(ca.mint_x509_svid_until(&key, &req, T0, T0), Err(CaError::InvalidRequest(_))), "an expired entry gets nothing");
+
+    let (_, exp) = ca.mint_jwt_svid_until(&id, &["a".into()], H, T0 + 120, T0).unwrap();
+    assert_eq!(exp, T0 + 120);
+    let (_, exp) = ca.mint_jwt_svid_until(&id, &["a".into()], H, 0, T0).unwrap();
+    assert_eq!(exp, T0 + H);
+    assert!(ca.mint_jwt_svid_until(&id, &["a".into()], H, T0 - 1, T0).is_err());
+}

@@ -84,6 +84,16 @@ pub struct Entry {
     pub created_at: i64,
 }
 
+impl Entry {
+    /// Whether the entry has expired at `now` (unix seconds). An entry whose `expires_at` has
+    /// come is not authorized for anything, even before the periodic prune deletes it: the prune
+    /// runs every few minutes and the entry cache may be older than that.
+    #[must_use]
+    pub fn is_expired(&self, now: i64) -> bool {
+        self.expires_at != 0 && self.expires_at <= now
+    }
+}
+
 /// An attested agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttestedNode {
