@@ -263,7 +263,7 @@ impl Agent {
             self.renew(&mut st).await?;
         }
         let ch = st.channel.clone();
-        let entries = match entrypb::entry_client::EntryClient::new(ch.clone())
+        let mut entries = match entrypb::entry_client::EntryClient::new(ch.clone())
             .get_authorized_entries(entrypb::GetAuthorizedEntriesRequest::default())
             .await
         {
@@ -273,6 +273,9 @@ impl Agent {
                 return Err(format!("fetching authorized entries: {}", e.message()));
             }
         };
+        // A server with a stale cache (or an older one) may still list an expired entry: it is
+        // neither minted for nor served.
+        entries.retain(|e| e.expires_at == 0 || e.expires_at > now);
         let b = bundlepb::bundle_client::BundleClient::new(ch.clone())
             .get_bundle(bundlepb::GetBundleRequest::default())
             .await
@@ -457,6 +460,7 @@ fn svid_item(e: &pt::Entry, chain: Vec<Vec<u8>>, key: Zeroizing<Vec<u8>>) -> Opt
         hint: e.hint.clone(),
         federates_with: e.federates_with.iter().filter_map(|t| TrustDomain::new(t).ok()).collect(),
         not_after,
+        entry_expires_at: e.expires_at,
     })
 }
 
