@@ -177,6 +177,9 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
     async fn delete_entry(&self, id: &str) -> Result<Entry, DatastoreError>;
     /// Number of entries.
     async fn count_entries(&self) -> Result<i64, DatastoreError>;
+    /// Deletes the entries that expired before `expires_before` (unix seconds; entries with
+    /// `expires_at = 0` never expire), returning them (SPIRE's `PruneRegistrationEntries`).
+    async fn prune_entries(&self, expires_before: i64) -> Result<Vec<Entry>, DatastoreError>;
 
     /// Stores a join token.
     async fn create_join_token(&self, token: &str, expires_at: i64) -> Result<(), DatastoreError>;

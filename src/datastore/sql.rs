@@ -427,6 +427,21 @@ impl Datastore for SqlDatastore {
         sqlx::query("SELECT COUNT(*) AS n FROM registered_entries").fetch_one(&self.pool).await.map(|r| r.get("n")).map_err(db_err)
     }
 
+    async fn prune_entries(&self, expires_before: i64) -> Result<Vec<Entry>, DatastoreError> {
+        self.queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Same rule as SPIRE's sqlstore: `expiry != 0 AND expiry < expires_before`.
+        let rows = sqlx::query("DELETE FROM registered_entries WHERE expires_at != 0 AND expires_at < ? RETURNING *")
+            .bind(expires_before)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        let pruned = rows.iter().map(entry_from_row).collect::<Result<Vec<_>, _>>()?;
+        if !pruned.is_empty() {
+            self.notify(Change::Entries);
+        }
+        Ok(pruned)
+    }
+
     async fn create_join_token(&self, token: &str, expires_at: i64) -> Result<(), DatastoreError> {
         self.queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         sqlx::query("INSERT INTO join_tokens (token, expires_at) VALUES (?, ?)")

@@ -4,6 +4,7 @@
 pub mod attest;
 pub mod bundlewatch;
 pub mod entrycache;
+pub mod prune;
 pub mod tls;
 pub mod upstream_sync;
 
@@ -208,6 +209,13 @@ impl Server {
         tasks.spawn(Arc::clone(&self.state.entry_cache).run(
             Arc::clone(&self.state.datastore),
             Duration::from_secs(300),
+            stopped(stop_rx.clone()),
+        ));
+
+        // Expired registration entries are deleted periodically (they are refused before that).
+        tasks.spawn(prune::run(
+            Arc::clone(&self.state.datastore),
+            Duration::from_secs(u64::try_from(self.config.entry_prune_interval).unwrap_or(300)),
             stopped(stop_rx.clone()),
         ));
 
