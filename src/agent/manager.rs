@@ -207,7 +207,8 @@ impl Agent {
             reattestable: st.svid.reattestable,
             bundle: st.bundle.x509_authorities.iter().map(|c| B64.encode(c)).collect(),
         };
-        let res = std::fs::create_dir_all(dir).and_then(|()| {
+        // The directory holds the agent's private key: owner only.
+        let res = crate::fsutil::create_dir_all_mode(dir, 0o700).and_then(|()| {
             let text = Zeroizing::new(serde_json::to_vec(&p).map_err(std::io::Error::other)?);
             crate::fsutil::write_private_atomic(&dir.join("agent-svid.json"), &text)
         });
