@@ -181,9 +181,11 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
     /// `expires_at = 0` never expire), returning them (SPIRE's `PruneRegistrationEntries`).
     async fn prune_entries(&self, expires_before: i64) -> Result<Vec<Entry>, DatastoreError>;
 
-    /// Stores a join token.
+    /// Stores a join token. Only its SHA-256 is stored, so the datastore never holds a token
+    /// that could be used to attest.
     async fn create_join_token(&self, token: &str, expires_at: i64) -> Result<(), DatastoreError>;
-    /// Deletes a join token and returns its expiry (single use: it is gone either way).
+    /// Deletes a join token (found by its hash) and returns its expiry (single use: it is gone
+    /// either way).
     async fn take_join_token(&self, token: &str) -> Result<Option<i64>, DatastoreError>;
 
     /// Creates an attested node record.
