@@ -206,6 +206,7 @@ impl CaManager {
                 return Ok(());
             }
         };
+        self.check_journal_keys_present(&journal)?;
         for rec in journal.x509.iter().filter(|r| r.status != Status::Old) {
             match self.restore_x509(rec) {
                 Ok(Some(slot)) => {
@@ -238,6 +239,36 @@ impl CaManager {
             tracing::info!(kid = %cur.record.kid, "resumed JWT key from the journal");
         }
         Ok(())
+    }
+
+    /// With a persistent key manager every key the journal's live slots name was written before
+    /// the journal was (keys are persisted first), so a missing one means the key store was
+    /// deleted or swapped. Going on would mint a new CA and root in silence; refuse instead.
+    /// A memory key manager loses its keys on every restart by design, and then a new CA is
+    /// minted while the old root stays in the bundle.
+    fn check_journal_keys_present(&self, journal: &Journal) -> Result<(), CaError> {
+        if !self.key_manager.is_persistent() {
+            return Ok(());
+        }
+        let live = journal
+            .x509
+            .iter()
+            .filter(|r| r.status != Status::Old)
+            .map(|r| key_id("x509", &r.slot))
+            .chain(journal.jwt.iter().filter(|r| r.status != Status::Old).map(|r| key_id("jwt", &r.slot)));
+        let mut missing = Vec::new();
+        for id in live {
+            if self.key_manager.get_key(&id)?.is_none() {
+                missing.push(id);
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(CaError::KeysMissing {
+            missing: format!("key{} {}", if missing.len() == 1 { "" } else { "s" }, missing.join(", ")),
+            store: self.key_manager.location().map_or_else(|| "its key store".to_owned(), |l| format!("keys file {l}")),
+        })
     }
 
     fn restore_x509(&self, rec: &X509Record) -> Result<Option<X509Slot>, CaError> {

@@ -45,6 +45,20 @@ pub enum CaError {
     /// The datastore failed.
     #[error("datastore: {0}")]
     Datastore(#[from] crate::datastore::DatastoreError),
+    /// The CA journal names keys that the (persistent) key manager no longer has: the key file
+    /// was deleted or replaced, or `keys_path` changed. Minting a new CA silently would replace
+    /// the trust domain's root behind the operator's back, so the server refuses to start.
+    #[error(
+        "the CA journal in the datastore refers to {missing} that the key manager does not have ({store}); the keys were deleted or \
+         replaced, or keys_path changed since the CA was created. Restore that keys file to resume the same CA; to start a new CA \
+         deliberately, remove the datastore (or its ca_journals table), and expect every agent and downstream tier to need the new root"
+    )]
+    KeysMissing {
+        /// The missing key ids, e.g. `x509-CA-A, JWT-Signer-A`.
+        missing: String,
+        /// Where the key manager keeps keys.
+        store: String,
+    },
 }
 
 /// The X.509 CA in use: its certificate, the chain that goes after an SVID, and its key.

@@ -222,3 +222,38 @@ async fn svids_are_capped_at_the_entry_expiry() {
     assert_eq!(exp, T0 + H);
     assert!(ca.mint_jwt_svid_until(&id, &["a".into()], H, T0 - 1, T0).is_err());
 }
+
+#[tokio::test]
+async fn a_vanished_disk_key_file_stops_the_restart_instead_of_minting_a_new_ca() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = tmp.path().join("keys.json");
+    let ds = datastore().await;
+    let km: Arc<dyn KeyManager> = Arc::new(crate::keymanager::DiskKeyManager::open(&keys).unwrap());
+    let m = CaManager::new(config(24 * H), km, None, Arc::clone(&ds));
+    m.initialize(T0).await.unwrap();
+    let first = m.ca().x509_authority().unwrap().authority_id.clone();
+
+    // Same keys file: the CA resumes.
+    let km: Arc<dyn KeyManager> = Arc::new(crate::keymanager::DiskKeyManager::open(&keys).unwrap());
+    let m = CaManager::new(config(24 * H), km, None, Arc::clone(&ds));
+    m.initialize(T0 + H).await.unwrap();
+    assert_eq!(m.ca().x509_authority().unwrap().authority_id, first);
+
+    // Keys file gone: refuse, naming the file; no new CA is minted into the bundle.
+    std::fs::remove_file(&keys).unwrap();
+    let roots_before = ds.get_bundle(&td()).await.unwrap().unwrap().x509_authorities.len();
+    let km: Arc<dyn KeyManager> = Arc::new(crate::keymanager::DiskKeyManager::open(&keys).unwrap());
+    let m = CaManager::new(config(24 * H), km, None, Arc::clone(&ds));
+    let err = m.initialize(T0 + 2 * H).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, CaError::KeysMissing { .. }), "{msg}");
+    assert!(msg.contains(&keys.display().to_string()) && msg.contains("x509-CA-") && msg.contains("remove the datastore"), "{msg}");
+    assert_eq!(ds.get_bundle(&td()).await.unwrap().unwrap().x509_authorities.len(), roots_before);
+    assert!(m.ca().x509_authority().is_none());
+
+    // A memory key manager loses its keys by design: a new CA, the old root kept.
+    let m = CaManager::new(config(24 * H), Arc::new(MemoryKeyManager::new()), None, Arc::clone(&ds));
+    m.initialize(T0 + 3 * H).await.unwrap();
+    assert_ne!(m.ca().x509_authority().unwrap().authority_id, first);
+    assert_eq!(ds.get_bundle(&td()).await.unwrap().unwrap().x509_authorities.len(), roots_before + 1);
+}

@@ -100,4 +100,8 @@ impl KeyManager for DiskKeyManager {
     fn is_persistent(&self) -> bool {
         true
     }
+
+    fn location(&self) -> Option<String> {
+        Some(self.path.display().to_string())
+    }
 }
