@@ -12,18 +12,37 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A cairn process stopped when the test ends, whether it passes or fails.
+struct Proc(Option<Child>);
+
+impl Proc {
+    fn child(&mut self) -> &mut Child {
+        self.0.as_mut().unwrap()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            terminate(c, Duration::from_secs(15));
+        }
+    }
+}
+
 /// Runs `cairn <args>` under `umask`, logging to `log`.
-fn spawn_with_umask(umask: &str, args: &[&str], log: &Path) -> Child {
+fn spawn_with_umask(umask: &str, args: &[&str], log: &Path) -> Proc {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("umask {umask} && exec \"$0\" \"$@\""))
-        .arg(CAIRN)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap()
+    Proc(Some(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("umask {umask} && exec \"$0\" \"$@\""))
+            .arg(CAIRN)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    ))
 }
 
 fn mode(p: &Path) -> u32 {
@@ -105,11 +124,11 @@ fn server_cli_ok(l: &Layout, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn start_server(l: &Layout, umask: &str) -> Child {
+fn start_server(l: &Layout, umask: &str) -> Proc {
     let log = l.base.join("server.log");
     let mut child = spawn_with_umask(umask, &["server", "run", "-config", l.conf.to_str().unwrap()], &log);
     wait_for("server start", &log, || {
-        if let Ok(Some(st)) = child.try_wait() {
+        if let Ok(Some(st)) = child.child().try_wait() {
             panic!("server exited with {st}:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
         }
         server_cli(l, &["healthcheck"]).status.success()
@@ -184,7 +203,10 @@ plugins {{
     let agent = spawn_with_umask(umask, &["agent", "run", "-config", aconf.to_str().unwrap()], &alog);
     let out_dir = l.base.join("fetched");
     wait_for("an X509-SVID from the agent", &alog, || {
-        Command::new(CAIRN)
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("umask {umask} && exec \"$0\" \"$@\""))
+            .arg(CAIRN)
             .args(["agent", "api", "fetch", "x509", "-socketPath"])
             .arg(&asock)
             .arg("-write")
@@ -230,7 +252,6 @@ plugins {{
         }
     }
     assert!(std::fs::symlink_metadata(&l.sock).unwrap().file_type().is_socket());
-    assert!(wrong.is_empty(), "umask {umask}:\n{}", wrong.join("\n"));
 
     // Nothing else cairn made is open to others (the test's own config and logs excluded).
     let listed: Vec<&PathBuf> = expect.iter().map(|(p, _)| p).collect();
@@ -245,18 +266,23 @@ plugins {{
             let ours = [".conf", ".log", "bootstrap.pem"].iter().any(|s| name.ends_with(s));
             if !ours && !listed.contains(&&p) {
                 let m = mode(&p);
-                assert!(m & 0o077 == 0, "umask {umask}: {} is {m:o}", p.display());
+                if m & 0o077 != 0 {
+                    wrong.push(format!("{}: {m:o}, open to others", p.display()));
+                }
             }
         }
     }
 
     // The unused join token is nowhere in the database files.
     for f in [l.db.clone(), with_suffix(&l.db, "-wal")] {
-        assert!(!contains(&f, &unused), "umask {umask}: join token in clear in {}", f.display());
+        if contains(&f, &unused) {
+            wrong.push(format!("{}: holds the unused join token in clear", f.display()));
+        }
     }
+    assert!(wrong.is_empty(), "umask {umask}:\n{}", wrong.join("\n"));
 
-    terminate(agent, Duration::from_secs(10));
-    terminate(server, Duration::from_secs(15));
+    drop(agent);
+    drop(server);
 }
 
 #[test]
@@ -275,12 +301,25 @@ fn a_deleted_keys_file_stops_the_server_with_a_message_naming_it() {
     let l = server_layout(tmp.path());
     let server = start_server(&l, "022");
     let root = server_cli_ok(&l, &["bundle", "show"]);
-    terminate(server, Duration::from_secs(15));
+    drop(server);
 
     std::fs::remove_file(&l.keys).unwrap();
-    let out = Command::new(CAIRN).args(["server", "run", "-config"]).arg(&l.conf).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "the server started without its CA keys:\n{err}");
+    let log = l.base.join("restart.log");
+    let mut restart = spawn_with_umask("022", &["server", "run", "-config", l.conf.to_str().unwrap()], &log);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = restart.child().try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline && !server_cli(&l, &["healthcheck"]).status.success(),
+            "the server started without its CA keys:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert!(!status.success(), "{err}");
     assert!(err.contains(&l.keys.display().to_string()), "the keys file is not named:\n{err}");
     assert!(err.contains("remove the datastore"), "no way forward given:\n{err}");
     assert!(!l.keys.exists() || !contains(&l.keys, "x509-CA"), "a new CA key was written anyway");
@@ -288,7 +327,6 @@ fn a_deleted_keys_file_stops_the_server_with_a_message_naming_it() {
     // Putting things back as they were is not refused: with the datastore removed, a new CA
     // starts deliberately, with a different root.
     std::fs::remove_dir_all(l.base.join("db")).unwrap();
-    let server = start_server(&l, "022");
+    let _server = start_server(&l, "022");
     assert_ne!(server_cli_ok(&l, &["bundle", "show"]), root);
-    terminate(server, Duration::from_secs(15));
 }
