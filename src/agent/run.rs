@@ -96,12 +96,12 @@ async fn bind_workload_socket(path: &std::path::Path) -> Result<tokio::net::Unix
 /// A message for the operator (bad files, attestation refused, banned).
 pub async fn run(config: AgentConfig) -> Result<(), String> {
     crate::telemetry::init(&config.log_level, config.log_format);
+    let trust = bootstrap_roots(&config).await?;
+    let attestation = node_attestation(&config)?;
     // SPIRE's agent creates its data_dir at start too; cairn makes it owner-only whatever the
     // umask, as it is where agent state (and usually the disk key manager's directory) lives.
     crate::fsutil::create_dir_all_mode(&config.data_dir, 0o700)
         .map_err(|e| format!("agent.data_dir {}: {e}", config.data_dir.display()))?;
-    let trust = bootstrap_roots(&config).await?;
-    let attestation = node_attestation(&config)?;
     let state_dir = match &config.key_manager {
         AgentKeyManagerConfig::Memory => None,
         AgentKeyManagerConfig::Disk { directory } => Some(directory.clone()),
