@@ -213,6 +213,14 @@ impl CaManager {
                     let target = if rec.status == Status::Active { &mut slots.x509_current } else { &mut slots.x509_next };
                     *target = Some(slot);
                 }
+                // Only preparing a slot regenerates its key, and an active slot is never being
+                // prepared: with persistent keys a mismatch here means the keys were replaced.
+                Ok(None) if rec.status == Status::Active && self.key_manager.is_persistent() => {
+                    return Err(self.keys_missing(format!(
+                        "key {} matching the active X.509 CA (the key stored under that id is a different one)",
+                        key_id("x509", &rec.slot)
+                    )));
+                }
                 Ok(None) => {
                     tracing::info!(slot = %rec.slot, "X.509 CA in the journal has no matching key (non-persistent key manager?); it will be replaced")
                 }
@@ -224,6 +232,12 @@ impl CaManager {
                 Ok(Some(slot)) => {
                     let target = if rec.status == Status::Active { &mut slots.jwt_current } else { &mut slots.jwt_next };
                     *target = Some(slot);
+                }
+                Ok(None) if rec.status == Status::Active && self.key_manager.is_persistent() => {
+                    return Err(self.keys_missing(format!(
+                        "key {} matching the active JWT key (the key stored under that id is a different one)",
+                        key_id("jwt", &rec.slot)
+                    )));
                 }
                 Ok(None) => tracing::info!(slot = %rec.slot, "JWT key in the journal has no matching key; it will be replaced"),
                 Err(e) => tracing::warn!(slot = %rec.slot, error = %e, "JWT key in the journal is unusable; it will be replaced"),
@@ -265,10 +279,14 @@ impl CaManager {
         if missing.is_empty() {
             return Ok(());
         }
-        Err(CaError::KeysMissing {
-            missing: format!("key{} {}", if missing.len() == 1 { "" } else { "s" }, missing.join(", ")),
+        Err(self.keys_missing(format!("key{} {}", if missing.len() == 1 { "" } else { "s" }, missing.join(", "))))
+    }
+
+    fn keys_missing(&self, missing: String) -> CaError {
+        CaError::KeysMissing {
+            missing,
             store: self.key_manager.location().map_or_else(|| "its key store".to_owned(), |l| format!("keys file {l}")),
-        })
+        }
     }
 
     fn restore_x509(&self, rec: &X509Record) -> Result<Option<X509Slot>, CaError> {

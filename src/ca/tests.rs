@@ -239,6 +239,19 @@ async fn a_vanished_disk_key_file_stops_the_restart_instead_of_minting_a_new_ca(
     m.initialize(T0 + H).await.unwrap();
     assert_eq!(m.ca().x509_authority().unwrap().authority_id, first);
 
+    // Keys file replaced by one holding other keys under the same ids: refuse too.
+    let saved = std::fs::read(&keys).unwrap();
+    std::fs::remove_file(&keys).unwrap();
+    let other = crate::keymanager::DiskKeyManager::open(&keys).unwrap();
+    for id in ["x509-CA-A", "x509-CA-B", "JWT-Signer-A", "JWT-Signer-B"] {
+        other.generate_key(id, KeyType::EcP256).unwrap();
+    }
+    let km: Arc<dyn KeyManager> = Arc::new(crate::keymanager::DiskKeyManager::open(&keys).unwrap());
+    let m = CaManager::new(config(24 * H), km, None, Arc::clone(&ds));
+    let err = m.initialize(T0 + H).await.unwrap_err();
+    assert!(matches!(err, CaError::KeysMissing { .. }) && err.to_string().contains("different one"), "{err}");
+    std::fs::write(&keys, saved).unwrap();
+
     // Keys file gone: refuse, naming the file; no new CA is minted into the bundle.
     std::fs::remove_file(&keys).unwrap();
     let roots_before = ds.get_bundle(&td()).await.unwrap().unwrap().x509_authorities.len();
