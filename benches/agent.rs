@@ -218,7 +218,7 @@ plugins {{
     async fn settle(&self, agents: &[(SpiffeId, usize)]) -> Duration {
         let t0 = Instant::now();
         loop {
-            if agents.iter().all(|(id, n)| self.state.entry_cache.authorized_entries(id).len() == *n) {
+            if agents.iter().all(|(id, n)| self.state.entry_cache.authorized_entries(id, cairn::now_unix()).len() == *n) {
                 break;
             }
             assert!(t0.elapsed() < Duration::from_secs(300), "entry cache never caught up");

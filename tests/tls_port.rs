@@ -175,3 +175,58 @@ async fn admin_rpcs_need_an_admin_svid_and_get_bundle_is_open() {
     };
     assert!(refused, "a client certificate from another CA must be refused");
 }
+
+/// Admin and downstream rights granted by an entry end when the entry expires, even though the
+/// entry is still in the datastore (it has not been pruned yet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_admin_or_downstream_entry_grants_nothing() {
+    use cairn::api::pb::spire::api::server::svid::v1 as svidpb;
+    let tmp = tempfile::tempdir().unwrap();
+    let s = tokio::task::block_in_place(|| TestServer::start(tmp.path(), &ServerOpts::default()));
+    let bundle = tmp.path().join("bundle.pem");
+    std::fs::write(&bundle, s.cli_ok(&["bundle", "show"])).unwrap();
+    let roots = pem_certs(&bundle);
+    let parent = "spiffe://example.org/spire/server";
+    for (name, flag, expiry) in [
+        ("expired-admin", "-admin", "1000"),
+        ("live-admin", "-admin", "0"),
+        ("expired-ds", "-downstream", "1000"),
+        ("live-ds", "-downstream", "0"),
+    ] {
+        let id = format!("spiffe://example.org/{name}");
+        let mut args = vec!["entry", "create", "-parentID", parent, "-spiffeID", &id, "-selector", "unix:uid:4242", flag];
+        if expiry != "0" {
+            args.extend(["-entryExpiry", expiry]);
+        }
+        s.cli_ok(&args);
+        s.cli_ok(&["x509", "mint", "-spiffeID", &id, "-write", tmp.path().join(name).to_str().unwrap()]);
+    }
+    let ch = |name: &str| {
+        let (cert, key) = (tmp.path().join(name).join("svid.pem"), tmp.path().join(name).join("key.pem"));
+        let roots = roots.clone();
+        async move { channel(s.port, roots, Some((&cert, &key))).await.unwrap() }
+    };
+    let count = |c| async move { entrypb::entry_client::EntryClient::new(c).count_entries(entrypb::CountEntriesRequest::default()).await };
+    assert_eq!(count(ch("live-admin").await).await.unwrap().into_inner().count, 4, "a live admin entry is admin");
+    let err = count(ch("expired-admin").await).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "an admin entry that expired in 1970 still grants admin: {err:?}");
+
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap())
+        .unwrap()
+        .der()
+        .to_vec();
+    let downstream_ca = |name: &'static str| {
+        let csr = csr.clone();
+        let ch = ch(name);
+        async move {
+            svidpb::svid_client::SvidClient::new(ch.await)
+                .new_downstream_x509ca(svidpb::NewDownstreamX509caRequest { csr, preferred_ttl: 0 })
+                .await
+        }
+    };
+    let ca = downstream_ca("live-ds").await.unwrap().into_inner();
+    assert!(!ca.ca_cert_chain.is_empty(), "a live downstream entry gets a CA");
+    let err = downstream_ca("expired-ds").await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "a downstream entry that expired in 1970 still grants a CA: {err:?}");
+}

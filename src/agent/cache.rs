@@ -30,6 +30,9 @@ pub struct X509SvidItem {
     pub federates_with: Vec<TrustDomain>,
     /// Leaf notAfter, unix seconds.
     pub not_after: i64,
+    /// The entry's expiry, unix seconds (0 = never); past it the SVID is not served even if the
+    /// next sync has not happened yet.
+    pub entry_expires_at: i64,
 }
 
 impl std::fmt::Debug for X509SvidItem {
@@ -57,10 +60,23 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// The identities whose entry selectors are all among `caller` (SPIRE's subset match).
+    /// The identities whose entry selectors are all among `caller` (SPIRE's subset match),
+    /// leaving out those whose entry has expired by now.
     #[must_use]
     pub fn svids_for(&self, caller: &[Selector]) -> Vec<Arc<X509SvidItem>> {
-        self.svids.iter().filter(|s| !s.selectors.is_empty() && s.selectors.iter().all(|sel| caller.contains(sel))).cloned().collect()
+        self.svids_for_at(caller, crate::now_unix())
+    }
+
+    /// [`Snapshot::svids_for`] at `now` (unix seconds). A snapshot lives until the next sync
+    /// changes something, so an entry that expires in between is dropped here, at use.
+    #[must_use]
+    pub fn svids_for_at(&self, caller: &[Selector], now: i64) -> Vec<Arc<X509SvidItem>> {
+        self.svids
+            .iter()
+            .filter(|s| s.entry_expires_at == 0 || s.entry_expires_at > now)
+            .filter(|s| !s.selectors.is_empty() && s.selectors.iter().all(|sel| caller.contains(sel)))
+            .cloned()
+            .collect()
     }
 }
 
@@ -84,4 +100,45 @@ pub trait WorkloadSource: Send + Sync + 'static {
     /// A JWT-SVID for `svid`'s identity and `audience` (from cache until half-life, else minted
     /// by the server). Returns the token and its `exp`.
     async fn fetch_jwt_svid(&self, svid: &X509SvidItem, audience: &[String]) -> Result<(String, i64), FetchJwtError>;
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+    use super::*;
+
+    fn item(entry_id: &str, entry_expires_at: i64) -> Arc<X509SvidItem> {
+        Arc::new(X509SvidItem {
+            entry_id: entry_id.to_owned(),
+            spiffe_id: SpiffeId::new(&format!("spiffe://example.org/{entry_id}")).unwrap(),
+            selectors: vec![Selector { kind: "unix".into(), value: "uid:1".into() }],
+            chain: vec![],
+            key_pkcs8: Arc::new(Zeroizing::new(vec![])),
+            hint: String::new(),
+            federates_with: vec![],
+            not_after: 5000,
+            entry_expires_at,
+        })
+    }
+
+    #[test]
+    fn an_entry_that_expires_after_the_snapshot_was_built_is_not_served() {
+        let td = TrustDomain::new("example.org").unwrap();
+        let snap = Snapshot {
+            bundle: Bundle {
+                trust_domain: td.clone(),
+                x509_authorities: vec![],
+                jwt_authorities: vec![],
+                refresh_hint: None,
+                sequence_number: 0,
+            },
+            trust_domain: td,
+            federated: BTreeMap::new(),
+            svids: vec![item("expiring", 1000), item("never", 0)],
+        };
+        let caller = [Selector { kind: "unix".into(), value: "uid:1".into() }];
+        let ids = |now| snap.svids_for_at(&caller, now).iter().map(|s| s.entry_id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(999), ["expiring", "never"]);
+        assert_eq!(ids(1000), ["never"]);
+    }
 }

@@ -210,7 +210,8 @@ impl Agent {
             reattestable: st.svid.reattestable,
             bundle: st.bundle.x509_authorities.iter().map(|c| B64.encode(c)).collect(),
         };
-        let res = std::fs::create_dir_all(dir).and_then(|()| {
+        // The directory holds the agent's private key: owner only.
+        let res = crate::fsutil::create_dir_all_mode(dir, 0o700).and_then(|()| {
             let text = Zeroizing::new(serde_json::to_vec(&p).map_err(std::io::Error::other)?);
             crate::fsutil::write_private_atomic(&dir.join("agent-svid.json"), &text)
         });
@@ -266,7 +267,7 @@ impl Agent {
             self.renew(&mut st).await?;
         }
         let ch = st.channel.clone();
-        let entries = match entrypb::entry_client::EntryClient::new(ch.clone())
+        let mut entries = match entrypb::entry_client::EntryClient::new(ch.clone())
             .get_authorized_entries(entrypb::GetAuthorizedEntriesRequest::default())
             .await
         {
@@ -277,6 +278,9 @@ impl Agent {
                 return Err(err);
             }
         };
+        // A server with a stale cache (or an older one) may still list an expired entry: it is
+        // neither minted for nor served.
+        entries.retain(|e| e.expires_at == 0 || e.expires_at > now);
         let b = bundlepb::bundle_client::BundleClient::new(ch.clone())
             .get_bundle(bundlepb::GetBundleRequest::default())
             .await
@@ -469,6 +473,7 @@ fn svid_item(e: &pt::Entry, chain: Vec<Vec<u8>>, key: Zeroizing<Vec<u8>>) -> Opt
         hint: e.hint.clone(),
         federates_with: e.federates_with.iter().filter_map(|t| TrustDomain::new(t).ok()).collect(),
         not_after,
+        entry_expires_at: e.expires_at,
     })
 }
 

@@ -69,11 +69,14 @@ fn node_attestation(config: &AgentConfig) -> Result<NodeAttestation, String> {
 }
 
 /// Binds the Workload API socket. The socket is world-connectable on purpose: callers are
-/// identified by workload attestation, not by file permissions (as in SPIRE).
+/// identified by workload attestation, not by file permissions. As SPIRE's agent does
+/// (`cmd/spire-agent/cli/run/run_posix.go` creates the directory 0755,
+/// `pkg/agent/endpoints/endpoints_posix.go` sets the socket to 0777), a directory cairn creates
+/// for it is 0755: every local uid must reach the socket, nobody else may add files there.
 async fn bind_workload_socket(path: &std::path::Path) -> Result<tokio::net::UnixListener, String> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| format!("agent.socket_path directory {}: {e}", dir.display()))?;
+        crate::fsutil::create_dir_all_mode(dir, 0o755).map_err(|e| format!("agent.socket_path directory {}: {e}", dir.display()))?;
     }
     if path.exists() {
         if tokio::net::UnixStream::connect(path).await.is_ok() {
@@ -96,6 +99,10 @@ pub async fn run(config: AgentConfig) -> Result<(), String> {
     let nofile = crate::net::raise_nofile_limit();
     let trust = bootstrap_roots(&config).await?;
     let attestation = node_attestation(&config)?;
+    // SPIRE's agent creates its data_dir at start too; cairn makes it owner-only whatever the
+    // umask, as it is where agent state (and usually the disk key manager's directory) lives.
+    crate::fsutil::create_dir_all_mode(&config.data_dir, 0o700)
+        .map_err(|e| format!("agent.data_dir {}: {e}", config.data_dir.display()))?;
     let state_dir = match &config.key_manager {
         AgentKeyManagerConfig::Memory => None,
         AgentKeyManagerConfig::Disk { directory } => Some(directory.clone()),

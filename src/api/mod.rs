@@ -211,8 +211,13 @@ impl Svc {
         ))
     }
 
+    /// The unexpired entries naming `id`: an expired `admin` or `downstream` entry grants nothing,
+    /// even before the prune deletes it.
     async fn entries_for(&self, id: &SpiffeId) -> Result<Vec<crate::datastore::Entry>, ApiError> {
-        Ok(self.state.datastore.list_entries(&EntryFilter { spiffe_id: Some(id.clone()), ..EntryFilter::default() }).await?)
+        let mut entries = self.state.datastore.list_entries(&EntryFilter { spiffe_id: Some(id.clone()), ..EntryFilter::default() }).await?;
+        let now = now();
+        entries.retain(|e| !e.is_expired(now));
+        Ok(entries)
     }
 
     /// The shared state.

@@ -159,9 +159,12 @@ impl From<CaError> for ApiError {
             CaError::NoJwtKey => {
                 Self::Internal { public: "failed to sign JWT-SVID: JWT key is not available for signing", detail: e.to_string() }
             }
-            CaError::Template(_) | CaError::Signing(_) | CaError::KeyManager(_) | CaError::Upstream(_) | CaError::Datastore(_) => {
-                Self::Internal { public: "failed to sign", detail: e.to_string() }
-            }
+            CaError::Template(_)
+            | CaError::Signing(_)
+            | CaError::KeyManager(_)
+            | CaError::Upstream(_)
+            | CaError::Datastore(_)
+            | CaError::KeysMissing { .. } => Self::Internal { public: "failed to sign", detail: e.to_string() },
         }
     }
 }

@@ -106,9 +106,9 @@ impl pb::svid_server::Svid for Svc {
         if params.is_empty() {
             return Err(ApiError::InvalidArgument("missing parameters".into()).into());
         }
-        let authorized: std::collections::HashMap<String, std::sync::Arc<crate::datastore::Entry>> =
-            self.state().entry_cache.authorized_entries(agent).into_iter().map(|e| (e.id.clone(), e)).collect();
         let now = now();
+        let authorized: std::collections::HashMap<String, std::sync::Arc<crate::datastore::Entry>> =
+            self.state().entry_cache.authorized_entries(agent, now).into_iter().map(|e| (e.id.clone(), e)).collect();
         let results = params
             .iter()
             .map(|p| {
@@ -121,7 +121,8 @@ impl pb::svid_server::Svid for Svc {
                         authorized.get(&p.entry_id).ok_or_else(|| ApiError::NotFound("entry not found or not authorized".into()))?;
                     let (spki, _) = csr_public_key(&p.csr)?;
                     let req = X509SvidRequest { id: &entry.spiffe_id, dns_names: &entry.dns_names, ttl: i64::from(entry.x509_svid_ttl) };
-                    let chain = self.state().ca.mint_x509_svid(&spki, &req, now)?;
+                    // The SVID must not outlive its entry.
+                    let chain = self.state().ca.mint_x509_svid_until(&spki, &req, entry.expires_at, now)?;
                     let exp = chain.first().map_or(0, |l| expires_at(l));
                     Ok(pt::X509svid { cert_chain: chain, id: Some(id_to_proto(&entry.spiffe_id)), expires_at: exp, hint: String::new() })
                 })();
@@ -138,18 +139,22 @@ impl pb::svid_server::Svid for Svc {
         let caller = self.authorize(&req, Policy::Agent, "/spire.api.server.svid.v1.SVID/NewJWTSVID").await?;
         let agent = caller.id().ok_or(ApiError::PermissionDenied("/spire.api.server.svid.v1.SVID/NewJWTSVID"))?;
         let r = req.get_ref();
+        let now = now();
         let entry = self
             .state()
             .entry_cache
-            .authorized_entry(agent, &r.entry_id)
+            .authorized_entry(agent, &r.entry_id, now)
             .ok_or_else(|| ApiError::NotFound("entry not found or not authorized".into()))?;
         let audience: Vec<String> = r.audience.iter().filter(|a| !a.is_empty()).cloned().collect();
         if audience.is_empty() {
             return Err(ApiError::InvalidArgument("at least one audience is required".into()).into());
         }
-        let now = now();
-        let (token, exp) =
-            self.state().ca.mint_jwt_svid(&entry.spiffe_id, &audience, i64::from(entry.jwt_svid_ttl), now).map_err(ApiError::from)?;
+        // `exp` must not pass the entry's expiry.
+        let (token, exp) = self
+            .state()
+            .ca
+            .mint_jwt_svid_until(&entry.spiffe_id, &audience, i64::from(entry.jwt_svid_ttl), entry.expires_at, now)
+            .map_err(ApiError::from)?;
         Ok(Response::new(pb::NewJwtsvidResponse {
             svid: Some(pt::Jwtsvid {
                 token,

@@ -206,11 +206,20 @@ impl CaManager {
                 return Ok(());
             }
         };
+        self.check_journal_keys_present(&journal)?;
         for rec in journal.x509.iter().filter(|r| r.status != Status::Old) {
             match self.restore_x509(rec) {
                 Ok(Some(slot)) => {
                     let target = if rec.status == Status::Active { &mut slots.x509_current } else { &mut slots.x509_next };
                     *target = Some(slot);
+                }
+                // Only preparing a slot regenerates its key, and an active slot is never being
+                // prepared: with persistent keys a mismatch here means the keys were replaced.
+                Ok(None) if rec.status == Status::Active && self.key_manager.is_persistent() => {
+                    return Err(self.keys_missing(format!(
+                        "key {} matching the active X.509 CA (the key stored under that id is a different one)",
+                        key_id("x509", &rec.slot)
+                    )));
                 }
                 Ok(None) => {
                     tracing::info!(slot = %rec.slot, "X.509 CA in the journal has no matching key (non-persistent key manager?); it will be replaced")
@@ -223,6 +232,12 @@ impl CaManager {
                 Ok(Some(slot)) => {
                     let target = if rec.status == Status::Active { &mut slots.jwt_current } else { &mut slots.jwt_next };
                     *target = Some(slot);
+                }
+                Ok(None) if rec.status == Status::Active && self.key_manager.is_persistent() => {
+                    return Err(self.keys_missing(format!(
+                        "key {} matching the active JWT key (the key stored under that id is a different one)",
+                        key_id("jwt", &rec.slot)
+                    )));
                 }
                 Ok(None) => tracing::info!(slot = %rec.slot, "JWT key in the journal has no matching key; it will be replaced"),
                 Err(e) => tracing::warn!(slot = %rec.slot, error = %e, "JWT key in the journal is unusable; it will be replaced"),
@@ -238,6 +253,40 @@ impl CaManager {
             tracing::info!(kid = %cur.record.kid, "resumed JWT key from the journal");
         }
         Ok(())
+    }
+
+    /// With a persistent key manager every key the journal's live slots name was written before
+    /// the journal was (keys are persisted first), so a missing one means the key store was
+    /// deleted or swapped. Going on would mint a new CA and root in silence; refuse instead.
+    /// A memory key manager loses its keys on every restart by design, and then a new CA is
+    /// minted while the old root stays in the bundle.
+    fn check_journal_keys_present(&self, journal: &Journal) -> Result<(), CaError> {
+        if !self.key_manager.is_persistent() {
+            return Ok(());
+        }
+        let live = journal
+            .x509
+            .iter()
+            .filter(|r| r.status != Status::Old)
+            .map(|r| key_id("x509", &r.slot))
+            .chain(journal.jwt.iter().filter(|r| r.status != Status::Old).map(|r| key_id("jwt", &r.slot)));
+        let mut missing = Vec::new();
+        for id in live {
+            if self.key_manager.get_key(&id)?.is_none() {
+                missing.push(id);
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(self.keys_missing(format!("key{} {}", if missing.len() == 1 { "" } else { "s" }, missing.join(", "))))
+    }
+
+    fn keys_missing(&self, missing: String) -> CaError {
+        CaError::KeysMissing {
+            missing,
+            store: self.key_manager.location().map_or_else(|| "its key store".to_owned(), |l| format!("keys file {l}")),
+        }
     }
 
     fn restore_x509(&self, rec: &X509Record) -> Result<Option<X509Slot>, CaError> {

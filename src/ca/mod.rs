@@ -45,6 +45,20 @@ pub enum CaError {
     /// The datastore failed.
     #[error("datastore: {0}")]
     Datastore(#[from] crate::datastore::DatastoreError),
+    /// The CA journal names keys that the (persistent) key manager no longer has: the key file
+    /// was deleted or replaced, or `keys_path` changed. Minting a new CA silently would replace
+    /// the trust domain's root behind the operator's back, so the server refuses to start.
+    #[error(
+        "the CA journal in the datastore refers to {missing} that the key manager does not have ({store}); the keys were deleted or \
+         replaced, or keys_path changed since the CA was created. Restore that keys file to resume the same CA; to start a new CA \
+         deliberately, remove the datastore (or its ca_journals table), and expect every agent and downstream tier to need the new root"
+    )]
+    KeysMissing {
+        /// The missing key ids, e.g. `x509-CA-A, JWT-Signer-A`.
+        missing: String,
+        /// Where the key manager keeps keys.
+        store: String,
+    },
 }
 
 /// The X.509 CA in use: its certificate, the chain that goes after an SVID, and its key.
@@ -173,6 +187,21 @@ impl Ca {
     /// # Errors
     /// No active CA, an ID outside the trust domain or without a path, or a signing failure.
     pub fn mint_x509_svid(&self, public_key: &impl PublicKeyData, req: &X509SvidRequest<'_>, now: i64) -> Result<Vec<Vec<u8>>, CaError> {
+        self.mint_x509_svid_until(public_key, req, 0, now)
+    }
+
+    /// Like [`Ca::mint_x509_svid`], but the SVID's notAfter never passes `until` (unix seconds;
+    /// 0 = no limit): an SVID minted for a registration entry must not outlive the entry.
+    ///
+    /// # Errors
+    /// As [`Ca::mint_x509_svid`]; also `InvalidRequest` when `until` has already passed.
+    pub fn mint_x509_svid_until(
+        &self,
+        public_key: &impl PublicKeyData,
+        req: &X509SvidRequest<'_>,
+        until: i64,
+        now: i64,
+    ) -> Result<Vec<Vec<u8>>, CaError> {
         if !req.id.is_member_of(&self.trust_domain) {
             return Err(CaError::InvalidRequest(format!("{} is not a member of trust domain {}", req.id, self.trust_domain)));
         }
@@ -184,7 +213,7 @@ impl Ca {
         }
         let ca = self.x509_authority().ok_or(CaError::NoX509Ca)?;
         let ttl = if req.ttl == 0 { self.default_x509_ttl } else { req.ttl };
-        let not_after = (now + ttl).min(ca.not_after);
+        let not_after = cap_at(until, (now + ttl).min(ca.not_after), now)?;
         let params = x509::svid_params(req.id, req.dns_names, public_key, now - x509::NOT_BEFORE_CUSHION, not_after)?;
         let leaf = params.signed_by(public_key, &ca.issuer).map_err(|e| CaError::Signing(e.to_string()))?;
         let mut chain = Vec::with_capacity(1 + ca.chain.len());
@@ -223,6 +252,22 @@ impl Ca {
     /// # Errors
     /// No active key, an empty or oversized audience list, an ID outside the trust domain.
     pub fn mint_jwt_svid(&self, id: &SpiffeId, audience: &[String], ttl: i64, now: i64) -> Result<(String, i64), CaError> {
+        self.mint_jwt_svid_until(id, audience, ttl, 0, now)
+    }
+
+    /// Like [`Ca::mint_jwt_svid`], but `exp` never passes `until` (unix seconds; 0 = no limit),
+    /// for JWT-SVIDs minted for a registration entry that expires.
+    ///
+    /// # Errors
+    /// As [`Ca::mint_jwt_svid`]; also `InvalidRequest` when `until` has already passed.
+    pub fn mint_jwt_svid_until(
+        &self,
+        id: &SpiffeId,
+        audience: &[String],
+        ttl: i64,
+        until: i64,
+        now: i64,
+    ) -> Result<(String, i64), CaError> {
         if audience.is_empty() || audience.iter().any(String::is_empty) {
             return Err(CaError::InvalidRequest("at least one audience is required".into()));
         }
@@ -237,7 +282,7 @@ impl Ca {
         }
         let signer = self.jwt_signer().ok_or(CaError::NoJwtKey)?;
         let ttl = if ttl == 0 { self.default_jwt_ttl } else { ttl };
-        let exp = (now + ttl).min(signer.not_after);
+        let exp = cap_at(until, (now + ttl).min(signer.not_after), now)?;
         let mut claims = serde_json::Map::new();
         claims.insert("sub".into(), id.as_str().into());
         claims.insert("aud".into(), audience.to_vec().into());
@@ -254,6 +299,18 @@ impl Ca {
         let sig = signer.key.sign_jws(input.as_bytes())?;
         Ok((crate::spiffe::jwt::assemble(&input, &sig), exp))
     }
+}
+
+/// `not_after` lowered to `until` when that is set (non-zero); an `until` already reached leaves
+/// no lifetime to issue.
+fn cap_at(until: i64, not_after: i64, now: i64) -> Result<i64, CaError> {
+    if until == 0 {
+        return Ok(not_after);
+    }
+    if until <= now {
+        return Err(CaError::InvalidRequest(format!("the registration entry expired at {until} (now {now})")));
+    }
+    Ok(not_after.min(until))
 }
 
 /// Lowercase hex.

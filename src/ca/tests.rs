@@ -194,3 +194,79 @@ async fn unreachable_upstream_fails_start_without_jwt_churn() {
     assert!(km.get_key("JWT-Signer-A").unwrap().is_none(), "no JWT key made while there is no X.509 CA");
     assert!(ds.get_bundle(&td()).await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn svids_are_capped_at_the_entry_expiry() {
+    let m = CaManager::new(config(24 * H), Arc::new(MemoryKeyManager::new()), None, datastore().await);
+    m.initialize(T0).await.unwrap();
+    let ca = m.ca();
+    let key = leaf_key();
+    let id = SpiffeId::new("spiffe://example.org/w").unwrap();
+    let req = X509SvidRequest { id: &id, dns_names: &[], ttl: H };
+    let chain = ca.mint_x509_svid_until(&key, &req, T0 + 120, T0).unwrap();
+    let (_, leaf) = X509Certificate::from_der(&chain[0]).unwrap();
+    assert_eq!(leaf.validity().not_after.timestamp(), T0 + 120, "a 1h TTL is cut to the entry's expiry");
+    // 0 = no limit: the TTL decides.
+    let chain = ca.mint_x509_svid_until(&key, &req, 0, T0).unwrap();
+    let (_, leaf) = X509Certificate::from_der(&chain[0]).unwrap();
+    assert_eq!(leaf.validity().not_after.timestamp(), T0 + H);
+    // A limit later than the TTL changes nothing.
+    let chain = ca.mint_x509_svid_until(&key, &req, T0 + 2 * H, T0).unwrap();
+    let (_, leaf) = X509Certificate::from_der(&chain[0]).unwrap();
+    assert_eq!(leaf.validity().not_after.timestamp(), T0 + H);
+    assert!(matches!(ca.mint_x509_svid_until(&key, &req, T0, T0), Err(CaError::InvalidRequest(_))), "an expired entry gets nothing");
+
+    let (_, exp) = ca.mint_jwt_svid_until(&id, &["a".into()], H, T0 + 120, T0).unwrap();
+    assert_eq!(exp, T0 + 120);
+    let (_, exp) = ca.mint_jwt_svid_until(&id, &["a".into()], H, 0, T0).unwrap();
+    assert_eq!(exp, T0 + H);
+    assert!(ca.mint_jwt_svid_until(&id, &["a".into()], H, T0 - 1, T0).is_err());
+}
+
+#[tokio::test]
+async fn a_vanished_disk_key_file_stops_the_restart_instead_of_minting_a_new_ca() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = tmp.path().join("keys.json");
+    let ds = datastore().await;
+    let km: Arc<dyn KeyManager> = Arc::new(crate::keymanager::DiskKeyManager::open(&keys).unwrap());
+    let m = CaManager::new(config(24 * H), km, None, Arc::clone(&ds));
+    m.initialize(T0).await.unwrap();
+    let first = m.ca().x509_authority().unwrap().authority_id.clone();
+
+    // Same keys file: the CA resumes.
+    let km: Arc<dyn KeyManager> = Arc::new(crate::keymanager::DiskKeyManager::open(&keys).unwrap());
+    let m = CaManager::new(config(24 * H), km, None, Arc::clone(&ds));
+    m.initialize(T0 + H).await.unwrap();
+    assert_eq!(m.ca().x509_authority().unwrap().authority_id, first);
+
+    // Keys file replaced by one holding other keys under the same ids: refuse too.
+    let saved = std::fs::read(&keys).unwrap();
+    std::fs::remove_file(&keys).unwrap();
+    let other = crate::keymanager::DiskKeyManager::open(&keys).unwrap();
+    for id in ["x509-CA-A", "x509-CA-B", "JWT-Signer-A", "JWT-Signer-B"] {
+        other.generate_key(id, KeyType::EcP256).unwrap();
+    }
+    let km: Arc<dyn KeyManager> = Arc::new(crate::keymanager::DiskKeyManager::open(&keys).unwrap());
+    let m = CaManager::new(config(24 * H), km, None, Arc::clone(&ds));
+    let err = m.initialize(T0 + H).await.unwrap_err();
+    assert!(matches!(err, CaError::KeysMissing { .. }) && err.to_string().contains("different one"), "{err}");
+    std::fs::write(&keys, saved).unwrap();
+
+    // Keys file gone: refuse, naming the file; no new CA is minted into the bundle.
+    std::fs::remove_file(&keys).unwrap();
+    let roots_before = ds.get_bundle(&td()).await.unwrap().unwrap().x509_authorities.len();
+    let km: Arc<dyn KeyManager> = Arc::new(crate::keymanager::DiskKeyManager::open(&keys).unwrap());
+    let m = CaManager::new(config(24 * H), km, None, Arc::clone(&ds));
+    let err = m.initialize(T0 + 2 * H).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, CaError::KeysMissing { .. }), "{msg}");
+    assert!(msg.contains(&keys.display().to_string()) && msg.contains("x509-CA-") && msg.contains("remove the datastore"), "{msg}");
+    assert_eq!(ds.get_bundle(&td()).await.unwrap().unwrap().x509_authorities.len(), roots_before);
+    assert!(m.ca().x509_authority().is_none());
+
+    // A memory key manager loses its keys by design: a new CA, the old root kept.
+    let m = CaManager::new(config(24 * H), Arc::new(MemoryKeyManager::new()), None, Arc::clone(&ds));
+    m.initialize(T0 + 3 * H).await.unwrap();
+    assert_ne!(m.ca().x509_authority().unwrap().authority_id, first);
+    assert_eq!(ds.get_bundle(&td()).await.unwrap().unwrap().x509_authorities.len(), roots_before + 1);
+}

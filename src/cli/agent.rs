@@ -637,8 +637,9 @@ fn pem_certs(certs: &[Vec<u8>]) -> String {
 /// SPIRE's `-write` layout: `svid.N.pem`, `svid.N.key` (0600), `bundle.N.pem`,
 /// `federated_bundle.N.M.pem` (M in trust domain order).
 fn write_svids(dir: &Path, svids: &[ParsedSvid]) -> CliResult {
-    std::fs::create_dir_all(dir).map_err(|e| format!("-write {}: {e}", dir.display()))?;
-    let public = |p: &Path, data: &str| std::fs::write(p, data).map_err(|e| format!("{}: {e}", p.display()));
+    // The directory receives private keys: a directory cairn creates is the caller's alone.
+    crate::fsutil::create_dir_all_mode(dir, 0o700).map_err(|e| format!("-write {}: {e}", dir.display()))?;
+    let public = |p: &Path, data: &str| crate::fsutil::write_public(p, data.as_bytes()).map_err(|e| format!("{}: {e}", p.display()));
     for (i, s) in svids.iter().enumerate() {
         let svid_path = dir.join(format!("svid.{i}.pem"));
         let key_path = dir.join(format!("svid.{i}.key"));

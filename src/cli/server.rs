@@ -838,10 +838,11 @@ async fn x509(cmd: X509Command) -> CliResult {
     let bundle_pem: String = bundle.x509_authorities.iter().map(|c| pem_of("CERTIFICATE", &c.asn1)).collect();
     match write {
         Some(dir) => {
-            std::fs::create_dir_all(&dir).map_err(|e| format!("-write {}: {e}", dir.display()))?;
+            // The directory receives a private key: a directory cairn creates is the caller's alone.
+            crate::fsutil::create_dir_all_mode(&dir, 0o700).map_err(|e| format!("-write {}: {e}", dir.display()))?;
             let w = |name: &str, data: &[u8], private: bool| -> Result<(), String> {
                 let p = dir.join(name);
-                if private { crate::fsutil::write_private_atomic(&p, data) } else { std::fs::write(&p, data) }
+                if private { crate::fsutil::write_private_atomic(&p, data) } else { crate::fsutil::write_public(&p, data) }
                     .map_err(|e| format!("{}: {e}", p.display()))
             };
             w("svid.pem", svid_pem.as_bytes(), false)?;

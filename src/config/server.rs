@@ -126,6 +126,9 @@ pub struct ServerConfig {
     /// How often the upstream bundle is polled when the upstream cannot push it
     /// (`experimental.upstream_bundle_poll_interval`, default 5s, SPIRE's).
     pub upstream_poll_interval: i64,
+    /// How often expired registration entries are pruned
+    /// (`experimental.entry_prune_interval`, default 5m, SPIRE's pruning cadence).
+    pub entry_prune_interval: i64,
     /// Use polling even when the upstream can push (`experimental.upstream_bundle_push = false`),
     /// to compare the two paths.
     pub upstream_bundle_push: bool,
@@ -340,11 +343,18 @@ impl ServerConfig {
         let mut jwt_publish_grace = 5;
         let mut upstream_poll_interval = 5;
         let mut upstream_bundle_push = true;
+        let mut entry_prune_interval = 300;
         if let Some(exp) = w.block(server, "experimental", p) {
             let ep = "server.experimental";
             w.unknown_keys(
                 exp,
-                &["ca_rotation_interval", "jwt_publish_grace", "upstream_bundle_poll_interval", "upstream_bundle_push"],
+                &[
+                    "ca_rotation_interval",
+                    "jwt_publish_grace",
+                    "upstream_bundle_poll_interval",
+                    "upstream_bundle_push",
+                    "entry_prune_interval",
+                ],
                 ep,
                 |_| None,
             );
@@ -367,6 +377,13 @@ impl ServerConfig {
             }
             if let Some(v) = w.boolean(exp, "upstream_bundle_push", ep) {
                 upstream_bundle_push = v;
+            }
+            if let Some(v) = w.duration(exp, "entry_prune_interval", ep) {
+                if v == 0 {
+                    w.err("server.experimental.entry_prune_interval", "must be greater than zero");
+                } else {
+                    entry_prune_interval = v;
+                }
             }
         }
 
@@ -411,6 +428,7 @@ impl ServerConfig {
                 jwt_publish_grace,
                 upstream_poll_interval,
                 upstream_bundle_push,
+                entry_prune_interval,
             }),
             _ => Err(ConfigErrors(w.errors)),
         }

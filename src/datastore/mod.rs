@@ -84,6 +84,16 @@ pub struct Entry {
     pub created_at: i64,
 }
 
+impl Entry {
+    /// Whether the entry has expired at `now` (unix seconds). An entry whose `expires_at` has
+    /// come is not authorized for anything, even before the periodic prune deletes it: the prune
+    /// runs every few minutes and the entry cache may be older than that.
+    #[must_use]
+    pub fn is_expired(&self, now: i64) -> bool {
+        self.expires_at != 0 && self.expires_at <= now
+    }
+}
+
 /// An attested agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttestedNode {
@@ -167,10 +177,15 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
     async fn delete_entry(&self, id: &str) -> Result<Entry, DatastoreError>;
     /// Number of entries.
     async fn count_entries(&self) -> Result<i64, DatastoreError>;
+    /// Deletes the entries that expired before `expires_before` (unix seconds; entries with
+    /// `expires_at = 0` never expire), returning them (SPIRE's `PruneRegistrationEntries`).
+    async fn prune_entries(&self, expires_before: i64) -> Result<Vec<Entry>, DatastoreError>;
 
-    /// Stores a join token.
+    /// Stores a join token. Only its SHA-256 is stored, so the datastore never holds a token
+    /// that could be used to attest.
     async fn create_join_token(&self, token: &str, expires_at: i64) -> Result<(), DatastoreError>;
-    /// Deletes a join token and returns its expiry (single use: it is gone either way).
+    /// Deletes a join token (found by its hash) and returns its expiry (single use: it is gone
+    /// either way).
     async fn take_join_token(&self, token: &str) -> Result<Option<i64>, DatastoreError>;
 
     /// Creates an attested node record.

@@ -71,16 +71,20 @@ impl SqlDatastore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(std::time::Duration::from_secs(10))
-            .foreign_keys(true);
-        if let Some(parent) = std::path::Path::new(opts.get_filename()).parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| DatastoreError::Config(format!("connection_string: cannot create {}: {e}", parent.display())))?;
+            .foreign_keys(true)
+            // Deleted rows (consumed join-token hashes, entries, old journals) are zeroed rather
+            // than left readable in free pages of the file.
+            .pragma("secure_delete", "ON");
+        let file = std::path::Path::new(opts.get_filename());
+        if !is_in_memory(file) {
+            prepare_private_db_file(file)?;
         }
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await.map_err(db_err)?;
         sqlx::migrate!("src/datastore/migrations/sqlite")
             .run(&pool)
             .await
             .map_err(|e| DatastoreError::Database(format!("migration: {e}")))?;
+        hash_legacy_join_tokens(&pool).await?;
         let (changes, _) = broadcast::channel(64);
         Ok(Self { pool, changes, queries: std::sync::atomic::AtomicU64::new(0) })
     }
@@ -89,6 +93,77 @@ impl SqlDatastore {
         // No subscribers is normal; nothing to do then.
         let _ = self.changes.send(change);
     }
+}
+
+/// In-memory databases have no file; sqlx names them `file:sqlx-in-memory-N`, and SQLite URI
+/// filenames (`file:...?mode=memory`) are not plain paths either, so neither is pre-created.
+fn is_in_memory(file: &std::path::Path) -> bool {
+    let name = file.as_os_str().to_string_lossy();
+    name.is_empty() || name == ":memory:" || name.starts_with("file:")
+}
+
+/// Creates the database file with mode 0600 before SQLite opens it. SQLite would create it with
+/// 0644 minus the umask (0666 under `umask 000`), and gives its `-wal` and `-shm` files the mode
+/// of the database file, so this one decision covers all three. Its directory (when cairn makes
+/// it) is 0700. A database left group- or world-readable by an older cairn is narrowed, loudly.
+fn prepare_private_db_file(file: &std::path::Path) -> Result<(), DatastoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let cfg =
+        |what: &std::path::Path, e: &dyn std::fmt::Display| DatastoreError::Config(format!("connection_string: {}: {e}", what.display()));
+    if let Some(parent) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
+        crate::fsutil::create_dir_all_mode(parent, 0o700).map_err(|e| cfg(parent, &e))?;
+    }
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(file) {
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(cfg(file, &e)),
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = file.as_os_str().to_owned();
+        name.push(suffix);
+        let p = std::path::PathBuf::from(name);
+        if let Ok(m) = std::fs::metadata(&p)
+            && m.is_file()
+            && m.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(path = %p.display(), mode = format!("{:o}", m.permissions().mode() & 0o777), "datastore file was readable by others; setting it to 0600");
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).map_err(|e| cfg(&p, &e))?;
+        }
+    }
+    Ok(())
+}
+
+/// The stored form of a join token: lowercase hex SHA-256.
+fn join_token_hash(token: &str) -> String {
+    use sha2::Digest as _;
+    crate::ca::hex(&sha2::Sha256::digest(token.as_bytes()))
+}
+
+/// Migration 0002 moved plaintext join tokens aside; hash them into `join_tokens` and drop the
+/// old table, then checkpoint so the plaintext does not linger in the WAL either.
+async fn hash_legacy_join_tokens(pool: &SqlitePool) -> Result<(), DatastoreError> {
+    let legacy = sqlx::query("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'join_tokens_plaintext'")
+        .fetch_optional(pool)
+        .await
+        .map_err(db_err)?;
+    if legacy.is_none() {
+        return Ok(());
+    }
+    let mut tx = pool.begin().await.map_err(db_err)?;
+    let rows = sqlx::query("SELECT token, expires_at FROM join_tokens_plaintext").fetch_all(&mut *tx).await.map_err(db_err)?;
+    for r in &rows {
+        sqlx::query("INSERT OR IGNORE INTO join_tokens (token_hash, expires_at) VALUES (?, ?)")
+            .bind(join_token_hash(r.get::<&str, _>("token")))
+            .bind(r.get::<i64, _>("expires_at"))
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+    }
+    sqlx::query("DROP TABLE join_tokens_plaintext").execute(&mut *tx).await.map_err(db_err)?;
+    tx.commit().await.map_err(db_err)?;
+    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(pool).await.map_err(db_err)?;
+    tracing::info!(tokens = rows.len(), "join tokens in the datastore are now stored hashed");
+    Ok(())
 }
 
 fn encode_bundle(b: &Bundle) -> Result<String, DatastoreError> {
@@ -427,10 +502,25 @@ impl Datastore for SqlDatastore {
         sqlx::query("SELECT COUNT(*) AS n FROM registered_entries").fetch_one(&self.pool).await.map(|r| r.get("n")).map_err(db_err)
     }
 
+    async fn prune_entries(&self, expires_before: i64) -> Result<Vec<Entry>, DatastoreError> {
+        self.queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Same rule as SPIRE's sqlstore: `expiry != 0 AND expiry < expires_before`.
+        let rows = sqlx::query("DELETE FROM registered_entries WHERE expires_at != 0 AND expires_at < ? RETURNING *")
+            .bind(expires_before)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        let pruned = rows.iter().map(entry_from_row).collect::<Result<Vec<_>, _>>()?;
+        if !pruned.is_empty() {
+            self.notify(Change::Entries);
+        }
+        Ok(pruned)
+    }
+
     async fn create_join_token(&self, token: &str, expires_at: i64) -> Result<(), DatastoreError> {
         self.queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        sqlx::query("INSERT INTO join_tokens (token, expires_at) VALUES (?, ?)")
-            .bind(token)
+        sqlx::query("INSERT INTO join_tokens (token_hash, expires_at) VALUES (?, ?)")
+            .bind(join_token_hash(token))
             .bind(expires_at)
             .execute(&self.pool)
             .await
@@ -443,8 +533,8 @@ impl Datastore for SqlDatastore {
 
     async fn take_join_token(&self, token: &str) -> Result<Option<i64>, DatastoreError> {
         self.queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let row = sqlx::query("DELETE FROM join_tokens WHERE token = ? RETURNING expires_at")
-            .bind(token)
+        let row = sqlx::query("DELETE FROM join_tokens WHERE token_hash = ? RETURNING expires_at")
+            .bind(join_token_hash(token))
             .fetch_optional(&self.pool)
             .await
             .map_err(db_err)?;
@@ -533,4 +623,83 @@ fn sorted_selectors(s: &[Selector]) -> Vec<Selector> {
     v.sort();
     v.dedup();
     v
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn file_bytes_contain(path: &std::path::Path, needle: &str) -> bool {
+        let mut found = false;
+        for suffix in ["", "-wal"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            if let Ok(bytes) = std::fs::read(std::path::PathBuf::from(p)) {
+                found |= bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+            }
+        }
+        found
+    }
+
+    #[tokio::test]
+    async fn join_tokens_are_stored_hashed_and_consumed_by_hash() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = tmp.path().join("d/ds.sqlite3");
+        let ds = SqlDatastore::open("sqlite3", db.to_str().unwrap()).await.unwrap();
+        let token = "4d1f0c1e-token-in-clear-7a9b";
+        ds.create_join_token(token, 1234).await.unwrap();
+        assert!(!file_bytes_contain(&db, token), "the token is in the database file in clear");
+        assert!(file_bytes_contain(&db, &join_token_hash(token)));
+        assert!(matches!(ds.create_join_token(token, 1).await, Err(DatastoreError::AlreadyExists { .. })));
+        assert_eq!(ds.take_join_token(&join_token_hash(token)).await.unwrap(), None, "the stored hash is not itself a token");
+        assert_eq!(ds.take_join_token(token).await.unwrap(), Some(1234));
+        assert_eq!(ds.take_join_token(token).await.unwrap(), None, "single use");
+        // The file and its directory were created private.
+        assert_eq!(std::fs::metadata(&db).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::metadata(db.parent().unwrap()).unwrap().permissions().mode() & 0o777, 0o700);
+    }
+
+    #[tokio::test]
+    async fn an_in_memory_database_leaves_no_file_behind() {
+        let _ds = SqlDatastore::open("sqlite3", "sqlite::memory:").await.unwrap();
+        let stray: Vec<String> = std::fs::read_dir(".")
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .filter(|n| n.starts_with("file:"))
+            .collect();
+        assert!(stray.is_empty(), "{stray:?}");
+    }
+
+    /// A database from before migration 0002 had plaintext tokens: they still work once, and the
+    /// plaintext is gone from the file.
+    #[tokio::test]
+    async fn plaintext_tokens_of_an_older_database_are_hashed_on_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = tmp.path().join("ds.sqlite3");
+        let token = "legacy-plaintext-token-5f2e";
+        {
+            // Build the pre-0002 state: schema 0001 applied, a plaintext token stored.
+            let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", db.display())).unwrap().create_if_missing(true);
+            let pool = SqlitePoolOptions::new().max_connections(1).connect_with(opts).await.unwrap();
+            let m = sqlx::migrate!("src/datastore/migrations/sqlite");
+            let first = m.iter().next().unwrap();
+            sqlx::raw_sql(&first.sql).execute(&pool).await.unwrap();
+            sqlx::query("CREATE TABLE _sqlx_migrations (version BIGINT PRIMARY KEY, description TEXT NOT NULL, installed_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP, success BOOLEAN NOT NULL, checksum BLOB NOT NULL, execution_time BIGINT NOT NULL)").execute(&pool).await.unwrap();
+            sqlx::query("INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (?, ?, 1, ?, 0)")
+                .bind(first.version)
+                .bind(first.description.as_ref())
+                .bind(first.checksum.as_ref())
+                .execute(&pool)
+                .await
+                .unwrap();
+            sqlx::query("INSERT INTO join_tokens (token, expires_at) VALUES (?, 99)").bind(token).execute(&pool).await.unwrap();
+            pool.close().await;
+        }
+        assert!(file_bytes_contain(&db, token));
+        let ds = SqlDatastore::open("sqlite3", db.to_str().unwrap()).await.unwrap();
+        assert!(!file_bytes_contain(&db, token), "plaintext left in the database file after migrating");
+        assert_eq!(ds.take_join_token(token).await.unwrap(), Some(99));
+    }
 }

@@ -72,7 +72,8 @@ impl DiskKeyManager {
         };
         let json = Zeroizing::new(serde_json::to_vec_pretty(&file).map_err(|e| KeyManagerError::Crypto(e.to_string()))?);
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| KeyManagerError::Store { path: dir.display().to_string(), reason: e.to_string() })?;
+            crate::fsutil::create_dir_all_mode(dir, 0o700)
+                .map_err(|e| KeyManagerError::Store { path: dir.display().to_string(), reason: e.to_string() })?;
         }
         crate::fsutil::write_private_atomic(&self.path, &json)
             .map_err(|e| KeyManagerError::Store { path: self.path.display().to_string(), reason: e.to_string() })
@@ -98,5 +99,9 @@ impl KeyManager for DiskKeyManager {
 
     fn is_persistent(&self) -> bool {
         true
+    }
+
+    fn location(&self) -> Option<String> {
+        Some(self.path.display().to_string())
     }
 }

@@ -76,6 +76,10 @@ pub trait KeyManager: Send + Sync + fmt::Debug {
     fn get_key(&self, id: &str) -> Result<Option<Arc<dyn Key>>, KeyManagerError>;
     /// Whether keys survive a restart (decides whether a restarted server can resume its CA).
     fn is_persistent(&self) -> bool;
+    /// Where the keys are kept, for messages to the operator (the `disk` keys file).
+    fn location(&self) -> Option<String> {
+        None
+    }
 }
 
 // === impl KeyType ===

@@ -147,14 +147,18 @@ impl EntryCache {
         }
     }
 
-    /// The entries `agent` may get SVIDs for, sorted by id.
+    /// The entries `agent` may get SVIDs for at `now` (unix seconds), sorted by id.
+    ///
+    /// Expired entries are left out, and so is everything reachable only through one (an
+    /// expired node alias or parent entry authorizes nothing): the index is rebuilt only on
+    /// changes, and entries expire with time alone, so expiry is decided here, at each use.
     #[must_use]
-    pub fn authorized_entries(&self, agent: &SpiffeId) -> Vec<Arc<Entry>> {
+    pub fn authorized_entries(&self, agent: &SpiffeId, now: i64) -> Vec<Arc<Entry>> {
         let Ok(idx) = self.index.read().map(|g| Arc::clone(&g)) else { return Vec::new() };
         let mut roots: Vec<SpiffeId> = vec![agent.clone()];
         if let Some(sel) = idx.node_selectors.get(agent) {
             for alias in &idx.aliases {
-                if !alias.selectors.is_empty() && alias.selectors.iter().all(|s| sel.contains(s)) {
+                if !alias.is_expired(now) && !alias.selectors.is_empty() && alias.selectors.iter().all(|s| sel.contains(s)) {
                     roots.push(alias.spiffe_id.clone());
                 }
             }
@@ -167,7 +171,7 @@ impl EntryCache {
             if !visited.insert(parent.clone()) {
                 continue;
             }
-            for e in idx.by_parent.get(&parent).into_iter().flatten() {
+            for e in idx.by_parent.get(&parent).into_iter().flatten().filter(|e| !e.is_expired(now)) {
                 if seen_entries.insert(e.id.as_str()) {
                     out.push(Arc::clone(e));
                 }
@@ -178,10 +182,10 @@ impl EntryCache {
         out
     }
 
-    /// One authorized entry of `agent` by id.
+    /// One entry by id that `agent` is authorized for at `now`.
     #[must_use]
-    pub fn authorized_entry(&self, agent: &SpiffeId, entry_id: &str) -> Option<Arc<Entry>> {
-        self.authorized_entries(agent).into_iter().find(|e| e.id == entry_id)
+    pub fn authorized_entry(&self, agent: &SpiffeId, entry_id: &str, now: i64) -> Option<Arc<Entry>> {
+        self.authorized_entries(agent, now).into_iter().find(|e| e.id == entry_id)
     }
 }
 
@@ -190,6 +194,8 @@ mod tests {
     #![allow(clippy::unwrap_used, reason = "test code")]
     use super::*;
     use crate::datastore::{AttestedNode, sql::SqlDatastore};
+
+    const NOW: i64 = 1_800_000_000;
 
     fn entry(id: &str, spiffe: &str, parent: &str, sel: &[(&str, &str)]) -> Entry {
         Entry {
@@ -209,6 +215,53 @@ mod tests {
             revision_number: 0,
             created_at: 0,
         }
+    }
+
+    fn node(agent: &str, selectors: &[(&str, &str)]) -> AttestedNode {
+        AttestedNode {
+            spiffe_id: SpiffeId::new(agent).unwrap(),
+            attestation_type: "join_token".into(),
+            cert_serial_number: "1".into(),
+            cert_not_after: 0,
+            new_cert_serial_number: String::new(),
+            new_cert_not_after: 0,
+            can_reattest: false,
+            selectors: selectors.iter().map(|(k, v)| Selector { kind: (*k).into(), value: (*v).into() }).collect(),
+            created_at: 0,
+        }
+    }
+
+    fn expiring(mut e: Entry, expires_at: i64) -> Entry {
+        e.expires_at = expires_at;
+        e
+    }
+
+    /// The cache is loaded once, before the entries expire; asking later must not return them,
+    /// nor anything reachable only through them.
+    #[tokio::test]
+    async fn expired_entries_authorize_nothing_once_their_time_passes() {
+        let ds = SqlDatastore::open("sqlite3", "sqlite::memory:").await.unwrap();
+        let agent = "spiffe://example.org/spire/agent/join_token/t";
+        for e in [
+            expiring(entry("1", "spiffe://example.org/a", agent, &[("unix", "uid:1")]), NOW + 100),
+            entry("2", "spiffe://example.org/a-child", "spiffe://example.org/a", &[("unix", "uid:2")]),
+            expiring(entry("3", "spiffe://example.org/alias", "spiffe://example.org/spire/server", &[("x509pop", "cn:n1")]), NOW + 100),
+            entry("4", "spiffe://example.org/via-alias", "spiffe://example.org/alias", &[("unix", "uid:3")]),
+            expiring(entry("5", "spiffe://example.org/later", agent, &[("unix", "uid:4")]), NOW + 1000),
+            entry("6", "spiffe://example.org/never", agent, &[("unix", "uid:5")]),
+        ] {
+            ds.create_entry(&e).await.unwrap();
+        }
+        ds.create_attested_node(&node(agent, &[("x509pop", "cn:n1")])).await.unwrap();
+        let cache = EntryCache::new(TrustDomain::new("example.org").unwrap()).unwrap();
+        cache.reload(&ds).await.unwrap();
+        let agent = SpiffeId::new(agent).unwrap();
+        let ids = |now| cache.authorized_entries(&agent, now).iter().map(|e| e.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(NOW), ["1", "2", "4", "5", "6"]);
+        assert_eq!(ids(NOW + 100), ["5", "6"], "at its expires_at an entry, its children and an alias's children are gone");
+        assert_eq!(ids(NOW + 1000), ["6"]);
+        assert!(cache.authorized_entry(&agent, "1", NOW + 100).is_none());
+        assert!(cache.authorized_entry(&agent, "1", NOW + 99).is_some());
     }
 
     #[tokio::test]
@@ -241,10 +294,10 @@ mod tests {
         .unwrap();
         let cache = EntryCache::new(TrustDomain::new("example.org").unwrap()).unwrap();
         cache.reload(&ds).await.unwrap();
-        let ids: Vec<String> = cache.authorized_entries(&SpiffeId::new(agent).unwrap()).iter().map(|e| e.id.clone()).collect();
+        let ids: Vec<String> = cache.authorized_entries(&SpiffeId::new(agent).unwrap(), NOW).iter().map(|e| e.id.clone()).collect();
         assert_eq!(ids, ["1", "2", "4", "6", "7"], "alias itself and the other agent's entry are excluded; cycles end");
-        assert!(cache.authorized_entry(&SpiffeId::new(agent).unwrap(), "5").is_none());
+        assert!(cache.authorized_entry(&SpiffeId::new(agent).unwrap(), "5", NOW).is_none());
         // Unknown agent: nothing.
-        assert!(cache.authorized_entries(&SpiffeId::new("spiffe://example.org/spire/agent/x").unwrap()).is_empty());
+        assert!(cache.authorized_entries(&SpiffeId::new("spiffe://example.org/spire/agent/x").unwrap(), NOW).is_empty());
     }
 }

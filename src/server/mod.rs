@@ -4,6 +4,7 @@
 pub mod attest;
 pub mod bundlewatch;
 pub mod entrycache;
+pub mod prune;
 pub mod tls;
 pub mod upstream_sync;
 
@@ -77,7 +78,9 @@ impl Server {
     /// # Errors
     /// The first component that cannot start, with the reason.
     pub async fn build(config: ServerConfig) -> Result<Self, ServerError> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| ServerError::Io(format!("data_dir {}: {e}", config.data_dir.display())))?;
+        // data_dir holds the server id, status and usually the datastore and keys: owner only.
+        crate::fsutil::create_dir_all_mode(&config.data_dir, 0o700)
+            .map_err(|e| ServerError::Io(format!("data_dir {}: {e}", config.data_dir.display())))?;
         let datastore: Arc<dyn Datastore> =
             Arc::new(SqlDatastore::open(&config.datastore.database_type, &config.datastore.connection_string).await?);
         let key_manager: Arc<dyn KeyManager> = match &config.key_manager {
@@ -213,6 +216,13 @@ impl Server {
         tasks.spawn(Arc::clone(&self.state.entry_cache).run(
             Arc::clone(&self.state.datastore),
             Duration::from_secs(300),
+            stopped(stop_rx.clone()),
+        ));
+
+        // Expired registration entries are deleted periodically (they are refused before that).
+        tasks.spawn(prune::run(
+            Arc::clone(&self.state.datastore),
+            Duration::from_secs(u64::try_from(self.config.entry_prune_interval).unwrap_or(300)),
             stopped(stop_rx.clone()),
         ));
 
@@ -390,15 +400,21 @@ fn grpc_router(svc: &Svc) -> GrpcRouter {
         )
 }
 
-/// Binds the admin socket: creates its directory (0770 like SPIRE's), removes a stale socket
-/// left by a crashed server, and refuses to steal one a live server is using.
+/// Binds the admin socket: creates its directory, removes a stale socket left by a crashed
+/// server, and refuses to steal one a live server is using.
+///
+/// Modes follow SPIRE's server (`pkg/server/endpoints/endpoints_posix.go`): the directory is
+/// created 0750 and the socket set to 0770, so the server's user and group can call the admin
+/// API and nobody else can reach it. Unlike SPIRE, the directory mode is set exactly rather
+/// than left to the umask.
 ///
 /// # Errors
 /// The socket is in use or cannot be created.
 pub async fn bind_admin_socket(path: &Path) -> Result<UnixListener, ServerError> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| ServerError::Io(format!("socket_path directory {}: {e}", dir.display())))?;
+        crate::fsutil::create_dir_all_mode(dir, 0o750)
+            .map_err(|e| ServerError::Io(format!("socket_path directory {}: {e}", dir.display())))?;
     }
     if path.exists() {
         if tokio::net::UnixStream::connect(path).await.is_ok() {

@@ -336,7 +336,8 @@ pub async fn up(opts: &UpOptions) -> Result<(), String> {
 /// (removing that demo's tier directories; databases, keys and spent join tokens from an
 /// earlier run would not match the fresh registrations). Returns its absolute path.
 fn prepare_data_dir(dir: &Path) -> Result<PathBuf, String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("--data-dir {}: {e}", dir.display()))?;
+    // Every tier's keys and datastore live under it; the demo's workloads run as this user.
+    crate::fsutil::create_dir_all_mode(dir, 0o700).map_err(|e| format!("--data-dir {}: {e}", dir.display()))?;
     let dir = std::fs::canonicalize(dir).map_err(|e| format!("--data-dir {}: {e}", dir.display()))?;
     if State::path(&dir).exists() {
         let old = State::load(&dir)?;
@@ -458,7 +459,7 @@ async fn setup(topo: &Topology, state: &mut State, sup: &mut Supervisor, uid: u3
             }
         };
         let s = state.servers.get(si).cloned().ok_or("internal: server missing from the plan")?;
-        std::fs::create_dir_all(&s.dir).map_err(|e| format!("{}: {e}", s.dir.display()))?;
+        crate::fsutil::create_dir_all_mode(&s.dir, 0o700).map_err(|e| format!("{}: {e}", s.dir.display()))?;
         write_file(&s.config, &server_conf(&td, &s, spec, upstream.as_ref().map(|(p, sock)| (*p, sock.as_path()))))?;
         crate::config::server::ServerConfig::load(&s.config, false, &crate::config::server::ServerOverrides::default())
             .map_err(|e| format!("internal: the generated {} is not valid:\n{e}", s.config.display()))?;
@@ -500,7 +501,7 @@ async fn start_agent(state: &mut State, sup: &mut Supervisor, ai: usize, uid: u3
     let token = probe::register_node(&server.socket, &node, &issued, uid, a.role == "upstream")
         .await
         .map_err(|e| format!("registering agent {} on server {}: {e}", a.name, server.name))?;
-    std::fs::create_dir_all(&a.dir).map_err(|e| format!("{}: {e}", a.dir.display()))?;
+    crate::fsutil::create_dir_all_mode(&a.dir, 0o700).map_err(|e| format!("{}: {e}", a.dir.display()))?;
     let bootstrap = a.dir.join("bootstrap.pem");
     write_file(&bootstrap, &probe::bundle_pem(&server.socket).await?)?;
     write_file(&a.config, &agent_conf(&state.trust_domain, &a, server.port, &bootstrap, &token))?;
@@ -566,7 +567,7 @@ where
 /// Writes a file readable by this user only: agent configs carry join tokens.
 fn write_file(path: &Path, text: &str) -> Result<(), String> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        crate::fsutil::create_dir_all_mode(dir, 0o700).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
     crate::fsutil::write_private_atomic(path, text.as_bytes()).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }

@@ -67,8 +67,11 @@ impl Supervisor {
     /// # Errors
     /// The log cannot be opened or the process cannot start.
     pub fn spawn(&mut self, label: &str, args: &[&std::ffi::OsStr], cwd: &Path, log: &Path) -> Result<usize, String> {
+        use std::os::unix::fs::OpenOptionsExt;
         use std::os::unix::process::CommandExt;
+        // Logs name agent IDs, which carry join tokens: owner only.
         let log_file = std::fs::OpenOptions::new()
+            .mode(0o600)
             .create(true)
             .append(true)
             .open(log)

@@ -100,6 +100,7 @@ fn item(
         hint: hint.to_owned(),
         federates_with: federates_with.iter().map(|t| td(t)).collect(),
         not_after: crate::now_unix() + 3600,
+        entry_expires_at: 0,
     })
 }
 
