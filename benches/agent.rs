@@ -16,7 +16,7 @@
 use cairn::agent::cache::WorkloadSource;
 use cairn::agent::client::ServerTrust;
 use cairn::agent::manager::{Agent, AgentSettings, NodeAttestation};
-use cairn::agent::workload::{CallerInfo, SECURITY_HEADER, WorkloadApi, serve};
+use cairn::agent::workload::{CallerInfo, SECURITY_HEADER, WorkloadApi, default_limits, serve};
 use cairn::api::ApiState;
 use cairn::api::pb::spire::api::server::{agent::v1 as agentpb, bundle::v1 as bundlepb, entry::v1 as entrypb};
 use cairn::api::pb::spire::api::types as pt;
@@ -327,7 +327,7 @@ async fn part1_workload_api(b: &Bench, dir: &std::path::Path) {
         |c: &CallerInfo| -> Result<Vec<Selector>, String> { Ok(vec![Selector { kind: "unix".into(), value: format!("uid:{}", c.uid) }]) };
     let api = WorkloadApi::new(Arc::clone(&agent) as Arc<dyn WorkloadSource>, Arc::new(attestor));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(serve(api, listener, async move {
+    let serving = tokio::spawn(serve(api, listener, default_limits(cairn::net::raise_nofile_limit()), async move {
         let _ = stop_rx.await;
     }));
     let channel = Endpoint::from_shared(format!("unix:{}", path.display())).unwrap().connect().await.unwrap();

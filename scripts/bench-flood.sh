@@ -50,13 +50,13 @@ EOF
   coproc IDLE { python3 scripts/flood.py idle --port "$port" --n 10000; }
   read -r _ <&"${IDLE[0]}"
   idle_rss=$(rss $pid); idle_lat=$(timeout 120 bash -c "$(declare -f probe); probe $port" || echo "timed out")
-  echo >&"${IDLE[1]}"; exec {IDLE[1]}>&-; wait "$IDLE_PID" 2>/dev/null || true
+  { echo >&"${IDLE[1]}"; } 2>/dev/null || true; wait "$IDLE_PID" 2>/dev/null || true
   sleep 2
   # 40,000 stream attempts, held while measuring.
   coproc STREAMS { python3 scripts/flood.py streams --port "$port" --conns 40 --streams 1000 --settle 0.5 --hold-stdin; }
   read -r _ <&"${STREAMS[0]}"
   strm_rss=$(rss $pid); strm_lat=$(timeout 120 bash -c "$(declare -f probe); probe $port" || echo "timed out")
-  echo >&"${STREAMS[1]}"; exec {STREAMS[1]}>&-; wait "$STREAMS_PID" 2>/dev/null || true
+  { echo >&"${STREAMS[1]}"; } 2>/dev/null || true; wait "$STREAMS_PID" 2>/dev/null || true
   sleep 5
   after_rss=$(rss $pid)
   kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true

@@ -69,12 +69,10 @@ def idle(args):
         except OSError:
             failed += 1
     say(event="open", open=len(conns), failed=failed)
-    deadline = time.time() + args.hold
-    while time.time() < deadline:
-        line = sys.stdin.readline() if args.hold <= 0 else None
-        if args.hold <= 0 and not line:
-            break
-        time.sleep(0.2)
+    if args.hold > 0:
+        time.sleep(args.hold)
+    else:
+        sys.stdin.readline()  # held until the caller writes a line or closes stdin
     closed = 0
     for c in conns:
         c.setblocking(False)
