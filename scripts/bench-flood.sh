@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Server memory and a legitimate caller's latency under hostile connection floods on the TLS
-# port: 10,000 idle TCP connections, then 40,000 WatchBundle stream attempts (40 connections x
+# port: 10,000 idle connections (TLS handshake done, then silent), then 40,000 WatchBundle stream attempts (40 connections x
 # 1,000). Prints one table row per binary; asserts nothing.
 #
 #   scripts/bench-flood.sh                 # the release build of this tree
@@ -47,7 +47,7 @@ EOF
   sleep 1
   base_rss=$(rss $pid); base_lat=$(probe "$port")
   # 10,000 idle connections, held while measuring.
-  coproc IDLE { python3 scripts/flood.py idle --port "$port" --n 10000; }
+  coproc IDLE { python3 scripts/flood.py idle --port "$port" --n 10000 --tls; }
   read -r _ <&"${IDLE[0]}"
   idle_rss=$(rss $pid); idle_lat=$(timeout 120 bash -c "$(declare -f probe); probe $port" || echo "timed out")
   { echo >&"${IDLE[1]}"; } 2>/dev/null || true; wait "$IDLE_PID" 2>/dev/null || true

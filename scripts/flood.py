@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Hostile-client load for a cairn (or SPIRE) server's TLS port, for tests and benchmarks.
 
-  flood.py idle    --port P --n N [--hold S]          N TCP connections that never speak
+  flood.py idle    --port P --n N [--hold S] [--tls]  N TCP connections that never speak
+                                                      (with --tls: after the handshake)
   flood.py streams --port P --conns C --streams K     K WatchBundle streams on each of C
                                                       TLS connections (anonymous); with
                                                       --hold-stdin held until stdin closes;
@@ -63,9 +64,19 @@ EMPTY_MESSAGE = b"\x00\x00\x00\x00\x00"  # gRPC frame: uncompressed, length 0 (a
 def idle(args):
     conns = []
     failed = 0
+    ctx = None
+    if args.tls:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        ctx.set_alpn_protocols(["h2"])
     for _ in range(args.n):
         try:
-            conns.append(socket.create_connection(("127.0.0.1", args.port), timeout=5))
+            c = socket.create_connection(("127.0.0.1", args.port), timeout=5)
+            if ctx is not None:
+                # Finish the handshake, then never speak HTTP/2.
+                c = ctx.wrap_socket(c, server_hostname="localhost")
+            conns.append(c)
         except OSError:
             failed += 1
     say(event="open", open=len(conns), failed=failed)
@@ -208,6 +219,7 @@ def main():
     a.add_argument("--port", type=int, required=True)
     a.add_argument("--n", type=int, default=10000)
     a.add_argument("--hold", type=float, default=0, help="seconds to hold; 0 = until stdin closes")
+    a.add_argument("--tls", action="store_true", help="complete a TLS handshake on each, then stay silent")
     b = sub.add_parser("streams")
     b.add_argument("--port", type=int, required=True)
     b.add_argument("--conns", type=int, default=40)
