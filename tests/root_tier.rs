@@ -233,12 +233,9 @@ plugins {
     .unwrap();
     let (ok, out) = run(Command::new(CAIRN).args(["server", "validate", "-config"]).arg(&conf));
     assert!(!ok, "{out}");
-    for path in [
-        "server.trust_domain",
-        "server.bind_port",
-        "plugins.DataStore.sql.plugin_data.connection_string",
-        "plugins.KeyManager.vault",
-    ] {
+    for path in
+        ["server.trust_domain", "server.bind_port", "plugins.DataStore.sql.plugin_data.connection_string", "plugins.KeyManager.vault"]
+    {
         assert!(out.contains(path), "missing {path} in:\n{out}");
     }
     // An SVID TTL longer than the CA's works, as in SPIRE (SVIDs are capped at the CA's expiry).
@@ -439,4 +436,38 @@ fn cli_output_into_a_closed_pipe_ends_quietly() {
         assert!(stderr.is_empty(), "{args:?} complained about the closed stdout: {stderr}");
         assert!(out.status.success(), "{args:?} exited with {}: {stderr}", out.status);
     }
+}
+
+/// `disable_jwt_svids = true` (SPIRE 1.14+): no JWT key in the bundle, `jwt mint` refused with
+/// SPIRE's Unimplemented message, the server healthy, X.509 unaffected; and SPIRE's warning
+/// for SVID TTLs over ca_ttl/6 is logged while the server starts anyway.
+#[test]
+fn disable_jwt_svids_mints_no_jwt_and_publishes_no_key() {
+    require("openssl");
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = ServerOpts {
+        extra_server: "ca_ttl = \"20m\"\n default_x509_svid_ttl = \"10m\"\n disable_jwt_svids = true".into(),
+        ..ServerOpts::default()
+    };
+    let s = TestServer::start(tmp.path(), &opts);
+    let out = s.cli(&["jwt", "mint", "-spiffeID", "spiffe://example.org/w", "-audience", "db"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("JWT functionality is disabled"), "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&s.cli_ok(&["bundle", "show", "-format", "spiffe"])).unwrap();
+    let keys = doc["keys"].as_array().unwrap();
+    assert!(keys.iter().all(|k| k["use"] != "jwt-svid"), "{doc}");
+    assert!(keys.iter().any(|k| k["use"] == "x509-svid"), "{doc}");
+    let bundle = tmp.path().join("bundle.pem");
+    std::fs::write(&bundle, s.cli_ok(&["bundle", "show"])).unwrap();
+    let dir = tmp.path().join("svid");
+    mint_x509(&s, "spiffe://example.org/w", &[], &dir);
+    let (ok, text) = run(Command::new("openssl").args(["verify", "-x509_strict", "-CAfile"]).arg(&bundle).arg(dir.join("svid.pem")));
+    assert!(ok, "{text}");
+    let log = s.log();
+    assert!(log.contains("JWT-SVID profile is disabled"), "{log}");
+    assert!(
+        log.contains("default_x509_svid_ttl is too high for the configured ca_ttl value.")
+            && log.contains("Please set default_x509_svid_ttl to 3m20s or less, or the ca_ttl to 1h or more"),
+        "{log}"
+    );
 }
