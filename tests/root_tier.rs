@@ -463,6 +463,37 @@ fn disable_jwt_svids_mints_no_jwt_and_publishes_no_key() {
     mint_x509(&s, "spiffe://example.org/w", &[], &dir);
     let (ok, text) = run(Command::new("openssl").args(["verify", "-x509_strict", "-CAfile"]).arg(&bundle).arg(dir.join("svid.pem")));
     assert!(ok, "{text}");
+    // A workload asking its agent gets the server's answer inside the agent's, as from
+    // SPIRE's agent (SPIRE's nested-rotation suite greps for exactly this).
+    let node = "spiffe://example.org/nodes/n1";
+    let t = common::agent::token(&s, node, "600");
+    s.cli_ok(&[
+        "entry",
+        "create",
+        "-parentID",
+        node,
+        "-spiffeID",
+        "spiffe://example.org/w",
+        "-selector",
+        &format!("unix:uid:{}", common::agent::my_uid()),
+    ]);
+    let adir = tmp.path().join("agent");
+    std::fs::create_dir(&adir).unwrap();
+    let agent = common::agent::TestAgent::start(
+        &adir,
+        common::agent::agent_config(&adir, &s, "NodeAttestor \"join_token\" { plugin_data {} }", Some(&t)),
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let text = loop {
+        let out = agent.api(&["fetch", "jwt", "-audience", "db"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "a JWT-SVID came out of a tier with JWT disabled: {text}");
+        if !text.contains("no identity issued") && !text.contains("PermissionDenied") || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(text.contains("code = Unimplemented desc = JWT functionality is disabled"), "{text}");
     let log = s.log();
     assert!(log.contains("JWT-SVID profile is disabled"), "{log}");
     assert!(
