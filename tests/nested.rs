@@ -33,6 +33,16 @@ struct Tier {
 /// A downstream tier under `upstream`: a root-tier agent on its "host", a -downstream entry
 /// for the server's identity, and the server with UpstreamAuthority "spire".
 fn downstream(base: &Path, name: &str, upstream: &TestServer, ca_ttl: &str, svid_ttl: &str) -> Tier {
+    let extra = format!(
+        "ca_ttl = \"{ca_ttl}\"\n default_x509_svid_ttl = \"{svid_ttl}\"\n default_jwt_svid_ttl = \"{svid_ttl}\"\n experimental {{ jwt_publish_grace = \"1s\" ca_rotation_interval = \"1s\" }}"
+    );
+    let (opts, agent) = downstream_setup(base, name, upstream, &extra);
+    Tier { server: TestServer::start(&base.join(name), &opts), _upstream_agent: Some(agent) }
+}
+
+/// Everything a downstream tier needs but its own process: the upstream agent and entry, its
+/// directory, and its server options with `extra_server` in the server block.
+fn downstream_setup(base: &Path, name: &str, upstream: &TestServer, extra_server: &str) -> (ServerOpts, TestAgent) {
     let uid = my_uid();
     let node = format!("spiffe://example.org/nodes/{name}");
     let t = token(upstream, &node, "600");
@@ -50,12 +60,9 @@ fn downstream(base: &Path, name: &str, upstream: &TestServer, ca_ttl: &str, svid
     let adir = base.join(format!("{name}-upstream-agent"));
     std::fs::create_dir(&adir).unwrap();
     let agent = TestAgent::start(&adir, agent_config(&adir, upstream, "NodeAttestor \"join_token\" { plugin_data {} }", Some(&t)));
-    let sdir = base.join(name);
-    std::fs::create_dir(&sdir).unwrap();
+    std::fs::create_dir(base.join(name)).unwrap();
     let opts = ServerOpts {
-        extra_server: format!(
-            "ca_ttl = \"{ca_ttl}\"\n default_x509_svid_ttl = \"{svid_ttl}\"\n default_jwt_svid_ttl = \"{svid_ttl}\"\n experimental {{ jwt_publish_grace = \"1s\" ca_rotation_interval = \"1s\" }}"
-        ),
+        extra_server: extra_server.to_owned(),
         extra_plugins: format!(
             "UpstreamAuthority \"spire\" {{ plugin_data {{ server_address = \"127.0.0.1\" server_port = \"{}\" workload_api_socket = \"{}\" }} }}",
             upstream.port,
@@ -63,7 +70,11 @@ fn downstream(base: &Path, name: &str, upstream: &TestServer, ca_ttl: &str, svid
         ),
         ..ServerOpts::default()
     };
-    Tier { server: TestServer::start(&sdir, &opts), _upstream_agent: Some(agent) }
+    (opts, agent)
+}
+
+fn status_json(server: &TestServer) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(server.dir.join("status.json")).unwrap()).unwrap()
 }
 
 /// An agent under `server` with one workload entry for this process's uid.
@@ -121,6 +132,10 @@ claims = jwt.decode(token, key, algorithms=["ES256"], audience=aud)
 print("OK", claims["sub"])
 "#;
 
+/// SPIRE's nested walk-through with SPIRE's TTLs: `ca_ttl = "24h"` at the root and at both
+/// downstreams (SPIRE's default, which cairn used to refuse: the root CA does not live 6 x
+/// the downstream's). Every server agrees on every JWT key, and a JWT-SVID from under one
+/// downstream validates at the other downstream's agent.
 #[test]
 fn nested_walkthrough_jwt_keys_cross_every_tier() {
     require("openssl");
@@ -133,6 +148,7 @@ fn nested_walkthrough_jwt_keys_cross_every_tier() {
     let rdir = base.join("root");
     std::fs::create_dir(&rdir).unwrap();
     let root_opts = ServerOpts {
+        extra_server: "ca_ttl = \"24h\"".into(),
         extra_plugins: format!(
             "UpstreamAuthority \"disk\" {{ plugin_data {{ cert_file_path = \"{}\" key_file_path = \"{}\" }} }}",
             pki.join("upstream.crt").display(),
@@ -141,7 +157,12 @@ fn nested_walkthrough_jwt_keys_cross_every_tier() {
         ..ServerOpts::default()
     };
     let mut root = TestServer::start(&rdir, &root_opts);
-    let d1 = downstream(base, "downstream1", &root, "4h", "30m");
+    let d1 = downstream(base, "downstream1", &root, "24h", "30m");
+    // Its CA is capped a few seconds short of 24h by the root CA's expiry, and it says so.
+    let st = status_json(&d1.server);
+    assert_eq!(st["ca_ttl"], 86_400, "{st}");
+    let eff = st["effective_ca_ttl"].as_i64().unwrap();
+    assert!((86_400 - 120..=86_400).contains(&eff), "{st}");
     let a1 = workload_agent(base, "agent1", &d1.server, "spiffe://example.org/region1/web");
 
     // Both servers list both JWT keys.
@@ -155,7 +176,7 @@ fn nested_walkthrough_jwt_keys_cross_every_tier() {
     }
 
     // A second downstream: all three keys at all three servers, and at its workloads.
-    let d2 = downstream(base, "downstream2", &root, "4h", "30m");
+    let d2 = downstream(base, "downstream2", &root, "24h", "30m");
     let a2 = workload_agent(base, "agent2", &d2.server, "spiffe://example.org/region2/api");
     let k_d2 = own_kid(&d2.server);
     let want = {
@@ -316,8 +337,13 @@ fn only_downstream_entries_may_mint_cas_or_publish_keys() {
     assert!(!out.status.success() && err.contains("workload_api_socket"), "{err}");
 }
 
+/// TTLs SPIRE accepts run: a downstream asking for more than its upstream's CA has left is
+/// capped at that CA's expiry (SPIRE's rule), says so in one log line and in its status, and
+/// its SVIDs verify. A downstream with `disable_jwt_svids` publishes no JWT key. Only a CA
+/// too short to rotate at all is refused, naming the numbers to change.
 #[test]
-fn tier_ttls_that_cannot_work_are_refused() {
+fn spire_ttls_run_capped_and_only_unworkable_ones_are_refused() {
+    require("openssl");
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path();
     let rdir = base.join("root");
@@ -326,38 +352,70 @@ fn tier_ttls_that_cannot_work_are_refused() {
         &rdir,
         &ServerOpts { extra_server: "ca_ttl = \"1h\"\n default_x509_svid_ttl = \"10m\"".into(), ..ServerOpts::default() },
     );
-    let uid = my_uid();
-    let t = token(&root, "spiffe://example.org/nodes/d", "600");
-    root.cli_ok(&[
-        "entry",
-        "create",
-        "-parentID",
-        "spiffe://example.org/nodes/d",
-        "-spiffeID",
-        "spiffe://example.org/d",
-        "-selector",
-        &format!("unix:uid:{uid}"),
-        "-downstream",
-    ]);
-    let adir = base.join("agent");
-    std::fs::create_dir(&adir).unwrap();
-    let agent = TestAgent::start(&adir, agent_config(&adir, &root, "NodeAttestor \"join_token\" { plugin_data {} }", Some(&t)));
-    let sdir = base.join("d");
-    std::fs::create_dir(&sdir).unwrap();
-    let opts = ServerOpts {
-        // 30m downstream under a 1h root: needs a root of at least 3h.
-        extra_server: "ca_ttl = \"30m\"\n default_x509_svid_ttl = \"5m\"".into(),
-        extra_plugins: format!(
-            "UpstreamAuthority \"spire\" {{ plugin_data {{ server_address = \"127.0.0.1\" server_port = \"{}\" workload_api_socket = \"{}\" }} }}",
-            root.port,
-            agent.socket.display()
-        ),
-        ..ServerOpts::default()
-    };
-    let conf = write_config(&sdir, free_port(), &opts);
+    // A 2h downstream under a 1h root (cairn used to refuse anything under a 12h root).
+    let (opts, _a) = downstream_setup(
+        base,
+        "d",
+        &root,
+        "ca_ttl = \"2h\"\n default_x509_svid_ttl = \"10m\"\n experimental { jwt_publish_grace = \"1s\" }",
+    );
+    let d = TestServer::start(&base.join("d"), &opts);
+    let st = status_json(&d);
+    let eff = st["effective_ca_ttl"].as_i64().unwrap();
+    assert!(st["ca_ttl"] == 7200 && (3500..=3600).contains(&eff), "{st}");
+    let log = d.log();
+    assert!(log.contains("of ca_ttl 2h (capped at the upstream CA's expiry); next CA prepared in"), "{log}");
+    let out = base.join("svid");
+    d.cli_ok(&["x509", "mint", "-spiffeID", "spiffe://example.org/w", "-write", out.to_str().unwrap()]);
+    let certs = split_pem(&out.join("svid.pem"), base, "c");
+    let inter = base.join("inter.pem");
+    std::fs::write(&inter, certs.iter().skip(1).map(|p| std::fs::read_to_string(p).unwrap()).collect::<String>()).unwrap();
+    let root_pem = base.join("root.pem");
+    std::fs::write(&root_pem, root.cli_ok(&["bundle", "show"])).unwrap();
+    let (ok, text) = run(Command::new("openssl")
+        .args(["verify", "-x509_strict", "-CAfile"])
+        .arg(&root_pem)
+        .arg("-untrusted")
+        .arg(&inter)
+        .arg(&certs[0]));
+    assert!(ok, "{text}");
+    let ca_end = openssl_x509(&certs[1], &["-enddate"]);
+    let root_end = openssl_x509(&root_pem, &["-enddate"]);
+    assert_eq!(ca_end, root_end, "the downstream CA ends with the root CA that signed it");
+
+    // disable_jwt_svids on a downstream: it publishes nothing up, mints no JWT-SVIDs.
+    wait_until("root and d to share two JWT keys", Duration::from_secs(15), || jwt_kids(&root).len() == 2);
+    let before = jwt_kids(&root);
+    let (opts, _b) = downstream_setup(base, "nojwt", &root, "ca_ttl = \"30m\"\n disable_jwt_svids = true");
+    let nojwt = TestServer::start(&base.join("nojwt"), &opts);
+    let out = nojwt.cli(&["jwt", "mint", "-spiffeID", "spiffe://example.org/x", "-audience", "a"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("JWT functionality is disabled"));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(jwt_kids(&root), before, "a downstream with disable_jwt_svids published a JWT key");
+    // Its bundle still carries the other tiers' keys (it follows the root's bundle).
+    wait_until("nojwt to follow the root's JWT keys", Duration::from_secs(15), || jwt_kids(&nojwt) == before);
+
+    // A root whose CAs live 40s cannot give a downstream a CA that outlives one rotation
+    // check (10s, SPIRE's): refused at start with the numbers to change.
+    let r2dir = base.join("root2");
+    std::fs::create_dir(&r2dir).unwrap();
+    let root2 = TestServer::start(
+        &r2dir,
+        &ServerOpts {
+            extra_server: "ca_ttl = \"40s\"\n default_x509_svid_ttl = \"5s\"\n default_jwt_svid_ttl = \"5s\"".into(),
+            ..ServerOpts::default()
+        },
+    );
+    let (opts, _c) = downstream_setup(base, "short", &root2, "ca_ttl = \"1h\"\n default_x509_svid_ttl = \"5m\"");
+    let conf = write_config(&base.join("short"), free_port(), &opts);
     let out = Command::new(CAIRN).args(["server", "run", "-config"]).arg(&conf).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("6 x this tier's ca_ttl") && err.contains("3h"), "{err}");
+    assert!(
+        !out.status.success()
+            && err.contains("less than 6 x ca_rotation_interval (1m)")
+            && err.contains("Raise the upstream tier's ca_ttl (this tier asked for 1h)"),
+        "{err}"
+    );
 }
 
 /// Short CA lifetimes at every tier: through several downstream rotations, every fresh
@@ -365,18 +423,37 @@ fn tier_ttls_that_cannot_work_are_refused() {
 /// validates in the other.
 #[test]
 fn rotations_across_tiers_leave_no_validation_gap() {
+    rotations_leave_no_gap("6m", "30s", "60s");
+}
+
+/// The same with SPIRE's arrangement of one `ca_ttl` at every tier (2m here, so the root
+/// rotates too): downstream CAs are capped or signed by the root's prepared CA, and still no
+/// fresh SVID fails anywhere.
+#[test]
+fn rotations_with_equal_ca_ttl_at_every_tier_leave_no_validation_gap() {
+    rotations_leave_no_gap("2m", "10s", "2m");
+}
+
+fn rotations_leave_no_gap(root_ca_ttl: &str, root_svid_ttl: &str, down_ca_ttl: &str) {
     require("openssl");
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path();
     let rdir = base.join("root");
     std::fs::create_dir(&rdir).unwrap();
-    let root = TestServer::start(&rdir, &ServerOpts { extra_server: "ca_ttl = \"6m\"\n default_x509_svid_ttl = \"30s\"\n default_jwt_svid_ttl = \"30s\"\n experimental { ca_rotation_interval = \"1s\" }".into(), ..ServerOpts::default() });
-    let d1 = downstream(base, "r1", &root, "60s", "10s");
-    let d2 = downstream(base, "r2", &root, "60s", "10s");
+    let root = TestServer::start(
+        &rdir,
+        &ServerOpts {
+            extra_server: format!(
+                "ca_ttl = \"{root_ca_ttl}\"\n default_x509_svid_ttl = \"{root_svid_ttl}\"\n default_jwt_svid_ttl = \"{root_svid_ttl}\"\n experimental {{ ca_rotation_interval = \"1s\" }}"
+            ),
+            ..ServerOpts::default()
+        },
+    );
+    let d1 = downstream(base, "r1", &root, down_ca_ttl, "10s");
+    let d2 = downstream(base, "r2", &root, down_ca_ttl, "10s");
     let a1 = workload_agent(base, "a1", &d1.server, "spiffe://example.org/r1/web");
     let a2 = workload_agent(base, "a2", &d2.server, "spiffe://example.org/r2/api");
     let root_pem = base.join("root.pem");
-    std::fs::write(&root_pem, root.cli_ok(&["bundle", "show"])).unwrap();
     let ca_of = |s: &TestServer| -> Option<String> {
         let st: serde_json::Value = serde_json::from_slice(&std::fs::read(s.dir.join("status.json")).ok()?).ok()?;
         Some(st["slots"].as_array()?.iter().find(|x| x["kind"] == "x509" && x["role"] == "current")?["id"].as_str()?.to_owned())
@@ -385,6 +462,8 @@ fn rotations_across_tiers_leave_no_validation_gap() {
     let start = Instant::now();
     let mut checks = 0;
     while start.elapsed() < Duration::from_secs(150) {
+        // The root rotates too when its CA is short: read its bundle afresh.
+        std::fs::write(&root_pem, root.cli_ok(&["bundle", "show"])).unwrap();
         for (i, (agent, other)) in [(&a1, &a2), (&a2, &a1)].into_iter().enumerate() {
             let dir = base.join(format!("x{checks}-{i}"));
             fetch_x509(agent, &dir);
@@ -445,7 +524,7 @@ fn downstream_with_an_embedded_agent_identity() {
     let ddir = base.join("region");
     std::fs::create_dir(&ddir).unwrap();
     let opts = ServerOpts {
-        extra_server: "ca_ttl = \"4h\"\n default_x509_svid_ttl = \"30m\"\n experimental { jwt_publish_grace = \"1s\" }".into(),
+        extra_server: "ca_ttl = \"4h\"\n default_x509_svid_ttl = \"30m\"\n experimental { jwt_publish_grace = \"3s\" }".into(),
         extra_plugins: format!(
             "UpstreamAuthority \"spire\" {{ plugin_data {{ server_address = \"127.0.0.1\" server_port = \"{}\" join_token = \"{t}\" trust_bundle_path = \"{}\" }} }}",
             root.port,
@@ -453,7 +532,11 @@ fn downstream_with_an_embedded_agent_identity() {
         ),
         ..ServerOpts::default()
     };
+    // Start returns once `healthcheck` passes; a downstream's first JWT key waits out its
+    // publication grace (3s) before use, and healthcheck must not pass before it can sign.
     let d = TestServer::start(&ddir, &opts);
+    let out = d.cli(&["jwt", "mint", "-spiffeID", "spiffe://example.org/region-workload", "-audience", "a"]);
+    assert!(out.status.success(), "healthy but cannot mint a JWT-SVID: {}", String::from_utf8_lossy(&out.stderr));
     assert!(root.cli_ok(&["agent", "list"]).contains(&agent_id), "the server attested itself as an agent of the root");
     wait_until("both JWT keys at both servers", Duration::from_secs(15), || jwt_kids(&root).len() == 2 && jwt_kids(&d).len() == 2);
     let out = base.join("svid");

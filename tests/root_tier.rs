@@ -233,15 +233,13 @@ plugins {
     .unwrap();
     let (ok, out) = run(Command::new(CAIRN).args(["server", "validate", "-config"]).arg(&conf));
     assert!(!ok, "{out}");
-    for path in [
-        "server.trust_domain",
-        "server.default_x509_svid_ttl",
-        "server.bind_port",
-        "plugins.DataStore.sql.plugin_data.connection_string",
-        "plugins.KeyManager.vault",
-    ] {
+    for path in
+        ["server.trust_domain", "server.bind_port", "plugins.DataStore.sql.plugin_data.connection_string", "plugins.KeyManager.vault"]
+    {
         assert!(out.contains(path), "missing {path} in:\n{out}");
     }
+    // An SVID TTL longer than the CA's works, as in SPIRE (SVIDs are capped at the CA's expiry).
+    assert!(!out.contains("server.default_x509_svid_ttl"), "{out}");
     // run refuses the same file before touching anything.
     let (ok, out) = run(Command::new(CAIRN).args(["server", "run", "-config"]).arg(&conf));
     assert!(!ok && out.contains("server.trust_domain"), "{out}");
@@ -438,4 +436,69 @@ fn cli_output_into_a_closed_pipe_ends_quietly() {
         assert!(stderr.is_empty(), "{args:?} complained about the closed stdout: {stderr}");
         assert!(out.status.success(), "{args:?} exited with {}: {stderr}", out.status);
     }
+}
+
+/// `disable_jwt_svids = true` (SPIRE 1.14+): no JWT key in the bundle, `jwt mint` refused with
+/// SPIRE's Unimplemented message, the server healthy, X.509 unaffected; and SPIRE's warning
+/// for SVID TTLs over ca_ttl/6 is logged while the server starts anyway.
+#[test]
+fn disable_jwt_svids_mints_no_jwt_and_publishes_no_key() {
+    require("openssl");
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = ServerOpts {
+        extra_server: "ca_ttl = \"20m\"\n default_x509_svid_ttl = \"10m\"\n disable_jwt_svids = true".into(),
+        ..ServerOpts::default()
+    };
+    let s = TestServer::start(tmp.path(), &opts);
+    let out = s.cli(&["jwt", "mint", "-spiffeID", "spiffe://example.org/w", "-audience", "db"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("JWT functionality is disabled"), "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&s.cli_ok(&["bundle", "show", "-format", "spiffe"])).unwrap();
+    let keys = doc["keys"].as_array().unwrap();
+    assert!(keys.iter().all(|k| k["use"] != "jwt-svid"), "{doc}");
+    assert!(keys.iter().any(|k| k["use"] == "x509-svid"), "{doc}");
+    let bundle = tmp.path().join("bundle.pem");
+    std::fs::write(&bundle, s.cli_ok(&["bundle", "show"])).unwrap();
+    let dir = tmp.path().join("svid");
+    mint_x509(&s, "spiffe://example.org/w", &[], &dir);
+    let (ok, text) = run(Command::new("openssl").args(["verify", "-x509_strict", "-CAfile"]).arg(&bundle).arg(dir.join("svid.pem")));
+    assert!(ok, "{text}");
+    // A workload asking its agent gets the server's answer inside the agent's, as from
+    // SPIRE's agent (SPIRE's nested-rotation suite greps for exactly this).
+    let node = "spiffe://example.org/nodes/n1";
+    let t = common::agent::token(&s, node, "600");
+    s.cli_ok(&[
+        "entry",
+        "create",
+        "-parentID",
+        node,
+        "-spiffeID",
+        "spiffe://example.org/w",
+        "-selector",
+        &format!("unix:uid:{}", common::agent::my_uid()),
+    ]);
+    let adir = tmp.path().join("agent");
+    std::fs::create_dir(&adir).unwrap();
+    let agent = common::agent::TestAgent::start(
+        &adir,
+        common::agent::agent_config(&adir, &s, "NodeAttestor \"join_token\" { plugin_data {} }", Some(&t)),
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let text = loop {
+        let out = agent.api(&["fetch", "jwt", "-audience", "db"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "a JWT-SVID came out of a tier with JWT disabled: {text}");
+        if !text.contains("no identity issued") && !text.contains("PermissionDenied") || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(text.contains("code = Unimplemented desc = JWT functionality is disabled"), "{text}");
+    let log = s.log();
+    assert!(log.contains("JWT-SVID profile is disabled"), "{log}");
+    assert!(
+        log.contains("default_x509_svid_ttl is too high for the configured ca_ttl value.")
+            && log.contains("Please set default_x509_svid_ttl to 3m20s or less, or the ca_ttl to 1h or more"),
+        "{log}"
+    );
 }

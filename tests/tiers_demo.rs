@@ -187,6 +187,7 @@ fn demo_tiers_converge_and_stop() {
         "by push",
         "JWT active      slot A",
         "X.509 prepared  none",
+        "CA lifetime     configured 24h, effective ",
         "3 JWT keys: root, region-a, region-b",
         "region-a/upstream-agent",
         "node-a ",

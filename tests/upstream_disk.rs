@@ -133,3 +133,62 @@ fn truncated_or_mismatched_upstream_files_are_refused_clearly() {
         );
     }
 }
+
+/// GET `path` on 127.0.0.1:`port`; the HTTP status code.
+fn http_status(port: u16, path: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+/// SPIRE's stock server.conf (memory keys, UpstreamAuthority "disk"): once `healthcheck`
+/// passes, `jwt mint` works at once (nothing above a disk CA must learn the key first), the
+/// health listener says ready, and no upstream bundle sync runs (a CA on disk has no bundle).
+#[test]
+fn jwt_mint_works_as_soon_as_healthcheck_passes() {
+    require("openssl");
+    require("python3");
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = tmp.path().join("ca");
+    std::fs::create_dir(&ca).unwrap();
+    openssl_ca(&ca);
+    let sdir = tmp.path().join("server");
+    std::fs::create_dir(&sdir).unwrap();
+    let health = free_port();
+    let opts = ServerOpts {
+        key_manager: "memory",
+        extra_plugins: upstream_block(&ca.join("root.crt"), &ca.join("root.key"), None),
+        health_port: Some(health),
+        ..ServerOpts::default()
+    };
+    // TestServer::start returns as soon as `healthcheck` passes.
+    let s = TestServer::start(&sdir, &opts);
+    let out = s.cli(&["jwt", "mint", "-spiffeID", "spiffe://example.org/w", "-audience", "db"]);
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        out.status.success() && token.split('.').count() == 3,
+        "jwt mint right after a passing healthcheck: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(http_status(health, "/ready"), 200);
+    // The token verifies with PyJWT against the server's own bundle.
+    let bundle = tmp.path().join("bundle.json");
+    std::fs::write(&bundle, s.cli_ok(&["bundle", "show", "-format", "spiffe"])).unwrap();
+    let py = r#"
+import json, sys, jwt
+from jwt.algorithms import ECAlgorithm
+token, path = sys.argv[1:3]
+kid = jwt.get_unverified_header(token)["kid"]
+key = ECAlgorithm.from_jwk(json.dumps(next(k for k in json.load(open(path))["keys"] if k.get("kid") == kid)))
+print("OK", jwt.decode(token, key, algorithms=["ES256"], audience="db")["sub"])
+"#;
+    let (ok, text) = run(Command::new("python3").arg("-c").arg(py).arg(&token).arg(&bundle));
+    assert!(ok && text.contains("OK spiffe://example.org/w"), "{text}");
+    // No bundle-sync loop against a CA on disk (it used to warn every 500 ms).
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let log = s.log();
+    assert!(!log.contains("upstream bundle sync failed") && !log.contains("polling GetBundle"), "{log}");
+}

@@ -588,7 +588,10 @@ impl WorkloadSource for Agent {
             .await
             .map_err(|e| match e.code() {
                 tonic::Code::InvalidArgument => FetchJwtError::InvalidArgument(e.message().to_owned()),
-                _ => FetchJwtError::Unavailable(e.message().to_owned()),
+                // SPIRE's agent wraps the server's status whole ("failed to fetch JWT SVID: rpc
+                // error: code = Unimplemented desc = JWT functionality is disabled"), and
+                // SPIRE's suites grep the server's code and message out of it.
+                code => FetchJwtError::Unavailable(format!("failed to fetch JWT SVID: rpc error: code = {code:?} desc = {}", e.message())),
             })?
             .into_inner();
         let j = resp.svid.ok_or_else(|| FetchJwtError::Unavailable("server returned no JWT-SVID".into()))?;

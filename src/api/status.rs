@@ -156,6 +156,8 @@ impl From<CaError> for ApiError {
             CaError::NoX509Ca => {
                 Self::Internal { public: "failed to sign X509-SVID: X509 CA is not available for signing", detail: e.to_string() }
             }
+            // SPIRE's answer to MintJWTSVID and NewJWTSVID under `disable_jwt_svids`.
+            CaError::JwtDisabled => Self::Unimplemented("JWT functionality is disabled"),
             CaError::NoJwtKey => {
                 Self::Internal { public: "failed to sign JWT-SVID: JWT key is not available for signing", detail: e.to_string() }
             }

@@ -46,8 +46,14 @@ pub struct CaConfig {
     pub jwt_issuer: Option<String>,
     /// The row this server's journal lives in (one per server when several share a database).
     pub journal_key: String,
-    /// Seconds a JWT key published upstream waits before first use (see `rotate_locked`).
+    /// Seconds a newly published authority needs to reach every tier: a fresh JWT key that
+    /// others may not know yet waits this long before first use (see `rotate_locked`), and a
+    /// prepared X.509 CA signs downstream CAs only once published this long ago.
     pub jwt_publish_grace: i64,
+    /// `disable_jwt_svids`: no JWT keys, no JWT-SVIDs.
+    pub disable_jwt_svids: bool,
+    /// Seconds between rotation checks; a CA must stay active for at least one of them.
+    pub ca_rotation_interval: i64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -108,6 +114,9 @@ struct Slots {
     /// The journal text last stored, to skip identical writes.
     journal_written: Option<String>,
     warned_no_jwt_publish: bool,
+    /// Whether anyone may hold a copy of this tier's bundle: true once the tier serves, or at
+    /// start when the datastore already had a bundle (a restart, or a second HA server).
+    bundle_seen: bool,
 }
 
 /// A snapshot of the slots for status output.
@@ -121,6 +130,8 @@ pub struct SlotStatus {
     pub slot: String,
     /// Authority id (X.509: hex SKI; JWT: kid).
     pub id: String,
+    /// When this tier prepared it, unix seconds: its lifetime counts from here.
+    pub issued_at: i64,
     /// Expiry, unix seconds.
     pub not_after: i64,
 }
@@ -170,9 +181,13 @@ impl CaManager {
     ) -> Self {
         let ca = Arc::new(Ca::new(
             config.trust_domain.clone(),
-            config.default_x509_svid_ttl,
-            config.default_jwt_svid_ttl,
-            config.jwt_issuer.clone(),
+            super::CaSettings {
+                default_x509_ttl: config.default_x509_svid_ttl,
+                default_jwt_ttl: config.default_jwt_svid_ttl,
+                jwt_issuer: config.jwt_issuer.clone(),
+                jwt_disabled: config.disable_jwt_svids,
+                propagation_grace: config.jwt_publish_grace,
+            },
         ));
         Self { config, key_manager, upstream, datastore, ca, slots: Mutex::new(Slots::default()) }
     }
@@ -193,8 +208,37 @@ impl CaManager {
         {
             let mut slots = self.slots.lock().await;
             self.load_journal(&mut slots).await?;
+            slots.bundle_seen = self
+                .datastore
+                .get_bundle(&self.config.trust_domain)
+                .await?
+                .is_some_and(|b| !b.x509_authorities.is_empty() || !b.jwt_authorities.is_empty());
         }
-        self.rotate(now).await
+        let result = self.rotate(now).await;
+        // From here on the tier serves its bundle: anyone may hold a copy.
+        self.slots.lock().await.bundle_seen = true;
+        result
+    }
+
+    /// Whether a fresh JWT key must wait `jwt_publish_grace` before first use.
+    ///
+    /// A JWT-SVID is validated wherever the trust domain's bundle is known: at this tier's
+    /// agents, at every other tier and their agents. A key may be used at once only when no
+    /// one who must validate it can hold a bundle without it:
+    /// - an upstream that is a tier of this trust domain (`spire`) validates this tier's
+    ///   JWT-SVIDs and learns keys by publication and bundle sync, so the key waits there;
+    ///   a CA on disk has no tier above it that validates JWTs;
+    /// - everyone else learns keys from this tier's bundle (or the root's, which it feeds).
+    ///   If that bundle was never served (first start on an empty datastore), nobody can hold
+    ///   an older copy: nobody attested before this server first answered. Once it has been
+    ///   served, or when the datastore already held it at start (a restart that lost its
+    ///   keys, a second server on a shared datastore), agents and downstream tiers may hold a
+    ///   copy without the new key until their next sync, so the key waits.
+    ///
+    /// Keys prepared ahead of rotation are published half a lifetime before use and never
+    /// wait here.
+    fn jwt_must_wait(&self, slots: &Slots) -> bool {
+        self.upstream.as_ref().is_some_and(|u| u.is_trust_domain_tier()) || slots.bundle_seen
     }
 
     async fn load_journal(&self, slots: &mut Slots) -> Result<(), CaError> {
@@ -244,11 +288,14 @@ impl CaManager {
             }
         }
         slots.journal = journal;
+        if let Some(next) = &slots.x509_next {
+            self.ca.set_x509_next(Some((Arc::clone(&next.authority), next.record.issued_at, next.record.issued_at)));
+        }
         if let Some(cur) = &slots.x509_current {
-            self.ca.set_x509(Arc::clone(&cur.authority));
+            self.ca.set_x509(Arc::clone(&cur.authority), cur.record.issued_at);
             tracing::info!(authority_id = %cur.record.authority_id, not_after = cur.record.not_after, "resumed X.509 CA from the journal");
         }
-        if let Some(cur) = &slots.jwt_current {
+        if let Some(cur) = slots.jwt_current.as_ref().filter(|_| !self.config.disable_jwt_svids) {
             self.ca.set_jwt(Arc::clone(&cur.signer));
             tracing::info!(kid = %cur.record.kid, "resumed JWT key from the journal");
         }
@@ -335,13 +382,17 @@ impl CaManager {
             Action::Nothing => {}
             Action::PrepareNext => {
                 let slot = other_slot(slots.x509_current.as_ref().map(|s| s.record.slot.as_str()));
-                slots.x509_next = Some(self.prepare_x509(slot, now).await?);
-                tracing::info!(slot, "prepared next X.509 CA");
+                let next = self.prepare_x509(slot, now).await?;
+                self.ca.set_x509_next(Some((Arc::clone(&next.authority), now, now)));
+                self.log_prepared_x509(&next.record, "prepared next X.509 CA");
+                slots.x509_next = Some(next);
             }
             Action::ActivateNext => activate_x509(slots, &self.ca),
             Action::PrepareAndActivate => {
                 let slot = other_slot(slots.x509_current.as_ref().map(|s| s.record.slot.as_str()));
-                slots.x509_next = Some(self.prepare_x509(slot, now).await?);
+                let next = self.prepare_x509(slot, now).await?;
+                self.log_prepared_x509(&next.record, "prepared X.509 CA for immediate use");
+                slots.x509_next = Some(next);
                 activate_x509(slots, &self.ca);
             }
         }
@@ -349,12 +400,16 @@ impl CaManager {
             // Never touch JWT keys without an X.509 CA (SPIRE #5038).
             return Err(CaError::NoX509Ca);
         }
+        if self.config.disable_jwt_svids {
+            // SPIRE's PrepareJWTKey/ActivateJWTKey are no-ops then: no key, nothing published.
+            return Ok(());
+        }
         let lt = |r: &JwtRecord| Lifetime { not_before: r.issued_at, not_after: r.not_after };
-        // A key published upstream needs a moment to reach the other tiers' bundles and their
-        // agents; until then JWT-SVIDs signed with it would fail validation elsewhere
-        // (SPIRE #5317, #3582). So a fresh key under an upstream waits `jwt_publish_grace`
-        // before first use, even when there is no current key to fall back on.
-        let grace = if self.upstream.is_some() { self.config.jwt_publish_grace } else { 0 };
+        // A key others may not know yet needs a moment to reach their bundles; until then
+        // JWT-SVIDs signed with it would fail validation elsewhere (SPIRE #5317, #3582). Such
+        // a key waits `jwt_publish_grace` before first use, even when there is no current key
+        // to fall back on; see `jwt_must_wait` for who must know it.
+        let grace = if self.jwt_must_wait(slots) { self.config.jwt_publish_grace } else { 0 };
         let next_ready = |s: &Slots| s.jwt_next.as_ref().is_some_and(|n| now >= n.record.issued_at + grace);
         match rotation::next_action(slots.jwt_current.as_ref().map(|s| lt(&s.record)), slots.jwt_next.as_ref().map(|s| lt(&s.record)), now)
         {
@@ -377,7 +432,7 @@ impl CaManager {
                 } else {
                     tracing::info!(
                         grace_secs = grace,
-                        "JWT key published upstream; activating it once it has had time to reach the other tiers"
+                        "JWT key published; activating it once it has had time to reach every tier and agent"
                     );
                 }
             }
@@ -398,7 +453,7 @@ impl CaManager {
                 let csr = self.ca_csr(&key)?;
                 let minted = up.mint_x509_ca(&csr, self.config.ca_ttl).await.map_err(|e| CaError::Upstream(e.to_string()))?;
                 validate_minted(&minted.chain, &minted.roots, &key, td, now)?;
-                check_tier_ttls(&minted.chain, &minted.roots, self.config.ca_ttl)?;
+                self.check_minted_lifetime(&minted.chain, now)?;
                 self.datastore.append_bundle(td, &minted.roots, &[]).await?;
                 let first = minted.chain.first().cloned().ok_or_else(|| CaError::Upstream("empty chain".into()))?;
                 (first, minted.chain)
@@ -417,6 +472,56 @@ impl CaManager {
             status: Status::Prepared,
         };
         Ok(X509Slot { record, authority: Arc::new(authority) })
+    }
+
+    /// One line per prepared CA: configured and effective lifetime, and when it rotates. A
+    /// CA minted upstream is capped at the expiry of the upstream CA that signed it (as in
+    /// SPIRE), so it may live less than `ca_ttl`; its rotation thresholds count from its
+    /// actual lifetime.
+    fn log_prepared_x509(&self, rec: &X509Record, what: &str) {
+        let life = Lifetime { not_before: rec.issued_at, not_after: rec.not_after };
+        let effective = rec.not_after - rec.issued_at;
+        let capped = effective + slack(self.config.ca_ttl) < self.config.ca_ttl;
+        tracing::info!(
+            slot = %rec.slot,
+            authority_id = %rec.authority_id,
+            configured_ca_ttl = %crate::config::format_duration(self.config.ca_ttl),
+            effective_ca_ttl = %crate::config::format_duration(effective),
+            capped_by_upstream = capped,
+            not_after = rec.not_after,
+            next_prepare_at = life.prepare_at(),
+            next_activate_at = life.activate_at(),
+            "{what}: lives {} of ca_ttl {}{}; next CA prepared in {}, activated in {}",
+            crate::config::format_duration(effective),
+            crate::config::format_duration(self.config.ca_ttl),
+            if capped { " (capped at the upstream CA's expiry)" } else { "" },
+            crate::config::format_duration(life.prepare_at() - rec.issued_at),
+            crate::config::format_duration(life.activate_at() - rec.issued_at),
+        );
+    }
+
+    /// Refuses a CA minted upstream that lives too short to rotate at all: it must stay
+    /// active (the last sixth of its life) for at least one rotation check, or the tier
+    /// would be left without a valid CA between checks. Anything longer works: a CA shorter
+    /// than `ca_ttl` (the upstream's CA expires sooner) only rotates more often, and the
+    /// SVIDs it signs are capped at its expiry, as in SPIRE.
+    fn check_minted_lifetime(&self, chain: &[Vec<u8>], now: i64) -> Result<(), CaError> {
+        let not_after = chain
+            .first()
+            .and_then(|c| x509_parser::parse_x509_certificate(c).ok().map(|(_, c)| c.validity().not_after.timestamp()))
+            .ok_or_else(|| CaError::Upstream("unparsable CA certificate".into()))?;
+        let life = not_after - now;
+        let min = 6 * self.config.ca_rotation_interval;
+        if life < min {
+            return Err(CaError::Upstream(format!(
+                "the upstream signed this tier's CA for only {} (its own CA expires then), less than 6 x ca_rotation_interval ({}): it would expire between rotation checks. Raise the upstream tier's ca_ttl (this tier asked for {}) or lower server.experimental.ca_rotation_interval to at most {}",
+                crate::config::format_duration(life.max(0)),
+                crate::config::format_duration(min),
+                crate::config::format_duration(self.config.ca_ttl),
+                crate::config::format_duration((life / 6).max(1)),
+            )));
+        }
+        Ok(())
     }
 
     fn ca_csr(&self, key: &Arc<dyn Key>) -> Result<Vec<u8>, CaError> {
@@ -527,6 +632,7 @@ impl CaManager {
                     role,
                     slot: s.record.slot.clone(),
                     id: s.record.authority_id.clone(),
+                    issued_at: s.record.issued_at,
                     not_after: s.record.not_after,
                 });
             }
@@ -538,6 +644,7 @@ impl CaManager {
                     role,
                     slot: s.record.slot.clone(),
                     id: s.record.kid.clone(),
+                    issued_at: s.record.issued_at,
                     not_after: s.record.not_after,
                 });
             }
@@ -571,8 +678,10 @@ impl CaManager {
 
     /// When a prepared JWT key waiting out its publication grace becomes usable, if one is.
     async fn pending_jwt_activation(&self) -> Option<i64> {
-        self.upstream.as_ref()?;
         let slots = self.slots.lock().await;
+        if !self.jwt_must_wait(&slots) {
+            return None;
+        }
         let next = slots.jwt_next.as_ref()?;
         // Only a key that would be activated right away (no usable current one) is urgent.
         let current_ok = slots.jwt_current.as_ref().is_some_and(|c| c.record.not_after > crate::now_unix());
@@ -580,9 +689,14 @@ impl CaManager {
     }
 }
 
+/// Tolerance when telling a capped lifetime from a full one (clocks and rounding between tiers).
+fn slack(ca_ttl: i64) -> i64 {
+    (ca_ttl / 100).clamp(1, 60)
+}
+
 fn activate_x509(slots: &mut Slots, ca: &Ca) {
     if let Some(next) = slots.x509_next.take() {
-        ca.set_x509(Arc::clone(&next.authority));
+        ca.set_x509(Arc::clone(&next.authority), next.record.issued_at);
         tracing::info!(authority_id = %next.record.authority_id, not_after = next.record.not_after, "activated X.509 CA");
         slots.x509_current = Some(next);
     }
@@ -594,36 +708,6 @@ fn activate_jwt(slots: &mut Slots, ca: &Ca) {
         tracing::info!(kid = %next.record.kid, "activated JWT key");
         slots.jwt_current = Some(next);
     }
-}
-
-/// Refuses tier TTL ratios that cannot work (SPIRE #7199): an upstream CA is active while it
-/// has between 2/3 and 1/6 of its life left, and caps what it signs at its own expiry, so a
-/// downstream gets its full `ca_ttl` only when the upstream CA lives at least 6 times as long.
-/// Otherwise downstream CAs come out short and SVIDs get cut or expire early; say so plainly.
-fn check_tier_ttls(chain: &[Vec<u8>], roots: &[Vec<u8>], ca_ttl: i64) -> Result<(), CaError> {
-    let parse = |d: &[u8]| {
-        x509_parser::parse_x509_certificate(d).ok().map(|(_, c)| c.validity().not_after.timestamp() - c.validity().not_before.timestamp())
-    };
-    let ours = chain.first().and_then(|c| x509_parser::parse_x509_certificate(c).ok().map(|(_, c)| c.issuer().to_string()));
-    // The issuer: the next certificate in the chain, else the root with our issuer's name.
-    let issuer_life = chain.get(1).and_then(|c| parse(c)).or_else(|| {
-        roots
-            .iter()
-            .find(|r| x509_parser::parse_x509_certificate(r).is_ok_and(|(_, c)| Some(c.subject().to_string()) == ours))
-            .and_then(|r| parse(r))
-    });
-    if let Some(life) = issuer_life
-        && life < 6 * ca_ttl
-    {
-        return Err(CaError::Upstream(format!(
-            "the upstream CA lives {}, less than 6 x this tier's ca_ttl ({}): downstream CAs would be cut short. Raise the upstream's ca_ttl to at least {} or lower this tier's ca_ttl to at most {}",
-            crate::config::format_duration(life),
-            crate::config::format_duration(ca_ttl),
-            crate::config::format_duration(6 * ca_ttl),
-            crate::config::format_duration(life / 6)
-        )));
-    }
-    Ok(())
 }
 
 /// Checks a CA minted upstream before it is used (SPIRE's credential validator): a currently

@@ -27,6 +27,9 @@ pub enum CaError {
     /// No active JWT key.
     #[error("JWT key is not available for signing")]
     NoJwtKey,
+    /// `disable_jwt_svids = true`: this tier has no JWT key and mints no JWT-SVIDs.
+    #[error("JWT functionality is disabled")]
+    JwtDisabled,
     /// The request cannot be served as asked (bad CSR, bad TTL, bad audience ...).
     #[error("{0}")]
     InvalidRequest(String),
@@ -131,6 +134,14 @@ pub struct X509SvidRequest<'a> {
     pub ttl: i64,
 }
 
+/// A prepared X.509 CA and when its trust anchor entered the bundle.
+#[derive(Debug, Clone)]
+struct PreparedX509 {
+    authority: Arc<X509Authority>,
+    issued_at: i64,
+    published_at: i64,
+}
+
 /// The signing half of the CA. Cheap to share; swaps are atomic per credential.
 #[derive(Debug)]
 pub struct Ca {
@@ -138,8 +149,29 @@ pub struct Ca {
     default_x509_ttl: i64,
     default_jwt_ttl: i64,
     jwt_issuer: Option<String>,
+    jwt_disabled: bool,
+    /// Seconds a newly published authority needs to reach every tier (`jwt_publish_grace`).
+    propagation_grace: i64,
     x509: RwLock<Option<Arc<X509Authority>>>,
+    /// When the active CA was prepared (its lifetime, for the rotation thresholds, counts from here).
+    x509_issued_at: RwLock<i64>,
+    x509_next: RwLock<Option<PreparedX509>>,
     jwt: RwLock<Option<Arc<JwtSigner>>>,
+}
+
+/// What [`Ca`] needs beyond its trust domain.
+#[derive(Debug, Clone, Default)]
+pub struct CaSettings {
+    /// Default X509-SVID TTL, seconds.
+    pub default_x509_ttl: i64,
+    /// Default JWT-SVID TTL, seconds.
+    pub default_jwt_ttl: i64,
+    /// `iss` claim of JWT-SVIDs.
+    pub jwt_issuer: Option<String>,
+    /// `disable_jwt_svids`.
+    pub jwt_disabled: bool,
+    /// Seconds a newly published authority needs to reach every tier.
+    pub propagation_grace: i64,
 }
 
 /// Largest audience list accepted on a JWT-SVID (bounds the token size).
@@ -148,8 +180,34 @@ pub const MAX_AUDIENCES: usize = 64;
 impl Ca {
     /// An empty CA for `trust_domain`; the manager activates credentials into it.
     #[must_use]
-    pub fn new(trust_domain: TrustDomain, default_x509_ttl: i64, default_jwt_ttl: i64, jwt_issuer: Option<String>) -> Self {
-        Self { trust_domain, default_x509_ttl, default_jwt_ttl, jwt_issuer, x509: RwLock::new(None), jwt: RwLock::new(None) }
+    pub fn new(trust_domain: TrustDomain, settings: CaSettings) -> Self {
+        Self {
+            trust_domain,
+            default_x509_ttl: settings.default_x509_ttl,
+            default_jwt_ttl: settings.default_jwt_ttl,
+            jwt_issuer: settings.jwt_issuer,
+            jwt_disabled: settings.jwt_disabled,
+            propagation_grace: settings.propagation_grace,
+            x509: RwLock::new(None),
+            x509_issued_at: RwLock::new(0),
+            x509_next: RwLock::new(None),
+            jwt: RwLock::new(None),
+        }
+    }
+
+    /// Whether `disable_jwt_svids` is set.
+    #[must_use]
+    pub fn jwt_disabled(&self) -> bool {
+        self.jwt_disabled
+    }
+
+    /// Whether the tier can do its job at `now`: an X.509 CA valid now and, unless JWT-SVIDs
+    /// are disabled, a JWT key valid now. Readiness (`/ready`, `healthcheck`) reports this.
+    #[must_use]
+    pub fn can_sign(&self, now: i64) -> bool {
+        let x509 = self.x509_authority().is_some_and(|a| a.not_after > now);
+        let jwt = self.jwt_disabled || self.jwt_signer().is_some_and(|s| s.not_after > now);
+        x509 && jwt
     }
 
     /// The trust domain.
@@ -170,9 +228,25 @@ impl Ca {
         self.jwt.read().ok().and_then(|g| g.clone())
     }
 
-    pub(crate) fn set_x509(&self, a: Arc<X509Authority>) {
+    pub(crate) fn set_x509(&self, a: Arc<X509Authority>, issued_at: i64) {
+        if let Ok(mut g) = self.x509_next.write()
+            && g.as_ref().is_some_and(|n| n.authority.authority_id == a.authority_id)
+        {
+            *g = None;
+        }
+        if let Ok(mut g) = self.x509_issued_at.write() {
+            *g = issued_at;
+        }
         if let Ok(mut g) = self.x509.write() {
             *g = Some(a);
+        }
+    }
+
+    /// Offers the prepared CA for signing downstream CAs once it has been published for the
+    /// propagation grace (see [`rotation::plan_downstream_ca`]); `None` withdraws it.
+    pub(crate) fn set_x509_next(&self, next: Option<(Arc<X509Authority>, i64, i64)>) {
+        if let Ok(mut g) = self.x509_next.write() {
+            *g = next.map(|(authority, issued_at, published_at)| PreparedX509 { authority, issued_at, published_at });
         }
     }
 
@@ -223,8 +297,10 @@ impl Ca {
     }
 
     /// Mints a CA certificate for a downstream tier's public key: the trust-domain URI SAN,
-    /// the parent's subject with `OU=DOWNSTREAM-n`, lifetime capped at this CA's expiry.
-    /// Returns [new CA, this tier's chain...].
+    /// the parent's subject with `OU=DOWNSTREAM-n`, lifetime `ttl` capped at the signing CA's
+    /// expiry. The signer is the active CA, or the prepared one when only it can cover `ttl`
+    /// and every tier has had time to learn it ([`rotation::plan_downstream_ca`]).
+    /// Returns [new CA, the signer's chain...].
     ///
     /// # Errors
     /// No active CA, or a signing failure.
@@ -235,8 +311,29 @@ impl Ca {
         ttl: i64,
         now: i64,
     ) -> Result<Vec<Vec<u8>>, CaError> {
-        let ca = self.x509_authority().ok_or(CaError::NoX509Ca)?;
-        let not_after = (now + ttl).min(ca.not_after);
+        let active = self.x509_authority().ok_or(CaError::NoX509Ca)?;
+        let issued_at = self.x509_issued_at.read().map(|g| *g).unwrap_or(0);
+        let next = self.x509_next.read().ok().and_then(|g| g.clone());
+        let plan = rotation::plan_downstream_ca(
+            rotation::Lifetime { not_before: issued_at, not_after: active.not_after },
+            next.as_ref().map(|n| (rotation::Lifetime { not_before: n.issued_at, not_after: n.authority.not_after }, n.published_at)),
+            now,
+            ttl,
+            self.propagation_grace,
+        );
+        let ca = match next {
+            Some(n) if plan.use_next => n.authority,
+            _ => active,
+        };
+        let not_after = plan.not_after;
+        if not_after < now + ttl {
+            tracing::info!(
+                requested_secs = ttl,
+                granted_secs = not_after - now,
+                signer = %ca.authority_id,
+                "downstream CA capped at the expiry of the CA that signs it"
+            );
+        }
         let ou = format!("DOWNSTREAM-{}", ca.chain.len().max(1));
         let params = x509::ca_params(&self.trust_domain, subject, Some(&ou), public_key, now - x509::NOT_BEFORE_CUSHION, not_after)?;
         let cert = params.signed_by(public_key, &ca.issuer).map_err(|e| CaError::Signing(e.to_string()))?;
@@ -279,6 +376,9 @@ impl Ca {
         }
         if ttl < 0 {
             return Err(CaError::InvalidRequest("ttl must not be negative".into()));
+        }
+        if self.jwt_disabled {
+            return Err(CaError::JwtDisabled);
         }
         let signer = self.jwt_signer().ok_or(CaError::NoJwtKey)?;
         let ttl = if ttl == 0 { self.default_jwt_ttl } else { ttl };

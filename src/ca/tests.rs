@@ -24,6 +24,8 @@ fn config(ca_ttl: i64) -> CaConfig {
         jwt_issuer: Some("https://issuer.example".into()),
         journal_key: "test".into(),
         jwt_publish_grace: 0,
+        disable_jwt_svids: false,
+        ca_rotation_interval: 10,
     }
 }
 
@@ -269,4 +271,82 @@ async fn a_vanished_disk_key_file_stops_the_restart_instead_of_minting_a_new_ca(
     m.initialize(T0 + 3 * H).await.unwrap();
     assert_ne!(m.ca().x509_authority().unwrap().authority_id, first);
     assert_eq!(ds.get_bundle(&td()).await.unwrap().unwrap().x509_authorities.len(), roots_before + 1);
+}
+
+#[tokio::test]
+async fn a_fresh_jwt_key_waits_only_when_someone_may_hold_the_bundle_without_it() {
+    let ds = datastore().await;
+    let mut cfg = config(24 * H);
+    cfg.jwt_publish_grace = 5;
+    // First start on an empty datastore, no tier above: nobody can hold an older bundle, so
+    // the key is used at once and the tier can sign both kinds of SVID.
+    let m = CaManager::new(cfg.clone(), Arc::new(MemoryKeyManager::new()), None, Arc::clone(&ds));
+    m.initialize(T0).await.unwrap();
+    assert!(m.ca().jwt_signer().is_some() && m.ca().can_sign(T0));
+    // A restart that lost its keys: agents and downstream tiers hold the old bundle, so the
+    // new key waits out the grace, and the tier is not ready meanwhile.
+    let m = CaManager::new(cfg, Arc::new(MemoryKeyManager::new()), None, Arc::clone(&ds));
+    m.initialize(T0 + 60).await.unwrap();
+    assert!(m.ca().x509_authority().is_some());
+    assert!(m.ca().jwt_signer().is_none() && !m.ca().can_sign(T0 + 60), "a key others cannot know yet was used at once");
+    m.rotate(T0 + 64).await.unwrap();
+    assert!(m.ca().jwt_signer().is_none());
+    m.rotate(T0 + 65).await.unwrap();
+    assert!(m.ca().can_sign(T0 + 65));
+}
+
+#[tokio::test]
+async fn disable_jwt_svids_makes_no_key_and_mints_nothing() {
+    let ds = datastore().await;
+    let mut cfg = config(24 * H);
+    cfg.disable_jwt_svids = true;
+    let km = Arc::new(MemoryKeyManager::new());
+    let m = CaManager::new(cfg, Arc::clone(&km) as Arc<dyn KeyManager>, None, Arc::clone(&ds));
+    m.initialize(T0).await.unwrap();
+    m.rotate(T0 + 12 * H).await.unwrap();
+    assert!(km.get_key("JWT-Signer-A").unwrap().is_none() && km.get_key("JWT-Signer-B").unwrap().is_none());
+    let bundle = ds.get_bundle(&td()).await.unwrap().unwrap();
+    assert!(bundle.jwt_authorities.is_empty(), "{:?}", bundle.jwt_authorities);
+    assert_eq!(bundle.x509_authorities.len(), 2);
+    let id = SpiffeId::new("spiffe://example.org/w").unwrap();
+    assert!(matches!(m.ca().mint_jwt_svid(&id, &["a".into()], 0, T0), Err(CaError::JwtDisabled)));
+    assert_eq!(CaError::JwtDisabled.to_string(), "JWT functionality is disabled");
+    // Ready without a JWT key; X.509 still works.
+    assert!(m.ca().can_sign(T0 + 12 * H));
+    let req = X509SvidRequest { id: &id, dns_names: &[], ttl: 0 };
+    assert!(m.ca().mint_x509_svid(&leaf_key(), &req, T0 + 12 * H).is_ok());
+}
+
+/// Equal `ca_ttl` at both tiers: a downstream asking for more than the active CA has left is
+/// signed by the prepared CA once that has been in the bundle for the grace, else capped.
+#[tokio::test]
+async fn downstream_ca_is_signed_by_the_prepared_ca_once_everyone_knows_it() {
+    let ds = datastore().await;
+    let mut cfg = config(24 * H);
+    cfg.jwt_publish_grace = 5;
+    let m = CaManager::new(cfg, Arc::new(MemoryKeyManager::new()), None, Arc::clone(&ds));
+    m.initialize(T0).await.unwrap();
+    let r1 = m.ca().x509_authority().unwrap();
+    m.rotate(T0 + 12 * H).await.unwrap();
+    let bundle = ds.get_bundle(&td()).await.unwrap().unwrap();
+    let r2_der = bundle.x509_authorities.iter().find(|c| **c != r1.cert_der).unwrap().clone();
+    let key = leaf_key();
+    let subject = CaSubject::default();
+    let mint = |now: i64, ttl: i64| {
+        let chain = m.ca().mint_downstream_ca(&key, &subject, ttl, now).unwrap();
+        assert_eq!(chain.len(), 1, "under a self-signed root the chain is the new CA alone");
+        let (_, c) = X509Certificate::from_der(&chain[0]).unwrap();
+        let by = |der: &[u8]| c.verify_signature(Some(X509Certificate::from_der(der).unwrap().1.public_key())).is_ok();
+        (by(&r1.cert_der), by(&r2_der), c.validity().not_after.timestamp())
+    };
+    // Short request: the active CA covers it.
+    assert_eq!(mint(T0 + 12 * H + 1, 4 * H), (true, false, T0 + 16 * H + 1));
+    // The prepared CA was published 1s ago, less than the grace: capped at the active's expiry.
+    assert_eq!(mint(T0 + 12 * H + 1, 24 * H), (true, false, T0 + 24 * H));
+    // Published long enough ago: the prepared CA signs, capped at its own expiry.
+    assert_eq!(mint(T0 + 13 * H, 24 * H), (false, true, T0 + 36 * H));
+    assert_eq!(mint(T0 + 13 * H, 20 * H), (false, true, T0 + 33 * H));
+    // Once it is active it simply signs.
+    m.rotate(T0 + 20 * H).await.unwrap();
+    assert_eq!(mint(T0 + 20 * H, 4 * H), (false, true, T0 + 24 * H));
 }

@@ -453,10 +453,20 @@ async fn run_server(a: RunArgs) -> CliResult {
 async fn healthcheck(h: HealthArgs) -> CliResult {
     let ch = connect_admin(&h.sock.socket_path).await.map_err(|e| format!("Server is unhealthy: {e}"))?;
     if !h.shallow {
-        let mut c = bundlepb::bundle_client::BundleClient::new(ch);
+        let mut c = bundlepb::bundle_client::BundleClient::new(ch.clone());
         c.get_bundle(bundlepb::GetBundleRequest::default())
             .await
             .map_err(|e| format!("Server is unhealthy: unable to fetch bundle: {}", e.message()))?;
+        // SPIRE's check: grpc.health.v1 on the admin socket, SERVING only once the server can
+        // sign X.509 and JWT-SVIDs.
+        use crate::api::pb::grpc::health::v1 as healthpb;
+        let resp = healthpb::health_client::HealthClient::new(ch)
+            .check(healthpb::HealthCheckRequest::default())
+            .await
+            .map_err(|e| format!("Server is unhealthy: unable to determine health: {}", e.message()))?;
+        if resp.get_ref().status != healthpb::health_check_response::ServingStatus::Serving as i32 {
+            return Err("Server is unhealthy: server returned status \"NOT_SERVING\" (it cannot sign X.509 and JWT-SVIDs yet)".into());
+        }
         if h.verbose {
             outln!("Fetched the trust bundle over {}", h.sock.socket_path.display());
         }

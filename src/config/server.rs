@@ -1,7 +1,7 @@
 //! `cairn server` configuration: SPIRE's server.conf keys.
 
 use super::hcl::Object;
-use super::{ConfigErrors, Walker, format_duration, join, plugin_decls, quote};
+use super::{ConfigErrors, Walker, join, plugin_decls, quote};
 use crate::ca::CaSubject;
 use crate::keymanager::KeyType;
 use crate::spiffe::{SpiffeId, TrustDomain};
@@ -132,6 +132,10 @@ pub struct ServerConfig {
     /// Use polling even when the upstream can push (`experimental.upstream_bundle_push = false`),
     /// to compare the two paths.
     pub upstream_bundle_push: bool,
+    /// `disable_jwt_svids` (SPIRE 1.14+): no JWT keys, no JWT-SVIDs.
+    pub disable_jwt_svids: bool,
+    /// Settings that work but may surprise, in SPIRE's words; logged when the server starts.
+    pub warnings: Vec<String>,
 }
 
 /// Command-line overrides (SPIRE's `-trustDomain`, `-serverPort` ...), applied over the file.
@@ -169,6 +173,7 @@ const SERVER_KEYS: &[&str] = &[
     "ca_subject",
     "jwt_issuer",
     "admin_ids",
+    "disable_jwt_svids",
     "experimental",
 ];
 
@@ -283,25 +288,10 @@ impl ServerConfig {
         let default_jwt_svid_ttl = positive(&mut w, "default_jwt_svid_ttl", v, 300);
         let v = w.duration(server, "agent_ttl", p);
         let agent_ttl = positive(&mut w, "agent_ttl", v, default_x509_svid_ttl);
-        // An SVID must fit in the time a CA stays active after the next one is published
-        // (ca_ttl/6, at most 7 days); otherwise SVIDs get cut short by their CA's expiry.
-        let max_svid = (ca_ttl / 6).min(7 * 24 * 3600);
-        for (key, ttl) in
-            [("default_x509_svid_ttl", default_x509_svid_ttl), ("default_jwt_svid_ttl", default_jwt_svid_ttl), ("agent_ttl", agent_ttl)]
-        {
-            if ttl > max_svid {
-                w.err(
-                    &join(p, key),
-                    format!(
-                        "{} is longer than ca_ttl/6 ({}), so SVIDs would be cut short by their CA's expiry: lower {key} to at most {} or raise ca_ttl to at least {}",
-                        format_duration(ttl),
-                        format_duration(max_svid),
-                        format_duration(max_svid),
-                        format_duration(ttl * 6)
-                    ),
-                );
-            }
-        }
+        // SPIRE accepts any SVID TTL and caps each SVID at its CA's expiry; it only warns when
+        // an SVID may be cut short by a scheduled rotation. So does cairn, in SPIRE's words.
+        let agent_ttl_set = server.get_all("agent_ttl").next().is_some();
+        let warnings = svid_ttl_warnings(ca_ttl, default_x509_svid_ttl, default_jwt_svid_ttl, agent_ttl_set.then_some(agent_ttl));
         let key_type = |w: &mut Walker, key: &str, default: KeyType| -> KeyType {
             match w.string(server, key, p) {
                 None => default,
@@ -339,6 +329,7 @@ impl ServerConfig {
                 }
             })
             .collect();
+        let disable_jwt_svids = w.boolean(server, "disable_jwt_svids", p).unwrap_or(false);
         let mut ca_rotation_interval = 10;
         let mut jwt_publish_grace = 5;
         let mut upstream_poll_interval = 5;
@@ -429,10 +420,70 @@ impl ServerConfig {
                 upstream_poll_interval,
                 upstream_bundle_push,
                 entry_prune_interval,
+                disable_jwt_svids,
+                warnings,
             }),
             _ => Err(ConfigErrors(w.errors)),
         }
     }
+}
+
+/// SPIRE's `activationThresholdCap`: an SVID longer than this can never be guaranteed.
+const MAX_SVID_TTL: i64 = 7 * 24 * 3600;
+
+/// SPIRE's warnings for SVID TTLs that a scheduled CA rotation may cut short
+/// (`cmd/spire-server/cli/run/run.go`, the `ttlChecks` loop), word for word, with the same
+/// numbers: the largest TTL guaranteed is min(ca_ttl/6, 7 days).
+fn svid_ttl_warnings(ca_ttl: i64, x509: i64, jwt: i64, agent: Option<i64>) -> Vec<String> {
+    let max_for_ca = (ca_ttl / 6).min(MAX_SVID_TTL);
+    let mut checks = vec![("default_x509_svid_ttl", x509), ("default_jwt_svid_ttl", jwt)];
+    if let Some(a) = agent {
+        checks.push(("agent_ttl", a));
+    }
+    checks
+        .into_iter()
+        .filter(|&(_, ttl)| ttl > max_for_ca)
+        .map(|(name, ttl)| {
+            if ttl < MAX_SVID_TTL {
+                format!(
+                    "{name} is too high for the configured ca_ttl value. SVIDs with shorter lifetimes may be issued. Please set {name} to {} or less, or the ca_ttl to {} or more, to guarantee the full {name} lifetime when CA rotations are scheduled.",
+                    go_duration(max_for_ca),
+                    go_duration(ttl * 6)
+                )
+            } else if ca_ttl < 6 * MAX_SVID_TTL {
+                format!(
+                    "{name} is too high and the ca_ttl is too low. SVIDs with shorter lifetimes may be issued. Please set {name} to {} or less, and the ca_ttl to {} or more, to guarantee the full {name} lifetime when CA rotations are scheduled.",
+                    go_duration(MAX_SVID_TTL),
+                    go_duration(6 * MAX_SVID_TTL)
+                )
+            } else {
+                format!(
+                    "{name} is too high. SVIDs with shorter lifetimes may be issued. Please set {name} to {} or less to guarantee the full {name} lifetime when CA rotations are scheduled.",
+                    go_duration(max_for_ca)
+                )
+            }
+        })
+        .collect()
+}
+
+/// A duration as SPIRE prints it (`printDuration`: Go's `Duration.String`, with a trailing
+/// `0s` and then `0m` dropped): `4h`, `3h20m`, `1h0m30s`, `10m`, `90s` -> `1m30s`.
+fn go_duration(secs: i64) -> String {
+    let (h, m, sec) = (secs / 3600, (secs % 3600) / 60, secs % 60);
+    let mut out = if h > 0 {
+        format!("{h}h{m}m{sec}s")
+    } else if m > 0 {
+        format!("{m}m{sec}s")
+    } else {
+        format!("{sec}s")
+    };
+    if out.ends_with("m0s") {
+        out.truncate(out.len() - 2);
+    }
+    if out.ends_with("h0m") {
+        out.truncate(out.len() - 2);
+    }
+    out
 }
 
 /// How an embedded upstream agent attests.

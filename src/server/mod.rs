@@ -105,7 +105,15 @@ impl Server {
             jwt_issuer: config.jwt_issuer.clone(),
             journal_key: server_instance_id(&config.data_dir)?,
             jwt_publish_grace: config.jwt_publish_grace,
+            disable_jwt_svids: config.disable_jwt_svids,
+            ca_rotation_interval: config.ca_rotation_interval,
         };
+        for w in &config.warnings {
+            tracing::warn!("{w}");
+        }
+        if config.disable_jwt_svids {
+            tracing::info!("JWT-SVID profile is disabled");
+        }
         let ca_manager = Arc::new(CaManager::new(ca_config, key_manager, upstream.clone(), Arc::clone(&datastore)));
         ca_manager.initialize(crate::now_unix()).await?;
         let tls = Arc::new(
@@ -183,8 +191,9 @@ impl Server {
         let interval = Duration::from_secs(u64::try_from(self.config.ca_rotation_interval).unwrap_or(10));
         tasks.spawn(Arc::clone(&self.ca_manager).run(interval, stopped(stop_rx.clone())));
 
-        // A downstream tier keeps its bundle in step with the upstream's.
-        if let Some(up) = self.state.upstream.clone() {
+        // A downstream tier keeps its bundle in step with the upstream's. A CA on disk has no
+        // bundle to follow, so a root tier (self-signed or under a disk CA) runs no sync loop.
+        if let Some(up) = self.state.upstream.clone().filter(|u| u.is_trust_domain_tier()) {
             let sync = upstream_sync::run(
                 up,
                 Arc::clone(&self.state),
@@ -273,7 +282,11 @@ impl Server {
             tracing::info!(network = "unix", address = %addr, "Starting Server APIs");
             let incoming = crate::net::uds_incoming(uds, Registry::new(admin_limits(nofile)));
             let router = grpc_router(&svc)
-                .add_service(spb::debug::v1::debug_server::DebugServer::new(svc.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES));
+                .add_service(spb::debug::v1::debug_server::DebugServer::new(svc.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES))
+                .add_service(
+                    crate::api::pb::grpc::health::v1::health_server::HealthServer::new(ServerHealth(Arc::clone(&self.state)))
+                        .max_decoding_message_size(MAX_MESSAGE_BYTES),
+                );
             let stop = stopped(stop_rx.clone());
             tasks.spawn(async move {
                 if let Err(e) = router.serve_with_incoming_shutdown(incoming, stop).await {
@@ -314,11 +327,37 @@ impl Server {
     }
 }
 
+/// `grpc.health.v1.Health` on the admin socket, which `spire-server healthcheck` calls (SPIRE
+/// registers it there only). SERVING once the tier can do its job: a bundle, an X.509 CA and,
+/// unless JWT-SVIDs are disabled, an active JWT key, so a passing healthcheck means `x509 mint`
+/// and `jwt mint` succeed.
+struct ServerHealth(Arc<ApiState>);
+
+#[tonic::async_trait]
+impl crate::api::pb::grpc::health::v1::health_server::Health for ServerHealth {
+    async fn check(
+        &self,
+        req: tonic::Request<crate::api::pb::grpc::health::v1::HealthCheckRequest>,
+    ) -> Result<tonic::Response<crate::api::pb::grpc::health::v1::HealthCheckResponse>, tonic::Status> {
+        use crate::api::pb::grpc::health::v1::health_check_response::ServingStatus;
+        if !req.get_ref().service.is_empty() {
+            return Err(tonic::Status::invalid_argument("per-service health is not supported"));
+        }
+        let ready = crate::telemetry::health::Readiness::ready(self.0.as_ref()).await;
+        let status = if ready { ServingStatus::Serving } else { ServingStatus::NotServing };
+        Ok(tonic::Response::new(crate::api::pb::grpc::health::v1::HealthCheckResponse { status: status as i32 }))
+    }
+}
+
 /// What `status.json` holds.
 #[derive(Debug, serde::Serialize)]
 struct StatusFile {
     trust_domain: String,
     updated_at: i64,
+    /// The configured `ca_ttl`, seconds.
+    ca_ttl: i64,
+    /// What the active X.509 CA actually lives (less than `ca_ttl` when capped upstream).
+    effective_ca_ttl: Option<i64>,
     slots: Vec<crate::ca::manager::SlotStatus>,
     ca_chain: Vec<String>,
     bundle_sequence: u64,
@@ -343,15 +382,23 @@ async fn write_status(state: &ApiState, path: &Path) {
                 .collect()
         })
         .unwrap_or_default();
+    let slots = state.ca_manager.status().await;
+    let effective_ca_ttl = slots.iter().find(|s| s.kind == "x509" && s.role == "current").map(|s| s.not_after - s.issued_at);
     let status = StatusFile {
         trust_domain: state.trust_domain.to_string(),
         updated_at: crate::now_unix(),
-        slots: state.ca_manager.status().await,
+        ca_ttl: state.ca_ttl,
+        effective_ca_ttl,
+        slots,
         ca_chain: chain,
         bundle_sequence: bundle.as_ref().map_or(0, |b| b.sequence_number),
         x509_roots: bundle.as_ref().map_or(0, |b| b.x509_authorities.len()),
         jwt_key_ids: bundle.as_ref().map(|b| b.jwt_authorities.iter().map(|k| k.key_id.clone()).collect()).unwrap_or_default(),
-        upstream: state.upstream.as_ref().and_then(|_| state.upstream_status.read().ok().map(|s| s.clone())),
+        upstream: state
+            .upstream
+            .as_ref()
+            .filter(|u| u.is_trust_domain_tier())
+            .and_then(|_| state.upstream_status.read().ok().map(|s| s.clone())),
     };
     if let Ok(text) = serde_json::to_vec_pretty(&status) {
         let _ = crate::fsutil::write_private_atomic(path, &text);

@@ -17,9 +17,10 @@ pub trait Readiness: Send + Sync + 'static {
 
 #[async_trait::async_trait]
 impl Readiness for ApiState {
-    /// A server is ready with a valid CA and a reachable datastore.
+    /// A server is ready when it can sign X.509 and (unless `disable_jwt_svids`) JWT-SVIDs
+    /// and its datastore answers.
     async fn ready(&self) -> bool {
-        self.ca.x509_authority().is_some_and(|a| a.not_after > crate::now_unix()) && self.datastore.count_entries().await.is_ok()
+        self.ca.can_sign(crate::now_unix()) && self.datastore.count_entries().await.is_ok()
     }
 }
 

@@ -160,6 +160,11 @@ fn jwks_kids(jwks: &[u8]) -> Result<BTreeSet<String>, String> {
 pub struct ServerStatus {
     /// Unix seconds of the last write.
     pub updated_at: i64,
+    /// The server's configured `ca_ttl`, seconds (0: not recorded).
+    pub ca_ttl: i64,
+    /// What its active X.509 CA actually lives, seconds: less than `ca_ttl` when the upstream
+    /// CA that signed it expires sooner.
+    pub effective_ca_ttl: Option<i64>,
     /// X.509 CA and JWT key slots.
     pub slots: Vec<Slot>,
     /// This tier's CA chain, its own CA first: "subject (issuer ...; until ...)".

@@ -216,6 +216,15 @@ pub(super) fn print_status(state: &State, obs: &Observation) {
             Some(x) => say!("  CA expires      {} ({})", utc(x.not_after), rel(x.not_after, now)),
             None => say!("  CA expires      (no active CA)"),
         }
+        match st.effective_ca_ttl {
+            Some(eff) if st.ca_ttl > 0 => say!(
+                "  CA lifetime     configured {}, effective {}{}",
+                format_duration(st.ca_ttl),
+                format_duration(eff),
+                if eff + (st.ca_ttl / 100).clamp(1, 60) < st.ca_ttl { " (capped at the upstream CA's expiry)" } else { "" }
+            ),
+            _ => {}
+        }
         say!("  X.509 active    {}", slot_line("x509", "current"));
         say!("  X.509 prepared  {}", slot_line("x509", "next"));
         say!("  JWT active      {}", slot_line("jwt", "current"));

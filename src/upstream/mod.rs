@@ -46,6 +46,14 @@ pub trait UpstreamAuthority: Send + Sync + std::fmt::Debug {
     /// `preferred_ttl` is advisory, in seconds.
     async fn mint_x509_ca(&self, csr_der: &[u8], preferred_ttl: i64) -> Result<MintedCa, UpstreamError>;
 
+    /// Whether the upstream is another tier of this trust domain (a `spire` upstream): such
+    /// an upstream validates this tier's JWT-SVIDs, so a fresh JWT key must reach it before
+    /// use, and it has a trust bundle this tier follows. A CA on disk (or in Vault, an HSM)
+    /// signs and nothing more: no tier above to tell, no bundle to follow.
+    fn is_trust_domain_tier(&self) -> bool {
+        false
+    }
+
     /// Publishes a JWT key upstream; returns every JWT key the upstream knows.
     /// Supported by: `spire` (later issue). Others: `Unsupported`.
     async fn publish_jwt_key(&self, _key: &JwtAuthority) -> Result<Vec<JwtAuthority>, UpstreamError> {

@@ -186,6 +186,10 @@ fn split_der(mut data: &[u8]) -> Result<Vec<Vec<u8>>, UpstreamError> {
 
 #[async_trait]
 impl UpstreamAuthority for SpireUpstream {
+    fn is_trust_domain_tier(&self) -> bool {
+        true
+    }
+
     async fn mint_x509_ca(&self, csr_der: &[u8], preferred_ttl: i64) -> Result<MintedCa, UpstreamError> {
         let ch = self.channel().await?;
         let ttl = i32::try_from(preferred_ttl).unwrap_or(i32::MAX);

@@ -90,7 +90,6 @@ plugins {
     for want in [
         "server.trust_domain",
         "server.bind_port",
-        "server.default_x509_svid_ttl",
         "server.ca_key_type",
         "server.registration_uds_path",
         "server.log_level",
@@ -105,7 +104,8 @@ plugins {
     }
     let text = errs.to_string();
     assert!(text.contains("use socket_path"), "{text}");
-    assert!(text.contains("raise ca_ttl to at least 6h"), "{text}");
+    // An SVID TTL as long as ca_ttl works (SVIDs are capped at their CA's expiry): no error.
+    assert!(!paths.contains(&"server.default_x509_svid_ttl"), "{text}");
 }
 
 #[test]
@@ -137,4 +137,58 @@ plugins {
 }"#;
     let errs = load(text).unwrap_err().to_string();
     assert!(errs.contains("plugins.KeyManager.disk.plugin_cmd"), "{errs}");
+}
+
+/// SPIRE's own suites run these TTLs; SPIRE starts with a warning and caps each SVID at its
+/// CA's expiry, and so does cairn, with SPIRE's words and numbers.
+#[test]
+fn svid_ttls_longer_than_a_sixth_of_ca_ttl_start_with_spire_warnings() {
+    let conf = |server: &str| GOOD.replacen("ca_ttl = \"24h\"\n    default_x509_svid_ttl = \"1h\"", server, 1);
+    // force-rotation-jwt-authority: ca_ttl 24h, default_jwt_svid_ttl 8h.
+    let c = load(&conf("ca_ttl = \"24h\"\n default_jwt_svid_ttl = \"8h\"")).unwrap();
+    assert_eq!(c.default_jwt_svid_ttl, 8 * 3600);
+    assert_eq!(
+        c.warnings,
+        vec!["default_jwt_svid_ttl is too high for the configured ca_ttl value. SVIDs with shorter lifetimes may be issued. Please set default_jwt_svid_ttl to 4h or less, or the ca_ttl to 48h or more, to guarantee the full default_jwt_svid_ttl lifetime when CA rotations are scheduled.".to_owned()]
+    );
+    // evict-agent: ca_ttl 20m, default_x509_svid_ttl 10m.
+    let c = load(&conf("ca_ttl = \"20m\"\n default_x509_svid_ttl = \"10m\"")).unwrap();
+    assert_eq!((c.ca_ttl, c.default_x509_svid_ttl), (1200, 600));
+    // SPIRE's default JWT-SVID TTL (5m) is over 20m/6 too, and SPIRE says so as well.
+    assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+    assert!(c.warnings[1].contains("Please set default_jwt_svid_ttl to 3m20s or less, or the ca_ttl to 30m or more"), "{:?}", c.warnings);
+    assert!(
+        c.warnings[0].starts_with("default_x509_svid_ttl is too high for the configured ca_ttl value.")
+            && c.warnings[0].contains("Please set default_x509_svid_ttl to 3m20s or less, or the ca_ttl to 1h or more"),
+        "{:?}",
+        c.warnings
+    );
+    // Past SPIRE's 7-day cap, the other two messages.
+    let c = load(&conf("ca_ttl = \"240h\"\n default_x509_svid_ttl = \"200h\"")).unwrap();
+    assert!(
+        c.warnings[0].starts_with("default_x509_svid_ttl is too high and the ca_ttl is too low.")
+            && c.warnings[0].contains("to 168h or less, and the ca_ttl to 1008h or more"),
+        "{:?}",
+        c.warnings
+    );
+    let c = load(&conf("ca_ttl = \"2000h\"\n default_x509_svid_ttl = \"200h\"")).unwrap();
+    assert!(
+        c.warnings[0].starts_with("default_x509_svid_ttl is too high. SVIDs") && c.warnings[0].contains("to 168h or less to guarantee"),
+        "{:?}",
+        c.warnings
+    );
+    // agent_ttl is checked only when set, as in SPIRE; the defaults warn about nothing.
+    let c = load(&conf("ca_ttl = \"1h\"\n default_x509_svid_ttl = \"10m\"\n agent_ttl = \"1h\"")).unwrap();
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert!(c.warnings[0].starts_with("agent_ttl is too high"), "{:?}", c.warnings);
+    assert!(load(GOOD).unwrap().warnings.is_empty());
+    assert_eq!(go_duration(3630), "1h0m30s");
+    assert_eq!(go_duration(90), "1m30s");
+}
+
+#[test]
+fn disable_jwt_svids_is_read() {
+    assert!(!load(GOOD).unwrap().disable_jwt_svids);
+    let c = load(&GOOD.replacen("ca_ttl = \"24h\"", "ca_ttl = \"24h\"\n    disable_jwt_svids = true", 1)).unwrap();
+    assert!(c.disable_jwt_svids);
 }
