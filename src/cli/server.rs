@@ -133,11 +133,11 @@ pub struct EntryFields {
     /// DNS SAN (repeatable).
     #[arg(long)]
     dns: Vec<String>,
-    /// X509-SVID TTL, seconds.
-    #[arg(long)]
+    /// X509-SVID TTL: seconds or a duration (`1h`, `90s`).
+    #[arg(long, value_parser = super::parse_ttl)]
     x509_svid_ttl: Option<i32>,
-    /// JWT-SVID TTL, seconds.
-    #[arg(long)]
+    /// JWT-SVID TTL: seconds or a duration (`5m`).
+    #[arg(long, value_parser = super::parse_ttl)]
     jwt_svid_ttl: Option<i32>,
     /// Entry expiry, unix seconds.
     #[arg(long)]
@@ -210,8 +210,8 @@ pub enum TokenCommand {
         /// Register this ID as an alias of the agent that attests with the token.
         #[arg(long)]
         spiffe_id: Option<String>,
-        /// Token TTL, seconds.
-        #[arg(long, default_value_t = 600)]
+        /// Token TTL: seconds or a duration (`10m`).
+        #[arg(long, default_value_t = 600, value_parser = super::parse_ttl)]
         ttl: i32,
         #[command(flatten)]
         sock: Sock,
@@ -283,8 +283,8 @@ pub enum X509Command {
         /// DNS SAN (repeatable).
         #[arg(long)]
         dns: Vec<String>,
-        /// TTL, seconds (0 = server default).
-        #[arg(long, default_value_t = 0)]
+        /// TTL: seconds or a duration (`1h`, `90s`); 0 = server default.
+        #[arg(long, default_value_t = 0, value_parser = super::parse_ttl)]
         ttl: i32,
         /// Directory to write svid.pem, key.pem, bundle.pem into.
         #[arg(long)]
@@ -305,8 +305,8 @@ pub enum JwtCommand {
         /// Audience (repeatable).
         #[arg(long)]
         audience: Vec<String>,
-        /// TTL, seconds (0 = server default).
-        #[arg(long, default_value_t = 0)]
+        /// TTL: seconds or a duration (`1h`, `90s`); 0 = server default.
+        #[arg(long, default_value_t = 0, value_parser = super::parse_ttl)]
         ttl: i32,
         /// File to write the token into.
         #[arg(long)]
