@@ -91,7 +91,7 @@ pub struct RunArgs {
     /// Override log_file.
     #[arg(long)]
     pub log_file: Option<PathBuf>,
-    /// Accepted for SPIRE compatibility; no effect.
+    /// Add the source file and line to each log event.
     #[arg(long)]
     pub log_source_location: bool,
     /// Accepted for SPIRE compatibility; cairn has no SDS API.
@@ -122,6 +122,7 @@ impl RunArgs {
             log_level: self.log_level.clone(),
             log_format: self.log_format.clone(),
             log_file: self.log_file.clone(),
+            log_source_location: self.log_source_location,
         }
     }
 
@@ -274,7 +275,7 @@ where
     match cmd {
         AgentCommand::Run(a) => {
             let config = a.load()?;
-            crate::telemetry::init(&config.log_level, config.log_format);
+            crate::telemetry::init(&config.log_settings())?;
             runner(config).await
         }
         AgentCommand::Validate(a) => {

@@ -77,6 +77,12 @@ pub struct RunArgs {
     /// Override log_level.
     #[arg(long)]
     log_level: Option<String>,
+    /// Override log_format (text or json).
+    #[arg(long)]
+    log_format: Option<String>,
+    /// Override log_file.
+    #[arg(long)]
+    log_file: Option<PathBuf>,
 }
 
 /// Flags shared by admin commands.
@@ -413,13 +419,15 @@ fn overrides(a: &RunArgs) -> ServerOverrides {
         socket_path: a.socket_path.clone(),
         data_dir: a.data_dir.clone(),
         log_level: a.log_level.clone(),
+        log_format: a.log_format.clone(),
+        log_file: a.log_file.clone(),
     }
 }
 
 async fn run_server(a: RunArgs) -> CliResult {
     let config = ServerConfig::load(&a.config, a.expand_env, &overrides(&a))
         .map_err(|e| format!("config {} is not valid:\n{e}", a.config.display()))?;
-    crate::telemetry::init(&config.log_level, config.log_format);
+    crate::telemetry::init(&config.log_settings())?;
     let addr = format!("{}:{}", config.bind_address, config.bind_port);
     let tcp = tokio::net::TcpListener::bind(&addr).await.map_err(|e| format!("server.bind_address/bind_port {addr}: {e}"))?;
     let uds = crate::server::bind_admin_socket(&config.socket_path).await.map_err(s)?;

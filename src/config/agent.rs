@@ -135,6 +135,8 @@ pub struct AgentConfig {
     pub log_format: LogFormat,
     /// `log_file`, if set.
     pub log_file: Option<PathBuf>,
+    /// `log_source_location` (or `-logSourceLocation`).
+    pub log_source_location: bool,
     /// Key type of workload X509-SVIDs (`workload_x509_svid_key_type`, default ec-p256).
     pub workload_key_type: KeyType,
     /// How often the agent syncs with the server (`experimental.sync_interval`, default 5s).
@@ -163,6 +165,7 @@ impl fmt::Debug for AgentConfig {
             .field("log_level", &self.log_level)
             .field("log_format", &self.log_format)
             .field("log_file", &self.log_file)
+            .field("log_source_location", &self.log_source_location)
             .field("workload_key_type", &self.workload_key_type)
             .field("sync_interval", &self.sync_interval)
             .field("node_attestor", &self.node_attestor)
@@ -206,6 +209,8 @@ pub struct AgentOverrides {
     pub log_format: Option<String>,
     /// `-logFile`.
     pub log_file: Option<PathBuf>,
+    /// `-logSourceLocation` (only `true` overrides).
+    pub log_source_location: bool,
 }
 
 impl fmt::Debug for AgentOverrides {
@@ -225,6 +230,7 @@ impl fmt::Debug for AgentOverrides {
             .field("log_level", &self.log_level)
             .field("log_format", &self.log_format)
             .field("log_file", &self.log_file)
+            .field("log_source_location", &self.log_source_location)
             .finish()
     }
 }
@@ -314,6 +320,17 @@ fn experimental_hint(key: &str) -> Option<&'static str> {
 }
 
 impl AgentConfig {
+    /// Where and how this agent logs.
+    #[must_use]
+    pub fn log_settings(&self) -> crate::telemetry::LogSettings {
+        crate::telemetry::LogSettings {
+            level: self.log_level.clone(),
+            format: self.log_format,
+            file: self.log_file.clone(),
+            source_location: self.log_source_location,
+        }
+    }
+
     /// Reads and validates an agent config file.
     ///
     /// # Errors
@@ -394,7 +411,7 @@ impl AgentConfig {
             }
         };
         let log_file = overrides.log_file.clone().or_else(|| nonempty_path(&mut w, agent, "log_file", p));
-        let _ = w.boolean(agent, "log_source_location", p);
+        let log_source_location = overrides.log_source_location || w.boolean(agent, "log_source_location", p) == Some(true);
         let _ = w.strings(agent, "log_selectors", p);
         for key in ["x509_svid_cache_max_size", "jwt_svid_cache_max_size"] {
             if int(&mut w, agent, key, p).is_some_and(|n| n < 0) {
@@ -498,6 +515,7 @@ impl AgentConfig {
                 log_level,
                 log_format,
                 log_file,
+                log_source_location,
                 workload_key_type,
                 sync_interval,
                 node_attestor,

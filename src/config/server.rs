@@ -88,6 +88,10 @@ pub struct ServerConfig {
     pub log_level: String,
     /// Log format.
     pub log_format: LogFormat,
+    /// `log_file`: logs go here instead of stderr (reopened on SIGUSR2).
+    pub log_file: Option<PathBuf>,
+    /// `log_source_location`: each event names its source file and line.
+    pub log_source_location: bool,
     /// Lifetime of CAs and JWT keys, seconds.
     pub ca_ttl: i64,
     /// Default X509-SVID TTL, seconds.
@@ -149,6 +153,10 @@ pub struct ServerOverrides {
     pub data_dir: Option<PathBuf>,
     /// `-logLevel`.
     pub log_level: Option<String>,
+    /// `-logFormat`.
+    pub log_format: Option<String>,
+    /// `-logFile`.
+    pub log_file: Option<PathBuf>,
 }
 
 const SERVER_KEYS: &[&str] = &[
@@ -160,6 +168,7 @@ const SERVER_KEYS: &[&str] = &[
     "log_level",
     "log_format",
     "log_file",
+    "log_source_location",
     "ca_ttl",
     "default_x509_svid_ttl",
     "default_jwt_svid_ttl",
@@ -187,6 +196,17 @@ fn server_hint(key: &str) -> Option<&'static str> {
 pub const DEFAULT_SOCKET_PATH: &str = "/tmp/spire-server/private/api.sock";
 
 impl ServerConfig {
+    /// Where and how this server logs.
+    #[must_use]
+    pub fn log_settings(&self) -> crate::telemetry::LogSettings {
+        crate::telemetry::LogSettings {
+            level: self.log_level.clone(),
+            format: self.log_format,
+            file: self.log_file.clone(),
+            source_location: self.log_source_location,
+        }
+    }
+
     /// Reads and validates a server config file.
     ///
     /// # Errors
@@ -257,14 +277,20 @@ impl ServerConfig {
         if !["DEBUG", "INFO", "WARN", "ERROR", "TRACE"].contains(&log_level.as_str()) {
             w.err("server.log_level", format!("{}: expected DEBUG, INFO, WARN or ERROR", quote(&log_level)));
         }
-        let log_format = match w.string(server, "log_format", p).as_deref().map(str::to_ascii_lowercase).as_deref() {
-            None | Some("text") => LogFormat::Text,
+        let log_format = match overrides.log_format.clone().or_else(|| w.string(server, "log_format", p)).map(|s| s.to_ascii_lowercase()).as_deref() {
+            None | Some("" | "text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
             Some(other) => {
                 w.err("server.log_format", format!("{}: expected text or json", quote(other)));
                 LogFormat::Text
             }
         };
+        // An empty log_file means stderr, as in SPIRE (server_full.conf's `log_file = ""`).
+        let log_file = overrides
+            .log_file
+            .clone()
+            .or_else(|| w.string(server, "log_file", p).filter(|s| !s.is_empty()).map(PathBuf::from));
+        let log_source_location = w.boolean(server, "log_source_location", p).unwrap_or(false);
         let positive = |w: &mut Walker, key: &str, v: Option<i64>, default: i64| -> i64 {
             match v {
                 Some(0) => {
@@ -409,6 +435,8 @@ impl ServerConfig {
                 data_dir,
                 log_level,
                 log_format,
+                log_file,
+                log_source_location,
                 ca_ttl,
                 default_x509_svid_ttl,
                 default_jwt_svid_ttl,
