@@ -277,19 +277,17 @@ impl ServerConfig {
         if !["DEBUG", "INFO", "WARN", "ERROR", "TRACE"].contains(&log_level.as_str()) {
             w.err("server.log_level", format!("{}: expected DEBUG, INFO, WARN or ERROR", quote(&log_level)));
         }
-        let log_format = match overrides.log_format.clone().or_else(|| w.string(server, "log_format", p)).map(|s| s.to_ascii_lowercase()).as_deref() {
-            None | Some("" | "text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some(other) => {
-                w.err("server.log_format", format!("{}: expected text or json", quote(other)));
-                LogFormat::Text
-            }
-        };
+        let log_format =
+            match overrides.log_format.clone().or_else(|| w.string(server, "log_format", p)).map(|s| s.to_ascii_lowercase()).as_deref() {
+                None | Some("" | "text") => LogFormat::Text,
+                Some("json") => LogFormat::Json,
+                Some(other) => {
+                    w.err("server.log_format", format!("{}: expected text or json", quote(other)));
+                    LogFormat::Text
+                }
+            };
         // An empty log_file means stderr, as in SPIRE (server_full.conf's `log_file = ""`).
-        let log_file = overrides
-            .log_file
-            .clone()
-            .or_else(|| w.string(server, "log_file", p).filter(|s| !s.is_empty()).map(PathBuf::from));
+        let log_file = overrides.log_file.clone().or_else(|| w.string(server, "log_file", p).filter(|s| !s.is_empty()).map(PathBuf::from));
         let log_source_location = w.boolean(server, "log_source_location", p).unwrap_or(false);
         let positive = |w: &mut Walker, key: &str, v: Option<i64>, default: i64| -> i64 {
             match v {

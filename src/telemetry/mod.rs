@@ -96,10 +96,8 @@ pub fn init(settings: &LogSettings) -> Result<(), String> {
         Some(path) => Some(ReopenableFile::open(path).map_err(|e| format!("log_file {}: {e}", path.display()))?),
         None => None,
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_file(settings.source_location)
-        .with_line_number(settings.source_location);
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_file(settings.source_location).with_line_number(settings.source_location);
     // A subscriber may already be installed (tests running several commands in one process);
     // the first one stays, which is what try_init reports and what we want.
     let _ = match (&file, settings.format) {
