@@ -66,11 +66,7 @@ fn server_log_file_json_lines_and_sigusr2_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), free_port(), &ServerOpts::default());
     let log_path = dir.path().join("server.json.log");
-    let mut child = spawn_server(
-        dir.path(),
-        &config,
-        &["-logFile", log_path.to_str().unwrap(), "-logFormat", "json", "-logLevel", "INFO"],
-    );
+    let mut child = spawn_server(dir.path(), &config, &["-logFile", log_path.to_str().unwrap(), "-logFormat", "json", "-logLevel", "INFO"]);
 
     wait_for("log lines in log_file", || read(&log_path).lines().count() >= 2);
     let text = read(&log_path);

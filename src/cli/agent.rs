@@ -276,10 +276,17 @@ where
         AgentCommand::Run(a) => {
             let config = a.load()?;
             crate::telemetry::init(&config.log_settings())?;
+            for n in &config.notices {
+                tracing::info!("config {n}");
+            }
             runner(config).await
         }
         AgentCommand::Validate(a) => {
-            a.load()?;
+            let config = a.load()?;
+            // Keys accepted without effect are shown, on stderr so stdout stays SPIRE's.
+            for n in &config.notices {
+                eprintln!("note: {n}");
+            }
             outln!("SPIRE agent configuration file is valid.");
             Ok(())
         }

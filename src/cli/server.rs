@@ -396,8 +396,12 @@ pub async fn run(cmd: ServerCommand) -> CliResult {
     match cmd {
         ServerCommand::Run(a) => run_server(a).await,
         ServerCommand::Validate(a) => {
-            ServerConfig::load(&a.config, a.expand_env, &overrides(&a))
+            let config = ServerConfig::load(&a.config, a.expand_env, &overrides(&a))
                 .map_err(|e| format!("config {} is not valid:\n{e}", a.config.display()))?;
+            // Keys accepted without effect are shown, on stderr so stdout stays SPIRE's.
+            for n in &config.notices {
+                eprintln!("note: {n}");
+            }
             outln!("Configuration is valid.");
             Ok(())
         }
@@ -428,6 +432,9 @@ async fn run_server(a: RunArgs) -> CliResult {
     let config = ServerConfig::load(&a.config, a.expand_env, &overrides(&a))
         .map_err(|e| format!("config {} is not valid:\n{e}", a.config.display()))?;
     crate::telemetry::init(&config.log_settings())?;
+    for n in &config.notices {
+        tracing::info!("config {n}");
+    }
     let addr = format!("{}:{}", config.bind_address, config.bind_port);
     let tcp = tokio::net::TcpListener::bind(&addr).await.map_err(|e| format!("server.bind_address/bind_port {addr}: {e}"))?;
     let uds = crate::server::bind_admin_socket(&config.socket_path).await.map_err(s)?;
