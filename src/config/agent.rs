@@ -416,12 +416,12 @@ impl AgentConfig {
         let workload_key_type = match w.string(agent, "workload_x509_svid_key_type", p) {
             None => KeyType::EcP256,
             Some(s) => match s.parse::<KeyType>() {
-                Ok(k) => k,
-                Err(_) if s == "rsa-2048" => {
+                Ok(k) if !k.is_rsa() => k,
+                _ if s == "rsa-2048" => {
                     w.err("agent.workload_x509_svid_key_type", "rsa-2048 is not supported by cairn: use ec-p256 or ec-p384");
                     KeyType::EcP256
                 }
-                Err(_) => {
+                _ => {
                     w.err("agent.workload_x509_svid_key_type", format!("{}: expected ec-p256 or ec-p384", quote(s)));
                     KeyType::EcP256
                 }

@@ -379,7 +379,7 @@ impl ServerConfig {
             match w.string(server, key, p) {
                 None => default,
                 Some(s) => s.parse().unwrap_or_else(|_| {
-                    w.err(&join(p, key), format!("{}: expected ec-p256 or ec-p384", quote(s)));
+                    w.err(&join(p, key), format!("{}: expected ec-p256, ec-p384, rsa-2048 or rsa-4096", quote(s)));
                     default
                 }),
             }
