@@ -11,6 +11,32 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Owns a spawned process: a test that fails half-way kills it on drop, so no server or agent
+/// outlives its test.
+struct Reap(Option<Child>);
+
+impl Reap {
+    fn child(&mut self) -> &mut Child {
+        self.0.as_mut().unwrap()
+    }
+
+    /// SIGTERM and wait (SIGKILL after `grace`).
+    fn stop(mut self, grace: Duration) {
+        if let Some(c) = self.0.take() {
+            terminate(c, grace);
+        }
+    }
+}
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !done() {
@@ -23,7 +49,7 @@ fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_default()
 }
 
-fn usr2(child: &Child) {
+fn usr2(child: &mut Child) {
     assert!(Command::new("kill").arg("-USR2").arg(child.id().to_string()).status().unwrap().success());
 }
 
@@ -32,7 +58,7 @@ fn alive(child: &mut Child) -> bool {
 }
 
 /// Starts `cairn server run` with extra flags; stderr goes to `dir/stderr.log`.
-fn spawn_server(dir: &Path, config: &Path, flags: &[&str]) -> Child {
+fn spawn_server(dir: &Path, config: &Path, flags: &[&str]) -> Reap {
     let stderr = std::fs::File::create(dir.join("stderr.log")).unwrap();
     let child = Command::new(CAIRN)
         .args(["server", "run", "-config"])
@@ -42,6 +68,7 @@ fn spawn_server(dir: &Path, config: &Path, flags: &[&str]) -> Child {
         .stderr(stderr)
         .spawn()
         .unwrap();
+    let child = Reap(Some(child));
     let socket = dir.join("api.sock").display().to_string();
     wait_for("the server to answer healthcheck", || {
         Command::new(CAIRN).args(["server", "healthcheck", "-socketPath", &socket]).output().is_ok_and(|o| o.status.success())
@@ -83,19 +110,19 @@ fn server_log_file_json_lines_and_sigusr2_reopen() {
     // logrotate: rename, then SIGUSR2. The process lives and writes to a new file at the path.
     let rotated = dir.path().join("server.json.log.1");
     std::fs::rename(&log_path, &rotated).unwrap();
-    usr2(&child);
+    usr2(child.child());
     wait_for("a new log file after SIGUSR2", || log_path.exists() && !read(&log_path).is_empty());
-    assert!(alive(&mut child), "SIGUSR2 killed the server");
+    assert!(alive(child.child()), "SIGUSR2 killed the server");
     let fresh = read(&log_path);
     assert!(fresh.contains("reopened log file"), "new file lacks the reopen event:\n{fresh}");
     for line in fresh.lines() {
         serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
     }
     // A second signal with nothing renamed keeps appending to the same file.
-    usr2(&child);
+    usr2(child.child());
     std::thread::sleep(Duration::from_millis(300));
-    assert!(alive(&mut child), "a second SIGUSR2 killed the server");
-    terminate(child, Duration::from_secs(15));
+    assert!(alive(child.child()), "a second SIGUSR2 killed the server");
+    child.stop(Duration::from_secs(15));
 }
 
 #[test]
@@ -103,10 +130,10 @@ fn server_without_log_file_survives_sigusr2() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), free_port(), &ServerOpts::default());
     let mut child = spawn_server(dir.path(), &config, &[]);
-    usr2(&child);
+    usr2(child.child());
     std::thread::sleep(Duration::from_millis(500));
-    assert!(alive(&mut child), "SIGUSR2 killed a server that has no log_file:\n{}", read(&dir.path().join("stderr.log")));
-    terminate(child, Duration::from_secs(15));
+    assert!(alive(child.child()), "SIGUSR2 killed a server that has no log_file:\n{}", read(&dir.path().join("stderr.log")));
+    child.stop(Duration::from_secs(15));
 }
 
 #[test]
@@ -117,7 +144,7 @@ fn server_text_log_file_from_config_has_no_escape_codes() {
     let config = write_config(dir.path(), free_port(), &opts);
     let child = spawn_server(dir.path(), &config, &[]);
     wait_for("log lines in log_file", || read(&log_path).lines().count() >= 2);
-    terminate(child, Duration::from_secs(15));
+    child.stop(Duration::from_secs(15));
     let text = read(&log_path);
     assert!(text.contains("INFO") && !text.contains('\u{1b}'), "text log_file:\n{text}");
 }
@@ -137,7 +164,7 @@ fn agent_log_file_and_sigusr2_reopen() {
     assert!(!read(&log_path).contains('\u{1b}'), "escape codes in the agent's log_file");
 
     std::fs::rename(&log_path, adir.path().join("agent-file.log.1")).unwrap();
-    usr2(agent.child.as_ref().unwrap());
+    usr2(agent.child.as_mut().unwrap());
     wait_for("the agent's new log file after SIGUSR2", || read(&log_path).contains("reopened log file"));
     assert!(alive(agent.child.as_mut().unwrap()), "SIGUSR2 killed the agent");
     agent.stop();

@@ -16,6 +16,32 @@ use std::time::{Duration, Instant};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/spire-1.15");
 
+/// Owns a spawned process: a test that fails half-way kills it on drop, so no server or agent
+/// outlives its test.
+struct Reap(Option<Child>);
+
+impl Reap {
+    fn child(&mut self) -> &mut Child {
+        self.0.as_mut().unwrap()
+    }
+
+    /// SIGTERM and wait (SIGKILL after `grace`).
+    fn stop(mut self, grace: Duration) {
+        if let Some(c) = self.0.take() {
+            terminate(c, grace);
+        }
+    }
+}
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// A directory shaped like SPIRE's checkout: `conf/server/`, `conf/agent/`, `bin/spire-*` links.
 struct SpireTree {
     dir: tempfile::TempDir,
@@ -61,9 +87,9 @@ impl SpireTree {
         format!("conf/{rel}")
     }
 
-    fn spawn(&self, program: &str, args: &[&str], log: &str) -> Child {
+    fn spawn(&self, program: &str, args: &[&str], log: &str) -> Reap {
         let stderr = std::fs::File::create(self.root().join(log)).unwrap();
-        self.cmd(program).args(args).stdout(Stdio::null()).stderr(stderr).spawn().unwrap()
+        Reap(Some(self.cmd(program).args(args).stdout(Stdio::null()).stderr(stderr).spawn().unwrap()))
     }
 
     fn log(&self, log: &str) -> String {
@@ -124,11 +150,11 @@ fn wait_file(path: &Path, child: &mut Child, what: &str, log: impl Fn() -> Strin
 
 /// Starts `spire-server run -config <config>` with the port and socket moved by flag; returns
 /// the child, the port and the socket path.
-fn start_server(tree: &SpireTree, config: &str, log: &str) -> (Child, u16, String) {
+fn start_server(tree: &SpireTree, config: &str, log: &str) -> (Reap, u16, String) {
     let port = free_port();
     let socket = tree.root().join("server-api.sock").display().to_string();
     let mut child = tree.spawn("spire-server", &["run", "-config", config, "-serverPort", &port.to_string(), "-socketPath", &socket], log);
-    wait_healthy(tree, &mut child, &socket, log);
+    wait_healthy(tree, child.child(), &socket, log);
     (child, port, socket)
 }
 
@@ -195,7 +221,7 @@ fn stock_server_and_agent_confs_validate_start_and_chain_to_the_dummy_upstream_c
         ],
         "agent.log",
     );
-    wait_file(&agent_socket, &mut agent, "spire-agent", || tree.log("agent.log"));
+    wait_file(&agent_socket, agent.child(), "spire-agent", || tree.log("agent.log"));
     let o = tree.output(
         "spire-server",
         &[
@@ -224,8 +250,8 @@ fn stock_server_and_agent_confs_validate_start_and_chain_to_the_dummy_upstream_c
         std::thread::sleep(Duration::from_millis(300));
     }
     openssl_verifies(&fetched, &fetched.join("svid.0.pem"), &ca);
-    terminate(agent, Duration::from_secs(10));
-    terminate(server, Duration::from_secs(15));
+    agent.stop(Duration::from_secs(10));
+    server.stop(Duration::from_secs(15));
 }
 
 #[test]
@@ -285,9 +311,9 @@ fn full_confs_reduced_to_cairns_plugins_validate_and_start() {
         &["run", "-config", &config, "-serverPort", &port.to_string(), "-socketPath", agent_socket.to_str().unwrap(), "-joinToken", &token],
         "agent-full.log",
     );
-    wait_file(&agent_socket, &mut child, "spire-agent (agent_full.conf)", || tree.log("agent-full.log"));
-    terminate(child, Duration::from_secs(10));
-    terminate(server, Duration::from_secs(15));
+    wait_file(&agent_socket, child.child(), "spire-agent (agent_full.conf)", || tree.log("agent-full.log"));
+    child.stop(Duration::from_secs(10));
+    server.stop(Duration::from_secs(15));
 }
 
 #[test]
