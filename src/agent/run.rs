@@ -95,7 +95,7 @@ async fn bind_workload_socket(path: &std::path::Path) -> Result<tokio::net::Unix
 /// # Errors
 /// A message for the operator (bad files, attestation refused, banned).
 pub async fn run(config: AgentConfig) -> Result<(), String> {
-    crate::telemetry::init(&config.log_level, config.log_format);
+    // Logging is set up by the caller (`cli::agent`), which owns the log file and SIGUSR2.
     let nofile = crate::net::raise_nofile_limit();
     let trust = bootstrap_roots(&config).await?;
     let attestation = node_attestation(&config)?;

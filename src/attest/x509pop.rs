@@ -53,7 +53,9 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::num_bigint::BigUint;
 use x509_parser::prelude::FromDer as _;
-use x509_parser::x509::{AttributeTypeAndValue, SubjectPublicKeyInfo, X509Name};
+use x509_parser::x509::{AttributeTypeAndValue, X509Name};
+
+use crate::spiffe::x509::signature::{Curve, SpkiKey, classify_spki, strip_leading_zeros};
 
 /// The plugin name: the attestation data type, the selector type and `.PluginName`.
 pub const PLUGIN_NAME: &str = "x509pop";
@@ -330,33 +332,6 @@ fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
 // Keys and signatures
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Curve {
-    P256,
-    P384,
-    P521,
-}
-
-impl Curve {
-    /// Byte length of a field element (and of the group order).
-    fn scalar_len(self) -> usize {
-        match self {
-            Self::P256 => 32,
-            Self::P384 => 48,
-            Self::P521 => 66,
-        }
-    }
-
-    fn from_oid(oid: &str) -> Option<Self> {
-        match oid {
-            "1.2.840.10045.3.1.7" => Some(Self::P256),
-            "1.3.132.0.34" => Some(Self::P384),
-            "1.3.132.0.35" => Some(Self::P521),
-            _ => None,
-        }
-    }
-}
-
 /// The leaf's public key, in the form the challenge needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum NodeKey {
@@ -372,70 +347,6 @@ impl NodeKey {
             Self::Rsa { .. } => "rsa",
             Self::Ec { .. } => "ecdsa",
         }
-    }
-}
-
-/// A public key as found in a SubjectPublicKeyInfo, classified for signature verification.
-enum SpkiKey<'a> {
-    /// `pkcs1` is the RSAPublicKey DER aws-lc-rs verifies with.
-    Rsa {
-        pkcs1: &'a [u8],
-        n: Vec<u8>,
-        e: Vec<u8>,
-        bits: u64,
-    },
-    Ec {
-        curve: Curve,
-        point: &'a [u8],
-    },
-    Ed25519(&'a [u8]),
-}
-
-fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
-    let first = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
-    bytes.get(first..).unwrap_or_default()
-}
-
-/// Classifies a SubjectPublicKeyInfo, applying the checks Go's `x509.ParseCertificate` makes
-/// (positive RSA modulus and exponent, uncompressed EC points).
-fn classify_spki<'a>(spki: &'a SubjectPublicKeyInfo<'_>) -> Result<SpkiKey<'a>, String> {
-    let alg = spki.algorithm.algorithm.to_id_string();
-    let bits: &'a [u8] = &spki.subject_public_key.data;
-    match alg.as_str() {
-        "1.2.840.113549.1.1.1" => {
-            let (rest, key) = x509_parser::public_key::RSAPublicKey::from_der(bits).map_err(|e| format!("invalid rsa public key: {e}"))?;
-            if !rest.is_empty() {
-                return Err("trailing data after rsa public key".into());
-            }
-            // DER INTEGERs are two's complement: a set top bit on the first byte is negative.
-            let negative = |v: &[u8]| v.first().is_some_and(|b| b & 0x80 != 0);
-            if negative(key.modulus) || strip_leading_zeros(key.modulus).is_empty() {
-                return Err("rsa modulus is not a positive number".into());
-            }
-            if negative(key.exponent) || strip_leading_zeros(key.exponent).is_empty() {
-                return Err("rsa public exponent is not a positive number".into());
-            }
-            let n = strip_leading_zeros(key.modulus).to_vec();
-            let mod_bits = BigUint::from_bytes_be(&n).bits();
-            Ok(SpkiKey::Rsa { pkcs1: bits, n, e: strip_leading_zeros(key.exponent).to_vec(), bits: mod_bits })
-        }
-        "1.2.840.10045.2.1" => {
-            let curve_oid = spki
-                .algorithm
-                .parameters
-                .as_ref()
-                .and_then(|p| p.as_oid().ok())
-                .map(|o| o.to_id_string())
-                .ok_or_else(|| "ec public key without a named curve".to_string())?;
-            let curve = Curve::from_oid(&curve_oid).ok_or_else(|| format!("unsupported elliptic curve {curve_oid}"))?;
-            // Go only accepts the uncompressed form (0x04 || X || Y).
-            if bits.len() != 1 + 2 * curve.scalar_len() || bits.first() != Some(&0x04) {
-                return Err("ec public key is not an uncompressed point".into());
-            }
-            Ok(SpkiKey::Ec { curve, point: bits })
-        }
-        "1.3.101.112" => Ok(SpkiKey::Ed25519(bits)),
-        other => Err(format!("unsupported public key algorithm {other}")),
     }
 }
 
@@ -879,64 +790,7 @@ fn check_signature_from(child: &X509Certificate<'_>, parent: &X509Certificate<'_
     {
         return Err(format!("rsa ca key of {bits} bits is below the supported 2048"));
     }
-    let alg = child.signature_algorithm.algorithm.to_id_string();
-    let verifier: &'static dyn sig::VerificationAlgorithm = match (alg.as_str(), &key) {
-        ("1.2.840.113549.1.1.11", SpkiKey::Rsa { .. }) => &sig::RSA_PKCS1_2048_8192_SHA256,
-        ("1.2.840.113549.1.1.12", SpkiKey::Rsa { .. }) => &sig::RSA_PKCS1_2048_8192_SHA384,
-        ("1.2.840.113549.1.1.13", SpkiKey::Rsa { .. }) => &sig::RSA_PKCS1_2048_8192_SHA512,
-        ("1.2.840.113549.1.1.10", SpkiKey::Rsa { .. }) => pss_verifier(child)?,
-        ("1.2.840.10045.4.3.2", SpkiKey::Ec { curve, .. }) => match curve {
-            Curve::P256 => &sig::ECDSA_P256_SHA256_ASN1,
-            Curve::P384 => &sig::ECDSA_P384_SHA256_ASN1,
-            Curve::P521 => &sig::ECDSA_P521_SHA256_ASN1,
-        },
-        ("1.2.840.10045.4.3.3", SpkiKey::Ec { curve, .. }) => match curve {
-            Curve::P256 => &sig::ECDSA_P256_SHA384_ASN1,
-            Curve::P384 => &sig::ECDSA_P384_SHA384_ASN1,
-            Curve::P521 => &sig::ECDSA_P521_SHA384_ASN1,
-        },
-        ("1.2.840.10045.4.3.4", SpkiKey::Ec { curve, .. }) => match curve {
-            Curve::P256 => &sig::ECDSA_P256_SHA512_ASN1,
-            Curve::P384 => &sig::ECDSA_P384_SHA512_ASN1,
-            Curve::P521 => &sig::ECDSA_P521_SHA512_ASN1,
-        },
-        ("1.3.101.112", SpkiKey::Ed25519(_)) => &sig::ED25519,
-        // Go refuses these for certificate signatures (InsecureAlgorithmError).
-        ("1.2.840.113549.1.1.5" | "1.3.14.3.2.29" | "1.2.840.10045.4.1" | "1.2.840.113549.1.1.4" | "1.2.840.10040.4.3", _) => {
-            return Err(format!("insecure signature algorithm {alg}"));
-        }
-        _ => return Err(format!("unsupported signature algorithm {alg} for the parent's key type")),
-    };
-    let key_bytes = match key {
-        SpkiKey::Rsa { pkcs1, .. } => pkcs1,
-        SpkiKey::Ec { point, .. } => point,
-        SpkiKey::Ed25519(raw) => raw,
-    };
-    UnparsedPublicKey::new(verifier, key_bytes)
-        .verify(child.tbs_certificate.as_ref(), &child.signature_value.data)
-        .map_err(|_| "signature does not verify with the parent's key".to_string())
-}
-
-/// RSASSA-PSS certificate signatures: Go only accepts SHA-256/384/512 with MGF1 of the same hash,
-/// salt length equal to the hash length and trailer field 1, which is exactly aws-lc-rs's form.
-fn pss_verifier(cert: &X509Certificate<'_>) -> Result<&'static dyn sig::VerificationAlgorithm, String> {
-    let bad = || "unsupported rsassa-pss parameters".to_string();
-    let Some(x509_parser::signature_algorithm::SignatureAlgorithm::RSASSA_PSS(params)) =
-        x509_parser::signature_algorithm::SignatureAlgorithm::try_from(&cert.signature_algorithm).ok()
-    else {
-        return Err(bad());
-    };
-    let hash = params.hash_algorithm_oid().to_id_string();
-    let mgf = params.mask_gen_algorithm().map_err(|_| bad())?;
-    if mgf.mgf.to_id_string() != "1.2.840.113549.1.1.8" || mgf.hash.to_id_string() != hash || params.trailer_field() != 1 {
-        return Err(bad());
-    }
-    match (hash.as_str(), params.salt_length()) {
-        ("2.16.840.1.101.3.4.2.1", 32) => Ok(&sig::RSA_PSS_2048_8192_SHA256),
-        ("2.16.840.1.101.3.4.2.2", 48) => Ok(&sig::RSA_PSS_2048_8192_SHA384),
-        ("2.16.840.1.101.3.4.2.3", 64) => Ok(&sig::RSA_PSS_2048_8192_SHA512),
-        _ => Err(bad()),
-    }
+    crate::spiffe::x509::signature::check_signature(child, &key)
 }
 
 /// Go's `alreadyInChain`: same subject, same key and same SAN extension as a certificate

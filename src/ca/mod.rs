@@ -391,10 +391,7 @@ impl Ca {
         if let Some(iss) = &self.jwt_issuer {
             claims.insert("iss".into(), iss.clone().into());
         }
-        let alg = match signer.key.key_type() {
-            crate::keymanager::KeyType::EcP256 => crate::spiffe::jwt::JwtAlg::ES256,
-            crate::keymanager::KeyType::EcP384 => crate::spiffe::jwt::JwtAlg::ES384,
-        };
+        let alg = signer.key.key_type().jwt_alg();
         let input = crate::spiffe::jwt::signing_input(alg, &signer.kid, &serde_json::Value::Object(claims));
         let sig = signer.key.sign_jws(input.as_bytes())?;
         Ok((crate::spiffe::jwt::assemble(&input, &sig), exp))

@@ -91,7 +91,7 @@ pub struct RunArgs {
     /// Override log_file.
     #[arg(long)]
     pub log_file: Option<PathBuf>,
-    /// Accepted for SPIRE compatibility; no effect.
+    /// Add the source file and line to each log event.
     #[arg(long)]
     pub log_source_location: bool,
     /// Accepted for SPIRE compatibility; cairn has no SDS API.
@@ -122,6 +122,7 @@ impl RunArgs {
             log_level: self.log_level.clone(),
             log_format: self.log_format.clone(),
             log_file: self.log_file.clone(),
+            log_source_location: self.log_source_location,
         }
     }
 
@@ -274,11 +275,18 @@ where
     match cmd {
         AgentCommand::Run(a) => {
             let config = a.load()?;
-            crate::telemetry::init(&config.log_level, config.log_format);
+            crate::telemetry::init(&config.log_settings())?;
+            for n in &config.notices {
+                tracing::info!("config {n}");
+            }
             runner(config).await
         }
         AgentCommand::Validate(a) => {
-            a.load()?;
+            let config = a.load()?;
+            // Keys accepted without effect are shown, on stderr so stdout stays SPIRE's.
+            for n in &config.notices {
+                eprintln!("note: {n}");
+            }
             outln!("SPIRE agent configuration file is valid.");
             Ok(())
         }

@@ -96,6 +96,24 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Value parser for every TTL flag (`-ttl`, `-x509SVIDTTL`, `-jwtSVIDTTL`): plain seconds, as
+/// SPIRE's integer flags take, or a Go duration (`1h`, `90s`, `1h30m`), as its `x509 mint` and
+/// `jwt mint` take. SPIRE accepts only one form per flag; cairn accepts both everywhere so a
+/// command copied from either half of SPIRE's docs works. The duration grammar is the config
+/// file's ([`crate::config::parse_duration`]), so flags and files agree.
+///
+/// # Errors
+/// A message naming the bad value (clap prefixes the flag).
+pub fn parse_ttl(s: &str) -> Result<i32, String> {
+    let t = s.trim();
+    let secs = if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        t.parse::<i64>().map_err(|_| format!("{t:?} is too large for a TTL"))?
+    } else {
+        crate::config::parse_duration(t)?
+    };
+    i32::try_from(secs).map_err(|_| format!("{t:?} is too long for a TTL (at most {} seconds)", i32::MAX))
+}
+
 /// Writes command output to stdout and flushes it, so a closed stdout is seen at once.
 ///
 /// When the reader has gone (`EPIPE`, e.g. `cairn server bundle show | head -c1`), everything
@@ -114,6 +132,21 @@ pub fn write_stdout(args: std::fmt::Arguments<'_>, newline: bool) {
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "cairn: cannot write to standard output: {e}");
             std::process::exit(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_ttl;
+
+    #[test]
+    fn ttl_flags_take_seconds_and_durations() {
+        for (input, want) in [("600", 600), ("0", 0), ("90s", 90), ("1h", 3600), ("1h30m", 5400), ("5m", 300)] {
+            assert_eq!(parse_ttl(input), Ok(want), "{input}");
+        }
+        for bad in ["", "-5", "1d", "abc", "99999999999", "1000000h"] {
+            assert!(parse_ttl(bad).is_err(), "{bad} accepted");
         }
     }
 }

@@ -77,6 +77,12 @@ pub struct RunArgs {
     /// Override log_level.
     #[arg(long)]
     log_level: Option<String>,
+    /// Override log_format (text or json).
+    #[arg(long)]
+    log_format: Option<String>,
+    /// Override log_file.
+    #[arg(long)]
+    log_file: Option<PathBuf>,
 }
 
 /// Flags shared by admin commands.
@@ -133,11 +139,11 @@ pub struct EntryFields {
     /// DNS SAN (repeatable).
     #[arg(long)]
     dns: Vec<String>,
-    /// X509-SVID TTL, seconds.
-    #[arg(long)]
+    /// X509-SVID TTL: seconds or a duration (`1h`, `90s`).
+    #[arg(long, value_parser = super::parse_ttl)]
     x509_svid_ttl: Option<i32>,
-    /// JWT-SVID TTL, seconds.
-    #[arg(long)]
+    /// JWT-SVID TTL: seconds or a duration (`5m`).
+    #[arg(long, value_parser = super::parse_ttl)]
     jwt_svid_ttl: Option<i32>,
     /// Entry expiry, unix seconds.
     #[arg(long)]
@@ -210,8 +216,8 @@ pub enum TokenCommand {
         /// Register this ID as an alias of the agent that attests with the token.
         #[arg(long)]
         spiffe_id: Option<String>,
-        /// Token TTL, seconds.
-        #[arg(long, default_value_t = 600)]
+        /// Token TTL: seconds or a duration (`10m`).
+        #[arg(long, default_value_t = 600, value_parser = super::parse_ttl)]
         ttl: i32,
         #[command(flatten)]
         sock: Sock,
@@ -283,8 +289,8 @@ pub enum X509Command {
         /// DNS SAN (repeatable).
         #[arg(long)]
         dns: Vec<String>,
-        /// TTL, seconds (0 = server default).
-        #[arg(long, default_value_t = 0)]
+        /// TTL: seconds or a duration (`1h`, `90s`); 0 = server default.
+        #[arg(long, default_value_t = 0, value_parser = super::parse_ttl)]
         ttl: i32,
         /// Directory to write svid.pem, key.pem, bundle.pem into.
         #[arg(long)]
@@ -305,8 +311,8 @@ pub enum JwtCommand {
         /// Audience (repeatable).
         #[arg(long)]
         audience: Vec<String>,
-        /// TTL, seconds (0 = server default).
-        #[arg(long, default_value_t = 0)]
+        /// TTL: seconds or a duration (`1h`, `90s`); 0 = server default.
+        #[arg(long, default_value_t = 0, value_parser = super::parse_ttl)]
         ttl: i32,
         /// File to write the token into.
         #[arg(long)]
@@ -390,8 +396,16 @@ pub async fn run(cmd: ServerCommand) -> CliResult {
     match cmd {
         ServerCommand::Run(a) => run_server(a).await,
         ServerCommand::Validate(a) => {
-            ServerConfig::load(&a.config, a.expand_env, &overrides(&a))
+            let config = ServerConfig::load(&a.config, a.expand_env, &overrides(&a))
                 .map_err(|e| format!("config {} is not valid:\n{e}", a.config.display()))?;
+            // Keys accepted without effect are shown, on stderr so stdout stays SPIRE's.
+            for n in &config.notices {
+                eprintln!("note: {n}");
+            }
+            // SPIRE's TTL warnings: the config works, but SVIDs may be cut short.
+            for w in &config.warnings {
+                eprintln!("warning: {w}");
+            }
             outln!("Configuration is valid.");
             Ok(())
         }
@@ -413,13 +427,18 @@ fn overrides(a: &RunArgs) -> ServerOverrides {
         socket_path: a.socket_path.clone(),
         data_dir: a.data_dir.clone(),
         log_level: a.log_level.clone(),
+        log_format: a.log_format.clone(),
+        log_file: a.log_file.clone(),
     }
 }
 
 async fn run_server(a: RunArgs) -> CliResult {
     let config = ServerConfig::load(&a.config, a.expand_env, &overrides(&a))
         .map_err(|e| format!("config {} is not valid:\n{e}", a.config.display()))?;
-    crate::telemetry::init(&config.log_level, config.log_format);
+    crate::telemetry::init(&config.log_settings())?;
+    for n in &config.notices {
+        tracing::info!("config {n}");
+    }
     let addr = format!("{}:{}", config.bind_address, config.bind_port);
     let tcp = tokio::net::TcpListener::bind(&addr).await.map_err(|e| format!("server.bind_address/bind_port {addr}: {e}"))?;
     let uds = crate::server::bind_admin_socket(&config.socket_path).await.map_err(s)?;

@@ -4,19 +4,21 @@
 //! key (`agent.trust_bundle_url`, `plugins.NodeAttestor.x509pop.plugin_data.certificate_path`)
 //! and all are reported at once.
 //!
-//! Keys fall in four groups:
-//! - used: the fields of [`AgentConfig`];
-//! - accepted without effect: `admin_socket_path` (cairn has no agent admin API yet),
-//!   `log_source_location`, `log_selectors`, `x509_svid_cache_max_size`,
-//!   `jwt_svid_cache_max_size`, `rebootstrap_delay`, `disable_sds_api` (cairn has no SDS API),
-//!   `experimental.use_sync_authorized_entries`, and the top-level `telemetry` block;
+//! No key is taken in silence. Keys fall in four groups:
+//! - used: the fields of [`AgentConfig`] (including `log_file`, `log_format` and
+//!   `log_source_location`);
+//! - accepted without effect, each logged at start with the reason ([`AgentConfig::notices`]):
+//!   `rebootstrap_delay` (only read in "auto" mode), `disable_sds_api` (cairn has no SDS API),
+//!   `experimental.use_sync_authorized_entries` (cairn always syncs that way);
 //! - accepted only with the value that asks for nothing cairn lacks: `rebootstrap_mode =
 //!   "never"`, `allow_unauthenticated_verifiers = false`, `disable_workload_api = false`,
-//!   empty `authorized_delegates` / `allowed_foreign_jwt_claims`,
-//!   `experimental.require_pq_kem = false`, empty `experimental.feature_flags`;
-//! - refused, naming the key: everything else SPIRE has that cairn does not (`sds`,
-//!   `availability_target`, `trust_bundle_unix_socket`, ...), and keys SPIRE removed or renamed
-//!   (with a hint naming the replacement).
+//!   empty `authorized_delegates` / `allowed_foreign_jwt_claims` / `log_selectors`,
+//!   `experimental.require_pq_kem = false`, empty `experimental.feature_flags`, an empty
+//!   `telemetry` block;
+//! - refused as "`<path>`: not supported by cairn (why)": everything else SPIRE has that cairn
+//!   does not (`admin_socket_path`, the SVID cache sizes, `sds`, `availability_target`,
+//!   `telemetry` sinks, ...), and keys SPIRE removed or renamed (with a hint naming the
+//!   replacement).
 //!
 //! Deliberate differences from SPIRE:
 //! - `server_port` defaults to 8081 (SPIRE requires it);
@@ -120,8 +122,6 @@ pub struct AgentConfig {
     pub server_port: u16,
     /// Workload API socket (default `/tmp/spire-agent/public/api.sock`).
     pub socket_path: PathBuf,
-    /// `admin_socket_path`: accepted, not served yet.
-    pub admin_socket_path: Option<PathBuf>,
     /// Directory for agent state (default `.`).
     pub data_dir: PathBuf,
     /// How the server is trusted at bootstrap.
@@ -135,6 +135,8 @@ pub struct AgentConfig {
     pub log_format: LogFormat,
     /// `log_file`, if set.
     pub log_file: Option<PathBuf>,
+    /// `log_source_location` (or `-logSourceLocation`).
+    pub log_source_location: bool,
     /// Key type of workload X509-SVIDs (`workload_x509_svid_key_type`, default ec-p256).
     pub workload_key_type: KeyType,
     /// How often the agent syncs with the server (`experimental.sync_interval`, default 5s).
@@ -147,6 +149,8 @@ pub struct AgentConfig {
     pub workload_attestors: Vec<WorkloadAttestorConfig>,
     /// `health_checks { ... }`.
     pub health: Option<HealthConfig>,
+    /// Keys accepted without effect, with the reason; logged once logging is up.
+    pub notices: Vec<String>,
 }
 
 impl fmt::Debug for AgentConfig {
@@ -156,19 +160,20 @@ impl fmt::Debug for AgentConfig {
             .field("server_address", &self.server_address)
             .field("server_port", &self.server_port)
             .field("socket_path", &self.socket_path)
-            .field("admin_socket_path", &self.admin_socket_path)
             .field("data_dir", &self.data_dir)
             .field("trust_bundle", &self.trust_bundle)
             .field("join_token", &self.join_token.as_ref().map(|_| "<redacted>"))
             .field("log_level", &self.log_level)
             .field("log_format", &self.log_format)
             .field("log_file", &self.log_file)
+            .field("log_source_location", &self.log_source_location)
             .field("workload_key_type", &self.workload_key_type)
             .field("sync_interval", &self.sync_interval)
             .field("node_attestor", &self.node_attestor)
             .field("key_manager", &self.key_manager)
             .field("workload_attestors", &self.workload_attestors)
             .field("health", &self.health)
+            .field("notices", &self.notices)
             .finish()
     }
 }
@@ -206,6 +211,8 @@ pub struct AgentOverrides {
     pub log_format: Option<String>,
     /// `-logFile`.
     pub log_file: Option<PathBuf>,
+    /// `-logSourceLocation` (only `true` overrides).
+    pub log_source_location: bool,
 }
 
 impl fmt::Debug for AgentOverrides {
@@ -225,6 +232,7 @@ impl fmt::Debug for AgentOverrides {
             .field("log_level", &self.log_level)
             .field("log_format", &self.log_format)
             .field("log_file", &self.log_file)
+            .field("log_source_location", &self.log_source_location)
             .finish()
     }
 }
@@ -235,7 +243,6 @@ const AGENT_KEYS: &[&str] = &[
     "server_address",
     "server_port",
     "socket_path",
-    "admin_socket_path",
     "data_dir",
     "trust_bundle_path",
     "trust_bundle_url",
@@ -249,8 +256,6 @@ const AGENT_KEYS: &[&str] = &[
     "log_source_location",
     "log_selectors",
     "workload_x509_svid_key_type",
-    "x509_svid_cache_max_size",
-    "jwt_svid_cache_max_size",
     "rebootstrap_mode",
     "rebootstrap_delay",
     "allow_unauthenticated_verifiers",
@@ -264,13 +269,15 @@ const AGENT_KEYS: &[&str] = &[
 /// SPIRE agent keys cairn does not have, and why.
 fn agent_unsupported(key: &str) -> Option<&'static str> {
     match key {
-        "sds" => Some("not supported by cairn: it serves the Workload API only, no Envoy SDS API"),
-        "availability_target" => Some("not supported by cairn yet: SVIDs rotate at half-life"),
-        "trust_bundle_unix_socket" => Some("not supported by cairn yet: use trust_bundle_url over https or trust_bundle_path"),
-        "trust_bundle_spiffe_workload_api" => Some("not supported by cairn yet: use trust_bundle_path or trust_bundle_url"),
-        "profiling_enabled" | "profiling_port" | "profiling_freq" | "profiling_names" => {
-            Some("not supported by cairn: there is no profiling endpoint")
+        "admin_socket_path" => Some("no agent admin API yet (Debug and Delegated Identity APIs); remove it"),
+        "x509_svid_cache_max_size" | "jwt_svid_cache_max_size" => {
+            Some("its SVID cache holds every SVID the agent is entitled to, with no size limit yet; remove it")
         }
+        "sds" => Some("it serves the Workload API only, no Envoy SDS API"),
+        "availability_target" => Some("not yet: SVIDs rotate at half-life"),
+        "trust_bundle_unix_socket" => Some("not yet: use trust_bundle_url over https or trust_bundle_path"),
+        "trust_bundle_spiffe_workload_api" => Some("not yet: use trust_bundle_path or trust_bundle_url"),
+        "profiling_enabled" | "profiling_port" | "profiling_freq" | "profiling_names" => Some("there is no profiling endpoint"),
         _ => None,
     }
 }
@@ -297,10 +304,10 @@ const EXPERIMENTAL_KEYS: &[&str] = &["sync_interval", "use_sync_authorized_entri
 /// SPIRE `experimental` keys cairn does not have, and why.
 fn experimental_unsupported(key: &str) -> Option<&'static str> {
     match key {
-        "jwt_svid_cache_hit_timeout" => Some("not supported by cairn yet"),
+        "jwt_svid_cache_hit_timeout" => Some("not yet: JWT-SVIDs are fetched from the server on a cache miss without a hit timeout"),
         "named_pipe_name" | "admin_named_pipe_name" => Some("Windows only; cairn listens on socket_path"),
-        "ratelimit" => Some("not supported by cairn yet: Workload API rate limits"),
-        "broker" => Some("not supported by cairn yet: the SPIFFE Broker API"),
+        "ratelimit" => Some("not yet: Workload API rate limits"),
+        "broker" => Some("not yet: the SPIFFE Broker API"),
         _ => None,
     }
 }
@@ -314,6 +321,17 @@ fn experimental_hint(key: &str) -> Option<&'static str> {
 }
 
 impl AgentConfig {
+    /// Where and how this agent logs.
+    #[must_use]
+    pub fn log_settings(&self) -> crate::telemetry::LogSettings {
+        crate::telemetry::LogSettings {
+            level: self.log_level.clone(),
+            format: self.log_format,
+            file: self.log_file.clone(),
+            source_location: self.log_source_location,
+        }
+    }
+
     /// Reads and validates an agent config file.
     ///
     /// # Errors
@@ -342,13 +360,14 @@ impl AgentConfig {
             "server" => Some("this is a server config: `cairn agent` reads an agent { ... } block"),
             _ => None,
         });
+        w.telemetry(tree);
         let empty = Object::default();
         let agent = w.block(tree, "agent", "").unwrap_or_else(|| {
             w.err("agent", "missing: an agent { ... } block is required");
             &empty
         });
         let p = "agent";
-        unsupported_and_unknown_keys(&mut w, agent, AGENT_KEYS, p, agent_unsupported, agent_hint);
+        w.unsupported_and_unknown_keys(agent, AGENT_KEYS, p, agent_unsupported, agent_hint);
 
         let td_text = overrides.trust_domain.clone().or_else(|| w.string(agent, "trust_domain", p));
         let trust_domain = trust_domain(&mut w, td_text);
@@ -370,10 +389,6 @@ impl AgentConfig {
             .clone()
             .or_else(|| nonempty_path(&mut w, agent, "socket_path", p))
             .unwrap_or_else(|| DEFAULT_SOCKET_PATH.into());
-        let admin_socket_path = nonempty_path(&mut w, agent, "admin_socket_path", p);
-        if admin_socket_path.as_ref().is_some_and(|a| *a == socket_path) {
-            w.err("agent.admin_socket_path", "must differ from socket_path");
-        }
         let data_dir = overrides.data_dir.clone().or_else(|| nonempty_path(&mut w, agent, "data_dir", p)).unwrap_or_else(|| ".".into());
 
         let trust_bundle = trust_bundle(&mut w, agent, overrides);
@@ -394,22 +409,19 @@ impl AgentConfig {
             }
         };
         let log_file = overrides.log_file.clone().or_else(|| nonempty_path(&mut w, agent, "log_file", p));
-        let _ = w.boolean(agent, "log_source_location", p);
-        let _ = w.strings(agent, "log_selectors", p);
-        for key in ["x509_svid_cache_max_size", "jwt_svid_cache_max_size"] {
-            if int(&mut w, agent, key, p).is_some_and(|n| n < 0) {
-                w.err(&join(p, key), "must not be negative");
-            }
+        let log_source_location = overrides.log_source_location || w.boolean(agent, "log_source_location", p) == Some(true);
+        if w.strings(agent, "log_selectors", p).is_some_and(|l| !l.is_empty()) {
+            w.unsupported("agent.log_selectors", "workload selectors are logged in full; remove it or leave the list empty");
         }
         let workload_key_type = match w.string(agent, "workload_x509_svid_key_type", p) {
             None => KeyType::EcP256,
             Some(s) => match s.parse::<KeyType>() {
-                Ok(k) => k,
-                Err(_) if s == "rsa-2048" => {
+                Ok(k) if !k.is_rsa() => k,
+                _ if s == "rsa-2048" => {
                     w.err("agent.workload_x509_svid_key_type", "rsa-2048 is not supported by cairn: use ec-p256 or ec-p384");
                     KeyType::EcP256
                 }
-                Err(_) => {
+                _ => {
                     w.err("agent.workload_x509_svid_key_type", format!("{}: expected ec-p256 or ec-p384", quote(s)));
                     KeyType::EcP256
                 }
@@ -423,14 +435,24 @@ impl AgentConfig {
             ),
             Some(other) => w.err("agent.rebootstrap_mode", format!("{}: expected never, auto or always", quote(other))),
         }
-        let _ = w.duration(agent, "rebootstrap_delay", p);
+        if w.duration(agent, "rebootstrap_delay", p).is_some() {
+            // SPIRE reads it only in "auto" mode; cairn has "never", where SPIRE ignores it too.
+            w.notice("agent.rebootstrap_delay", "only used by rebootstrap_mode \"auto\"; cairn never re-bootstraps by itself");
+        }
         if w.boolean(agent, "allow_unauthenticated_verifiers", p) == Some(true) {
             w.err("agent.allow_unauthenticated_verifiers", "not supported by cairn yet: unregistered callers get no bundle");
         }
         if w.boolean(agent, "disable_workload_api", p) == Some(true) {
             w.err("agent.disable_workload_api", "cairn serves only the Workload API on socket_path; it cannot be disabled");
         }
-        let _ = w.boolean(agent, "disable_sds_api", p);
+        if let Some(v) = w.boolean(agent, "disable_sds_api", p) {
+            let why = if v {
+                "cairn has no SDS API, so it is always off"
+            } else {
+                "cairn has no SDS API to enable; only the Workload API is served"
+            };
+            w.notice("agent.disable_sds_api", why);
+        }
         for (key, what) in
             [("authorized_delegates", "the Delegated Identity API"), ("allowed_foreign_jwt_claims", "foreign JWT claim filtering")]
         {
@@ -442,13 +464,18 @@ impl AgentConfig {
         let mut sync_interval = DEFAULT_SYNC_INTERVAL;
         if let Some(exp) = w.block(agent, "experimental", p) {
             let ep = "agent.experimental";
-            unsupported_and_unknown_keys(&mut w, exp, EXPERIMENTAL_KEYS, ep, experimental_unsupported, experimental_hint);
+            w.unsupported_and_unknown_keys(exp, EXPERIMENTAL_KEYS, ep, experimental_unsupported, experimental_hint);
             match w.duration(exp, "sync_interval", ep) {
                 Some(0) => w.err("agent.experimental.sync_interval", "must be greater than zero"),
                 Some(secs) => sync_interval = Duration::from_secs(secs.unsigned_abs()),
                 None => {}
             }
-            let _ = w.boolean(exp, "use_sync_authorized_entries", ep);
+            if w.boolean(exp, "use_sync_authorized_entries", ep).is_some() {
+                w.notice(
+                    "agent.experimental.use_sync_authorized_entries",
+                    "cairn always syncs entries with SyncAuthorizedEntries (SPIRE's default since 1.12)",
+                );
+            }
             if w.boolean(exp, "require_pq_kem", ep) == Some(true) {
                 w.err("agent.experimental.require_pq_kem", "not supported by cairn yet: its TLS offers no post-quantum key exchange");
             }
@@ -491,19 +518,20 @@ impl AgentConfig {
                 server_address,
                 server_port,
                 socket_path,
-                admin_socket_path,
                 data_dir,
                 trust_bundle,
                 join_token,
                 log_level,
                 log_format,
                 log_file,
+                log_source_location,
                 workload_key_type,
                 sync_interval,
                 node_attestor,
                 key_manager,
                 workload_attestors,
                 health,
+                notices: w.notices,
             }),
             _ => Err(ConfigErrors(w.errors)),
         }
@@ -529,25 +557,6 @@ fn trust_domain(w: &mut Walker, text: Option<String>) -> Option<TrustDomain> {
             }
         },
     }
-}
-
-/// Reports SPIRE keys cairn lacks ("not supported"), then keys neither knows ("unknown").
-fn unsupported_and_unknown_keys(
-    w: &mut Walker,
-    obj: &Object,
-    known: &[&str],
-    path: &str,
-    unsupported: fn(&str) -> Option<&'static str>,
-    hint: fn(&str) -> Option<&'static str>,
-) {
-    let mut accepted: Vec<&str> = known.to_vec();
-    for item in &obj.items {
-        if let Some(why) = unsupported(&item.key) {
-            w.err(&join(path, &item.key), format!("{why} (line {})", item.line));
-            accepted.push(item.key.as_str());
-        }
-    }
-    w.unknown_keys(obj, &accepted, path, hint);
 }
 
 /// A path-valued string key; an empty string counts as unset (as in SPIRE).

@@ -83,11 +83,57 @@ fn bounded(text: String, limit: usize) -> String {
 /// Walks a parsed tree, recording errors against key paths.
 pub(crate) struct Walker {
     pub(crate) errors: Vec<ConfigError>,
+    /// Keys accepted without changing anything, each with the reason: logged at start, so no
+    /// key is taken in silence.
+    pub(crate) notices: Vec<String>,
 }
 
 impl Walker {
     pub(crate) fn new() -> Self {
-        Self { errors: Vec::new() }
+        Self { errors: Vec::new(), notices: Vec::new() }
+    }
+
+    /// Records that `path` was accepted and why it changes nothing in cairn.
+    pub(crate) fn notice(&mut self, path: &str, why: &str) {
+        self.notices.push(format!("{path}: accepted; {why}"));
+    }
+
+    /// Refuses `path` as a SPIRE key cairn does not implement.
+    pub(crate) fn unsupported(&mut self, path: &str, why: &str) {
+        self.err(path, format!("not supported by cairn ({why})"));
+    }
+
+    /// Reports SPIRE keys cairn lacks (refused with `unsupported`'s reason), then keys neither
+    /// knows ("unknown key").
+    pub(crate) fn unsupported_and_unknown_keys(
+        &mut self,
+        obj: &Object,
+        known: &[&str],
+        path: &str,
+        unsupported: fn(&str) -> Option<&'static str>,
+        hint: fn(&str) -> Option<&'static str>,
+    ) {
+        let mut accepted: Vec<&str> = known.to_vec();
+        for item in &obj.items {
+            if let Some(why) = unsupported(&item.key) {
+                self.unsupported(&join(path, &item.key), why);
+                accepted.push(item.key.as_str());
+            }
+        }
+        self.unknown_keys(obj, &accepted, path, hint);
+    }
+
+    /// The top-level `telemetry` block: cairn has no metrics exporters yet, so each sink or
+    /// setting in it is refused by name. An empty block asks for nothing and is accepted.
+    pub(crate) fn telemetry(&mut self, tree: &Object) {
+        if let Some(t) = self.block(tree, "telemetry", "") {
+            for item in &t.items {
+                self.unsupported(
+                    &join("telemetry", &item.key),
+                    "no metrics exporters yet (Prometheus, DogStatsd, Statsd, M3, InMem); remove the telemetry block",
+                );
+            }
+        }
     }
 
     pub(crate) fn err(&mut self, path: &str, message: impl Into<String>) {

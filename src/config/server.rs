@@ -88,6 +88,10 @@ pub struct ServerConfig {
     pub log_level: String,
     /// Log format.
     pub log_format: LogFormat,
+    /// `log_file`: logs go here instead of stderr (reopened on SIGUSR2).
+    pub log_file: Option<PathBuf>,
+    /// `log_source_location`: each event names its source file and line.
+    pub log_source_location: bool,
     /// Lifetime of CAs and JWT keys, seconds.
     pub ca_ttl: i64,
     /// Default X509-SVID TTL, seconds.
@@ -136,6 +140,8 @@ pub struct ServerConfig {
     pub disable_jwt_svids: bool,
     /// Settings that work but may surprise, in SPIRE's words; logged when the server starts.
     pub warnings: Vec<String>,
+    /// Keys accepted without effect, with the reason; logged once logging is up.
+    pub notices: Vec<String>,
 }
 
 /// Command-line overrides (SPIRE's `-trustDomain`, `-serverPort` ...), applied over the file.
@@ -153,6 +159,10 @@ pub struct ServerOverrides {
     pub data_dir: Option<PathBuf>,
     /// `-logLevel`.
     pub log_level: Option<String>,
+    /// `-logFormat`.
+    pub log_format: Option<String>,
+    /// `-logFile`.
+    pub log_file: Option<PathBuf>,
 }
 
 const SERVER_KEYS: &[&str] = &[
@@ -164,6 +174,7 @@ const SERVER_KEYS: &[&str] = &[
     "log_level",
     "log_format",
     "log_file",
+    "log_source_location",
     "ca_ttl",
     "default_x509_svid_ttl",
     "default_jwt_svid_ttl",
@@ -175,6 +186,42 @@ const SERVER_KEYS: &[&str] = &[
     "admin_ids",
     "disable_jwt_svids",
     "experimental",
+    "audit_log_enabled",
+    "max_attested_node_info_staleness",
+];
+
+/// SPIRE server keys cairn does not have, and why (refused as "not supported by cairn (why)").
+fn server_unsupported(key: &str) -> Option<&'static str> {
+    match key {
+        "federation" => Some("not yet: no bundle endpoint and no federated trust domains; remove the federation block"),
+        "proxy_protocol_trusted_cidrs" => Some("the TCP listener does not read PROXY protocol headers"),
+        "prune_attested_nodes_expired_for" | "prune_tofu_nodes" | "prune_attested_nodes_batch_size" => {
+            Some("not yet: attested nodes are not pruned; remove it")
+        }
+        "ratelimit" => Some("no per-IP request rate limits; cairn throttles failed attestations per peer instead"),
+        "profiling_enabled" | "profiling_port" | "profiling_freq" | "profiling_names" => Some("there is no profiling endpoint"),
+        _ => None,
+    }
+}
+
+/// SPIRE `experimental` server keys cairn does not have, and why.
+fn server_experimental_unsupported(key: &str) -> Option<&'static str> {
+    match key {
+        "auth_opa_policy_engine" => Some("authorization is built in; there is no OPA policy engine"),
+        "sql_transaction_timeout" => Some("not yet: SQLite transactions have no timeout setting"),
+        "wit_key_type" | "wit_issuer" => Some("WIT-SVIDs are not issued"),
+        "named_pipe_name" => Some("Windows only; cairn listens on socket_path"),
+        _ => None,
+    }
+}
+
+/// `experimental` server keys that ask for something cairn always does: accepted and logged.
+const SERVER_EXPERIMENTAL_ALWAYS: &[(&str, &str)] = &[
+    ("events_based_cache", "cairn's entry cache is always driven by datastore change events"),
+    ("cache_reload_interval", "cairn's entry cache follows change events as they happen; there is no reload interval"),
+    ("full_cache_reload_interval", "cairn's entry cache follows change events; it is never reloaded whole"),
+    ("prune_events_older_than", "cairn's change events live in memory only; there is nothing to prune"),
+    ("event_timeout", "cairn's change events are delivered in process and cannot be skipped"),
 ];
 
 fn server_hint(key: &str) -> Option<&'static str> {
@@ -183,7 +230,6 @@ fn server_hint(key: &str) -> Option<&'static str> {
         "default_svid_ttl" => Some("renamed: use default_x509_svid_ttl"),
         "svid_ttl" => Some("use default_x509_svid_ttl"),
         "upstream_bundle" => Some("removed in SPIRE 1.0: the upstream bundle is always used"),
-        "federation" => Some("federation is not in this cairn yet"),
         _ => None,
     }
 }
@@ -192,6 +238,17 @@ fn server_hint(key: &str) -> Option<&'static str> {
 pub const DEFAULT_SOCKET_PATH: &str = "/tmp/spire-server/private/api.sock";
 
 impl ServerConfig {
+    /// Where and how this server logs.
+    #[must_use]
+    pub fn log_settings(&self) -> crate::telemetry::LogSettings {
+        crate::telemetry::LogSettings {
+            level: self.log_level.clone(),
+            format: self.log_format,
+            file: self.log_file.clone(),
+            source_location: self.log_source_location,
+        }
+    }
+
     /// Reads and validates a server config file.
     ///
     /// # Errors
@@ -218,13 +275,25 @@ impl ServerConfig {
             "federation" => Some("federation goes inside the server block, and is not in this cairn yet"),
             _ => None,
         });
+        w.telemetry(tree);
         let empty = Object::default();
         let server = w.block(tree, "server", "").unwrap_or_else(|| {
             w.err("server", "missing: a server { ... } block is required");
             &empty
         });
         let p = "server";
-        w.unknown_keys(server, SERVER_KEYS, p, server_hint);
+        w.unsupported_and_unknown_keys(server, SERVER_KEYS, p, server_unsupported, server_hint);
+        if w.boolean(server, "audit_log_enabled", p) == Some(true) {
+            w.unsupported("server.audit_log_enabled", "not yet: there is no audit log; API calls are logged at DEBUG");
+        }
+        if let Some(secs) = w.duration(server, "max_attested_node_info_staleness", p)
+            && secs != 0
+        {
+            w.unsupported(
+                "server.max_attested_node_info_staleness",
+                "cairn reads attested-node records from the datastore on every agent call, so they are never stale; only 0s is accepted",
+            );
+        }
 
         let td_text = overrides.trust_domain.clone().or_else(|| w.string(server, "trust_domain", p));
         let trust_domain = match td_text {
@@ -262,14 +331,18 @@ impl ServerConfig {
         if !["DEBUG", "INFO", "WARN", "ERROR", "TRACE"].contains(&log_level.as_str()) {
             w.err("server.log_level", format!("{}: expected DEBUG, INFO, WARN or ERROR", quote(&log_level)));
         }
-        let log_format = match w.string(server, "log_format", p).as_deref().map(str::to_ascii_lowercase).as_deref() {
-            None | Some("text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some(other) => {
-                w.err("server.log_format", format!("{}: expected text or json", quote(other)));
-                LogFormat::Text
-            }
-        };
+        let log_format =
+            match overrides.log_format.clone().or_else(|| w.string(server, "log_format", p)).map(|s| s.to_ascii_lowercase()).as_deref() {
+                None | Some("" | "text") => LogFormat::Text,
+                Some("json") => LogFormat::Json,
+                Some(other) => {
+                    w.err("server.log_format", format!("{}: expected text or json", quote(other)));
+                    LogFormat::Text
+                }
+            };
+        // An empty log_file means stderr, as in SPIRE (server_full.conf's `log_file = ""`).
+        let log_file = overrides.log_file.clone().or_else(|| w.string(server, "log_file", p).filter(|s| !s.is_empty()).map(PathBuf::from));
+        let log_source_location = w.boolean(server, "log_source_location", p).unwrap_or(false);
         let positive = |w: &mut Walker, key: &str, v: Option<i64>, default: i64| -> i64 {
             match v {
                 Some(0) => {
@@ -296,7 +369,7 @@ impl ServerConfig {
             match w.string(server, key, p) {
                 None => default,
                 Some(s) => s.parse().unwrap_or_else(|_| {
-                    w.err(&join(p, key), format!("{}: expected ec-p256 or ec-p384", quote(s)));
+                    w.err(&join(p, key), format!("{}: expected ec-p256, ec-p384, rsa-2048 or rsa-4096", quote(s)));
                     default
                 }),
             }
@@ -337,18 +410,32 @@ impl ServerConfig {
         let mut entry_prune_interval = 300;
         if let Some(exp) = w.block(server, "experimental", p) {
             let ep = "server.experimental";
-            w.unknown_keys(
-                exp,
-                &[
-                    "ca_rotation_interval",
-                    "jwt_publish_grace",
-                    "upstream_bundle_poll_interval",
-                    "upstream_bundle_push",
-                    "entry_prune_interval",
-                ],
-                ep,
-                |_| None,
-            );
+            let mut known = vec![
+                "ca_rotation_interval",
+                "jwt_publish_grace",
+                "upstream_bundle_poll_interval",
+                "upstream_bundle_push",
+                "entry_prune_interval",
+                "require_pq_kem",
+                "feature_flags",
+                "agent_spiffe_id_as_selector",
+            ];
+            known.extend(SERVER_EXPERIMENTAL_ALWAYS.iter().map(|(k, _)| *k));
+            w.unsupported_and_unknown_keys(exp, &known, ep, server_experimental_unsupported, |_| None);
+            for (key, why) in SERVER_EXPERIMENTAL_ALWAYS {
+                if exp.get_all(key).next().is_some() {
+                    w.notice(&join(ep, key), why);
+                }
+            }
+            if w.boolean(exp, "require_pq_kem", ep) == Some(true) {
+                w.unsupported("server.experimental.require_pq_kem", "not yet: its TLS offers no post-quantum key exchange");
+            }
+            if w.strings(exp, "feature_flags", ep).is_some_and(|l| !l.is_empty()) {
+                w.unsupported("server.experimental.feature_flags", "cairn has no feature flags; leave the list empty");
+            }
+            if w.boolean(exp, "agent_spiffe_id_as_selector", ep) == Some(true) {
+                w.unsupported("server.experimental.agent_spiffe_id_as_selector", "not yet: agents get no spiffe_id selector");
+            }
             if let Some(v) = w.duration(exp, "ca_rotation_interval", ep) {
                 if v == 0 {
                     w.err("server.experimental.ca_rotation_interval", "must be greater than zero");
@@ -400,6 +487,8 @@ impl ServerConfig {
                 data_dir,
                 log_level,
                 log_format,
+                log_file,
+                log_source_location,
                 ca_ttl,
                 default_x509_svid_ttl,
                 default_jwt_svid_ttl,
@@ -422,6 +511,7 @@ impl ServerConfig {
                 entry_prune_interval,
                 disable_jwt_svids,
                 warnings,
+                notices: w.notices,
             }),
             _ => Err(ConfigErrors(w.errors)),
         }
@@ -541,6 +631,18 @@ fn embedded_settings(
     })
 }
 
+/// SQL datastore settings cairn's SQLite store does not take, and why.
+fn sql_unsupported(key: &str) -> Option<&'static str> {
+    match key {
+        "max_open_conns" | "max_idle_conns" | "conn_max_lifetime" => {
+            Some("not yet: the SQLite connection pool is sized by cairn; pool settings come with PostgreSQL and MySQL")
+        }
+        "ro_connection_string" => Some("not yet: no read replicas with SQLite"),
+        "root_ca_path" | "client_cert_path" | "client_key_path" => Some("TLS to the database is for MySQL, which cairn lacks yet"),
+        _ => None,
+    }
+}
+
 struct Plugins {
     datastore: DatastoreConfig,
     key_manager: KeyManagerConfig,
@@ -582,12 +684,16 @@ impl Plugins {
         let datastore = match ds.as_slice() {
             [d] if d.name == "sql" => {
                 let data = d.data.unwrap_or(&empty);
-                w.unknown_keys(
+                w.unsupported_and_unknown_keys(
                     data,
-                    &["database_type", "connection_string", "max_open_conns", "max_idle_conns", "conn_max_lifetime", "disable_migration"],
+                    &["database_type", "connection_string", "disable_migration"],
                     &d.path,
+                    sql_unsupported,
                     |_| None,
                 );
+                if w.boolean(data, "disable_migration", &d.path) == Some(true) {
+                    w.unsupported(&join(&d.path, "disable_migration"), "cairn always brings its SQLite schema up to date at start");
+                }
                 let database_type = w.string(data, "database_type", &d.path);
                 let connection_string = w.string(data, "connection_string", &d.path);
                 match database_type.as_deref() {

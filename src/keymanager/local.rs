@@ -2,7 +2,7 @@
 
 use super::{Key, KeyManagerError, KeyType};
 use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair};
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, RSA_PKCS1_SHA256, RsaKeyPair};
 use zeroize::Zeroizing;
 
 /// An in-memory private key. Two parsed forms of the same PKCS#8 are kept: rcgen's (DER ECDSA
@@ -12,8 +12,14 @@ pub(crate) struct LocalKey {
     id: String,
     key_type: KeyType,
     cert_signer: rcgen::KeyPair,
-    jws_signer: EcdsaKeyPair,
+    jws_signer: JwsSigner,
     pkcs8: Zeroizing<Vec<u8>>,
+}
+
+/// The key in the form that signs JWSs: ECDSA as fixed-width `r || s`, RSA as RS256.
+enum JwsSigner {
+    Ec(EcdsaKeyPair),
+    Rsa(RsaKeyPair),
 }
 
 impl std::fmt::Debug for LocalKey {
@@ -25,7 +31,7 @@ impl std::fmt::Debug for LocalKey {
 
 impl LocalKey {
     pub(crate) fn generate(id: &str, key_type: KeyType) -> Result<Self, KeyManagerError> {
-        let pair = rcgen::KeyPair::generate_for(key_type.rcgen_alg()).map_err(|e| KeyManagerError::Crypto(e.to_string()))?;
+        let pair = key_type.generate_key_pair()?;
         let pkcs8 = Zeroizing::new(pair.serialize_der());
         Self::from_pkcs8(id, key_type, &pkcs8)
     }
@@ -34,11 +40,20 @@ impl LocalKey {
         let der = rustls_pki_types::PrivatePkcs8KeyDer::from(pkcs8.to_vec());
         let cert_signer = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&der, key_type.rcgen_alg())
             .map_err(|e| KeyManagerError::Crypto(format!("key {id}: {e}")))?;
-        let alg = match key_type {
-            KeyType::EcP256 => &ECDSA_P256_SHA256_FIXED_SIGNING,
-            KeyType::EcP384 => &ECDSA_P384_SHA384_FIXED_SIGNING,
+        let bad = |e: &dyn std::fmt::Display| KeyManagerError::Crypto(format!("key {id}: {e}"));
+        let jws_signer = match key_type {
+            KeyType::EcP256 => JwsSigner::Ec(EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8).map_err(|e| bad(&e))?),
+            KeyType::EcP384 => JwsSigner::Ec(EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, pkcs8).map_err(|e| bad(&e))?),
+            KeyType::Rsa2048 | KeyType::Rsa4096 => {
+                let pair = RsaKeyPair::from_pkcs8(pkcs8).map_err(|e| bad(&e))?;
+                // A stored key must be the size its type says (a swapped key file is refused).
+                let want = if key_type == KeyType::Rsa2048 { 2048 } else { 4096 };
+                if pair.public_modulus_len() * 8 != want {
+                    return Err(bad(&format!("is {} bits, not {}", pair.public_modulus_len() * 8, key_type.as_str())));
+                }
+                JwsSigner::Rsa(pair)
+            }
         };
-        let jws_signer = EcdsaKeyPair::from_pkcs8(alg, pkcs8).map_err(|e| KeyManagerError::Crypto(format!("key {id}: {e}")))?;
         Ok(Self { id: id.to_owned(), key_type, cert_signer, jws_signer, pkcs8: Zeroizing::new(pkcs8.to_vec()) })
     }
 
@@ -70,7 +85,16 @@ impl Key for LocalKey {
         self.key_type
     }
     fn sign_jws(&self, msg: &[u8]) -> Result<Vec<u8>, KeyManagerError> {
-        let sig = self.jws_signer.sign(&SystemRandom::new(), msg).map_err(|e| KeyManagerError::Crypto(e.to_string()))?;
-        Ok(sig.as_ref().to_vec())
+        match &self.jws_signer {
+            JwsSigner::Ec(k) => {
+                let sig = k.sign(&SystemRandom::new(), msg).map_err(|e| KeyManagerError::Crypto(e.to_string()))?;
+                Ok(sig.as_ref().to_vec())
+            }
+            JwsSigner::Rsa(k) => {
+                let mut sig = vec![0u8; k.public_modulus_len()];
+                k.sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), msg, &mut sig).map_err(|e| KeyManagerError::Crypto(e.to_string()))?;
+                Ok(sig)
+            }
+        }
     }
 }

@@ -23,6 +23,10 @@ pub enum KeyType {
     EcP256,
     /// NIST P-384 with SHA-384 (`ec-p384`).
     EcP384,
+    /// RSA 2048-bit, certificates signed with SHA-256 (PKCS#1 v1.5), JWTs as RS256 (`rsa-2048`).
+    Rsa2048,
+    /// RSA 4096-bit, as `rsa-2048` otherwise (`rsa-4096`).
+    Rsa4096,
 }
 
 /// Errors from a key manager.
@@ -30,7 +34,7 @@ pub enum KeyType {
 #[non_exhaustive]
 pub enum KeyManagerError {
     /// The key type string is not one cairn supports.
-    #[error("unsupported key type {0:?} (supported: ec-p256, ec-p384)")]
+    #[error("unsupported key type {0:?} (supported: ec-p256, ec-p384, rsa-2048, rsa-4096)")]
     UnsupportedKeyType(String),
     /// The crypto backend failed to generate, load or use a key.
     #[error("crypto backend: {0}")]
@@ -91,6 +95,8 @@ impl KeyType {
         match self {
             Self::EcP256 => "ec-p256",
             Self::EcP384 => "ec-p384",
+            Self::Rsa2048 => "rsa-2048",
+            Self::Rsa4096 => "rsa-4096",
         }
     }
 
@@ -100,14 +106,48 @@ impl KeyType {
         match self {
             Self::EcP256 => "ES256",
             Self::EcP384 => "ES384",
+            // SPIRE signs JWT-SVIDs with RSA keys as RS256 (PKCS#1 v1.5, SHA-256).
+            Self::Rsa2048 | Self::Rsa4096 => "RS256",
         }
+    }
+
+    /// The JWS algorithm as cairn's JWT code names it.
+    #[must_use]
+    pub fn jwt_alg(self) -> crate::spiffe::JwtAlg {
+        match self {
+            Self::EcP256 => crate::spiffe::JwtAlg::ES256,
+            Self::EcP384 => crate::spiffe::JwtAlg::ES384,
+            Self::Rsa2048 | Self::Rsa4096 => crate::spiffe::JwtAlg::RS256,
+        }
+    }
+
+    /// Whether this is an RSA key type.
+    #[must_use]
+    pub fn is_rsa(self) -> bool {
+        matches!(self, Self::Rsa2048 | Self::Rsa4096)
     }
 
     pub(crate) fn rcgen_alg(self) -> &'static rcgen::SignatureAlgorithm {
         match self {
             Self::EcP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
             Self::EcP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+            // SPIRE (Go's x509) signs with SHA256WithRSA whatever the RSA key size.
+            Self::Rsa2048 | Self::Rsa4096 => &rcgen::PKCS_RSA_SHA256,
         }
+    }
+
+    /// A fresh key pair of this type, for rcgen. rcgen's `generate_for` makes RSA keys of
+    /// 2048 bits only, so the size is passed explicitly for RSA.
+    ///
+    /// # Errors
+    /// When the crypto backend cannot generate the key.
+    pub fn generate_key_pair(self) -> Result<rcgen::KeyPair, KeyManagerError> {
+        let pair = match self {
+            Self::EcP256 | Self::EcP384 => rcgen::KeyPair::generate_for(self.rcgen_alg()),
+            Self::Rsa2048 => rcgen::KeyPair::generate_rsa_for(self.rcgen_alg(), rcgen::RsaKeySize::_2048),
+            Self::Rsa4096 => rcgen::KeyPair::generate_rsa_for(self.rcgen_alg(), rcgen::RsaKeySize::_4096),
+        };
+        pair.map_err(|e| KeyManagerError::Crypto(format!("generating a {} key: {e}", self.as_str())))
     }
 }
 
@@ -117,6 +157,8 @@ impl std::str::FromStr for KeyType {
         match s {
             "ec-p256" => Ok(Self::EcP256),
             "ec-p384" => Ok(Self::EcP384),
+            "rsa-2048" => Ok(Self::Rsa2048),
+            "rsa-4096" => Ok(Self::Rsa4096),
             other => Err(KeyManagerError::UnsupportedKeyType(other.to_owned())),
         }
     }

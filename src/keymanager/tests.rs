@@ -4,7 +4,8 @@ use std::os::unix::fs::PermissionsExt;
 
 /// One contract, run against every key manager.
 fn conformance(km: &dyn KeyManager) {
-    for kt in [KeyType::EcP256, KeyType::EcP384] {
+    // RSA last: the disk test below reopens the file and reloads this RSA key.
+    for kt in [KeyType::EcP256, KeyType::EcP384, KeyType::Rsa2048] {
         let key = km.generate_key("x509-CA-A", kt).unwrap();
         assert_eq!(key.key_type(), kt);
         let again = km.get_key("x509-CA-A").unwrap().unwrap();
@@ -15,6 +16,9 @@ fn conformance(km: &dyn KeyManager) {
         let (alg, len): (&dyn aws_lc_rs::signature::VerificationAlgorithm, usize) = match kt {
             KeyType::EcP256 => (&aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED, 64),
             KeyType::EcP384 => (&aws_lc_rs::signature::ECDSA_P384_SHA384_FIXED, 96),
+            // RS256: PKCS#1 v1.5 with SHA-256, as long as the modulus.
+            KeyType::Rsa2048 => (&aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256, 256),
+            other => panic!("not in this loop: {other:?}"),
         };
         assert_eq!(sig.len(), len);
         let spki_der = key.spki_der();
@@ -49,6 +53,7 @@ fn disk_conformance_and_persistence() {
     drop(km);
     let reopened = DiskKeyManager::open(&path).unwrap();
     assert_eq!(reopened.get_key("JWT-Signer-A").unwrap().unwrap().spki_der(), spki);
+    assert_eq!(reopened.get_key("x509-CA-A").unwrap().unwrap().key_type(), KeyType::Rsa2048);
     // No temp files are left behind.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 }
@@ -72,4 +77,13 @@ fn key_debug_redacts() {
     let k = km.generate_key("k", KeyType::EcP256).unwrap();
     let dbg = format!("{k:?}");
     assert!(dbg.contains("\"k\"") && !dbg.contains("pkcs8"), "{dbg}");
+}
+
+#[test]
+fn rsa_key_types_parse_and_have_their_size() {
+    assert_eq!("rsa-2048".parse::<KeyType>().unwrap(), KeyType::Rsa2048);
+    assert_eq!("rsa-4096".parse::<KeyType>().unwrap(), KeyType::Rsa4096);
+    assert_eq!(KeyType::Rsa4096.jws_alg(), "RS256");
+    let k = MemoryKeyManager::new().generate_key("x509-CA-B", KeyType::Rsa4096).unwrap();
+    assert_eq!(k.sign_jws(b"m").unwrap().len(), 512, "a 4096-bit key signs 512-byte signatures");
 }

@@ -80,11 +80,9 @@ impl TlsState {
         if !due {
             return Ok(false);
         }
-        let alg = match self.key_type {
-            KeyType::EcP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
-            KeyType::EcP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
-        };
-        let key = rcgen::KeyPair::generate_for(alg).map_err(|e| e.to_string())?;
+        // The server SVID's key has the CA's key type, as in SPIRE (its SVID rotator is given
+        // ca_key_type).
+        let key = self.key_type.generate_key_pair().map_err(|e| e.to_string())?;
         let chain = self
             .ca
             .mint_x509_svid(&key, &X509SvidRequest { id: &self.server_id, dns_names: &[], ttl: self.ttl }, now)

@@ -34,6 +34,8 @@ use x509_parser::prelude::{ASN1Time, FromDer, GeneralName, ParsedExtension, X509
 
 use super::id::{SpiffeId, SpiffeIdError};
 
+pub mod signature;
+
 /// Most certificates a presented chain may hold, leaf included.
 ///
 /// Path building backtracks over the intermediates, so their number must be
@@ -552,7 +554,7 @@ impl PathSearch<'_, '_> {
         position: CertPosition,
         intermediates_below: u32,
     ) -> Result<bool, X509SvidError> {
-        if child.verify_signature(Some(issuer.public_key())).is_err() {
+        if signature::verify_signed_by(child, issuer).is_err() {
             return Ok(false);
         }
         check_validity(issuer, position, self.time)?;

@@ -70,7 +70,8 @@ fn pem_certs(text: &str, what: &str) -> Result<Vec<Vec<u8>>, UpstreamError> {
 
 fn signed_by(child: &[u8], parent: &[u8]) -> bool {
     let (Ok((_, c)), Ok((_, p))) = (parse_x509_certificate(child), parse_x509_certificate(parent)) else { return false };
-    c.verify_signature(Some(p.public_key())).is_ok()
+    // The same signature check as every other chain cairn verifies (Go's algorithm set).
+    crate::spiffe::x509::signature::verify_signed_by(&c, &p).is_ok()
 }
 
 fn load(cfg: &DiskUpstreamConfig) -> Result<Loaded, UpstreamError> {

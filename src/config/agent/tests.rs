@@ -38,7 +38,6 @@ agent {
     log_format = "json"
     server_address = "spire-server.example.org" server_port = 443
     socket_path = "/run/spire/agent/api.sock"
-    admin_socket_path = "/run/spire/agent/admin.sock"
     trust_bundle_url = "https://bundle.example.org/root.json"
     trust_bundle_format = "spiffe"
     trust_domain = "example.org"
@@ -47,9 +46,8 @@ agent {
     disable_sds_api = true
     allow_unauthenticated_verifiers = false
     authorized_delegates = []
-    x509_svid_cache_max_size = 1000
     workload_x509_svid_key_type = "ec-p384"
-    log_selectors = ["unix:user"]
+    log_selectors = []
     experimental {
         sync_interval = "30s"
         use_sync_authorized_entries = true
@@ -72,9 +70,7 @@ health_checks {
     bind_address = "127.0.0.1"
     bind_port = "8088"
 }
-telemetry {
-    Prometheus { port = 9988 }
-}
+telemetry {}
 "#;
 
 fn load_with(text: &str, o: &AgentOverrides) -> Result<AgentConfig, ConfigErrors> {
@@ -120,7 +116,8 @@ fn spire_default_agent_conf_is_accepted() {
     );
     assert_eq!(c.sync_interval, Duration::from_secs(5));
     assert_eq!(c.workload_key_type, KeyType::EcP256);
-    assert!(c.health.is_none() && c.admin_socket_path.is_none() && c.log_file.is_none());
+    assert!(c.health.is_none() && c.log_file.is_none());
+    assert!(c.notices.is_empty(), "{:?}", c.notices);
 }
 
 #[test]
@@ -131,7 +128,10 @@ fn full_config_is_accepted() {
     assert_eq!(c.log_level, "INFO");
     assert_eq!(c.log_format, LogFormat::Json);
     assert_eq!(c.trust_bundle, TrustBundleSource::Url("https://bundle.example.org/root.json".into(), TrustBundleFormat::Spiffe));
-    assert_eq!(c.admin_socket_path, Some(PathBuf::from("/run/spire/agent/admin.sock")));
+    // Keys accepted without effect are each noted, with the reason.
+    for key in ["agent.rebootstrap_delay", "agent.disable_sds_api", "agent.experimental.use_sync_authorized_entries"] {
+        assert!(c.notices.iter().any(|n| n.starts_with(&format!("{key}: accepted; "))), "no notice for {key}: {:?}", c.notices);
+    }
     assert_eq!(
         c.node_attestor,
         NodeAttestorConfig::X509Pop {
@@ -333,7 +333,7 @@ fn accepted_only_with_harmless_values() {
         "disable_sds_api = true",
         "rebootstrap_mode = \"never\"",
         "authorized_delegates = []",
-        "admin_socket_path = \"/tmp/admin.sock\"",
+        "log_selectors = []",
         "log_file = \"/var/log/agent.log\"",
         "experimental { require_pq_kem = false\n feature_flags = [] }",
     ] {
@@ -438,4 +438,23 @@ fn load_reads_files_and_expands_env_only_when_asked() {
     assert_eq!(c.server_address, "${CAIRN_AGENT_TEST_ADDR}");
     let errs = AgentConfig::load(&dir.path().join("missing.conf"), false, &AgentOverrides::default()).unwrap_err();
     assert!(errs.to_string().contains("please use the -config flag"), "{errs}");
+}
+
+#[test]
+fn keys_cairn_lacks_are_refused_by_path_with_a_reason() {
+    let text = with(
+        "admin_socket_path = \"/run/a.sock\"\n x509_svid_cache_max_size = 10\n jwt_svid_cache_max_size = 10\n log_selectors = [\"unix:user\"]",
+        PLUGINS,
+    ) + "telemetry {\n Prometheus { port = 9988 }\n}\n";
+    let errs = load(&text).unwrap_err();
+    for key in [
+        "agent.admin_socket_path",
+        "agent.x509_svid_cache_max_size",
+        "agent.jwt_svid_cache_max_size",
+        "agent.log_selectors",
+        "telemetry.Prometheus",
+    ] {
+        let e = errs.0.iter().find(|e| e.path == key).unwrap_or_else(|| panic!("{key} not refused:\n{errs}"));
+        assert!(e.message.starts_with("not supported by cairn (") && e.message.ends_with(')'), "{key}: {}", e.message);
+    }
 }

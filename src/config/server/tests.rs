@@ -192,3 +192,70 @@ fn disable_jwt_svids_is_read() {
     let c = load(&GOOD.replacen("ca_ttl = \"24h\"", "ca_ttl = \"24h\"\n    disable_jwt_svids = true", 1)).unwrap();
     assert!(c.disable_jwt_svids);
 }
+
+/// `GOOD` with `server_extra` in the server block, `sql_extra` in the sql plugin_data and
+/// `tail` after everything.
+fn good_with(server_extra: &str, sql_extra: &str, tail: &str) -> String {
+    GOOD.replacen("    jwt_issuer =", &format!("    {server_extra}\n    jwt_issuer ="), 1).replacen(
+        "connection_string = \"./data/datastore.sqlite3\"",
+        &format!("connection_string = \"./data/datastore.sqlite3\"\n {sql_extra}"),
+        1,
+    ) + tail
+}
+
+#[test]
+fn keys_cairn_lacks_are_refused_by_path_with_a_reason() {
+    let text = good_with(
+        "federation { bundle_endpoint { port = 8443 } }\n proxy_protocol_trusted_cidrs = [\"10.0.0.0/8\"]\n prune_attested_nodes_expired_for = \"720h\"\n ratelimit { attestation = true }\n audit_log_enabled = true\n max_attested_node_info_staleness = \"1m\"\n experimental { auth_opa_policy_engine {} \n require_pq_kem = true }",
+        "max_open_conns = 100\n max_idle_conns = 2\n conn_max_lifetime = \"1h\"\n disable_migration = true\n ro_connection_string = \"x\"",
+        "telemetry {\n Prometheus { port = 9988 }\n}\n",
+    );
+    let errs = load(&text).unwrap_err();
+    let sql = "plugins.DataStore.sql.plugin_data";
+    for key in [
+        "server.federation".to_owned(),
+        "server.proxy_protocol_trusted_cidrs".to_owned(),
+        "server.prune_attested_nodes_expired_for".to_owned(),
+        "server.ratelimit".to_owned(),
+        "server.audit_log_enabled".to_owned(),
+        "server.max_attested_node_info_staleness".to_owned(),
+        "server.experimental.auth_opa_policy_engine".to_owned(),
+        "server.experimental.require_pq_kem".to_owned(),
+        "telemetry.Prometheus".to_owned(),
+        format!("{sql}.max_open_conns"),
+        format!("{sql}.max_idle_conns"),
+        format!("{sql}.conn_max_lifetime"),
+        format!("{sql}.disable_migration"),
+        format!("{sql}.ro_connection_string"),
+    ] {
+        let e = errs.0.iter().find(|e| e.path == key).unwrap_or_else(|| panic!("{key} not refused:\n{errs}"));
+        assert!(e.message.starts_with("not supported by cairn (") && e.message.ends_with(')'), "{key}: {}", e.message);
+    }
+}
+
+#[test]
+fn log_keys_and_always_on_experimental_keys_are_honoured_or_noted() {
+    let text = good_with(
+        "log_file = \"/var/log/cairn.log\"\n log_format = \"json\"\n log_source_location = true\n audit_log_enabled = false\n max_attested_node_info_staleness = \"0s\"\n experimental { events_based_cache = true\n cache_reload_interval = \"5s\"\n prune_events_older_than = \"12h\" }",
+        "disable_migration = false",
+        "telemetry {}\n",
+    );
+    let c = load(&text).unwrap();
+    assert_eq!(c.log_file, Some(PathBuf::from("/var/log/cairn.log")));
+    assert_eq!(c.log_format, LogFormat::Json);
+    assert!(c.log_source_location);
+    for key in [
+        "server.experimental.events_based_cache",
+        "server.experimental.cache_reload_interval",
+        "server.experimental.prune_events_older_than",
+    ] {
+        assert!(c.notices.iter().any(|n| n.starts_with(&format!("{key}: accepted; "))), "no notice for {key}: {:?}", c.notices);
+    }
+    // An empty log_file means stderr, as in SPIRE's server_full.conf.
+    let c = load(&good_with("log_file = \"\"", "", "")).unwrap();
+    assert_eq!(c.log_file, None);
+    // -logFile / -logFormat override the file.
+    let o = ServerOverrides { log_file: Some("/tmp/x.log".into()), log_format: Some("text".into()), ..Default::default() };
+    let c = ServerConfig::from_tree(&super::super::parse_text(&text, false).unwrap(), &o).unwrap();
+    assert_eq!((c.log_file, c.log_format), (Some(PathBuf::from("/tmp/x.log")), LogFormat::Text));
+}
