@@ -21,7 +21,7 @@ ulimit -n "$(ulimit -Hn)"
 rss() { awk '/VmRSS/ {print int($2/1024)}' "/proc/$1/status" 2>/dev/null || echo "dead"; }
 probe() { python3 scripts/flood.py probe --port "$1" --samples 30 --text; }
 
-printf '%-28s | %-9s | %-26s | %-9s | %-26s | %-9s | %-26s | %-9s\n' binary "base MB" "base p50/p99" "idle MB" "during 10k idle p50/p99" "strm MB" "during 40k streams p50/p99" "after MB"
+printf '%-28s | %-9s | %-26s | %-11s | %-9s | %-26s | %-9s | %-26s | %-9s\n' binary "base MB" "base p50/p99" "idle opened" "idle MB" "during 10k idle p50/p99" "strm MB" "during 40k streams p50/p99" "after MB"
 for bin in "${bins[@]}"; do
   d="$work/$(basename "$(dirname "$(dirname "$bin")")")-$RANDOM"
   mkdir -p "$d"
@@ -48,7 +48,8 @@ EOF
   base_rss=$(rss $pid); base_lat=$(probe "$port")
   # 10,000 idle connections, held while measuring.
   coproc IDLE { python3 scripts/flood.py idle --port "$port" --n 10000 --tls; }
-  read -r _ <&"${IDLE[0]}"
+  read -r idle_info <&"${IDLE[0]}"
+  idle_held=$(echo "$idle_info" | sed -E 's/.*"open": ([0-9]+).*/\1/')
   idle_rss=$(rss $pid); idle_lat=$(timeout 120 bash -c "$(declare -f probe); probe $port" || echo "timed out")
   { echo >&"${IDLE[1]}"; } 2>/dev/null || true; wait "$IDLE_PID" 2>/dev/null || true
   sleep 2
@@ -60,5 +61,5 @@ EOF
   sleep 5
   after_rss=$(rss $pid)
   kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
-  printf '%-28s | %-9s | %-26s | %-9s | %-26s | %-9s | %-26s | %-9s\n' "${bin: -28}" "$base_rss" "$base_lat" "$idle_rss" "$idle_lat" "$strm_rss" "$strm_lat" "$after_rss"
+  printf '%-28s | %-9s | %-26s | %-11s | %-9s | %-26s | %-9s | %-26s | %-9s\n' "${bin: -28}" "$base_rss" "$base_lat" "$idle_held" "$idle_rss" "$idle_lat" "$strm_rss" "$strm_lat" "$after_rss"
 done

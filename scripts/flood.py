@@ -70,9 +70,15 @@ def idle(args):
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
         ctx.set_alpn_protocols(["h2"])
+    started = time.time()
     for _ in range(args.n):
+        # A server that stopped accepting would make each attempt wait out its timeout: the
+        # opening phase has a time budget, and what could not be opened is counted as failed.
+        if time.time() - started > args.budget:
+            failed += 1
+            continue
         try:
-            c = socket.create_connection(("127.0.0.1", args.port), timeout=5)
+            c = socket.create_connection(("127.0.0.1", args.port), timeout=2)
             if ctx is not None:
                 # Finish the handshake, then never speak HTTP/2.
                 c = ctx.wrap_socket(c, server_hostname="localhost")
@@ -126,7 +132,8 @@ def streams(args):
         state = {}
         s.settimeout(0.5)
         deadline = time.time() + args.settle
-        while time.time() < deadline and len(state) < len(ids):
+        settled = lambda: sum(1 for v in state.values() if v != "pending")
+        while time.time() < deadline and settled() < len(ids):
             try:
                 data = s.recv(65536)
             except socket.timeout:
@@ -220,6 +227,7 @@ def main():
     a.add_argument("--n", type=int, default=10000)
     a.add_argument("--hold", type=float, default=0, help="seconds to hold; 0 = until stdin closes")
     a.add_argument("--tls", action="store_true", help="complete a TLS handshake on each, then stay silent")
+    a.add_argument("--budget", type=float, default=60, help="seconds allowed for opening the connections")
     b = sub.add_parser("streams")
     b.add_argument("--port", type=int, required=True)
     b.add_argument("--conns", type=int, default=40)

@@ -357,3 +357,116 @@ fn refused_keys_name_their_path() {
         }
     }
 }
+
+/// SPIRE's Linux quickstart (spiffe.io "Quickstart for Linux and MacOS X"), step by step, with
+/// SPIRE's stock configs and dummy upstream CA: run the server, `healthcheck`, mint a JWT-SVID
+/// at once (a tier that says it is healthy can sign), generate a token, run the agent with it,
+/// `healthcheck` the agent, register the current uid, and fetch the SVID with SPIRE's file names.
+#[test]
+fn linux_quickstart_step_by_step() {
+    require("openssl");
+    let tree = SpireTree::new();
+    // bin/spire-server run -config conf/server/server.conf &
+    let port = free_port();
+    let socket = tree.root().join("server-api.sock").display().to_string();
+    let mut server = tree.spawn(
+        "spire-server",
+        &["run", "-config", "conf/server/server.conf", "-serverPort", &port.to_string(), "-socketPath", &socket],
+        "server.log",
+    );
+    // bin/spire-server healthcheck
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let health = loop {
+        if let Ok(Some(status)) = server.child().try_wait() {
+            panic!("spire-server exited with {status}:\n{}", tree.log("server.log"));
+        }
+        let o = tree.output("spire-server", &["healthcheck", "-socketPath", &socket]);
+        if o.status.success() {
+            break o;
+        }
+        assert!(Instant::now() < deadline, "never healthy:\n{}", tree.log("server.log"));
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(String::from_utf8_lossy(&health.stdout).trim(), "Server is healthy.");
+    // Healthy means able to sign: a JWT-SVID right away.
+    let o = tree.output(
+        "spire-server",
+        &["jwt", "mint", "-spiffeID", "spiffe://example.org/myservice", "-audience", "test", "-socketPath", &socket],
+    );
+    assert!(o.status.success(), "jwt mint right after a passing healthcheck failed:\n{}\n{}", text(&o), tree.log("server.log"));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim().matches('.').count(), 2, "{}", text(&o));
+    // bin/spire-server token generate -spiffeID spiffe://example.org/myagent
+    let o = tree.output("spire-server", &["token", "generate", "-spiffeID", "spiffe://example.org/myagent", "-socketPath", &socket]);
+    assert!(o.status.success(), "{}", text(&o));
+    let token = String::from_utf8_lossy(&o.stdout).trim().strip_prefix("Token: ").unwrap().to_owned();
+    // bin/spire-agent run -config conf/agent/agent.conf -joinToken <token> &
+    let agent_socket = tree.root().join("agent-api.sock");
+    let asock = agent_socket.display().to_string();
+    let mut agent = tree.spawn(
+        "spire-agent",
+        &["run", "-config", "conf/agent/agent.conf", "-serverPort", &port.to_string(), "-socketPath", &asock, "-joinToken", &token],
+        "agent.log",
+    );
+    // bin/spire-agent healthcheck
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Some(status)) = agent.child().try_wait() {
+            panic!("spire-agent exited with {status}:\n{}", tree.log("agent.log"));
+        }
+        let o = tree.output("spire-agent", &["healthcheck", "-socketPath", &asock]);
+        if o.status.success() {
+            assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "Agent is healthy.");
+            break;
+        }
+        assert!(Instant::now() < deadline, "agent never healthy:\n{}", tree.log("agent.log"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // bin/spire-server entry create -parentID spiffe://example.org/myagent \
+    //     -spiffeID spiffe://example.org/myservice -selector unix:uid:$(id -u)
+    let selector = format!("unix:uid:{}", my_uid());
+    let o = tree.output(
+        "spire-server",
+        &[
+            "entry",
+            "create",
+            "-parentID",
+            "spiffe://example.org/myagent",
+            "-spiffeID",
+            "spiffe://example.org/myservice",
+            "-selector",
+            &selector,
+            "-socketPath",
+            &socket,
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    // bin/spire-agent api fetch x509 -write /tmp/  (retried while the entry syncs down)
+    let out = tree.root().join("fetched");
+    std::fs::create_dir_all(&out).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let o = tree.output("spire-agent", &["api", "fetch", "x509", "-write", &format!("{}/", out.display()), "-socketPath", &asock]);
+        if o.status.success() {
+            assert!(String::from_utf8_lossy(&o.stdout).contains("spiffe://example.org/myservice"), "{}", text(&o));
+            break;
+        }
+        assert!(Instant::now() < deadline, "no SVID:\n{}\n{}", text(&o), tree.log("agent.log"));
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // SPIRE's file names, and openssl x509 -in /tmp/svid.0.pem -text -noout
+    for f in ["svid.0.pem", "svid.0.key", "bundle.0.pem"] {
+        assert!(out.join(f).exists(), "{f} not written by fetch x509 -write");
+    }
+    let text_out = openssl_x509(&out.join("svid.0.pem"), &["-text"]);
+    assert!(text_out.contains("URI:spiffe://example.org/myservice"), "{text_out}");
+    let (ok, vout) = run(Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(out.join("bundle.0.pem"))
+        .arg("-untrusted")
+        .arg(out.join("svid.0.pem"))
+        .arg(out.join("svid.0.pem")));
+    assert!(ok, "{vout}");
+    agent.stop(Duration::from_secs(10));
+    server.stop(Duration::from_secs(10));
+}
