@@ -695,3 +695,141 @@ fn nested_rotation_suite_steps_1_to_10() {
         std::thread::sleep(Duration::from_secs(6));
     }
 }
+
+/// `setup/downstreamclient` (a Go program) as this replay runs it: the SVID comes from the
+/// agent's Workload API as the client's uid would get it (`spire-agent api fetch x509 -write`
+/// run as that uid), then NewDownstreamX509CA and PublishJWTAuthority go to the server over
+/// mTLS with it, checked as the Go client checks them.
+fn downstream_client(s: &Suite, uid: u32, expect_errors: bool) {
+    use cairn::agent::client::{ClientIdentity, ServerTrust, connect};
+    use cairn::api::pb::spire::api::server::{bundle::v1 as bundlepb, svid::v1 as svidpb};
+    use cairn::api::pb::spire::api::types::JwtKey;
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let dir = s.path(&format!("downstreamclient-{uid}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = Command::new(s.bin("spire-agent"))
+            .args(["api", "fetch", "x509", "-write"])
+            .arg(&dir)
+            .current_dir(&dir)
+            .uid(uid)
+            .gid(uid)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "Unable to create X509Source as uid {uid}: {out:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let certs = |f: &str| -> Vec<Vec<u8>> {
+        pem::parse_many(std::fs::read(dir.join(f)).unwrap()).unwrap().into_iter().map(|p| p.into_contents()).collect()
+    };
+    let key = pem::parse(std::fs::read(dir.join("svid.0.key")).unwrap()).unwrap().into_contents();
+    let identity = ClientIdentity { chain: certs("svid.0.pem"), key_pkcs8: std::sync::Arc::new(zeroize::Zeroizing::new(key)) };
+    let server_id = cairn::spiffe::SpiffeId::new("spiffe://domain.test/spire/server").unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let ch = connect(&format!("127.0.0.1:{}", s.port), ServerTrust::Roots(certs("bundle.0.pem")), server_id, Some(&identity)).unwrap();
+        // validateNewDownstreamX509CA: a CSR with an empty subject.
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        let csr = params.serialize_request(&ca_key).unwrap().der().to_vec();
+        let r = svidpb::svid_client::SvidClient::new(ch.clone()).new_downstream_x509ca(svidpb::NewDownstreamX509caRequest { csr, preferred_ttl: 0 }).await;
+        if expect_errors {
+            let e = r.expect_err("NewDownstreamX509CA: no error returned");
+            assert_eq!(e.code(), tonic::Code::PermissionDenied, "NewDownstreamX509CA: unexpected error returned: {e:?}");
+        } else {
+            let r = r.unwrap_or_else(|e| panic!("failed to call NewDownstreamX509CA: {e:?}")).into_inner();
+            assert!(!r.ca_cert_chain.is_empty(), "no CA returned");
+            assert!(!r.x509_authorities.is_empty(), "no authorities returned");
+        }
+        // validatePublishJWTAUthorirty: SPIRE's fixed key, expiring in a minute.
+        use base64::Engine as _;
+        let public_key = base64::engine::general_purpose::STANDARD
+            .decode("MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEYSlUVLqTD8DEnA4F1EWMTf5RXc5lnCxw+5WKJwngEL3rPc9i4Tgzz9riR3I/NiSlkgRO1WsxBusqpC284j9dXA==")
+            .unwrap();
+        let jwt_key = JwtKey { public_key, key_id: "authority1".into(), expires_at: cairn::now_unix() + 60, tainted: false };
+        let r = bundlepb::bundle_client::BundleClient::new(ch)
+            .publish_jwt_authority(bundlepb::PublishJwtAuthorityRequest { jwt_authority: Some(jwt_key.clone()) })
+            .await;
+        if expect_errors {
+            let e = r.expect_err("PublishJWTAuthority: no error returned");
+            assert_eq!(e.code(), tonic::Code::PermissionDenied, "PublishJWTAuthority: unexpected error returned: {e:?}");
+        } else {
+            let r = r.unwrap_or_else(|e| panic!("failed to publish JWT authority: {e:?}")).into_inner();
+            assert!(!r.jwt_authorities.is_empty(), "no authorities returned");
+            assert!(r.jwt_authorities.contains(&jwt_key), "authority was not added: {:?}", r.jwt_authorities);
+        }
+    });
+}
+
+#[test]
+fn downstream_endpoints_suite() {
+    require("openssl");
+    assert_eq!(my_uid(), 0, "the suite's workloads run as uids 1001 and 1002: run as root (CI does)");
+    let s = Suite::new("downstream-endpoints");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // The workloads (other uids) reach the agent's socket and binaries, as in the container.
+        for p in
+            [s.run_dir.parent().unwrap(), s.run_dir.parent().unwrap().join("opt").as_path(), s.opt.as_path(), s.opt.join("bin").as_path()]
+        {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
+    s.localize("conf/server/server.conf");
+    s.localize("conf/agent/agent.conf");
+    s.mount_conf();
+    // 00-setup
+    x509pop_setup(&s.path("conf/server"), &[&s.path("conf/agent")]);
+    // 01-start-server
+    let _server = s.server_up("spire-server", "server/server.conf");
+    // 02-bootstrap-agent
+    let bundle = ok(&s.server_cli(&["bundle", "show"]), "bundle show");
+    std::fs::write(s.path("conf/agent/bootstrap.crt"), bundle).unwrap();
+    // 03-start-agent
+    let agent = s.up("spire-agent", "spire-agent", "agent/agent.conf");
+    // 04-create-entries
+    let parent = format!("spiffe://domain.test/spire/agent/x509pop/{}", fingerprint(&s.path("conf/agent/agent.crt.pem")));
+    ok(
+        &s.server_cli(&[
+            "entry",
+            "create",
+            "-parentID",
+            &parent,
+            "-spiffeID",
+            "spiffe://domain.test/downstream",
+            "-selector",
+            "unix:uid:1001",
+            "-downstream",
+            "-x509SVIDTTL",
+            "0",
+        ]),
+        "downstream entry create",
+    );
+    wait_log(&agent, "spiffe://domain.test/downstream", "agent to sync down entry");
+    ok(
+        &s.server_cli(&[
+            "entry",
+            "create",
+            "-parentID",
+            &parent,
+            "-spiffeID",
+            "spiffe://domain.test/workload",
+            "-selector",
+            "unix:uid:1002",
+            "-x509SVIDTTL",
+            "0",
+        ]),
+        "workload entry create",
+    );
+    wait_log(&agent, "spiffe://domain.test/workload", "agent to sync down entry");
+    // 05-test-endpoints
+    downstream_client(&s, 1001, false);
+    downstream_client(&s, 1002, true);
+}
