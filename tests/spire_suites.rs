@@ -833,3 +833,241 @@ fn downstream_endpoints_suite() {
     downstream_client(&s, 1001, false);
     downstream_client(&s, 1002, true);
 }
+
+/// `setup/node-attestation` (a Go program driving the agent API) as this replay runs it, one
+/// step per function, with the same calls and checks.
+mod node_attestation_client {
+    use cairn::agent::client::{ClientIdentity, ServerTrust, connect};
+    use cairn::api::pb::spire::api::server::agent::v1 as agentpb;
+    use cairn::api::pb::spire::api::types as pt;
+    use std::path::Path;
+    use std::sync::Arc;
+    use tonic::transport::Channel;
+
+    pub const ADMIN_SOCKET: &str = "/tmp/spire-server/private/api.sock";
+
+    fn server_id() -> cairn::spiffe::SpiffeId {
+        cairn::spiffe::SpiffeId::new("spiffe://domain.test/spire/server").unwrap()
+    }
+
+    /// The Go client's fixed key: one P-256 key for its CSRs and its client certificate.
+    pub struct Key(pub rcgen::KeyPair);
+
+    impl Key {
+        pub fn new() -> Self {
+            Self(rcgen::KeyPair::generate().unwrap())
+        }
+        /// `x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)`.
+        fn csr(&self) -> Vec<u8> {
+            let mut params = rcgen::CertificateParams::default();
+            params.distinguished_name = rcgen::DistinguishedName::new();
+            params.serialize_request(&self.0).unwrap().der().to_vec()
+        }
+        fn identity(&self, cert: &[u8]) -> ClientIdentity {
+            ClientIdentity { chain: vec![cert.to_vec()], key_pkcs8: Arc::new(zeroize::Zeroizing::new(self.0.serialize_der())) }
+        }
+    }
+
+    fn insecure(port: u16) -> Channel {
+        connect(&format!("127.0.0.1:{port}"), ServerTrust::InsecureBootstrap, server_id(), None).unwrap()
+    }
+
+    /// doJoinTokenStep: a token named `test_token_<n>` with TTL 1000 on the local socket.
+    pub async fn join_token() -> String {
+        let ch = cairn::cli::client::connect_admin(Path::new(ADMIN_SOCKET)).await.unwrap();
+        let name = format!("test_token_{}", rand_u32() % 1_000_000);
+        agentpb::agent_client::AgentClient::new(ch)
+            .create_join_token(agentpb::CreateJoinTokenRequest { ttl: 1000, token: name.clone(), agent_id: None })
+            .await
+            .unwrap_or_else(|e| panic!("unable to create join token: {e:?}"));
+        name
+    }
+
+    fn rand_u32() -> u32 {
+        let mut b = [0u8; 4];
+        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut b).unwrap();
+        u32::from_le_bytes(b)
+    }
+
+    async fn attest(port: u16, key: &Key, data: pt::AttestationData, pop_key: Option<&[u8]>) -> Result<pt::X509svid, tonic::Status> {
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tx.send(agentpb::AttestAgentRequest {
+            step: Some(agentpb::attest_agent_request::Step::Params(agentpb::attest_agent_request::Params {
+                data: Some(data),
+                params: Some(agentpb::AgentX509svidParams { csr: key.csr() }),
+            })),
+        })
+        .await
+        .unwrap();
+        let mut stream = agentpb::agent_client::AgentClient::new(insecure(port))
+            .attest_agent(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        loop {
+            let msg = stream.message().await?.expect("stream ended without a result");
+            match msg.step {
+                Some(agentpb::attest_agent_response::Step::Challenge(c)) => {
+                    let resp = cairn::attest::x509pop::challenge_response(pop_key.expect("challenge for a join token"), &c).unwrap();
+                    tx.send(agentpb::AttestAgentRequest { step: Some(agentpb::attest_agent_request::Step::ChallengeResponse(resp)) })
+                        .await
+                        .unwrap();
+                }
+                Some(agentpb::attest_agent_response::Step::Result(r)) => return Ok(r.svid.expect("result without SVID")),
+                None => panic!("empty response"),
+            }
+        }
+    }
+
+    /// doJoinTokenAttestStep: the agent SVID's leaf.
+    pub async fn join_token_attest(port: u16, key: &Key, token: &str) -> Vec<u8> {
+        let data = pt::AttestationData { r#type: "join_token".into(), payload: token.as_bytes().to_vec() };
+        let svid = attest(port, key, data, None).await.unwrap_or_else(|e| panic!("failed receive response to AttestAgent: {e:?}"));
+        x509_parser::parse_x509_certificate(&svid.cert_chain[0]).expect("failed to parse cert");
+        svid.cert_chain[0].clone()
+    }
+
+    /// doRenewStep: RenewAgent over mTLS with `cert`; the renewed leaf.
+    pub async fn renew(port: u16, key: &Key, cert: &[u8], roots: &[Vec<u8>]) -> Result<Vec<u8>, tonic::Status> {
+        let ch = connect(&format!("127.0.0.1:{port}"), ServerTrust::Roots(roots.to_vec()), server_id(), Some(&key.identity(cert))).unwrap();
+        let r = agentpb::agent_client::AgentClient::new(ch)
+            .renew_agent(agentpb::RenewAgentRequest { params: Some(agentpb::AgentX509svidParams { csr: key.csr() }) })
+            .await?
+            .into_inner();
+        let leaf = r.svid.expect("no SVID").cert_chain[0].clone();
+        assert_ne!(leaf, cert, "renewed agent successfully, but the old cert and the new cert are identical");
+        Ok(leaf)
+    }
+
+    /// doBanStep, on the local socket.
+    pub async fn ban_join_token_agent(token: &str) {
+        let ch = cairn::cli::client::connect_admin(Path::new(ADMIN_SOCKET)).await.unwrap();
+        let id = pt::Spiffeid { trust_domain: "domain.test".into(), path: format!("/spire/agent/join_token/{token}") };
+        agentpb::agent_client::AgentClient::new(ch)
+            .ban_agent(agentpb::BanAgentRequest { id: Some(id) })
+            .await
+            .unwrap_or_else(|e| panic!("failed to ban agent: {e:?}"));
+    }
+
+    /// x509popAttest with `-popCertificate`/`-popKey`.
+    pub async fn x509pop_attest(port: u16, key: &Key, pop_cert_pem: &[u8], pop_key_pem: &[u8]) -> Result<pt::X509svid, tonic::Status> {
+        let chain: Vec<Vec<u8>> = pem::parse_many(pop_cert_pem).unwrap().into_iter().map(|p| p.into_contents()).collect();
+        let pop_key = pem::parse(pop_key_pem).unwrap().into_contents();
+        let data = pt::AttestationData { r#type: "x509pop".into(), payload: cairn::attest::x509pop::attestation_payload(&chain) };
+        attest(port, key, data, Some(&pop_key)).await
+    }
+
+    /// doX509popStep's admin client: the SVID the suite's uid 1000 gets from the agent.
+    pub fn admin(port: u16, svid: &[Vec<u8>], svid_key: &[u8], roots: &[Vec<u8>]) -> agentpb::agent_client::AgentClient<Channel> {
+        let identity = ClientIdentity { chain: svid.to_vec(), key_pkcs8: Arc::new(zeroize::Zeroizing::new(svid_key.to_vec())) };
+        let ch = connect(&format!("127.0.0.1:{port}"), ServerTrust::Roots(roots.to_vec()), server_id(), Some(&identity)).unwrap();
+        agentpb::agent_client::AgentClient::new(ch)
+    }
+}
+
+#[test]
+fn node_attestation_suite() {
+    use node_attestation_client as nac;
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    require("openssl");
+    assert_eq!(my_uid(), 0, "the suite's admin client runs as uid 1000: run as root (CI does)");
+    let s = Suite::new("node-attestation");
+    for p in [s.run_dir.parent().unwrap(), s.run_dir.parent().unwrap().join("opt").as_path(), s.opt.as_path(), s.opt.join("bin").as_path()]
+    {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    s.localize("conf/server/server.conf");
+    s.localize("conf/agent/agent.conf");
+    s.mount_conf();
+    // 00-setup: certificates for the agent and for the test client (moved to test.*.pem).
+    let client_dir = s.path("conf/client");
+    std::fs::create_dir_all(&client_dir).unwrap();
+    x509pop_setup(&s.path("conf/server"), &[&s.path("conf/agent"), &client_dir]);
+    std::fs::rename(client_dir.join("agent.key.pem"), s.path("conf/agent/test.key.pem")).unwrap();
+    std::fs::rename(client_dir.join("agent.crt.pem"), s.path("conf/agent/test.crt.pem")).unwrap();
+    // 01-start-server
+    let _server = s.server_up("spire-server", "server/server.conf");
+    // 02-start-agent
+    let bundle = ok(&s.server_cli(&["bundle", "show"]), "bundle show");
+    std::fs::write(s.path("conf/agent/bootstrap.crt"), &bundle).unwrap();
+    let roots: Vec<Vec<u8>> = pem::parse_many(bundle.as_bytes()).unwrap().into_iter().map(|p| p.into_contents()).collect();
+    let agent = s.up("spire-agent", "spire-agent", "agent/agent.conf");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    // 03-test-node-attestation
+    let key = nac::Key::new();
+    rt.block_on(async {
+        let token = nac::join_token().await;
+        let svid1 = nac::join_token_attest(s.port, &key, &token).await;
+        let svid2 = nac::renew(s.port, &key, &svid1, &roots).await.unwrap_or_else(|e| panic!("Failed to do SVID renewal: {e:?}"));
+        nac::ban_join_token_agent(&token).await;
+        assert!(nac::renew(s.port, &key, &svid2, &roots).await.is_err(), "Expected agent to be banned");
+    });
+    // 04-test-x509pop-attestation
+    let parent = format!("spiffe://domain.test/spire/agent/x509pop/{}", fingerprint(&s.path("conf/agent/agent.crt.pem")));
+    ok(
+        &s.server_cli(&[
+            "entry",
+            "create",
+            "-parentID",
+            &parent,
+            "-spiffeID",
+            "spiffe://domain.test/admin",
+            "-selector",
+            "unix:uid:1000",
+            "-admin",
+            "-x509SVIDTTL",
+            "0",
+        ]),
+        "admin entry create",
+    );
+    wait_log(&agent, "spiffe://domain.test/admin", "agent to sync down entry");
+    let dir = s.path("admin-svid");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !Command::new(s.bin("spire-agent"))
+        .args(["api", "fetch", "x509", "-write"])
+        .arg(&dir)
+        .uid(1000)
+        .gid(1000)
+        .status()
+        .unwrap()
+        .success()
+    {
+        assert!(Instant::now() < deadline, "uid 1000 never got its admin SVID:\n{}", agent.logs());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let pems = |f: &str| -> Vec<Vec<u8>> {
+        pem::parse_many(std::fs::read(dir.join(f)).unwrap()).unwrap().into_iter().map(|p| p.into_contents()).collect()
+    };
+    let admin_key = pems("svid.0.key").remove(0);
+    let (pop_cert, pop_key) =
+        (std::fs::read(s.path("conf/agent/test.crt.pem")).unwrap(), std::fs::read(s.path("conf/agent/test.key.pem")).unwrap());
+    rt.block_on(async {
+        let mut admin = nac::admin(s.port, &pems("svid.0.pem"), &admin_key, &pems("bundle.0.pem"));
+        let attest = || nac::x509pop_attest(s.port, &key, &pop_cert, &pop_key);
+        attest().await.unwrap_or_else(|e| panic!("failed to attest: {e:?}"));
+        let svid = attest().await.unwrap_or_else(|e| panic!("failed to re-attest agent for renewal: {e:?}"));
+        admin
+            .delete_agent(cairn::api::pb::spire::api::server::agent::v1::DeleteAgentRequest { id: svid.id.clone() })
+            .await
+            .unwrap_or_else(|e| panic!("failed to delete agent: {e:?}"));
+        let svid = attest().await.unwrap_or_else(|e| panic!("failed to attest deleted agent: {e:?}"));
+        admin
+            .ban_agent(cairn::api::pb::spire::api::server::agent::v1::BanAgentRequest { id: svid.id.clone() })
+            .await
+            .unwrap_or_else(|e| panic!("failed to ban agent: {e:?}"));
+        match attest().await {
+            Ok(_) => panic!("error expected when attesting banned agent"),
+            Err(e) => {
+                assert_eq!(e.code(), tonic::Code::PermissionDenied, "unexpected error returned: {e:?}");
+                assert_eq!(e.message(), "failed to attest: agent is banned", "unexpected error returned: {e:?}");
+            }
+        }
+        admin
+            .delete_agent(cairn::api::pb::spire::api::server::agent::v1::DeleteAgentRequest { id: svid.id.clone() })
+            .await
+            .unwrap_or_else(|e| panic!("failed to delete agent: {e:?}"));
+        attest().await.unwrap_or_else(|e| panic!("failed to attest deleted agent: {e:?}"));
+    });
+}
