@@ -48,6 +48,8 @@ async fn in_process(csrs: &[Vec<u8>]) -> f64 {
         jwt_issuer: None,
         journal_key: "bench".into(),
         jwt_publish_grace: 0,
+        disable_jwt_svids: false,
+        ca_rotation_interval: 10,
     };
     let m = CaManager::new(cfg, Arc::new(MemoryKeyManager::new()), None, ds);
     m.initialize(cairn::now_unix()).await.unwrap();
