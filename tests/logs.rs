@@ -6,36 +6,10 @@
 mod common;
 
 use common::agent::{TestAgent, agent_config, token};
-use common::{CAIRN, ServerOpts, TestServer, free_port, terminate, write_config};
+use common::{CAIRN, Reap, ServerOpts, TestServer, free_port, write_config};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// Owns a spawned process: a test that fails half-way kills it on drop, so no server or agent
-/// outlives its test.
-struct Reap(Option<Child>);
-
-impl Reap {
-    fn child(&mut self) -> &mut Child {
-        self.0.as_mut().unwrap()
-    }
-
-    /// SIGTERM and wait (SIGKILL after `grace`).
-    fn stop(mut self, grace: Duration) {
-        if let Some(c) = self.0.take() {
-            terminate(c, grace);
-        }
-    }
-}
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);

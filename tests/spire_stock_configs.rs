@@ -9,38 +9,12 @@
 
 mod common;
 
-use common::{CAIRN, free_port, openssl_x509, require, run, split_pem, terminate};
+use common::{CAIRN, Reap, free_port, openssl_x509, require, run, split_pem};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/spire-1.15");
-
-/// Owns a spawned process: a test that fails half-way kills it on drop, so no server or agent
-/// outlives its test.
-struct Reap(Option<Child>);
-
-impl Reap {
-    fn child(&mut self) -> &mut Child {
-        self.0.as_mut().unwrap()
-    }
-
-    /// SIGTERM and wait (SIGKILL after `grace`).
-    fn stop(mut self, grace: Duration) {
-        if let Some(c) = self.0.take() {
-            terminate(c, grace);
-        }
-    }
-}
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 /// A directory shaped like SPIRE's checkout: `conf/server/`, `conf/agent/`, `bin/spire-*` links.
 struct SpireTree {

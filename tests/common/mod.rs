@@ -153,6 +153,32 @@ impl Drop for TestServer {
     }
 }
 
+/// Owns a spawned process: a test that fails half-way kills it on drop, so no server or agent
+/// outlives its test.
+pub struct Reap(pub Option<Child>);
+
+impl Reap {
+    pub fn child(&mut self) -> &mut Child {
+        self.0.as_mut().unwrap()
+    }
+
+    /// SIGTERM and wait (SIGKILL after `grace`).
+    pub fn stop(mut self, grace: Duration) {
+        if let Some(c) = self.0.take() {
+            terminate(c, grace);
+        }
+    }
+}
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// SIGTERM, then SIGKILL if the process has not exited within `grace`.
 pub fn terminate(mut child: Child, grace: Duration) {
     let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
