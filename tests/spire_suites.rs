@@ -148,6 +148,13 @@ impl Suite {
     fn path(&self, rel: &str) -> PathBuf {
         self.run_dir.join(rel)
     }
+
+    /// The suites' bootstrap step: `spire-server bundle show > conf/agent/bootstrap.crt`.
+    fn bootstrap_agent(&self) -> String {
+        let bundle = ok(&self.server_cli(&["bundle", "show"]), "bundle show");
+        std::fs::write(self.path("conf/agent/bootstrap.crt"), &bundle).unwrap();
+        bundle
+    }
 }
 
 /// The suites' `MAXCHECKS=30; CHECKINTERVAL=1` loop over a container's logs.
@@ -233,8 +240,7 @@ fn join_token_steps(strip_block: bool) {
     // 01-start-server
     let _server = s.server_up("spire-server", "server/server.conf");
     // 02-bootstrap-agents
-    let bundle = ok(&s.server_cli(&["bundle", "show"]), "bundle show");
-    std::fs::write(s.path("conf/agent/bootstrap.crt"), bundle).unwrap();
+    s.bootstrap_agent();
     let out = ok(&s.server_cli(&["token", "generate", "-spiffeID", "spiffe://domain.test/node"]), "token generate");
     let token = out.split_whitespace().nth(1).expect("awk '{print $2}'").to_owned();
     let conf = std::fs::read_to_string(s.path("conf/agent/agent.conf")).unwrap().replace("TOKEN", &token);
@@ -298,8 +304,7 @@ fn rotation_suite() {
     // 01-start-server
     let server = s.server_up("spire-server", "server/server.conf");
     // 02-bootstrap-agent
-    let bundle = ok(&s.server_cli(&["bundle", "show"]), "bundle show");
-    std::fs::write(s.path("conf/agent/bootstrap.crt"), bundle).unwrap();
+    s.bootstrap_agent();
     if std::fs::read_to_string(s.path("conf/agent/agent.conf")).unwrap().contains("TOKEN") {
         let out = ok(&s.server_cli(&["token", "generate", "-spiffeID", "spiffe://domain.test/node"]), "token generate");
         let token = out.split_whitespace().nth(1).unwrap().to_owned();
@@ -368,8 +373,7 @@ fn evict_agent_suite() {
     // 01-start-server
     let server = s.server_up("spire-server", "server/server.conf");
     // 02-bootstrap-agent
-    let bundle = ok(&s.server_cli(&["bundle", "show"]), "bundle show");
-    std::fs::write(s.path("conf/agent/bootstrap.crt"), bundle).unwrap();
+    s.bootstrap_agent();
     // 03-start-agent
     let mut agent = s.up("spire-agent", "spire-agent", "agent/agent.conf");
     let spiffe_id = format!("spiffe://domain.test/spire/agent/x509pop/{}", fingerprint(&s.path("conf/agent/agent.crt.pem")));
@@ -782,8 +786,7 @@ fn downstream_endpoints_suite() {
     // 01-start-server
     let _server = s.server_up("spire-server", "server/server.conf");
     // 02-bootstrap-agent
-    let bundle = ok(&s.server_cli(&["bundle", "show"]), "bundle show");
-    std::fs::write(s.path("conf/agent/bootstrap.crt"), bundle).unwrap();
+    s.bootstrap_agent();
     // 03-start-agent
     let agent = s.up("spire-agent", "spire-agent", "agent/agent.conf");
     // 04-create-entries
@@ -980,8 +983,7 @@ fn node_attestation_suite() {
     // 01-start-server
     let _server = s.server_up("spire-server", "server/server.conf");
     // 02-start-agent
-    let bundle = ok(&s.server_cli(&["bundle", "show"]), "bundle show");
-    std::fs::write(s.path("conf/agent/bootstrap.crt"), &bundle).unwrap();
+    let bundle = s.bootstrap_agent();
     let roots: Vec<Vec<u8>> = pem::parse_many(bundle.as_bytes()).unwrap().into_iter().map(|p| p.into_contents()).collect();
     let agent = s.up("spire-agent", "spire-agent", "agent/agent.conf");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
