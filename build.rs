@@ -1,4 +1,4 @@
-//! Compiles the gRPC protocol definitions under `src/api/proto/` without `protoc`:
+//! Compiles the gRPC protocol definitions under `src/wire/proto/` without `protoc`:
 //! `protox` (pure Rust) parses them into a `FileDescriptorSet` (it ships the
 //! google/protobuf well-known types), and `tonic-prost-build` generates prost
 //! messages plus tonic clients and servers into `OUT_DIR`.
@@ -12,7 +12,7 @@
 use std::error::Error;
 use std::path::{Path, PathBuf};
 
-const PROTO_ROOT: &str = "src/api/proto";
+const PROTO_ROOT: &str = "src/wire/proto";
 
 fn main() -> Result<(), Box<dyn Error>> {
     println!("cargo:rerun-if-changed={PROTO_ROOT}");

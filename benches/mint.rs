@@ -3,8 +3,8 @@
 //! `cargo bench --bench mint`). Prints figures and ratios; asserts nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "benchmark driver")]
 
-use cairn::api::pb::spire::api::server::svid::v1 as svidpb;
-use cairn::ca::x509::csr_public_key;
+use cairn::wire::pb::spire::api::server::svid::v1 as svidpb;
+use cairn::pki::csr_public_key;
 use cairn::ca::{CaConfig, CaManager, CaSubject, X509SvidRequest};
 use cairn::datastore::sql::SqlDatastore;
 use cairn::keymanager::{KeyType, MemoryKeyManager};

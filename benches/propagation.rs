@@ -19,9 +19,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "benchmark driver")]
 
 use cairn::agent::client::{self, ClientIdentity, ServerTrust};
-use cairn::api::pb::spire::api::server::bundle::v1 as bundlepb;
-use cairn::api::pb::spire::api::types::JwtKey;
-use cairn::api::pb::workload::{JwtBundlesRequest, X509svidRequest, spiffe_workload_api_client::SpiffeWorkloadApiClient};
+use cairn::wire::pb::spire::api::server::bundle::v1 as bundlepb;
+use cairn::wire::pb::spire::api::types::JwtKey;
+use cairn::wire::pb::workload::{JwtBundlesRequest, X509svidRequest, spiffe_workload_api_client::SpiffeWorkloadApiClient};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -5,23 +5,35 @@
 //! SPIRE's wire protocols and reads SPIRE's HCL configuration.
 //!
 //! ```text
-//!   cli ──> api (tonic services, admin socket + mTLS) ──> ca (slots, minting) ──> keymanager
-//!                         │                                   │                  (memory, disk)
-//!                         └────────> datastore (sqlx) <───────┴──> upstream (disk; later
-//!                                                                   vault, pkcs11, spire)
+//!   cli, tiers ──> server (assembles) ──> api (handlers) ──> ca ──> keymanager
+//!                     │                     │               │ └──> upstream ──> agent (embedded)
+//!                     │                     │               └────> datastore
+//!   agent ───────────────> wire (protos + conversions) ──> spiffe (pure types)
+//!   every module may use: spiffe, pki, text, fsutil, net, telemetry, config (data only)
 //! ```
+//! ARCHITECTURE.md has the full map and the rules; `tests/module_graph.rs` checks that no
+//! two top-level modules import each other, directly or in a ring, and that the agent and the
+//! wire stay free of server-side modules.
 //!
 //! # Layout
-//! - [`spiffe`]: pure SPIFFE types (IDs, bundles, SVID rules); no I/O.
+//! - [`spiffe`]: pure SPIFFE types (IDs, selectors, bundles, SVID rules); no I/O.
+//! - [`wire`]: SPIRE's and SPIFFE's protobuf messages, gRPC stubs and their conversions.
+//! - [`pki`]: the certificate toolkit: CA and SVID templates, CSR intake.
 //! - [`keymanager`]: key custody (`memory`, `disk`); keys sign through rcgen's `SigningKey`.
 //! - [`ca`]: the X.509 CA and JWT key slots, rotation as pure functions of `now`, minting.
-//! - [`upstream`]: where a tier's CA comes from (`disk`; later `vault`, `pkcs11`, `spire`).
-//! - [`datastore`]: entries, nodes, join tokens, bundles, CA journal (SQLite via sqlx).
+//! - [`upstream`]: where a tier's CA comes from (`disk`, `spire`; later `vault`, `pkcs11`).
+//! - [`datastore`]: entries, nodes, join tokens, bundles, CA journal (SQLite via sqlx) and the
+//!   entry cache that follows its change feed.
+//! - [`attest`]: node attestation methods, both the agent's and the server's side.
 //! - [`config`]: SPIRE-style HCL into validated config, every error naming its key path.
-//! - [`api`], [`server`]: SPIRE's gRPC services over the admin socket and TLS.
+//! - [`api`]: SPIRE's gRPC service handlers; [`server`] assembles them with the CA,
+//!   datastore and listeners.
+//! - [`agent`]: node attestation, sync, SVID cache and the Workload API.
 //! - [`cli`]: `cairn server ...` and `cairn agent ...` with SPIRE's flag spelling, `cairn tiers ...`.
-//! - [`net`]: how every listener accepts, pins, caps and reaps connections.
+//! - [`net`]: how every listener accepts, pins, caps and reaps connections; Unix-socket dialing.
+//! - [`telemetry`]: logs and health endpoints.
 //! - [`tiers`]: the local multi-tier demo (`cairn tiers up`): topology file, processes, report.
+//! - [`text`], [`fsutil`]: hex and durations as text; files and directories with fixed modes.
 
 pub mod agent;
 pub mod api;
@@ -33,11 +45,14 @@ pub mod datastore;
 pub mod fsutil;
 pub mod keymanager;
 pub mod net;
+pub mod pki;
 pub mod server;
 pub mod spiffe;
 pub mod telemetry;
+pub mod text;
 pub mod tiers;
 pub mod upstream;
+pub mod wire;
 
 /// Seconds since the Unix epoch, from the system clock. Domain logic takes `now` as a
 /// parameter; only the edges (handlers, loops) read the clock.

@@ -4,8 +4,8 @@
 
 mod common;
 
-use cairn::api::pb::spire::api::server::{agent::v1 as agentpb, bundle::v1 as bundlepb, entry::v1 as entrypb, svid::v1 as svidpb};
-use cairn::api::pb::spire::api::types as pt;
+use cairn::wire::pb::spire::api::server::{agent::v1 as agentpb, bundle::v1 as bundlepb, entry::v1 as entrypb, svid::v1 as svidpb};
+use cairn::wire::pb::spire::api::types as pt;
 use common::*;
 use tonic::Code;
 

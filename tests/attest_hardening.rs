@@ -4,8 +4,8 @@
 
 mod common;
 
-use cairn::api::pb::spire::api::server::agent::v1 as agentpb;
-use cairn::api::pb::spire::api::types as pt;
+use cairn::wire::pb::spire::api::server::agent::v1 as agentpb;
+use cairn::wire::pb::spire::api::types as pt;
 use common::*;
 use std::time::Duration;
 use tonic::Code;

@@ -5,8 +5,8 @@
 
 mod common;
 
-use cairn::api::pb::spire::api::server::{bundle::v1 as bundlepb, svid::v1 as svidpb};
-use cairn::api::pb::spire::api::types as pt;
+use cairn::wire::pb::spire::api::server::{bundle::v1 as bundlepb, svid::v1 as svidpb};
+use cairn::wire::pb::spire::api::types as pt;
 use common::*;
 use std::path::Path;
 use std::process::Command;

@@ -270,11 +270,11 @@ fn nested_walkthrough_jwt_keys_cross_every_tier() {
     let extra = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        use cairn::api::pb::spire::api::server::bundle::v1 as bundlepb;
+        use cairn::wire::pb::spire::api::server::bundle::v1 as bundlepb;
         let ch = cairn::cli::client::connect_admin(&root.socket).await.unwrap();
         bundlepb::bundle_client::BundleClient::new(ch)
             .append_bundle(bundlepb::AppendBundleRequest {
-                jwt_authorities: vec![cairn::api::pb::spire::api::types::JwtKey {
+                jwt_authorities: vec![cairn::wire::pb::spire::api::types::JwtKey {
                     public_key: rcgen::PublicKeyData::subject_public_key_info(&extra),
                     key_id: "operator-added".into(),
                     expires_at: cairn::now_unix() + 3600,

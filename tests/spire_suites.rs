@@ -698,8 +698,8 @@ fn nested_rotation_suite_steps_1_to_10() {
 /// mTLS with it, checked as the Go client checks them.
 fn downstream_client(s: &Suite, uid: u32, expect_errors: bool) {
     use cairn::agent::client::{ClientIdentity, ServerTrust, connect};
-    use cairn::api::pb::spire::api::server::{bundle::v1 as bundlepb, svid::v1 as svidpb};
-    use cairn::api::pb::spire::api::types::JwtKey;
+    use cairn::wire::pb::spire::api::server::{bundle::v1 as bundlepb, svid::v1 as svidpb};
+    use cairn::wire::pb::spire::api::types::JwtKey;
     use std::os::unix::fs::PermissionsExt;
     use std::os::unix::process::CommandExt;
     let dir = s.path(&format!("downstreamclient-{uid}"));
@@ -833,8 +833,8 @@ fn downstream_endpoints_suite() {
 /// step per function, with the same calls and checks.
 mod node_attestation_client {
     use cairn::agent::client::{ClientIdentity, ServerTrust, connect};
-    use cairn::api::pb::spire::api::server::agent::v1 as agentpb;
-    use cairn::api::pb::spire::api::types as pt;
+    use cairn::wire::pb::spire::api::server::agent::v1 as agentpb;
+    use cairn::wire::pb::spire::api::types as pt;
     use std::path::Path;
     use std::sync::Arc;
     use tonic::transport::Channel;
@@ -1043,12 +1043,12 @@ fn node_attestation_suite() {
         attest().await.unwrap_or_else(|e| panic!("failed to attest: {e:?}"));
         let svid = attest().await.unwrap_or_else(|e| panic!("failed to re-attest agent for renewal: {e:?}"));
         admin
-            .delete_agent(cairn::api::pb::spire::api::server::agent::v1::DeleteAgentRequest { id: svid.id.clone() })
+            .delete_agent(cairn::wire::pb::spire::api::server::agent::v1::DeleteAgentRequest { id: svid.id.clone() })
             .await
             .unwrap_or_else(|e| panic!("failed to delete agent: {e:?}"));
         let svid = attest().await.unwrap_or_else(|e| panic!("failed to attest deleted agent: {e:?}"));
         admin
-            .ban_agent(cairn::api::pb::spire::api::server::agent::v1::BanAgentRequest { id: svid.id.clone() })
+            .ban_agent(cairn::wire::pb::spire::api::server::agent::v1::BanAgentRequest { id: svid.id.clone() })
             .await
             .unwrap_or_else(|e| panic!("failed to ban agent: {e:?}"));
         match attest().await {
@@ -1059,7 +1059,7 @@ fn node_attestation_suite() {
             }
         }
         admin
-            .delete_agent(cairn::api::pb::spire::api::server::agent::v1::DeleteAgentRequest { id: svid.id.clone() })
+            .delete_agent(cairn::wire::pb::spire::api::server::agent::v1::DeleteAgentRequest { id: svid.id.clone() })
             .await
             .unwrap_or_else(|e| panic!("failed to delete agent: {e:?}"));
         attest().await.unwrap_or_else(|e| panic!("failed to attest deleted agent: {e:?}"));

@@ -4,7 +4,7 @@
 
 mod common;
 
-use cairn::api::pb::spire::api::server::{bundle::v1 as bundlepb, entry::v1 as entrypb};
+use cairn::wire::pb::spire::api::server::{bundle::v1 as bundlepb, entry::v1 as entrypb};
 use common::*;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use std::path::Path;
@@ -180,7 +180,7 @@ async fn admin_rpcs_need_an_admin_svid_and_get_bundle_is_open() {
 /// entry is still in the datastore (it has not been pruned yet).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_admin_or_downstream_entry_grants_nothing() {
-    use cairn::api::pb::spire::api::server::svid::v1 as svidpb;
+    use cairn::wire::pb::spire::api::server::svid::v1 as svidpb;
     let tmp = tempfile::tempdir().unwrap();
     let s = tokio::task::block_in_place(|| TestServer::start(tmp.path(), &ServerOpts::default()));
     let bundle = tmp.path().join("bundle.pem");

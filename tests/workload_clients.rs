@@ -138,7 +138,7 @@ async fn entry_changes_reach_an_open_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_workloads_and_missing_headers_are_refused() {
-    use cairn::api::pb::workload::{X509svidRequest, spiffe_workload_api_client::SpiffeWorkloadApiClient};
+    use cairn::wire::pb::workload::{X509svidRequest, spiffe_workload_api_client::SpiffeWorkloadApiClient};
     let tmp = tempfile::tempdir().unwrap();
     let (_s, a) = tokio::task::block_in_place(|| setup(tmp.path(), 4242));
     // Without the security header: InvalidArgument.

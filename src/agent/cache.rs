@@ -5,7 +5,7 @@
 //! receiver and re-sends to its caller when the part it sees changed. JWT-SVIDs are minted on
 //! demand (through [`WorkloadSource::fetch_jwt_svid`]) and cached by the source.
 
-use crate::datastore::Selector;
+use crate::spiffe::Selector;
 use crate::spiffe::{Bundle, SpiffeId, TrustDomain};
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -4,10 +4,10 @@
 
 use super::cache::{FetchJwtError, Snapshot, WorkloadSource, X509SvidItem};
 use super::client::{self, ClientIdentity, ServerTrust};
-use crate::api::convert::bundle_from_proto;
-use crate::api::pb::spire::api::server::{agent::v1 as agentpb, bundle::v1 as bundlepb, entry::v1 as entrypb, svid::v1 as svidpb};
-use crate::api::pb::spire::api::types as pt;
-use crate::datastore::Selector;
+use crate::wire::convert::bundle_from_proto;
+use crate::wire::pb::spire::api::server::{agent::v1 as agentpb, bundle::v1 as bundlepb, entry::v1 as entrypb, svid::v1 as svidpb};
+use crate::wire::pb::spire::api::types as pt;
+use crate::spiffe::Selector;
 use crate::spiffe::{Bundle, SpiffeId, TrustDomain};
 use base64::Engine as _;
 use std::collections::{BTreeMap, HashMap};
@@ -21,28 +21,7 @@ const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STA
 /// SVIDs requested per BatchNewX509SVID call (SPIRE's starting batch size).
 const CSR_BATCH: usize = 500;
 
-/// How the agent proves its node's identity.
-#[derive(Clone)]
-pub enum NodeAttestation {
-    /// A one-time join token (none needed when a stored SVID is still valid).
-    JoinToken(Option<String>),
-    /// x509pop: the node certificate chain (leaf first) and its PKCS#8 key.
-    X509Pop {
-        /// Leaf first.
-        chain: Vec<Vec<u8>>,
-        /// PKCS#8 DER.
-        key_pkcs8: Arc<Zeroizing<Vec<u8>>>,
-    },
-}
-
-impl std::fmt::Debug for NodeAttestation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::JoinToken(_) => f.write_str("JoinToken(..)"),
-            Self::X509Pop { .. } => f.write_str("X509Pop(..)"),
-        }
-    }
-}
+pub use crate::attest::NodeAttestation;
 
 /// What the agent runtime needs (built from agent.conf).
 #[derive(Debug, Clone)]
@@ -414,8 +393,8 @@ impl Agent {
     /// Reacts to a refusal of this agent (`err` is what failed, for the log): re-attests when it
     /// may, else records why it must stop and removes its stored SVID.
     async fn check_fatal(&self, status: &tonic::Status, err: &str, st: &mut State) {
-        use crate::api::pb::spire::api::types::permission_denied_details::Reason;
-        let Some(reason) = crate::api::status::denied_reason(status) else { return };
+        use crate::wire::pb::spire::api::types::permission_denied_details::Reason;
+        let Some(reason) = crate::wire::details::denied_reason(status) else { return };
         let reason = Reason::try_from(reason).unwrap_or(Reason::Unknown);
         let msg = match reason {
             Reason::AgentBanned => {
@@ -600,3 +579,12 @@ impl WorkloadSource for Agent {
         Ok((j.token, j.expires_at))
     }
 }
+
+#[async_trait::async_trait]
+impl crate::telemetry::health::Readiness for Agent {
+    /// An agent is ready once it has synced with its server.
+    async fn ready(&self) -> bool {
+        super::cache::WorkloadSource::subscribe(self).borrow().is_some()
+    }
+}
+

@@ -7,7 +7,7 @@ use super::workload::{self, CallerInfo, WorkloadApi};
 use crate::config::agent::{
     AgentConfig, AgentKeyManagerConfig, NodeAttestorConfig, TrustBundleFormat, TrustBundleSource, WorkloadAttestorConfig,
 };
-use crate::datastore::Selector;
+use crate::spiffe::Selector;
 use crate::spiffe::Bundle;
 use std::sync::Arc;
 use std::time::Duration;

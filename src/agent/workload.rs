@@ -38,13 +38,13 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
 use crate::agent::cache::{FetchJwtError, Snapshot, WorkloadSource, X509SvidItem};
-use crate::api::pb::workload::spiffe_workload_api_server::{SpiffeWorkloadApi, SpiffeWorkloadApiServer};
-use crate::api::pb::workload::{
+use crate::wire::pb::workload::spiffe_workload_api_server::{SpiffeWorkloadApi, SpiffeWorkloadApiServer};
+use crate::wire::pb::workload::{
     JwtBundlesRequest, JwtBundlesResponse, Jwtsvid, JwtsvidRequest, JwtsvidResponse, ValidateJwtsvidRequest, ValidateJwtsvidResponse,
     WitBundlesRequest, WitBundlesResponse, WitsvidRequest, WitsvidResponse, X509BundlesRequest, X509BundlesResponse, X509svid,
     X509svidRequest, X509svidResponse,
 };
-use crate::datastore::Selector;
+use crate::spiffe::Selector;
 use crate::net::{ConnInfo, ConnLimits, Peer, Registry};
 use crate::spiffe::{Bundle, JwtSvidError, SpiffeId, TrustDomain, validate_jwt_svid};
 
@@ -248,7 +248,7 @@ pub async fn serve(
     crate::net::grpc_server()
         .add_service(service)
         .add_service(
-            crate::api::pb::grpc::health::v1::health_server::HealthServer::new(health).max_decoding_message_size(MAX_REQUEST_BYTES),
+            crate::wire::pb::grpc::health::v1::health_server::HealthServer::new(health).max_decoding_message_size(MAX_REQUEST_BYTES),
         )
         .serve_with_incoming_shutdown(crate::net::uds_incoming(listener, Registry::new(limits)), signal)
         .await
@@ -276,15 +276,15 @@ struct AgentHealth {
 }
 
 #[tonic::async_trait]
-impl crate::api::pb::grpc::health::v1::health_server::Health for AgentHealth {
+impl crate::wire::pb::grpc::health::v1::health_server::Health for AgentHealth {
     async fn check(
         &self,
-        _req: Request<crate::api::pb::grpc::health::v1::HealthCheckRequest>,
-    ) -> Result<Response<crate::api::pb::grpc::health::v1::HealthCheckResponse>, Status> {
-        use crate::api::pb::grpc::health::v1::health_check_response::ServingStatus;
+        _req: Request<crate::wire::pb::grpc::health::v1::HealthCheckRequest>,
+    ) -> Result<Response<crate::wire::pb::grpc::health::v1::HealthCheckResponse>, Status> {
+        use crate::wire::pb::grpc::health::v1::health_check_response::ServingStatus;
         let ready = self.source.subscribe().borrow().is_some();
         let status = if ready { ServingStatus::Serving } else { ServingStatus::NotServing };
-        Ok(Response::new(crate::api::pb::grpc::health::v1::HealthCheckResponse { status: status as i32 }))
+        Ok(Response::new(crate::wire::pb::grpc::health::v1::HealthCheckResponse { status: status as i32 }))
     }
 }
 

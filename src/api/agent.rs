@@ -1,8 +1,9 @@
 //! `spire.api.server.agent.v1.Agent` (admin half; attestation comes with the agent issue).
 
-use super::convert::{agent_to_proto, id_from_proto};
-use super::pb::spire::api::server::agent::v1 as pb;
-use super::pb::spire::api::types as pt;
+use super::convert::agent_to_proto;
+use crate::wire::convert::id_from_proto;
+use crate::wire::pb::spire::api::server::agent::v1 as pb;
+use crate::wire::pb::spire::api::types as pt;
 use super::status::ApiError;
 use super::{Policy, Svc, now};
 use crate::datastore::{Entry, Selector};
@@ -45,19 +46,19 @@ async fn attest_flow(
     }
     // Before attestation: a join token is consumed by attesting, so a CSR refused afterwards
     // would burn it and leave the agent with no way to retry.
-    crate::server::attest::check_agent_csr(&csr)?;
+    crate::api::attest::check_agent_csr(&csr)?;
     let now = now();
     let attested = match data.r#type.as_str() {
         "join_token" => {
             let token = std::str::from_utf8(&data.payload).map_err(|_| ApiError::InvalidArgument("join token is not text".into()))?;
-            crate::server::attest::attest_join_token(state, token, now).await?
+            crate::api::attest::attest_join_token(state, token, now).await?
         }
-        "x509pop" => crate::server::attest::attest_x509pop(state, &data.payload, inbound, tx, now).await?,
+        "x509pop" => crate::api::attest::attest_x509pop(state, &data.payload, inbound, tx, now).await?,
         other => {
             return Err(ApiError::InvalidArgument(format!("error getting node attestor: could not find node attestor type {other:?}")));
         }
     };
-    let svid = crate::server::attest::issue_agent_svid(state, &attested, &csr, now).await?;
+    let svid = crate::api::attest::issue_agent_svid(state, &attested, &csr, now).await?;
     tracing::info!(agent_id = %attested.agent_id, attestation_type = attested.attestation_type, "agent attested");
     Ok(pb::AttestAgentResponse {
         step: Some(pb::attest_agent_response::Step::Result(pb::attest_agent_response::Result {
@@ -191,7 +192,7 @@ impl pb::agent_server::Agent for Svc {
             .into());
         }
         let csr = req.get_ref().params.as_ref().map(|p| p.csr.clone()).unwrap_or_default();
-        let (svid, serial, not_after) = crate::server::attest::mint_agent_svid(self.state(), &id, &csr, now())?;
+        let (svid, serial, not_after) = crate::api::attest::mint_agent_svid(self.state(), &id, &csr, now())?;
         // The old SVID keeps working until the new one is first presented (then promoted).
         node.new_cert_serial_number = serial;
         node.new_cert_not_after = not_after;

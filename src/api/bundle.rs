@@ -1,8 +1,8 @@
 //! `spire.api.server.bundle.v1.Bundle`.
 
-use super::convert::{bundle_from_proto, bundle_to_proto, jwt_key_from_proto, jwt_key_to_proto, x509_authority_from_proto};
-use super::pb::spire::api::server::bundle::v1 as pb;
-use super::pb::spire::api::types as pt;
+use crate::wire::convert::{bundle_from_proto, bundle_to_proto, jwt_key_from_proto, jwt_key_to_proto, x509_authority_from_proto};
+use crate::wire::pb::spire::api::server::bundle::v1 as pb;
+use crate::wire::pb::spire::api::types as pt;
 use super::status::{ApiError, ok_status};
 use super::{Policy, Svc};
 use crate::spiffe::TrustDomain;

@@ -1,6 +1,6 @@
 //! `spire.api.server.debug.v1.Debug` (admin socket only).
 
-use super::pb::spire::api::server::debug::v1 as pb;
+use crate::wire::pb::spire::api::server::debug::v1 as pb;
 use super::status::ApiError;
 use super::{Policy, Svc};
 use tonic::{Request, Response, Status};
@@ -21,7 +21,7 @@ impl pb::debug_server::Debug for Svc {
                 let (_, c) = x509_parser::parse_x509_certificate(der).ok()?;
                 let id = crate::spiffe::x509::leaf_spiffe_id(der).ok().or_else(|| crate::spiffe::x509::ca_spiffe_id(der).ok().flatten());
                 Some(pb::get_info_response::Cert {
-                    id: id.as_ref().map(super::convert::id_to_proto),
+                    id: id.as_ref().map(crate::wire::convert::id_to_proto),
                     expires_at: c.validity().not_after.timestamp(),
                     subject: c.subject().to_string(),
                 })

@@ -5,12 +5,13 @@
 //! "local", and on the TLS port, where the caller is whoever the client certificate names.
 
 pub mod agent;
+pub mod attest;
 pub mod bundle;
+pub mod bundlewatch;
 pub mod convert;
 pub mod debug;
 pub mod entry;
 pub mod limiter;
-pub mod pb;
 pub mod status;
 pub mod svid;
 
@@ -42,17 +43,17 @@ pub struct ApiState {
     /// The server's own SVID chain, for debug output.
     pub server_svid: Arc<std::sync::RwLock<Vec<Vec<u8>>>>,
     /// Authorized entries per agent, kept in memory.
-    pub entry_cache: Arc<crate::server::entrycache::EntryCache>,
+    pub entry_cache: Arc<crate::datastore::entrycache::EntryCache>,
     /// Lifetime of agent SVIDs, seconds.
     pub agent_ttl: i64,
     /// Node attestation settings.
-    pub attestors: crate::server::attest::Attestors,
+    pub attestors: crate::api::attest::Attestors,
     /// The upstream authority, when this server is not a self-signed root.
     pub upstream: Option<Arc<dyn crate::upstream::UpstreamAuthority>>,
     /// Last contact with the upstream (for status output).
-    pub upstream_status: Arc<std::sync::RwLock<crate::server::UpstreamStatus>>,
+    pub upstream_status: Arc<std::sync::RwLock<crate::upstream::UpstreamStatus>>,
     /// Open `BundleWatch` streams, capped.
-    pub watchers: Arc<crate::server::bundlewatch::Watchers>,
+    pub watchers: Arc<crate::api::bundlewatch::Watchers>,
     /// Failed node attestations per peer address (throttling).
     pub attest_limiter: limiter::FailureLimiter,
 }
@@ -136,7 +137,7 @@ impl Svc {
         let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
             .map_err(|_| ApiError::Unauthenticated("client certificate does not parse".into()))?;
         let info =
-            SvidInfo { serial: crate::ca::x509::num_to_decimal(cert.raw_serial()), not_after: cert.validity().not_after.timestamp() };
+            SvidInfo { serial: crate::pki::num_to_decimal(cert.raw_serial()), not_after: cert.validity().not_after.timestamp() };
         Ok(Caller::Svid(id, info))
     }
 
@@ -174,7 +175,7 @@ impl Svc {
     /// SPIRE's agent check: an attested node record exists, is not banned, and the caller
     /// presents the current (or the freshly renewed) SVID, which is then promoted.
     async fn check_agent(&self, id: &SpiffeId, info: &SvidInfo, method: &'static str) -> Result<(), ApiError> {
-        use crate::api::pb::spire::api::types::permission_denied_details::Reason;
+        use crate::wire::pb::spire::api::types::permission_denied_details::Reason;
         let deny = |reason: Reason, detail: String| ApiError::AgentDenied { method, reason: reason as i32, detail };
         if info.not_after < now() {
             return Err(deny(Reason::AgentExpired, format!("agent {id} SVID has expired")));
@@ -236,4 +237,13 @@ impl Svc {
 /// Current unix time (handlers take `now` from here; domain code takes it as a parameter).
 pub(crate) fn now() -> i64 {
     crate::now_unix()
+}
+
+#[async_trait::async_trait]
+impl crate::telemetry::health::Readiness for ApiState {
+    /// A server is ready when it can sign X.509 and (unless `disable_jwt_svids`) JWT-SVIDs
+    /// and its datastore answers.
+    async fn ready(&self) -> bool {
+        self.ca.can_sign(crate::now_unix()) && self.datastore.count_entries().await.is_ok()
+    }
 }

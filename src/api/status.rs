@@ -91,20 +91,9 @@ impl ApiError {
 
     /// The `spire.api.types.Status` for a batch result.
     #[must_use]
-    pub fn to_result_status(&self) -> crate::api::pb::spire::api::types::Status {
-        crate::api::pb::spire::api::types::Status { code: self.code() as i32, message: self.public_message() }
+    pub fn to_result_status(&self) -> crate::wire::pb::spire::api::types::Status {
+        crate::wire::pb::spire::api::types::Status { code: self.code() as i32, message: self.public_message() }
     }
-}
-
-/// `google.rpc.Status`, the container of gRPC status details.
-#[derive(Clone, PartialEq, prost::Message)]
-struct RpcStatus {
-    #[prost(int32, tag = "1")]
-    code: i32,
-    #[prost(string, tag = "2")]
-    message: String,
-    #[prost(message, repeated, tag = "3")]
-    details: Vec<prost_types::Any>,
 }
 
 impl From<ApiError> for Status {
@@ -112,29 +101,24 @@ impl From<ApiError> for Status {
         if let ApiError::AgentDenied { reason, detail, .. } = &e {
             tracing::info!(reason, %detail, "agent denied");
             let msg = e.public_message();
-            let details = crate::api::pb::spire::api::types::PermissionDeniedDetails { reason: *reason };
-            let status = RpcStatus {
-                code: Code::PermissionDenied as i32,
-                message: msg.clone(),
-                details: vec![prost_types::Any {
-                    type_url: "type.googleapis.com/spire.api.types.PermissionDeniedDetails".into(),
-                    value: prost::Message::encode_to_vec(&details),
-                }],
-            };
-            return Status::with_details(Code::PermissionDenied, msg, prost::Message::encode_to_vec(&status).into());
+            return crate::wire::details::permission_denied(msg, *reason);
         }
         Status::new(e.code(), e.public_message())
     }
 }
 
-/// The `PermissionDeniedDetails.Reason` carried by a status, if any (agent side).
-#[must_use]
-pub fn denied_reason(status: &Status) -> Option<i32> {
-    let s: RpcStatus = prost::Message::decode(status.details()).ok()?;
-    s.details.iter().find(|a| a.type_url.ends_with("spire.api.types.PermissionDeniedDetails")).and_then(|a| {
-        let d: crate::api::pb::spire::api::types::PermissionDeniedDetails = prost::Message::decode(a.value.as_slice()).ok()?;
-        Some(d.reason)
-    })
+impl From<crate::wire::WireError> for ApiError {
+    fn from(e: crate::wire::WireError) -> Self {
+        match e {
+            crate::wire::WireError::Invalid(m) => Self::InvalidArgument(m),
+        }
+    }
+}
+
+impl From<crate::wire::WireError> for Status {
+    fn from(e: crate::wire::WireError) -> Self {
+        ApiError::from(e).into()
+    }
 }
 
 impl From<DatastoreError> for ApiError {
@@ -146,6 +130,12 @@ impl From<DatastoreError> for ApiError {
                 Self::Internal { public: "datastore error", detail: e.to_string() }
             }
         }
+    }
+}
+
+impl From<crate::pki::PkiError> for ApiError {
+    fn from(e: crate::pki::PkiError) -> Self {
+        CaError::from(e).into()
     }
 }
 
@@ -173,6 +163,6 @@ impl From<CaError> for ApiError {
 
 /// The OK status of a batch result.
 #[must_use]
-pub fn ok_status() -> crate::api::pb::spire::api::types::Status {
-    crate::api::pb::spire::api::types::Status { code: 0, message: "OK".into() }
+pub fn ok_status() -> crate::wire::pb::spire::api::types::Status {
+    crate::wire::pb::spire::api::types::Status { code: 0, message: "OK".into() }
 }

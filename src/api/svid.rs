@@ -1,12 +1,13 @@
 //! `spire.api.server.svid.v1.SVID`.
 
-use super::convert::{check_wildcard_overlap, id_from_proto, id_to_proto, validate_dns_name, verify_trust_domain_workload_id};
-use super::pb::spire::api::server::svid::v1 as pb;
-use super::pb::spire::api::types as pt;
+use super::convert::{check_wildcard_overlap, validate_dns_name, verify_trust_domain_workload_id};
+use crate::wire::convert::{id_from_proto, id_to_proto};
+use crate::wire::pb::spire::api::server::svid::v1 as pb;
+use crate::wire::pb::spire::api::types as pt;
 use super::status::ApiError;
 use super::{Policy, Svc, now};
 use crate::ca::X509SvidRequest;
-use crate::ca::x509::csr_public_key;
+use crate::pki::csr_public_key;
 use crate::spiffe::SpiffeId;
 use tonic::{Request, Response, Status};
 use x509_parser::extensions::{GeneralName, ParsedExtension};

@@ -41,7 +41,6 @@
 
 #![warn(clippy::indexing_slicing)]
 
-use std::fmt::Write as _;
 
 use aws_lc_rs::digest::{Digest, SHA256, SHA384};
 use aws_lc_rs::signature::{self as sig, EcdsaKeyPair, RsaKeyPair, UnparsedPublicKey};
@@ -617,16 +616,8 @@ struct Node<'a> {
     cert: X509Certificate<'a>,
 }
 
-fn lower_hex(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(out, "{b:02x}");
-    }
-    out
-}
-
 fn sha1_hex(der: &[u8]) -> String {
-    lower_hex(&sha1::Sha1::digest(der))
+    crate::text::hex(&sha1::Sha1::digest(der))
 }
 
 /// One DER TLV as read by [`der_tlv`]: `(tag, whole TLV, contents, rest of the input)`.
@@ -925,7 +916,7 @@ fn name_attribute(name: &X509Name<'_>, oid: &str) -> Result<String, String> {
 /// Go's `SerialNumberHex`: lowercase hex, padded to an even number of digits.
 fn serial_hex(raw_serial: &[u8]) -> String {
     let digits = strip_leading_zeros(raw_serial);
-    if digits.is_empty() { "00".to_owned() } else { lower_hex(digits) }
+    if digits.is_empty() { "00".to_owned() } else { crate::text::hex(digits) }
 }
 
 fn what_cert(index: usize) -> String {
@@ -1540,13 +1531,13 @@ mod tests {
         assert!(matches!(other.verify_response(&response), Err(X509PopError::SignatureInvalid { .. })));
 
         let fingerprint = att.fingerprint();
-        assert_eq!(fingerprint, lower_hex(&sha1::Sha1::digest(&pki.chain[0])));
+        assert_eq!(fingerprint, crate::text::hex(&sha1::Sha1::digest(&pki.chain[0])));
         assert_eq!(att.agent_path(TD, None).unwrap(), format!("/spire/agent/x509pop/{fingerprint}"));
         assert_eq!(att.agent_id(TD, None).unwrap(), format!("spiffe://example.org/spire/agent/x509pop/{fingerprint}"));
         let mut want = vec![
             "subject:cn:node-1".to_owned(),
-            format!("ca:fingerprint:{}", lower_hex(&sha1::Sha1::digest(&pki.chain[1]))),
-            format!("ca:fingerprint:{}", lower_hex(&sha1::Sha1::digest(&pki.roots[0]))),
+            format!("ca:fingerprint:{}", crate::text::hex(&sha1::Sha1::digest(&pki.chain[1]))),
+            format!("ca:fingerprint:{}", crate::text::hex(&sha1::Sha1::digest(&pki.roots[0]))),
             "serialnumber:0a1b2c".to_owned(),
             "san:datacenter:dc-1".to_owned(),
         ];

@@ -8,7 +8,7 @@
 //! publication fails the preparation, so no key is ever used before others can verify it.
 
 use super::rotation::{self, Action, Lifetime};
-use super::x509::{self as tmpl, CaSubject};
+use crate::pki::{self as tmpl, CaSubject};
 use super::{Ca, CaError, JwtSigner, X509Authority};
 use crate::datastore::Datastore;
 use crate::keymanager::{Key, KeyManager, KeyRef, KeyType};
@@ -485,18 +485,18 @@ impl CaManager {
         tracing::info!(
             slot = %rec.slot,
             authority_id = %rec.authority_id,
-            configured_ca_ttl = %crate::config::format_duration(self.config.ca_ttl),
-            effective_ca_ttl = %crate::config::format_duration(effective),
+            configured_ca_ttl = %crate::text::format_duration(self.config.ca_ttl),
+            effective_ca_ttl = %crate::text::format_duration(effective),
             capped_by_upstream = capped,
             not_after = rec.not_after,
             next_prepare_at = life.prepare_at(),
             next_activate_at = life.activate_at(),
             "{what}: lives {} of ca_ttl {}{}; next CA prepared in {}, activated in {}",
-            crate::config::format_duration(effective),
-            crate::config::format_duration(self.config.ca_ttl),
+            crate::text::format_duration(effective),
+            crate::text::format_duration(self.config.ca_ttl),
             if capped { " (capped at the upstream CA's expiry)" } else { "" },
-            crate::config::format_duration(life.prepare_at() - rec.issued_at),
-            crate::config::format_duration(life.activate_at() - rec.issued_at),
+            crate::text::format_duration(life.prepare_at() - rec.issued_at),
+            crate::text::format_duration(life.activate_at() - rec.issued_at),
         );
     }
 
@@ -515,10 +515,10 @@ impl CaManager {
         if life < min {
             return Err(CaError::Upstream(format!(
                 "the upstream signed this tier's CA for only {} (its own CA expires then), less than 6 x ca_rotation_interval ({}): it would expire between rotation checks. Raise the upstream tier's ca_ttl (this tier asked for {}) or lower server.experimental.ca_rotation_interval to at most {}",
-                crate::config::format_duration(life.max(0)),
-                crate::config::format_duration(min),
-                crate::config::format_duration(self.config.ca_ttl),
-                crate::config::format_duration((life / 6).max(1)),
+                crate::text::format_duration(life.max(0)),
+                crate::text::format_duration(min),
+                crate::text::format_duration(self.config.ca_ttl),
+                crate::text::format_duration((life / 6).max(1)),
             )));
         }
         Ok(())

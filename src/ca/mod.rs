@@ -7,7 +7,6 @@
 
 pub mod manager;
 pub mod rotation;
-pub mod x509;
 
 use crate::keymanager::{Key, KeyManagerError, KeyRef};
 use crate::spiffe::{SpiffeId, TrustDomain};
@@ -15,7 +14,18 @@ use rcgen::PublicKeyData;
 use std::sync::{Arc, RwLock};
 
 pub use manager::{CaConfig, CaManager};
-pub use x509::CaSubject;
+pub use crate::pki::CaSubject;
+use crate::pki as x509;
+
+impl From<crate::pki::PkiError> for CaError {
+    fn from(e: crate::pki::PkiError) -> Self {
+        match e {
+            crate::pki::PkiError::InvalidRequest(m) => Self::InvalidRequest(m),
+            crate::pki::PkiError::Template(m) => Self::Template(m),
+            crate::pki::PkiError::Signing(m) => Self::Signing(m),
+        }
+    }
+}
 
 /// Errors from the CA.
 #[derive(Debug, thiserror::Error)]
@@ -410,11 +420,7 @@ fn cap_at(until: i64, not_after: i64, now: i64) -> Result<i64, CaError> {
     Ok(not_after.min(until))
 }
 
-/// Lowercase hex.
-#[must_use]
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use crate::text::hex;
 
 #[cfg(test)]
 mod tests;

@@ -11,8 +11,8 @@
 //! the agent does not serve it (Unimplemented) it falls back to what SPIRE's agent does inside
 //! that service: a `FetchX509SVID` that answers, or refuses with PermissionDenied, means up.
 
-use crate::api::pb::grpc::health::v1 as healthpb;
-use crate::api::pb::workload as wl;
+use crate::wire::pb::grpc::health::v1 as healthpb;
+use crate::wire::pb::workload as wl;
 use crate::config::agent::{AgentConfig, AgentOverrides, DEFAULT_CONFIG_PATH, DEFAULT_SOCKET_PATH};
 use clap::{Args, Subcommand};
 use futures::future::BoxFuture;
@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use wl::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use zeroize::Zeroizing;
 
@@ -345,14 +345,8 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 async fn connect(s: &SocketArgs) -> Result<Channel, String> {
     let path = resolve_socket(s, |k| std::env::var(k).ok())?;
-    let p = path.clone();
-    // The URI is a placeholder: the connector always dials the socket.
-    let ep = Endpoint::try_from("http://spire-agent.workload.sock").map_err(|e| e.to_string())?.connect_timeout(Duration::from_secs(5));
-    ep.connect_with_connector(tower::service_fn(move |_| {
-        let p = p.clone();
-        async move { tokio::net::UnixStream::connect(p).await.map(hyper_util::rt::TokioIo::new) }
-    }))
-    .await
+    crate::net::dial::unix_channel(&path, Some(Duration::from_secs(5)))
+        .await
     .map_err(|e| {
         format!(
             "cannot connect to the Workload API socket {}: {} (is the agent running? use -socketPath to point at it)",

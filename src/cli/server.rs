@@ -1,9 +1,9 @@
 //! `cairn server ...` subcommands.
 
 use super::client::connect_admin;
-use crate::api::convert::{bundle_from_proto, id_to_proto};
-use crate::api::pb::spire::api::server::{agent::v1 as agentpb, bundle::v1 as bundlepb, entry::v1 as entrypb, svid::v1 as svidpb};
-use crate::api::pb::spire::api::types as pt;
+use crate::wire::convert::{bundle_from_proto, id_to_proto};
+use crate::wire::pb::spire::api::server::{agent::v1 as agentpb, bundle::v1 as bundlepb, entry::v1 as entrypb, svid::v1 as svidpb};
+use crate::wire::pb::spire::api::types as pt;
 use crate::config::server::{DEFAULT_SOCKET_PATH, ServerConfig, ServerOverrides};
 use crate::spiffe::{Bundle, SpiffeId, TrustDomain};
 use clap::{Args, Subcommand};
@@ -478,7 +478,7 @@ async fn healthcheck(h: HealthArgs) -> CliResult {
             .map_err(|e| format!("Server is unhealthy: unable to fetch bundle: {}", e.message()))?;
         // SPIRE's check: grpc.health.v1 on the admin socket, SERVING only once the server can
         // sign X.509 and JWT-SVIDs.
-        use crate::api::pb::grpc::health::v1 as healthpb;
+        use crate::wire::pb::grpc::health::v1 as healthpb;
         let resp = healthpb::health_client::HealthClient::new(ch)
             .check(healthpb::HealthCheckRequest::default())
             .await
@@ -799,7 +799,7 @@ async fn bundle(cmd: BundleCommand) -> CliResult {
             let mut c = bundlepb::bundle_client::BundleClient::new(connect_admin(&sock.socket_path).await?);
             let resp = c
                 .batch_set_federated_bundle(bundlepb::BatchSetFederatedBundleRequest {
-                    bundle: vec![crate::api::convert::bundle_to_proto(&bundle)],
+                    bundle: vec![crate::wire::convert::bundle_to_proto(&bundle)],
                     output_mask: None,
                 })
                 .await

@@ -323,8 +323,8 @@ fn experimental_hint(key: &str) -> Option<&'static str> {
 impl AgentConfig {
     /// Where and how this agent logs.
     #[must_use]
-    pub fn log_settings(&self) -> crate::telemetry::LogSettings {
-        crate::telemetry::LogSettings {
+    pub fn log_settings(&self) -> super::LogSettings {
+        super::LogSettings {
             level: self.log_level.clone(),
             format: self.log_format,
             file: self.log_file.clone(),

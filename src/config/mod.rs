@@ -306,25 +306,20 @@ pub fn parse_duration(s: &str) -> Result<i64, String> {
     i64::try_from((total_ms + 999) / 1000).map_err(|_| bad())
 }
 
-/// Formats seconds the Go way (`"1h30m0s"` style, shortened: `"1h30m"`).
-#[must_use]
-pub fn format_duration(secs: i64) -> String {
-    if secs == 0 {
-        return "0s".into();
-    }
-    let (h, m, s) = (secs / 3600, (secs % 3600) / 60, secs % 60);
-    let mut out = String::new();
-    if h > 0 {
-        out.push_str(&format!("{h}h"));
-    }
-    if m > 0 {
-        out.push_str(&format!("{m}m"));
-    }
-    if s > 0 {
-        out.push_str(&format!("{s}s"));
-    }
-    out
+/// How logs are written (from the config file and the `-log*` flags).
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    /// DEBUG, INFO, WARN, ERROR or TRACE.
+    pub level: String,
+    /// Text or JSON lines.
+    pub format: server::LogFormat,
+    /// `log_file`: write here instead of stderr.
+    pub file: Option<std::path::PathBuf>,
+    /// `log_source_location`: add the source file and line to each event.
+    pub source_location: bool,
 }
+
+pub use crate::text::format_duration;
 
 /// One `Type "name" { ... }` plugin block: its name, its path and its `plugin_data`.
 pub(crate) struct PluginDecl<'a> {

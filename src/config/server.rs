@@ -2,10 +2,9 @@
 
 use super::hcl::Object;
 use super::{ConfigErrors, Walker, join, plugin_decls, quote};
-use crate::ca::CaSubject;
+use crate::pki::CaSubject;
 use crate::keymanager::KeyType;
 use crate::spiffe::{SpiffeId, TrustDomain};
-use crate::upstream::disk::DiskUpstreamConfig;
 use std::path::PathBuf;
 
 /// Where the datastore lives.
@@ -35,7 +34,57 @@ pub enum UpstreamConfig {
     /// `UpstreamAuthority "disk"`.
     Disk(DiskUpstreamConfig),
     /// `UpstreamAuthority "spire"`: this server is a downstream tier.
-    Spire(crate::upstream::spire::SpireUpstreamConfig),
+    Spire(SpireUpstreamConfig),
+}
+
+/// Files of the upstream CA.
+#[derive(Debug, Clone)]
+pub struct DiskUpstreamConfig {
+    /// PEM certificate chain, the upstream CA first.
+    pub cert_file_path: PathBuf,
+    /// PEM private key of the first certificate.
+    pub key_file_path: PathBuf,
+    /// PEM trust anchors, when the upstream CA is not itself a root.
+    pub bundle_file_path: Option<PathBuf>,
+}
+
+/// `plugin_data` of `UpstreamAuthority "spire"`.
+#[derive(Debug, Clone)]
+pub struct SpireUpstreamConfig {
+    /// Upstream server host.
+    pub server_address: String,
+    /// Upstream server port.
+    pub server_port: u16,
+    /// Where this server's identity toward the upstream comes from.
+    pub identity: IdentitySource,
+}
+
+/// How a downstream server gets the X509-SVID it presents upstream.
+#[derive(Debug, Clone)]
+pub enum IdentitySource {
+    /// SPIRE's arrangement: the Workload API socket of an upper-tier agent on this host.
+    WorkloadApi(PathBuf),
+    /// cairn's one-binary arrangement: the server attests itself to the upstream as an agent
+    /// (join_token or x509pop) and uses the SVID of an entry parented to that agent identity.
+    Embedded(Box<EmbeddedAgent>),
+}
+
+/// The agent a downstream server runs in-process to authenticate upstream (cairn's one-binary
+/// arrangement), with its files already read.
+#[derive(Debug, Clone)]
+pub struct EmbeddedAgent {
+    /// Trust domain.
+    pub trust_domain: TrustDomain,
+    /// `server_address:server_port` of the upstream.
+    pub server_addr: String,
+    /// Roots from `trust_bundle_path`, trusted for the upstream's certificate.
+    pub roots: Vec<Vec<u8>>,
+    /// How it attests (join_token or x509pop).
+    pub attestation: crate::attest::NodeAttestation,
+    /// Where its SVID persists.
+    pub state_dir: PathBuf,
+    /// How often it syncs.
+    pub sync_interval: std::time::Duration,
 }
 
 /// `health_checks { ... }`.
@@ -240,8 +289,8 @@ pub const DEFAULT_SOCKET_PATH: &str = "/tmp/spire-server/private/api.sock";
 impl ServerConfig {
     /// Where and how this server logs.
     #[must_use]
-    pub fn log_settings(&self) -> crate::telemetry::LogSettings {
-        crate::telemetry::LogSettings {
+    pub fn log_settings(&self) -> super::LogSettings {
+        super::LogSettings {
             level: self.log_level.clone(),
             format: self.log_format,
             file: self.log_file.clone(),
@@ -605,8 +654,8 @@ fn embedded_settings(
     bundle: &str,
     attestation: EmbeddedAttestation,
     dir: PathBuf,
-) -> Result<crate::agent::manager::AgentSettings, String> {
-    use crate::agent::manager::{AgentSettings, NodeAttestation};
+) -> Result<EmbeddedAgent, String> {
+    use crate::attest::NodeAttestation;
     let text = std::fs::read_to_string(bundle).map_err(|e| format!("trust_bundle_path {bundle}: {e}"))?;
     let roots = crate::spiffe::parse_pem_certs(&text).map_err(|e| format!("trust_bundle_path {bundle}: {e}"))?;
     let attestation = match attestation {
@@ -621,12 +670,12 @@ fn embedded_settings(
             NodeAttestation::X509Pop { chain, key_pkcs8: std::sync::Arc::new(zeroize::Zeroizing::new(kp.serialize_der())) }
         }
     };
-    Ok(AgentSettings {
+    Ok(EmbeddedAgent {
         trust_domain: td,
         server_addr: format!("{addr}:{port}"),
-        bootstrap: crate::agent::client::ServerTrust::Roots(roots),
+        roots,
         attestation,
-        state_dir: Some(dir),
+        state_dir: dir,
         sync_interval: std::time::Duration::from_secs(1),
     })
 }
@@ -853,7 +902,7 @@ impl Plugins {
                 }
                 let embedded = token.is_some() || pop.is_some();
                 let identity = match (socket, embedded) {
-                    (Some(s), false) => Some(crate::upstream::spire::IdentitySource::WorkloadApi(s.into())),
+                    (Some(s), false) => Some(IdentitySource::WorkloadApi(s.into())),
                     (Some(_), true) => {
                         w.err(
                             &join(&u.path, "workload_api_socket"),
@@ -894,7 +943,7 @@ impl Plugins {
                             (Some(td), Some(b), Some(a), Some(addr), Some(port)) => {
                                 let dir = agent_dir.map_or_else(|| data_dir_for_embedded(overrides, server), PathBuf::from);
                                 match embedded_settings(td, addr, port, &b, a, dir) {
-                                    Ok(s) => Some(crate::upstream::spire::IdentitySource::Embedded(Box::new(s))),
+                                    Ok(s) => Some(IdentitySource::Embedded(Box::new(s))),
                                     Err(e) => {
                                         w.err(&u.path, e);
                                         None
@@ -907,7 +956,7 @@ impl Plugins {
                 };
                 match (addr, port, identity) {
                     (Some(server_address), Some(server_port), Some(identity)) => {
-                        Some(UpstreamConfig::Spire(crate::upstream::spire::SpireUpstreamConfig { server_address, server_port, identity }))
+                        Some(UpstreamConfig::Spire(SpireUpstreamConfig { server_address, server_port, identity }))
                     }
                     _ => None,
                 }

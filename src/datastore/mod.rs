@@ -6,6 +6,7 @@
 //! Every bundle change bumps its `sequence_number` and wakes [`Datastore::watch_changes`]
 //! subscribers, which the TLS verifier and (later) the agent entry cache follow.
 
+pub mod entrycache;
 pub mod sql;
 
 use crate::spiffe::{Bundle, JwtAuthority, SpiffeId, TrustDomain};
@@ -40,14 +41,7 @@ pub enum DatastoreError {
     Config(String),
 }
 
-/// A selector (`type:value`), e.g. `unix:uid:1000`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
-pub struct Selector {
-    /// The attestor that produces it (`unix`, `join_token`, `spiffe_id`, ...).
-    pub kind: String,
-    /// The value; may itself contain colons.
-    pub value: String,
-}
+pub use crate::spiffe::Selector;
 
 /// A registration entry.
 #[derive(Debug, Clone, PartialEq, Eq)]

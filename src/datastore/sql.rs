@@ -136,7 +136,7 @@ fn prepare_private_db_file(file: &std::path::Path) -> Result<(), DatastoreError>
 /// The stored form of a join token: lowercase hex SHA-256.
 fn join_token_hash(token: &str) -> String {
     use sha2::Digest as _;
-    crate::ca::hex(&sha2::Sha256::digest(token.as_bytes()))
+    crate::text::hex(&sha2::Sha256::digest(token.as_bytes()))
 }
 
 /// Migration 0002 moved plaintext join tokens aside; hash them into `join_tokens` and drop the

@@ -2,7 +2,7 @@
 //!
 //! - Unix sockets (the server's admin socket, the agent's Workload API, and any later one)
 //!   go through [`uds_incoming`]: the peer is pinned at accept ([`peer::PeerProcess`]), gRPC
-//!   C-core clients get their `:authority` fixed ([`crate::agent::authority`]), and the
+//!   C-core clients get their `:authority` fixed ([`authority`]), and the
 //!   connection is admitted and reaped by [`conn`].
 //! - TCP with TLS (the server's gRPC port) goes through [`tls_incoming`]: per-address caps,
 //!   handshake timeout, the same reaping.
@@ -11,6 +11,7 @@
 //! - [`raise_nofile_limit`] lifts the soft descriptor limit at start, and [`fd_budget`] splits
 //!   what is available between listeners, so caps trip before `accept` runs out of descriptors.
 
+pub mod dial;
 pub mod authority;
 pub mod conn;
 pub mod peer;

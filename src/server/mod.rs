@@ -1,16 +1,13 @@
 //! `cairn server`: assembly of datastore, key manager, upstream authority, CA manager and the
 //! gRPC services, and the `run(listeners, shutdown)` loop.
 
-pub mod attest;
-pub mod bundlewatch;
-pub mod entrycache;
 pub mod prune;
 pub mod tls;
 pub mod upstream_sync;
 
 pub use upstream_sync::UpstreamStatus;
 
-use crate::api::pb::spire::api::server as spb;
+use crate::wire::pb::spire::api::server as spb;
 use crate::api::{ApiState, Svc};
 use crate::ca::{CaConfig, CaManager};
 use crate::config::server::{KeyManagerConfig, ServerConfig, UpstreamConfig};
@@ -125,11 +122,11 @@ impl Server {
             tls.set_roots(&b.x509_authorities);
         }
         let entry_cache =
-            Arc::new(crate::server::entrycache::EntryCache::new(config.trust_domain.clone()).map_err(|e| ServerError::Io(e.to_string()))?);
+            Arc::new(crate::datastore::entrycache::EntryCache::new(config.trust_domain.clone()).map_err(|e| ServerError::Io(e.to_string()))?);
         entry_cache.reload(datastore.as_ref()).await?;
         // Join tokens are built in, as in SPIRE: a `NodeAttestor "join_token"` block is accepted but
         // not required (SPIRE's own suites and walk-throughs rely on that).
-        let mut attestors = attest::Attestors { join_token: true, x509pop: None };
+        let mut attestors = crate::api::attest::Attestors { join_token: true, x509pop: None };
         if let Some(x) = &config.x509pop {
             let mut roots = Vec::new();
             for p in &x.ca_bundle_paths {
@@ -140,7 +137,7 @@ impl Server {
                         .map_err(|e| ServerError::Io(format!("NodeAttestor x509pop ca_bundle_path {}: {e}", p.display())))?,
                 );
             }
-            attestors.x509pop = Some(attest::X509PopServer { roots, agent_path_template: x.agent_path_template.clone() });
+            attestors.x509pop = Some(crate::api::attest::X509PopServer { roots, agent_path_template: x.agent_path_template.clone() });
         }
         let state = Arc::new(ApiState {
             trust_domain: config.trust_domain.clone(),
@@ -284,7 +281,7 @@ impl Server {
             let router = grpc_router(&svc)
                 .add_service(spb::debug::v1::debug_server::DebugServer::new(svc.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES))
                 .add_service(
-                    crate::api::pb::grpc::health::v1::health_server::HealthServer::new(ServerHealth(Arc::clone(&self.state)))
+                    crate::wire::pb::grpc::health::v1::health_server::HealthServer::new(ServerHealth(Arc::clone(&self.state)))
                         .max_decoding_message_size(MAX_MESSAGE_BYTES),
                 );
             let stop = stopped(stop_rx.clone());
@@ -334,18 +331,18 @@ impl Server {
 struct ServerHealth(Arc<ApiState>);
 
 #[tonic::async_trait]
-impl crate::api::pb::grpc::health::v1::health_server::Health for ServerHealth {
+impl crate::wire::pb::grpc::health::v1::health_server::Health for ServerHealth {
     async fn check(
         &self,
-        req: tonic::Request<crate::api::pb::grpc::health::v1::HealthCheckRequest>,
-    ) -> Result<tonic::Response<crate::api::pb::grpc::health::v1::HealthCheckResponse>, tonic::Status> {
-        use crate::api::pb::grpc::health::v1::health_check_response::ServingStatus;
+        req: tonic::Request<crate::wire::pb::grpc::health::v1::HealthCheckRequest>,
+    ) -> Result<tonic::Response<crate::wire::pb::grpc::health::v1::HealthCheckResponse>, tonic::Status> {
+        use crate::wire::pb::grpc::health::v1::health_check_response::ServingStatus;
         if !req.get_ref().service.is_empty() {
             return Err(tonic::Status::invalid_argument("per-service health is not supported"));
         }
         let ready = crate::telemetry::health::Readiness::ready(self.0.as_ref()).await;
         let status = if ready { ServingStatus::Serving } else { ServingStatus::NotServing };
-        Ok(tonic::Response::new(crate::api::pb::grpc::health::v1::HealthCheckResponse { status: status as i32 }))
+        Ok(tonic::Response::new(crate::wire::pb::grpc::health::v1::HealthCheckResponse { status: status as i32 }))
     }
 }
 
@@ -442,7 +439,7 @@ fn grpc_router(svc: &Svc) -> GrpcRouter {
         .add_service(spb::svid::v1::svid_server::SvidServer::new(svc.clone()).max_decoding_message_size(m))
         .add_service(spb::agent::v1::agent_server::AgentServer::new(svc.clone()).max_decoding_message_size(m))
         .add_service(
-            crate::api::pb::cairn::api::bundlewatch::v1::bundle_watch_server::BundleWatchServer::new(svc.clone())
+            crate::wire::pb::cairn::api::bundlewatch::v1::bundle_watch_server::BundleWatchServer::new(svc.clone())
                 .max_decoding_message_size(m),
         )
 }

@@ -13,18 +13,7 @@ use crate::upstream::{UpstreamAuthority, UpstreamError};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// What the last exchange with the upstream did (for `cairn tiers status`).
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct UpstreamStatus {
-    /// Unix seconds of the last successful bundle sync.
-    pub last_sync: i64,
-    /// Sequence number of the upstream bundle last seen.
-    pub upstream_sequence: u64,
-    /// `push` or `poll`.
-    pub mode: String,
-    /// The last error, if the last attempt failed.
-    pub last_error: Option<String>,
-}
+pub use crate::upstream::UpstreamStatus;
 
 async fn apply(state: &ApiState, upstream: &Bundle) -> Result<(), crate::datastore::DatastoreError> {
     let before = state.datastore.get_bundle(&state.trust_domain).await?;

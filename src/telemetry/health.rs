@@ -1,6 +1,5 @@
 //! `health_checks`: `/live` and `/ready` over plain HTTP/1.
 
-use crate::api::ApiState;
 use crate::config::server::HealthConfig;
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -13,23 +12,6 @@ use tokio::net::TcpListener;
 pub trait Readiness: Send + Sync + 'static {
     /// Whether the process can do its job now.
     async fn ready(&self) -> bool;
-}
-
-#[async_trait::async_trait]
-impl Readiness for ApiState {
-    /// A server is ready when it can sign X.509 and (unless `disable_jwt_svids`) JWT-SVIDs
-    /// and its datastore answers.
-    async fn ready(&self) -> bool {
-        self.ca.can_sign(crate::now_unix()) && self.datastore.count_entries().await.is_ok()
-    }
-}
-
-#[async_trait::async_trait]
-impl Readiness for crate::agent::manager::Agent {
-    /// An agent is ready once it has synced with its server.
-    async fn ready(&self) -> bool {
-        crate::agent::cache::WorkloadSource::subscribe(self).borrow().is_some()
-    }
 }
 
 /// Connection limits of a health listener: probes are one short request each.

@@ -17,18 +17,7 @@ use std::io::{IsTerminal as _, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 
-/// How logs are written (from the config file and the `-log*` flags).
-#[derive(Debug, Clone)]
-pub struct LogSettings {
-    /// DEBUG, INFO, WARN, ERROR or TRACE.
-    pub level: String,
-    /// Text or JSON lines.
-    pub format: LogFormat,
-    /// `log_file`: write here instead of stderr.
-    pub file: Option<PathBuf>,
-    /// `log_source_location`: add the source file and line to each event.
-    pub source_location: bool,
-}
+pub use crate::config::LogSettings;
 
 /// SPIRE's mode for log files (`pkg/common/log/reopen.go`: `fileMode = 0640`): logs may name
 /// SPIFFE IDs and hosts, so they are not world-readable.

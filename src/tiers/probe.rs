@@ -2,11 +2,10 @@
 //! gRPC clients, as `cairn server` uses them), the Workload API of each agent, and each
 //! server's `status.json`.
 
-use crate::api::convert::{bundle_from_proto, id_to_proto};
-use crate::api::pb::spire::api::server::{agent::v1 as agentpb, bundle::v1 as bundlepb, entry::v1 as entrypb};
-use crate::api::pb::spire::api::types as pt;
-use crate::api::pb::workload::{JwtBundlesRequest, X509svidRequest, spiffe_workload_api_client::SpiffeWorkloadApiClient};
-use crate::cli::client::connect_admin;
+use crate::wire::convert::{bundle_from_proto, id_to_proto};
+use crate::wire::pb::spire::api::server::{agent::v1 as agentpb, bundle::v1 as bundlepb, entry::v1 as entrypb};
+use crate::wire::pb::spire::api::types as pt;
+use crate::wire::pb::workload::{JwtBundlesRequest, X509svidRequest, spiffe_workload_api_client::SpiffeWorkloadApiClient};
 use crate::spiffe::SpiffeId;
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -25,7 +24,7 @@ async fn timed<T>(what: &str, fut: impl Future<Output = Result<T, String>>) -> R
 /// Why not, yet.
 pub async fn server_healthy(socket: &Path) -> Result<(), String> {
     timed("healthcheck", async {
-        let ch = connect_admin(socket).await?;
+        let ch = crate::net::dial::admin_channel(socket).await.map_err(|e| e.to_string())?;
         bundlepb::bundle_client::BundleClient::new(ch)
             .get_bundle(bundlepb::GetBundleRequest::default())
             .await
@@ -41,7 +40,7 @@ pub async fn server_healthy(socket: &Path) -> Result<(), String> {
 /// The server does not answer.
 pub async fn bundle_pem(socket: &Path) -> Result<String, String> {
     timed("GetBundle", async {
-        let ch = connect_admin(socket).await?;
+        let ch = crate::net::dial::admin_channel(socket).await.map_err(|e| e.to_string())?;
         let b = bundlepb::bundle_client::BundleClient::new(ch)
             .get_bundle(bundlepb::GetBundleRequest::default())
             .await
@@ -60,7 +59,7 @@ pub async fn bundle_pem(socket: &Path) -> Result<String, String> {
 /// The server refuses or does not answer.
 pub async fn register_node(socket: &Path, node: &SpiffeId, spiffe_id: &SpiffeId, uid: u32, downstream: bool) -> Result<String, String> {
     timed("registration", async {
-        let ch = connect_admin(socket).await?;
+        let ch = crate::net::dial::admin_channel(socket).await.map_err(|e| e.to_string())?;
         let token = agentpb::agent_client::AgentClient::new(ch.clone())
             .create_join_token(agentpb::CreateJoinTokenRequest { ttl: 600, token: String::new(), agent_id: Some(id_to_proto(node)) })
             .await
@@ -88,16 +87,7 @@ pub async fn register_node(socket: &Path, node: &SpiffeId, spiffe_id: &SpiffeId,
 }
 
 async fn workload_channel(socket: &Path) -> Result<tonic::transport::Channel, String> {
-    let p = socket.to_owned();
-    // The URI is a placeholder: the connector always dials the socket.
-    tonic::transport::Endpoint::try_from("http://cairn.workload.sock")
-        .map_err(|e| e.to_string())?
-        .connect_with_connector(tower::service_fn(move |_| {
-            let p = p.clone();
-            async move { tokio::net::UnixStream::connect(p).await.map(hyper_util::rt::TokioIo::new) }
-        }))
-        .await
-        .map_err(|e| format!("cannot connect to the Workload API socket {}: {e}", socket.display()))
+    crate::net::dial::unix_channel(socket, None).await.map_err(|e| format!("cannot connect to the Workload API socket {}: {e}", socket.display()))
 }
 
 fn workload_request<T>(msg: T) -> tonic::Request<T> {

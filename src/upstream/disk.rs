@@ -7,23 +7,13 @@
 //! so an operator can replace them without a restart.
 
 use super::{MintedCa, UpstreamAuthority, UpstreamError};
-use crate::ca::x509::{self as tmpl, CaSubject};
+use crate::pki::{self as tmpl, CaSubject};
 use crate::spiffe::TrustDomain;
 use async_trait::async_trait;
-use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use x509_parser::prelude::*;
 
-/// Files of the upstream CA.
-#[derive(Debug, Clone)]
-pub struct DiskUpstreamConfig {
-    /// PEM certificate chain, the upstream CA first.
-    pub cert_file_path: PathBuf,
-    /// PEM private key of the first certificate.
-    pub key_file_path: PathBuf,
-    /// PEM trust anchors, when the upstream CA is not itself a root.
-    pub bundle_file_path: Option<PathBuf>,
-}
+pub use crate::config::server::DiskUpstreamConfig;
 
 /// Default TTL of a minted CA when the caller expresses no preference (SPIRE: 1h).
 const DEFAULT_TTL: i64 = 3600;

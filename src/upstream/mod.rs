@@ -73,3 +73,16 @@ pub trait UpstreamAuthority: Send + Sync + std::fmt::Debug {
         Err(UpstreamError::Unsupported)
     }
 }
+
+/// What the last exchange with the upstream did (for `cairn tiers status`).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct UpstreamStatus {
+    /// Unix seconds of the last successful bundle sync.
+    pub last_sync: i64,
+    /// Sequence number of the upstream bundle last seen.
+    pub upstream_sequence: u64,
+    /// `push` or `poll`.
+    pub mode: String,
+    /// The last error, if the last attempt failed.
+    pub last_error: Option<String>,
+}

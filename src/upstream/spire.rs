@@ -10,34 +10,25 @@
 
 use super::{MintedCa, UpstreamAuthority, UpstreamError};
 use crate::agent::client::{self, ClientIdentity, ServerTrust};
-use crate::api::convert::{bundle_from_proto, jwt_key_to_proto};
-use crate::api::pb::spire::api::server::{bundle::v1 as bundlepb, svid::v1 as svidpb};
-use crate::api::pb::workload::{X509svidRequest, spiffe_workload_api_client::SpiffeWorkloadApiClient};
+use crate::wire::convert::{bundle_from_proto, jwt_key_to_proto};
+use crate::wire::pb::spire::api::server::{bundle::v1 as bundlepb, svid::v1 as svidpb};
+use crate::wire::pb::workload::{X509svidRequest, spiffe_workload_api_client::SpiffeWorkloadApiClient};
 use crate::spiffe::{Bundle, JwtAuthority, SpiffeId, TrustDomain};
 use async_trait::async_trait;
-use std::path::PathBuf;
+pub use crate::config::server::{EmbeddedAgent, IdentitySource, SpireUpstreamConfig};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// `plugin_data` of `UpstreamAuthority "spire"`.
-#[derive(Debug, Clone)]
-pub struct SpireUpstreamConfig {
-    /// Upstream server host.
-    pub server_address: String,
-    /// Upstream server port.
-    pub server_port: u16,
-    /// Where this server's identity toward the upstream comes from.
-    pub identity: IdentitySource,
-}
-
-/// How a downstream server gets the X509-SVID it presents upstream.
-#[derive(Debug, Clone)]
-pub enum IdentitySource {
-    /// SPIRE's arrangement: the Workload API socket of an upper-tier agent on this host.
-    WorkloadApi(PathBuf),
-    /// cairn's one-binary arrangement: the server attests itself to the upstream as an agent
-    /// (join_token or x509pop) and uses the SVID of an entry parented to that agent identity.
-    Embedded(Box<crate::agent::manager::AgentSettings>),
+/// The runtime settings of the embedded agent.
+fn agent_settings(e: &EmbeddedAgent) -> crate::agent::manager::AgentSettings {
+    crate::agent::manager::AgentSettings {
+        trust_domain: e.trust_domain.clone(),
+        server_addr: e.server_addr.clone(),
+        bootstrap: ServerTrust::Roots(e.roots.clone()),
+        attestation: e.attestation.clone(),
+        state_dir: Some(e.state_dir.clone()),
+        sync_interval: e.sync_interval,
+    }
 }
 
 /// The `spire` upstream authority.
@@ -91,13 +82,13 @@ impl SpireUpstream {
     /// `-downstream` and parented to the agent ID or to an alias of it).
     async fn embedded_svid(
         &self,
-        settings: &crate::agent::manager::AgentSettings,
+        settings: &EmbeddedAgent,
     ) -> Result<(ClientIdentity, Vec<Vec<u8>>), UpstreamError> {
         use crate::agent::cache::WorkloadSource;
         let agent = self
             .embedded
             .get_or_try_init(|| async {
-                let agent = crate::agent::manager::Agent::start(settings.clone())
+                let agent = crate::agent::manager::Agent::start(agent_settings(settings))
                     .await
                     .map_err(|e| UpstreamError::Unavailable(format!("embedded agent: {e}")))?;
                 agent.sync_once().await.map_err(|e| UpstreamError::Unavailable(format!("embedded agent: {e}")))?;
@@ -120,13 +111,7 @@ impl SpireUpstream {
 
     /// The X509-SVID (and its trust bundle) from the co-located upper-tier agent.
     async fn workload_api_svid(&self, socket: &std::path::Path) -> Result<(ClientIdentity, Vec<Vec<u8>>), UpstreamError> {
-        let path = socket.to_path_buf();
-        let ch = tonic::transport::Endpoint::try_from("http://localhost")
-            .map_err(|e| UpstreamError::Config(e.to_string()))?
-            .connect_with_connector(tower::service_fn(move |_| {
-                let p = path.clone();
-                async move { tokio::net::UnixStream::connect(p).await.map(hyper_util::rt::TokioIo::new) }
-            }))
+        let ch = crate::net::dial::unix_channel(socket, None)
             .await
             .map_err(|e| UpstreamError::Unavailable(format!("workload_api_socket {}: {e}", socket.display())))?;
         let mut req = tonic::Request::new(X509svidRequest {});
@@ -213,7 +198,7 @@ impl UpstreamAuthority for SpireUpstream {
             .into_inner();
         resp.jwt_authorities
             .iter()
-            .map(|k| crate::api::convert::jwt_key_from_proto(k).map_err(|e| UpstreamError::Refused(e.to_string())))
+            .map(|k| crate::wire::convert::jwt_key_from_proto(k).map_err(|e| UpstreamError::Refused(e.to_string())))
             .collect()
     }
 
@@ -223,7 +208,7 @@ impl UpstreamAuthority for SpireUpstream {
     }
 
     async fn watch_upstream_bundle(&self, known_sequence: u64, tx: tokio::sync::mpsc::Sender<Bundle>) -> Result<(), UpstreamError> {
-        use crate::api::pb::cairn::api::bundlewatch::v1 as watchpb;
+        use crate::wire::pb::cairn::api::bundlewatch::v1 as watchpb;
         let ch = self.channel().await?;
         let mut stream = watchpb::bundle_watch_client::BundleWatchClient::new(ch)
             .watch_bundle(watchpb::WatchBundleRequest { known_sequence_number: known_sequence })

@@ -23,7 +23,7 @@ use tonic::{Code, Streaming};
 use zeroize::Zeroizing;
 
 use super::*;
-use crate::api::pb::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use crate::wire::pb::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use crate::spiffe::{JwtAlg, JwtAuthority, assemble, signing_input};
 
 /// How long a test waits for something that should happen at once.

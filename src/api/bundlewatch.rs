@@ -4,8 +4,8 @@
 //! is capped overall and per client address ([`Watchers`]), and a watch's task ends as soon as
 //! its client goes away.
 
-use crate::api::convert::bundle_to_proto;
-use crate::api::pb::cairn::api::bundlewatch::v1 as pb;
+use crate::wire::convert::bundle_to_proto;
+use crate::wire::pb::cairn::api::bundlewatch::v1 as pb;
 use crate::api::{Policy, Svc};
 use crate::datastore::Change;
 use std::collections::HashMap;

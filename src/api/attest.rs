@@ -2,7 +2,7 @@
 //! node certificate), and issuing the agent's X509-SVID afterwards.
 
 use crate::api::ApiState;
-use crate::api::pb::spire::api::types as pt;
+use crate::wire::pb::spire::api::types as pt;
 use crate::api::status::ApiError;
 use crate::ca::X509SvidRequest;
 use crate::datastore::{AttestedNode, Selector};
@@ -117,7 +117,7 @@ pub fn check_agent_csr(csr: &[u8]) -> Result<rcgen::SubjectPublicKeyInfo, ApiErr
     if csr.len() > 16 * 1024 {
         return Err(ApiError::InvalidArgument("CSR is too large".into()));
     }
-    let (spki, _) = crate::ca::x509::csr_public_key(csr).map_err(|e| ApiError::InvalidArgument(format!("failed to parse CSR: {e}")))?;
+    let (spki, _) = crate::pki::csr_public_key(csr).map_err(|e| ApiError::InvalidArgument(format!("failed to parse CSR: {e}")))?;
     Ok(spki)
 }
 
@@ -131,12 +131,12 @@ pub fn mint_agent_svid(state: &ApiState, agent_id: &SpiffeId, csr: &[u8], now: i
     let leaf = chain.first().ok_or_else(|| ApiError::Internal { public: "failed to sign X509-SVID", detail: "empty chain".into() })?;
     let (_, cert) = x509_parser::parse_x509_certificate(leaf)
         .map_err(|e| ApiError::Internal { public: "failed to sign X509-SVID", detail: e.to_string() })?;
-    let serial = crate::ca::x509::num_to_decimal(cert.raw_serial());
+    let serial = crate::pki::num_to_decimal(cert.raw_serial());
     let not_after = cert.validity().not_after.timestamp();
     Ok((
         pt::X509svid {
             cert_chain: chain,
-            id: Some(crate::api::convert::id_to_proto(agent_id)),
+            id: Some(crate::wire::convert::id_to_proto(agent_id)),
             expires_at: not_after,
             hint: String::new(),
         },
@@ -153,11 +153,11 @@ pub fn mint_agent_svid(state: &ApiState, agent_id: &SpiffeId, csr: &[u8], now: i
 pub async fn attest_x509pop(
     state: &ApiState,
     payload: &[u8],
-    inbound: &mut tonic::Streaming<crate::api::pb::spire::api::server::agent::v1::AttestAgentRequest>,
-    tx: &tokio::sync::mpsc::Sender<Result<crate::api::pb::spire::api::server::agent::v1::AttestAgentResponse, tonic::Status>>,
+    inbound: &mut tonic::Streaming<crate::wire::pb::spire::api::server::agent::v1::AttestAgentRequest>,
+    tx: &tokio::sync::mpsc::Sender<Result<crate::wire::pb::spire::api::server::agent::v1::AttestAgentResponse, tonic::Status>>,
     now: i64,
 ) -> Result<Attested, ApiError> {
-    use crate::api::pb::spire::api::server::agent::v1 as pb;
+    use crate::wire::pb::spire::api::server::agent::v1 as pb;
     use crate::attest::x509pop;
     let cfg =
         state.attestors.x509pop.as_ref().ok_or_else(|| {
