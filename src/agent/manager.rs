@@ -402,7 +402,7 @@ impl Agent {
                 Some("the agent is banned on the server".to_owned())
             }
             Reason::AgentNotAttested | Reason::AgentExpired | Reason::AgentNotActive | Reason::AgentMustReattest => {
-                if st.svid.reattestable || matches!(&self.settings.attestation, NodeAttestation::X509Pop { .. }) {
+                if st.svid.reattestable || crate::attest::agent_attestor(&self.settings.attestation).can_reattest() {
                     let trust = ServerTrust::Roots(st.bundle.x509_authorities.clone());
                     match attest(&self.settings, &self.server_id, trust).await {
                         Ok(svid) => match mtls(&self.settings, &self.server_id, &svid, &st.bundle) {
@@ -480,13 +480,8 @@ fn load_persisted(path: &std::path::Path) -> Option<(AgentSvid, Vec<Vec<u8>>)> {
 /// Runs AttestAgent: params, then challenge rounds (x509pop), then the SVID.
 async fn attest(settings: &AgentSettings, server_id: &SpiffeId, trust: ServerTrust) -> Result<AgentSvid, AgentError> {
     let (csr, key) = keypair_and_csr(None).map_err(AgentError::Local)?;
-    let (kind, payload) = match &settings.attestation {
-        NodeAttestation::JoinToken(Some(t)) => ("join_token", t.as_bytes().to_vec()),
-        NodeAttestation::JoinToken(None) => {
-            return Err(AgentError::AttestationRefused("no stored agent SVID and no join_token configured: generate one with `cairn server token generate` and set agent.join_token".into()));
-        }
-        NodeAttestation::X509Pop { chain, .. } => ("x509pop", crate::attest::x509pop::attestation_payload(chain)),
-    };
+    let attestor = crate::attest::agent_attestor(&settings.attestation);
+    let (kind, payload) = (attestor.kind(), attestor.payload().map_err(|e| AgentError::AttestationRefused(e.to_string()))?);
     let ch = client::connect(&settings.server_addr, trust, server_id.clone(), None).map_err(AgentError::Local)?;
     let (tx, rx) = tokio::sync::mpsc::channel(2);
     tx.send(agentpb::AttestAgentRequest {
@@ -510,11 +505,7 @@ async fn attest(settings: &AgentSettings, server_id: &SpiffeId, trust: ServerTru
             .ok_or_else(|| AgentError::Unavailable("server closed the attestation stream".into()))?;
         match msg.step {
             Some(agentpb::attest_agent_response::Step::Challenge(challenge)) => {
-                let NodeAttestation::X509Pop { key_pkcs8, .. } = &settings.attestation else {
-                    return Err(AgentError::AttestationRefused("server sent a challenge to a join_token agent".into()));
-                };
-                let answer = crate::attest::x509pop::challenge_response(key_pkcs8, &challenge)
-                    .map_err(|e| AgentError::AttestationRefused(e.to_string()))?;
+                let answer = attestor.respond(&challenge).map_err(|e| AgentError::AttestationRefused(e.to_string()))?;
                 tx.send(agentpb::AttestAgentRequest { step: Some(agentpb::attest_agent_request::Step::ChallengeResponse(answer)) })
                     .await
                     .map_err(|e| AgentError::Local(e.to_string()))?;

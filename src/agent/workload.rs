@@ -37,6 +37,9 @@ use tokio::sync::watch;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
+mod status;
+
+pub use status::WorkloadError;
 use crate::agent::cache::{FetchJwtError, Snapshot, WorkloadSource, X509SvidItem};
 use crate::wire::pb::workload::spiffe_workload_api_server::{SpiffeWorkloadApi, SpiffeWorkloadApiServer};
 use crate::wire::pb::workload::{
@@ -69,9 +72,6 @@ pub const MAX_AUDIENCE_LEN: usize = 1024;
 /// the rest, since a foreign issuer's extra claims mean nothing here.
 const FOREIGN_CLAIMS_KEPT: [&str; 3] = ["sub", "aud", "exp"];
 
-const NO_IDENTITY: &str = "no identity issued";
-const ATTESTATION_FAILED: &str = "workload attestation failed";
-const PEER_CHANGED: &str = "the calling process is not the one that connected";
 
 /// Why a caller was not attested.
 enum AttestFailure {
@@ -150,7 +150,7 @@ impl WorkloadApi {
             Peer::Tls { .. } => None,
         }) else {
             tracing::warn!("workload API caller has no peer credentials");
-            return Err(Status::unavailable(ATTESTATION_FAILED));
+            return Err(WorkloadError::AttestationFailed.into());
         };
         let cred = peer.cred();
         let caller = CallerInfo { pid: cred.pid, uid: cred.uid, gid: cred.gid };
@@ -173,15 +173,15 @@ impl WorkloadApi {
                     pid = ?caller.pid, uid = caller.uid, gid = caller.gid, error = %e,
                     "workload refused: the calling process changed since it connected"
                 );
-                Err(Status::permission_denied(PEER_CHANGED))
+                Err(WorkloadError::PeerChanged.into())
             }
             Ok(Err(AttestFailure::Attestor(e))) => {
                 tracing::warn!(pid = ?caller.pid, uid = caller.uid, error = %e, "workload attestation failed");
-                Err(Status::unavailable(ATTESTATION_FAILED))
+                Err(WorkloadError::AttestationFailed.into())
             }
             Err(e) => {
                 tracing::error!(pid = ?caller.pid, uid = caller.uid, error = %e, "workload attestor did not complete");
-                Err(Status::unavailable(ATTESTATION_FAILED))
+                Err(WorkloadError::AttestationFailed.into())
             }
         }
     }
@@ -204,7 +204,7 @@ impl WorkloadApi {
         let identities = caller_identities(&snapshot, &selectors);
         if identities.is_empty() {
             tracing::info!(selectors = ?selectors, "no identity issued to workload");
-            return Err(Status::permission_denied(NO_IDENTITY));
+            return Err(WorkloadError::NoIdentity.into());
         }
         let first = compose(&snapshot, &identities);
         let stream = updates(Follow { rx, stop: self.stop.subscribe(), selectors, compose, pending: Some(first), last: None, done: false });
@@ -294,12 +294,12 @@ fn check_security_header(req: Request<()>) -> Result<Request<()>, Status> {
     let mut values = req.metadata().get_all(SECURITY_HEADER).iter();
     match (values.next(), values.next()) {
         (Some(value), None) if value.as_bytes() == b"true" => Ok(req),
-        _ => Err(Status::invalid_argument("security header missing from request")),
+        _ => Err(WorkloadError::MissingHeader.into()),
     }
 }
 
 fn not_ready() -> Status {
-    Status::unavailable("workload API is not ready: the agent has not synchronised with the server yet")
+    WorkloadError::NotReady.into()
 }
 
 #[tonic::async_trait]
@@ -330,7 +330,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         let requested = if spiffe_id.is_empty() {
             None
         } else {
-            Some(SpiffeId::new(spiffe_id).map_err(|e| Status::invalid_argument(format!("invalid requested SPIFFE ID: {e}")))?)
+            Some(SpiffeId::new(spiffe_id).map_err(|e| Status::from(WorkloadError::InvalidArgument(format!("invalid requested SPIFFE ID: {e}"))))?)
         };
 
         let selectors = self.attest(&req).await?;
@@ -341,14 +341,14 @@ impl SpiffeWorkloadApi for WorkloadApi {
             .collect();
         if identities.is_empty() {
             tracing::info!(selectors = ?selectors, requested = spiffe_id.as_str(), "no JWT-SVID identity issued to workload");
-            return Err(Status::permission_denied(NO_IDENTITY));
+            return Err(WorkloadError::NoIdentity.into());
         }
 
         let mut svids = Vec::with_capacity(identities.len());
         for item in &identities {
             let (token, _expiry) = self.source.fetch_jwt_svid(item, audience).await.map_err(|e| match e {
-                FetchJwtError::InvalidArgument(m) => Status::invalid_argument(format!("could not fetch JWT-SVID: {m}")),
-                FetchJwtError::Unavailable(m) => Status::unavailable(format!("could not fetch JWT-SVID: {m}")),
+                FetchJwtError::InvalidArgument(m) => Status::from(WorkloadError::InvalidArgument(format!("could not fetch JWT-SVID: {m}"))),
+                FetchJwtError::Unavailable(m) => Status::from(WorkloadError::Unavailable(format!("could not fetch JWT-SVID: {m}"))),
             })?;
             svids.push(Jwtsvid { spiffe_id: item.spiffe_id.to_string(), svid: token, hint: item.hint.clone() });
         }
@@ -358,10 +358,10 @@ impl SpiffeWorkloadApi for WorkloadApi {
     async fn validate_jwtsvid(&self, req: Request<ValidateJwtsvidRequest>) -> Result<Response<ValidateJwtsvidResponse>, Status> {
         let ValidateJwtsvidRequest { audience, svid } = req.get_ref();
         if audience.is_empty() {
-            return Err(Status::invalid_argument("audience must be specified"));
+            return Err(Status::from(WorkloadError::InvalidArgument("audience must be specified".into())));
         }
         if svid.is_empty() {
-            return Err(Status::invalid_argument("svid must be specified"));
+            return Err(Status::from(WorkloadError::InvalidArgument("svid must be specified".into())));
         }
 
         // Validation needs no identity of its own (a pure verifier may call it), but the
@@ -381,7 +381,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         };
         let claims = validate_jwt_svid(svid, &[audience.as_str()], crate::now_unix(), keys).map_err(|e| {
             tracing::debug!(error = %e, "JWT-SVID rejected");
-            Status::invalid_argument(e.to_string())
+            Status::from(WorkloadError::InvalidArgument(e.to_string()))
         })?;
 
         let mut raw = claims.raw;
@@ -396,11 +396,11 @@ impl SpiffeWorkloadApi for WorkloadApi {
     }
 
     async fn fetch_witsvid(&self, _req: Request<WitsvidRequest>) -> Result<Response<Self::FetchWITSVIDStream>, Status> {
-        Err(Status::unimplemented("fetching WIT-SVIDs is not implemented"))
+        Err(Status::from(WorkloadError::Unimplemented("fetching WIT-SVIDs is not implemented")))
     }
 
     async fn fetch_wit_bundles(&self, _req: Request<WitBundlesRequest>) -> Result<Response<Self::FetchWITBundlesStream>, Status> {
-        Err(Status::unimplemented("fetching WIT bundles is not implemented"))
+        Err(Status::from(WorkloadError::Unimplemented("fetching WIT bundles is not implemented")))
     }
 }
 
@@ -408,16 +408,16 @@ impl SpiffeWorkloadApi for WorkloadApi {
 /// would only burden the server.
 fn check_audiences(audience: &[String]) -> Result<(), Status> {
     if audience.is_empty() {
-        return Err(Status::invalid_argument("audience must be specified"));
+        return Err(Status::from(WorkloadError::InvalidArgument("audience must be specified".into())));
     }
     if audience.len() > MAX_AUDIENCES {
-        return Err(Status::invalid_argument(format!("too many audiences: {} (at most {MAX_AUDIENCES})", audience.len())));
+        return Err(Status::from(WorkloadError::InvalidArgument(format!("too many audiences: {} (at most {MAX_AUDIENCES})", audience.len()))));
     }
     if audience.iter().any(String::is_empty) {
-        return Err(Status::invalid_argument("audience values must not be empty"));
+        return Err(Status::from(WorkloadError::InvalidArgument("audience values must not be empty".into())));
     }
     if audience.iter().any(|a| a.len() > MAX_AUDIENCE_LEN) {
-        return Err(Status::invalid_argument(format!("audience value longer than {MAX_AUDIENCE_LEN} bytes")));
+        return Err(Status::from(WorkloadError::InvalidArgument(format!("audience value longer than {MAX_AUDIENCE_LEN} bytes"))));
     }
     Ok(())
 }
@@ -518,11 +518,11 @@ async fn next_update<M: PartialEq + Clone>(st: &mut Follow<M>) -> Result<M, Stat
         tokio::select! {
             // `Err` means the server is gone altogether, which also ends the stream.
             _ = st.stop.wait_for(|stopped| *stopped) => {
-                return Err(Status::unavailable("workload API is shutting down"));
+                return Err(Status::from(WorkloadError::Unavailable("workload API is shutting down".into())));
             }
             changed = st.rx.changed() => {
                 if changed.is_err() {
-                    return Err(Status::unavailable("the agent's cache is no longer updated"));
+                    return Err(Status::from(WorkloadError::Unavailable("the agent's cache is no longer updated".into())));
                 }
             }
         }
@@ -533,7 +533,7 @@ async fn next_update<M: PartialEq + Clone>(st: &mut Follow<M>) -> Result<M, Stat
         let identities = caller_identities(&snapshot, &st.selectors);
         if identities.is_empty() {
             tracing::info!(selectors = ?st.selectors, "workload lost its last identity; ending stream");
-            return Err(Status::permission_denied(NO_IDENTITY));
+            return Err(WorkloadError::NoIdentity.into());
         }
         let message = (st.compose)(&snapshot, &identities);
         if st.last.as_ref() != Some(&message) {

@@ -48,18 +48,11 @@ async fn attest_flow(
     // would burn it and leave the agent with no way to retry.
     crate::api::attest::check_agent_csr(&csr)?;
     let now = now();
-    let attested = match data.r#type.as_str() {
-        "join_token" => {
-            let token = std::str::from_utf8(&data.payload).map_err(|_| ApiError::InvalidArgument("join token is not text".into()))?;
-            crate::api::attest::attest_join_token(state, token, now).await?
-        }
-        "x509pop" => crate::api::attest::attest_x509pop(state, &data.payload, inbound, tx, now).await?,
-        other => {
-            return Err(ApiError::InvalidArgument(format!("error getting node attestor: could not find node attestor type {other:?}")));
-        }
-    };
-    let svid = crate::api::attest::issue_agent_svid(state, &attested, &csr, now).await?;
-    tracing::info!(agent_id = %attested.agent_id, attestation_type = attested.attestation_type, "agent attested");
+    let attestor = state.attestors.get(&data.r#type)?;
+    let mut channel = crate::api::attest::StreamChannel { inbound, tx };
+    let attested = attestor.attest(&data.payload, &mut channel, now).await?;
+    let svid = crate::api::attest::issue_agent_svid(state, &attested, attestor.kind(), &csr, now).await?;
+    tracing::info!(agent_id = %attested.agent_id, attestation_type = attestor.kind(), "agent attested");
     Ok(pb::AttestAgentResponse {
         step: Some(pb::attest_agent_response::Step::Result(pb::attest_agent_response::Result {
             svid: Some(svid),
@@ -192,7 +185,7 @@ impl pb::agent_server::Agent for Svc {
             .into());
         }
         let csr = req.get_ref().params.as_ref().map(|p| p.csr.clone()).unwrap_or_default();
-        let (svid, serial, not_after) = crate::api::attest::mint_agent_svid(self.state(), &id, &csr, now())?;
+        let (svid, serial, not_after) = crate::api::attest::mint_agent_svid(self.state(), &id, &csr, now()).await?;
         // The old SVID keeps working until the new one is first presented (then promoted).
         node.new_cert_serial_number = serial;
         node.new_cert_not_after = not_after;

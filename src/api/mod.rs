@@ -47,7 +47,7 @@ pub struct ApiState {
     /// Lifetime of agent SVIDs, seconds.
     pub agent_ttl: i64,
     /// Node attestation settings.
-    pub attestors: crate::api::attest::Attestors,
+    pub attestors: crate::attest::ServerAttestors,
     /// The upstream authority, when this server is not a self-signed root.
     pub upstream: Option<Arc<dyn crate::upstream::UpstreamAuthority>>,
     /// Last contact with the upstream (for status output).

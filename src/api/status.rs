@@ -121,6 +121,18 @@ impl From<crate::wire::WireError> for Status {
     }
 }
 
+impl From<crate::attest::AttestError> for ApiError {
+    fn from(e: crate::attest::AttestError) -> Self {
+        use crate::attest::AttestError;
+        match e {
+            AttestError::InvalidArgument(m) => Self::InvalidArgument(m),
+            AttestError::Denied(m) => Self::Denied(m),
+            AttestError::Store(detail) => Self::Internal { public: "datastore error", detail },
+            AttestError::Internal { public, detail } => Self::Internal { public, detail },
+        }
+    }
+}
+
 impl From<DatastoreError> for ApiError {
     fn from(e: DatastoreError) -> Self {
         match e {

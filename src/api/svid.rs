@@ -7,51 +7,20 @@ use crate::wire::pb::spire::api::types as pt;
 use super::status::ApiError;
 use super::{Policy, Svc, now};
 use crate::ca::X509SvidRequest;
-use crate::pki::csr_public_key;
+use crate::pki::Csr;
 use crate::spiffe::SpiffeId;
 use tonic::{Request, Response, Status};
-use x509_parser::extensions::{GeneralName, ParsedExtension};
-
-/// Largest CSR accepted (a P-384 or RSA-4096 CSR with a few SANs is well under this).
-const MAX_CSR_BYTES: usize = 16 * 1024;
-
-fn check_csr_size(csr: &[u8]) -> Result<(), ApiError> {
-    if csr.is_empty() {
-        return Err(ApiError::InvalidArgument("missing CSR".into()));
-    }
-    if csr.len() > MAX_CSR_BYTES {
-        return Err(ApiError::InvalidArgument(format!("CSR is {} bytes; at most {MAX_CSR_BYTES} are accepted", csr.len())));
-    }
-    Ok(())
-}
-
-fn expires_at(der: &[u8]) -> i64 {
-    x509_parser::parse_x509_certificate(der).map(|(_, c)| c.validity().not_after.timestamp()).unwrap_or(0)
-}
 
 #[tonic::async_trait]
 impl pb::svid_server::Svid for Svc {
     async fn mint_x509svid(&self, req: Request<pb::MintX509svidRequest>) -> Result<Response<pb::MintX509svidResponse>, Status> {
         self.authorize(&req, Policy::LocalOrAdmin, "/spire.api.server.svid.v1.SVID/MintX509SVID").await?;
         let r = req.get_ref();
-        check_csr_size(&r.csr)?;
+        crate::pki::csr::check_size(&r.csr).map_err(ApiError::from)?;
         if r.ttl < 0 {
             return Err(ApiError::InvalidArgument("ttl must not be negative".into()).into());
         }
-        let (spki, csr) = csr_public_key(&r.csr).map_err(ApiError::from)?;
-        let mut uris = Vec::new();
-        let mut dns = Vec::new();
-        for ext in csr.requested_extensions().into_iter().flatten() {
-            if let ParsedExtension::SubjectAlternativeName(san) = ext {
-                for n in &san.general_names {
-                    match n {
-                        GeneralName::URI(u) => uris.push((*u).to_owned()),
-                        GeneralName::DNSName(d) => dns.push((*d).to_owned()),
-                        _ => {}
-                    }
-                }
-            }
-        }
+        let Csr { public_key: spki, uris, dns_names: dns, .. } = Csr::parse(&r.csr).map_err(ApiError::from)?;
         let [uri] = uris.as_slice() else {
             return Err(ApiError::InvalidArgument(format!("CSR must have exactly one URI SAN, found {}", uris.len())).into());
         };
@@ -66,14 +35,14 @@ impl pb::svid_server::Svid for Svc {
         check_wildcard_overlap(&dns).map_err(|m| {
             ApiError::InvalidArgument(format!("CSR DNS name contains a wildcard that covers another non-wildcard name: {m}"))
         })?;
-        let chain = self
+        let minted = self
             .state()
             .ca
             .mint_x509_svid(&spki, &X509SvidRequest { id: &id, dns_names: &dns, ttl: i64::from(r.ttl) }, now())
+            .await
             .map_err(ApiError::from)?;
-        let exp = chain.first().map_or(0, |l| expires_at(l));
         Ok(Response::new(pb::MintX509svidResponse {
-            svid: Some(pt::X509svid { cert_chain: chain, id: Some(id_to_proto(&id)), expires_at: exp, hint: String::new() }),
+            svid: Some(pt::X509svid { cert_chain: minted.chain, id: Some(id_to_proto(&id)), expires_at: minted.not_after, hint: String::new() }),
         }))
     }
 
@@ -87,7 +56,7 @@ impl pb::svid_server::Svid for Svc {
             return Err(ApiError::InvalidArgument("ttl must not be negative".into()).into());
         }
         let now = now();
-        let (token, exp) = self.state().ca.mint_jwt_svid(&id, &r.audience, i64::from(r.ttl), now).map_err(ApiError::from)?;
+        let (token, exp) = self.state().ca.mint_jwt_svid(&id, &r.audience, i64::from(r.ttl), now).await.map_err(ApiError::from)?;
         Ok(Response::new(pb::MintJwtsvidResponse {
             svid: Some(pt::Jwtsvid { token, id: Some(id_to_proto(&id)), expires_at: exp, issued_at: now, hint: String::new() }),
         }))
@@ -110,29 +79,31 @@ impl pb::svid_server::Svid for Svc {
         let now = now();
         let authorized: std::collections::HashMap<String, std::sync::Arc<crate::datastore::Entry>> =
             self.state().entry_cache.authorized_entries(agent, now).into_iter().map(|e| (e.id.clone(), e)).collect();
-        let results = params
-            .iter()
-            .map(|p| {
-                let r: Result<pt::X509svid, ApiError> = (|| {
-                    if p.entry_id.is_empty() {
-                        return Err(ApiError::InvalidArgument("missing entry ID".into()));
-                    }
-                    check_csr_size(&p.csr)?;
-                    let entry =
-                        authorized.get(&p.entry_id).ok_or_else(|| ApiError::NotFound("entry not found or not authorized".into()))?;
-                    let (spki, _) = csr_public_key(&p.csr)?;
-                    let req = X509SvidRequest { id: &entry.spiffe_id, dns_names: &entry.dns_names, ttl: i64::from(entry.x509_svid_ttl) };
-                    // The SVID must not outlive its entry.
-                    let chain = self.state().ca.mint_x509_svid_until(&spki, &req, entry.expires_at, now)?;
-                    let exp = chain.first().map_or(0, |l| expires_at(l));
-                    Ok(pt::X509svid { cert_chain: chain, id: Some(id_to_proto(&entry.spiffe_id)), expires_at: exp, hint: String::new() })
-                })();
-                match r {
-                    Ok(svid) => pb::batch_new_x509svid_response::Result { status: Some(super::status::ok_status()), svid: Some(svid) },
-                    Err(e) => pb::batch_new_x509svid_response::Result { status: Some(e.to_result_status()), svid: None },
+        let mut results = Vec::with_capacity(params.len());
+        for p in params {
+            let r: Result<pt::X509svid, ApiError> = async {
+                if p.entry_id.is_empty() {
+                    return Err(ApiError::InvalidArgument("missing entry ID".into()));
                 }
-            })
-            .collect();
+                crate::pki::csr::check_size(&p.csr)?;
+                let entry = authorized.get(&p.entry_id).ok_or_else(|| ApiError::NotFound("entry not found or not authorized".into()))?;
+                let csr = Csr::parse(&p.csr)?;
+                let req = X509SvidRequest { id: &entry.spiffe_id, dns_names: &entry.dns_names, ttl: i64::from(entry.x509_svid_ttl) };
+                // The SVID must not outlive its entry.
+                let minted = self.state().ca.mint_x509_svid_until(&csr.public_key, &req, entry.expires_at, now).await?;
+                Ok(pt::X509svid {
+                    cert_chain: minted.chain,
+                    id: Some(id_to_proto(&entry.spiffe_id)),
+                    expires_at: minted.not_after,
+                    hint: String::new(),
+                })
+            }
+            .await;
+            results.push(match r {
+                Ok(svid) => pb::batch_new_x509svid_response::Result { status: Some(super::status::ok_status()), svid: Some(svid) },
+                Err(e) => pb::batch_new_x509svid_response::Result { status: Some(e.to_result_status()), svid: None },
+            });
+        }
         Ok(Response::new(pb::BatchNewX509svidResponse { results }))
     }
 
@@ -155,6 +126,7 @@ impl pb::svid_server::Svid for Svc {
             .state()
             .ca
             .mint_jwt_svid_until(&entry.spiffe_id, &audience, i64::from(entry.jwt_svid_ttl), entry.expires_at, now)
+            .await
             .map_err(ApiError::from)?;
         Ok(Response::new(pb::NewJwtsvidResponse {
             svid: Some(pt::Jwtsvid {
@@ -177,13 +149,13 @@ impl pb::svid_server::Svid for Svc {
     ) -> Result<Response<pb::NewDownstreamX509caResponse>, Status> {
         self.authorize(&req, Policy::Downstream, "/spire.api.server.svid.v1.SVID/NewDownstreamX509CA").await?;
         let r = req.get_ref();
-        check_csr_size(&r.csr)?;
+        crate::pki::csr::check_size(&r.csr).map_err(ApiError::from)?;
         if r.preferred_ttl < 0 {
             return Err(ApiError::InvalidArgument("preferred_ttl must not be negative".into()).into());
         }
-        let (spki, _) = csr_public_key(&r.csr).map_err(ApiError::from)?;
+        let spki = Csr::parse(&r.csr).map_err(ApiError::from)?.public_key;
         let ttl = if r.preferred_ttl == 0 { self.state().ca_ttl } else { i64::from(r.preferred_ttl) };
-        let chain = self.state().ca.mint_downstream_ca(&spki, &self.state().ca_subject, ttl, now()).map_err(ApiError::from)?;
+        let chain = self.state().ca.mint_downstream_ca(&spki, &self.state().ca_subject, ttl, now()).await.map_err(ApiError::from)?.chain;
         let bundle = self.state().datastore.get_bundle(&self.state().trust_domain).await.map_err(ApiError::from)?;
         Ok(Response::new(pb::NewDownstreamX509caResponse {
             ca_cert_chain: chain,

@@ -11,7 +11,7 @@ use super::rotation::{self, Action, Lifetime};
 use crate::pki::{self as tmpl, CaSubject};
 use super::{Ca, CaError, JwtSigner, X509Authority};
 use crate::datastore::Datastore;
-use crate::keymanager::{Key, KeyManager, KeyRef, KeyType};
+use crate::keymanager::{Key, KeyManager, KeyRef, KeyType, sign_off_runtime};
 use crate::spiffe::{JwtAuthority, TrustDomain};
 use crate::upstream::{UpstreamAuthority, UpstreamError};
 use base64::Engine as _;
@@ -250,9 +250,9 @@ impl CaManager {
                 return Ok(());
             }
         };
-        self.check_journal_keys_present(&journal)?;
+        self.check_journal_keys_present(&journal).await?;
         for rec in journal.x509.iter().filter(|r| r.status != Status::Old) {
-            match self.restore_x509(rec) {
+            match self.restore_x509(rec).await {
                 Ok(Some(slot)) => {
                     let target = if rec.status == Status::Active { &mut slots.x509_current } else { &mut slots.x509_next };
                     *target = Some(slot);
@@ -272,7 +272,7 @@ impl CaManager {
             }
         }
         for rec in journal.jwt.iter().filter(|r| r.status != Status::Old) {
-            match self.restore_jwt(rec) {
+            match self.restore_jwt(rec).await {
                 Ok(Some(slot)) => {
                     let target = if rec.status == Status::Active { &mut slots.jwt_current } else { &mut slots.jwt_next };
                     *target = Some(slot);
@@ -307,7 +307,7 @@ impl CaManager {
     /// deleted or swapped. Going on would mint a new CA and root in silence; refuse instead.
     /// A memory key manager loses its keys on every restart by design, and then a new CA is
     /// minted while the old root stays in the bundle.
-    fn check_journal_keys_present(&self, journal: &Journal) -> Result<(), CaError> {
+    async fn check_journal_keys_present(&self, journal: &Journal) -> Result<(), CaError> {
         if !self.key_manager.is_persistent() {
             return Ok(());
         }
@@ -319,7 +319,7 @@ impl CaManager {
             .chain(journal.jwt.iter().filter(|r| r.status != Status::Old).map(|r| key_id("jwt", &r.slot)));
         let mut missing = Vec::new();
         for id in live {
-            if self.key_manager.get_key(&id)?.is_none() {
+            if self.key_manager.get_key(&id).await?.is_none() {
                 missing.push(id);
             }
         }
@@ -336,8 +336,8 @@ impl CaManager {
         }
     }
 
-    fn restore_x509(&self, rec: &X509Record) -> Result<Option<X509Slot>, CaError> {
-        let Some(key) = self.key_manager.get_key(&key_id("x509", &rec.slot))? else { return Ok(None) };
+    async fn restore_x509(&self, rec: &X509Record) -> Result<Option<X509Slot>, CaError> {
+        let Some(key) = self.key_manager.get_key(&key_id("x509", &rec.slot)).await? else { return Ok(None) };
         let cert = B64.decode(&rec.certificate).map_err(|e| CaError::Template(e.to_string()))?;
         let chain = rec.chain.iter().map(|c| B64.decode(c)).collect::<Result<Vec<_>, _>>().map_err(|e| CaError::Template(e.to_string()))?;
         match X509Authority::new(cert, chain, key) {
@@ -348,8 +348,8 @@ impl CaManager {
         }
     }
 
-    fn restore_jwt(&self, rec: &JwtRecord) -> Result<Option<JwtSlot>, CaError> {
-        let Some(key) = self.key_manager.get_key(&key_id("jwt", &rec.slot))? else { return Ok(None) };
+    async fn restore_jwt(&self, rec: &JwtRecord) -> Result<Option<JwtSlot>, CaError> {
+        let Some(key) = self.key_manager.get_key(&key_id("jwt", &rec.slot)).await? else { return Ok(None) };
         if B64.encode(key.spki_der()) != rec.public_key {
             return Ok(None);
         }
@@ -441,16 +441,17 @@ impl CaManager {
     }
 
     async fn prepare_x509(&self, slot: &str, now: i64) -> Result<X509Slot, CaError> {
-        let key = self.key_manager.generate_key(&key_id("x509", slot), self.config.ca_key_type)?;
+        let key = self.key_manager.generate_key(&key_id("x509", slot), self.config.ca_key_type).await?;
         let td = &self.config.trust_domain;
         let (cert, chain) = match &self.upstream {
             None => {
-                let cert = tmpl::self_signed_ca(&KeyRef(Arc::clone(&key)), td, &self.config.ca_subject, now, self.config.ca_ttl)?;
+                let (signer, td2, subject, ttl) = (KeyRef(Arc::clone(&key)), td.clone(), self.config.ca_subject.clone(), self.config.ca_ttl);
+                let cert = sign_off_runtime(key.as_ref(), move || tmpl::self_signed_ca(&signer, &td2, &subject, now, ttl)).await??;
                 self.datastore.append_bundle(td, std::slice::from_ref(&cert), &[]).await?;
                 (cert, Vec::new())
             }
             Some(up) => {
-                let csr = self.ca_csr(&key)?;
+                let csr = self.ca_csr(&key).await?;
                 let minted = up.mint_x509_ca(&csr, self.config.ca_ttl).await.map_err(|e| CaError::Upstream(e.to_string()))?;
                 validate_minted(&minted.chain, &minted.roots, &key, td, now)?;
                 self.check_minted_lifetime(&minted.chain, now)?;
@@ -524,7 +525,7 @@ impl CaManager {
         Ok(())
     }
 
-    fn ca_csr(&self, key: &Arc<dyn Key>) -> Result<Vec<u8>, CaError> {
+    async fn ca_csr(&self, key: &Arc<dyn Key>) -> Result<Vec<u8>, CaError> {
         let mut params = rcgen::CertificateParams::default();
         let mut dn = rcgen::DistinguishedName::new();
         for c in &self.config.ca_subject.country {
@@ -537,12 +538,13 @@ impl CaManager {
         params.subject_alt_names = vec![rcgen::SanType::URI(
             self.config.trust_domain.id_string().try_into().map_err(|e: rcgen::Error| CaError::Template(e.to_string()))?,
         )];
-        let csr = params.serialize_request(&KeyRef(Arc::clone(key))).map_err(|e| CaError::Signing(e.to_string()))?;
-        Ok(csr.der().to_vec())
+        let signer = KeyRef(Arc::clone(key));
+        let csr = sign_off_runtime(key.as_ref(), move || params.serialize_request(&signer).map(|c| c.der().to_vec())).await?;
+        csr.map_err(|e| CaError::Signing(e.to_string()))
     }
 
     async fn prepare_jwt(&self, slots: &mut Slots, slot: &str, now: i64) -> Result<JwtSlot, CaError> {
-        let key = self.key_manager.generate_key(&key_id("jwt", slot), self.config.jwt_key_type)?;
+        let key = self.key_manager.generate_key(&key_id("jwt", slot), self.config.jwt_key_type).await?;
         let kid = random_kid();
         let not_after = now + self.config.ca_ttl;
         let authority = JwtAuthority { key_id: kid.clone(), public_key: key.spki_der(), expires_at: not_after };

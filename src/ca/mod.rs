@@ -8,7 +8,7 @@
 pub mod manager;
 pub mod rotation;
 
-use crate::keymanager::{Key, KeyManagerError, KeyRef};
+use crate::keymanager::{Key, KeyManagerError, KeyRef, sign_off_runtime};
 use crate::spiffe::{SpiffeId, TrustDomain};
 use rcgen::PublicKeyData;
 use std::sync::{Arc, RwLock};
@@ -19,10 +19,12 @@ use crate::pki as x509;
 
 impl From<crate::pki::PkiError> for CaError {
     fn from(e: crate::pki::PkiError) -> Self {
-        match e {
-            crate::pki::PkiError::InvalidRequest(m) => Self::InvalidRequest(m),
-            crate::pki::PkiError::Template(m) => Self::Template(m),
-            crate::pki::PkiError::Signing(m) => Self::Signing(m),
+        match &e {
+            crate::pki::PkiError::InvalidRequest(_) | crate::pki::PkiError::CsrMissing | crate::pki::PkiError::CsrTooLarge { .. } => {
+                Self::InvalidRequest(e.to_string())
+            }
+            crate::pki::PkiError::Template(m) => Self::Template(m.clone()),
+            crate::pki::PkiError::Signing(m) => Self::Signing(m.clone()),
         }
     }
 }
@@ -86,6 +88,7 @@ pub struct X509Authority {
     /// Hex subject key id (SPIRE's authority id).
     pub authority_id: String,
     issuer: rcgen::Issuer<'static, KeyRef>,
+    key: Arc<dyn Key>,
 }
 
 impl std::fmt::Debug for X509Authority {
@@ -109,9 +112,22 @@ impl X509Authority {
         }
         let not_after = cert.validity().not_after.timestamp();
         let authority_id = hex(&x509::key_id(&KeyRef(Arc::clone(&key))));
-        let issuer =
-            rcgen::Issuer::from_ca_cert_der(&cert_der.as_slice().into(), KeyRef(key)).map_err(|e| CaError::Template(e.to_string()))?;
-        Ok(Self { cert_der, chain, not_after, authority_id, issuer })
+        let issuer = rcgen::Issuer::from_ca_cert_der(&cert_der.as_slice().into(), KeyRef(Arc::clone(&key)))
+            .map_err(|e| CaError::Template(e.to_string()))?;
+        Ok(Self { cert_der, chain, not_after, authority_id, issuer, key })
+    }
+
+    /// Signs `params` for `public_key` with this CA, off the async runtime when the CA's key
+    /// may block. Returns the certificate's DER.
+    async fn sign(self: &Arc<Self>, params: rcgen::CertificateParams, public_key: &impl PublicKeyData) -> Result<Vec<u8>, CaError> {
+        if !self.key.may_block() {
+            return Ok(params.signed_by(public_key, &self.issuer).map_err(|e| CaError::Signing(e.to_string()))?.der().to_vec());
+        }
+        let spki = rcgen::SubjectPublicKeyInfo::from_der(&public_key.subject_public_key_info())
+            .map_err(|e| CaError::InvalidRequest(format!("public key: {e}")))?;
+        let ca = Arc::clone(self);
+        let signed = sign_off_runtime(self.key.as_ref(), move || params.signed_by(&spki, &ca.issuer).map(|c| c.der().to_vec())).await?;
+        signed.map_err(|e| CaError::Signing(e.to_string()))
     }
 }
 
@@ -131,6 +147,20 @@ impl JwtSigner {
     pub fn new(kid: String, not_after: i64, key: Arc<dyn Key>) -> Self {
         Self { kid, not_after, key }
     }
+}
+
+/// A certificate cairn just minted, with what callers need to know about it, so nothing
+/// re-parses what it issued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Minted {
+    /// The new certificate first, then the chain that follows it (roots excluded).
+    pub chain: Vec<Vec<u8>>,
+    /// notBefore of the new certificate, unix seconds.
+    pub not_before: i64,
+    /// notAfter of the new certificate, unix seconds.
+    pub not_after: i64,
+    /// Its serial number in decimal (as SPIRE records serials).
+    pub serial: String,
 }
 
 /// Parameters of an X509-SVID request.
@@ -270,8 +300,8 @@ impl Ca {
     ///
     /// # Errors
     /// No active CA, an ID outside the trust domain or without a path, or a signing failure.
-    pub fn mint_x509_svid(&self, public_key: &impl PublicKeyData, req: &X509SvidRequest<'_>, now: i64) -> Result<Vec<Vec<u8>>, CaError> {
-        self.mint_x509_svid_until(public_key, req, 0, now)
+    pub async fn mint_x509_svid(&self, public_key: &impl PublicKeyData, req: &X509SvidRequest<'_>, now: i64) -> Result<Minted, CaError> {
+        self.mint_x509_svid_until(public_key, req, 0, now).await
     }
 
     /// Like [`Ca::mint_x509_svid`], but the SVID's notAfter never passes `until` (unix seconds;
@@ -279,13 +309,13 @@ impl Ca {
     ///
     /// # Errors
     /// As [`Ca::mint_x509_svid`]; also `InvalidRequest` when `until` has already passed.
-    pub fn mint_x509_svid_until(
+    pub async fn mint_x509_svid_until(
         &self,
         public_key: &impl PublicKeyData,
         req: &X509SvidRequest<'_>,
         until: i64,
         now: i64,
-    ) -> Result<Vec<Vec<u8>>, CaError> {
+    ) -> Result<Minted, CaError> {
         if !req.id.is_member_of(&self.trust_domain) {
             return Err(CaError::InvalidRequest(format!("{} is not a member of trust domain {}", req.id, self.trust_domain)));
         }
@@ -299,11 +329,12 @@ impl Ca {
         let ttl = if req.ttl == 0 { self.default_x509_ttl } else { req.ttl };
         let not_after = cap_at(until, (now + ttl).min(ca.not_after), now)?;
         let params = x509::svid_params(req.id, req.dns_names, public_key, now - x509::NOT_BEFORE_CUSHION, not_after)?;
-        let leaf = params.signed_by(public_key, &ca.issuer).map_err(|e| CaError::Signing(e.to_string()))?;
+        let serial = serial_of(&params);
+        let leaf = ca.sign(params, public_key).await?;
         let mut chain = Vec::with_capacity(1 + ca.chain.len());
-        chain.push(leaf.der().to_vec());
+        chain.push(leaf);
         chain.extend(ca.chain.iter().cloned());
-        Ok(chain)
+        Ok(Minted { chain, not_before: now - x509::NOT_BEFORE_CUSHION, not_after, serial })
     }
 
     /// Mints a CA certificate for a downstream tier's public key: the trust-domain URI SAN,
@@ -314,13 +345,13 @@ impl Ca {
     ///
     /// # Errors
     /// No active CA, or a signing failure.
-    pub fn mint_downstream_ca(
+    pub async fn mint_downstream_ca(
         &self,
         public_key: &impl PublicKeyData,
         subject: &CaSubject,
         ttl: i64,
         now: i64,
-    ) -> Result<Vec<Vec<u8>>, CaError> {
+    ) -> Result<Minted, CaError> {
         let active = self.x509_authority().ok_or(CaError::NoX509Ca)?;
         let issued_at = self.x509_issued_at.read().map(|g| *g).unwrap_or(0);
         let next = self.x509_next.read().ok().and_then(|g| g.clone());
@@ -346,20 +377,20 @@ impl Ca {
         }
         let ou = format!("DOWNSTREAM-{}", ca.chain.len().max(1));
         let params = x509::ca_params(&self.trust_domain, subject, Some(&ou), public_key, now - x509::NOT_BEFORE_CUSHION, not_after)?;
-        let cert = params.signed_by(public_key, &ca.issuer).map_err(|e| CaError::Signing(e.to_string()))?;
-        let mut chain = vec![cert.der().to_vec()];
+        let serial = serial_of(&params);
+        let mut chain = vec![ca.sign(params, public_key).await?];
         // [new CA] + this tier's chain; under a self-signed root that chain is empty, since the
         // root travels in the bundle, not in chains.
         chain.extend(ca.chain.iter().cloned());
-        Ok(chain)
+        Ok(Minted { chain, not_before: now - x509::NOT_BEFORE_CUSHION, not_after, serial })
     }
 
     /// Mints a JWT-SVID; returns the token and its `exp`, which is capped at the key's expiry.
     ///
     /// # Errors
     /// No active key, an empty or oversized audience list, an ID outside the trust domain.
-    pub fn mint_jwt_svid(&self, id: &SpiffeId, audience: &[String], ttl: i64, now: i64) -> Result<(String, i64), CaError> {
-        self.mint_jwt_svid_until(id, audience, ttl, 0, now)
+    pub async fn mint_jwt_svid(&self, id: &SpiffeId, audience: &[String], ttl: i64, now: i64) -> Result<(String, i64), CaError> {
+        self.mint_jwt_svid_until(id, audience, ttl, 0, now).await
     }
 
     /// Like [`Ca::mint_jwt_svid`], but `exp` never passes `until` (unix seconds; 0 = no limit),
@@ -367,7 +398,7 @@ impl Ca {
     ///
     /// # Errors
     /// As [`Ca::mint_jwt_svid`]; also `InvalidRequest` when `until` has already passed.
-    pub fn mint_jwt_svid_until(
+    pub async fn mint_jwt_svid_until(
         &self,
         id: &SpiffeId,
         audience: &[String],
@@ -403,9 +434,16 @@ impl Ca {
         }
         let alg = signer.key.key_type().jwt_alg();
         let input = crate::spiffe::jwt::signing_input(alg, &signer.kid, &serde_json::Value::Object(claims));
-        let sig = signer.key.sign_jws(input.as_bytes())?;
+        let key = Arc::clone(&signer.key);
+        let message = input.clone().into_bytes();
+        let sig = sign_off_runtime(signer.key.as_ref(), move || key.sign_jws(&message)).await??;
         Ok((crate::spiffe::jwt::assemble(&input, &sig), exp))
     }
+}
+
+/// The serial a template will carry, in decimal.
+fn serial_of(params: &rcgen::CertificateParams) -> String {
+    params.serial_number.as_ref().map(|s| x509::num_to_decimal(s.as_ref())).unwrap_or_default()
 }
 
 /// `not_after` lowered to `until` when that is set (non-zero); an `until` already reached leaves

@@ -70,7 +70,7 @@ async fn rotation_end_to_end_with_injected_clock() {
     // SVIDs now chain to the new root.
     let key = leaf_key();
     let id = SpiffeId::new("spiffe://example.org/w").unwrap();
-    let chain = m.ca().mint_x509_svid(&key, &X509SvidRequest { id: &id, dns_names: &[], ttl: 0 }, T0 + 20 * H).unwrap();
+    let chain = m.ca().mint_x509_svid(&key, &X509SvidRequest { id: &id, dns_names: &[], ttl: 0 }, T0 + 20 * H).await.unwrap().chain;
     let (_, leaf) = parse_x509_certificate(&chain[0]).unwrap();
     let (_, root) = parse_x509_certificate(&second.cert_der).unwrap();
     leaf.verify_signature(Some(root.public_key())).unwrap();
@@ -88,7 +88,13 @@ async fn svid_profile_and_ttl_capping() {
     let id = SpiffeId::new("spiffe://example.org/ns/prod/web").unwrap();
     let dns = vec!["web.example.org".to_owned()];
     // A TTL longer than the CA's remaining life is capped at the CA's notAfter.
-    let chain = ca.mint_x509_svid(&key, &X509SvidRequest { id: &id, dns_names: &dns, ttl: 10 * H }, T0).unwrap();
+    let minted = ca.mint_x509_svid(&key, &X509SvidRequest { id: &id, dns_names: &dns, ttl: 10 * H }, T0).await.unwrap();
+    // What minting reports is what the certificate says (read back by x509-parser, not rcgen).
+    let (_, cert) = parse_x509_certificate(&minted.chain[0]).unwrap();
+    assert_eq!(minted.serial, cert.serial.to_str_radix(10));
+    assert_eq!(minted.not_after, cert.validity().not_after.timestamp());
+    assert_eq!(minted.not_before, cert.validity().not_before.timestamp());
+    let chain = minted.chain;
     assert_eq!(chain.len(), 1, "a self-signed root's SVID chain is the leaf alone");
     let (_, leaf) = parse_x509_certificate(&chain[0]).unwrap();
     assert_eq!(leaf.validity().not_after.timestamp(), ca.x509_authority().unwrap().not_after);
@@ -122,11 +128,11 @@ async fn svid_profile_and_ttl_capping() {
     // Refusals.
     let other = SpiffeId::new("spiffe://other.org/w").unwrap();
     assert!(matches!(
-        ca.mint_x509_svid(&key, &X509SvidRequest { id: &other, dns_names: &[], ttl: 0 }, T0),
+        ca.mint_x509_svid(&key, &X509SvidRequest { id: &other, dns_names: &[], ttl: 0 }, T0).await,
         Err(CaError::InvalidRequest(_))
     ));
     let root = SpiffeId::new("spiffe://example.org").unwrap();
-    assert!(matches!(ca.mint_x509_svid(&key, &X509SvidRequest { id: &root, dns_names: &[], ttl: 0 }, T0), Err(CaError::InvalidRequest(_))));
+    assert!(matches!(ca.mint_x509_svid(&key, &X509SvidRequest { id: &root, dns_names: &[], ttl: 0 }, T0).await, Err(CaError::InvalidRequest(_))));
 }
 
 #[tokio::test]
@@ -135,7 +141,7 @@ async fn jwt_svid_claims_and_exp_cap() {
     let m = CaManager::new(config(H), Arc::new(MemoryKeyManager::new()), None, Arc::clone(&ds));
     m.initialize(T0).await.unwrap();
     let id = SpiffeId::new("spiffe://example.org/w").unwrap();
-    let (token, exp) = m.ca().mint_jwt_svid(&id, &["a".into()], 10 * H, T0).unwrap();
+    let (token, exp) = m.ca().mint_jwt_svid(&id, &["a".into()], 10 * H, T0).await.unwrap();
     assert_eq!(exp, m.ca().jwt_signer().unwrap().not_after);
     let bundle = ds.get_bundle(&td()).await.unwrap().unwrap();
     let claims = crate::spiffe::jwt::validate_jwt_svid(&token, &["a"], T0, |t, kid| {
@@ -146,8 +152,8 @@ async fn jwt_svid_claims_and_exp_cap() {
     assert_eq!(claims.subject, id);
     assert_eq!(claims.expiry, m.ca().jwt_signer().unwrap().not_after, "exp is capped at the key's expiry");
     assert_eq!(claims.issuer.as_deref(), Some("https://issuer.example"));
-    assert!(m.ca().mint_jwt_svid(&id, &[], 0, T0).is_err());
-    assert!(m.ca().mint_jwt_svid(&id, &vec!["a".to_owned(); 10_000], 0, T0).is_err());
+    assert!(m.ca().mint_jwt_svid(&id, &[], 0, T0).await.is_err());
+    assert!(m.ca().mint_jwt_svid(&id, &vec!["a".to_owned(); 10_000], 0, T0).await.is_err());
 }
 
 #[tokio::test]
@@ -193,7 +199,7 @@ async fn unreachable_upstream_fails_start_without_jwt_churn() {
     let m = CaManager::new(config(H), Arc::clone(&km) as Arc<dyn KeyManager>, Some(Arc::new(Down)), Arc::clone(&ds));
     let err = m.initialize(T0).await.unwrap_err().to_string();
     assert!(err.contains("connection refused"), "{err}");
-    assert!(km.get_key("JWT-Signer-A").unwrap().is_none(), "no JWT key made while there is no X.509 CA");
+    assert!(km.get_key("JWT-Signer-A").await.unwrap().is_none(), "no JWT key made while there is no X.509 CA");
     assert!(ds.get_bundle(&td()).await.unwrap().is_none());
 }
 
@@ -205,24 +211,24 @@ async fn svids_are_capped_at_the_entry_expiry() {
     let key = leaf_key();
     let id = SpiffeId::new("spiffe://example.org/w").unwrap();
     let req = X509SvidRequest { id: &id, dns_names: &[], ttl: H };
-    let chain = ca.mint_x509_svid_until(&key, &req, T0 + 120, T0).unwrap();
+    let chain = ca.mint_x509_svid_until(&key, &req, T0 + 120, T0).await.unwrap().chain;
     let (_, leaf) = X509Certificate::from_der(&chain[0]).unwrap();
     assert_eq!(leaf.validity().not_after.timestamp(), T0 + 120, "a 1h TTL is cut to the entry's expiry");
     // 0 = no limit: the TTL decides.
-    let chain = ca.mint_x509_svid_until(&key, &req, 0, T0).unwrap();
+    let chain = ca.mint_x509_svid_until(&key, &req, 0, T0).await.unwrap().chain;
     let (_, leaf) = X509Certificate::from_der(&chain[0]).unwrap();
     assert_eq!(leaf.validity().not_after.timestamp(), T0 + H);
     // A limit later than the TTL changes nothing.
-    let chain = ca.mint_x509_svid_until(&key, &req, T0 + 2 * H, T0).unwrap();
+    let chain = ca.mint_x509_svid_until(&key, &req, T0 + 2 * H, T0).await.unwrap().chain;
     let (_, leaf) = X509Certificate::from_der(&chain[0]).unwrap();
     assert_eq!(leaf.validity().not_after.timestamp(), T0 + H);
-    assert!(matches!(ca.mint_x509_svid_until(&key, &req, T0, T0), Err(CaError::InvalidRequest(_))), "an expired entry gets nothing");
+    assert!(matches!(ca.mint_x509_svid_until(&key, &req, T0, T0).await, Err(CaError::InvalidRequest(_))), "an expired entry gets nothing");
 
-    let (_, exp) = ca.mint_jwt_svid_until(&id, &["a".into()], H, T0 + 120, T0).unwrap();
+    let (_, exp) = ca.mint_jwt_svid_until(&id, &["a".into()], H, T0 + 120, T0).await.unwrap();
     assert_eq!(exp, T0 + 120);
-    let (_, exp) = ca.mint_jwt_svid_until(&id, &["a".into()], H, 0, T0).unwrap();
+    let (_, exp) = ca.mint_jwt_svid_until(&id, &["a".into()], H, 0, T0).await.unwrap();
     assert_eq!(exp, T0 + H);
-    assert!(ca.mint_jwt_svid_until(&id, &["a".into()], H, T0 - 1, T0).is_err());
+    assert!(ca.mint_jwt_svid_until(&id, &["a".into()], H, T0 - 1, T0).await.is_err());
 }
 
 #[tokio::test]
@@ -246,7 +252,7 @@ async fn a_vanished_disk_key_file_stops_the_restart_instead_of_minting_a_new_ca(
     std::fs::remove_file(&keys).unwrap();
     let other = crate::keymanager::DiskKeyManager::open(&keys).unwrap();
     for id in ["x509-CA-A", "x509-CA-B", "JWT-Signer-A", "JWT-Signer-B"] {
-        other.generate_key(id, KeyType::EcP256).unwrap();
+        other.generate_key(id, KeyType::EcP256).await.unwrap();
     }
     let km: Arc<dyn KeyManager> = Arc::new(crate::keymanager::DiskKeyManager::open(&keys).unwrap());
     let m = CaManager::new(config(24 * H), km, None, Arc::clone(&ds));
@@ -304,17 +310,17 @@ async fn disable_jwt_svids_makes_no_key_and_mints_nothing() {
     let m = CaManager::new(cfg, Arc::clone(&km) as Arc<dyn KeyManager>, None, Arc::clone(&ds));
     m.initialize(T0).await.unwrap();
     m.rotate(T0 + 12 * H).await.unwrap();
-    assert!(km.get_key("JWT-Signer-A").unwrap().is_none() && km.get_key("JWT-Signer-B").unwrap().is_none());
+    assert!(km.get_key("JWT-Signer-A").await.unwrap().is_none() && km.get_key("JWT-Signer-B").await.unwrap().is_none());
     let bundle = ds.get_bundle(&td()).await.unwrap().unwrap();
     assert!(bundle.jwt_authorities.is_empty(), "{:?}", bundle.jwt_authorities);
     assert_eq!(bundle.x509_authorities.len(), 2);
     let id = SpiffeId::new("spiffe://example.org/w").unwrap();
-    assert!(matches!(m.ca().mint_jwt_svid(&id, &["a".into()], 0, T0), Err(CaError::JwtDisabled)));
+    assert!(matches!(m.ca().mint_jwt_svid(&id, &["a".into()], 0, T0).await, Err(CaError::JwtDisabled)));
     assert_eq!(CaError::JwtDisabled.to_string(), "JWT functionality is disabled");
     // Ready without a JWT key; X.509 still works.
     assert!(m.ca().can_sign(T0 + 12 * H));
     let req = X509SvidRequest { id: &id, dns_names: &[], ttl: 0 };
-    assert!(m.ca().mint_x509_svid(&leaf_key(), &req, T0 + 12 * H).is_ok());
+    assert!(m.ca().mint_x509_svid(&leaf_key(), &req, T0 + 12 * H).await.is_ok());
 }
 
 /// Equal `ca_ttl` at both tiers: a downstream asking for more than the active CA has left is
@@ -332,21 +338,21 @@ async fn downstream_ca_is_signed_by_the_prepared_ca_once_everyone_knows_it() {
     let r2_der = bundle.x509_authorities.iter().find(|c| **c != r1.cert_der).unwrap().clone();
     let key = leaf_key();
     let subject = CaSubject::default();
-    let mint = |now: i64, ttl: i64| {
-        let chain = m.ca().mint_downstream_ca(&key, &subject, ttl, now).unwrap();
+    let mint = async |now: i64, ttl: i64| {
+        let chain = m.ca().mint_downstream_ca(&key, &subject, ttl, now).await.unwrap().chain;
         assert_eq!(chain.len(), 1, "under a self-signed root the chain is the new CA alone");
         let (_, c) = X509Certificate::from_der(&chain[0]).unwrap();
         let by = |der: &[u8]| c.verify_signature(Some(X509Certificate::from_der(der).unwrap().1.public_key())).is_ok();
         (by(&r1.cert_der), by(&r2_der), c.validity().not_after.timestamp())
     };
     // Short request: the active CA covers it.
-    assert_eq!(mint(T0 + 12 * H + 1, 4 * H), (true, false, T0 + 16 * H + 1));
+    assert_eq!(mint(T0 + 12 * H + 1, 4 * H).await, (true, false, T0 + 16 * H + 1));
     // The prepared CA was published 1s ago, less than the grace: capped at the active's expiry.
-    assert_eq!(mint(T0 + 12 * H + 1, 24 * H), (true, false, T0 + 24 * H));
+    assert_eq!(mint(T0 + 12 * H + 1, 24 * H).await, (true, false, T0 + 24 * H));
     // Published long enough ago: the prepared CA signs, capped at its own expiry.
-    assert_eq!(mint(T0 + 13 * H, 24 * H), (false, true, T0 + 36 * H));
-    assert_eq!(mint(T0 + 13 * H, 20 * H), (false, true, T0 + 33 * H));
+    assert_eq!(mint(T0 + 13 * H, 24 * H).await, (false, true, T0 + 36 * H));
+    assert_eq!(mint(T0 + 13 * H, 20 * H).await, (false, true, T0 + 33 * H));
     // Once it is active it simply signs.
     m.rotate(T0 + 20 * H).await.unwrap();
-    assert_eq!(mint(T0 + 20 * H, 4 * H), (false, true, T0 + 24 * H));
+    assert_eq!(mint(T0 + 20 * H, 4 * H).await, (false, true, T0 + 24 * H));
 }

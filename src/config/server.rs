@@ -16,17 +16,7 @@ pub struct DatastoreConfig {
     pub connection_string: String,
 }
 
-/// The key manager plugin.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeyManagerConfig {
-    /// `KeyManager "memory"`.
-    Memory,
-    /// `KeyManager "disk" { plugin_data { keys_path } }`.
-    Disk {
-        /// The key file.
-        keys_path: PathBuf,
-    },
-}
+pub use crate::keymanager::KeyManagerConfig;
 
 /// The upstream authority plugin.
 #[derive(Debug, Clone)]

@@ -80,9 +80,11 @@ impl DiskKeyManager {
     }
 }
 
+#[async_trait::async_trait]
 impl KeyManager for DiskKeyManager {
-    fn generate_key(&self, id: &str, key_type: KeyType) -> Result<Arc<dyn Key>, KeyManagerError> {
-        let key = Arc::new(LocalKey::generate(id, key_type)?);
+    async fn generate_key(&self, id: &str, key_type: KeyType) -> Result<Arc<dyn Key>, KeyManagerError> {
+        let owned = id.to_owned();
+        let key = Arc::new(super::off_runtime(move || LocalKey::generate(&owned, key_type)).await?);
         let mut keys = self.keys.lock().map_err(|_| KeyManagerError::Crypto("key table lock poisoned".into()))?;
         let mut next = keys.clone();
         next.insert(id.to_owned(), Arc::clone(&key));
@@ -92,7 +94,7 @@ impl KeyManager for DiskKeyManager {
         Ok(key)
     }
 
-    fn get_key(&self, id: &str) -> Result<Option<Arc<dyn Key>>, KeyManagerError> {
+    async fn get_key(&self, id: &str) -> Result<Option<Arc<dyn Key>>, KeyManagerError> {
         let keys = self.keys.lock().map_err(|_| KeyManagerError::Crypto("key table lock poisoned".into()))?;
         Ok(keys.get(id).map(|k| Arc::clone(k) as Arc<dyn Key>))
     }

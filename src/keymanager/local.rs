@@ -62,6 +62,45 @@ impl LocalKey {
     }
 }
 
+impl LocalKey {
+    /// A key from a PEM private key file: PKCS#8 (`PRIVATE KEY`), SEC1 (`EC PRIVATE KEY`) or
+    /// PKCS#1 (`RSA PRIVATE KEY`), normalised to PKCS#8; the type is read from the key.
+    pub(crate) fn from_pem(id: &str, text: &str) -> Result<Self, KeyManagerError> {
+        use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
+        let bad = |what: String| KeyManagerError::Crypto(format!("cannot load private key: {what}"));
+        let block = pem::parse(text).map_err(|e| bad(e.to_string()))?;
+        let der = Zeroizing::new(block.contents().to_vec());
+        let pkcs8: Zeroizing<Vec<u8>> = match block.tag() {
+            "PRIVATE KEY" => der,
+            "EC PRIVATE KEY" => {
+                let pair = EcdsaKeyPair::from_private_key_der(&ECDSA_P256_SHA256_FIXED_SIGNING, &der)
+                    .or_else(|_| EcdsaKeyPair::from_private_key_der(&ECDSA_P384_SHA384_FIXED_SIGNING, &der))
+                    .map_err(|e| bad(format!("EC key: {e}")))?;
+                Zeroizing::new(pair.to_pkcs8v1().map_err(|e| bad(format!("EC key: {e}")))?.as_ref().to_vec())
+            }
+            "RSA PRIVATE KEY" => {
+                let pair = RsaKeyPair::from_der(&der).map_err(|e| bad(format!("RSA key: {e}")))?;
+                let doc: Pkcs8V1Der<'static> = pair.as_der().map_err(|e| bad(format!("RSA key: {e}")))?;
+                Zeroizing::new(doc.as_ref().to_vec())
+            }
+            other => return Err(bad(format!("a PEM block {other:?} is not a private key"))),
+        };
+        let key_type = if EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8).is_ok() {
+            KeyType::EcP256
+        } else if EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, &pkcs8).is_ok() {
+            KeyType::EcP384
+        } else {
+            match RsaKeyPair::from_pkcs8(&pkcs8).map(|k| k.public_modulus_len() * 8) {
+                Ok(2048) => KeyType::Rsa2048,
+                Ok(4096) => KeyType::Rsa4096,
+                Ok(bits) => return Err(bad(format!("RSA {bits} bits (supported: 2048, 4096)"))),
+                Err(_) => return Err(bad("unsupported key type (supported: EC P-256, EC P-384, RSA 2048/4096)".into())),
+            }
+        };
+        Self::from_pkcs8(id, key_type, &pkcs8)
+    }
+}
+
 impl rcgen::PublicKeyData for LocalKey {
     fn der_bytes(&self) -> &[u8] {
         self.cert_signer.der_bytes()

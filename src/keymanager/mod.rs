@@ -4,6 +4,12 @@
 //! them). Keys never leave their manager as bytes: callers get a [`Key`], which signs through
 //! rcgen's [`rcgen::SigningKey`] seam, so an HSM-held key (PKCS#11, a later issue) slots in
 //! without touching the CA code.
+//!
+//! Nothing here stalls the async runtime: the managers are async, key generation runs on
+//! tokio's blocking pool (an RSA-4096 key takes seconds), and a key whose backend may block
+//! (an HSM round trip) says so with [`Key::may_block`], which makes [`sign_off_runtime`] move
+//! its signatures to the blocking pool too. Keys in process memory sign inline, so the minting
+//! hot path pays nothing for the seam.
 
 mod disk;
 mod local;
@@ -64,26 +70,84 @@ pub trait Key: rcgen::SigningKey + Send + Sync + fmt::Debug {
     /// # Errors
     /// When the backend cannot sign.
     fn sign_jws(&self, msg: &[u8]) -> Result<Vec<u8>, KeyManagerError>;
+    /// Whether a signature may wait on I/O (an HSM or a remote service). Such keys are used
+    /// from tokio's blocking pool ([`sign_off_runtime`]); keys in memory sign inline.
+    fn may_block(&self) -> bool {
+        false
+    }
+}
+
+/// Runs `sign`, a closure that signs with `key`: inline when the key signs in memory, on
+/// tokio's blocking pool when its backend may block, so an HSM round trip never holds an
+/// async worker.
+///
+/// # Errors
+/// When the blocking task cannot run to completion (the runtime is shutting down).
+pub async fn sign_off_runtime<T: Send + 'static>(key: &dyn Key, sign: impl FnOnce() -> T + Send + 'static) -> Result<T, KeyManagerError> {
+    if !key.may_block() {
+        return Ok(sign());
+    }
+    tokio::task::spawn_blocking(sign).await.map_err(|e| KeyManagerError::Crypto(format!("signing task: {e}")))
+}
+
+/// Runs CPU-heavy key work (generation) on the blocking pool.
+async fn off_runtime<T: Send + 'static>(work: impl FnOnce() -> Result<T, KeyManagerError> + Send + 'static) -> Result<T, KeyManagerError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| KeyManagerError::Crypto(format!("key task: {e}")))?
+}
+
+/// A key loaded from a PEM private key file (PKCS#8, SEC1 or PKCS#1), held in memory: the
+/// `disk` upstream authority's CA key goes through the same [`Key`] seam as the server's own
+/// keys, so an HSM-held upstream key is one more implementation of [`Key`].
+///
+/// # Errors
+/// The PEM is not a private key of a type cairn signs with (EC P-256/P-384, RSA 2048/4096).
+pub fn key_from_pem(id: &str, pem: &str) -> Result<Arc<dyn Key>, KeyManagerError> {
+    Ok(Arc::new(local::LocalKey::from_pem(id, pem)?))
 }
 
 /// Generates and finds keys by id. Generating under an existing id replaces that key.
+#[async_trait::async_trait]
 pub trait KeyManager: Send + Sync + fmt::Debug {
     /// Generates a fresh key under `id`, replacing any key of that id.
     ///
     /// # Errors
     /// When the backend cannot generate or persist the key.
-    fn generate_key(&self, id: &str, key_type: KeyType) -> Result<Arc<dyn Key>, KeyManagerError>;
+    async fn generate_key(&self, id: &str, key_type: KeyType) -> Result<Arc<dyn Key>, KeyManagerError>;
     /// The key stored under `id`, if any.
     ///
     /// # Errors
     /// When the backend cannot be read.
-    fn get_key(&self, id: &str) -> Result<Option<Arc<dyn Key>>, KeyManagerError>;
+    async fn get_key(&self, id: &str) -> Result<Option<Arc<dyn Key>>, KeyManagerError>;
     /// Whether keys survive a restart (decides whether a restarted server can resume its CA).
     fn is_persistent(&self) -> bool;
     /// Where the keys are kept, for messages to the operator (the `disk` keys file).
     fn location(&self) -> Option<String> {
         None
     }
+}
+
+/// The key manager plugin (`KeyManager "<name>"` in server.conf), parsed by `config`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyManagerConfig {
+    /// `KeyManager "memory"`.
+    Memory,
+    /// `KeyManager "disk" { plugin_data { keys_path } }`.
+    Disk {
+        /// The key file.
+        keys_path: std::path::PathBuf,
+    },
+}
+
+/// The key manager `config` names (`KeyManager "<name>"` in server.conf): the one place a
+/// key backend is chosen. A new backend is a new file here and one arm below.
+///
+/// # Errors
+/// The backend cannot open its store.
+pub fn build(config: &KeyManagerConfig) -> Result<Arc<dyn KeyManager>, KeyManagerError> {
+    Ok(match config {
+        KeyManagerConfig::Memory => Arc::new(MemoryKeyManager::new()),
+        KeyManagerConfig::Disk { keys_path } => Arc::new(DiskKeyManager::open(keys_path)?),
+    })
 }
 
 // === impl KeyType ===

@@ -1,12 +1,83 @@
-//! CSR intake: parse, check the key type, verify the proof of possession.
+//! CSR intake, the one way cairn reads a certificate signing request: size limit, parse,
+//! key type, proof of possession, then the SANs and subject a CA needs. Every RPC that takes
+//! a CSR (MintX509SVID, BatchNewX509SVID, NewDownstreamX509CA, AttestAgent, RenewAgent) and
+//! every upstream authority goes through [`Csr::parse`].
 
 use super::PkiError;
+use super::template::CaSubject;
+use x509_parser::extensions::{GeneralName, ParsedExtension};
+use x509_parser::x509::AttributeTypeAndValue;
+
+/// Largest CSR accepted (a P-384 or RSA-4096 CSR with a few SANs is well under this).
+pub const MAX_CSR_BYTES: usize = 16 * 1024;
+
+/// The size check alone, for RPCs that check the size before other fields (SPIRE's order).
+///
+/// # Errors
+/// [`PkiError::CsrMissing`] or [`PkiError::CsrTooLarge`].
+pub fn check_size(der: &[u8]) -> Result<(), PkiError> {
+    if der.is_empty() {
+        return Err(PkiError::CsrMissing);
+    }
+    if der.len() > MAX_CSR_BYTES {
+        return Err(PkiError::CsrTooLarge { len: der.len() });
+    }
+    Ok(())
+}
+
+/// A CSR whose signature checked out, reduced to what a CA uses.
+#[derive(Debug)]
+pub struct Csr {
+    /// The key to certify.
+    pub public_key: rcgen::SubjectPublicKeyInfo,
+    /// URI SANs requested, in order.
+    pub uris: Vec<String>,
+    /// DNS SANs requested, in order.
+    pub dns_names: Vec<String>,
+    /// The requested subject's C, O and CN (a downstream CA keeps them).
+    pub subject: CaSubject,
+}
+
+impl Csr {
+    /// Checks and reads a DER CSR.
+    ///
+    /// # Errors
+    /// [`PkiError::CsrMissing`], [`PkiError::CsrTooLarge`], or `InvalidRequest` naming what is
+    /// wrong with it (syntax, key type, signature).
+    pub fn parse(der: &[u8]) -> Result<Self, PkiError> {
+        check_size(der)?;
+        let (public_key, csr) = csr_public_key(der)?;
+        let mut uris = Vec::new();
+        let mut dns_names = Vec::new();
+        for ext in csr.requested_extensions().into_iter().flatten() {
+            if let ParsedExtension::SubjectAlternativeName(san) = ext {
+                for n in &san.general_names {
+                    match n {
+                        GeneralName::URI(u) => uris.push((*u).to_owned()),
+                        GeneralName::DNSName(d) => dns_names.push((*d).to_owned()),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        let name = &csr.certification_request_info.subject;
+        let strings = |it: &mut dyn Iterator<Item = &AttributeTypeAndValue<'_>>| {
+            it.filter_map(|a| a.as_str().ok().map(str::to_owned)).collect::<Vec<_>>()
+        };
+        let subject = CaSubject {
+            country: strings(&mut name.iter_country()),
+            organization: strings(&mut name.iter_organization()),
+            common_name: strings(&mut name.iter_common_name()).into_iter().next(),
+        };
+        Ok(Self { public_key, uris, dns_names, subject })
+    }
+}
 
 /// The SPKI of a CSR after checking its proof of possession, as rcgen public-key data.
 ///
 /// # Errors
 /// `InvalidRequest` naming what is wrong with the CSR.
-pub fn csr_public_key(
+fn csr_public_key(
     csr_der: &[u8],
 ) -> Result<(rcgen::SubjectPublicKeyInfo, x509_parser::certification_request::X509CertificationRequest<'_>), PkiError> {
     use x509_parser::prelude::FromDer;

@@ -5,7 +5,7 @@
 pub mod csr;
 pub mod template;
 
-pub use csr::{SUPPORTED_CSR_KEYS, csr_public_key, spki_public_key};
+pub use csr::{Csr, MAX_CSR_BYTES, SUPPORTED_CSR_KEYS, spki_public_key};
 pub use template::{CaSubject, MAX_COMMON_NAME_LEN, NOT_BEFORE_CUSHION, num_to_decimal};
 pub(crate) use template::{ca_params, key_id, self_signed_ca, svid_params};
 
@@ -22,6 +22,15 @@ pub enum PkiError {
     /// Signing failed in the key's backend.
     #[error("signing: {0}")]
     Signing(String),
+    /// An empty CSR.
+    #[error("missing CSR")]
+    CsrMissing,
+    /// A CSR over [`MAX_CSR_BYTES`].
+    #[error("CSR is {len} bytes; at most {MAX_CSR_BYTES} are accepted")]
+    CsrTooLarge {
+        /// Its size.
+        len: usize,
+    },
 }
 
 #[cfg(test)]

@@ -10,11 +10,9 @@ pub use upstream_sync::UpstreamStatus;
 use crate::wire::pb::spire::api::server as spb;
 use crate::api::{ApiState, Svc};
 use crate::ca::{CaConfig, CaManager};
-use crate::config::server::{KeyManagerConfig, ServerConfig, UpstreamConfig};
+use crate::config::server::ServerConfig;
 use crate::datastore::{Change, Datastore, sql::SqlDatastore};
-use crate::keymanager::{DiskKeyManager, KeyManager, MemoryKeyManager};
 use crate::net::{ConnLimits, Registry};
-use crate::upstream::{DiskUpstreamAuthority, UpstreamAuthority};
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
@@ -80,17 +78,8 @@ impl Server {
             .map_err(|e| ServerError::Io(format!("data_dir {}: {e}", config.data_dir.display())))?;
         let datastore: Arc<dyn Datastore> =
             Arc::new(SqlDatastore::open(&config.datastore.database_type, &config.datastore.connection_string).await?);
-        let key_manager: Arc<dyn KeyManager> = match &config.key_manager {
-            KeyManagerConfig::Memory => Arc::new(MemoryKeyManager::new()),
-            KeyManagerConfig::Disk { keys_path } => Arc::new(DiskKeyManager::open(keys_path)?),
-        };
-        let upstream: Option<Arc<dyn UpstreamAuthority>> = match &config.upstream {
-            None => None,
-            Some(UpstreamConfig::Disk(d)) => Some(Arc::new(DiskUpstreamAuthority::new(d.clone(), config.trust_domain.clone())?)),
-            Some(UpstreamConfig::Spire(c)) => {
-                Some(Arc::new(crate::upstream::spire::SpireUpstream::new(c.clone(), config.trust_domain.clone())?))
-            }
-        };
+        let key_manager = crate::keymanager::build(&config.key_manager)?;
+        let upstream = crate::upstream::build(config.upstream.as_ref(), &config.trust_domain)?;
         let ca_config = CaConfig {
             trust_domain: config.trust_domain.clone(),
             ca_ttl: config.ca_ttl,
@@ -117,7 +106,7 @@ impl Server {
             TlsState::new(config.trust_domain.clone(), ca_manager.ca(), config.ca_key_type, config.default_x509_svid_ttl)
                 .map_err(|e| ServerError::Io(e.to_string()))?,
         );
-        tls.rotate_if_needed(crate::now_unix()).map_err(ServerError::Io)?;
+        tls.rotate_if_needed(crate::now_unix()).await.map_err(ServerError::Io)?;
         if let Some(b) = datastore.get_bundle(&config.trust_domain).await? {
             tls.set_roots(&b.x509_authorities);
         }
@@ -126,7 +115,7 @@ impl Server {
         entry_cache.reload(datastore.as_ref()).await?;
         // Join tokens are built in, as in SPIRE: a `NodeAttestor "join_token"` block is accepted but
         // not required (SPIRE's own suites and walk-throughs rely on that).
-        let mut attestors = crate::api::attest::Attestors { join_token: true, x509pop: None };
+        let mut attestors = crate::attest::ServerAttestorsConfig { join_token: true, x509pop: None };
         if let Some(x) = &config.x509pop {
             let mut roots = Vec::new();
             for p in &x.ca_bundle_paths {
@@ -137,8 +126,13 @@ impl Server {
                         .map_err(|e| ServerError::Io(format!("NodeAttestor x509pop ca_bundle_path {}: {e}", p.display())))?,
                 );
             }
-            attestors.x509pop = Some(crate::api::attest::X509PopServer { roots, agent_path_template: x.agent_path_template.clone() });
+            attestors.x509pop = Some(crate::attest::x509pop::X509PopServerConfig { roots, agent_path_template: x.agent_path_template.clone() });
         }
+        let attestors = crate::attest::ServerAttestors::new(
+            &attestors,
+            &config.trust_domain,
+            Arc::new(crate::api::attest::DatastoreTokens(Arc::clone(&datastore))),
+        );
         let state = Arc::new(ApiState {
             trust_domain: config.trust_domain.clone(),
             datastore,
@@ -251,7 +245,7 @@ impl Server {
                         _ = tick.tick() => false,
                         c = changes.recv() => if matches!(c, Ok(Change::Bundle) | Err(_)) { true } else { continue },
                     };
-                    if let Err(e) = tls.rotate_if_needed(crate::now_unix()) {
+                    if let Err(e) = tls.rotate_if_needed(crate::now_unix()).await {
                         tracing::warn!(error = %e, "server SVID rotation failed");
                     }
                     if !changed {

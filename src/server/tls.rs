@@ -71,7 +71,7 @@ impl TlsState {
     ///
     /// # Errors
     /// When minting fails (no CA); the previous SVID stays in use.
-    pub fn rotate_if_needed(&self, now: i64) -> Result<bool, String> {
+    pub async fn rotate_if_needed(&self, now: i64) -> Result<bool, String> {
         let authority = self.ca.x509_authority().ok_or("no active X.509 CA")?;
         let due = match self.svid.read().map_err(|_| "lock")?.as_ref() {
             None => true,
@@ -83,10 +83,12 @@ impl TlsState {
         // The server SVID's key has the CA's key type, as in SPIRE (its SVID rotator is given
         // ca_key_type).
         let key = self.key_type.generate_key_pair().map_err(|e| e.to_string())?;
-        let chain = self
+        let minted = self
             .ca
             .mint_x509_svid(&key, &X509SvidRequest { id: &self.server_id, dns_names: &[], ttl: self.ttl }, now)
+            .await
             .map_err(|e| e.to_string())?;
+        let chain = minted.chain;
         let pkcs8 = zeroize::Zeroizing::new(key.serialize_der());
         let signing = self
             .provider
@@ -94,11 +96,7 @@ impl TlsState {
             .load_private_key(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8.to_vec())))
             .map_err(|e| e.to_string())?;
         let certs: Vec<CertificateDer<'static>> = chain.iter().map(|c| CertificateDer::from(c.clone())).collect();
-        let (not_before, not_after) = chain
-            .first()
-            .and_then(|l| x509_parser::parse_x509_certificate(l).ok())
-            .map(|(_, c)| (c.validity().not_before.timestamp(), c.validity().not_after.timestamp()))
-            .ok_or("minted SVID does not parse")?;
+        let (not_before, not_after) = (minted.not_before, minted.not_after);
         let svid = Svid {
             certified: Arc::new(CertifiedKey::new(certs, signing)),
             chain: chain.clone(),

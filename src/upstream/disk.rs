@@ -7,7 +7,8 @@
 //! so an operator can replace them without a restart.
 
 use super::{MintedCa, UpstreamAuthority, UpstreamError};
-use crate::pki::{self as tmpl, CaSubject};
+use crate::keymanager::{Key, KeyRef, sign_off_runtime};
+use crate::pki::{self as tmpl, Csr};
 use crate::spiffe::TrustDomain;
 use async_trait::async_trait;
 use std::sync::{Arc, RwLock};
@@ -22,7 +23,9 @@ struct Loaded {
     chain: Vec<Vec<u8>>,
     roots: Vec<Vec<u8>>,
     not_after: i64,
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    issuer: rcgen::Issuer<'static, KeyRef>,
+    /// The upstream CA key, through the key seam (in memory today; an HSM key is another `Key`).
+    key: Arc<dyn Key>,
 }
 
 /// The `disk` upstream authority.
@@ -67,11 +70,10 @@ fn signed_by(child: &[u8], parent: &[u8]) -> bool {
 fn load(cfg: &DiskUpstreamConfig) -> Result<Loaded, UpstreamError> {
     let chain = pem_certs(&read(&cfg.cert_file_path, "cert_file_path")?, "cert_file_path")?;
     let key_pem = zeroize::Zeroizing::new(read(&cfg.key_file_path, "key_file_path")?);
-    let key =
-        rcgen::KeyPair::from_pem(&key_pem).map_err(|e| UpstreamError::Config(format!("key_file_path: cannot load private key: {e}")))?;
+    let key = crate::keymanager::key_from_pem("upstream-disk", &key_pem).map_err(|e| UpstreamError::Config(format!("key_file_path: {e}")))?;
     let first = chain.first().cloned().ok_or_else(|| UpstreamError::Config("cert_file_path: empty".into()))?;
     let (_, cert) = parse_x509_certificate(&first).map_err(|e| UpstreamError::Config(format!("cert_file_path: {e}")))?;
-    if cert.public_key().raw != rcgen::PublicKeyData::subject_public_key_info(&key).as_slice() {
+    if cert.public_key().raw != key.spki_der().as_slice() {
         return Err(UpstreamError::Config("key_file_path: the private key does not match the certificate in cert_file_path".into()));
     }
     if !cert.is_ca() {
@@ -106,9 +108,9 @@ fn load(cfg: &DiskUpstreamConfig) -> Result<Loaded, UpstreamError> {
     };
     // What follows a minted CA in its chain: the upstream chain minus anything that is a root.
     let chain: Vec<Vec<u8>> = chain.into_iter().filter(|c| !roots.contains(c)).collect();
-    let issuer = rcgen::Issuer::from_ca_cert_der(&first.as_slice().into(), key)
+    let issuer = rcgen::Issuer::from_ca_cert_der(&first.as_slice().into(), KeyRef(Arc::clone(&key)))
         .map_err(|e| UpstreamError::Config(format!("cert_file_path: {e}")))?;
-    Ok(Loaded { chain, roots, not_after, issuer })
+    Ok(Loaded { chain, roots, not_after, issuer, key })
 }
 
 impl DiskUpstreamAuthority {
@@ -138,44 +140,30 @@ impl DiskUpstreamAuthority {
     }
 }
 
-fn subject_of(csr: &x509_parser::certification_request::X509CertificationRequest<'_>) -> CaSubject {
-    let name = &csr.certification_request_info.subject;
-    let strings = |it: &mut dyn Iterator<Item = &AttributeTypeAndValue<'_>>| {
-        it.filter_map(|a| a.as_str().ok().map(str::to_owned)).collect::<Vec<_>>()
-    };
-    CaSubject {
-        country: strings(&mut name.iter_country()),
-        organization: strings(&mut name.iter_organization()),
-        common_name: strings(&mut name.iter_common_name()).into_iter().next(),
-    }
-}
-
 #[async_trait]
 impl UpstreamAuthority for DiskUpstreamAuthority {
     async fn mint_x509_ca(&self, csr_der: &[u8], preferred_ttl: i64) -> Result<MintedCa, UpstreamError> {
-        let (spki, csr) = tmpl::csr_public_key(csr_der).map_err(|e| UpstreamError::Refused(e.to_string()))?;
-        let uris: Vec<String> = csr
-            .requested_extensions()
-            .into_iter()
-            .flatten()
-            .filter_map(|e| if let ParsedExtension::SubjectAlternativeName(san) = e { Some(san) } else { None })
-            .flat_map(|san| san.general_names.iter())
-            .filter_map(|n| if let GeneralName::URI(u) = n { Some((*u).to_owned()) } else { None })
-            .collect();
-        if uris != [self.trust_domain.id_string()] {
+        let csr = Csr::parse(csr_der).map_err(|e| UpstreamError::Refused(e.to_string()))?;
+        if csr.uris != [self.trust_domain.id_string()] {
             return Err(UpstreamError::Refused(format!(
-                "CSR must carry exactly one URI SAN {}, found {uris:?}",
-                self.trust_domain.id_string()
+                "CSR must carry exactly one URI SAN {}, found {:?}",
+                self.trust_domain.id_string(),
+                csr.uris
             )));
         }
         let loaded = self.current()?;
         let now = crate::now_unix();
         let ttl = if preferred_ttl > 0 { preferred_ttl } else { DEFAULT_TTL };
         let not_after = (now + ttl).min(loaded.not_after);
-        let params = tmpl::ca_params(&self.trust_domain, &subject_of(&csr), None, &spki, now - tmpl::NOT_BEFORE_CUSHION, not_after)
+        let params = tmpl::ca_params(&self.trust_domain, &csr.subject, None, &csr.public_key, now - tmpl::NOT_BEFORE_CUSHION, not_after)
             .map_err(|e| UpstreamError::Refused(e.to_string()))?;
-        let cert = params.signed_by(&spki, &loaded.issuer).map_err(|e| UpstreamError::Refused(e.to_string()))?;
-        let mut chain = vec![cert.der().to_vec()];
+        let signer = Arc::clone(&loaded);
+        let spki = csr.public_key;
+        let cert = sign_off_runtime(loaded.key.as_ref(), move || params.signed_by(&spki, &signer.issuer).map(|c| c.der().to_vec()))
+            .await
+            .map_err(|e| UpstreamError::Refused(e.to_string()))?
+            .map_err(|e| UpstreamError::Refused(e.to_string()))?;
+        let mut chain = vec![cert];
         chain.extend(loaded.chain.iter().cloned());
         Ok(MintedCa { chain, roots: loaded.roots.clone() })
     }

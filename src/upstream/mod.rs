@@ -74,6 +74,24 @@ pub trait UpstreamAuthority: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// The upstream authority `config` names (`UpstreamAuthority "<name>"`), `None` for a
+/// self-signed root: the one place an upstream backend is chosen. A new backend is a new file
+/// here and one arm below.
+///
+/// # Errors
+/// The backend's files or settings are unusable.
+pub fn build(
+    config: Option<&crate::config::server::UpstreamConfig>,
+    trust_domain: &crate::spiffe::TrustDomain,
+) -> Result<Option<std::sync::Arc<dyn UpstreamAuthority>>, UpstreamError> {
+    use crate::config::server::UpstreamConfig;
+    Ok(match config {
+        None => None,
+        Some(UpstreamConfig::Disk(d)) => Some(std::sync::Arc::new(DiskUpstreamAuthority::new(d.clone(), trust_domain.clone())?)),
+        Some(UpstreamConfig::Spire(c)) => Some(std::sync::Arc::new(spire::SpireUpstream::new(c.clone(), trust_domain.clone())?)),
+    })
+}
+
 /// What the last exchange with the upstream did (for `cairn tiers status`).
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct UpstreamStatus {

@@ -42,6 +42,10 @@
 #![warn(clippy::indexing_slicing)]
 
 
+mod plugin;
+
+pub use plugin::{KIND, X509PopAgent, X509PopServer, X509PopServerConfig};
+
 use aws_lc_rs::digest::{Digest, SHA256, SHA384};
 use aws_lc_rs::signature::{self as sig, EcdsaKeyPair, RsaKeyPair, UnparsedPublicKey};
 use base64::Engine as _;
