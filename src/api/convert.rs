@@ -3,8 +3,9 @@
 use crate::wire::pb::spire::api::types as pt;
 use super::status::ApiError;
 use crate::datastore::{AttestedNode, Entry};
+use crate::spiffe::names::validate_dns_name;
 use crate::wire::convert::{id_from_proto, id_to_proto, selector_from_proto};
-use crate::spiffe::{SpiffeId, TrustDomain};
+use crate::spiffe::TrustDomain;
 
 /// Longest hint SPIRE accepts on an entry.
 pub const MAX_HINT_LEN: usize = 1024;
@@ -82,72 +83,6 @@ pub fn entry_from_proto(e: &pt::Entry, td: &TrustDomain) -> Result<Entry, ApiErr
     })
 }
 
-/// DNS SAN rules for entries and minted SVIDs (SPIRE's `x509util.ValidateLabel`): ASCII LDH
-/// labels of 1-63 bytes, at most 253 bytes in all, no trailing dot, and a wildcard only as the
-/// whole first label of a longer name (`*.example.org`; a bare `*` would match any host).
-///
-/// # Errors
-/// What is wrong with `name`, for the caller to prefix with its context.
-pub fn validate_dns_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > 253 {
-        return Err(format!("length must be 1-253 bytes, is {}", name.len()));
-    }
-    let rest = match name.strip_prefix("*.") {
-        Some(rest) => rest,
-        None if name.contains('*') => {
-            return Err("a wildcard must be the whole first label of a longer name (\"*.example.org\")".into());
-        }
-        None => name,
-    };
-    for label in rest.split('.') {
-        if label.is_empty() || label.len() > 63 {
-            return Err(format!("label {label:?} is empty or longer than 63 bytes"));
-        }
-        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') || label.starts_with('-') || label.ends_with('-') {
-            return Err(format!("label {label:?}: labels are ASCII letters, digits and inner hyphens"));
-        }
-    }
-    Ok(())
-}
-
-/// SPIRE's `CheckForWildcardOverlap` (MintX509SVID): `*.example.org` beside `a.example.org`
-/// is refused, as the wildcard already covers the other name.
-///
-/// # Errors
-/// The first name a wildcard in `names` covers.
-pub fn check_wildcard_overlap(names: &[String]) -> Result<(), String> {
-    for name in names.iter().filter(|n| !n.starts_with('*')) {
-        let covering = match name.split_once('.') {
-            Some((_, parent)) => format!("*.{parent}"),
-            None => "*".to_owned(),
-        };
-        if names.contains(&covering) {
-            return Err(format!("name {name:?} overlaps with an existing wildcard name in the list"));
-        }
-    }
-    Ok(())
-}
-
-/// SPIRE's `VerifyTrustDomainWorkloadID`: `id` is in `td`, has a path, and the path is not
-/// under `/spire`, which names SPIRE's own servers and agents (an SVID for
-/// `/spire/server` would let its holder pose as the server to every agent).
-///
-/// # Errors
-/// SPIRE's message for the first rule broken.
-pub fn verify_trust_domain_workload_id(td: &TrustDomain, id: &SpiffeId) -> Result<(), String> {
-    let (q_id, q_td) = (id.as_str(), td.as_str());
-    if !id.is_member_of(td) {
-        return Err(format!("{q_id:?} is not a member of trust domain {q_td:?}"));
-    }
-    if id.is_trust_domain_id() {
-        return Err(format!("{q_id:?} is not a workload in trust domain {q_td:?}; path is empty"));
-    }
-    if id.is_reserved() {
-        return Err(format!("{q_id:?} is not a workload in trust domain {q_td:?}; path is in the reserved namespace"));
-    }
-    Ok(())
-}
-
 /// A domain entry as the proto entry.
 #[must_use]
 pub fn entry_to_proto(e: &Entry) -> pt::Entry {
@@ -183,64 +118,5 @@ pub fn agent_to_proto(n: &AttestedNode) -> pt::Agent {
         banned: n.cert_serial_number.is_empty(),
         can_reattest: n.can_reattest,
         agent_version: String::new(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dns_names_follow_spires_validate_label() {
-        for ok in ["com", "example.org", "*.example.org", "a-b.example.org", &format!("{}.org", "a".repeat(63))] {
-            assert_eq!(validate_dns_name(ok), Ok(()), "{ok}");
-        }
-        let long_label = format!("{}.org", "a".repeat(64));
-        let too_long = format!("{}.{}.{}.{}.org", "a".repeat(62), "b".repeat(62), "c".repeat(62), "d".repeat(62));
-        for bad in [
-            "",
-            "*",
-            "*.",
-            "*.*.org",
-            "a.*.org",
-            "a*.org",
-            "example.org.",
-            ".org",
-            "-a.org",
-            "a-.org",
-            "a\0b.org",
-            "é.org",
-            &long_label,
-            &too_long,
-        ] {
-            assert!(validate_dns_name(bad).is_err(), "{bad:?} accepted");
-        }
-    }
-
-    #[test]
-    fn wildcards_may_not_cover_other_names() {
-        let names = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-        assert!(check_wildcard_overlap(&names(&["example.org", "*.example.org"])).is_ok());
-        assert!(check_wildcard_overlap(&names(&["example.org", "*.example.org", "a.b.example.org"])).is_ok());
-        let err = check_wildcard_overlap(&names(&["*.example.org", "a.example.org"])).unwrap_err();
-        assert!(err.contains("\"a.example.org\""), "{err}");
-    }
-
-    #[test]
-    fn workload_ids_are_members_with_a_path_outside_spire() {
-        let td = TrustDomain::new("example.org").unwrap();
-        let id = |s: &str| SpiffeId::new(s).unwrap();
-        assert_eq!(verify_trust_domain_workload_id(&td, &id("spiffe://example.org/w")), Ok(()));
-        assert_eq!(verify_trust_domain_workload_id(&td, &id("spiffe://example.org/spiree")), Ok(()));
-        for (bad, why) in [
-            ("spiffe://example.org/spire/server", "reserved namespace"),
-            ("spiffe://example.org/spire/agent/join_token/x", "reserved namespace"),
-            ("spiffe://example.org/spire", "reserved namespace"),
-            ("spiffe://example.org", "path is empty"),
-            ("spiffe://other.org/w", "is not a member of trust domain \"example.org\""),
-        ] {
-            let err = verify_trust_domain_workload_id(&td, &id(bad)).unwrap_err();
-            assert!(err.contains(why), "{bad}: {err}");
-        }
     }
 }

@@ -1,6 +1,6 @@
 //! `spire.api.server.svid.v1.SVID`.
 
-use super::convert::{check_wildcard_overlap, validate_dns_name, verify_trust_domain_workload_id};
+use crate::spiffe::names::{check_wildcard_overlap, validate_dns_name, verify_trust_domain_workload_id};
 use crate::wire::convert::{id_from_proto, id_to_proto};
 use crate::wire::pb::spire::api::server::svid::v1 as pb;
 use crate::wire::pb::spire::api::types as pt;

@@ -275,7 +275,7 @@ where
     match cmd {
         AgentCommand::Run(a) => {
             let config = a.load()?;
-            crate::telemetry::init(&config.log_settings())?;
+            crate::telemetry::init(&config.log_settings()).map_err(|e| e.to_string())?;
             for n in &config.notices {
                 tracing::info!("config {n}");
             }

@@ -109,7 +109,7 @@ pub fn parse_ttl(s: &str) -> Result<i32, String> {
     let secs = if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
         t.parse::<i64>().map_err(|_| format!("{t:?} is too large for a TTL"))?
     } else {
-        crate::config::parse_duration(t)?
+        crate::config::parse_duration(t).map_err(|e| e.to_string())?
     };
     i32::try_from(secs).map_err(|_| format!("{t:?} is too long for a TTL (at most {} seconds)", i32::MAX))
 }

@@ -435,7 +435,7 @@ fn overrides(a: &RunArgs) -> ServerOverrides {
 async fn run_server(a: RunArgs) -> CliResult {
     let config = ServerConfig::load(&a.config, a.expand_env, &overrides(&a))
         .map_err(|e| format!("config {} is not valid:\n{e}", a.config.display()))?;
-    crate::telemetry::init(&config.log_settings())?;
+    crate::telemetry::init(&config.log_settings()).map_err(|e| e.to_string())?;
     for n in &config.notices {
         tracing::info!("config {n}");
     }

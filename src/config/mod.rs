@@ -222,7 +222,7 @@ impl Walker {
         let item = self.single(obj, key, path)?;
         let parsed = match &item.value {
             Value::Int(n) if *n >= 0 => Ok(*n),
-            Value::String(s) => parse_duration(s),
+            Value::String(s) => parse_duration(s).map_err(|e| e.to_string()),
             _ => Err("expected a duration such as \"1h\", \"30m\" or \"90s\"".to_owned()),
         };
         match parsed {
@@ -266,12 +266,24 @@ pub(crate) fn join(path: &str, key: &str) -> String {
     if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
 }
 
+/// A duration that does not parse; the text names the input as written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DurationError {
+    /// Not a Go duration.
+    #[error("invalid duration {0}: expected e.g. \"24h\", \"1h30m\", \"90s\"")]
+    Invalid(String),
+    /// `d` used as a unit, which Go's durations do not have.
+    #[error("invalid duration {0}: Go durations have no \"d\" unit; use hours (1d = 24h)")]
+    Days(String),
+}
+
 /// Parses a Go duration string into whole seconds (sub-second parts round up).
 ///
 /// # Errors
-/// A message naming what is wrong.
-pub fn parse_duration(s: &str) -> Result<i64, String> {
-    let bad = || format!("invalid duration {}: expected e.g. \"24h\", \"1h30m\", \"90s\"", quote(s));
+/// [`DurationError`] naming the input.
+pub fn parse_duration(s: &str) -> Result<i64, DurationError> {
+    let bad = || DurationError::Invalid(quote(s));
     let t = s.trim();
     if t.is_empty() {
         return Err(bad());
@@ -295,7 +307,7 @@ pub fn parse_duration(s: &str) -> Result<i64, String> {
             "s" => 1000.0,
             "m" => 60_000.0,
             "h" => 3_600_000.0,
-            "d" => return Err(format!("invalid duration {}: Go durations have no \"d\" unit; use hours (1d = 24h)", quote(s))),
+            "d" => return Err(DurationError::Days(quote(s))),
             _ => return Err(bad()),
         };
         #[expect(clippy::cast_possible_truncation, reason = "bounded just below")]

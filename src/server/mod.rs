@@ -106,7 +106,7 @@ impl Server {
             TlsState::new(config.trust_domain.clone(), ca_manager.ca(), config.ca_key_type, config.default_x509_svid_ttl)
                 .map_err(|e| ServerError::Io(e.to_string()))?,
         );
-        tls.rotate_if_needed(crate::now_unix()).await.map_err(ServerError::Io)?;
+        tls.rotate_if_needed(crate::now_unix()).await?;
         if let Some(b) = datastore.get_bundle(&config.trust_domain).await? {
             tls.set_roots(&b.x509_authorities);
         }

@@ -7,6 +7,7 @@
 //! handshake fails. Session tickets are off so every connection is checked against the
 //! bundle of the moment.
 
+use crate::ca::CaError;
 use crate::ca::{Ca, X509SvidRequest};
 use crate::keymanager::KeyType;
 use crate::spiffe::{SpiffeId, TrustDomain};
@@ -71,9 +72,10 @@ impl TlsState {
     ///
     /// # Errors
     /// When minting fails (no CA); the previous SVID stays in use.
-    pub async fn rotate_if_needed(&self, now: i64) -> Result<bool, String> {
-        let authority = self.ca.x509_authority().ok_or("no active X.509 CA")?;
-        let due = match self.svid.read().map_err(|_| "lock")?.as_ref() {
+    pub async fn rotate_if_needed(&self, now: i64) -> Result<bool, CaError> {
+        let poisoned = || CaError::Signing("server SVID lock poisoned".into());
+        let authority = self.ca.x509_authority().ok_or(CaError::NoX509Ca)?;
+        let due = match self.svid.read().map_err(|_| poisoned())?.as_ref() {
             None => true,
             Some(s) => now >= s.not_before + (s.not_after - s.not_before) / 2 || s.authority_id != authority.authority_id,
         };
@@ -82,19 +84,18 @@ impl TlsState {
         }
         // The server SVID's key has the CA's key type, as in SPIRE (its SVID rotator is given
         // ca_key_type).
-        let key = self.key_type.generate_key_pair().map_err(|e| e.to_string())?;
+        let key = self.key_type.generate_key_pair()?;
         let minted = self
             .ca
             .mint_x509_svid(&key, &X509SvidRequest { id: &self.server_id, dns_names: &[], ttl: self.ttl }, now)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         let chain = minted.chain;
         let pkcs8 = zeroize::Zeroizing::new(key.serialize_der());
         let signing = self
             .provider
             .key_provider
             .load_private_key(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8.to_vec())))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| CaError::Signing(format!("server SVID key: {e}")))?;
         let certs: Vec<CertificateDer<'static>> = chain.iter().map(|c| CertificateDer::from(c.clone())).collect();
         let (not_before, not_after) = (minted.not_before, minted.not_after);
         let svid = Svid {
@@ -104,7 +105,7 @@ impl TlsState {
             not_after,
             authority_id: authority.authority_id.clone(),
         };
-        *self.svid.write().map_err(|_| "lock")? = Some(svid);
+        *self.svid.write().map_err(|_| poisoned())? = Some(svid);
         if let Ok(mut out) = self.chain_out.write() {
             *out = chain;
         }

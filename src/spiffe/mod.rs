@@ -30,6 +30,7 @@
 pub mod bundle;
 pub mod id;
 pub mod jwt;
+pub mod names;
 pub mod selector;
 pub mod x509;
 

@@ -72,17 +72,32 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for ReopenableFile {
     }
 }
 
+/// Logging could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TelemetryError {
+    /// `log_file` cannot be opened.
+    #[error("log_file {}: {source}", path.display())]
+    LogFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Installs the global tracing subscriber (level from the settings or `CAIRN_LOG`) and, inside
 /// a tokio runtime, the SIGUSR2 handler. Secrets are never passed to tracing fields, so nothing
 /// here redacts.
 ///
 /// # Errors
 /// `log_file` cannot be opened (named with its path).
-pub fn init(settings: &LogSettings) -> Result<(), String> {
+pub fn init(settings: &LogSettings) -> Result<(), TelemetryError> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("warn,cairn={}", settings.level.to_ascii_lowercase())));
     let file = match &settings.file {
-        Some(path) => Some(ReopenableFile::open(path).map_err(|e| format!("log_file {}: {e}", path.display()))?),
+        Some(path) => Some(ReopenableFile::open(path).map_err(|source| TelemetryError::LogFile { path: path.clone(), source })?),
         None => None,
     };
     let builder =
