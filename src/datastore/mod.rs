@@ -9,8 +9,12 @@
 //! and the entry cache, the server's TLS roots and the bundle watchers follow it. Every bundle
 //! change also bumps the bundle's `sequence_number`.
 //!
-//! [`counting::CountingDatastore`] wraps any datastore to count calls, for benchmarks.
+//! What every implementation must do is pinned down by one contract suite (`contract.rs`, run
+//! on every backend by its tests). [`counting::CountingDatastore`] wraps any datastore to count
+//! calls, for benchmarks.
 
+#[cfg(test)]
+pub(crate) mod contract;
 pub mod counting;
 pub mod entrycache;
 pub mod feed;

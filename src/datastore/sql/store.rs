@@ -89,6 +89,14 @@ where
         self
     }
 
+    /// Renders statements with `dialect` instead of the backend's: lets tests run the other
+    /// dialects' code paths (numbered placeholders, no `RETURNING`) on SQLite.
+    #[cfg(test)]
+    pub(crate) fn with_dialect(mut self, dialect: Dialect) -> Self {
+        self.dialect = dialect;
+        self
+    }
+
     fn sql<'a>(&self, text: &'a str) -> Cow<'a, str> {
         self.dialect.sql(text)
     }

@@ -1,17 +1,53 @@
 #![allow(clippy::unwrap_used, reason = "test code")]
 
 use super::codec::join_token_hash;
+use super::dialect::{Dialect, Placeholders};
 use super::{Backend, SqliteDatastore};
 use crate::datastore::counting::CountingDatastore;
 use crate::datastore::feed::{ChangeFeed, LocalFeed};
-use crate::datastore::{Change, Datastore, DatastoreError};
+use crate::datastore::{Change, Datastore, DatastoreError, contract};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use std::os::unix::fs::PermissionsExt;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 async fn in_memory() -> SqliteDatastore {
     SqliteDatastore::connect("sqlite::memory:").await.unwrap()
+}
+
+/// Opens fresh database files in one directory (which the caller keeps alive).
+fn files_in(dir: &std::path::Path) -> impl Fn() -> std::pin::Pin<Box<dyn Future<Output = Arc<dyn Datastore>>>> + '_ {
+    let n = AtomicUsize::new(0);
+    move || {
+        let path = dir.join(format!("ds-{}.sqlite3", n.fetch_add(1, Ordering::Relaxed)));
+        Box::pin(async move { Arc::new(SqliteDatastore::connect(path.to_str().unwrap()).await.unwrap()) as Arc<dyn Datastore> })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn contract_on_sqlite_in_memory() {
+    contract::run(|| async { Arc::new(in_memory().await) as Arc<dyn Datastore> }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn contract_on_a_sqlite_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    contract::run(files_in(tmp.path())).await;
+}
+
+/// The code paths SQLite itself does not take: PostgreSQL's numbered placeholders and MySQL's
+/// select-then-delete (no `RETURNING`). SQLite accepts `$N` parameters, so both run here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn contract_on_sqlite_with_numbered_placeholders_and_no_returning() {
+    let dialect = Dialect { placeholders: Placeholders::Numbered, delete_returning: false, ..Dialect::SQLITE };
+    contract::run(|| async move { Arc::new(in_memory().await.with_dialect(dialect)) as Arc<dyn Datastore> }).await;
+}
+
+/// The benchmark wrapper passes every call through unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn contract_through_the_counting_wrapper() {
+    contract::run(|| async { Arc::new(CountingDatastore::new(Arc::new(in_memory().await))) as Arc<dyn Datastore> }).await;
 }
 
 #[tokio::test]
@@ -24,6 +60,15 @@ async fn the_counting_wrapper_counts_each_call_once() {
     ds.get_bundle(&td).await.unwrap();
     assert!(ds.take_join_token("x").await.unwrap().is_none());
     assert_eq!(ds.calls(), 3);
+}
+
+/// Many creators on a file database (separate connections, WAL): without the similar-entry
+/// check and the insert in one write transaction, most of them would insert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_creates_of_one_entry_insert_it_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = SqliteDatastore::connect(tmp.path().join("ds.sqlite3").to_str().unwrap()).await.unwrap();
+    contract::concurrent_creates_of_one_entry(Arc::new(ds), 32).await;
 }
 
 #[tokio::test]
