@@ -5,7 +5,7 @@
 //! 1. Workload API latency served from one agent's cache over a real Unix socket with a tonic
 //!    client (FetchX509SVID time to first message, FetchJWTSVID cached and uncached).
 //! 2. One agent syncing 10,000 entries: first sync (mints them all) and steady-state syncs,
-//!    with the server's datastore statements and entry-cache reloads in each window.
+//!    with the server's datastore calls and entry-cache reloads in each window.
 //! 3. `BENCH_AGENTS` agents (default 100) with `BENCH_ENTRIES_PER_AGENT` entries each
 //!    (default 1,000): all first syncs concurrently, then one steady-state round.
 //!
@@ -23,7 +23,8 @@ use cairn::wire::pb::spire::api::types as pt;
 use cairn::wire::pb::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use cairn::wire::pb::workload::{JwtsvidRequest, X509svidRequest};
 use cairn::config::server::{ServerConfig, ServerOverrides};
-use cairn::datastore::Selector;
+use cairn::datastore::counting::CountingDatastore;
+use cairn::datastore::{Datastore, Selector};
 use cairn::spiffe::{SpiffeId, TrustDomain};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,7 +41,7 @@ const CREATE_BATCH: usize = 500;
 /// Entries of the single agent in part 2.
 const ONE_AGENT_ENTRIES: usize = 10_000;
 const STEADY_SYNCS: usize = 10;
-/// Idle window used to measure the server's own timer-driven statements (two periods of the
+/// Idle window used to measure the server's own timer-driven datastore calls (two periods of the
 /// slowest timer that runs in it: CA rotation, every 10 s).
 const IDLE_WINDOW: Duration = Duration::from_secs(20);
 
@@ -62,7 +63,7 @@ fn sid(path: &str) -> pt::Spiffeid {
     pt::Spiffeid { trust_domain: TD.into(), path: path.into() }
 }
 
-/// The server's datastore statement and entry-cache reload counters.
+/// The server's datastore call and entry-cache reload counters.
 #[derive(Clone, Copy)]
 struct Counters {
     queries: u64,
@@ -70,11 +71,11 @@ struct Counters {
 }
 
 impl Counters {
-    fn read(state: &ApiState) -> Self {
-        Self { queries: state.datastore.query_count(), reloads: state.entry_cache.reload_count() }
+    fn read(b: &Bench) -> Self {
+        Self { queries: b.datastore.calls(), reloads: b.state.entry_cache.reload_count() }
     }
-    fn since(self, state: &ApiState) -> Self {
-        let now = Self::read(state);
+    fn since(self, b: &Bench) -> Self {
+        let now = Self::read(b);
         Self { queries: now.queries - self.queries, reloads: now.reloads - self.reloads }
     }
 }
@@ -86,29 +87,31 @@ struct Window {
 }
 
 impl Window {
-    fn open(state: &ApiState) -> Self {
-        Self { start: Instant::now(), counters: Counters::read(state) }
+    fn open(b: &Bench) -> Self {
+        Self { start: Instant::now(), counters: Counters::read(b) }
     }
-    /// Opens the window just after one of the server's timer statements (they come every few
-    /// seconds), so that a short window usually holds none and a statement in it stands out.
-    async fn open_after_timer(state: &ApiState) -> Self {
-        let before = state.datastore.query_count();
+    /// Opens the window just after one of the server's timer calls (they come every few
+    /// seconds), so that a short window usually holds none and a call in it stands out.
+    async fn open_after_timer(b: &Bench) -> Self {
+        let before = b.datastore.calls();
         let t0 = Instant::now();
-        while state.datastore.query_count() == before && t0.elapsed() < Duration::from_secs(6) {
+        while b.datastore.calls() == before && t0.elapsed() < Duration::from_secs(6) {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        // The CA check issues two statements back to back; let the second land too.
+        // The CA check makes two calls back to back; let the second land too.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        Self::open(state)
+        Self::open(b)
     }
-    fn close(self, state: &ApiState) -> (Duration, Counters) {
-        (self.start.elapsed(), self.counters.since(state))
+    fn close(self, b: &Bench) -> (Duration, Counters) {
+        (self.start.elapsed(), self.counters.since(b))
     }
 }
 
 struct Bench {
     state: Arc<ApiState>,
-    /// Statements per second the idle server runs on its own timers.
+    /// The server's datastore, counting the calls made to it.
+    datastore: Arc<CountingDatastore>,
+    /// Datastore calls per second the idle server makes on its own timers.
     idle_rate: f64,
     port: u16,
     admin: Channel,
@@ -138,7 +141,10 @@ plugins {{
         .unwrap();
         let config = ServerConfig::load(&conf, false, &ServerOverrides::default()).unwrap();
         let uds = cairn::server::bind_admin_socket(&socket).await.unwrap();
-        let server = cairn::server::Server::build(config).await.unwrap();
+        // The server gets its datastore through a counting wrapper, kept here to read the count.
+        let inner = cairn::datastore::sql::open(&config.datastore.database_type, &config.datastore.connection_string).await.unwrap();
+        let datastore = Arc::new(CountingDatastore::new(inner));
+        let server = cairn::server::Server::build_with_datastore(config, Arc::clone(&datastore) as Arc<dyn Datastore>).await.unwrap();
         let state = server.state();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -159,7 +165,7 @@ plugins {{
         };
         let b = bundlepb::bundle_client::BundleClient::new(admin.clone()).get_bundle(bundlepb::GetBundleRequest::default()).await.unwrap();
         let roots = b.into_inner().x509_authorities.into_iter().map(|a| a.asn1).collect();
-        (Self { state, idle_rate: 0.0, port, admin, roots, uid: my_uid() }, stop_tx, task)
+        (Self { state, datastore, idle_rate: 0.0, port, admin, roots, uid: my_uid() }, stop_tx, task)
     }
 
     /// A join token and the agent ID it attests to.
@@ -229,7 +235,7 @@ plugins {{
         self.state.entry_cache.reload(self.state.datastore.as_ref()).await.unwrap();
         let reload = r0.elapsed();
         // Quiet: no rebuild finished for three rebuild times, so none was running either. (The
-        // statement count cannot be the test: the server's timers issue statements every few
+        // call count cannot be the test: the server's timers call the datastore every few
         // seconds.)
         let window = (reload * 3).max(Duration::from_secs(1));
         loop {
@@ -244,7 +250,7 @@ plugins {{
     }
 }
 
-/// Most statements the server's own timers can issue in `wall`: the server-SVID/bundle refresh
+/// Most datastore calls the server's own timers can make in `wall`: the server-SVID/bundle refresh
 /// (one `get_bundle` every 5 s) and the CA rotation check (`set_ca_journal` + `prune_bundle`
 /// every 10 s), each possibly ticking at both ends of the window.
 fn timer_bound(wall: Duration) -> u64 {
@@ -256,7 +262,7 @@ fn timer_bound(wall: Duration) -> u64 {
 /// (expected from the idle rate, and at most), to tell them apart from what the syncs caused.
 fn print_counts(b: &Bench, label: &str, wall: Duration, c: Counters, target: &str) {
     println!(
-        "  {label:<50}: {:>6} statements ({target}; timers in these {:.1} s: ~{:.1}, at most {}), {} entry-cache reloads",
+        "  {label:<50}: {:>6} datastore calls ({target}; timers in these {:.1} s: ~{:.1}, at most {}), {} entry-cache reloads",
         c.queries,
         wall.as_secs_f64(),
         b.idle_rate * wall.as_secs_f64(),
@@ -333,7 +339,7 @@ async fn part1_workload_api(b: &Bench, dir: &std::path::Path) {
     let channel = Endpoint::from_shared(format!("unix:{}", path.display())).unwrap().connect().await.unwrap();
     let client = SpiffeWorkloadApiClient::new(channel);
 
-    let w = Window::open_after_timer(&b.state).await;
+    let w = Window::open_after_timer(b).await;
     for i in 0..WARMUP {
         x509_ttfm(&mut client.clone()).await;
         jwt(&mut client.clone(), "bench-cached".into()).await;
@@ -356,7 +362,7 @@ async fn part1_workload_api(b: &Bench, dir: &std::path::Path) {
         async move { jwt(&mut c, format!("bench-fresh-{i}")).await }
     })
     .await;
-    let (wall, during) = w.close(&b.state);
+    let (wall, during) = w.close(b);
 
     println!("1. Workload API on a Unix socket, served from the agent's cache (tonic client, one HTTP/2 connection)");
     summary("FetchX509SVID, time to first message (new stream)", x);
@@ -376,20 +382,20 @@ async fn part2_one_agent(b: &Bench) {
     let created = t.elapsed();
     let reload = b.settle(&[(agent_id, ONE_AGENT_ENTRIES)]).await;
 
-    let w = Window::open_after_timer(&b.state).await;
+    let w = Window::open_after_timer(b).await;
     agent.sync_once().await.unwrap();
-    let (first, first_c) = w.close(&b.state);
+    let (first, first_c) = w.close(b);
     let held = agent.subscribe().borrow().as_ref().map_or(0, |s| s.svids.len());
     assert_eq!(held, ONE_AGENT_ENTRIES, "the first sync minted every SVID");
 
-    let w = Window::open_after_timer(&b.state).await;
+    let w = Window::open_after_timer(b).await;
     let mut per = Vec::with_capacity(STEADY_SYNCS);
     for _ in 0..STEADY_SYNCS {
         let t = Instant::now();
         agent.sync_once().await.unwrap();
         per.push(t.elapsed());
     }
-    let (steady, steady_c) = w.close(&b.state);
+    let (steady, steady_c) = w.close(b);
     per.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
 
@@ -450,15 +456,15 @@ async fn part3_many_agents(b: &Bench, n_agents: usize, per_agent: usize) {
             }
         }
     };
-    let w = Window::open_after_timer(&b.state).await;
+    let w = Window::open_after_timer(b).await;
     round(&agents).await;
-    let (first, first_c) = w.close(&b.state);
+    let (first, first_c) = w.close(b);
     for (a, _) in &agents {
         assert_eq!(a.subscribe().borrow().as_ref().map_or(0, |s| s.svids.len()), per_agent, "every agent got every SVID");
     }
-    let w = Window::open_after_timer(&b.state).await;
+    let w = Window::open_after_timer(b).await;
     round(&agents).await;
-    let (steady, steady_c) = w.close(&b.state);
+    let (steady, steady_c) = w.close(b);
     let total = n_agents * per_agent;
     let in_ds = b.state.datastore.count_entries().await.unwrap();
 
@@ -504,11 +510,11 @@ fn main() {
         // The server's own timers (server SVID/bundle refresh every 5 s: get_bundle; CA
         // rotation check every 10 s: set_ca_journal + prune_bundle; entry-cache safety reload
         // every 300 s) read the datastore whatever the agents do. Measure them with nothing
-        // else running, to tell them apart from statements caused by syncs.
+        // else running, to tell them apart from calls caused by syncs.
         tokio::time::sleep(Duration::from_secs(1)).await; // past the timers' first, immediate ticks
-        let w = Window::open(&b.state);
+        let w = Window::open(&b);
         tokio::time::sleep(IDLE_WINDOW).await;
-        let (idle_wall, idle) = w.close(&b.state);
+        let (idle_wall, idle) = w.close(&b);
         b.idle_rate = idle.queries as f64 / idle_wall.as_secs_f64();
 
         println!();
@@ -518,9 +524,9 @@ fn main() {
             std::thread::available_parallelism().map_or(0, usize::from)
         );
         println!();
-        println!("Datastore figures count the server's SQL statements in each window. The server's own timers issue");
+        println!("Datastore figures count the server's datastore calls in each window. The server's own timers make");
         println!("some whatever the agents do; each line says how many of them the window can hold. Measured windows");
-        println!("open just after a timer statement, so a short one usually holds none.");
+        println!("open just after a timer call, so a short one usually holds none.");
         println!();
         println!("0. Idle server (background timers, no agents)");
         print_counts(&b, &format!("datastore in {} s of idle", IDLE_WINDOW.as_secs()), idle_wall, idle, "baseline");

@@ -5,7 +5,7 @@
 
 use cairn::wire::pb::spire::api::server::svid::v1 as svidpb;
 use cairn::ca::{CaConfig, CaManager, CaSubject, X509SvidRequest};
-use cairn::datastore::sql::SqlDatastore;
+use cairn::datastore::sql::SqliteDatastore;
 use cairn::keymanager::{KeyType, MemoryKeyManager};
 use cairn::spiffe::{SpiffeId, TrustDomain};
 use std::sync::Arc;
@@ -35,7 +35,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 }
 
 async fn in_process(csrs: &[Vec<u8>]) -> f64 {
-    let ds = Arc::new(SqlDatastore::open("sqlite3", "sqlite::memory:").await.unwrap());
+    let ds = Arc::new(SqliteDatastore::connect("sqlite::memory:").await.unwrap());
     let cfg = CaConfig {
         trust_domain: TrustDomain::new("example.org").unwrap(),
         ca_ttl: 86_400,

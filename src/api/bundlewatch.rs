@@ -7,7 +7,7 @@
 use crate::wire::convert::bundle_to_proto;
 use crate::wire::pb::cairn::api::bundlewatch::v1 as pb;
 use crate::api::{Policy, Svc};
-use crate::datastore::Change;
+use crate::datastore::{Change, RecvError};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -104,11 +104,11 @@ impl pb::bundle_watch_server::BundleWatch for Svc {
                     e = tokio::time::timeout(std::time::Duration::from_secs(30), changes.recv()) => e,
                 };
                 match event {
-                    Ok(Ok(Change::Bundle) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) | Err(_) => {
+                    Ok(Ok(Change::Bundle) | Err(RecvError::Lagged { .. })) | Err(_) => {
                         tokio::time::sleep(std::time::Duration::from_millis(30)).await;
                     }
                     Ok(Ok(_)) => continue,
-                    Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return,
+                    Ok(Err(RecvError::Closed)) => return,
                 }
                 if tx.is_closed() {
                     return;

@@ -1,6 +1,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test code: a failed unwrap is a failed test")]
 use super::*;
-use crate::datastore::{Datastore, sql::SqlDatastore};
+use crate::datastore::{Datastore, sql::SqliteDatastore};
 use crate::keymanager::{KeyManager, KeyType, MemoryKeyManager};
 use std::sync::Arc;
 use x509_parser::prelude::*;
@@ -30,7 +30,7 @@ fn config(ca_ttl: i64) -> CaConfig {
 }
 
 async fn datastore() -> Arc<dyn Datastore> {
-    Arc::new(SqlDatastore::open("sqlite3", "sqlite::memory:").await.unwrap())
+    Arc::new(SqliteDatastore::connect("sqlite::memory:").await.unwrap())
 }
 
 fn leaf_key() -> rcgen::KeyPair {
@@ -162,13 +162,13 @@ async fn restart_with_persistent_keys_resumes_and_memory_keys_remint() {
     let db = format!("sqlite://{}", dir.path().join("ds.sqlite3").display());
     let keys = dir.path().join("keys.json");
     let (first, kid) = {
-        let ds: Arc<dyn Datastore> = Arc::new(SqlDatastore::open("sqlite3", &db).await.unwrap());
+        let ds: Arc<dyn Datastore> = Arc::new(SqliteDatastore::connect(&db).await.unwrap());
         let km = Arc::new(crate::keymanager::DiskKeyManager::open(&keys).unwrap());
         let m = CaManager::new(config(24 * H), km, None, ds);
         m.initialize(T0).await.unwrap();
         (m.ca().x509_authority().unwrap().cert_der.clone(), m.ca().jwt_signer().unwrap().kid.clone())
     };
-    let ds: Arc<dyn Datastore> = Arc::new(SqlDatastore::open("sqlite3", &db).await.unwrap());
+    let ds: Arc<dyn Datastore> = Arc::new(SqliteDatastore::connect(&db).await.unwrap());
     let km = Arc::new(crate::keymanager::DiskKeyManager::open(&keys).unwrap());
     let m = CaManager::new(config(24 * H), km, None, Arc::clone(&ds));
     m.initialize(T0 + H).await.unwrap();

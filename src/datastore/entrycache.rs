@@ -7,7 +7,7 @@
 //! nothing. Authorization follows SPIRE's crawl: entries parented to the agent or to a node
 //! alias whose selectors the agent has, and, transitively, their descendants.
 
-use crate::datastore::{AttestedNode, Change, Datastore, DatastoreError, Entry, EntryFilter, Selector};
+use crate::datastore::{AttestedNode, Change, Datastore, DatastoreError, Entry, EntryFilter, RecvError, Selector};
 use crate::spiffe::Bundle;
 use crate::spiffe::{SpiffeId, TrustDomain};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -127,10 +127,11 @@ impl EntryCache {
                 () = &mut shutdown => return,
                 _ = tick.tick() => {}
                 c = changes.recv() => match c {
-                    Ok(Change::Entries | Change::Nodes) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    // A lagged receiver missed events: treat it as "everything changed".
+                    Ok(Change::Entries | Change::Nodes) | Err(RecvError::Lagged { .. }) => {
                         // Let a burst (a batch create) finish before rebuilding once.
                         tokio::time::sleep(Duration::from_millis(20)).await;
-                        while let Ok(_) | Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) = changes.try_recv() {}
+                        changes.drain();
                     }
                     Ok(Change::Bundle) => {
                         if let Err(e) = self.reload_bundle(ds.as_ref()).await {
@@ -138,7 +139,7 @@ impl EntryCache {
                         }
                         continue;
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    Err(RecvError::Closed) => return,
                 },
             }
             if let Err(e) = self.reload(ds.as_ref()).await {
@@ -193,7 +194,7 @@ impl EntryCache {
 mod tests {
     #![allow(clippy::unwrap_used, reason = "test code")]
     use super::*;
-    use crate::datastore::{AttestedNode, sql::SqlDatastore};
+    use crate::datastore::{AttestedNode, sql::SqliteDatastore};
 
     const NOW: i64 = 1_800_000_000;
 
@@ -240,7 +241,7 @@ mod tests {
     /// nor anything reachable only through them.
     #[tokio::test]
     async fn expired_entries_authorize_nothing_once_their_time_passes() {
-        let ds = SqlDatastore::open("sqlite3", "sqlite::memory:").await.unwrap();
+        let ds = SqliteDatastore::connect("sqlite::memory:").await.unwrap();
         let agent = "spiffe://example.org/spire/agent/join_token/t";
         for e in [
             expiring(entry("1", "spiffe://example.org/a", agent, &[("unix", "uid:1")]), NOW + 100),
@@ -266,7 +267,7 @@ mod tests {
 
     #[tokio::test]
     async fn crawl_follows_parents_aliases_and_descendants() {
-        let ds = SqlDatastore::open("sqlite3", "sqlite::memory:").await.unwrap();
+        let ds = SqliteDatastore::connect("sqlite::memory:").await.unwrap();
         let agent = "spiffe://example.org/spire/agent/join_token/t";
         for e in [
             entry("1", "spiffe://example.org/direct", agent, &[("unix", "uid:1")]),

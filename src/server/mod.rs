@@ -11,7 +11,7 @@ use crate::wire::pb::spire::api::server as spb;
 use crate::api::{ApiState, Svc};
 use crate::ca::{CaConfig, CaManager};
 use crate::config::server::ServerConfig;
-use crate::datastore::{Change, Datastore, sql::SqlDatastore};
+use crate::datastore::{Change, Datastore};
 use crate::net::{ConnLimits, Registry};
 use std::future::Future;
 use std::path::Path;
@@ -68,16 +68,34 @@ fn server_instance_id(data_dir: &Path) -> Result<String, ServerError> {
 }
 
 impl Server {
+    /// data_dir holds the server id, status and usually the datastore and keys: owner only.
+    fn prepare_data_dir(config: &ServerConfig) -> Result<(), ServerError> {
+        crate::fsutil::create_dir_all_mode(&config.data_dir, 0o700)
+            .map_err(|e| ServerError::Io(format!("data_dir {}: {e}", config.data_dir.display())))
+    }
+
     /// Opens everything the config names and brings up the CA (minting or resuming it).
     ///
     /// # Errors
     /// The first component that cannot start, with the reason.
     pub async fn build(config: ServerConfig) -> Result<Self, ServerError> {
-        // data_dir holds the server id, status and usually the datastore and keys: owner only.
-        crate::fsutil::create_dir_all_mode(&config.data_dir, 0o700)
-            .map_err(|e| ServerError::Io(format!("data_dir {}: {e}", config.data_dir.display())))?;
-        let datastore: Arc<dyn Datastore> =
-            Arc::new(SqlDatastore::open(&config.datastore.database_type, &config.datastore.connection_string).await?);
+        Self::prepare_data_dir(&config)?;
+        let datastore = crate::datastore::sql::open(&config.datastore.database_type, &config.datastore.connection_string).await?;
+        Self::assemble(config, datastore).await
+    }
+
+    /// [`Server::build`] on a datastore the caller opened (and perhaps wrapped, as the
+    /// benchmarks do to count datastore calls) instead of the one the config names.
+    ///
+    /// # Errors
+    /// As [`Server::build`].
+    pub async fn build_with_datastore(config: ServerConfig, datastore: Arc<dyn Datastore>) -> Result<Self, ServerError> {
+        Self::prepare_data_dir(&config)?;
+        Self::assemble(config, datastore).await
+    }
+
+    /// Everything after the data directory and the datastore.
+    async fn assemble(config: ServerConfig, datastore: Arc<dyn Datastore>) -> Result<Self, ServerError> {
         let key_manager = crate::keymanager::build(&config.key_manager)?;
         let upstream = crate::upstream::build(config.upstream.as_ref(), &config.trust_domain)?;
         let ca_config = CaConfig {

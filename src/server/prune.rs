@@ -41,7 +41,7 @@ pub async fn run(ds: std::sync::Arc<dyn Datastore>, interval: Duration, shutdown
 mod tests {
     #![allow(clippy::unwrap_used, reason = "test code")]
     use super::*;
-    use crate::datastore::{Entry, EntryFilter, Selector, sql::SqlDatastore};
+    use crate::datastore::{Entry, EntryFilter, Selector, sql::SqliteDatastore};
     use crate::spiffe::SpiffeId;
 
     fn entry(id: &str, expires_at: i64) -> Entry {
@@ -66,7 +66,7 @@ mod tests {
 
     #[tokio::test]
     async fn prunes_only_entries_expired_before_now() {
-        let ds = SqlDatastore::open("sqlite3", "sqlite::memory:").await.unwrap();
+        let ds = SqliteDatastore::connect("sqlite::memory:").await.unwrap();
         for e in [entry("past", 1), entry("edge", 1000), entry("future", 2000), entry("never", 0)] {
             ds.create_entry(&e).await.unwrap();
         }

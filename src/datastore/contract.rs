@@ -1,0 +1,527 @@
+//! The datastore contract: what every [`Datastore`] must do, as one suite.
+//!
+//! Each backend's tests call [`run`] with a function that opens a fresh, empty datastore (every
+//! section gets its own). SQLite runs it in memory, on a file, and with the other dialects'
+//! code paths; a PostgreSQL or MySQL backend runs it against a server given by URL. Each check
+//! is there because an implementation could plausibly get it wrong: a sequence number bumped on
+//! a no-op, selectors compared unsorted, a delete that does not return the row, an event not
+//! sent (or sent for nothing), two concurrent creators of one entry both winning.
+
+#![allow(clippy::unwrap_used, clippy::panic, reason = "test code")]
+
+use super::{AttestedNode, Change, ChangeReceiver, Datastore, DatastoreError, Entry, EntryFilter, Selector};
+use crate::spiffe::{Bundle, JwtAuthority, SpiffeId, TrustDomain};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Runs every section of the contract, each on a datastore from `make`.
+pub(crate) async fn run<F, Fut>(make: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn Datastore>>,
+{
+    bundles(make().await.as_ref()).await;
+    bundle_pruning(make().await.as_ref()).await;
+    entries(make().await.as_ref()).await;
+    entry_filters(make().await.as_ref()).await;
+    entry_pruning(make().await.as_ref()).await;
+    concurrent_creates_of_one_entry(make().await, 8).await;
+    join_tokens(make().await.as_ref()).await;
+    attested_nodes(make().await.as_ref()).await;
+    ca_journal(make().await.as_ref()).await;
+    change_feed(make().await.as_ref()).await;
+}
+
+fn td(name: &str) -> TrustDomain {
+    TrustDomain::new(name).unwrap()
+}
+
+fn id(uri: &str) -> SpiffeId {
+    SpiffeId::new(uri).unwrap()
+}
+
+fn selectors(pairs: &[(&str, &str)]) -> Vec<Selector> {
+    pairs.iter().map(|(k, v)| Selector { kind: (*k).into(), value: (*v).into() }).collect()
+}
+
+fn entry(entry_id: &str, spiffe_id: &str, parent_id: &str, sel: &[(&str, &str)]) -> Entry {
+    Entry {
+        id: entry_id.into(),
+        spiffe_id: id(spiffe_id),
+        parent_id: id(parent_id),
+        selectors: selectors(sel),
+        x509_svid_ttl: 0,
+        jwt_svid_ttl: 0,
+        federates_with: vec![],
+        admin: false,
+        downstream: false,
+        dns_names: vec![],
+        expires_at: 0,
+        hint: String::new(),
+        store_svid: false,
+        revision_number: 0,
+        created_at: 0,
+    }
+}
+
+fn node(spiffe_id: &str) -> AttestedNode {
+    AttestedNode {
+        spiffe_id: id(spiffe_id),
+        attestation_type: "join_token".into(),
+        cert_serial_number: "1".into(),
+        cert_not_after: 1_000,
+        new_cert_serial_number: String::new(),
+        new_cert_not_after: 0,
+        can_reattest: false,
+        selectors: vec![],
+        created_at: 0,
+    }
+}
+
+fn jwt_key(key_id: &str, key: u8, expires_at: i64) -> JwtAuthority {
+    JwtAuthority { key_id: key_id.into(), public_key: vec![key; 4], expires_at }
+}
+
+/// A self-signed root that expires at `not_after` (unix seconds).
+fn root_expiring(not_after: i64) -> Vec<u8> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.not_before = time::OffsetDateTime::from_unix_timestamp(not_after - 3_600).unwrap();
+    params.not_after = time::OffsetDateTime::from_unix_timestamp(not_after).unwrap();
+    params.self_signed(&key).unwrap().der().to_vec()
+}
+
+async fn entry_ids(ds: &dyn Datastore, filter: EntryFilter) -> Vec<String> {
+    ds.list_entries(&filter).await.unwrap().into_iter().map(|e| e.id).collect()
+}
+
+fn already_exists<T: std::fmt::Debug>(r: &Result<T, DatastoreError>) -> bool {
+    matches!(r, Err(DatastoreError::AlreadyExists { .. }))
+}
+
+fn not_found<T: std::fmt::Debug>(r: &Result<T, DatastoreError>) -> bool {
+    matches!(r, Err(DatastoreError::NotFound(_)))
+}
+
+/// Appending adds only what is missing and bumps the sequence number only then; set replaces
+/// and bumps only on a content change; create refuses an existing bundle; delete and list.
+async fn bundles(ds: &dyn Datastore) {
+    let a = td("a.example");
+    assert_eq!(ds.get_bundle(&a).await.unwrap(), None);
+    assert!(ds.list_bundles().await.unwrap().is_empty());
+    let (r1, r2) = (vec![1u8, 2, 3], vec![4u8, 5, 6]);
+    let k1 = jwt_key("k1", 1, 0);
+
+    let b1 = ds.append_bundle(&a, std::slice::from_ref(&r1), std::slice::from_ref(&k1)).await.unwrap();
+    assert_eq!(b1.sequence_number, 1, "creating a bundle by appending is a change");
+    assert_eq!((b1.x509_authorities.clone(), b1.jwt_authorities.clone()), (vec![r1.clone()], vec![k1.clone()]));
+    assert_eq!(ds.get_bundle(&a).await.unwrap().as_ref(), Some(&b1), "append returns what it stored");
+
+    let same = ds.append_bundle(&a, std::slice::from_ref(&r1), std::slice::from_ref(&k1)).await.unwrap();
+    assert_eq!(same, b1, "appending what is already there changes nothing, not even the sequence number");
+
+    // Same key id with another key is a different key; r1 again is not repeated.
+    let k1_other = jwt_key("k1", 9, 500);
+    let b2 = ds.append_bundle(&a, &[r1.clone(), r2.clone()], std::slice::from_ref(&k1_other)).await.unwrap();
+    assert_eq!(b2.sequence_number, 2);
+    assert_eq!(b2.x509_authorities, [r1.clone(), r2.clone()]);
+    assert_eq!(b2.jwt_authorities, [k1.clone(), k1_other.clone()], "a JWT key is present only if both its id and key match");
+    assert_eq!(ds.get_bundle(&a).await.unwrap().as_ref(), Some(&b2));
+
+    let mut replacement = b2.clone();
+    replacement.x509_authorities = vec![r2.clone()];
+    replacement.jwt_authorities = vec![];
+    replacement.refresh_hint = Some(300);
+    replacement.sequence_number = 99;
+    let b3 = ds.set_bundle(&replacement).await.unwrap();
+    assert_eq!(b3.sequence_number, 3, "set bumps the stored sequence number by one, whatever it was given");
+    assert_eq!((b3.x509_authorities.clone(), b3.jwt_authorities.clone(), b3.refresh_hint), (vec![r2.clone()], vec![], Some(300)));
+    assert_eq!(ds.get_bundle(&a).await.unwrap().as_ref(), Some(&b3));
+    assert_eq!(ds.set_bundle(&replacement).await.unwrap().sequence_number, 3, "setting the same content is not a change");
+    replacement.refresh_hint = Some(600);
+    assert_eq!(ds.set_bundle(&replacement).await.unwrap().sequence_number, 4, "the refresh hint is part of the content");
+
+    let c = td("c.example");
+    let set_new = ds.set_bundle(&Bundle { trust_domain: c.clone(), ..replacement.clone() }).await.unwrap();
+    assert_eq!((set_new.trust_domain.clone(), set_new.sequence_number), (c.clone(), 1), "set creates a missing bundle");
+
+    let b = td("b.example");
+    let new = Bundle {
+        trust_domain: b.clone(),
+        x509_authorities: vec![r1.clone()],
+        jwt_authorities: vec![k1.clone()],
+        refresh_hint: None,
+        sequence_number: 0,
+    };
+    let created = ds.create_bundle(&new).await.unwrap();
+    assert_eq!(created, Bundle { sequence_number: 1, ..new.clone() });
+    let other = Bundle { x509_authorities: vec![r2.clone()], ..new.clone() };
+    assert!(already_exists(&ds.create_bundle(&other).await), "create refuses an existing bundle");
+    assert_eq!(ds.get_bundle(&b).await.unwrap().as_ref(), Some(&created), "a refused create leaves the bundle as it was");
+
+    let listed = ds.list_bundles().await.unwrap();
+    assert_eq!(listed.iter().map(|b| b.trust_domain.as_str()).collect::<Vec<_>>(), ["a.example", "b.example", "c.example"]);
+    assert_eq!(listed[1], created, "list returns the stored bundles");
+
+    ds.delete_bundle(&b).await.unwrap();
+    assert_eq!(ds.get_bundle(&b).await.unwrap(), None);
+    assert!(not_found(&ds.delete_bundle(&b).await));
+    assert_eq!(ds.list_bundles().await.unwrap().len(), 2);
+}
+
+/// Pruning drops roots and JWT keys that expired strictly before the cut-off, never the last
+/// root, and bumps the sequence number only when something went.
+async fn bundle_pruning(ds: &dyn Datastore) {
+    let t = td("example.org");
+    let (old_root, new_root) = (root_expiring(1_000), root_expiring(5_000));
+    let (old_key, new_key, forever_key) = (jwt_key("old", 1, 1_000), jwt_key("new", 2, 5_000), jwt_key("forever", 3, 0));
+    ds.append_bundle(&t, &[old_root.clone(), new_root.clone()], &[old_key, new_key.clone(), forever_key.clone()]).await.unwrap();
+
+    assert!(!ds.prune_bundle(&t, 1_000).await.unwrap(), "something expiring at the cut-off itself stays");
+    assert_eq!(ds.get_bundle(&t).await.unwrap().unwrap().sequence_number, 1, "a prune that removed nothing is not a change");
+
+    assert!(ds.prune_bundle(&t, 1_001).await.unwrap());
+    let b = ds.get_bundle(&t).await.unwrap().unwrap();
+    assert_eq!(b.x509_authorities, std::slice::from_ref(&new_root));
+    assert_eq!(b.jwt_authorities, [new_key, forever_key.clone()], "keys without an expiry never expire");
+    assert_eq!(b.sequence_number, 2);
+
+    assert!(ds.prune_bundle(&t, 6_000).await.unwrap(), "the expired JWT key goes");
+    let b = ds.get_bundle(&t).await.unwrap().unwrap();
+    assert_eq!(b.x509_authorities, [new_root], "the last root stays even once expired: an empty bundle trusts nothing");
+    assert_eq!(b.jwt_authorities, [forever_key]);
+    assert_eq!(b.sequence_number, 3);
+    assert!(!ds.prune_bundle(&t, 6_000).await.unwrap());
+    assert_eq!(ds.get_bundle(&t).await.unwrap().unwrap().sequence_number, 3);
+}
+
+/// Create (revision 0, creation time, sorted selectors, every field kept), the similar-entry
+/// rule, duplicate ids, get, update (revision + 1, creation time kept), delete, count.
+async fn entries(ds: &dyn Datastore) {
+    let agent = "spiffe://example.org/spire/agent/a";
+    let mut e = entry("e1", "spiffe://example.org/w", agent, &[("unix", "uid:2"), ("unix", "uid:1"), ("unix", "uid:1")]);
+    e.x509_svid_ttl = 300;
+    e.jwt_svid_ttl = 60;
+    e.federates_with = vec![td("other.org"), td("third.org")];
+    e.admin = true;
+    e.dns_names = vec!["b.example".into(), "a.example".into()];
+    e.expires_at = 4_000_000_000;
+    e.hint = "hint".into();
+    e.store_svid = true;
+    e.revision_number = 7;
+    e.created_at = 1;
+
+    let before = crate::now_unix();
+    let created = ds.create_entry(&e).await.unwrap();
+    assert_eq!(created.revision_number, 0, "a new entry starts at revision 0, whatever it was given");
+    assert!((before..=crate::now_unix()).contains(&created.created_at), "creation time is now, not what was given");
+    assert_eq!(created.selectors, selectors(&[("unix", "uid:1"), ("unix", "uid:2")]), "selectors sorted, without duplicates");
+    let expected = Entry { revision_number: 0, created_at: created.created_at, selectors: created.selectors.clone(), ..e.clone() };
+    assert_eq!(created, expected, "every other field as given (DNS names in their order)");
+    assert_eq!(ds.get_entry("e1").await.unwrap().as_ref(), Some(&created), "stored as returned");
+    assert_eq!(ds.get_entry("e0").await.unwrap(), None);
+
+    // Similar: same SPIFFE ID, parent and selector set (in any order), whatever else differs.
+    let mut similar = entry("e2", "spiffe://example.org/w", agent, &[("unix", "uid:1"), ("unix", "uid:2")]);
+    similar.hint = "other".into();
+    assert_eq!(ds.find_similar_entry(&similar).await.unwrap().as_ref(), Some(&created));
+    assert!(already_exists(&ds.create_entry(&similar).await));
+    assert_eq!(ds.get_entry("e2").await.unwrap(), None, "a refused create stores nothing");
+    let not_similar = [
+        ("another SPIFFE ID", entry("v1", "spiffe://example.org/w2", agent, &[("unix", "uid:1"), ("unix", "uid:2")])),
+        (
+            "another parent",
+            entry("v2", "spiffe://example.org/w", "spiffe://example.org/spire/agent/b", &[("unix", "uid:1"), ("unix", "uid:2")]),
+        ),
+        (
+            "a superset of the selectors",
+            entry("v3", "spiffe://example.org/w", agent, &[("unix", "uid:1"), ("unix", "uid:2"), ("unix", "gid:0")]),
+        ),
+        ("a subset of the selectors", entry("v4", "spiffe://example.org/w", agent, &[("unix", "uid:1")])),
+    ];
+    for (what, v) in &not_similar {
+        assert_eq!(ds.find_similar_entry(v).await.unwrap(), None, "{what} is not similar");
+        ds.create_entry(v).await.unwrap_or_else(|err| panic!("{what}: {err}"));
+    }
+    let dup_id = entry("e1", "spiffe://example.org/unrelated", agent, &[("unix", "uid:9")]);
+    assert!(already_exists(&ds.create_entry(&dup_id).await), "entry ids are unique");
+    assert_eq!(ds.count_entries().await.unwrap(), 5);
+
+    // Update replaces every field but the creation time, and counts revisions.
+    let mut changed = entry("e1", "spiffe://example.org/w3", "spiffe://example.org/spire/agent/c", &[("unix", "uid:3"), ("k8s", "ns:x")]);
+    changed.x509_svid_ttl = 600;
+    changed.jwt_svid_ttl = 120;
+    changed.federates_with = vec![td("fourth.org")];
+    changed.downstream = true;
+    changed.dns_names = vec!["c.example".into()];
+    changed.expires_at = 0;
+    changed.revision_number = 40;
+    changed.created_at = 5;
+    let updated = ds.update_entry(&changed).await.unwrap();
+    let expected = Entry {
+        revision_number: 1,
+        created_at: created.created_at,
+        selectors: selectors(&[("k8s", "ns:x"), ("unix", "uid:3")]),
+        ..changed.clone()
+    };
+    assert_eq!(updated, expected, "update: revision + 1, creation time kept, selectors sorted, the rest replaced");
+    assert_eq!(ds.get_entry("e1").await.unwrap().as_ref(), Some(&updated));
+    let again = ds.update_entry(&updated).await.unwrap();
+    assert_eq!(again.revision_number, 2, "every update counts, even one that changes nothing else");
+    assert!(not_found(&ds.update_entry(&entry("e0", "spiffe://example.org/x", agent, &[])).await));
+    assert_eq!(ds.get_entry("e0").await.unwrap(), None, "updating a missing entry does not create it");
+
+    let deleted = ds.delete_entry("e1").await.unwrap();
+    assert_eq!(deleted, again, "delete returns the entry as it was");
+    assert_eq!(ds.get_entry("e1").await.unwrap(), None);
+    assert!(not_found(&ds.delete_entry("e1").await));
+    assert_eq!(ds.count_entries().await.unwrap(), 4);
+    assert_eq!(entry_ids(ds, EntryFilter::default()).await, ["v1", "v2", "v3", "v4"], "other entries untouched");
+}
+
+/// Each filter alone, combined, and on nothing; results ordered by id.
+async fn entry_filters(ds: &dyn Datastore) {
+    let (a, b) = ("spiffe://example.org/a", "spiffe://example.org/b");
+    let (p1, p2) = ("spiffe://example.org/spire/agent/1", "spiffe://example.org/spire/agent/2");
+    let mut f4 = entry("f4", b, p1, &[("unix", "uid:2")]);
+    f4.downstream = true;
+    let mut f2 = entry("f2", a, p2, &[("unix", "uid:1")]);
+    f2.downstream = true;
+    // Created out of id order, so that "ordered by id" is not an accident of insertion order.
+    for e in [entry("f3", b, p1, &[("unix", "uid:2"), ("unix", "uid:1")]), f4, entry("f1", a, p1, &[("unix", "uid:1")]), f2] {
+        ds.create_entry(&e).await.unwrap();
+    }
+    let cases: Vec<(&str, EntryFilter, Vec<&str>)> = vec![
+        ("no filter", EntryFilter::default(), vec!["f1", "f2", "f3", "f4"]),
+        ("SPIFFE ID", EntryFilter { spiffe_id: Some(id(a)), ..Default::default() }, vec!["f1", "f2"]),
+        ("parent", EntryFilter { parent_id: Some(id(p1)), ..Default::default() }, vec!["f1", "f3", "f4"]),
+        (
+            "exact selectors (not a superset)",
+            EntryFilter { selectors_exact: Some(selectors(&[("unix", "uid:1")])), ..Default::default() },
+            vec!["f1", "f2"],
+        ),
+        (
+            "exact selectors in another order",
+            EntryFilter { selectors_exact: Some(selectors(&[("unix", "uid:2"), ("unix", "uid:1")])), ..Default::default() },
+            vec!["f3"],
+        ),
+        ("downstream", EntryFilter { downstream: Some(true), ..Default::default() }, vec!["f2", "f4"]),
+        ("not downstream", EntryFilter { downstream: Some(false), ..Default::default() }, vec!["f1", "f3"]),
+        (
+            "all combined",
+            EntryFilter {
+                spiffe_id: Some(id(b)),
+                parent_id: Some(id(p1)),
+                selectors_exact: Some(selectors(&[("unix", "uid:2")])),
+                downstream: Some(true),
+            },
+            vec!["f4"],
+        ),
+        (
+            "matching nothing",
+            EntryFilter { spiffe_id: Some(id(a)), downstream: Some(true), parent_id: Some(id(p1)), ..Default::default() },
+            vec![],
+        ),
+    ];
+    for (what, filter, want) in cases {
+        assert_eq!(entry_ids(ds, filter).await, want, "filter: {what}");
+    }
+}
+
+/// SPIRE's rule: entries with `expires_at != 0 && expires_at < cut-off` go, and are returned.
+async fn entry_pruning(ds: &dyn Datastore) {
+    let agent = "spiffe://example.org/spire/agent/a";
+    let expiring =
+        |name: &str, at: i64| Entry { expires_at: at, ..entry(name, &format!("spiffe://example.org/{name}"), agent, &[("unix", "uid:1")]) };
+    let past = ds.create_entry(&expiring("past", 1)).await.unwrap();
+    for e in [expiring("edge", 1_000), expiring("future", 2_000), expiring("never", 0)] {
+        ds.create_entry(&e).await.unwrap();
+    }
+    assert_eq!(ds.prune_entries(1_000).await.unwrap(), [past], "the pruned entry is returned whole");
+    assert_eq!(entry_ids(ds, EntryFilter::default()).await, ["edge", "future", "never"]);
+    let mut pruned: Vec<String> = ds.prune_entries(2_001).await.unwrap().into_iter().map(|e| e.id).collect();
+    pruned.sort();
+    assert_eq!(pruned, ["edge", "future"]);
+    assert_eq!(entry_ids(ds, EntryFilter::default()).await, ["never"], "expires_at = 0 never expires");
+    assert!(ds.prune_entries(i64::MAX).await.unwrap().is_empty());
+    assert_eq!(ds.count_entries().await.unwrap(), 1);
+}
+
+/// `n` creators of one entry (same SPIFFE ID, parent and selector set, distinct ids) at once:
+/// exactly one wins, the others are told it already exists (not a database error), and one row
+/// is stored. Then `n` creators of different entries at once all win.
+pub(crate) async fn concurrent_creates_of_one_entry(ds: Arc<dyn Datastore>, n: usize) {
+    let agent = "spiffe://example.org/spire/agent/a";
+    let start = Arc::new(tokio::sync::Barrier::new(n));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let (ds, start) = (Arc::clone(&ds), Arc::clone(&start));
+        // The selector order differs between creators: the set is what counts.
+        let sel: &[(&str, &str)] =
+            if i % 2 == 0 { &[("unix", "uid:1"), ("unix", "gid:1")] } else { &[("unix", "gid:1"), ("unix", "uid:1")] };
+        let e = entry(&format!("race-{i:02}"), "spiffe://example.org/raced", agent, sel);
+        tasks.spawn(async move {
+            start.wait().await;
+            ds.create_entry(&e).await
+        });
+    }
+    let results = tasks.join_all().await;
+    let won = results.iter().filter(|r| r.is_ok()).count();
+    let refused = results.iter().filter(|r| already_exists(r)).count();
+    assert_eq!((won, refused), (1, n - 1), "one creator wins, the rest get AlreadyExists: {results:?}");
+    assert_eq!(ds.count_entries().await.unwrap(), 1);
+
+    let start = Arc::new(tokio::sync::Barrier::new(n));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let (ds, start) = (Arc::clone(&ds), Arc::clone(&start));
+        let e = entry(&format!("distinct-{i:02}"), &format!("spiffe://example.org/distinct/{i}"), agent, &[("unix", "uid:1")]);
+        tasks.spawn(async move {
+            start.wait().await;
+            ds.create_entry(&e).await
+        });
+    }
+    let results = tasks.join_all().await;
+    assert!(results.iter().all(Result::is_ok), "concurrent creators of different entries all succeed: {results:?}");
+    assert_eq!(ds.count_entries().await.unwrap(), i64::try_from(n + 1).unwrap());
+}
+
+/// Single use, keyed by the token itself (not by what is stored for it), unique.
+async fn join_tokens(ds: &dyn Datastore) {
+    ds.create_join_token("token-a", 1_234).await.unwrap();
+    ds.create_join_token("token-b", 5_678).await.unwrap();
+    assert!(already_exists(&ds.create_join_token("token-a", 1).await));
+    let stored_form = {
+        use sha2::Digest as _;
+        crate::text::hex(&sha2::Sha256::digest(b"token-a"))
+    };
+    assert_eq!(ds.take_join_token(&stored_form).await.unwrap(), None, "the stored hash is not itself a token");
+    assert_eq!(ds.take_join_token("token-c").await.unwrap(), None);
+    assert_eq!(ds.take_join_token("token-a").await.unwrap(), Some(1_234), "the expiry given at creation (not the refused duplicate's)");
+    assert_eq!(ds.take_join_token("token-a").await.unwrap(), None, "single use");
+    assert_eq!(ds.take_join_token("token-b").await.unwrap(), Some(5_678), "taking one token leaves the others");
+}
+
+/// Create (unique, creation time set, selectors sorted), get, list by SPIFFE ID, update (every
+/// field but the creation time), delete returning the node.
+async fn attested_nodes(ds: &dyn Datastore) {
+    let (n1, n2) = ("spiffe://example.org/spire/agent/1", "spiffe://example.org/spire/agent/2");
+    assert_eq!(ds.get_attested_node(&id(n1)).await.unwrap(), None);
+    assert!(ds.list_attested_nodes().await.unwrap().is_empty());
+
+    let before = crate::now_unix();
+    let mut first = node(n1);
+    first.selectors = selectors(&[("x509pop", "cn:b"), ("x509pop", "cn:a")]);
+    first.created_at = 7;
+    ds.create_attested_node(&node(n2)).await.unwrap();
+    ds.create_attested_node(&first).await.unwrap();
+    assert!(already_exists(&ds.create_attested_node(&node(n1)).await));
+
+    let got = ds.get_attested_node(&id(n1)).await.unwrap().unwrap();
+    assert!((before..=crate::now_unix()).contains(&got.created_at), "creation time is now, not what was given");
+    let expected =
+        AttestedNode { created_at: got.created_at, selectors: selectors(&[("x509pop", "cn:a"), ("x509pop", "cn:b")]), ..first.clone() };
+    assert_eq!(got, expected);
+    let listed: Vec<String> = ds.list_attested_nodes().await.unwrap().into_iter().map(|n| n.spiffe_id.to_string()).collect();
+    assert_eq!(listed, [n1, n2], "listed by SPIFFE ID");
+
+    let changed = AttestedNode {
+        spiffe_id: id(n1),
+        attestation_type: "x509pop".into(),
+        cert_serial_number: "22".into(),
+        cert_not_after: 2_000,
+        new_cert_serial_number: "23".into(),
+        new_cert_not_after: 3_000,
+        can_reattest: true,
+        selectors: selectors(&[("x509pop", "cn:c")]),
+        created_at: 1,
+    };
+    ds.update_attested_node(&changed).await.unwrap();
+    let got = ds.get_attested_node(&id(n1)).await.unwrap().unwrap();
+    assert_eq!(got, AttestedNode { created_at: expected.created_at, ..changed.clone() }, "update replaces all but the creation time");
+    assert_eq!(ds.get_attested_node(&id(n2)).await.unwrap().unwrap().cert_serial_number, "1", "other nodes untouched");
+    assert!(not_found(&ds.update_attested_node(&node("spiffe://example.org/spire/agent/3")).await));
+    assert_eq!(ds.get_attested_node(&id("spiffe://example.org/spire/agent/3")).await.unwrap(), None, "update does not create");
+
+    assert_eq!(ds.delete_attested_node(&id(n1)).await.unwrap(), got, "delete returns the node as it was");
+    assert_eq!(ds.get_attested_node(&id(n1)).await.unwrap(), None);
+    assert!(not_found(&ds.delete_attested_node(&id(n1)).await));
+    assert_eq!(ds.list_attested_nodes().await.unwrap().len(), 1);
+}
+
+/// One journal per server key, overwritten in place.
+async fn ca_journal(ds: &dyn Datastore) {
+    assert_eq!(ds.get_ca_journal("s1").await.unwrap(), None);
+    ds.set_ca_journal("s1", "one").await.unwrap();
+    ds.set_ca_journal("s2", "other").await.unwrap();
+    assert_eq!(ds.get_ca_journal("s1").await.unwrap().as_deref(), Some("one"));
+    ds.set_ca_journal("s1", "two").await.unwrap();
+    assert_eq!(ds.get_ca_journal("s1").await.unwrap().as_deref(), Some("two"));
+    assert_eq!(ds.get_ca_journal("s2").await.unwrap().as_deref(), Some("other"), "keys are independent");
+}
+
+/// The next change on `rx`, waiting a while: a feed shared between servers may deliver late.
+async fn next_change(rx: &mut ChangeReceiver, after: &str) -> Change {
+    match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => panic!("after {after}: {e}"),
+        Err(_) => panic!("after {after}: no change announced"),
+    }
+}
+
+/// Each write announces its kind of change, after the write; no-ops, failed writes, reads,
+/// join tokens and the CA journal announce nothing. "Nothing" is checked by making a write of
+/// another kind next and seeing that its event is the next one, which also holds for a feed
+/// that delivers late.
+async fn change_feed(ds: &dyn Datastore) {
+    let mut rx = ds.watch_changes();
+    let agent = "spiffe://example.org/spire/agent/a";
+    let t = td("example.org");
+    let e = entry("c1", "spiffe://example.org/w", agent, &[("unix", "uid:1")]);
+
+    ds.create_entry(&e).await.unwrap();
+    assert_eq!(next_change(&mut rx, "create_entry").await, Change::Entries);
+    // The subscriber can read what the event announced.
+    assert!(ds.get_entry("c1").await.unwrap().is_some());
+    ds.update_entry(&e).await.unwrap();
+    assert_eq!(next_change(&mut rx, "update_entry").await, Change::Entries);
+    ds.create_attested_node(&node(agent)).await.unwrap();
+    assert_eq!(next_change(&mut rx, "create_attested_node").await, Change::Nodes);
+    ds.update_attested_node(&node(agent)).await.unwrap();
+    assert_eq!(next_change(&mut rx, "update_attested_node").await, Change::Nodes);
+    ds.append_bundle(&t, &[vec![1]], &[]).await.unwrap();
+    assert_eq!(next_change(&mut rx, "append_bundle").await, Change::Bundle);
+
+    // Silent: no-ops, refusals, reads, tokens, journal.
+    ds.append_bundle(&t, &[vec![1]], &[]).await.unwrap();
+    let same = ds.get_bundle(&t).await.unwrap().unwrap();
+    ds.set_bundle(&same).await.unwrap();
+    ds.prune_bundle(&t, 0).await.unwrap();
+    assert!(already_exists(&ds.create_entry(&Entry { id: "c2".into(), ..e.clone() }).await));
+    assert!(not_found(&ds.update_entry(&entry("c0", "spiffe://example.org/x", agent, &[])).await));
+    assert!(not_found(&ds.delete_entry("c0").await));
+    assert!(ds.prune_entries(i64::MAX).await.unwrap().is_empty());
+    assert!(already_exists(&ds.create_attested_node(&node(agent)).await));
+    assert!(not_found(&ds.delete_attested_node(&id("spiffe://example.org/spire/agent/zz")).await));
+    ds.create_join_token("t", 1).await.unwrap();
+    ds.take_join_token("t").await.unwrap();
+    ds.set_ca_journal("s", "j").await.unwrap();
+    ds.list_entries(&EntryFilter::default()).await.unwrap();
+    ds.delete_attested_node(&id(agent)).await.unwrap();
+    assert_eq!(next_change(&mut rx, "the silent calls, then delete_attested_node").await, Change::Nodes);
+
+    let mut late = ds.watch_changes();
+    ds.set_bundle(&Bundle { refresh_hint: Some(60), ..same.clone() }).await.unwrap();
+    assert_eq!(next_change(&mut rx, "set_bundle").await, Change::Bundle);
+    assert_eq!(next_change(&mut late, "set_bundle").await, Change::Bundle, "a later subscriber gets what follows");
+    ds.delete_bundle(&t).await.unwrap();
+    assert_eq!(next_change(&mut rx, "delete_bundle").await, Change::Bundle);
+    ds.delete_entry("c1").await.unwrap();
+    assert_eq!(next_change(&mut rx, "delete_entry").await, Change::Entries);
+    ds.create_entry(&Entry { expires_at: 5, ..e.clone() }).await.unwrap();
+    assert_eq!(next_change(&mut rx, "create_entry").await, Change::Entries);
+    assert_eq!(ds.prune_entries(6).await.unwrap().len(), 1);
+    assert_eq!(next_change(&mut rx, "prune_entries").await, Change::Entries);
+    assert_eq!(next_change(&mut late, "the same writes").await, Change::Bundle, "every subscriber gets every change");
+}

@@ -1,0 +1,121 @@
+//! How records become column values and back, the same on every database: lists (selectors,
+//! DNS names, federated trust domains) are JSON text, a bundle is one JSON document, a join
+//! token is kept only as its hash.
+
+use crate::datastore::{DatastoreError, Selector};
+use crate::spiffe::{Bundle, JwtAuthority, TrustDomain};
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// How a bundle is stored: the authorities with their expiries (the SPIFFE JSON form has no
+/// place for a JWT key's expiry, which pruning needs).
+#[derive(Serialize, Deserialize)]
+struct StoredBundle {
+    x509_authorities: Vec<String>,
+    jwt_authorities: Vec<StoredJwtKey>,
+    refresh_hint: Option<i64>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredJwtKey {
+    key_id: String,
+    public_key: String,
+    expires_at: i64,
+}
+
+pub(super) fn corrupt(what: &'static str, reason: impl ToString) -> DatastoreError {
+    DatastoreError::Corrupt { what, reason: reason.to_string() }
+}
+
+pub(super) fn encode_bundle(b: &Bundle) -> Result<String, DatastoreError> {
+    let stored = StoredBundle {
+        x509_authorities: b.x509_authorities.iter().map(|d| B64.encode(d)).collect(),
+        jwt_authorities: b
+            .jwt_authorities
+            .iter()
+            .map(|k| StoredJwtKey { key_id: k.key_id.clone(), public_key: B64.encode(&k.public_key), expires_at: k.expires_at })
+            .collect(),
+        refresh_hint: b.refresh_hint,
+    };
+    serde_json::to_string(&stored).map_err(|e| corrupt("bundle", e))
+}
+
+pub(super) fn decode_bundle(td: &str, data: &str, seq: i64) -> Result<Bundle, DatastoreError> {
+    let trust_domain = TrustDomain::new(td).map_err(|e| corrupt("bundle", e))?;
+    let stored: StoredBundle = serde_json::from_str(data).map_err(|e| corrupt("bundle", e))?;
+    let x509_authorities =
+        stored.x509_authorities.iter().map(|s| B64.decode(s)).collect::<Result<Vec<_>, _>>().map_err(|e| corrupt("bundle", e))?;
+    let jwt_authorities = stored
+        .jwt_authorities
+        .into_iter()
+        .map(|k| {
+            Ok(JwtAuthority {
+                key_id: k.key_id,
+                public_key: B64.decode(&k.public_key).map_err(|e| corrupt("bundle", e))?,
+                expires_at: k.expires_at,
+            })
+        })
+        .collect::<Result<Vec<_>, DatastoreError>>()?;
+    Ok(Bundle {
+        trust_domain,
+        x509_authorities,
+        jwt_authorities,
+        refresh_hint: stored.refresh_hint,
+        sequence_number: u64::try_from(seq).unwrap_or(0),
+    })
+}
+
+/// An empty bundle for `td`, the starting point of the first append.
+pub(super) fn empty_bundle(td: &TrustDomain) -> Bundle {
+    Bundle { trust_domain: td.clone(), x509_authorities: vec![], jwt_authorities: vec![], refresh_hint: None, sequence_number: 0 }
+}
+
+pub(super) fn same_content(a: &Bundle, b: &Bundle) -> bool {
+    a.x509_authorities == b.x509_authorities && a.jwt_authorities == b.jwt_authorities && a.refresh_hint == b.refresh_hint
+}
+
+pub(super) fn cert_not_after(der: &[u8]) -> Option<i64> {
+    x509_parser::parse_x509_certificate(der).ok().map(|(_, c)| c.validity().not_after.timestamp())
+}
+
+pub(super) fn json<T: Serialize>(v: &T) -> Result<String, DatastoreError> {
+    serde_json::to_string(v).map_err(|e| corrupt("record", e))
+}
+
+/// The stored selector set: sorted, without duplicates, so that equal sets compare equal as
+/// text (the "similar entry" check and `selectors_exact` rely on it).
+pub(super) fn selectors_json(s: &[Selector]) -> Result<String, DatastoreError> {
+    let mut pairs: Vec<(&str, &str)> = s.iter().map(|s| (s.kind.as_str(), s.value.as_str())).collect();
+    pairs.sort_unstable();
+    pairs.dedup();
+    json(&pairs)
+}
+
+pub(super) fn parse_selectors(what: &'static str, text: &str) -> Result<Vec<Selector>, DatastoreError> {
+    let pairs: Vec<(String, String)> = serde_json::from_str(text).map_err(|e| corrupt(what, e))?;
+    Ok(pairs.into_iter().map(|(kind, value)| Selector { kind, value }).collect())
+}
+
+pub(super) fn federates_json(tds: &[TrustDomain]) -> Result<String, DatastoreError> {
+    json(&tds.iter().map(TrustDomain::as_str).collect::<Vec<_>>())
+}
+
+pub(super) fn parse_federates(text: &str) -> Result<Vec<TrustDomain>, DatastoreError> {
+    let names: Vec<String> = serde_json::from_str(text).map_err(|e| corrupt("entry", e))?;
+    names.iter().map(|t| TrustDomain::new(t)).collect::<Result<_, _>>().map_err(|e| corrupt("entry", e))
+}
+
+pub(super) fn sorted_selectors(s: &[Selector]) -> Vec<Selector> {
+    let mut v = s.to_vec();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// The stored form of a join token: lowercase hex SHA-256.
+pub(super) fn join_token_hash(token: &str) -> String {
+    use sha2::Digest as _;
+    crate::text::hex(&sha2::Sha256::digest(token.as_bytes()))
+}

@@ -1,0 +1,621 @@
+//! [`SqlDatastore`]: the [`Datastore`] on any [`Backend`], each statement written once.
+//!
+//! Statements are written with `?` placeholders and go through the dialect on their way to the
+//! driver ([`Dialect::sql`]); the few constructs that differ (upserts, deletes that return what
+//! they removed, the write lock) are asked of the dialect. Every check-then-write (the "similar
+//! entry" check and its insert, a bundle's read-modify-write, an entry's revision bump) runs in
+//! one write transaction ([`SqlDatastore::write_tx`]), so concurrent writers cannot interleave.
+
+use super::codec::{
+    cert_not_after, corrupt, decode_bundle, empty_bundle, encode_bundle, federates_json, join_token_hash, json, parse_federates,
+    parse_selectors, same_content, selectors_json, sorted_selectors,
+};
+use super::{Backend, Dialect};
+use crate::datastore::feed::{ChangeFeed, ChangeReceiver, LocalFeed};
+use crate::datastore::{AttestedNode, Change, Datastore, DatastoreError, Entry, EntryFilter};
+use crate::spiffe::{Bundle, JwtAuthority, SpiffeId, TrustDomain};
+use async_trait::async_trait;
+use sqlx::migrate::Migrate;
+use sqlx::query::Query;
+use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Pool, Row, Transaction, Type};
+use std::borrow::Cow;
+use std::sync::Arc;
+
+/// A datastore on a SQL database.
+#[derive(Debug)]
+pub struct SqlDatastore<DB: Backend> {
+    pool: Pool<DB>,
+    dialect: Dialect,
+    feed: Arc<dyn ChangeFeed>,
+}
+
+/// The value a delete is keyed by (see [`SqlDatastore::delete_returning`]).
+#[derive(Clone, Copy)]
+enum Key<'a> {
+    Text(&'a str),
+    Int(i64),
+}
+
+fn db_err(e: sqlx::Error) -> DatastoreError {
+    DatastoreError::Database(e.to_string())
+}
+
+/// `db_err`, except that a unique-key violation means the record already exists.
+fn insert_err(what: &'static str) -> impl Fn(sqlx::Error) -> DatastoreError {
+    move |e| match e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => DatastoreError::AlreadyExists { what },
+        other => db_err(other),
+    }
+}
+
+const INSERT_ENTRY: &str = "INSERT INTO registered_entries (entry_id, spiffe_id, parent_id, selectors, x509_svid_ttl, jwt_svid_ttl, admin, downstream, federates_with, dns_names, expires_at, hint, store_svid, revision_number, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+const SIMILAR_ENTRY: &str = "SELECT * FROM registered_entries WHERE spiffe_id = ? AND parent_id = ? AND selectors = ?";
+
+// === impl SqlDatastore ===
+
+// The bounds say what the driver must support: running queries on a pool or a transaction,
+// binding and decoding the Rust types the schema uses, naming columns, and migrating. Every sqlx
+// driver meets them. They are spelled out (here and, identical, on the `Datastore` impl) because
+// Rust does not carry bounds on other types along with a trait like `Backend`.
+impl<DB> SqlDatastore<DB>
+where
+    DB: Backend,
+    DB::Connection: Migrate,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> i32: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> bool: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'n> &'n str: ColumnIndex<DB::Row>,
+{
+    /// Connects to the database named by `connection_string` and brings its schema up to date.
+    /// Changes are announced on an in-process [`LocalFeed`].
+    ///
+    /// # Errors
+    /// A bad connection string, a failing database, or a failed migration.
+    pub async fn connect(connection_string: &str) -> Result<Self, DatastoreError> {
+        let pool = DB::connect(connection_string).await?;
+        DB::migrator().run(&pool).await.map_err(|e| DatastoreError::Database(format!("migration: {e}")))?;
+        DB::after_migrate(&pool).await?;
+        Ok(Self { pool, dialect: DB::DIALECT, feed: Arc::new(LocalFeed::new()) })
+    }
+
+    /// Announces changes on `feed` instead (a feed shared by every server on the database).
+    #[must_use]
+    pub fn with_feed(mut self, feed: Arc<dyn ChangeFeed>) -> Self {
+        self.feed = feed;
+        self
+    }
+
+    /// Renders statements with `dialect` instead of the backend's: lets tests run the other
+    /// dialects' code paths (numbered placeholders, no `RETURNING`) on SQLite.
+    #[cfg(test)]
+    pub(crate) fn with_dialect(mut self, dialect: Dialect) -> Self {
+        self.dialect = dialect;
+        self
+    }
+
+    fn sql<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        self.dialect.sql(text)
+    }
+
+    /// A transaction for a read followed by a write to `table`: it holds the dialect's write
+    /// lock from the start, so what it read is still true when it writes.
+    async fn write_tx(&self, table: &str) -> Result<Transaction<'static, DB>, DatastoreError> {
+        let mut tx = self.pool.begin_with(self.dialect.begin_write).await.map_err(db_err)?;
+        if let Some(lock) = self.dialect.lock_statement(table) {
+            sqlx::query::<DB>(&lock).execute(&mut *tx).await.map_err(db_err)?;
+        }
+        Ok(tx)
+    }
+
+    fn bind_key<'q>(q: Query<'q, DB, DB::Arguments<'q>>, key: Key<'q>) -> Query<'q, DB, DB::Arguments<'q>> {
+        match key {
+            Key::Text(s) => q.bind(s),
+            Key::Int(n) => q.bind(n),
+        }
+    }
+
+    /// Deletes the rows of `table` matching `condition` (one `?`, bound to `key`) and returns
+    /// their `columns`: with `DELETE ... RETURNING` where the dialect has it, otherwise by
+    /// selecting and deleting under the write lock, so no one else deletes or changes them in
+    /// between.
+    async fn delete_returning(&self, table: &str, columns: &str, condition: &str, key: Key<'_>) -> Result<Vec<DB::Row>, DatastoreError> {
+        if self.dialect.delete_returning {
+            let text = format!("DELETE FROM {table} WHERE {condition} RETURNING {columns}");
+            let sql = self.sql(&text);
+            return Self::bind_key(sqlx::query(&sql), key).fetch_all(&self.pool).await.map_err(db_err);
+        }
+        let mut tx = self.write_tx(table).await?;
+        let select = format!("SELECT {columns} FROM {table} WHERE {condition}");
+        let select = self.sql(&select);
+        let rows = Self::bind_key(sqlx::query(&select), key).fetch_all(&mut *tx).await.map_err(db_err)?;
+        if !rows.is_empty() {
+            let delete = format!("DELETE FROM {table} WHERE {condition}");
+            let delete = self.sql(&delete);
+            Self::bind_key(sqlx::query(&delete), key).execute(&mut *tx).await.map_err(db_err)?;
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok(rows)
+    }
+
+    /// Reads the bundle of `td` (or an empty one), lets `change` edit it, and stores it with the
+    /// next sequence number, all under the write lock. `change` gets whether the bundle existed
+    /// and answers whether it changed anything; an existing bundle left unchanged is not
+    /// written (its sequence number stays), a new one always is.
+    async fn modify_bundle(
+        &self,
+        td: &TrustDomain,
+        change: impl FnOnce(&mut Bundle, bool) -> Result<bool, DatastoreError> + Send,
+    ) -> Result<Bundle, DatastoreError> {
+        let mut tx = self.write_tx("bundles").await?;
+        let row = sqlx::query::<DB>(&self.sql("SELECT data, sequence_number FROM bundles WHERE trust_domain = ?"))
+            .bind(td.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        let (mut bundle, existed) = match row {
+            Some(r) => {
+                (decode_bundle(td.as_str(), &col::<DB, String>(&r, "data", "bundle")?, col(&r, "sequence_number", "bundle")?)?, true)
+            }
+            None => (empty_bundle(td), false),
+        };
+        if !change(&mut bundle, existed)? && existed {
+            return Ok(bundle);
+        }
+        bundle.sequence_number += 1;
+        let data = encode_bundle(&bundle)?;
+        let seq = i64::try_from(bundle.sequence_number).map_err(|e| corrupt("bundle", e))?;
+        let upsert = self.dialect.upsert("bundles", "trust_domain", &["trust_domain", "data", "sequence_number", "updated_at"]);
+        sqlx::query::<DB>(&self.sql(&upsert))
+            .bind(td.as_str())
+            .bind(data)
+            .bind(seq)
+            .bind(crate::now_unix())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        self.feed.publish(Change::Bundle).await;
+        Ok(bundle)
+    }
+
+    /// The similar entry (same SPIFFE ID, parent and selector set), through `ex`: the pool for
+    /// a plain lookup, the creating transaction for the check before an insert.
+    async fn similar_entry<'c, E>(&self, ex: E, e: &Entry) -> Result<Option<Entry>, DatastoreError>
+    where
+        E: Executor<'c, Database = DB>,
+    {
+        let row = sqlx::query::<DB>(&self.sql(SIMILAR_ENTRY))
+            .bind(e.spiffe_id.as_str())
+            .bind(e.parent_id.as_str())
+            .bind(selectors_json(&e.selectors)?)
+            .fetch_optional(ex)
+            .await
+            .map_err(db_err)?;
+        row.as_ref().map(entry_from_row::<DB>).transpose()
+    }
+}
+
+/// Column `name` of `row`; a value that does not decode means a damaged `what` record.
+fn col<'r, DB, T>(row: &'r DB::Row, name: &str, what: &'static str) -> Result<T, DatastoreError>
+where
+    DB: sqlx::Database,
+    T: Decode<'r, DB> + Type<DB>,
+    for<'n> &'n str: ColumnIndex<DB::Row>,
+{
+    row.try_get(name).map_err(|e| corrupt(what, e))
+}
+
+fn entry_from_row<DB>(row: &DB::Row) -> Result<Entry, DatastoreError>
+where
+    DB: sqlx::Database,
+    for<'q> String: Decode<'q, DB> + Type<DB>,
+    for<'q> i64: Decode<'q, DB> + Type<DB>,
+    for<'q> i32: Decode<'q, DB> + Type<DB>,
+    for<'q> bool: Decode<'q, DB> + Type<DB>,
+    for<'n> &'n str: ColumnIndex<DB::Row>,
+{
+    const W: &str = "entry";
+    let id =
+        |name: &str| -> Result<SpiffeId, DatastoreError> { SpiffeId::new(&col::<DB, String>(row, name, W)?).map_err(|e| corrupt(W, e)) };
+    Ok(Entry {
+        id: col(row, "entry_id", W)?,
+        spiffe_id: id("spiffe_id")?,
+        parent_id: id("parent_id")?,
+        selectors: parse_selectors(W, &col::<DB, String>(row, "selectors", W)?)?,
+        x509_svid_ttl: col(row, "x509_svid_ttl", W)?,
+        jwt_svid_ttl: col(row, "jwt_svid_ttl", W)?,
+        federates_with: parse_federates(&col::<DB, String>(row, "federates_with", W)?)?,
+        admin: col(row, "admin", W)?,
+        downstream: col(row, "downstream", W)?,
+        dns_names: serde_json::from_str(&col::<DB, String>(row, "dns_names", W)?).map_err(|e| corrupt(W, e))?,
+        expires_at: col(row, "expires_at", W)?,
+        hint: col(row, "hint", W)?,
+        store_svid: col(row, "store_svid", W)?,
+        revision_number: col(row, "revision_number", W)?,
+        created_at: col(row, "created_at", W)?,
+    })
+}
+
+fn node_from_row<DB>(row: &DB::Row) -> Result<AttestedNode, DatastoreError>
+where
+    DB: sqlx::Database,
+    for<'q> String: Decode<'q, DB> + Type<DB>,
+    for<'q> i64: Decode<'q, DB> + Type<DB>,
+    for<'q> bool: Decode<'q, DB> + Type<DB>,
+    for<'n> &'n str: ColumnIndex<DB::Row>,
+{
+    const W: &str = "attested node";
+    Ok(AttestedNode {
+        spiffe_id: SpiffeId::new(&col::<DB, String>(row, "spiffe_id", W)?).map_err(|e| corrupt(W, e))?,
+        attestation_type: col(row, "attestation_type", W)?,
+        cert_serial_number: col(row, "cert_serial_number", W)?,
+        cert_not_after: col(row, "cert_not_after", W)?,
+        new_cert_serial_number: col(row, "new_cert_serial_number", W)?,
+        new_cert_not_after: col(row, "new_cert_not_after", W)?,
+        can_reattest: col(row, "can_reattest", W)?,
+        selectors: parse_selectors(W, &col::<DB, String>(row, "selectors", W)?)?,
+        created_at: col(row, "created_at", W)?,
+    })
+}
+
+#[async_trait]
+impl<DB> Datastore for SqlDatastore<DB>
+where
+    DB: Backend,
+    DB::Connection: Migrate,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> i32: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> bool: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'n> &'n str: ColumnIndex<DB::Row>,
+{
+    async fn get_bundle(&self, td: &TrustDomain) -> Result<Option<Bundle>, DatastoreError> {
+        let row = sqlx::query::<DB>(&self.sql("SELECT data, sequence_number FROM bundles WHERE trust_domain = ?"))
+            .bind(td.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        row.map(|r| decode_bundle(td.as_str(), &col::<DB, String>(&r, "data", "bundle")?, col(&r, "sequence_number", "bundle")?))
+            .transpose()
+    }
+
+    async fn list_bundles(&self) -> Result<Vec<Bundle>, DatastoreError> {
+        let rows = sqlx::query::<DB>("SELECT trust_domain, data, sequence_number FROM bundles ORDER BY trust_domain")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        rows.iter()
+            .map(|r| {
+                decode_bundle(
+                    &col::<DB, String>(r, "trust_domain", "bundle")?,
+                    &col::<DB, String>(r, "data", "bundle")?,
+                    col(r, "sequence_number", "bundle")?,
+                )
+            })
+            .collect()
+    }
+
+    async fn append_bundle(&self, td: &TrustDomain, x509: &[Vec<u8>], jwt: &[JwtAuthority]) -> Result<Bundle, DatastoreError> {
+        self.modify_bundle(td, |b, _| {
+            let mut changed = false;
+            for der in x509 {
+                if !b.x509_authorities.contains(der) {
+                    b.x509_authorities.push(der.clone());
+                    changed = true;
+                }
+            }
+            for key in jwt {
+                if !b.jwt_authorities.iter().any(|k| k.key_id == key.key_id && k.public_key == key.public_key) {
+                    b.jwt_authorities.push(key.clone());
+                    changed = true;
+                }
+            }
+            Ok(changed)
+        })
+        .await
+    }
+
+    async fn set_bundle(&self, bundle: &Bundle) -> Result<Bundle, DatastoreError> {
+        self.modify_bundle(&bundle.trust_domain, |b, _| Ok(replace_content(b, bundle))).await
+    }
+
+    async fn create_bundle(&self, bundle: &Bundle) -> Result<Bundle, DatastoreError> {
+        self.modify_bundle(&bundle.trust_domain, |b, existed| {
+            if existed {
+                return Err(DatastoreError::AlreadyExists { what: "bundle" });
+            }
+            Ok(replace_content(b, bundle))
+        })
+        .await
+    }
+
+    async fn delete_bundle(&self, td: &TrustDomain) -> Result<(), DatastoreError> {
+        let done = sqlx::query::<DB>(&self.sql("DELETE FROM bundles WHERE trust_domain = ?"))
+            .bind(td.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        if DB::rows_affected(&done) == 0 {
+            return Err(DatastoreError::NotFound("bundle"));
+        }
+        self.feed.publish(Change::Bundle).await;
+        Ok(())
+    }
+
+    async fn prune_bundle(&self, td: &TrustDomain, before: i64) -> Result<bool, DatastoreError> {
+        let mut pruned = false;
+        self.modify_bundle(td, |b, _| {
+            let n = b.x509_authorities.len() + b.jwt_authorities.len();
+            // Never prune the last root: an empty bundle would distrust everything.
+            let keep: Vec<Vec<u8>> = b.x509_authorities.iter().filter(|d| cert_not_after(d).is_none_or(|t| t >= before)).cloned().collect();
+            if !keep.is_empty() {
+                b.x509_authorities = keep;
+            }
+            b.jwt_authorities.retain(|k| k.expires_at == 0 || k.expires_at >= before);
+            pruned = n != b.x509_authorities.len() + b.jwt_authorities.len();
+            Ok(pruned)
+        })
+        .await?;
+        Ok(pruned)
+    }
+
+    async fn create_entry(&self, e: &Entry) -> Result<Entry, DatastoreError> {
+        let mut entry = e.clone();
+        entry.revision_number = 0;
+        entry.created_at = crate::now_unix();
+        // The check and the insert share one write transaction: two creators of the same entry
+        // queue on the write lock, and the second one sees the first one's row.
+        let mut tx = self.write_tx("registered_entries").await?;
+        if self.similar_entry(&mut *tx, e).await?.is_some() {
+            return Err(DatastoreError::AlreadyExists { what: "similar entry" });
+        }
+        sqlx::query::<DB>(&self.sql(INSERT_ENTRY))
+            .bind(&entry.id)
+            .bind(entry.spiffe_id.as_str())
+            .bind(entry.parent_id.as_str())
+            .bind(selectors_json(&entry.selectors)?)
+            .bind(entry.x509_svid_ttl)
+            .bind(entry.jwt_svid_ttl)
+            .bind(entry.admin)
+            .bind(entry.downstream)
+            .bind(federates_json(&entry.federates_with)?)
+            .bind(json(&entry.dns_names)?)
+            .bind(entry.expires_at)
+            .bind(&entry.hint)
+            .bind(entry.store_svid)
+            .bind(entry.revision_number)
+            .bind(entry.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(insert_err("entry id"))?;
+        tx.commit().await.map_err(db_err)?;
+        entry.selectors = sorted_selectors(&entry.selectors);
+        self.feed.publish(Change::Entries).await;
+        Ok(entry)
+    }
+
+    async fn find_similar_entry(&self, e: &Entry) -> Result<Option<Entry>, DatastoreError> {
+        self.similar_entry(&self.pool, e).await
+    }
+
+    async fn get_entry(&self, id: &str) -> Result<Option<Entry>, DatastoreError> {
+        let row = sqlx::query::<DB>(&self.sql("SELECT * FROM registered_entries WHERE entry_id = ?"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        row.as_ref().map(entry_from_row::<DB>).transpose()
+    }
+
+    async fn list_entries(&self, f: &EntryFilter) -> Result<Vec<Entry>, DatastoreError> {
+        let mut text = String::from("SELECT * FROM registered_entries WHERE 1=1");
+        if f.spiffe_id.is_some() {
+            text.push_str(" AND spiffe_id = ?");
+        }
+        if f.parent_id.is_some() {
+            text.push_str(" AND parent_id = ?");
+        }
+        if f.selectors_exact.is_some() {
+            text.push_str(" AND selectors = ?");
+        }
+        if f.downstream.is_some() {
+            text.push_str(" AND downstream = ?");
+        }
+        text.push_str(" ORDER BY entry_id");
+        let sql = self.sql(&text);
+        let mut q = sqlx::query::<DB>(&sql);
+        if let Some(id) = &f.spiffe_id {
+            q = q.bind(id.as_str());
+        }
+        if let Some(id) = &f.parent_id {
+            q = q.bind(id.as_str());
+        }
+        if let Some(s) = &f.selectors_exact {
+            q = q.bind(selectors_json(s)?);
+        }
+        if let Some(d) = f.downstream {
+            q = q.bind(d);
+        }
+        let rows = q.fetch_all(&self.pool).await.map_err(db_err)?;
+        rows.iter().map(entry_from_row::<DB>).collect()
+    }
+
+    async fn update_entry(&self, e: &Entry) -> Result<Entry, DatastoreError> {
+        let mut tx = self.write_tx("registered_entries").await?;
+        let row = sqlx::query::<DB>(&self.sql("SELECT revision_number, created_at FROM registered_entries WHERE entry_id = ?"))
+            .bind(&e.id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        let Some(row) = row else { return Err(DatastoreError::NotFound("entry")) };
+        let mut entry = e.clone();
+        entry.revision_number = col::<DB, i64>(&row, "revision_number", "entry")? + 1;
+        entry.created_at = col(&row, "created_at", "entry")?;
+        entry.selectors = sorted_selectors(&entry.selectors);
+        sqlx::query::<DB>(&self.sql(
+            "UPDATE registered_entries SET spiffe_id = ?, parent_id = ?, selectors = ?, x509_svid_ttl = ?, jwt_svid_ttl = ?, admin = ?, downstream = ?, federates_with = ?, dns_names = ?, expires_at = ?, hint = ?, store_svid = ?, revision_number = ? WHERE entry_id = ?",
+        ))
+        .bind(entry.spiffe_id.as_str())
+        .bind(entry.parent_id.as_str())
+        .bind(selectors_json(&entry.selectors)?)
+        .bind(entry.x509_svid_ttl)
+        .bind(entry.jwt_svid_ttl)
+        .bind(entry.admin)
+        .bind(entry.downstream)
+        .bind(federates_json(&entry.federates_with)?)
+        .bind(json(&entry.dns_names)?)
+        .bind(entry.expires_at)
+        .bind(&entry.hint)
+        .bind(entry.store_svid)
+        .bind(entry.revision_number)
+        .bind(&entry.id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        self.feed.publish(Change::Entries).await;
+        Ok(entry)
+    }
+
+    async fn delete_entry(&self, id: &str) -> Result<Entry, DatastoreError> {
+        let rows = self.delete_returning("registered_entries", "*", "entry_id = ?", Key::Text(id)).await?;
+        let Some(row) = rows.first() else { return Err(DatastoreError::NotFound("entry")) };
+        let entry = entry_from_row::<DB>(row)?;
+        self.feed.publish(Change::Entries).await;
+        Ok(entry)
+    }
+
+    async fn count_entries(&self) -> Result<i64, DatastoreError> {
+        let row = sqlx::query::<DB>("SELECT COUNT(*) AS n FROM registered_entries").fetch_one(&self.pool).await.map_err(db_err)?;
+        col(&row, "n", "entry count")
+    }
+
+    async fn prune_entries(&self, expires_before: i64) -> Result<Vec<Entry>, DatastoreError> {
+        // Same rule as SPIRE's sqlstore: `expiry != 0 AND expiry < expires_before`.
+        let rows = self.delete_returning("registered_entries", "*", "expires_at != 0 AND expires_at < ?", Key::Int(expires_before)).await?;
+        let pruned = rows.iter().map(entry_from_row::<DB>).collect::<Result<Vec<_>, _>>()?;
+        if !pruned.is_empty() {
+            self.feed.publish(Change::Entries).await;
+        }
+        Ok(pruned)
+    }
+
+    async fn create_join_token(&self, token: &str, expires_at: i64) -> Result<(), DatastoreError> {
+        sqlx::query::<DB>(&self.sql("INSERT INTO join_tokens (token_hash, expires_at) VALUES (?, ?)"))
+            .bind(join_token_hash(token))
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await
+            .map_err(insert_err("join token"))?;
+        Ok(())
+    }
+
+    async fn take_join_token(&self, token: &str) -> Result<Option<i64>, DatastoreError> {
+        let hash = join_token_hash(token);
+        let rows = self.delete_returning("join_tokens", "expires_at", "token_hash = ?", Key::Text(&hash)).await?;
+        rows.first().map(|r| col(r, "expires_at", "join token")).transpose()
+    }
+
+    async fn create_attested_node(&self, n: &AttestedNode) -> Result<(), DatastoreError> {
+        sqlx::query::<DB>(&self.sql("INSERT INTO attested_nodes (spiffe_id, attestation_type, cert_serial_number, cert_not_after, new_cert_serial_number, new_cert_not_after, can_reattest, selectors, created_at) VALUES (?,?,?,?,?,?,?,?,?)"))
+            .bind(n.spiffe_id.as_str())
+            .bind(&n.attestation_type)
+            .bind(&n.cert_serial_number)
+            .bind(n.cert_not_after)
+            .bind(&n.new_cert_serial_number)
+            .bind(n.new_cert_not_after)
+            .bind(n.can_reattest)
+            .bind(selectors_json(&n.selectors)?)
+            .bind(crate::now_unix())
+            .execute(&self.pool)
+            .await
+            .map_err(insert_err("attested node"))?;
+        self.feed.publish(Change::Nodes).await;
+        Ok(())
+    }
+
+    async fn get_attested_node(&self, id: &SpiffeId) -> Result<Option<AttestedNode>, DatastoreError> {
+        let row = sqlx::query::<DB>(&self.sql("SELECT * FROM attested_nodes WHERE spiffe_id = ?"))
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        row.as_ref().map(node_from_row::<DB>).transpose()
+    }
+
+    async fn list_attested_nodes(&self) -> Result<Vec<AttestedNode>, DatastoreError> {
+        let rows = sqlx::query::<DB>("SELECT * FROM attested_nodes ORDER BY spiffe_id").fetch_all(&self.pool).await.map_err(db_err)?;
+        rows.iter().map(node_from_row::<DB>).collect()
+    }
+
+    async fn update_attested_node(&self, n: &AttestedNode) -> Result<(), DatastoreError> {
+        let done = sqlx::query::<DB>(&self.sql("UPDATE attested_nodes SET attestation_type = ?, cert_serial_number = ?, cert_not_after = ?, new_cert_serial_number = ?, new_cert_not_after = ?, can_reattest = ?, selectors = ? WHERE spiffe_id = ?"))
+            .bind(&n.attestation_type)
+            .bind(&n.cert_serial_number)
+            .bind(n.cert_not_after)
+            .bind(&n.new_cert_serial_number)
+            .bind(n.new_cert_not_after)
+            .bind(n.can_reattest)
+            .bind(selectors_json(&n.selectors)?)
+            .bind(n.spiffe_id.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        if DB::rows_affected(&done) == 0 {
+            return Err(DatastoreError::NotFound("agent"));
+        }
+        self.feed.publish(Change::Nodes).await;
+        Ok(())
+    }
+
+    async fn delete_attested_node(&self, id: &SpiffeId) -> Result<AttestedNode, DatastoreError> {
+        let rows = self.delete_returning("attested_nodes", "*", "spiffe_id = ?", Key::Text(id.as_str())).await?;
+        let Some(row) = rows.first() else { return Err(DatastoreError::NotFound("agent")) };
+        let node = node_from_row::<DB>(row)?;
+        self.feed.publish(Change::Nodes).await;
+        Ok(node)
+    }
+
+    async fn get_ca_journal(&self, server_key: &str) -> Result<Option<String>, DatastoreError> {
+        let row = sqlx::query::<DB>(&self.sql("SELECT data FROM ca_journals WHERE server_key = ?"))
+            .bind(server_key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        row.map(|r| col(&r, "data", "CA journal")).transpose()
+    }
+
+    async fn set_ca_journal(&self, server_key: &str, data: &str) -> Result<(), DatastoreError> {
+        let upsert = self.dialect.upsert("ca_journals", "server_key", &["server_key", "data", "updated_at"]);
+        sqlx::query::<DB>(&self.sql(&upsert))
+            .bind(server_key)
+            .bind(data)
+            .bind(crate::now_unix())
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    fn watch_changes(&self) -> ChangeReceiver {
+        self.feed.subscribe()
+    }
+}
+
+/// Makes `b` carry `with`'s authorities and refresh hint; answers whether that changed it.
+fn replace_content(b: &mut Bundle, with: &Bundle) -> bool {
+    if same_content(b, with) {
+        return false;
+    }
+    b.x509_authorities.clone_from(&with.x509_authorities);
+    b.jwt_authorities.clone_from(&with.jwt_authorities);
+    b.refresh_hint = with.refresh_hint;
+    true
+}

@@ -1,0 +1,170 @@
+#![allow(clippy::unwrap_used, reason = "test code")]
+
+use super::codec::join_token_hash;
+use super::dialect::{Dialect, Placeholders};
+use super::{Backend, SqliteDatastore};
+use crate::datastore::counting::CountingDatastore;
+use crate::datastore::feed::{ChangeFeed, LocalFeed};
+use crate::datastore::{Change, Datastore, DatastoreError, contract};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+use std::os::unix::fs::PermissionsExt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+async fn in_memory() -> SqliteDatastore {
+    SqliteDatastore::connect("sqlite::memory:").await.unwrap()
+}
+
+/// Opens fresh database files in one directory (which the caller keeps alive).
+fn files_in(dir: &std::path::Path) -> impl Fn() -> std::pin::Pin<Box<dyn Future<Output = Arc<dyn Datastore>>>> + '_ {
+    let n = AtomicUsize::new(0);
+    move || {
+        let path = dir.join(format!("ds-{}.sqlite3", n.fetch_add(1, Ordering::Relaxed)));
+        Box::pin(async move { Arc::new(SqliteDatastore::connect(path.to_str().unwrap()).await.unwrap()) as Arc<dyn Datastore> })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn contract_on_sqlite_in_memory() {
+    contract::run(|| async { Arc::new(in_memory().await) as Arc<dyn Datastore> }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn contract_on_a_sqlite_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    contract::run(files_in(tmp.path())).await;
+}
+
+/// The code paths SQLite itself does not take: PostgreSQL's numbered placeholders and MySQL's
+/// select-then-delete (no `RETURNING`). SQLite accepts `$N` parameters, so both run here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn contract_on_sqlite_with_numbered_placeholders_and_no_returning() {
+    let dialect = Dialect { placeholders: Placeholders::Numbered, delete_returning: false, ..Dialect::SQLITE };
+    contract::run(|| async move { Arc::new(in_memory().await.with_dialect(dialect)) as Arc<dyn Datastore> }).await;
+}
+
+/// The benchmark wrapper passes every call through unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn contract_through_the_counting_wrapper() {
+    contract::run(|| async { Arc::new(CountingDatastore::new(Arc::new(in_memory().await))) as Arc<dyn Datastore> }).await;
+}
+
+#[tokio::test]
+async fn the_counting_wrapper_counts_each_call_once() {
+    let ds = CountingDatastore::new(Arc::new(in_memory().await));
+    let td = crate::spiffe::TrustDomain::new("example.org").unwrap();
+    let _rx = ds.watch_changes();
+    assert_eq!(ds.calls(), 0, "subscribing is not a datastore call");
+    ds.append_bundle(&td, &[vec![1]], &[]).await.unwrap();
+    ds.get_bundle(&td).await.unwrap();
+    assert!(ds.take_join_token("x").await.unwrap().is_none());
+    assert_eq!(ds.calls(), 3);
+}
+
+/// Many creators on a file database (separate connections, WAL): without the similar-entry
+/// check and the insert in one write transaction, most of them would insert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_creates_of_one_entry_insert_it_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = SqliteDatastore::connect(tmp.path().join("ds.sqlite3").to_str().unwrap()).await.unwrap();
+    contract::concurrent_creates_of_one_entry(Arc::new(ds), 32).await;
+}
+
+#[tokio::test]
+async fn writes_are_announced_on_the_feed_the_store_was_given() {
+    let feed = LocalFeed::new();
+    let mut rx = feed.subscribe();
+    let ds = in_memory().await.with_feed(Arc::new(feed.clone()));
+    ds.create_join_token("t", 1).await.unwrap();
+    ds.set_ca_journal("k", "j").await.unwrap();
+    ds.append_bundle(&crate::spiffe::TrustDomain::new("example.org").unwrap(), &[vec![1]], &[]).await.unwrap();
+    assert_eq!(rx.try_recv(), Ok(Change::Bundle));
+    assert!(rx.try_recv().is_err(), "one event per change");
+    let mut from_ds = ds.watch_changes();
+    feed.publish(Change::Nodes).await;
+    assert_eq!(from_ds.try_recv(), Ok(Change::Nodes), "watch_changes subscribes to that feed too");
+}
+
+#[tokio::test]
+async fn open_picks_the_backend_from_the_database_type() {
+    let ds = super::open("sqlite3", "sqlite::memory:").await.unwrap();
+    assert_eq!(ds.count_entries().await.unwrap(), 0);
+    for (database_type, wanted) in [("postgres", "not built into"), ("mysql", "not built into"), ("oracle", "unknown database_type")] {
+        match super::open(database_type, "x").await {
+            Err(DatastoreError::Config(msg)) => assert!(msg.contains(wanted), "{database_type}: {msg}"),
+            other => panic!("{database_type}: {other:?}"),
+        }
+    }
+}
+
+fn file_bytes_contain(path: &std::path::Path, needle: &str) -> bool {
+    let mut found = false;
+    for suffix in ["", "-wal"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        if let Ok(bytes) = std::fs::read(std::path::PathBuf::from(p)) {
+            found |= bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn join_tokens_are_stored_hashed_and_consumed_by_hash() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("d/ds.sqlite3");
+    let ds = SqliteDatastore::connect(db.to_str().unwrap()).await.unwrap();
+    let token = "4d1f0c1e-token-in-clear-7a9b";
+    ds.create_join_token(token, 1234).await.unwrap();
+    assert!(!file_bytes_contain(&db, token), "the token is in the database file in clear");
+    assert!(file_bytes_contain(&db, &join_token_hash(token)));
+    assert!(matches!(ds.create_join_token(token, 1).await, Err(DatastoreError::AlreadyExists { .. })));
+    assert_eq!(ds.take_join_token(&join_token_hash(token)).await.unwrap(), None, "the stored hash is not itself a token");
+    assert_eq!(ds.take_join_token(token).await.unwrap(), Some(1234));
+    assert_eq!(ds.take_join_token(token).await.unwrap(), None, "single use");
+    // The file and its directory were created private.
+    assert_eq!(std::fs::metadata(&db).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::metadata(db.parent().unwrap()).unwrap().permissions().mode() & 0o777, 0o700);
+}
+
+#[tokio::test]
+async fn an_in_memory_database_leaves_no_file_behind() {
+    let _ds = in_memory().await;
+    let stray: Vec<String> = std::fs::read_dir(".")
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.starts_with("file:"))
+        .collect();
+    assert!(stray.is_empty(), "{stray:?}");
+}
+
+/// A database from before migration 0002 had plaintext tokens: they still work once, and the
+/// plaintext is gone from the file.
+#[tokio::test]
+async fn plaintext_tokens_of_an_older_database_are_hashed_on_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("ds.sqlite3");
+    let token = "legacy-plaintext-token-5f2e";
+    {
+        // Build the pre-0002 state: schema 0001 applied, a plaintext token stored.
+        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", db.display())).unwrap().create_if_missing(true);
+        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(opts).await.unwrap();
+        let first = <sqlx::Sqlite as Backend>::migrator().iter().next().unwrap();
+        sqlx::raw_sql(&first.sql).execute(&pool).await.unwrap();
+        sqlx::query("CREATE TABLE _sqlx_migrations (version BIGINT PRIMARY KEY, description TEXT NOT NULL, installed_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP, success BOOLEAN NOT NULL, checksum BLOB NOT NULL, execution_time BIGINT NOT NULL)").execute(&pool).await.unwrap();
+        sqlx::query("INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (?, ?, 1, ?, 0)")
+            .bind(first.version)
+            .bind(first.description.as_ref())
+            .bind(first.checksum.as_ref())
+            .execute(&pool)
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO join_tokens (token, expires_at) VALUES (?, 99)").bind(token).execute(&pool).await.unwrap();
+        pool.close().await;
+    }
+    assert!(file_bytes_contain(&db, token));
+    let ds = SqliteDatastore::connect(db.to_str().unwrap()).await.unwrap();
+    assert!(!file_bytes_contain(&db, token), "plaintext left in the database file after migrating");
+    assert_eq!(ds.take_join_token(token).await.unwrap(), Some(99));
+}
