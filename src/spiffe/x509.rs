@@ -15,6 +15,8 @@
 //!   the presented intermediates (in any order) to one of the given roots.
 //!   Certificates with a critical extension we do not process (name
 //!   constraints, policies, ...) are refused rather than half-checked.
+//!   The search itself lives in `path`, shared with x509pop node
+//!   attestation, which collects every path under Go's rules instead.
 //!
 //! Not checked: SAN criticality when the subject is empty (an issuer rule),
 //! key-usage criticality on CA certificates, and the URI SAN of CA
@@ -32,8 +34,10 @@ use x509_parser::oid_registry::{
 };
 use x509_parser::prelude::{ASN1Time, FromDer, GeneralName, ParsedExtension, X509Certificate, X509Error};
 
+use self::path::{Link, Mode, Origin};
 use super::id::{SpiffeId, SpiffeIdError};
 
+pub(crate) mod path;
 pub mod signature;
 
 /// Most certificates a presented chain may hold, leaf included.
@@ -229,7 +233,9 @@ pub fn validate_x509_svid_chain(chain: &[Vec<u8>]) -> Result<SpiffeId, X509SvidE
 /// certificate on the path (roots included), `cA=true` and `keyCertSign` (when key usage is present)
 /// on every issuer, `pathLenConstraint`, and refuses unsupported critical
 /// extensions. Names are chained by exact DER equality. The intermediates
-/// may come in any order; unused ones are ignored.
+/// may come in any order; unused ones are ignored. At each step the roots
+/// are tried before the intermediates, each intermediate at most once per
+/// path, and the first path found wins.
 ///
 /// # Errors
 ///
@@ -253,12 +259,11 @@ pub fn verify_chain(chain: &[Vec<u8>], roots: &[Vec<u8>], now: i64) -> Result<()
         }
     }
     let leaf_position = CertPosition::Chain(0);
-    let leaf = certs.first().ok_or(X509SvidError::EmptyChain)?;
+    let (leaf, intermediates) = certs.split_first().ok_or(X509SvidError::EmptyChain)?;
     check_validity(leaf, leaf_position, time)?;
     check_critical_extensions(leaf, leaf_position)?;
 
-    let mut search = PathSearch { certs: &certs, roots: &roots, time, used: vec![false; certs.len()], first_error: None };
-    if search.extend(0, 0) { Ok(()) } else { Err(search.first_error.unwrap_or(X509SvidError::UnknownAuthority)) }
+    path::find_paths(leaf, intermediates, &roots, &mut SvidPathRules { time }, Mode::FirstPath).map(|_| ())
 }
 
 /// Runs [`validate_x509_svid_chain`] and then [`verify_chain`]: the full
@@ -482,81 +487,32 @@ fn check_critical_extensions(cert: &X509Certificate<'_>, position: CertPosition)
     Ok(())
 }
 
-/// Depth-first search for an issuer path, trying the roots before the
-/// intermediates at each step.
-struct PathSearch<'c, 'a> {
-    certs: &'c [X509Certificate<'a>],
-    roots: &'c [X509Certificate<'a>],
+/// What [`verify_chain`] asks of each issuer on the path (see its docs),
+/// as rules for the shared [`path`] search.
+struct SvidPathRules {
     time: ASN1Time,
-    /// Intermediates already on the current path; using each at most once
-    /// bounds the search and rules out loops.
-    used: Vec<bool>,
-    /// The first failure of an issuer whose signature verified: more useful
-    /// to report than "unknown authority" (e.g. an expired root).
-    first_error: Option<X509SvidError>,
 }
 
-impl PathSearch<'_, '_> {
-    /// Whether `certs[child]` chains to a root; `intermediates_below` is the
-    /// number of intermediates between `child` and the leaf, `child`
-    /// included unless it is the leaf.
-    fn extend(&mut self, child: usize, intermediates_below: u32) -> bool {
-        let Some(child_cert) = self.certs.get(child) else {
-            return false;
-        };
-        for (index, root) in self.roots.iter().enumerate() {
-            if root.subject().as_raw() == child_cert.issuer().as_raw() {
-                match self.check_issuer(root, child_cert, CertPosition::Root(index), intermediates_below) {
-                    Ok(true) => return true,
-                    Ok(false) => {}
-                    Err(e) => {
-                        self.first_error.get_or_insert(e);
-                    }
-                }
-            }
-        }
-        for index in 1..self.certs.len() {
-            let Some(candidate) = self.certs.get(index) else {
-                continue;
-            };
-            if self.used.get(index).copied().unwrap_or(true) || candidate.subject().as_raw() != child_cert.issuer().as_raw() {
-                continue;
-            }
-            match self.check_issuer(candidate, child_cert, CertPosition::Chain(index), intermediates_below) {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(e) => {
-                    self.first_error.get_or_insert(e);
-                    continue;
-                }
-            }
-            self.set_used(index, true);
-            if self.extend(index, intermediates_below.saturating_add(1)) {
-                return true;
-            }
-            self.set_used(index, false);
-        }
-        false
-    }
-
-    fn set_used(&mut self, index: usize, value: bool) {
-        if let Some(slot) = self.used.get_mut(index) {
-            *slot = value;
-        }
-    }
+impl path::PathRules<X509Certificate<'_>> for SvidPathRules {
+    type Error = X509SvidError;
 
     /// `Ok(false)` when `issuer` did not sign `child`; `Err` when it did but
     /// may not issue it.
-    fn check_issuer(
+    fn check(
         &self,
-        issuer: &X509Certificate<'_>,
         child: &X509Certificate<'_>,
-        position: CertPosition,
-        intermediates_below: u32,
+        issuer: Link<'_, X509Certificate<'_>>,
+        path: &[Link<'_, X509Certificate<'_>>],
     ) -> Result<bool, X509SvidError> {
-        if signature::verify_signed_by(child, issuer).is_err() {
+        if signature::verify_signed_by(child, issuer.node).is_err() {
             return Ok(false);
         }
+        let position = match issuer.origin {
+            Origin::Leaf => CertPosition::Chain(0),
+            Origin::Intermediate(index) => CertPosition::Chain(index.saturating_add(1)),
+            Origin::Root(index) => CertPosition::Root(index),
+        };
+        let issuer = issuer.node;
         check_validity(issuer, position, self.time)?;
         check_critical_extensions(issuer, position)?;
         let constraints = issuer.basic_constraints().map_err(|e| malformed(position, &e))?;
@@ -567,12 +523,18 @@ impl PathSearch<'_, '_> {
         if usage.is_some_and(|ku| !ku.value.key_cert_sign()) {
             return Err(X509SvidError::MissingKeyCertSign { position });
         }
+        // The path holds the leaf and the intermediates between it and `issuer`.
+        let intermediates_below = u32::try_from(path.len().saturating_sub(1)).unwrap_or(u32::MAX);
         if let Some(max) = constraints.value.path_len_constraint
             && intermediates_below > max
         {
             return Err(X509SvidError::PathLenExceeded { position });
         }
         Ok(true)
+    }
+
+    fn unknown_authority(&self) -> X509SvidError {
+        X509SvidError::UnknownAuthority
     }
 }
 

@@ -58,6 +58,7 @@ use x509_parser::num_bigint::BigUint;
 use x509_parser::prelude::FromDer as _;
 use x509_parser::x509::{AttributeTypeAndValue, X509Name};
 
+use crate::spiffe::x509::path::{Link, Mode, Origin, PathNode, PathRules, find_paths};
 use crate::spiffe::x509::signature::{Curve, SpkiKey, classify_spki, strip_leading_zeros};
 
 /// The plugin name: the attestation data type, the selector type and `.PluginName`.
@@ -620,6 +621,12 @@ struct Node<'a> {
     cert: X509Certificate<'a>,
 }
 
+impl PathNode for Node<'_> {
+    fn certificate(&self) -> &X509Certificate<'_> {
+        &self.cert
+    }
+}
+
 fn sha1_hex(der: &[u8]) -> String {
     crate::text::hex(&sha1::Sha1::digest(der))
 }
@@ -744,10 +751,6 @@ fn subject_raw<'a>(cert: &X509Certificate<'a>) -> &'a [u8] {
     cert.tbs_certificate.subject.as_raw()
 }
 
-fn issuer_raw<'a>(cert: &X509Certificate<'a>) -> &'a [u8] {
-    cert.tbs_certificate.issuer.as_raw()
-}
-
 /// Go's `isValid` checks shared by every certificate of a chain: unhandled critical extensions
 /// and the validity window (inclusive at both ends).
 fn check_validity(cert: &X509Certificate<'_>, now: i64) -> Result<(), String> {
@@ -790,30 +793,24 @@ fn check_signature_from(child: &X509Certificate<'_>, parent: &X509Certificate<'_
 
 /// Go's `alreadyInChain`: same subject, same key and same SAN extension as a certificate
 /// already in the chain, which stops loops and pointless cross-signed detours.
-fn already_in_chain(candidate: &X509Certificate<'_>, chain: &[&Node<'_>]) -> bool {
-    chain.iter().any(|n| {
-        subject_raw(&n.cert) == subject_raw(candidate)
-            && n.cert.public_key().raw == candidate.public_key().raw
-            && san_extension_value(&n.cert) == san_extension_value(candidate)
+fn already_in_chain(candidate: &X509Certificate<'_>, chain: &[Link<'_, Node<'_>>]) -> bool {
+    chain.iter().map(|link| &link.node.cert).any(|cert| {
+        subject_raw(cert) == subject_raw(candidate)
+            && cert.public_key().raw == candidate.public_key().raw
+            && san_extension_value(cert) == san_extension_value(candidate)
     })
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum CertType {
-    Intermediate,
-    Root,
-}
-
 /// Go's `isValid` for a candidate parent, given the chain below it.
-fn check_candidate(cand: &X509Certificate<'_>, kind: CertType, chain: &[&Node<'_>], now: i64) -> Result<(), String> {
+fn check_candidate(cand: &X509Certificate<'_>, origin: Origin, chain: &[Link<'_, Node<'_>>], now: i64) -> Result<(), String> {
     check_validity(cand, now)?;
     // Go evaluates a CA's name constraints against every SAN below it; that evaluation is not
     // implemented, so such chains are refused rather than accepted unchecked.
-    if has_extension(cand, "2.5.29.30") && chain.iter().any(|n| san_extension_value(&n.cert).is_some()) {
+    if has_extension(cand, "2.5.29.30") && chain.iter().any(|link| san_extension_value(&link.node.cert).is_some()) {
         return Err("name constraints are not supported".into());
     }
     let bc = cand.basic_constraints().map_err(|e| e.to_string())?;
-    if kind == CertType::Intermediate && !bc.as_ref().is_some_and(|b| b.value.ca) {
+    if matches!(origin, Origin::Intermediate(_)) && !bc.as_ref().is_some_and(|b| b.value.ca) {
         return Err("intermediate is not authorized to sign other certificates".into());
     }
     if let Some(max) = bc.and_then(|b| b.value.path_len_constraint) {
@@ -825,55 +822,38 @@ fn check_candidate(cand: &X509Certificate<'_>, kind: CertType, chain: &[&Node<'_
     Ok(())
 }
 
-struct ChainSearch<'r, 'a> {
-    roots: &'r [Node<'a>],
-    intermediates: &'r [Node<'a>],
+/// Go's `buildChains` rules for the shared path search: a candidate identical to one already
+/// in the chain is passed over, every other one costs a signature check out of
+/// [`MAX_SIGNATURE_CHECKS`], and a refusal (of the signature or of the candidate) is worded as
+/// Go words it.
+struct GoChainRules {
     now: i64,
     signature_checks: usize,
-    first_error: Option<String>,
-    chains: Vec<Vec<&'r Node<'a>>>,
 }
 
-impl<'r, 'a> ChainSearch<'r, 'a> {
-    fn note(&mut self, err: String) {
-        self.first_error.get_or_insert(err);
+impl<'a> PathRules<Node<'a>> for GoChainRules {
+    type Error = String;
+
+    fn skip(&self, candidate: &Node<'a>, chain: &[Link<'_, Node<'a>>]) -> bool {
+        already_in_chain(&candidate.cert, chain)
     }
 
-    /// Go's `buildChains`: depth-first over roots then intermediates whose subject equals the
-    /// current certificate's issuer, collecting every valid chain.
-    fn build(&mut self, chain: &mut Vec<&'r Node<'a>>) {
-        let Some(current) = chain.last().copied() else { return };
-        let issuer = issuer_raw(&current.cert);
-        let candidates = self
-            .roots
-            .iter()
-            .map(|n| (n, CertType::Root))
-            .chain(self.intermediates.iter().map(|n| (n, CertType::Intermediate)))
-            .filter(|(n, _)| subject_raw(&n.cert) == issuer);
-        for (cand, kind) in candidates {
-            if already_in_chain(&cand.cert, chain) {
-                continue;
-            }
-            self.signature_checks += 1;
-            if self.signature_checks > MAX_SIGNATURE_CHECKS {
-                self.note("signature check attempts limit reached while verifying certificate chain".into());
-                return;
-            }
-            if let Err(e) = check_signature_from(&current.cert, &cand.cert) {
-                self.note(e);
-                continue;
-            }
-            if let Err(e) = check_candidate(&cand.cert, kind, chain, self.now) {
-                self.note(e);
-                continue;
-            }
-            chain.push(cand);
-            match kind {
-                CertType::Root => self.chains.push(chain.clone()),
-                CertType::Intermediate => self.build(chain),
-            }
-            chain.pop();
+    fn charge(&mut self) -> Result<(), String> {
+        self.signature_checks += 1;
+        if self.signature_checks > MAX_SIGNATURE_CHECKS {
+            return Err("signature check attempts limit reached while verifying certificate chain".into());
         }
+        Ok(())
+    }
+
+    fn check(&self, child: &Node<'a>, candidate: Link<'_, Node<'a>>, chain: &[Link<'_, Node<'a>>]) -> Result<bool, String> {
+        check_signature_from(&child.cert, &candidate.node.cert)?;
+        check_candidate(&candidate.node.cert, candidate.origin, chain, self.now)?;
+        Ok(true)
+    }
+
+    fn unknown_authority(&self) -> String {
+        "certificate signed by unknown authority".to_owned()
     }
 }
 
@@ -985,14 +965,13 @@ pub fn verify_payload(payload: &[u8], roots: &[Vec<u8>], now: i64, max_intermedi
         // Go: a leaf that is itself a trusted root is its own (single-certificate) chain.
         vec![vec![&leaf]]
     } else {
-        let mut search =
-            ChainSearch { roots: &trusted, intermediates: &intermediates, now, signature_checks: 0, first_error: None, chains: Vec::new() };
-        search.build(&mut vec![&leaf]);
-        if search.chains.is_empty() {
-            let why = search.first_error.unwrap_or_else(|| "certificate signed by unknown authority".to_owned());
-            return Err(X509PopError::ChainNotVerified(why));
-        }
-        search.chains
+        // Every chain, not just one: each CA on any of them yields a fingerprint selector.
+        let mut rules = GoChainRules { now, signature_checks: 0 };
+        find_paths(&leaf, &intermediates, &trusted, &mut rules, Mode::AllPaths)
+            .map_err(X509PopError::ChainNotVerified)?
+            .into_iter()
+            .map(|chain| chain.into_iter().map(|link| link.node).collect())
+            .collect()
     };
     let chains: Vec<_> = chains.into_iter().filter(|c| !requires_explicit_policy(c)).collect();
     if chains.is_empty() {
