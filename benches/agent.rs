@@ -330,7 +330,7 @@ async fn part1_workload_api(b: &Bench, dir: &std::path::Path) {
     let listener = tokio::net::UnixListener::bind(&path).unwrap();
     // The caller's uid from SO_PEERCRED becomes unix:uid:<uid>; no /proc reads or hashing.
     let attestor =
-        |c: &CallerInfo| -> Result<Vec<Selector>, String> { Ok(vec![Selector { kind: "unix".into(), value: format!("uid:{}", c.uid) }]) };
+        |c: &CallerInfo| -> Result<Vec<Selector>, cairn::agent::workload::WorkloadAttestError> { Ok(vec![Selector { kind: "unix".into(), value: format!("uid:{}", c.uid) }]) };
     let api = WorkloadApi::new(Arc::clone(&agent) as Arc<dyn WorkloadSource>, Arc::new(attestor));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(serve(api, listener, default_limits(cairn::net::raise_nofile_limit()), async move {

@@ -75,16 +75,37 @@ pub struct ClientIdentity {
     pub key_pkcs8: Arc<zeroize::Zeroizing<Vec<u8>>>,
 }
 
+/// Why a channel to the server could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The TLS configuration could not be built.
+    #[error("tls: {0}")]
+    Tls(#[source] rustls::Error),
+    /// The agent's certificate and key do not go together.
+    #[error("agent key: {0}")]
+    Key(#[source] rustls::Error),
+    /// `server_address:server_port` is not a valid address.
+    #[error("server address {addr:?}: {source}")]
+    Address {
+        /// What was given.
+        addr: String,
+        /// Why it was refused.
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
 /// Connects to `addr` (host:port) and returns a gRPC channel. Connects lazily: errors show up
 /// on the first RPC, which is what the retry loops want.
 ///
 /// # Errors
 /// A bad address or client key.
-pub fn connect(addr: &str, trust: ServerTrust, server_id: SpiffeId, identity: Option<&ClientIdentity>) -> Result<Channel, String> {
+pub fn connect(addr: &str, trust: ServerTrust, server_id: SpiffeId, identity: Option<&ClientIdentity>) -> Result<Channel, ClientError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(ClientError::Tls)?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(Verifier { trust, server_id, provider }));
     let mut cfg = match identity {
@@ -92,14 +113,14 @@ pub fn connect(addr: &str, trust: ServerTrust, server_id: SpiffeId, identity: Op
         Some(id) => {
             let chain: Vec<CertificateDer<'static>> = id.chain.iter().map(|c| CertificateDer::from(c.clone())).collect();
             let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(id.key_pkcs8.to_vec()));
-            builder.with_client_auth_cert(chain, key).map_err(|e| format!("agent key: {e}"))?
+            builder.with_client_auth_cert(chain, key).map_err(ClientError::Key)?
         }
     };
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
     let target = addr.to_owned();
     let ep = Endpoint::try_from(format!("http://{addr}"))
-        .map_err(|e| format!("server address {addr:?}: {e}"))?
+        .map_err(|source| ClientError::Address { addr: addr.to_owned(), source })?
         .connect_timeout(std::time::Duration::from_secs(10))
         .timeout(std::time::Duration::from_secs(30));
     Ok(ep.connect_with_connector_lazy(tower::service_fn(move |_| {

@@ -56,6 +56,49 @@ pub enum AgentError {
     /// Local state (files, keys).
     #[error("{0}")]
     Local(String),
+    /// The channel to the server could not be set up.
+    #[error(transparent)]
+    Client(#[from] super::client::ClientError),
+}
+
+/// Why one sync with the server failed (the previous state stays published; the loop retries).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SyncError {
+    /// An RPC failed; `context` is SPIRE's wording of what was being done.
+    #[error("{context}: {}", status.message())]
+    Rpc {
+        /// What the agent was doing.
+        context: String,
+        /// The server's answer.
+        status: tonic::Status,
+    },
+    /// The server sent a bundle that does not convert.
+    #[error("server sent an invalid bundle: {0}")]
+    InvalidBundle(#[from] crate::wire::WireError),
+    /// The server sent another trust domain's bundle.
+    #[error("server sent the bundle of {got} instead of {want}")]
+    WrongTrustDomain {
+        /// What arrived.
+        got: TrustDomain,
+        /// What this agent belongs to.
+        want: TrustDomain,
+    },
+    /// The server answered without the SVID it should have sent.
+    #[error("{0}")]
+    MissingSvid(&'static str),
+    /// Re-attestation or a new channel failed.
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    /// A key or CSR could not be made.
+    #[error("{0}")]
+    Key(#[from] rcgen::Error),
+}
+
+impl SyncError {
+    fn rpc(context: impl Into<String>, status: tonic::Status) -> Self {
+        Self::Rpc { context: context.into(), status }
+    }
 }
 
 #[derive(Clone)]
@@ -95,17 +138,17 @@ pub struct Agent {
     fatal: Mutex<Option<String>>,
 }
 
-fn keypair_and_csr(id: Option<&SpiffeId>) -> Result<(Vec<u8>, Zeroizing<Vec<u8>>), String> {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
+fn keypair_and_csr(id: Option<&SpiffeId>) -> Result<(Vec<u8>, Zeroizing<Vec<u8>>), rcgen::Error> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let mut p = rcgen::CertificateParams::default();
     let mut dn = rcgen::DistinguishedName::new();
     dn.push(rcgen::DnType::CountryName, "US");
     dn.push(rcgen::DnType::OrganizationName, "SPIRE");
     p.distinguished_name = dn;
     if let Some(id) = id {
-        p.subject_alt_names = vec![rcgen::SanType::URI(id.as_str().try_into().map_err(|e: rcgen::Error| e.to_string())?)];
+        p.subject_alt_names = vec![rcgen::SanType::URI(id.as_str().try_into()?)];
     }
-    let csr = p.serialize_request(&key).map_err(|e| e.to_string())?;
+    let csr = p.serialize_request(&key)?;
     Ok((csr.der().to_vec(), Zeroizing::new(key.serialize_der())))
 }
 
@@ -141,7 +184,7 @@ impl Agent {
                 let trust = settings.bootstrap.clone();
                 let svid = attest(&settings, &server_id, trust.clone()).await?;
                 // The bundle, fetched over the attestation trust (no client certificate).
-                let ch = client::connect(&settings.server_addr, trust, server_id.clone(), None).map_err(AgentError::Local)?;
+                let ch = client::connect(&settings.server_addr, trust, server_id.clone(), None)?;
                 let b = bundlepb::bundle_client::BundleClient::new(ch)
                     .get_bundle(bundlepb::GetBundleRequest::default())
                     .await
@@ -239,7 +282,7 @@ impl Agent {
     ///
     /// # Errors
     /// A failed RPC (the previous state stays published).
-    pub async fn sync_once(&self) -> Result<(), String> {
+    pub async fn sync_once(&self) -> Result<(), SyncError> {
         let mut st = self.state.lock().await;
         let now = crate::now_unix();
         if half_life_passed(st.svid.not_before, st.svid.not_after, now) {
@@ -254,7 +297,7 @@ impl Agent {
             Err(e) => {
                 let err = format!("failed to fetch authorized entries: {}", e.message());
                 self.check_fatal(&e, &err, &mut st).await;
-                return Err(err);
+                return Err(SyncError::rpc("failed to fetch authorized entries", e));
             }
         };
         // A server with a stale cache (or an older one) may still list an expired entry: it is
@@ -263,11 +306,11 @@ impl Agent {
         let b = bundlepb::bundle_client::BundleClient::new(ch.clone())
             .get_bundle(bundlepb::GetBundleRequest::default())
             .await
-            .map_err(|e| format!("fetching bundle: {}", e.message()))?
+            .map_err(|e| SyncError::rpc("fetching bundle", e))?
             .into_inner();
-        let bundle = bundle_from_proto(&b).map_err(|e| format!("server sent an invalid bundle: {e}"))?;
+        let bundle = bundle_from_proto(&b)?;
         if bundle.trust_domain != self.settings.trust_domain {
-            return Err(format!("server sent the bundle of {} instead of {}", bundle.trust_domain, self.settings.trust_domain));
+            return Err(SyncError::WrongTrustDomain { got: bundle.trust_domain, want: self.settings.trust_domain.clone() });
         }
         let mut federated = BTreeMap::new();
         let wanted: std::collections::BTreeSet<String> = entries.iter().flat_map(|e| e.federates_with.iter().cloned()).collect();
@@ -282,7 +325,7 @@ impl Agent {
                     }
                 }
                 Err(e) if e.code() == tonic::Code::NotFound => {}
-                Err(e) => return Err(format!("fetching federated bundle {td}: {}", e.message())),
+                Err(e) => return Err(SyncError::rpc(format!("fetching federated bundle {td}"), e)),
             }
         }
         // Which entries need a (new) SVID.
@@ -313,7 +356,7 @@ impl Agent {
                     Err(e) => {
                         let err = format!("failed to batch new X509 SVID(s): {}", e.message());
                         self.check_fatal(&e, &err, &mut st).await;
-                        return Err(err);
+                        return Err(SyncError::rpc("failed to batch new X509 SVID(s)", e));
                     }
                 };
             for ((e, key), r) in batch.iter().zip(keys).zip(resp.results) {
@@ -366,22 +409,22 @@ impl Agent {
         Snapshot { trust_domain: self.settings.trust_domain.clone(), bundle: st.bundle.clone(), federated: st.federated.clone(), svids }
     }
 
-    async fn renew(&self, st: &mut State) -> Result<(), String> {
+    async fn renew(&self, st: &mut State) -> Result<(), SyncError> {
         let new = if st.svid.reattestable {
             let trust = ServerTrust::Roots(st.bundle.x509_authorities.clone());
-            attest(&self.settings, &self.server_id, trust).await.map_err(|e| e.to_string())?
+            attest(&self.settings, &self.server_id, trust).await?
         } else {
             let (csr, key) = keypair_and_csr(None)?;
             let resp = agentpb::agent_client::AgentClient::new(st.channel.clone())
                 .renew_agent(agentpb::RenewAgentRequest { params: Some(agentpb::AgentX509svidParams { csr }) })
                 .await
-                .map_err(|e| format!("renewing agent SVID: {}", e.message()))?
+                .map_err(|e| SyncError::rpc("renewing agent SVID", e))?
                 .into_inner();
-            let chain = resp.svid.ok_or("server returned no SVID")?.cert_chain;
-            let (nb, na) = validity(chain.first().ok_or("empty chain")?);
+            let chain = resp.svid.ok_or(SyncError::MissingSvid("server returned no SVID"))?.cert_chain;
+            let (nb, na) = validity(chain.first().ok_or(SyncError::MissingSvid("empty chain"))?);
             AgentSvid { chain, key: Arc::new(key), not_before: nb, not_after: na, reattestable: false }
         };
-        st.channel = mtls(&self.settings, &self.server_id, &new, &st.bundle).map_err(|e| e.to_string())?;
+        st.channel = mtls(&self.settings, &self.server_id, &new, &st.bundle)?;
         st.svid = new;
         self.persist(st);
         tracing::info!(not_after = st.svid.not_after, "renewed agent SVID");
@@ -463,8 +506,7 @@ fn mtls(
     bundle: &Bundle,
 ) -> Result<tonic::transport::Channel, AgentError> {
     let identity = ClientIdentity { chain: svid.chain.clone(), key_pkcs8: Arc::clone(&svid.key) };
-    client::connect(&settings.server_addr, ServerTrust::Roots(bundle.x509_authorities.clone()), server_id.clone(), Some(&identity))
-        .map_err(AgentError::Local)
+    Ok(client::connect(&settings.server_addr, ServerTrust::Roots(bundle.x509_authorities.clone()), server_id.clone(), Some(&identity))?)
 }
 
 fn load_persisted(path: &std::path::Path) -> Option<(AgentSvid, Vec<Vec<u8>>)> {
@@ -479,10 +521,10 @@ fn load_persisted(path: &std::path::Path) -> Option<(AgentSvid, Vec<Vec<u8>>)> {
 
 /// Runs AttestAgent: params, then challenge rounds (x509pop), then the SVID.
 async fn attest(settings: &AgentSettings, server_id: &SpiffeId, trust: ServerTrust) -> Result<AgentSvid, AgentError> {
-    let (csr, key) = keypair_and_csr(None).map_err(AgentError::Local)?;
+    let (csr, key) = keypair_and_csr(None).map_err(|e| AgentError::Local(format!("agent key: {e}")))?;
     let attestor = crate::attest::agent_attestor(&settings.attestation);
     let (kind, payload) = (attestor.kind(), attestor.payload().map_err(|e| AgentError::AttestationRefused(e.to_string()))?);
-    let ch = client::connect(&settings.server_addr, trust, server_id.clone(), None).map_err(AgentError::Local)?;
+    let ch = client::connect(&settings.server_addr, trust, server_id.clone(), None)?;
     let (tx, rx) = tokio::sync::mpsc::channel(2);
     tx.send(agentpb::AttestAgentRequest {
         step: Some(agentpb::attest_agent_request::Step::Params(agentpb::attest_agent_request::Params {

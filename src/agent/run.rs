@@ -141,11 +141,11 @@ pub async fn run(config: AgentConfig) -> Result<(), String> {
     }
     // The socket appears once the agent has an identity and a first sync, as SPIRE's does.
     let listener = bind_workload_socket(&config.socket_path).await?;
-    let attestor = move |c: &CallerInfo| -> Result<Vec<Selector>, String> {
+    let attestor = move |c: &CallerInfo| -> Result<Vec<Selector>, workload::WorkloadAttestError> {
         let peer = PeerCred { pid: c.pid, uid: c.uid, gid: c.gid };
         let mut out = Vec::new();
         for cfg in &unix_cfgs {
-            for (kind, value) in unix_attestor::attest(&peer, cfg).map_err(|e| e.to_string())? {
+            for (kind, value) in unix_attestor::attest(&peer, cfg)? {
                 out.push(Selector { kind, value });
             }
         }

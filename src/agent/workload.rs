@@ -76,7 +76,7 @@ const FOREIGN_CLAIMS_KEPT: [&str; 3] = ["sub", "aud", "exp"];
 /// Why a caller was not attested.
 enum AttestFailure {
     /// The attestor could not describe it.
-    Attestor(String),
+    Attestor(WorkloadAttestError),
     /// It is not the process that connected.
     Changed(crate::net::PeerChanged),
 }
@@ -102,15 +102,19 @@ pub trait WorkloadAttestor: Send + Sync + 'static {
     ///
     /// # Errors
     ///
-    /// A description of why the caller could not be attested (logged, not sent to it).
-    fn attest(&self, caller: &CallerInfo) -> Result<Vec<Selector>, String>;
+    /// Why the caller could not be attested (logged, not sent to it), with the attestor's own
+    /// error as the source.
+    fn attest(&self, caller: &CallerInfo) -> Result<Vec<Selector>, WorkloadAttestError>;
 }
+
+/// A workload attestor's failure, kept with its cause (e.g. `UnixAttestorError`).
+pub type WorkloadAttestError = Box<dyn std::error::Error + Send + Sync>;
 
 impl<F> WorkloadAttestor for F
 where
-    F: Fn(&CallerInfo) -> Result<Vec<Selector>, String> + Send + Sync + 'static,
+    F: Fn(&CallerInfo) -> Result<Vec<Selector>, WorkloadAttestError> + Send + Sync + 'static,
 {
-    fn attest(&self, caller: &CallerInfo) -> Result<Vec<Selector>, String> {
+    fn attest(&self, caller: &CallerInfo) -> Result<Vec<Selector>, WorkloadAttestError> {
         self(caller)
     }
 }

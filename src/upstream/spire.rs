@@ -136,7 +136,7 @@ impl SpireUpstream {
     async fn channel(&self) -> Result<tonic::transport::Channel, UpstreamError> {
         let (identity, roots) = self.workload_svid().await?;
         let addr = format!("{}:{}", self.config.server_address, self.config.server_port);
-        client::connect(&addr, ServerTrust::Roots(roots), self.server_id.clone(), Some(&identity)).map_err(UpstreamError::Config)
+        client::connect(&addr, ServerTrust::Roots(roots), self.server_id.clone(), Some(&identity)).map_err(|e| UpstreamError::Config(e.to_string()))
     }
 
     async fn get_bundle(&self, ch: tonic::transport::Channel) -> Result<Bundle, UpstreamError> {

@@ -254,7 +254,7 @@ impl TestServer {
             let seen = Arc::clone(&seen);
             move |caller: &CallerInfo| {
                 seen.lock().unwrap().push(*caller);
-                attest.lock().unwrap().clone()
+                attest.lock().unwrap().clone().map_err(WorkloadAttestError::from)
             }
         };
         Self::start_with(pki, source, Arc::new(attestor), attest, seen)
@@ -903,7 +903,7 @@ fn unix_workload_attestor(cfg: unix_attestor::UnixAttestorConfig) -> Arc<dyn Wor
         let peer = unix_attestor::PeerCred { pid: caller.pid, uid: caller.uid, gid: caller.gid };
         unix_attestor::attest(&peer, &cfg)
             .map(|selectors| selectors.into_iter().map(|(kind, value)| Selector { kind, value }).collect())
-            .map_err(|e| e.to_string())
+            .map_err(WorkloadAttestError::from)
     })
 }
 

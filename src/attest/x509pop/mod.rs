@@ -708,7 +708,7 @@ fn parse_certificate(der: &[u8]) -> Result<X509Certificate<'_>, String> {
             return Err(format!("malformed extension {}: {error}", ext.oid.to_id_string()));
         }
     }
-    classify_spki(cert.public_key())?;
+    classify_spki(cert.public_key()).map_err(|e| e.to_string())?;
     Ok(cert)
 }
 
@@ -782,13 +782,13 @@ fn check_signature_from(child: &X509Certificate<'_>, parent: &X509Certificate<'_
     {
         return Err("parent key usage lacks keyCertSign".into());
     }
-    let key = classify_spki(parent.public_key())?;
+    let key = classify_spki(parent.public_key()).map_err(|e| e.to_string())?;
     if let SpkiKey::Rsa { bits, .. } = key
         && bits < 2048
     {
         return Err(format!("rsa ca key of {bits} bits is below the supported 2048"));
     }
-    crate::spiffe::x509::signature::check_signature(child, &key)
+    crate::spiffe::x509::signature::check_signature(child, &key).map_err(|e| e.to_string())
 }
 
 /// Go's `alreadyInChain`: same subject, same key and same SAN extension as a certificate
@@ -1001,7 +1001,7 @@ pub fn verify_payload(payload: &[u8], roots: &[Vec<u8>], now: i64, max_intermedi
             NodeKey::Ec { curve, point: point.to_vec() }
         }
         Ok(SpkiKey::Ed25519(_)) => return Err(X509PopError::UnsupportedKeyType("ed25519".into())),
-        Err(e) => return Err(X509PopError::UnsupportedKeyType(e)),
+        Err(e) => return Err(X509PopError::UnsupportedKeyType(e.to_string())),
     };
 
     let mut ca_fingerprints: Vec<String> = Vec::new();

@@ -14,6 +14,27 @@ use x509_parser::num_bigint::BigUint;
 use x509_parser::prelude::FromDer as _;
 use x509_parser::x509::SubjectPublicKeyInfo;
 
+/// Why a certificate signature was not accepted; the texts are Go's, as x509pop reports them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SignatureError {
+    /// The issuer's public key is malformed or of an unsupported type.
+    #[error("{0}")]
+    Key(String),
+    /// SHA-1, MD5 or DSA, which Go refuses for certificate signatures.
+    #[error("insecure signature algorithm {0}")]
+    InsecureAlgorithm(String),
+    /// An algorithm that does not go with the issuer's key type.
+    #[error("unsupported signature algorithm {0} for the parent's key type")]
+    UnsupportedAlgorithm(String),
+    /// RSASSA-PSS with parameters Go does not accept.
+    #[error("unsupported rsassa-pss parameters")]
+    PssParameters,
+    /// The signature is wrong.
+    #[error("signature does not verify with the parent's key")]
+    Mismatch,
+}
+
 /// A NIST curve Go accepts in certificates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Curve {
@@ -65,22 +86,22 @@ pub(crate) fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
 
 /// Classifies a SubjectPublicKeyInfo, applying the checks Go's `x509.ParseCertificate` makes
 /// (positive RSA modulus and exponent, uncompressed EC points).
-pub(crate) fn classify_spki<'a>(spki: &'a SubjectPublicKeyInfo<'_>) -> Result<SpkiKey<'a>, String> {
+pub(crate) fn classify_spki<'a>(spki: &'a SubjectPublicKeyInfo<'_>) -> Result<SpkiKey<'a>, SignatureError> {
     let alg = spki.algorithm.algorithm.to_id_string();
     let bits: &'a [u8] = &spki.subject_public_key.data;
     match alg.as_str() {
         "1.2.840.113549.1.1.1" => {
-            let (rest, key) = x509_parser::public_key::RSAPublicKey::from_der(bits).map_err(|e| format!("invalid rsa public key: {e}"))?;
+            let (rest, key) = x509_parser::public_key::RSAPublicKey::from_der(bits).map_err(|e| SignatureError::Key(format!("invalid rsa public key: {e}")))?;
             if !rest.is_empty() {
-                return Err("trailing data after rsa public key".into());
+                return Err(SignatureError::Key("trailing data after rsa public key".into()));
             }
             // DER INTEGERs are two's complement: a set top bit on the first byte is negative.
             let negative = |v: &[u8]| v.first().is_some_and(|b| b & 0x80 != 0);
             if negative(key.modulus) || strip_leading_zeros(key.modulus).is_empty() {
-                return Err("rsa modulus is not a positive number".into());
+                return Err(SignatureError::Key("rsa modulus is not a positive number".into()));
             }
             if negative(key.exponent) || strip_leading_zeros(key.exponent).is_empty() {
-                return Err("rsa public exponent is not a positive number".into());
+                return Err(SignatureError::Key("rsa public exponent is not a positive number".into()));
             }
             let n = strip_leading_zeros(key.modulus).to_vec();
             let mod_bits = BigUint::from_bytes_be(&n).bits();
@@ -93,16 +114,16 @@ pub(crate) fn classify_spki<'a>(spki: &'a SubjectPublicKeyInfo<'_>) -> Result<Sp
                 .as_ref()
                 .and_then(|p| p.as_oid().ok())
                 .map(|o| o.to_id_string())
-                .ok_or_else(|| "ec public key without a named curve".to_string())?;
-            let curve = Curve::from_oid(&curve_oid).ok_or_else(|| format!("unsupported elliptic curve {curve_oid}"))?;
+                .ok_or_else(|| SignatureError::Key("ec public key without a named curve".into()))?;
+            let curve = Curve::from_oid(&curve_oid).ok_or_else(|| SignatureError::Key(format!("unsupported elliptic curve {curve_oid}")))?;
             // Go only accepts the uncompressed form (0x04 || X || Y).
             if bits.len() != 1 + 2 * curve.scalar_len() || bits.first() != Some(&0x04) {
-                return Err("ec public key is not an uncompressed point".into());
+                return Err(SignatureError::Key("ec public key is not an uncompressed point".into()));
             }
             Ok(SpkiKey::Ec { curve, point: bits })
         }
         "1.3.101.112" => Ok(SpkiKey::Ed25519(bits)),
-        other => Err(format!("unsupported public key algorithm {other}")),
+        other => Err(SignatureError::Key(format!("unsupported public key algorithm {other}"))),
     }
 }
 
@@ -111,13 +132,13 @@ pub(crate) fn classify_spki<'a>(spki: &'a SubjectPublicKeyInfo<'_>) -> Result<Sp
 ///
 /// # Errors
 /// The issuer's key is unusable, the algorithm is not one Go accepts, or the signature is wrong.
-pub(crate) fn verify_signed_by(child: &X509Certificate<'_>, issuer: &X509Certificate<'_>) -> Result<(), String> {
+pub(crate) fn verify_signed_by(child: &X509Certificate<'_>, issuer: &X509Certificate<'_>) -> Result<(), SignatureError> {
     let key = classify_spki(issuer.public_key())?;
     check_signature(child, &key)
 }
 
 /// [`verify_signed_by`] with the issuer's key already classified.
-pub(crate) fn check_signature(child: &X509Certificate<'_>, key: &SpkiKey<'_>) -> Result<(), String> {
+pub(crate) fn check_signature(child: &X509Certificate<'_>, key: &SpkiKey<'_>) -> Result<(), SignatureError> {
     let alg = child.signature_algorithm.algorithm.to_id_string();
     let verifier: &'static dyn sig::VerificationAlgorithm = match (alg.as_str(), key) {
         ("1.2.840.113549.1.1.11", SpkiKey::Rsa { .. }) => &sig::RSA_PKCS1_2048_8192_SHA256,
@@ -142,9 +163,9 @@ pub(crate) fn check_signature(child: &X509Certificate<'_>, key: &SpkiKey<'_>) ->
         ("1.3.101.112", SpkiKey::Ed25519(_)) => &sig::ED25519,
         // Go refuses these for certificate signatures (InsecureAlgorithmError).
         ("1.2.840.113549.1.1.5" | "1.3.14.3.2.29" | "1.2.840.10045.4.1" | "1.2.840.113549.1.1.4" | "1.2.840.10040.4.3", _) => {
-            return Err(format!("insecure signature algorithm {alg}"));
+            return Err(SignatureError::InsecureAlgorithm(alg));
         }
-        _ => return Err(format!("unsupported signature algorithm {alg} for the parent's key type")),
+        _ => return Err(SignatureError::UnsupportedAlgorithm(alg)),
     };
     let key_bytes: &[u8] = match key {
         SpkiKey::Rsa { pkcs1, .. } => pkcs1,
@@ -153,13 +174,13 @@ pub(crate) fn check_signature(child: &X509Certificate<'_>, key: &SpkiKey<'_>) ->
     };
     UnparsedPublicKey::new(verifier, key_bytes)
         .verify(child.tbs_certificate.as_ref(), &child.signature_value.data)
-        .map_err(|_| "signature does not verify with the parent's key".to_string())
+        .map_err(|_| SignatureError::Mismatch)
 }
 
 /// RSASSA-PSS certificate signatures: Go only accepts SHA-256/384/512 with MGF1 of the same hash,
 /// salt length equal to the hash length and trailer field 1, which is exactly aws-lc-rs's form.
-fn pss_verifier(cert: &X509Certificate<'_>) -> Result<&'static dyn sig::VerificationAlgorithm, String> {
-    let bad = || "unsupported rsassa-pss parameters".to_string();
+fn pss_verifier(cert: &X509Certificate<'_>) -> Result<&'static dyn sig::VerificationAlgorithm, SignatureError> {
+    let bad = || SignatureError::PssParameters;
     let Some(x509_parser::signature_algorithm::SignatureAlgorithm::RSASSA_PSS(params)) =
         x509_parser::signature_algorithm::SignatureAlgorithm::try_from(&cert.signature_algorithm).ok()
     else {
