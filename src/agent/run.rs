@@ -48,22 +48,8 @@ fn node_attestation(config: &AgentConfig) -> Result<NodeAttestation, String> {
     match &config.node_attestor {
         NodeAttestorConfig::JoinToken => Ok(NodeAttestation::JoinToken(config.join_token.clone())),
         NodeAttestorConfig::X509Pop { private_key_path, certificate_path, intermediates_path } => {
-            let p = "plugins.NodeAttestor.x509pop.plugin_data";
-            let key_pem = zeroize::Zeroizing::new(
-                std::fs::read_to_string(private_key_path)
-                    .map_err(|e| format!("{p}.private_key_path {}: {e}", private_key_path.display()))?,
-            );
-            let key =
-                rcgen::KeyPair::from_pem(&key_pem).map_err(|e| format!("{p}.private_key_path {}: {e}", private_key_path.display()))?;
-            let certs = std::fs::read_to_string(certificate_path)
-                .map_err(|e| format!("{p}.certificate_path {}: {e}", certificate_path.display()))?;
-            let mut chain =
-                crate::spiffe::parse_pem_certs(&certs).map_err(|e| format!("{p}.certificate_path {}: {e}", certificate_path.display()))?;
-            if let Some(i) = intermediates_path {
-                let text = std::fs::read_to_string(i).map_err(|e| format!("{p}.intermediates_path {}: {e}", i.display()))?;
-                chain.extend(crate::spiffe::parse_pem_certs(&text).map_err(|e| format!("{p}.intermediates_path {}: {e}", i.display()))?);
-            }
-            Ok(NodeAttestation::X509Pop { chain, key_pkcs8: Arc::new(zeroize::Zeroizing::new(key.serialize_der())) })
+            crate::attest::x509pop::load_agent_files(private_key_path, certificate_path, intermediates_path.as_deref())
+                .map_err(|e| format!("plugins.NodeAttestor.x509pop.plugin_data.{e}"))
         }
     }
 }

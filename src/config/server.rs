@@ -651,13 +651,7 @@ fn embedded_settings(
     let attestation = match attestation {
         EmbeddedAttestation::JoinToken(t) => NodeAttestation::JoinToken(Some(t)),
         EmbeddedAttestation::X509Pop { key, cert } => {
-            let key_pem = zeroize::Zeroizing::new(
-                std::fs::read_to_string(&key).map_err(|e| format!("x509pop.private_key_path {}: {e}", key.display()))?,
-            );
-            let kp = rcgen::KeyPair::from_pem(&key_pem).map_err(|e| format!("x509pop.private_key_path {}: {e}", key.display()))?;
-            let certs = std::fs::read_to_string(&cert).map_err(|e| format!("x509pop.certificate_path {}: {e}", cert.display()))?;
-            let chain = crate::spiffe::parse_pem_certs(&certs).map_err(|e| format!("x509pop.certificate_path {}: {e}", cert.display()))?;
-            NodeAttestation::X509Pop { chain, key_pkcs8: std::sync::Arc::new(zeroize::Zeroizing::new(kp.serialize_der())) }
+            crate::attest::x509pop::load_agent_files(&key, &cert, None).map_err(|e| format!("x509pop.{e}"))?
         }
     };
     Ok(EmbeddedAgent {

@@ -44,7 +44,7 @@
 
 mod plugin;
 
-pub use plugin::{KIND, X509PopAgent, X509PopServer, X509PopServerConfig};
+pub use plugin::{KIND, X509PopAgent, X509PopFileError, X509PopServer, X509PopServerConfig, load_agent_files};
 
 use aws_lc_rs::digest::{Digest, SHA256, SHA384};
 use aws_lc_rs::signature::{self as sig, EcdsaKeyPair, RsaKeyPair, UnparsedPublicKey};

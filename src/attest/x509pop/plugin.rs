@@ -45,6 +45,44 @@ impl AgentAttestor for X509PopAgent {
     }
 }
 
+/// A file named in an agent's x509pop settings that could not be used; the text is
+/// `<key> <path>: <reason>`, for the caller to prefix with where the key lives.
+#[derive(Debug, thiserror::Error)]
+#[error("{key} {}: {reason}", path.display())]
+pub struct X509PopFileError {
+    /// The settings key (`private_key_path`, `certificate_path`, `intermediates_path`).
+    pub key: &'static str,
+    /// The file.
+    pub path: std::path::PathBuf,
+    /// Why it could not be used.
+    pub reason: String,
+}
+
+/// Reads an agent's x509pop files: the node key (PEM) and certificate chain, plus optional
+/// intermediates appended to the chain. Used by the agent and by a downstream server that
+/// attests itself, so both read the files the same way.
+///
+/// # Errors
+/// The first file that cannot be read or parsed.
+pub fn load_agent_files(
+    private_key_path: &std::path::Path,
+    certificate_path: &std::path::Path,
+    intermediates_path: Option<&std::path::Path>,
+) -> Result<crate::attest::NodeAttestation, X509PopFileError> {
+    let bad = |key: &'static str, path: &std::path::Path, reason: String| X509PopFileError { key, path: path.to_owned(), reason };
+    let key_pem = zeroize::Zeroizing::new(
+        std::fs::read_to_string(private_key_path).map_err(|e| bad("private_key_path", private_key_path, e.to_string()))?,
+    );
+    let key = rcgen::KeyPair::from_pem(&key_pem).map_err(|e| bad("private_key_path", private_key_path, e.to_string()))?;
+    let certs = std::fs::read_to_string(certificate_path).map_err(|e| bad("certificate_path", certificate_path, e.to_string()))?;
+    let mut chain = crate::spiffe::parse_pem_certs(&certs).map_err(|e| bad("certificate_path", certificate_path, e.to_string()))?;
+    if let Some(i) = intermediates_path {
+        let text = std::fs::read_to_string(i).map_err(|e| bad("intermediates_path", i, e.to_string()))?;
+        chain.extend(crate::spiffe::parse_pem_certs(&text).map_err(|e| bad("intermediates_path", i, e.to_string()))?);
+    }
+    Ok(crate::attest::NodeAttestation::X509Pop { chain, key_pkcs8: Arc::new(zeroize::Zeroizing::new(key.serialize_der())) })
+}
+
 /// Server-side settings (`NodeAttestor "x509pop"`).
 #[derive(Debug, Clone)]
 pub struct X509PopServerConfig {
