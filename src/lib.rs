@@ -9,7 +9,7 @@
 //!                     │                     │               │ └──> upstream ──> agent (embedded)
 //!                     │                     │               └────> datastore
 //!   agent ───────────────> wire (protos + conversions) ──> spiffe (pure types)
-//!   every module may use: spiffe, pki, text, fsutil, net, telemetry, config (data only)
+//!   every module may use: spiffe, pki, text, fsutil, net, telemetry, config (data only), clock
 //! ```
 //! ARCHITECTURE.md has the full map and the rules; `tests/module_graph.rs` checks that no
 //! two top-level modules import each other, directly or in a ring, and that the agent and the
@@ -34,12 +34,14 @@
 //! - [`telemetry`]: logs and health endpoints.
 //! - [`tiers`]: the local multi-tier demo (`cairn tiers up`): topology file, processes, report.
 //! - [`text`], [`fsutil`]: hex and durations as text; files and directories with fixed modes.
+//! - [`clock`]: the wall clock the edges read ([`now_unix`]), which tests can replace and move.
 
 pub mod agent;
 pub mod api;
 pub mod attest;
 pub mod ca;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod datastore;
 pub mod fsutil;
@@ -54,9 +56,9 @@ pub mod tiers;
 pub mod upstream;
 pub mod wire;
 
-/// Seconds since the Unix epoch, from the system clock. Domain logic takes `now` as a
-/// parameter; only the edges (handlers, loops) read the clock.
+/// Seconds since the Unix epoch, from the system clock (or a test's [`clock::ManualClock`]).
+/// Domain logic takes `now` as a parameter; only the edges (handlers, loops) read the clock.
 #[must_use]
 pub fn now_unix() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    clock::now()
 }

@@ -418,83 +418,9 @@ fn spire_ttls_run_capped_and_only_unworkable_ones_are_refused() {
     );
 }
 
-/// Short CA lifetimes at every tier: through several downstream rotations, every fresh
-/// X509-SVID verifies against the root bundle and every fresh JWT-SVID from one region
-/// validates in the other.
-#[test]
-fn rotations_across_tiers_leave_no_validation_gap() {
-    rotations_leave_no_gap("6m", "30s", "60s");
-}
-
-/// The same with SPIRE's arrangement of one `ca_ttl` at every tier (2m here, so the root
-/// rotates too): downstream CAs are capped or signed by the root's prepared CA, and still no
-/// fresh SVID fails anywhere.
-#[test]
-fn rotations_with_equal_ca_ttl_at_every_tier_leave_no_validation_gap() {
-    rotations_leave_no_gap("2m", "10s", "2m");
-}
-
-fn rotations_leave_no_gap(root_ca_ttl: &str, root_svid_ttl: &str, down_ca_ttl: &str) {
-    require("openssl");
-    let tmp = tempfile::tempdir().unwrap();
-    let base = tmp.path();
-    let rdir = base.join("root");
-    std::fs::create_dir(&rdir).unwrap();
-    let root = TestServer::start(
-        &rdir,
-        &ServerOpts {
-            extra_server: format!(
-                "ca_ttl = \"{root_ca_ttl}\"\n default_x509_svid_ttl = \"{root_svid_ttl}\"\n default_jwt_svid_ttl = \"{root_svid_ttl}\"\n experimental {{ ca_rotation_interval = \"1s\" }}"
-            ),
-            ..ServerOpts::default()
-        },
-    );
-    let d1 = downstream(base, "r1", &root, down_ca_ttl, "10s");
-    let d2 = downstream(base, "r2", &root, down_ca_ttl, "10s");
-    let a1 = workload_agent(base, "a1", &d1.server, "spiffe://example.org/r1/web");
-    let a2 = workload_agent(base, "a2", &d2.server, "spiffe://example.org/r2/api");
-    let root_pem = base.join("root.pem");
-    let ca_of = |s: &TestServer| -> Option<String> {
-        let st: serde_json::Value = serde_json::from_slice(&std::fs::read(s.dir.join("status.json")).ok()?).ok()?;
-        Some(st["slots"].as_array()?.iter().find(|x| x["kind"] == "x509" && x["role"] == "current")?["id"].as_str()?.to_owned())
-    };
-    let mut seen_cas = std::collections::BTreeSet::new();
-    let start = Instant::now();
-    let mut checks = 0;
-    while start.elapsed() < Duration::from_secs(150) {
-        // The root rotates too when its CA is short: read its bundle afresh.
-        std::fs::write(&root_pem, root.cli_ok(&["bundle", "show"])).unwrap();
-        for (i, (agent, other)) in [(&a1, &a2), (&a2, &a1)].into_iter().enumerate() {
-            let dir = base.join(format!("x{checks}-{i}"));
-            fetch_x509(agent, &dir);
-            let chain = split_pem(&dir.join("svid.0.pem"), &dir, "c");
-            let inter = dir.join("inter.pem");
-            std::fs::write(&inter, chain.iter().skip(1).map(|p| std::fs::read_to_string(p).unwrap()).collect::<String>()).unwrap();
-            let (ok, text) =
-                run(Command::new("openssl").args(["verify", "-CAfile"]).arg(&root_pem).arg("-untrusted").arg(&inter).arg(&chain[0]));
-            assert!(ok, "after {:?}: a fresh X509-SVID failed to verify: {text}", start.elapsed());
-            // A fresh audience forces a freshly minted JWT-SVID.
-            let aud = format!("aud-{checks}-{i}");
-            let out = agent.api(&["fetch", "jwt", "-audience", &aud]);
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            let token = text.lines().skip_while(|l| !l.starts_with("token(")).nth(1).unwrap_or_default().trim().to_owned();
-            assert!(!token.is_empty(), "no JWT-SVID after {:?}: {text}{}", start.elapsed(), String::from_utf8_lossy(&out.stderr));
-            let out = other.api(&["validate", "jwt", "-audience", &aud, "-svid", &token]);
-            assert!(
-                out.status.success(),
-                "after {:?}: a fresh JWT-SVID from one region failed in the other: {}",
-                start.elapsed(),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        if let Some(ca) = ca_of(&d1.server) {
-            seen_cas.insert(ca);
-        }
-        checks += 1;
-        std::thread::sleep(Duration::from_secs(2));
-    }
-    assert!(seen_cas.len() >= 3, "expected several downstream CA rotations, saw {} CAs in {checks} rounds", seen_cas.len());
-}
+// The rotations across tiers (`rotations_across_tiers_leave_no_validation_gap`,
+// `rotations_with_equal_ca_ttl_at_every_tier_leave_no_validation_gap`) run in
+// `tests/clock.rs`, on a manual clock instead of 150 s of real time each.
 
 /// One binary: a downstream server that attests itself to the upstream (join_token) instead
 /// of relying on a separate upper-tier agent process.

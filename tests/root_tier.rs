@@ -164,52 +164,8 @@ fn restart_with_memory_keys_mints_a_new_ca_and_keeps_the_old_root() {
     }
 }
 
-#[test]
-fn rotation_with_a_short_ca_ttl_prepares_then_activates_with_both_roots_in_the_bundle() {
-    require("openssl");
-    let tmp = tempfile::tempdir().unwrap();
-    let opts = ServerOpts {
-        extra_server: "ca_ttl = \"30s\"\n default_x509_svid_ttl = \"5s\"\n default_jwt_svid_ttl = \"5s\"\n experimental { ca_rotation_interval = \"1s\" }".into(),
-        ..ServerOpts::default()
-    };
-    let s = TestServer::start(tmp.path(), &opts);
-    let first = tmp.path().join("first.pem");
-    std::fs::write(&first, s.cli_ok(&["bundle", "show"])).unwrap();
-    assert_eq!(split_pem(&first, tmp.path(), "f").len(), 1);
-    let start = Instant::now();
-    // Prepared at half-life (15s): the bundle gains a second root while SVIDs still come from the first.
-    let both = tmp.path().join("both.pem");
-    loop {
-        std::fs::write(&both, s.cli_ok(&["bundle", "show"])).unwrap();
-        if split_pem(&both, tmp.path(), "b").len() == 2 {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(25), "next CA was not prepared:\n{}", s.log());
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    let prepared_at = start.elapsed();
-    assert!(prepared_at >= Duration::from_secs(11), "prepared too early: {prepared_at:?}");
-    let d = tmp.path().join("mid");
-    mint_x509(&s, "spiffe://example.org/w", &[], &d);
-    let (ok, _) = run(Command::new("openssl").args(["verify", "-CAfile"]).arg(&first).arg(d.join("svid.pem")));
-    assert!(ok, "before activation, SVIDs still chain to the first CA");
-    let spiffe = s.cli_ok(&["bundle", "show", "-format", "spiffe"]);
-    assert_eq!(spiffe.matches("\"jwt-svid\"").count(), 2, "next JWT key published at preparation: {spiffe}");
-    // Activated at 5/6 of life (25s): new SVIDs chain to the second root only.
-    loop {
-        let d = tmp.path().join("late");
-        mint_x509(&s, "spiffe://example.org/w", &[], &d);
-        let (old_ok, _) = run(Command::new("openssl").args(["verify", "-CAfile"]).arg(&first).arg(d.join("svid.pem")));
-        if !old_ok {
-            let (ok, text) = run(Command::new("openssl").args(["verify", "-CAfile"]).arg(&both).arg(d.join("svid.pem")));
-            assert!(ok, "after activation SVIDs verify against the bundle: {text}");
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(40), "next CA was not activated:\n{}", s.log());
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    assert!(start.elapsed() >= Duration::from_secs(20), "activated too early: {:?}", start.elapsed());
-}
+// `rotation_with_a_short_ca_ttl_prepares_then_activates_with_both_roots_in_the_bundle` runs in
+// `tests/clock.rs`, on a manual clock instead of 25 s of real time.
 
 #[test]
 fn bad_config_is_refused_with_every_key_named() {

@@ -255,6 +255,8 @@ impl Agent {
     pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
         tokio::pin!(shutdown);
         let mut backoff = self.settings.sync_interval;
+        // A test's manual clock moving triggers a sync at once (SVIDs due for renewal).
+        let mut moves = crate::clock::moves();
         loop {
             let wait = match self.sync_once().await {
                 Ok(()) => {
@@ -273,6 +275,7 @@ impl Agent {
             tokio::select! {
                 () = &mut shutdown => return Ok(()),
                 () = tokio::time::sleep(wait) => {}
+                () = moves.next() => {}
             }
         }
     }

@@ -81,6 +81,27 @@ async fn bind_workload_socket(path: &std::path::Path) -> Result<tokio::net::Unix
 /// # Errors
 /// A message for the operator (bad files, attestation refused, banned).
 pub async fn run(config: AgentConfig) -> Result<(), String> {
+    let signal = async {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(t) => t,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    run_until(config, signal).await
+}
+
+/// Runs the agent until `shutdown` resolves (tests run agents in process this way).
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_until(config: AgentConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<(), String> {
     // Logging is set up by the caller (`cli::agent`), which owns the log file and SIGUSR2.
     let nofile = crate::net::raise_nofile_limit();
     let trust = bootstrap_roots(&config).await?;
@@ -151,22 +172,9 @@ pub async fn run(config: AgentConfig) -> Result<(), String> {
     let sync = tokio::spawn(Arc::clone(&agent).run(stopped(stop_rx.clone())));
     let socket = config.socket_path.clone();
     tracing::info!(socket = %socket.display(), "Starting agent APIs");
-    let signal = async {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(t) => t,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    };
     tokio::pin!(sync);
     let result = tokio::select! {
-        () = signal => Ok(()),
+        () = shutdown => Ok(()),
         r = &mut sync => match r {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),

@@ -655,8 +655,10 @@ impl CaManager {
     }
 
     /// Rotates every `interval` until `shutdown` resolves; failures are logged and retried.
+    /// A test's manual clock moving triggers a rotation check at once.
     pub async fn run(self: Arc<Self>, interval: std::time::Duration, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let mut moves = crate::clock::moves();
         loop {
             // Wake at the next tick, or sooner when a published JWT key's grace period ends,
             // so a fresh downstream is not left without a JWT key for a whole interval.
@@ -669,11 +671,11 @@ impl CaManager {
             };
             tokio::select! {
                 () = &mut shutdown => return,
-                () = tokio::time::sleep(wait) => {
-                    if let Err(e) = self.rotate(crate::now_unix()).await {
-                        tracing::warn!(error = %e, "CA rotation failed; keeping the current credentials and retrying");
-                    }
-                }
+                () = tokio::time::sleep(wait) => {}
+                () = moves.next() => {}
+            }
+            if let Err(e) = self.rotate(crate::now_unix()).await {
+                tracing::warn!(error = %e, "CA rotation failed; keeping the current credentials and retrying");
             }
         }
     }

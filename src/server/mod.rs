@@ -255,12 +255,14 @@ impl Server {
             tasks.spawn(async move {
                 tokio::pin!(stop);
                 let mut tick = tokio::time::interval(Duration::from_secs(5));
+                let mut moves = crate::clock::moves();
                 loop {
                     // A bundle change is read from the datastore at once; the periodic tick
                     // (SVID half-life checks) uses the in-memory copy and costs no query.
                     let changed = tokio::select! {
                         () = &mut stop => return,
                         _ = tick.tick() => false,
+                        () = moves.next() => false,
                         c = changes.recv() => if matches!(c, Ok(Change::Bundle) | Err(_)) { true } else { continue },
                     };
                     if let Err(e) = tls.rotate_if_needed(crate::now_unix()).await {

@@ -26,10 +26,12 @@ pub async fn run(ds: std::sync::Arc<dyn Datastore>, interval: Duration, shutdown
     tokio::pin!(shutdown);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut moves = crate::clock::moves();
     loop {
         tokio::select! {
             () = &mut shutdown => return,
             _ = tick.tick() => {}
+            () = moves.next() => {}
         }
         if let Err(e) = prune_once(ds.as_ref(), crate::now_unix()).await {
             tracing::error!(error = %e, "failed pruning registration entries");

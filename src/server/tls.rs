@@ -185,9 +185,12 @@ impl ClientCertVerifier for Verifier {
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
+        _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let inner = self.0.verifier.read().ok().and_then(|g| g.clone()).ok_or(rustls::Error::General("no trust bundle yet".into()))?;
+        // The time of cairn's clock rather than rustls's, so that certificates are judged by
+        // the same clock that issued and rotated them (a test's manual clock included).
+        let now = UnixTime::since_unix_epoch(std::time::Duration::from_secs(u64::try_from(crate::now_unix()).unwrap_or(0)));
         inner.verify_client_cert(end_entity, intermediates, now)?;
         let id = crate::spiffe::x509::leaf_spiffe_id(end_entity.as_ref())
             .map_err(|e| rustls::Error::General(format!("client certificate is not an X509-SVID: {e}")))?;

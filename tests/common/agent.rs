@@ -20,9 +20,22 @@ pub struct TestAgent {
 }
 
 pub fn agent_config(dir: &Path, server: &TestServer, node_attestor: &str, join_token: Option<&str>) -> PathBuf {
+    agent_config_for(dir, server.port, || server.cli_ok(&["bundle", "show"]), node_attestor, join_token, true)
+}
+
+/// `agent_config` for a server known by its port and a way to read its bundle (PEM).
+/// `discover_workload_path` makes the unix attestor hash the caller's binary.
+pub fn agent_config_for(
+    dir: &Path,
+    port: u16,
+    bundle_pem: impl FnOnce() -> String,
+    node_attestor: &str,
+    join_token: Option<&str>,
+    discover_workload_path: bool,
+) -> PathBuf {
     let bundle = dir.join("bootstrap.pem");
     if !bundle.exists() {
-        std::fs::write(&bundle, server.cli_ok(&["bundle", "show"])).unwrap();
+        std::fs::write(&bundle, bundle_pem()).unwrap();
     }
     let token = join_token.map(|t| format!("join_token = \"{t}\"")).unwrap_or_default();
     let text = format!(
@@ -41,11 +54,10 @@ agent {{
 plugins {{
     {node_attestor}
     KeyManager "disk" {{ plugin_data {{ directory = "{d}/keys" }} }}
-    WorkloadAttestor "unix" {{ plugin_data {{ discover_workload_path = true }} }}
+    WorkloadAttestor "unix" {{ plugin_data {{ discover_workload_path = {discover_workload_path} }} }}
 }}
 "#,
         d = dir.display(),
-        port = server.port,
         bundle = bundle.display(),
     );
     let path = dir.join("agent.conf");

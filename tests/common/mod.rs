@@ -4,6 +4,7 @@
 #![allow(dead_code, reason = "each test binary uses a different part of the harness")]
 
 pub mod agent;
+pub mod inproc;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -127,24 +128,34 @@ impl TestServer {
 
     /// Runs `cairn server <args> -socketPath <sock>`.
     pub fn cli(&self, args: &[&str]) -> Output {
-        let mut a: Vec<String> = vec!["server".into()];
-        a.extend(args.iter().map(|s| (*s).to_owned()));
-        a.push("-socketPath".into());
-        a.push(self.socket.display().to_string());
-        Command::new(CAIRN).args(&a).output().unwrap()
+        server_cli(&self.socket, args)
     }
 
     /// Like `cli` but asserts success and returns stdout.
     pub fn cli_ok(&self, args: &[&str]) -> String {
-        let out = self.cli(args);
-        assert!(
-            out.status.success(),
-            "cairn server {args:?} failed:\nstdout: {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        server_cli_ok(&self.socket, args)
     }
+}
+
+/// Runs `cairn server <args> -socketPath <socket>`.
+pub fn server_cli(socket: &Path, args: &[&str]) -> Output {
+    let mut a: Vec<String> = vec!["server".into()];
+    a.extend(args.iter().map(|s| (*s).to_owned()));
+    a.push("-socketPath".into());
+    a.push(socket.display().to_string());
+    Command::new(CAIRN).args(&a).output().unwrap()
+}
+
+/// Like `server_cli` but asserts success and returns stdout.
+pub fn server_cli_ok(socket: &Path, args: &[&str]) -> String {
+    let out = server_cli(socket, args);
+    assert!(
+        out.status.success(),
+        "cairn server {args:?} failed:\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
 
 impl Drop for TestServer {
