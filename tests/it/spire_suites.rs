@@ -13,7 +13,7 @@
 //! The suites rely on the default socket paths (`/tmp/spire-server/private/api.sock`,
 //! `/tmp/spire-agent/public/api.sock`), as operators do, so the tests in this file take turns.
 
-mod common;
+use crate::common;
 
 use common::agent::my_uid;
 use common::*;
