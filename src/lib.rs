@@ -11,7 +11,7 @@
 //!   agent ───────────────> wire (protos + conversions) ──> spiffe (pure types)
 //!   every module may use: spiffe, pki, text, fsutil, net, telemetry, config (data only), clock
 //! ```
-//! ARCHITECTURE.md has the full map and the rules; `tests/module_graph.rs` checks that no
+//! ARCHITECTURE.md has the full map and the rules; `tests/it/module_graph.rs` checks that no
 //! two top-level modules import each other, directly or in a ring, and that the agent and the
 //! wire stay free of server-side modules.
 //!

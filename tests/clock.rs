@@ -4,7 +4,7 @@
 //! a time, letting every loop act on each second (`ManualClock::settle`), instead of sleeping
 //! through minutes. What is checked is checked as in the end-to-end tests: with the real
 //! binary's CLI on the admin socket, the Workload API, and openssl (told the clock's time with
-//! `-attime`). `tests/spire_suites.rs` keeps SPIRE's rotation suites in real time.
+//! `-attime`). `tests/it/spire_suites.rs` keeps SPIRE's rotation suites in real time.
 //!
 //! The manual clock is process-wide, so this file is its own test binary and its tests take
 //! turns.
@@ -83,7 +83,7 @@ fn roots_in(pem: &Path, dir: &Path, prefix: &str) -> usize {
     split_pem(pem, dir, prefix).len()
 }
 
-/// Moved from `tests/root_tier.rs`, where it slept through 25 s of a 30 s CA. A root tier with
+/// Moved from `tests/it/root_tier.rs`, where it slept through 25 s of a 30 s CA. A root tier with
 /// `ca_ttl = 30s`: the next CA is prepared at half-life (15 s), not a second earlier, and its
 /// root joins the bundle (with the next JWT key) while SVIDs still chain to the first CA; it is
 /// activated at 5/6 of the lifetime (25 s), not a second earlier, and SVIDs then chain to the
@@ -172,7 +172,7 @@ async fn agent_under(base: &Path, name: &str, server: &InProcServer) -> InProcAg
     InProcAgent::start(&adir, &cfg).await
 }
 
-/// As in `tests/nested.rs`: a -downstream entry for the tier's server on a root-tier agent,
+/// As in `tests/it/nested.rs`: a -downstream entry for the tier's server on a root-tier agent,
 /// and the server with UpstreamAuthority "spire" on that agent's Workload API.
 async fn downstream(base: &Path, name: &str, upstream: &InProcServer, ca_ttl: &str, svid_ttl: &str, clock: &ManualClock) -> Tier {
     let node = format!("spiffe://example.org/nodes/{name}-upstream-agent");
@@ -210,7 +210,7 @@ async fn workload_agent(base: &Path, name: &str, server: &InProcServer, workload
     agent_under(base, name, server).await
 }
 
-/// Moved from `tests/nested.rs`, where each case slept through 150 s. A root and two downstream
+/// Moved from `tests/it/nested.rs`, where each case slept through 150 s. A root and two downstream
 /// tiers, each with an agent, for 150 s of the clock: every 2 s, an X509-SVID fresh from each
 /// agent verifies against the root's bundle through its chain, and a JWT-SVID fresh from each
 /// agent (a new audience each time) validates at the agent of the other region; the first

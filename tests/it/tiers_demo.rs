@@ -4,7 +4,7 @@
 //! every tier's JWT key; a JWT-SVID from one region validates at an agent of the other;
 //! `cairn tiers status` describes each tier; `cairn tiers down` leaves no process behind.
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::collections::BTreeSet;

@@ -3,7 +3,7 @@
 //! JSON lines, `log_file` and the `-logFile`/`-logFormat`/`-logLevel` flags, and SIGUSR2
 //! reopening the log file (logrotate's way) without killing the server or the agent.
 
-mod common;
+use crate::common;
 
 use common::agent::{TestAgent, agent_config, token};
 use common::{CAIRN, Reap, ServerOpts, TestServer, free_port, write_config};

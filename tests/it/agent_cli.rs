@@ -4,7 +4,7 @@
 //! answers only requests that carry `workload.spiffe.io: true`, so every passing command also
 //! proves the header is sent. Files the CLI writes are checked with openssl.
 
-mod common;
+use crate::common;
 
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
 use cairn::wire::pb::grpc::health::v1 as healthpb;

@@ -2,7 +2,7 @@
 //! Node attestation over the TLS port: a bad CSR does not burn a join token, failures are
 //! logged with the peer address, and a peer that keeps failing is throttled.
 
-mod common;
+use crate::common;
 
 use cairn::wire::pb::spire::api::server::agent::v1 as agentpb;
 use cairn::wire::pb::spire::api::types as pt;

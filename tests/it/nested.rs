@@ -3,7 +3,7 @@
 //! "disk"), downstream servers (UpstreamAuthority "spire") authenticated by root-tier agents,
 //! and agents under each downstream. Separate processes on 127.0.0.1.
 
-mod common;
+use crate::common;
 
 use common::agent::*;
 use common::*;

@@ -3,7 +3,7 @@
 //! X.509 CA key is RSA (certificates sha256WithRSAEncryption), JWT-SVIDs are RS256. openssl
 //! verifies the X509-SVID chain; PyJWT verifies the JWT-SVID with the key from the SPIFFE bundle.
 
-mod common;
+use crate::common;
 
 use base64::Engine as _;
 use common::{ServerOpts, TestServer, openssl_x509, require, run, split_pem};

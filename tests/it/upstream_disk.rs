@@ -2,7 +2,7 @@
 //! UpstreamAuthority "disk": an upstream CA made with openssl signs cairn's CA; SVIDs verify
 //! through the chain; truncated or mismatched files are refused at start with a clear error.
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::path::Path;

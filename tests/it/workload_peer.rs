@@ -12,7 +12,7 @@
 //! These tests need root (a setuid binary, a workload run as `nobody`, and
 //! `/proc/sys/kernel/ns_last_pid` to steer pid reuse); CI runs as root.
 
-mod common;
+use crate::common;
 
 use common::agent::*;
 use common::*;

@@ -3,7 +3,7 @@
 //! trust domain only (never `/spire/server` or an agent ID), DNS names as entries have them, and
 //! CSR keys cairn cannot verify are named as unsupported rather than as bad signatures.
 
-mod common;
+use crate::common;
 
 use cairn::wire::pb::spire::api::server::{bundle::v1 as bundlepb, svid::v1 as svidpb};
 use cairn::wire::pb::spire::api::types as pt;

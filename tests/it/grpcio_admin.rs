@@ -4,7 +4,7 @@
 //! an operator's tooling would (issue 8, item 1). gRPC C-core sends the socket path as
 //! `:authority`, which the Rust HTTP/2 stack rejects unless cairn rewrites it.
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::path::PathBuf;

@@ -2,7 +2,7 @@
 //! End-to-end tests of `cairn server` as a root tier: the real binary, checked with openssl
 //! and PyJWT rather than with cairn's own parsers.
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::process::Command;

@@ -3,7 +3,7 @@
 //! are reaped within their timeout, they never lock out a legitimate caller, and this holds with
 //! the server and agent confined to 1,024 descriptors (systemd's default soft limit).
 
-mod common;
+use crate::common;
 
 use common::agent::*;
 use common::*;

@@ -3,7 +3,7 @@
 //! item 7). SPIRE's `x509 mint -ttl` and `jwt mint -ttl` are Go durations, its `token generate
 //! -ttl` and entry `-x509SVIDTTL`/`-jwtSVIDTTL` are integers: cairn takes both forms on each.
 
-mod common;
+use crate::common;
 
 use base64::Engine as _;
 use common::{ServerOpts, TestServer, openssl_x509, require};

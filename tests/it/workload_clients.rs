@@ -2,7 +2,7 @@
 //! The Rust `spiffe` crate (a client no one here wrote) against a cairn agent attested to a
 //! cairn server; SVIDs checked with openssl; stream updates on entry changes; refusals.
 
-mod common;
+use crate::common;
 
 use common::agent::*;
 use common::*;

@@ -7,7 +7,7 @@
 //! (`-serverPort`, `-socketPath`), so the files stay unchanged. The `*_full.conf` files list
 //! every plugin SPIRE has; the test removes the blocks of plugins cairn lacks from a copy.
 
-mod common;
+use crate::common;
 
 use common::{CAIRN, Reap, free_port, openssl_x509, require, run, split_pem};
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! Garbage, truncated and oversized requests to each RPC over the admin socket: each gets a
 //! clear error with the right code, nothing is stored, and the server keeps serving.
 
-mod common;
+use crate::common;
 
 use cairn::wire::pb::spire::api::server::{agent::v1 as agentpb, bundle::v1 as bundlepb, entry::v1 as entrypb, svid::v1 as svidpb};
 use cairn::wire::pb::spire::api::types as pt;

@@ -2,7 +2,7 @@
 //! A cairn agent attested to a cairn server, serving the Workload API to real SPIFFE clients
 //! (the Python `spiffe` package here; the Rust `spiffe` crate in workload_clients.rs).
 
-mod common;
+use crate::common;
 
 use common::agent::*;
 use common::*;

@@ -3,7 +3,7 @@
 //! a permissive and the usual umask; join tokens never stored in clear; a vanished keys file
 //! stops the server instead of silently minting a new CA.
 
-mod common;
+use crate::common;
 
 use common::agent::my_uid;
 use common::*;

@@ -2,7 +2,7 @@
 //! The TLS gRPC port: the server presents spiffe://<td>/spire/server (checked by openssl),
 //! negotiates h2, serves GetBundle to anyone and admin RPCs only to admin SVIDs.
 
-mod common;
+use crate::common;
 
 use cairn::wire::pb::spire::api::server::{bundle::v1 as bundlepb, entry::v1 as entrypb};
 use common::*;

@@ -11,9 +11,10 @@
 //! openssl to the same shape (P-256 CA "Agent CA"; leaf with digitalSignature, CN = dir name).
 //!
 //! The suites rely on the default socket paths (`/tmp/spire-server/private/api.sock`,
-//! `/tmp/spire-agent/public/api.sock`), as operators do, so the tests in this file take turns.
+//! `/tmp/spire-agent/public/api.sock`), as operators do, so the tests in this file take turns
+//! (all but nested-rotation, which moves every socket).
 
-mod common;
+use crate::common;
 
 use common::agent::my_uid;
 use common::*;
@@ -434,14 +435,15 @@ struct Container {
 /// tells them apart by docker label (`docker:label:org.integration.name:<x>`), this replay
 /// runs each as its own uid and registers `unix:uid:<uid>`, which is what that label stands
 /// for on a host without docker. Each server gets its own admin socket path (containers would
-/// each have their own /tmp).
+/// each have their own /tmp), and every agent its own Workload API socket, so this suite uses
+/// no default path and runs beside the others rather than taking its turn: it is the longest
+/// (15 checks 6 s apart), and waiting for it kept the rest of the test binary waiting too.
 #[test]
 fn nested_rotation_suite_steps_1_to_10() {
     use std::os::unix::fs::PermissionsExt;
     use std::os::unix::process::CommandExt;
     require("openssl");
     assert_eq!(my_uid(), 0, "nested-rotation runs servers and workloads as other uids: run as root (CI does)");
-    let _guard = DEFAULT_SOCKETS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let tmp = tempfile::tempdir().unwrap();
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let run_dir = tmp.path().join("run");

@@ -4,7 +4,7 @@
 //! when the flooder leaves, and a legitimate caller is served throughout. The flooder is
 //! `scripts/flood.py`, a raw HTTP/2 client on the `h2` package.
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::io::{BufRead, BufReader, Write};

@@ -2,7 +2,7 @@
 //! Registration entry expiry (`-entryExpiry`) end to end: an expired entry is served to no
 //! workload, an SVID never outlives its entry, and expired entries are pruned.
 
-mod common;
+use crate::common;
 
 use base64::Engine as _;
 use common::agent::*;

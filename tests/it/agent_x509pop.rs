@@ -2,7 +2,7 @@
 //! x509pop node attestation end to end: a node certificate from an openssl CA, proven by a
 //! challenge-response with its key.
 
-mod common;
+use crate::common;
 
 use common::agent::*;
 use common::*;
