@@ -18,14 +18,14 @@ use cairn::agent::client::ServerTrust;
 use cairn::agent::manager::{Agent, AgentSettings, NodeAttestation};
 use cairn::agent::workload::{CallerInfo, SECURITY_HEADER, WorkloadApi, default_limits, serve};
 use cairn::api::ApiState;
-use cairn::wire::pb::spire::api::server::{agent::v1 as agentpb, bundle::v1 as bundlepb, entry::v1 as entrypb};
-use cairn::wire::pb::spire::api::types as pt;
-use cairn::wire::pb::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
-use cairn::wire::pb::workload::{JwtsvidRequest, X509svidRequest};
 use cairn::config::server::{ServerConfig, ServerOverrides};
 use cairn::datastore::counting::CountingDatastore;
 use cairn::datastore::{Datastore, Selector};
 use cairn::spiffe::{SpiffeId, TrustDomain};
+use cairn::wire::pb::spire::api::server::{agent::v1 as agentpb, bundle::v1 as bundlepb, entry::v1 as entrypb};
+use cairn::wire::pb::spire::api::types as pt;
+use cairn::wire::pb::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use cairn::wire::pb::workload::{JwtsvidRequest, X509svidRequest};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint};
@@ -329,8 +329,9 @@ async fn part1_workload_api(b: &Bench, dir: &std::path::Path) {
     let path = dir.join("workload.sock");
     let listener = tokio::net::UnixListener::bind(&path).unwrap();
     // The caller's uid from SO_PEERCRED becomes unix:uid:<uid>; no /proc reads or hashing.
-    let attestor =
-        |c: &CallerInfo| -> Result<Vec<Selector>, cairn::agent::workload::WorkloadAttestError> { Ok(vec![Selector { kind: "unix".into(), value: format!("uid:{}", c.uid) }]) };
+    let attestor = |c: &CallerInfo| -> Result<Vec<Selector>, cairn::agent::workload::WorkloadAttestError> {
+        Ok(vec![Selector { kind: "unix".into(), value: format!("uid:{}", c.uid) }])
+    };
     let api = WorkloadApi::new(Arc::clone(&agent) as Arc<dyn WorkloadSource>, Arc::new(attestor));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(serve(api, listener, default_limits(cairn::net::raise_nofile_limit()), async move {

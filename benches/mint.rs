@@ -3,11 +3,11 @@
 //! `cargo bench --bench mint`). Prints figures and ratios; asserts nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "benchmark driver")]
 
-use cairn::wire::pb::spire::api::server::svid::v1 as svidpb;
 use cairn::ca::{CaConfig, CaManager, CaSubject, X509SvidRequest};
 use cairn::datastore::sql::SqliteDatastore;
 use cairn::keymanager::{KeyType, MemoryKeyManager};
 use cairn::spiffe::{SpiffeId, TrustDomain};
+use cairn::wire::pb::spire::api::server::svid::v1 as svidpb;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -138,7 +138,6 @@ plugins {{ DataStore "sql" {{ plugin_data {{ database_type = "sqlite3" connectio
     let _ = child.kill();
     let _ = child.wait();
     (r1, c1, r16, c16)
-
 }
 
 fn main() {
@@ -165,7 +164,10 @@ fn main() {
         // OpenBao pki/sign on these machines: ~1,000 certs per bao CPU-second
         // (shared/reference/perf-anchors.md §5; BENCH_OPENBAO_RATE overrides with a fresh figure).
         let bao: f64 = std::env::var("BENCH_OPENBAO_RATE").ok().and_then(|v| v.parse().ok()).unwrap_or(1000.0);
-        println!("X509-SVID minting from a CSR (parse + verify CSR, build, sign; EC P-256, aws-lc-rs); server tokio workers: {}", workers.as_deref().unwrap_or("default (one per core)"));
+        println!(
+            "X509-SVID minting from a CSR (parse + verify CSR, build, sign; EC P-256, aws-lc-rs); server tokio workers: {}",
+            workers.as_deref().unwrap_or("default (one per core)")
+        );
         println!("  in-process, 1 thread            : {inproc:>9.0} /s   (baseline)");
         println!("  MintX509SVID, 1 caller          : {r1:>9.0} /s   {c1:>9.0} per server CPU-s");
         println!("  MintX509SVID, 16 callers        : {r16:>9.0} /s   {c16:>9.0} per server CPU-s");
@@ -176,7 +178,13 @@ fn main() {
             println!("  baseline server {}:", b.display());
             println!("    MintX509SVID, 1 caller        : {b1:>9.0} /s   {bc1:>9.0} per server CPU-s");
             println!("    MintX509SVID, 16 callers      : {b16:>9.0} /s   {bc16:>9.0} per server CPU-s");
-            println!("  this tree / baseline            : 1 caller {:.2} (/s) {:.2} (per CPU-s)   16 callers {:.2} (/s) {:.2} (per CPU-s)", r1 / b1, c1 / bc1, r16 / b16, c16 / bc16);
+            println!(
+                "  this tree / baseline            : 1 caller {:.2} (/s) {:.2} (per CPU-s)   16 callers {:.2} (/s) {:.2} (per CPU-s)",
+                r1 / b1,
+                c1 / bc1,
+                r16 / b16,
+                c16 / bc16
+            );
         }
     });
 }

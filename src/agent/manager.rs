@@ -4,11 +4,11 @@
 
 use super::cache::{FetchJwtError, Snapshot, WorkloadSource, X509SvidItem};
 use super::client::{self, ClientIdentity, ServerTrust};
+use crate::spiffe::Selector;
+use crate::spiffe::{Bundle, SpiffeId, TrustDomain};
 use crate::wire::convert::bundle_from_proto;
 use crate::wire::pb::spire::api::server::{agent::v1 as agentpb, bundle::v1 as bundlepb, entry::v1 as entrypb, svid::v1 as svidpb};
 use crate::wire::pb::spire::api::types as pt;
-use crate::spiffe::Selector;
-use crate::spiffe::{Bundle, SpiffeId, TrustDomain};
 use base64::Engine as _;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -623,4 +623,3 @@ impl crate::telemetry::health::Readiness for Agent {
         super::cache::WorkloadSource::subscribe(self).borrow().is_some()
     }
 }
-

@@ -7,8 +7,8 @@ use super::workload::{self, CallerInfo, WorkloadApi};
 use crate::config::agent::{
     AgentConfig, AgentKeyManagerConfig, NodeAttestorConfig, TrustBundleFormat, TrustBundleSource, WorkloadAttestorConfig,
 };
-use crate::spiffe::Selector;
 use crate::spiffe::Bundle;
+use crate::spiffe::Selector;
 use std::sync::Arc;
 use std::time::Duration;
 

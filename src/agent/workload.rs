@@ -39,17 +39,17 @@ use tonic::{Request, Response, Status};
 
 mod status;
 
-pub use status::WorkloadError;
 use crate::agent::cache::{FetchJwtError, Snapshot, WorkloadSource, X509SvidItem};
+use crate::net::{ConnInfo, ConnLimits, Peer, Registry};
+use crate::spiffe::Selector;
+use crate::spiffe::{Bundle, JwtSvidError, SpiffeId, TrustDomain, validate_jwt_svid};
 use crate::wire::pb::workload::spiffe_workload_api_server::{SpiffeWorkloadApi, SpiffeWorkloadApiServer};
 use crate::wire::pb::workload::{
     JwtBundlesRequest, JwtBundlesResponse, Jwtsvid, JwtsvidRequest, JwtsvidResponse, ValidateJwtsvidRequest, ValidateJwtsvidResponse,
     WitBundlesRequest, WitBundlesResponse, WitsvidRequest, WitsvidResponse, X509BundlesRequest, X509BundlesResponse, X509svid,
     X509svidRequest, X509svidResponse,
 };
-use crate::spiffe::Selector;
-use crate::net::{ConnInfo, ConnLimits, Peer, Registry};
-use crate::spiffe::{Bundle, JwtSvidError, SpiffeId, TrustDomain, validate_jwt_svid};
+pub use status::WorkloadError;
 
 /// The metadata key every Workload API request must carry with the value `true` (WEP §3). It
 /// proves the request was made on purpose by a SPIFFE client, not forged by something like a
@@ -71,7 +71,6 @@ pub const MAX_AUDIENCE_LEN: usize = 1024;
 /// Claims of a token from another trust domain that `ValidateJWTSVID` passes on. SPIRE drops
 /// the rest, since a foreign issuer's extra claims mean nothing here.
 const FOREIGN_CLAIMS_KEPT: [&str; 3] = ["sub", "aud", "exp"];
-
 
 /// Why a caller was not attested.
 enum AttestFailure {
@@ -334,7 +333,10 @@ impl SpiffeWorkloadApi for WorkloadApi {
         let requested = if spiffe_id.is_empty() {
             None
         } else {
-            Some(SpiffeId::new(spiffe_id).map_err(|e| Status::from(WorkloadError::InvalidArgument(format!("invalid requested SPIFFE ID: {e}"))))?)
+            Some(
+                SpiffeId::new(spiffe_id)
+                    .map_err(|e| Status::from(WorkloadError::InvalidArgument(format!("invalid requested SPIFFE ID: {e}"))))?,
+            )
         };
 
         let selectors = self.attest(&req).await?;
@@ -415,7 +417,10 @@ fn check_audiences(audience: &[String]) -> Result<(), Status> {
         return Err(Status::from(WorkloadError::InvalidArgument("audience must be specified".into())));
     }
     if audience.len() > MAX_AUDIENCES {
-        return Err(Status::from(WorkloadError::InvalidArgument(format!("too many audiences: {} (at most {MAX_AUDIENCES})", audience.len()))));
+        return Err(Status::from(WorkloadError::InvalidArgument(format!(
+            "too many audiences: {} (at most {MAX_AUDIENCES})",
+            audience.len()
+        ))));
     }
     if audience.iter().any(String::is_empty) {
         return Err(Status::from(WorkloadError::InvalidArgument("audience values must not be empty".into())));

@@ -1,13 +1,13 @@
 //! `spire.api.server.agent.v1.Agent` (admin half; attestation comes with the agent issue).
 
 use super::convert::agent_to_proto;
-use crate::wire::convert::id_from_proto;
-use crate::wire::pb::spire::api::server::agent::v1 as pb;
-use crate::wire::pb::spire::api::types as pt;
 use super::status::ApiError;
 use super::{Policy, Svc, now};
 use crate::datastore::{Entry, Selector};
 use crate::spiffe::SpiffeId;
+use crate::wire::convert::id_from_proto;
+use crate::wire::pb::spire::api::server::agent::v1 as pb;
+use crate::wire::pb::spire::api::types as pt;
 use tonic::{Request, Response, Status, Streaming};
 
 fn agent_id(id: Option<&pt::Spiffeid>, svc: &Svc) -> Result<SpiffeId, ApiError> {

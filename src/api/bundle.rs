@@ -1,11 +1,11 @@
 //! `spire.api.server.bundle.v1.Bundle`.
 
-use crate::wire::convert::{bundle_from_proto, bundle_to_proto, jwt_key_from_proto, jwt_key_to_proto, x509_authority_from_proto};
-use crate::wire::pb::spire::api::server::bundle::v1 as pb;
-use crate::wire::pb::spire::api::types as pt;
 use super::status::{ApiError, ok_status};
 use super::{Policy, Svc};
 use crate::spiffe::TrustDomain;
+use crate::wire::convert::{bundle_from_proto, bundle_to_proto, jwt_key_from_proto, jwt_key_to_proto, x509_authority_from_proto};
+use crate::wire::pb::spire::api::server::bundle::v1 as pb;
+use crate::wire::pb::spire::api::types as pt;
 use tonic::{Request, Response, Status};
 
 fn foreign_td(svc: &Svc, td: &str) -> Result<TrustDomain, ApiError> {

@@ -4,10 +4,10 @@
 //! is capped overall and per client address ([`Watchers`]), and a watch's task ends as soon as
 //! its client goes away.
 
-use crate::wire::convert::bundle_to_proto;
-use crate::wire::pb::cairn::api::bundlewatch::v1 as pb;
 use crate::api::{Policy, Svc};
 use crate::datastore::{Change, RecvError};
+use crate::wire::convert::bundle_to_proto;
+use crate::wire::pb::cairn::api::bundlewatch::v1 as pb;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};

@@ -1,26 +1,18 @@
 //! Conversions between SPIRE's proto types and cairn's domain types, with SPIRE's validation.
 
-use crate::wire::pb::spire::api::types as pt;
 use super::status::ApiError;
 use crate::datastore::{AttestedNode, Entry};
+use crate::spiffe::TrustDomain;
 use crate::spiffe::names::validate_dns_name;
 use crate::wire::convert::{id_from_proto, id_to_proto, selector_from_proto};
-use crate::spiffe::TrustDomain;
+use crate::wire::pb::spire::api::types as pt;
 
 /// Longest hint SPIRE accepts on an entry.
 pub const MAX_HINT_LEN: usize = 1024;
 
-
-
-
-
-
-
-
 fn valid_entry_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 255 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
-
 
 /// Validates and converts an entry (the id is generated when empty).
 ///

@@ -1,8 +1,8 @@
 //! `spire.api.server.debug.v1.Debug` (admin socket only).
 
-use crate::wire::pb::spire::api::server::debug::v1 as pb;
 use super::status::ApiError;
 use super::{Policy, Svc};
+use crate::wire::pb::spire::api::server::debug::v1 as pb;
 use tonic::{Request, Response, Status};
 
 #[tonic::async_trait]

@@ -1,12 +1,12 @@
 //! `spire.api.server.entry.v1.Entry` (admin half; the agent half comes with the agent issue).
 
 use super::convert::{entry_from_proto, entry_to_proto};
-use crate::wire::convert::{id_from_proto, selector_from_proto};
-use crate::wire::pb::spire::api::server::entry::v1 as pb;
-use crate::wire::pb::spire::api::types as pt;
 use super::status::{ApiError, ok_status};
 use super::{Policy, Svc, now};
 use crate::datastore::{Entry, EntryFilter};
+use crate::wire::convert::{id_from_proto, selector_from_proto};
+use crate::wire::pb::spire::api::server::entry::v1 as pb;
+use crate::wire::pb::spire::api::types as pt;
 use tonic::{Request, Response, Status, Streaming};
 
 /// Most entries one page returns when the caller does not say.

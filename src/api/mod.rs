@@ -136,8 +136,7 @@ impl Svc {
             .map_err(|e| ApiError::Unauthenticated(format!("client certificate: {e}")))?;
         let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
             .map_err(|_| ApiError::Unauthenticated("client certificate does not parse".into()))?;
-        let info =
-            SvidInfo { serial: crate::pki::num_to_decimal(cert.raw_serial()), not_after: cert.validity().not_after.timestamp() };
+        let info = SvidInfo { serial: crate::pki::num_to_decimal(cert.raw_serial()), not_after: cert.validity().not_after.timestamp() };
         Ok(Caller::Svid(id, info))
     }
 

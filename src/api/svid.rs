@@ -1,14 +1,14 @@
 //! `spire.api.server.svid.v1.SVID`.
 
-use crate::spiffe::names::{check_wildcard_overlap, validate_dns_name, verify_trust_domain_workload_id};
-use crate::wire::convert::{id_from_proto, id_to_proto};
-use crate::wire::pb::spire::api::server::svid::v1 as pb;
-use crate::wire::pb::spire::api::types as pt;
 use super::status::ApiError;
 use super::{Policy, Svc, now};
 use crate::ca::X509SvidRequest;
 use crate::pki::Csr;
 use crate::spiffe::SpiffeId;
+use crate::spiffe::names::{check_wildcard_overlap, validate_dns_name, verify_trust_domain_workload_id};
+use crate::wire::convert::{id_from_proto, id_to_proto};
+use crate::wire::pb::spire::api::server::svid::v1 as pb;
+use crate::wire::pb::spire::api::types as pt;
 use tonic::{Request, Response, Status};
 
 #[tonic::async_trait]
@@ -42,7 +42,12 @@ impl pb::svid_server::Svid for Svc {
             .await
             .map_err(ApiError::from)?;
         Ok(Response::new(pb::MintX509svidResponse {
-            svid: Some(pt::X509svid { cert_chain: minted.chain, id: Some(id_to_proto(&id)), expires_at: minted.not_after, hint: String::new() }),
+            svid: Some(pt::X509svid {
+                cert_chain: minted.chain,
+                id: Some(id_to_proto(&id)),
+                expires_at: minted.not_after,
+                hint: String::new(),
+            }),
         }))
     }
 

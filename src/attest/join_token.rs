@@ -82,11 +82,10 @@ impl ServerAttestor for JoinTokenServer {
 
     async fn attest(&self, payload: &[u8], _channel: &mut dyn ChallengeChannel, now: i64) -> Result<NodeIdentity, AttestError> {
         let token = std::str::from_utf8(payload).map_err(|_| AttestError::InvalidArgument("join token is not text".into()))?;
-        let expires_at = self
-            .tokens
-            .take(token)
-            .await?
-            .ok_or_else(|| AttestError::InvalidArgument("failed to attest: join token does not exist or has already been used".into()))?;
+        let expires_at =
+            self.tokens.take(token).await?.ok_or_else(|| {
+                AttestError::InvalidArgument("failed to attest: join token does not exist or has already been used".into())
+            })?;
         if expires_at < now {
             return Err(AttestError::InvalidArgument("failed to attest: join token expired".into()));
         }

@@ -8,10 +8,10 @@
 //! publication fails the preparation, so no key is ever used before others can verify it.
 
 use super::rotation::{self, Action, Lifetime};
-use crate::pki::{self as tmpl, CaSubject};
 use super::{Ca, CaError, JwtSigner, X509Authority};
 use crate::datastore::Datastore;
 use crate::keymanager::{Key, KeyManager, KeyRef, KeyType, sign_off_runtime};
+use crate::pki::{self as tmpl, CaSubject};
 use crate::spiffe::{JwtAuthority, TrustDomain};
 use crate::upstream::{UpstreamAuthority, UpstreamError};
 use base64::Engine as _;
@@ -445,7 +445,8 @@ impl CaManager {
         let td = &self.config.trust_domain;
         let (cert, chain) = match &self.upstream {
             None => {
-                let (signer, td2, subject, ttl) = (KeyRef(Arc::clone(&key)), td.clone(), self.config.ca_subject.clone(), self.config.ca_ttl);
+                let (signer, td2, subject, ttl) =
+                    (KeyRef(Arc::clone(&key)), td.clone(), self.config.ca_subject.clone(), self.config.ca_ttl);
                 let cert = sign_off_runtime(key.as_ref(), move || tmpl::self_signed_ca(&signer, &td2, &subject, now, ttl)).await??;
                 self.datastore.append_bundle(td, std::slice::from_ref(&cert), &[]).await?;
                 (cert, Vec::new())

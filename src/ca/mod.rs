@@ -13,9 +13,9 @@ use crate::spiffe::{SpiffeId, TrustDomain};
 use rcgen::PublicKeyData;
 use std::sync::{Arc, RwLock};
 
-pub use manager::{CaConfig, CaManager};
-pub use crate::pki::CaSubject;
 use crate::pki as x509;
+pub use crate::pki::CaSubject;
+pub use manager::{CaConfig, CaManager};
 
 impl From<crate::pki::PkiError> for CaError {
     fn from(e: crate::pki::PkiError) -> Self {

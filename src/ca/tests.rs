@@ -132,7 +132,10 @@ async fn svid_profile_and_ttl_capping() {
         Err(CaError::InvalidRequest(_))
     ));
     let root = SpiffeId::new("spiffe://example.org").unwrap();
-    assert!(matches!(ca.mint_x509_svid(&key, &X509SvidRequest { id: &root, dns_names: &[], ttl: 0 }, T0).await, Err(CaError::InvalidRequest(_))));
+    assert!(matches!(
+        ca.mint_x509_svid(&key, &X509SvidRequest { id: &root, dns_names: &[], ttl: 0 }, T0).await,
+        Err(CaError::InvalidRequest(_))
+    ));
 }
 
 #[tokio::test]

@@ -11,9 +11,9 @@
 //! the agent does not serve it (Unimplemented) it falls back to what SPIRE's agent does inside
 //! that service: a `FetchX509SVID` that answers, or refuses with PermissionDenied, means up.
 
+use crate::config::agent::{AgentConfig, AgentOverrides, DEFAULT_CONFIG_PATH, DEFAULT_SOCKET_PATH};
 use crate::wire::pb::grpc::health::v1 as healthpb;
 use crate::wire::pb::workload as wl;
-use crate::config::agent::{AgentConfig, AgentOverrides, DEFAULT_CONFIG_PATH, DEFAULT_SOCKET_PATH};
 use clap::{Args, Subcommand};
 use futures::future::BoxFuture;
 use std::collections::BTreeMap;
@@ -345,9 +345,7 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 async fn connect(s: &SocketArgs) -> Result<Channel, String> {
     let path = resolve_socket(s, |k| std::env::var(k).ok())?;
-    crate::net::dial::unix_channel(&path, Some(Duration::from_secs(5)))
-        .await
-    .map_err(|e| {
+    crate::net::dial::unix_channel(&path, Some(Duration::from_secs(5))).await.map_err(|e| {
         format!(
             "cannot connect to the Workload API socket {}: {} (is the agent running? use -socketPath to point at it)",
             path.display(),

@@ -1,11 +1,11 @@
 //! `cairn server ...` subcommands.
 
 use super::client::connect_admin;
+use crate::config::server::{DEFAULT_SOCKET_PATH, ServerConfig, ServerOverrides};
+use crate::spiffe::{Bundle, SpiffeId, TrustDomain};
 use crate::wire::convert::{bundle_from_proto, id_to_proto};
 use crate::wire::pb::spire::api::server::{agent::v1 as agentpb, bundle::v1 as bundlepb, entry::v1 as entrypb, svid::v1 as svidpb};
 use crate::wire::pb::spire::api::types as pt;
-use crate::config::server::{DEFAULT_SOCKET_PATH, ServerConfig, ServerOverrides};
-use crate::spiffe::{Bundle, SpiffeId, TrustDomain};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 

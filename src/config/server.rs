@@ -2,8 +2,8 @@
 
 use super::hcl::Object;
 use super::{ConfigErrors, Walker, join, plugin_decls, quote};
-use crate::pki::CaSubject;
 use crate::keymanager::KeyType;
+use crate::pki::CaSubject;
 use crate::spiffe::{SpiffeId, TrustDomain};
 use std::path::PathBuf;
 

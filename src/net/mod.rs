@@ -11,9 +11,9 @@
 //! - [`raise_nofile_limit`] lifts the soft descriptor limit at start, and [`fd_budget`] splits
 //!   what is available between listeners, so caps trip before `accept` runs out of descriptors.
 
-pub mod dial;
 pub mod authority;
 pub mod conn;
+pub mod dial;
 pub mod peer;
 
 use std::net::SocketAddr;

@@ -143,4 +143,3 @@ pub(super) fn rsa_modulus_bits(modulus: &[u8]) -> usize {
 pub fn spki_public_key(spki_der: &[u8]) -> Result<rcgen::SubjectPublicKeyInfo, PkiError> {
     rcgen::SubjectPublicKeyInfo::from_der(spki_der).map_err(|e| PkiError::InvalidRequest(format!("public key: {e}")))
 }
-

@@ -140,7 +140,13 @@ pub(crate) fn svid_params(
 }
 
 /// Self-signs a root CA certificate with `key`.
-pub(crate) fn self_signed_ca(key: &impl SigningKey, td: &TrustDomain, subject: &CaSubject, now: i64, ttl: i64) -> Result<Vec<u8>, PkiError> {
+pub(crate) fn self_signed_ca(
+    key: &impl SigningKey,
+    td: &TrustDomain,
+    subject: &CaSubject,
+    now: i64,
+    ttl: i64,
+) -> Result<Vec<u8>, PkiError> {
     let params = ca_params(td, subject, None, key, now - NOT_BEFORE_CUSHION, now + ttl)?;
     Ok(params.self_signed(key).map_err(|e| PkiError::Signing(e.to_string()))?.der().to_vec())
 }
@@ -166,4 +172,3 @@ pub fn num_to_decimal(be: &[u8]) -> String {
     }
     digits.iter().rev().map(|d| char::from(b'0' + d)).collect()
 }
-

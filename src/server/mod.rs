@@ -7,12 +7,12 @@ pub mod upstream_sync;
 
 pub use upstream_sync::UpstreamStatus;
 
-use crate::wire::pb::spire::api::server as spb;
 use crate::api::{ApiState, Svc};
 use crate::ca::{CaConfig, CaManager};
 use crate::config::server::ServerConfig;
 use crate::datastore::{Change, Datastore};
 use crate::net::{ConnLimits, Registry};
+use crate::wire::pb::spire::api::server as spb;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
@@ -128,8 +128,9 @@ impl Server {
         if let Some(b) = datastore.get_bundle(&config.trust_domain).await? {
             tls.set_roots(&b.x509_authorities);
         }
-        let entry_cache =
-            Arc::new(crate::datastore::entrycache::EntryCache::new(config.trust_domain.clone()).map_err(|e| ServerError::Io(e.to_string()))?);
+        let entry_cache = Arc::new(
+            crate::datastore::entrycache::EntryCache::new(config.trust_domain.clone()).map_err(|e| ServerError::Io(e.to_string()))?,
+        );
         entry_cache.reload(datastore.as_ref()).await?;
         // Join tokens are built in, as in SPIRE: a `NodeAttestor "join_token"` block is accepted but
         // not required (SPIRE's own suites and walk-throughs rely on that).
@@ -144,7 +145,8 @@ impl Server {
                         .map_err(|e| ServerError::Io(format!("NodeAttestor x509pop ca_bundle_path {}: {e}", p.display())))?,
                 );
             }
-            attestors.x509pop = Some(crate::attest::x509pop::X509PopServerConfig { roots, agent_path_template: x.agent_path_template.clone() });
+            attestors.x509pop =
+                Some(crate::attest::x509pop::X509PopServerConfig { roots, agent_path_template: x.agent_path_template.clone() });
         }
         let attestors = crate::attest::ServerAttestors::new(
             &attestors,

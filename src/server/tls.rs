@@ -85,10 +85,7 @@ impl TlsState {
         // The server SVID's key has the CA's key type, as in SPIRE (its SVID rotator is given
         // ca_key_type).
         let key = self.key_type.generate_key_pair()?;
-        let minted = self
-            .ca
-            .mint_x509_svid(&key, &X509SvidRequest { id: &self.server_id, dns_names: &[], ttl: self.ttl }, now)
-            .await?;
+        let minted = self.ca.mint_x509_svid(&key, &X509SvidRequest { id: &self.server_id, dns_names: &[], ttl: self.ttl }, now).await?;
         let chain = minted.chain;
         let pkcs8 = zeroize::Zeroizing::new(key.serialize_der());
         let signing = self

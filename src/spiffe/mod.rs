@@ -36,6 +36,6 @@ pub mod x509;
 
 pub use bundle::{Bundle, BundleError, JwtAuthority, parse_pem_certs};
 pub use id::{SelectorError, SpiffeId, SpiffeIdError, TrustDomain, parse_selector};
-pub use selector::Selector;
 pub use jwt::{JwtAlg, JwtSvidClaims, JwtSvidError, assemble, bundle_keys, signing_input, validate_jwt_svid};
+pub use selector::Selector;
 pub use x509::{CertPosition, X509SvidError, ca_spiffe_id, leaf_spiffe_id, validate_x509_svid_chain, verify_chain, verify_x509_svid};

@@ -2,11 +2,11 @@
 //! gRPC clients, as `cairn server` uses them), the Workload API of each agent, and each
 //! server's `status.json`.
 
+use crate::spiffe::SpiffeId;
 use crate::wire::convert::{bundle_from_proto, id_to_proto};
 use crate::wire::pb::spire::api::server::{agent::v1 as agentpb, bundle::v1 as bundlepb, entry::v1 as entrypb};
 use crate::wire::pb::spire::api::types as pt;
 use crate::wire::pb::workload::{JwtBundlesRequest, X509svidRequest, spiffe_workload_api_client::SpiffeWorkloadApiClient};
-use crate::spiffe::SpiffeId;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
@@ -87,7 +87,9 @@ pub async fn register_node(socket: &Path, node: &SpiffeId, spiffe_id: &SpiffeId,
 }
 
 async fn workload_channel(socket: &Path) -> Result<tonic::transport::Channel, String> {
-    crate::net::dial::unix_channel(socket, None).await.map_err(|e| format!("cannot connect to the Workload API socket {}: {e}", socket.display()))
+    crate::net::dial::unix_channel(socket, None)
+        .await
+        .map_err(|e| format!("cannot connect to the Workload API socket {}: {e}", socket.display()))
 }
 
 fn workload_request<T>(msg: T) -> tonic::Request<T> {

@@ -70,7 +70,8 @@ fn signed_by(child: &[u8], parent: &[u8]) -> bool {
 fn load(cfg: &DiskUpstreamConfig) -> Result<Loaded, UpstreamError> {
     let chain = pem_certs(&read(&cfg.cert_file_path, "cert_file_path")?, "cert_file_path")?;
     let key_pem = zeroize::Zeroizing::new(read(&cfg.key_file_path, "key_file_path")?);
-    let key = crate::keymanager::key_from_pem("upstream-disk", &key_pem).map_err(|e| UpstreamError::Config(format!("key_file_path: {e}")))?;
+    let key =
+        crate::keymanager::key_from_pem("upstream-disk", &key_pem).map_err(|e| UpstreamError::Config(format!("key_file_path: {e}")))?;
     let first = chain.first().cloned().ok_or_else(|| UpstreamError::Config("cert_file_path: empty".into()))?;
     let (_, cert) = parse_x509_certificate(&first).map_err(|e| UpstreamError::Config(format!("cert_file_path: {e}")))?;
     if cert.public_key().raw != key.spki_der().as_slice() {

@@ -10,12 +10,12 @@
 
 use super::{MintedCa, UpstreamAuthority, UpstreamError};
 use crate::agent::client::{self, ClientIdentity, ServerTrust};
+pub use crate::config::server::{EmbeddedAgent, IdentitySource, SpireUpstreamConfig};
+use crate::spiffe::{Bundle, JwtAuthority, SpiffeId, TrustDomain};
 use crate::wire::convert::{bundle_from_proto, jwt_key_to_proto};
 use crate::wire::pb::spire::api::server::{bundle::v1 as bundlepb, svid::v1 as svidpb};
 use crate::wire::pb::workload::{X509svidRequest, spiffe_workload_api_client::SpiffeWorkloadApiClient};
-use crate::spiffe::{Bundle, JwtAuthority, SpiffeId, TrustDomain};
 use async_trait::async_trait;
-pub use crate::config::server::{EmbeddedAgent, IdentitySource, SpireUpstreamConfig};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,10 +80,7 @@ impl SpireUpstream {
     /// Attests once as an agent of the upstream, keeps that agent syncing in the background,
     /// and takes the first SVID it holds (the entry registered for this server, which must be
     /// `-downstream` and parented to the agent ID or to an alias of it).
-    async fn embedded_svid(
-        &self,
-        settings: &EmbeddedAgent,
-    ) -> Result<(ClientIdentity, Vec<Vec<u8>>), UpstreamError> {
+    async fn embedded_svid(&self, settings: &EmbeddedAgent) -> Result<(ClientIdentity, Vec<Vec<u8>>), UpstreamError> {
         use crate::agent::cache::WorkloadSource;
         let agent = self
             .embedded
@@ -136,7 +133,8 @@ impl SpireUpstream {
     async fn channel(&self) -> Result<tonic::transport::Channel, UpstreamError> {
         let (identity, roots) = self.workload_svid().await?;
         let addr = format!("{}:{}", self.config.server_address, self.config.server_port);
-        client::connect(&addr, ServerTrust::Roots(roots), self.server_id.clone(), Some(&identity)).map_err(|e| UpstreamError::Config(e.to_string()))
+        client::connect(&addr, ServerTrust::Roots(roots), self.server_id.clone(), Some(&identity))
+            .map_err(|e| UpstreamError::Config(e.to_string()))
     }
 
     async fn get_bundle(&self, ch: tonic::transport::Channel) -> Result<Bundle, UpstreamError> {

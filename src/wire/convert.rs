@@ -80,8 +80,8 @@ pub fn x509_authority_from_proto(c: &pt::X509Certificate) -> Result<Vec<u8>, Wir
 /// # Errors
 /// [`WireError::Invalid`].
 pub fn bundle_from_proto(b: &pt::Bundle) -> Result<Bundle, WireError> {
-    let trust_domain = TrustDomain::new(&b.trust_domain)
-        .map_err(|e| WireError::Invalid(format!("invalid trust domain {:?}: {e}", b.trust_domain)))?;
+    let trust_domain =
+        TrustDomain::new(&b.trust_domain).map_err(|e| WireError::Invalid(format!("invalid trust domain {:?}: {e}", b.trust_domain)))?;
     Ok(Bundle {
         trust_domain,
         x509_authorities: b.x509_authorities.iter().map(x509_authority_from_proto).collect::<Result<_, _>>()?,

@@ -7,9 +7,9 @@
 use crate::common;
 
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+use cairn::spiffe::{Bundle, JwtAlg, JwtAuthority, TrustDomain};
 use cairn::wire::pb::grpc::health::v1 as healthpb;
 use cairn::wire::pb::workload as wl;
-use cairn::spiffe::{Bundle, JwtAlg, JwtAuthority, TrustDomain};
 use common::{CAIRN, require};
 use rcgen::string::Ia5String;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};

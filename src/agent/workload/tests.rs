@@ -23,8 +23,8 @@ use tonic::{Code, Streaming};
 use zeroize::Zeroizing;
 
 use super::*;
-use crate::wire::pb::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use crate::spiffe::{JwtAlg, JwtAuthority, assemble, signing_input};
+use crate::wire::pb::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 
 /// How long a test waits for something that should happen at once.
 const WAIT: Duration = Duration::from_secs(10);

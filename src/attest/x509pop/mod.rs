@@ -41,7 +41,6 @@
 
 #![warn(clippy::indexing_slicing)]
 
-
 mod plugin;
 
 pub use plugin::{KIND, X509PopAgent, X509PopFileError, X509PopServer, X509PopServerConfig, load_agent_files};

@@ -91,7 +91,8 @@ pub(crate) fn classify_spki<'a>(spki: &'a SubjectPublicKeyInfo<'_>) -> Result<Sp
     let bits: &'a [u8] = &spki.subject_public_key.data;
     match alg.as_str() {
         "1.2.840.113549.1.1.1" => {
-            let (rest, key) = x509_parser::public_key::RSAPublicKey::from_der(bits).map_err(|e| SignatureError::Key(format!("invalid rsa public key: {e}")))?;
+            let (rest, key) = x509_parser::public_key::RSAPublicKey::from_der(bits)
+                .map_err(|e| SignatureError::Key(format!("invalid rsa public key: {e}")))?;
             if !rest.is_empty() {
                 return Err(SignatureError::Key("trailing data after rsa public key".into()));
             }
@@ -115,7 +116,8 @@ pub(crate) fn classify_spki<'a>(spki: &'a SubjectPublicKeyInfo<'_>) -> Result<Sp
                 .and_then(|p| p.as_oid().ok())
                 .map(|o| o.to_id_string())
                 .ok_or_else(|| SignatureError::Key("ec public key without a named curve".into()))?;
-            let curve = Curve::from_oid(&curve_oid).ok_or_else(|| SignatureError::Key(format!("unsupported elliptic curve {curve_oid}")))?;
+            let curve =
+                Curve::from_oid(&curve_oid).ok_or_else(|| SignatureError::Key(format!("unsupported elliptic curve {curve_oid}")))?;
             // Go only accepts the uncompressed form (0x04 || X || Y).
             if bits.len() != 1 + 2 * curve.scalar_len() || bits.first() != Some(&0x04) {
                 return Err(SignatureError::Key("ec public key is not an uncompressed point".into()));
