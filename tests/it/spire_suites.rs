@@ -11,8 +11,9 @@
 //! openssl to the same shape (P-256 CA "Agent CA"; leaf with digitalSignature, CN = dir name).
 //!
 //! The suites rely on the default socket paths (`/tmp/spire-server/private/api.sock`,
-//! `/tmp/spire-agent/public/api.sock`), as operators do, so the tests in this file take turns
-//! (all but nested-rotation, which moves every socket).
+//! `/tmp/spire-agent/public/api.sock`), as operators do, so the tests in this file take turns,
+//! with each other and with test runs of other checkouts on the machine (all but
+//! nested-rotation, which moves every socket).
 
 use crate::common;
 
@@ -20,10 +21,22 @@ use common::agent::my_uid;
 use common::*;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-static DEFAULT_SOCKETS: Mutex<()> = Mutex::new(());
+/// The turn on the default socket paths. They are the machine's, not this process's: a test
+/// run of another checkout on the same machine uses them too, so the turn is an exclusive
+/// `flock` on a file beside them (held until dropped), which threads of this process and other
+/// processes alike wait for.
+struct DefaultSockets {
+    _locked: std::fs::File,
+}
+
+fn default_sockets() -> DefaultSockets {
+    let path = "/tmp/cairn-test-spire-default-sockets.lock";
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).unwrap();
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).unwrap_or_else(|e| panic!("flock {path}: {e}"));
+    DefaultSockets { _locked: f }
+}
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/spire-suites")
@@ -58,7 +71,7 @@ impl Drop for Proc {
 /// One suite run: its directory (`/opt/spire` on loopback) and its processes.
 struct Suite {
     _tmp: tempfile::TempDir,
-    _guard: std::sync::MutexGuard<'static, ()>,
+    _turn: DefaultSockets,
     /// The suite's own directory (conf/ and steps), copied.
     run_dir: PathBuf,
     /// What the containers call /opt/spire.
@@ -68,7 +81,7 @@ struct Suite {
 
 impl Suite {
     fn new(name: &str) -> Self {
-        let guard = DEFAULT_SOCKETS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let turn = default_sockets();
         for sock in ["/tmp/spire-server/private/api.sock", "/tmp/spire-agent/public/api.sock"] {
             let _ = std::fs::remove_file(sock);
         }
@@ -82,7 +95,7 @@ impl Suite {
         for link in ["spire-server", "spire-agent"] {
             std::os::unix::fs::symlink(CAIRN, opt.join("bin").join(link)).unwrap();
         }
-        Self { _tmp: tmp, _guard: guard, run_dir, opt, port: free_port() }
+        Self { _tmp: tmp, _turn: turn, run_dir, opt, port: free_port() }
     }
 
     /// `docker compose` mounts `./conf/<x>` at `/opt/spire/conf/<x>`: here the suite's conf
