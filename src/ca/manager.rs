@@ -330,10 +330,7 @@ impl CaManager {
     }
 
     fn keys_missing(&self, missing: String) -> CaError {
-        CaError::KeysMissing {
-            missing,
-            store: self.key_manager.location().map_or_else(|| "its key store".to_owned(), |l| format!("keys file {l}")),
-        }
+        CaError::KeysMissing { missing, store: self.key_manager.location().unwrap_or_else(|| "its key store".to_owned()) }
     }
 
     async fn restore_x509(&self, rec: &X509Record) -> Result<Option<X509Slot>, CaError> {

@@ -65,7 +65,8 @@ pub enum CaError {
     /// the trust domain's root behind the operator's back, so the server refuses to start.
     #[error(
         "the CA journal in the datastore refers to {missing} that the key manager does not have ({store}); the keys were deleted or \
-         replaced, or keys_path changed since the CA was created. Restore that keys file to resume the same CA; to start a new CA \
+         replaced, or keys_path (or the token, or key_label_prefix) changed since the CA was created. Restore those keys to resume the \
+         same CA; to start a new CA \
          deliberately, remove the datastore (or its ca_journals table), and expect every agent and downstream tier to need the new root"
     )]
     KeysMissing {

@@ -104,6 +104,6 @@ impl KeyManager for DiskKeyManager {
     }
 
     fn location(&self) -> Option<String> {
-        Some(self.path.display().to_string())
+        Some(format!("keys file {}", self.path.display()))
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! A [`KeyManager`] generates and finds keys by id (`x509-CA-A`, `JWT-Signer-B`, as SPIRE names
 //! them). Keys never leave their manager as bytes: callers get a [`Key`], which signs through
-//! rcgen's [`rcgen::SigningKey`] seam, so an HSM-held key (PKCS#11, a later issue) slots in
+//! rcgen's [`rcgen::SigningKey`] seam, so an HSM-held key ([`pkcs11`]) slots in
 //! without touching the CA code.
 //!
 //! Nothing here stalls the async runtime: the managers are async, key generation runs on
@@ -14,6 +14,7 @@
 mod disk;
 mod local;
 mod memory;
+pub mod pkcs11;
 
 use std::fmt;
 use std::sync::Arc;
@@ -53,6 +54,9 @@ pub enum KeyManagerError {
         /// What went wrong.
         reason: String,
     },
+    /// The PKCS#11 token refused or is unusable.
+    #[error(transparent)]
+    Pkcs11(#[from] pkcs11::Pkcs11Error),
 }
 
 /// A private key held by a key manager. Signs; never exposes its private bytes.
@@ -120,7 +124,7 @@ pub trait KeyManager: Send + Sync + fmt::Debug {
     async fn get_key(&self, id: &str) -> Result<Option<Arc<dyn Key>>, KeyManagerError>;
     /// Whether keys survive a restart (decides whether a restarted server can resume its CA).
     fn is_persistent(&self) -> bool;
-    /// Where the keys are kept, for messages to the operator (the `disk` keys file).
+    /// Where the keys are kept, for messages to the operator (`keys file <path>`, a token).
     fn location(&self) -> Option<String> {
         None
     }
@@ -136,6 +140,8 @@ pub enum KeyManagerConfig {
         /// The key file.
         keys_path: std::path::PathBuf,
     },
+    /// `KeyManager "pkcs11" { plugin_data { module_path, token_label, pin | pin_file | pin_env, key_label_prefix } }`.
+    Pkcs11(pkcs11::Pkcs11Config),
 }
 
 /// The key manager `config` names (`KeyManager "<name>"` in server.conf): the one place a
@@ -147,6 +153,7 @@ pub fn build(config: &KeyManagerConfig) -> Result<Arc<dyn KeyManager>, KeyManage
     Ok(match config {
         KeyManagerConfig::Memory => Arc::new(MemoryKeyManager::new()),
         KeyManagerConfig::Disk { keys_path } => Arc::new(DiskKeyManager::open(keys_path)?),
+        KeyManagerConfig::Pkcs11(c) => Arc::new(pkcs11::Pkcs11KeyManager::open(c)?),
     })
 }
 
