@@ -17,6 +17,7 @@ macro_rules! out {
 pub mod agent;
 pub mod argv;
 pub mod client;
+pub mod hsm;
 pub mod server;
 pub mod tiers;
 
@@ -43,6 +44,11 @@ enum Top {
     Agent {
         #[command(subcommand)]
         command: agent::AgentCommand,
+    },
+    /// PKCS#11 custody: list tokens and keys, the root key ceremony, a config dry run.
+    Hsm {
+        #[command(subcommand)]
+        command: hsm::HsmCommand,
     },
     /// A local multi-tier demo: root, downstream servers and agents from a topology file.
     Tiers {
@@ -85,6 +91,7 @@ pub fn main() -> ExitCode {
             Top::Server { command } => server::run(command).await,
             Top::Agent { command } => agent::run(command, |config| Box::pin(crate::agent::run::run(config))).await,
             Top::Tiers { command } => tiers::run(command).await,
+            Top::Hsm { command } => hsm::run(command).await,
         }
     });
     match result {

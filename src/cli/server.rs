@@ -450,7 +450,14 @@ async fn run_server(a: RunArgs) -> CliResult {
         _ => None,
     };
     let socket_path = config.socket_path.clone();
-    let server = crate::server::Server::build(config).await.map_err(s)?;
+    let server = match crate::server::Server::build(config).await {
+        Ok(server) => server,
+        Err(e) => {
+            // The socket was bound to fail fast on a clash; a server that cannot start leaves nothing behind.
+            let _ = std::fs::remove_file(&socket_path);
+            return Err(s(e));
+        }
+    };
     let shutdown = async {
         let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(t) => t,

@@ -25,6 +25,21 @@ pub enum UpstreamConfig {
     Disk(DiskUpstreamConfig),
     /// `UpstreamAuthority "spire"`: this server is a downstream tier.
     Spire(SpireUpstreamConfig),
+    /// `UpstreamAuthority "pkcs11"`: `disk`'s certificate files with the key on a token.
+    Pkcs11(Pkcs11UpstreamConfig),
+}
+
+/// `plugin_data` of `UpstreamAuthority "pkcs11"`.
+#[derive(Debug, Clone)]
+pub struct Pkcs11UpstreamConfig {
+    /// The token holding the upstream CA key.
+    pub token: crate::keymanager::pkcs11::TokenConfig,
+    /// `key_label`: CKA_LABEL of the upstream CA's key pair on the token.
+    pub key_label: String,
+    /// PEM certificate chain, the upstream CA (whose key is on the token) first.
+    pub cert_file_path: PathBuf,
+    /// PEM trust anchors, when the upstream CA is not itself a root.
+    pub bundle_file_path: Option<PathBuf>,
 }
 
 /// Files of the upstream CA.
@@ -505,6 +520,14 @@ impl ServerConfig {
         }
 
         let plugins = Plugins::read(&mut w, tree, trust_domain.as_ref(), overrides, server);
+        if let Some(Plugins { key_manager: KeyManagerConfig::Pkcs11(_), .. }) = &plugins {
+            // Caught here, before anything is opened or written, rather than at key generation.
+            for (key, kt) in [("ca_key_type", ca_key_type), ("jwt_key_type", jwt_key_type)] {
+                if kt.is_rsa() {
+                    w.err(&join("server", key), format!("{}: KeyManager \"pkcs11\" keeps ec-p256 and ec-p384 keys", kt.as_str()));
+                }
+            }
+        }
         let health = w.block(tree, "health_checks", "").map(|o| {
             let hp = "health_checks";
             w.unknown_keys(o, &["listener_enabled", "bind_address", "bind_port", "live_path", "ready_path"], hp, |_| None);
@@ -676,6 +699,48 @@ fn sql_unsupported(key: &str) -> Option<&'static str> {
     }
 }
 
+/// The plugin_data keys that choose a PKCS#11 token and log in to it.
+const TOKEN_KEYS: &[&str] = &["module_path", "token_label", "pin", "pin_file", "pin_env"];
+
+fn token_key_hint(key: &str) -> Option<&'static str> {
+    match key {
+        "slot" | "slot_id" | "slot_number" | "token_slot" => {
+            Some("tokens are chosen by token_label: slot numbers change when a token is initialised")
+        }
+        "user_pin" | "pin_code" => Some("the PIN is given as pin, pin_file or pin_env"),
+        _ => None,
+    }
+}
+
+/// `module_path`, `token_label` and exactly one of `pin`, `pin_file`, `pin_env`.
+fn token_config(w: &mut Walker, data: &Object, path: &str) -> Option<crate::keymanager::pkcs11::TokenConfig> {
+    use crate::keymanager::pkcs11::{PinSource, TokenConfig};
+    let module = w.string(data, "module_path", path).filter(|m| !m.is_empty());
+    let label = w.string(data, "token_label", path).filter(|l| !l.is_empty());
+    if module.is_none() {
+        w.err(&join(path, "module_path"), "missing: the PKCS#11 library (e.g. /usr/lib/softhsm/libsofthsm2.so)");
+    }
+    if label.is_none() {
+        w.err(&join(path, "token_label"), "missing: the label of the token that holds the keys");
+    }
+    let pin = w.string(data, "pin", path).map(|p| PinSource::Value(zeroize::Zeroizing::new(p)));
+    let file = w.string(data, "pin_file", path).map(|p| PinSource::File(p.into()));
+    let env = w.string(data, "pin_env", path).map(PinSource::Env);
+    let mut given: Vec<PinSource> = [pin, file, env].into_iter().flatten().collect();
+    let pin = match given.len() {
+        1 => given.pop(),
+        0 => {
+            w.err(&join(path, "pin"), "missing: give the user PIN as pin, pin_file (a 0600 file) or pin_env (an environment variable)");
+            None
+        }
+        _ => {
+            w.err(&join(path, "pin"), "give exactly one of pin, pin_file and pin_env");
+            None
+        }
+    };
+    Some(TokenConfig { module_path: module?.into(), token_label: label?, pin: pin? })
+}
+
 struct Plugins {
     datastore: DatastoreConfig,
     key_manager: KeyManagerConfig,
@@ -778,15 +843,26 @@ impl Plugins {
                     }
                 }
             }
+            [k] if k.name == "pkcs11" => {
+                let data = k.data.unwrap_or(&empty);
+                let mut known = TOKEN_KEYS.to_vec();
+                known.push("key_label_prefix");
+                w.unknown_keys(data, &known, &k.path, token_key_hint);
+                let prefix = w
+                    .string(data, "key_label_prefix", &k.path)
+                    .unwrap_or_else(|| crate::keymanager::pkcs11::DEFAULT_KEY_LABEL_PREFIX.to_owned());
+                if prefix.is_empty() {
+                    w.err(&join(&k.path, "key_label_prefix"), "must not be empty: it keeps cairn's keys apart from others on the token");
+                }
+                token_config(w, data, &k.path)
+                    .map(|token| KeyManagerConfig::Pkcs11(crate::keymanager::pkcs11::Pkcs11Config { token, key_label_prefix: prefix }))
+            }
             [k] => {
-                w.err(
-                    &k.path.replace(".plugin_data", ""),
-                    "unknown KeyManager: expected \"memory\" or \"disk\" (pkcs11 comes in a later cairn)",
-                );
+                w.err(&k.path.replace(".plugin_data", ""), "unknown KeyManager: expected \"memory\", \"disk\" or \"pkcs11\"");
                 None
             }
             [] => {
-                w.err("plugins.KeyManager", "missing: configure KeyManager \"disk\" or \"memory\"");
+                w.err("plugins.KeyManager", "missing: configure KeyManager \"disk\", \"pkcs11\" or \"memory\"");
                 None
             }
             _ => {
@@ -945,10 +1021,37 @@ impl Plugins {
                     _ => None,
                 }
             }
+            [u] if u.name == "pkcs11" => {
+                let data = u.data.unwrap_or(&empty);
+                let mut known = TOKEN_KEYS.to_vec();
+                known.extend(["key_label", "cert_file_path", "bundle_file_path"]);
+                w.unknown_keys(data, &known, &u.path, |k| match k {
+                    "key_file_path" => Some("the key is on the token: name it with key_label"),
+                    other => token_key_hint(other),
+                });
+                let cert = w.string(data, "cert_file_path", &u.path);
+                let label = w.string(data, "key_label", &u.path).filter(|l| !l.is_empty());
+                let bundle = w.string(data, "bundle_file_path", &u.path).filter(|s| !s.is_empty());
+                if cert.is_none() {
+                    w.err(&join(&u.path, "cert_file_path"), "missing: the upstream CA certificate (as `cairn hsm init-root` writes it)");
+                }
+                if label.is_none() {
+                    w.err(&join(&u.path, "key_label"), "missing: the label of the upstream CA's key on the token");
+                }
+                match (token_config(w, data, &u.path), cert, label) {
+                    (Some(token), Some(c), Some(key_label)) => Some(UpstreamConfig::Pkcs11(Pkcs11UpstreamConfig {
+                        token,
+                        key_label,
+                        cert_file_path: c.into(),
+                        bundle_file_path: bundle.map(PathBuf::from),
+                    })),
+                    _ => None,
+                }
+            }
             [u] => {
                 w.err(
                     &u.path.replace(".plugin_data", ""),
-                    "unknown UpstreamAuthority: this cairn has \"disk\" and \"spire\" (vault and pkcs11 come in later issues)",
+                    "unknown UpstreamAuthority: this cairn has \"disk\", \"pkcs11\" and \"spire\" (vault comes in a later issue)",
                 );
                 None
             }

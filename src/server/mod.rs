@@ -20,6 +20,9 @@ use std::time::Duration;
 use tls::TlsState;
 use tokio::net::{TcpListener, UnixListener};
 
+/// The key manager and the upstream authority (if any) a server signs with.
+type KeyCustody = (Arc<dyn crate::keymanager::KeyManager>, Option<Arc<dyn crate::upstream::UpstreamAuthority>>);
+
 /// Largest gRPC message accepted (bounds memory per request; SPIRE's clients stay far below).
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
@@ -79,9 +82,18 @@ impl Server {
     /// # Errors
     /// The first component that cannot start, with the reason.
     pub async fn build(config: ServerConfig) -> Result<Self, ServerError> {
+        let keys = Self::open_key_custody(&config)?;
         Self::prepare_data_dir(&config)?;
         let datastore = crate::datastore::sql::open(&config.datastore.database_type, &config.datastore.connection_string).await?;
-        Self::assemble(config, datastore).await
+        Self::assemble(config, datastore, keys).await
+    }
+
+    /// The key manager and the upstream authority, opened before anything is written: a
+    /// wrong PIN, a missing token or an unusable upstream key leaves no datastore behind.
+    fn open_key_custody(config: &ServerConfig) -> Result<KeyCustody, ServerError> {
+        let key_manager = crate::keymanager::build(&config.key_manager)?;
+        let upstream = crate::upstream::build(config.upstream.as_ref(), &config.trust_domain)?;
+        Ok((key_manager, upstream))
     }
 
     /// [`Server::build`] on a datastore the caller opened (and perhaps wrapped, as the
@@ -90,14 +102,17 @@ impl Server {
     /// # Errors
     /// As [`Server::build`].
     pub async fn build_with_datastore(config: ServerConfig, datastore: Arc<dyn Datastore>) -> Result<Self, ServerError> {
+        let keys = Self::open_key_custody(&config)?;
         Self::prepare_data_dir(&config)?;
-        Self::assemble(config, datastore).await
+        Self::assemble(config, datastore, keys).await
     }
 
-    /// Everything after the data directory and the datastore.
-    async fn assemble(config: ServerConfig, datastore: Arc<dyn Datastore>) -> Result<Self, ServerError> {
-        let key_manager = crate::keymanager::build(&config.key_manager)?;
-        let upstream = crate::upstream::build(config.upstream.as_ref(), &config.trust_domain)?;
+    /// Everything after the keys, the data directory and the datastore.
+    async fn assemble(
+        config: ServerConfig,
+        datastore: Arc<dyn Datastore>,
+        (key_manager, upstream): KeyCustody,
+    ) -> Result<Self, ServerError> {
         let ca_config = CaConfig {
             trust_domain: config.trust_domain.clone(),
             ca_ttl: config.ca_ttl,

@@ -28,16 +28,31 @@ struct Loaded {
     key: Arc<dyn Key>,
 }
 
-/// The `disk` upstream authority.
+/// The `disk` upstream authority (and `pkcs11`, which is `disk` with its key on a token).
 pub struct DiskUpstreamAuthority {
-    config: DiskUpstreamConfig,
+    cert_file_path: std::path::PathBuf,
+    bundle_file_path: Option<std::path::PathBuf>,
+    key: KeySource,
     trust_domain: TrustDomain,
     current: RwLock<Arc<Loaded>>,
 }
 
+/// Where the upstream CA's private key is.
+#[derive(Debug)]
+enum KeySource {
+    /// `key_file_path`, re-read on every mint.
+    File(std::path::PathBuf),
+    /// A key held elsewhere (a PKCS#11 token); `what` names it in errors (`key_label "root"`).
+    Held { what: String, key: Arc<dyn Key> },
+}
+
 impl std::fmt::Debug for DiskUpstreamAuthority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DiskUpstreamAuthority").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("DiskUpstreamAuthority")
+            .field("cert_file_path", &self.cert_file_path)
+            .field("bundle_file_path", &self.bundle_file_path)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
     }
 }
 
@@ -67,15 +82,21 @@ fn signed_by(child: &[u8], parent: &[u8]) -> bool {
     crate::spiffe::x509::signature::verify_signed_by(&c, &p).is_ok()
 }
 
-fn load(cfg: &DiskUpstreamConfig) -> Result<Loaded, UpstreamError> {
-    let chain = pem_certs(&read(&cfg.cert_file_path, "cert_file_path")?, "cert_file_path")?;
-    let key_pem = zeroize::Zeroizing::new(read(&cfg.key_file_path, "key_file_path")?);
-    let key =
-        crate::keymanager::key_from_pem("upstream-disk", &key_pem).map_err(|e| UpstreamError::Config(format!("key_file_path: {e}")))?;
+fn load(cert_file_path: &std::path::Path, bundle_file_path: Option<&std::path::Path>, source: &KeySource) -> Result<Loaded, UpstreamError> {
+    let chain = pem_certs(&read(cert_file_path, "cert_file_path")?, "cert_file_path")?;
+    let (key, key_name) = match source {
+        KeySource::File(path) => {
+            let key_pem = zeroize::Zeroizing::new(read(path, "key_file_path")?);
+            let key = crate::keymanager::key_from_pem("upstream-disk", &key_pem)
+                .map_err(|e| UpstreamError::Config(format!("key_file_path: {e}")))?;
+            (key, "key_file_path: the private key".to_owned())
+        }
+        KeySource::Held { what, key } => (Arc::clone(key), what.clone()),
+    };
     let first = chain.first().cloned().ok_or_else(|| UpstreamError::Config("cert_file_path: empty".into()))?;
     let (_, cert) = parse_x509_certificate(&first).map_err(|e| UpstreamError::Config(format!("cert_file_path: {e}")))?;
     if cert.public_key().raw != key.spki_der().as_slice() {
-        return Err(UpstreamError::Config("key_file_path: the private key does not match the certificate in cert_file_path".into()));
+        return Err(UpstreamError::Config(format!("{key_name} does not match the certificate in cert_file_path")));
     }
     if !cert.is_ca() {
         return Err(UpstreamError::Config("cert_file_path: the certificate is not a CA (basicConstraints CA:TRUE missing)".into()));
@@ -89,7 +110,7 @@ fn load(cfg: &DiskUpstreamConfig) -> Result<Loaded, UpstreamError> {
             return Err(UpstreamError::Config(format!("cert_file_path: certificate {} is not signed by certificate {}", i + 1, i + 2)));
         }
     }
-    let roots = match &cfg.bundle_file_path {
+    let roots = match bundle_file_path {
         None => {
             if chain.len() != 1 || !signed_by(&first, &first) {
                 return Err(UpstreamError::Config(
@@ -120,12 +141,36 @@ impl DiskUpstreamAuthority {
     /// # Errors
     /// A missing, truncated or mismatched file, named by its config key.
     pub fn new(config: DiskUpstreamConfig, trust_domain: TrustDomain) -> Result<Self, UpstreamError> {
-        let loaded = load(&config)?;
-        Ok(Self { config, trust_domain, current: RwLock::new(Arc::new(loaded)) })
+        Self::build(config.cert_file_path, config.bundle_file_path, KeySource::File(config.key_file_path), trust_domain)
+    }
+
+    /// An upstream whose certificate files are on disk and whose key is held elsewhere (a
+    /// PKCS#11 token): the key signs through the [`Key`] seam and never leaves its holder.
+    ///
+    /// # Errors
+    /// A missing, truncated or mismatched file, or a key that does not match the certificate.
+    pub fn with_held_key(
+        cert_file_path: std::path::PathBuf,
+        bundle_file_path: Option<std::path::PathBuf>,
+        what: String,
+        key: Arc<dyn Key>,
+        trust_domain: TrustDomain,
+    ) -> Result<Self, UpstreamError> {
+        Self::build(cert_file_path, bundle_file_path, KeySource::Held { what, key }, trust_domain)
+    }
+
+    fn build(
+        cert_file_path: std::path::PathBuf,
+        bundle_file_path: Option<std::path::PathBuf>,
+        key: KeySource,
+        trust_domain: TrustDomain,
+    ) -> Result<Self, UpstreamError> {
+        let loaded = load(&cert_file_path, bundle_file_path.as_deref(), &key)?;
+        Ok(Self { cert_file_path, bundle_file_path, key, trust_domain, current: RwLock::new(Arc::new(loaded)) })
     }
 
     fn current(&self) -> Result<Arc<Loaded>, UpstreamError> {
-        match load(&self.config) {
+        match load(&self.cert_file_path, self.bundle_file_path.as_deref(), &self.key) {
             Ok(l) => {
                 let l = Arc::new(l);
                 if let Ok(mut g) = self.current.write() {

@@ -1,8 +1,8 @@
 //! UpstreamAuthority: where a tier's X.509 CA comes from when it is not self-signed.
 //!
-//! Backends: `disk` (a CA certificate and key on disk). Later issues add `vault` (Vault PKI),
-//! `pkcs11` (an HSM-held upstream key) and `spire` (an upstream SPIRE-API server, which makes
-//! this server a downstream tier and is the only backend that publishes JWT keys).
+//! Backends: `disk` (a CA certificate and key on disk), `pkcs11` (the same with the key held on
+//! a PKCS#11 token) and `spire` (an upstream SPIRE-API server, which makes this server a
+//! downstream tier and is the only backend that publishes JWT keys). `vault` comes later.
 
 pub mod disk;
 pub mod spire;
@@ -89,7 +89,26 @@ pub fn build(
         None => None,
         Some(UpstreamConfig::Disk(d)) => Some(std::sync::Arc::new(DiskUpstreamAuthority::new(d.clone(), trust_domain.clone())?)),
         Some(UpstreamConfig::Spire(c)) => Some(std::sync::Arc::new(spire::SpireUpstream::new(c.clone(), trust_domain.clone())?)),
+        Some(UpstreamConfig::Pkcs11(c)) => Some(std::sync::Arc::new(pkcs11_upstream(c, trust_domain)?)),
     })
+}
+
+/// `UpstreamAuthority "pkcs11"`: the `disk` authority with its key found on a token by label.
+fn pkcs11_upstream(
+    c: &crate::config::server::Pkcs11UpstreamConfig,
+    trust_domain: &crate::spiffe::TrustDomain,
+) -> Result<DiskUpstreamAuthority, UpstreamError> {
+    use crate::keymanager::pkcs11::Pkcs11Key;
+    let token = std::sync::Arc::new(c.token.open().map_err(|e| UpstreamError::Config(e.to_string()))?);
+    let key = Pkcs11Key::find(std::sync::Arc::clone(&token), &c.key_label).map_err(|e| UpstreamError::Config(format!("key_label: {e}")))?;
+    let what = format!("key_label: the key {:?} on token {:?}", c.key_label, token.label());
+    DiskUpstreamAuthority::with_held_key(
+        c.cert_file_path.clone(),
+        c.bundle_file_path.clone(),
+        what,
+        std::sync::Arc::new(key),
+        trust_domain.clone(),
+    )
 }
 
 /// What the last exchange with the upstream did (for `cairn tiers status`).

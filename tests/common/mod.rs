@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod inproc;
+pub mod softhsm;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -29,11 +30,22 @@ pub struct ServerOpts {
     pub extra_server: String,
     pub extra_plugins: String,
     pub health_port: Option<u16>,
+    /// A whole `KeyManager "..." { ... }` block, in place of `key_manager`'s.
+    pub key_manager_block: Option<String>,
+    /// Extra environment for the server process (`SOFTHSM2_CONF`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for ServerOpts {
     fn default() -> Self {
-        Self { key_manager: "disk", extra_server: String::new(), extra_plugins: String::new(), health_port: None }
+        Self {
+            key_manager: "disk",
+            extra_server: String::new(),
+            extra_plugins: String::new(),
+            health_port: None,
+            key_manager_block: None,
+            env: Vec::new(),
+        }
     }
 }
 
@@ -43,12 +55,14 @@ pub struct TestServer {
     pub socket: PathBuf,
     pub port: u16,
     pub config: PathBuf,
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
 pub fn write_config(dir: &Path, port: u16, opts: &ServerOpts) -> PathBuf {
     let socket = dir.join("api.sock");
     let km = match opts.key_manager {
+        _ if opts.key_manager_block.is_some() => opts.key_manager_block.clone().unwrap_or_default(),
         "memory" => "KeyManager \"memory\" {}".to_owned(),
         _ => format!("KeyManager \"disk\" {{ plugin_data {{ keys_path = \"{}\" }} }}", dir.join("keys.json").display()),
     };
@@ -91,15 +105,21 @@ impl TestServer {
     pub fn start(dir: &Path, opts: &ServerOpts) -> Self {
         let port = free_port();
         let config = write_config(dir, port, opts);
-        let mut s = Self { dir: dir.to_owned(), socket: dir.join("api.sock"), port, config, child: None };
+        let mut s = Self { dir: dir.to_owned(), socket: dir.join("api.sock"), port, config, env: opts.env.clone(), child: None };
         s.spawn();
         s
     }
 
     pub fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("server.log")).unwrap();
-        let child =
-            Command::new(CAIRN).args(["server", "run", "-config"]).arg(&self.config).stdout(Stdio::null()).stderr(log).spawn().unwrap();
+        let child = Command::new(CAIRN)
+            .args(["server", "run", "-config"])
+            .arg(&self.config)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {

@@ -18,6 +18,7 @@ mod connection_limits;
 mod entry_expiry;
 mod file_modes;
 mod grpcio_admin;
+mod hsm;
 mod logs;
 mod mint_checks;
 mod module_graph;

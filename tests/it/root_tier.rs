@@ -69,7 +69,7 @@ fn x509_svids_and_ca_verify_with_openssl_and_match_the_profile() {
     assert!(!ok, "an SVID must not verify against another server's root");
 }
 
-const PYJWT_CHECK: &str = r#"
+pub(crate) const PYJWT_CHECK: &str = r#"
 import json, sys, jwt
 from jwt.algorithms import ECAlgorithm
 token, bundle_path, aud, want_sub = sys.argv[1:5]

@@ -278,7 +278,10 @@ impl Token {
             [] => return Ok(None),
             [one] => *one,
             _ => {
-                return Err(Pkcs11Error::KeyUnusable { label: label.to_owned(), reason: "more than one private key has this label".into() });
+                return Err(Pkcs11Error::KeyUnusable {
+                    label: label.to_owned(),
+                    reason: "more than one private key has this label".into(),
+                });
             }
         };
         let unusable = |reason: String| Pkcs11Error::KeyUnusable { label: label.to_owned(), reason };

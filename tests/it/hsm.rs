@@ -1,0 +1,233 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test code: a failed unwrap is a failed test")]
+//! HSM custody on a real SoftHSM2 token (issue 10): a server whose CA and JWT keys are on the
+//! token, a root key on the token (UpstreamAuthority "pkcs11") made by `cairn hsm init-root`,
+//! and the errors an operator meets. What cairn issues is checked with openssl and PyJWT; what
+//! is on the token with OpenSC's pkcs11-tool.
+
+use crate::common;
+
+use common::softhsm::{MODULE, SoftHsm};
+use common::*;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn verify_svid(s: &TestServer, dir: &Path, id: &str, roots: &Path) {
+    let out = dir.join(format!("svid-{}", id.rsplit('/').next().unwrap()));
+    s.cli_ok(&["x509", "mint", "-spiffeID", id, "-write", out.to_str().unwrap()]);
+    let certs = split_pem(&out.join("svid.pem"), dir, "c");
+    let mut cmd = Command::new("openssl");
+    cmd.args(["verify", "-x509_strict", "-CAfile"]).arg(roots);
+    if certs.len() > 1 {
+        cmd.arg("-untrusted").arg(out.join("svid.pem"));
+    }
+    let (ok, text) = run(cmd.arg(&certs[0]));
+    assert!(ok && text.contains(": OK"), "openssl verify {id}: {text}");
+    let san = openssl_x509(&certs[0], &["-ext", "subjectAltName"]);
+    assert!(san.contains(&format!("URI:{id}")), "{san}");
+}
+
+/// SPKI DER of a PEM certificate's public key, by openssl.
+fn cert_spki(cert: &Path) -> Vec<u8> {
+    let sh = format!("openssl x509 -in {} -pubkey -noout | openssl pkey -pubin -outform DER", cert.display());
+    let out = Command::new("sh").arg("-c").arg(sh).output().unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
+
+/// Starts `cairn server run` expecting it to fail; returns its stderr.
+fn start_fails(config: &Path, env: &[(String, String)]) -> String {
+    let mut child = Command::new(CAIRN)
+        .args(["server", "run", "-config"])
+        .arg(config)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(!status.success());
+            let mut err = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+            return err;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server started although it should have refused");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_server_with_its_ca_and_jwt_keys_on_the_token() {
+    require("openssl");
+    require("python3");
+    let tmp = tempfile::tempdir().unwrap();
+    let hsm = SoftHsm::new(tmp.path(), &["cairn-server"]);
+    let sdir = tmp.path().join("server");
+    std::fs::create_dir(&sdir).unwrap();
+    let opts = ServerOpts { key_manager_block: Some(hsm.key_manager("cairn-server", "root:")), env: hsm.env(), ..ServerOpts::default() };
+    let mut s = TestServer::start(&sdir, &opts);
+    let roots = tmp.path().join("bundle.pem");
+    std::fs::write(&roots, s.cli_ok(&["bundle", "show"])).unwrap();
+    verify_svid(&s, tmp.path(), "spiffe://example.org/hsm-a", &roots);
+
+    // The CA's public key is the token's key (pkcs11-tool reads it; P-256 here), and the
+    // private half is sensitive and never extractable.
+    let pubkey = tmp.path().join("token-pub.der");
+    let (ok, text) = hsm
+        .pkcs11_tool("cairn-server", &["--read-object", "--type", "pubkey", "--label", "root:x509-CA-A", "-o", pubkey.to_str().unwrap()]);
+    assert!(ok, "{text}");
+    assert_eq!(std::fs::read(&pubkey).unwrap(), cert_spki(&roots), "the root in the bundle is not the token's key");
+    let (ok, listing) = hsm.pkcs11_tool("cairn-server", &["--list-objects", "--type", "privkey"]);
+    assert!(ok, "{listing}");
+    for label in ["root:x509-CA-A", "root:JWT-Signer-A"] {
+        let block =
+            listing.split("Private Key Object").find(|b| b.contains(label)).unwrap_or_else(|| panic!("{label} missing:\n{listing}"));
+        assert!(block.contains("never extractable") && block.contains("sensitive"), "{block}");
+    }
+    // No key material on disk: no keys file was written.
+    assert!(!sdir.join("keys.json").exists());
+
+    // A JWT-SVID signed on the token verifies with PyJWT against the bundle's key.
+    let token = s.cli_ok(&["jwt", "mint", "-spiffeID", "spiffe://example.org/hsm-a", "-audience", "db"]).trim().to_owned();
+    let bundle_json = tmp.path().join("bundle.json");
+    std::fs::write(&bundle_json, s.cli_ok(&["bundle", "show", "-format", "spiffe"])).unwrap();
+    let check = || {
+        run(Command::new("python3")
+            .arg("-c")
+            .arg(crate::root_tier::PYJWT_CHECK)
+            .arg(&token)
+            .arg(&bundle_json)
+            .arg("db")
+            .arg("spiffe://example.org/hsm-a"))
+    };
+    let (ok, out) = check();
+    assert!(ok && out.contains("OK spiffe://example.org/hsm-a ES256"), "PyJWT: {out}");
+
+    // After a restart the server resumes the same CA and JWT key from the token.
+    s.stop();
+    s.spawn();
+    assert!(s.log().contains("resumed X.509 CA from the journal"), "{}", s.log());
+    let again = tmp.path().join("bundle-again.pem");
+    std::fs::write(&again, s.cli_ok(&["bundle", "show"])).unwrap();
+    assert_eq!(std::fs::read(&again).unwrap(), std::fs::read(&roots).unwrap(), "the restarted server has another root");
+    verify_svid(&s, tmp.path(), "spiffe://example.org/hsm-b", &roots);
+    std::fs::write(&bundle_json, s.cli_ok(&["bundle", "show", "-format", "spiffe"])).unwrap();
+    let (ok, out) = check();
+    assert!(ok, "the JWT-SVID minted before the restart no longer verifies: {out}");
+
+    // Keys deleted from the token: the restart is refused, naming the token and the key, and
+    // no new CA is minted in silence.
+    s.stop();
+    let (ok, text) = hsm.pkcs11_tool("cairn-server", &["--delete-object", "--type", "privkey", "--label", "root:x509-CA-A"]);
+    assert!(ok, "{text}");
+    let err = start_fails(&s.config, &hsm.env());
+    assert!(err.contains("x509-CA-A") && err.contains("PKCS#11 token \"cairn-server\""), "{err}");
+    let (_, listing) = hsm.pkcs11_tool("cairn-server", &["--list-objects", "--type", "privkey"]);
+    assert!(!listing.contains("root:x509-CA-A"), "a refused start generated a key:\n{listing}");
+}
+
+#[test]
+fn a_root_key_on_the_token_signs_a_tiers_ca() {
+    require("openssl");
+    let tmp = tempfile::tempdir().unwrap();
+    let hsm = SoftHsm::new(tmp.path(), &["cairn-root"]);
+    let root = tmp.path().join("root.pem");
+    let ceremony = |extra: &[&str]| {
+        let mut c = hsm.cmd(CAIRN);
+        c.args(["hsm", "init-root", "-module", MODULE, "-tokenLabel", "cairn-root", "-pinFile"]).arg(&hsm.pin_file);
+        c.args(["-keyLabel", "org-root", "-keyType", "ec-p384", "-trustDomain", "example.org", "-certOut"]).arg(&root);
+        run(c.args(extra))
+    };
+    let (ok, out) = ceremony(&[]);
+    assert!(ok, "init-root: {out}");
+    assert!(out.contains("SHA-256 fingerprint"), "{out}");
+    // The root is a self-signed CA for the trust domain, on P-384.
+    let text = openssl_x509(&root, &["-text"]);
+    assert!(text.contains("CA:TRUE") && text.contains("URI:spiffe://example.org") && text.contains("secp384r1"), "{text}");
+    let (ok, v) = run(Command::new("openssl").args(["verify", "-x509_strict", "-CAfile"]).arg(&root).arg(&root));
+    assert!(ok, "the root is not validly self-signed: {v}");
+    // A second ceremony with the same label is refused and leaves the certificate alone.
+    let before = std::fs::read(&root).unwrap();
+    std::fs::remove_file(&root).unwrap();
+    let (ok, out) = ceremony(&[]);
+    assert!(!ok && out.contains("already holds a key labelled \"org-root\""), "{out}");
+    assert!(!root.exists());
+    std::fs::write(&root, &before).unwrap();
+    // The key on the token cannot be read off it.
+    let (ok, listing) = hsm.pkcs11_tool("cairn-root", &["--list-objects", "--type", "privkey"]);
+    assert!(ok && listing.contains("org-root") && listing.contains("never extractable"), "{listing}");
+
+    // A tier chained to that root.
+    let sdir = tmp.path().join("server");
+    std::fs::create_dir(&sdir).unwrap();
+    let upstream = format!(
+        "UpstreamAuthority \"pkcs11\" {{ plugin_data {{ module_path = \"{MODULE}\" token_label = \"cairn-root\" pin_file = \"{}\" key_label = \"org-root\" cert_file_path = \"{}\" }} }}",
+        hsm.pin_file.display(),
+        root.display()
+    );
+    let opts = ServerOpts { extra_plugins: upstream, env: hsm.env(), ..ServerOpts::default() };
+    let s = TestServer::start(&sdir, &opts);
+    let bundle = tmp.path().join("bundle.pem");
+    std::fs::write(&bundle, s.cli_ok(&["bundle", "show"])).unwrap();
+    assert_eq!(
+        openssl_x509(&bundle, &["-fingerprint", "-sha256"]),
+        openssl_x509(&root, &["-fingerprint", "-sha256"]),
+        "the bundle is the token root"
+    );
+    verify_svid(&s, tmp.path(), "spiffe://example.org/under-hsm-root", &root);
+
+    // `cairn hsm list` and `cairn hsm check` see the same.
+    let (ok, json) =
+        run(hsm.cmd(CAIRN).args(["hsm", "list", "-tokenLabel", "cairn-root", "-pinFile"]).arg(&hsm.pin_file).args(["-output", "json"]));
+    assert!(ok, "{json}");
+    let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let private = doc["keys"].as_array().unwrap().iter().find(|k| k["label"] == "org-root" && k["class"] == "private").unwrap();
+    assert_eq!((private["extractable"].as_bool(), private["key_type"].as_str()), (Some(false), Some("ec-p384")), "{private}");
+    let (ok, out) = run(hsm.cmd(CAIRN).args(["hsm", "list"]));
+    assert!(ok && out.contains("Token \"cairn-root\""), "{out}");
+    let (ok, out) = run(hsm.cmd(CAIRN).args(["hsm", "check", "-config"]).arg(&s.config));
+    assert!(ok && out.contains("UpstreamAuthority \"pkcs11\"") && out.contains("OK"), "{out}");
+}
+
+#[test]
+fn token_errors_are_clear_and_write_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hsm = SoftHsm::new(tmp.path(), &["cairn-errs"]);
+    let case_with = |name: &str, km: String, extra_server: &str| {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        let opts = ServerOpts { key_manager_block: Some(km), extra_server: extra_server.to_owned(), ..ServerOpts::default() };
+        let config = write_config(&dir, free_port(), &opts);
+        let err = start_fails(&config, &hsm.env());
+        // Nothing was written: no datastore, no keys, no socket.
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        assert_eq!(left, ["server.conf"], "{name}: files written on a refused start: {left:?}\n{err}");
+        err
+    };
+    let case = |name: &str, km: String| case_with(name, km, "");
+    let km = |module: &str, token: &str, pin: &str| {
+        format!("KeyManager \"pkcs11\" {{ plugin_data {{ module_path = \"{module}\" token_label = \"{token}\" {pin} }} }}")
+    };
+    let pin_file = format!("pin_file = \"{}\"", hsm.pin_file.display());
+
+    let err = case("module", km("/nonexistent/libpkcs11.so", "cairn-errs", &pin_file));
+    assert!(err.contains("/nonexistent/libpkcs11.so") && err.contains("not found"), "{err}");
+    let err = case("token", km(MODULE, "no-such-token", &pin_file));
+    assert!(err.contains("no PKCS#11 token labelled \"no-such-token\"") && err.contains("cairn-errs"), "{err}");
+    let err = case("pin", km(MODULE, "cairn-errs", "pin = \"987654\""));
+    assert!(err.contains("PIN is incorrect") && !err.contains("987654"), "{err}");
+    let err = case("twopins", km(MODULE, "cairn-errs", &format!("pin = \"1\" {pin_file}")));
+    assert!(err.contains("plugins.KeyManager.pkcs11.plugin_data.pin") && err.contains("exactly one"), "{err}");
+    let err = case("slot", km(MODULE, "cairn-errs", &format!("{pin_file} slot = 0")));
+    assert!(err.contains("slot") && err.contains("token_label"), "{err}");
+    let err = case_with("rsa", km(MODULE, "cairn-errs", &pin_file), "ca_key_type = \"rsa-2048\"");
+    assert!(err.contains("ec-p256 and ec-p384"), "{err}");
+    // The PIN never reached the log or the token objects of a failed start.
+    let (_, listing) = hsm.pkcs11_tool("cairn-errs", &["--list-objects"]);
+    assert!(!listing.contains("cairn:"), "a refused start created keys:\n{listing}");
+}
