@@ -44,7 +44,9 @@ impl TokenArgs {
             (Some(f), None) => PinSource::File(f.clone()),
             (None, Some(v)) => PinSource::Env(v.clone()),
             _ => {
-                return Err("give the user PIN with exactly one of -pinFile and -pinEnv (a PIN on the command line would show in ps)".into());
+                return Err(
+                    "give the user PIN with exactly one of -pinFile and -pinEnv (a PIN on the command line would show in ps)".into()
+                );
             }
         };
         Ok(Some(TokenConfig { module_path: self.module.clone(), token_label: label, pin }))

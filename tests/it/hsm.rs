@@ -231,3 +231,83 @@ fn token_errors_are_clear_and_write_nothing() {
     let (_, listing) = hsm.pkcs11_tool("cairn-errs", &["--list-objects"]);
     assert!(!listing.contains("cairn:"), "a refused start created keys:\n{listing}");
 }
+
+/// Item 3: a nested tree whose every key is on the token. The root's upstream key (from the
+/// key ceremony) and its CA and JWT keys, and a downstream's CA and JWT keys, share one token
+/// under different label prefixes. The downstream behaves as one with disk keys: its workloads'
+/// X509-SVIDs chain to the token root, and its JWT key, published upward, validates a JWT-SVID
+/// from under it at an agent of the root tier and with PyJWT.
+#[test]
+fn a_nested_tree_with_every_key_on_the_token() {
+    use crate::nested::{PYJWT_ROOT, downstream_setup, fetch_x509, jwt_kids, own_kid, wait_until, workload_agent};
+    require("openssl");
+    require("python3");
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path();
+    let hsm = SoftHsm::new(base, &["cairn-tree"]);
+    let root_pem = base.join("org-root.pem");
+    let (ok, out) = run(hsm
+        .cmd(CAIRN)
+        .args(["hsm", "init-root", "-module", MODULE, "-tokenLabel", "cairn-tree", "-pinFile"])
+        .arg(&hsm.pin_file)
+        .args(["-keyLabel", "org-root", "-keyType", "ec-p256", "-trustDomain", "example.org", "-certOut"])
+        .arg(&root_pem));
+    assert!(ok, "{out}");
+    let rdir = base.join("root");
+    std::fs::create_dir(&rdir).unwrap();
+    let root_opts = ServerOpts {
+        key_manager_block: Some(hsm.key_manager("cairn-tree", "root:")),
+        extra_plugins: format!(
+            "UpstreamAuthority \"pkcs11\" {{ plugin_data {{ module_path = \"{MODULE}\" token_label = \"cairn-tree\" pin_file = \"{}\" key_label = \"org-root\" cert_file_path = \"{}\" }} }}",
+            hsm.pin_file.display(),
+            root_pem.display()
+        ),
+        env: hsm.env(),
+        ..ServerOpts::default()
+    };
+    let root = TestServer::start(&rdir, &root_opts);
+    let (mut opts, _upstream_agent) =
+        downstream_setup(base, "region1", &root, "experimental { jwt_publish_grace = \"1s\" ca_rotation_interval = \"1s\" }");
+    opts.key_manager_block = Some(hsm.key_manager("cairn-tree", "region1:"));
+    opts.env = hsm.env();
+    let d1 = TestServer::start(&base.join("region1"), &opts);
+    let a1 = workload_agent(base, "agent1", &d1, "spiffe://example.org/region1/web");
+    let a0 = workload_agent(base, "agent0", &root, "spiffe://example.org/hq/api");
+
+    // Every key is on the token, none on disk.
+    let (_, listing) = hsm.pkcs11_tool("cairn-tree", &["--list-objects", "--type", "privkey"]);
+    for label in ["org-root", "root:x509-CA-A", "root:JWT-Signer-A", "region1:x509-CA-A", "region1:JWT-Signer-A"] {
+        assert!(listing.contains(&format!("label:      {label}\n")), "{label} not on the token:\n{listing}");
+    }
+    assert!(!rdir.join("keys.json").exists() && !base.join("region1/keys.json").exists());
+
+    // The workload under region1 gets an SVID that chains to the token root.
+    let w1 = fetch_x509(&a1, &base.join("w1"));
+    let chain = split_pem(&w1.join("svid.0.pem"), base, "w1c");
+    assert!(chain.len() >= 3, "leaf + region1 CA + root tier CA");
+    let inter = base.join("w1-inter.pem");
+    std::fs::write(&inter, chain.iter().skip(1).map(|p| std::fs::read_to_string(p).unwrap()).collect::<String>()).unwrap();
+    let (ok, text) = run(Command::new("openssl")
+        .args(["verify", "-x509_strict", "-CAfile"])
+        .arg(&root_pem)
+        .arg("-untrusted")
+        .arg(&inter)
+        .arg(&chain[0]));
+    assert!(ok, "{text}");
+
+    // region1's JWT key (on the token) reaches the root; a JWT-SVID from under region1
+    // validates at the root tier's agent and with PyJWT against the root's bundle.
+    let k_d1 = own_kid(&d1);
+    wait_until("region1's JWT key at the root", Duration::from_secs(20), || jwt_kids(&root).contains(&k_d1));
+    let out = a1.api(&["fetch", "jwt", "-audience", "orders"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let token = text.lines().skip_while(|l| !l.starts_with("token(")).nth(1).unwrap().trim().to_owned();
+    wait_until("agent0 to validate region1's JWT-SVID", Duration::from_secs(20), || {
+        let out = a0.api(&["validate", "jwt", "-audience", "orders", "-svid", &token]);
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("spiffe://example.org/region1/web")
+    });
+    let bundle = base.join("root-bundle.json");
+    std::fs::write(&bundle, root.cli_ok(&["bundle", "show", "-format", "spiffe"])).unwrap();
+    let (ok, out) = run(Command::new("python3").arg("-c").arg(PYJWT_ROOT).arg(&token).arg(&bundle).arg("orders"));
+    assert!(ok && out.contains("OK spiffe://example.org/region1/web"), "{out}");
+}

@@ -42,7 +42,7 @@ fn downstream(base: &Path, name: &str, upstream: &TestServer, ca_ttl: &str, svid
 
 /// Everything a downstream tier needs but its own process: the upstream agent and entry, its
 /// directory, and its server options with `extra_server` in the server block.
-fn downstream_setup(base: &Path, name: &str, upstream: &TestServer, extra_server: &str) -> (ServerOpts, TestAgent) {
+pub(crate) fn downstream_setup(base: &Path, name: &str, upstream: &TestServer, extra_server: &str) -> (ServerOpts, TestAgent) {
     let uid = my_uid();
     let node = format!("spiffe://example.org/nodes/{name}");
     let t = token(upstream, &node, "600");
@@ -78,7 +78,7 @@ fn status_json(server: &TestServer) -> serde_json::Value {
 }
 
 /// An agent under `server` with one workload entry for this process's uid.
-fn workload_agent(base: &Path, name: &str, server: &TestServer, workload: &str) -> TestAgent {
+pub(crate) fn workload_agent(base: &Path, name: &str, server: &TestServer, workload: &str) -> TestAgent {
     let node = format!("spiffe://example.org/nodes/{name}");
     let t = token(server, &node, "600");
     server.cli_ok(&["entry", "create", "-parentID", &node, "-spiffeID", workload, "-selector", &format!("unix:uid:{}", my_uid())]);
@@ -87,7 +87,7 @@ fn workload_agent(base: &Path, name: &str, server: &TestServer, workload: &str) 
     TestAgent::start(&adir, agent_config(&adir, server, "NodeAttestor \"join_token\" { plugin_data {} }", Some(&t)))
 }
 
-fn jwt_kids(server: &TestServer) -> Vec<String> {
+pub(crate) fn jwt_kids(server: &TestServer) -> Vec<String> {
     let doc: serde_json::Value = serde_json::from_str(&server.cli_ok(&["bundle", "show", "-format", "spiffe"])).unwrap();
     let mut kids: Vec<String> =
         doc["keys"].as_array().unwrap().iter().filter(|k| k["use"] == "jwt-svid").map(|k| k["kid"].as_str().unwrap().to_owned()).collect();
@@ -97,7 +97,7 @@ fn jwt_kids(server: &TestServer) -> Vec<String> {
 
 /// The server's active JWT key id, from its status file (a downstream's key becomes active
 /// only after its publication grace period).
-fn own_kid(server: &TestServer) -> String {
+pub(crate) fn own_kid(server: &TestServer) -> String {
     let read = || -> Option<String> {
         let status: serde_json::Value = serde_json::from_slice(&std::fs::read(server.dir.join("status.json")).ok()?).ok()?;
         Some(status["slots"].as_array()?.iter().find(|s| s["kind"] == "jwt" && s["role"] == "current")?["id"].as_str()?.to_owned())
@@ -106,7 +106,7 @@ fn own_kid(server: &TestServer) -> String {
     read().unwrap()
 }
 
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
+pub(crate) fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
     while !f() {
         assert!(start.elapsed() < timeout, "timed out waiting for {what}");
@@ -115,13 +115,13 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Dur
     start.elapsed()
 }
 
-fn fetch_x509(agent: &TestAgent, dir: &Path) -> PathBuf {
+pub(crate) fn fetch_x509(agent: &TestAgent, dir: &Path) -> PathBuf {
     let out = agent.api(&["fetch", "x509", "-write", dir.to_str().unwrap()]);
     assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), agent.log());
     dir.to_path_buf()
 }
 
-const PYJWT_ROOT: &str = r#"
+pub(crate) const PYJWT_ROOT: &str = r#"
 import json, sys, jwt
 from jwt.algorithms import ECAlgorithm
 token, bundle_path, aud = sys.argv[1:4]
