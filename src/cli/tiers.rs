@@ -30,6 +30,9 @@ pub struct UpArgs {
     /// Leave the tiers running and return (pids in DATA_DIR/tiers.json; cairn tiers down stops them).
     #[arg(long)]
     detach: bool,
+    /// Keep every server's CA and JWT keys on a SoftHSM2 token made for the demo (needs softhsm2).
+    #[arg(long)]
+    softhsm: bool,
 }
 
 /// Where the demo's configs, state, sockets and logs live.
@@ -47,7 +50,14 @@ pub struct DataDirArgs {
 pub async fn run(cmd: TiersCommand) -> Result<(), String> {
     match cmd {
         TiersCommand::Up(a) => {
-            crate::tiers::up(&UpOptions { dir: a.dir, data_dir: a.data.data_dir, base_port: a.base_port, detach: a.detach }).await
+            crate::tiers::up(&UpOptions {
+                dir: a.dir,
+                data_dir: a.data.data_dir,
+                base_port: a.base_port,
+                detach: a.detach,
+                softhsm: a.softhsm,
+            })
+            .await
         }
         TiersCommand::Status(d) => crate::tiers::status(&d.data_dir).await,
         TiersCommand::Down(d) => crate::tiers::down(&d.data_dir).await,

@@ -71,6 +71,58 @@ pub struct UpOptions {
     pub base_port: u16,
     /// Leave the tiers running and return.
     pub detach: bool,
+    /// Keep every server's CA and JWT keys on a SoftHSM2 token made for the demo.
+    pub softhsm: bool,
+}
+
+/// Under the data dir: the demo's SoftHSM2 token store, config and PIN file (`--softhsm`).
+const SOFTHSM_DIR: &str = "softhsm";
+/// The PKCS#11 module `--softhsm` uses.
+const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+/// The demo token's label.
+const SOFTHSM_TOKEN: &str = "cairn-demo";
+
+/// The demo's token: `SOFTHSM2_CONF` for the children and the PIN file the configs name.
+#[derive(Debug, Clone)]
+struct DemoToken {
+    conf: PathBuf,
+    pin_file: PathBuf,
+}
+
+/// Makes a fresh SoftHSM2 token store under the data dir with one token, PIN in a 0600 file.
+fn prepare_softhsm(data_dir: &Path) -> Result<DemoToken, String> {
+    if !Path::new(SOFTHSM_MODULE).is_file() {
+        return Err(format!("--softhsm needs SoftHSM2 ({SOFTHSM_MODULE} is missing): apt-get install softhsm2"));
+    }
+    let dir = data_dir.join(SOFTHSM_DIR);
+    let tokens = dir.join("tokens");
+    crate::fsutil::create_dir_all_mode(&tokens, 0o700).map_err(|e| format!("{}: {e}", tokens.display()))?;
+    let conf = dir.join("softhsm2.conf");
+    write_file(
+        &conf,
+        &format!(
+            "directories.tokendir = {}
+objectstore.backend = file
+log.level = ERROR
+slots.removable = false
+",
+            tokens.display()
+        ),
+    )?;
+    // A random PIN per demo, in a file only this user reads; the SO PIN is not kept.
+    let pin = crate::text::hex(uuid::Uuid::new_v4().as_bytes());
+    let so_pin = crate::text::hex(uuid::Uuid::new_v4().as_bytes());
+    let pin_file = dir.join("user.pin");
+    crate::fsutil::write_private_atomic(&pin_file, pin.as_bytes()).map_err(|e| format!("{}: {e}", pin_file.display()))?;
+    let out = std::process::Command::new("softhsm2-util")
+        .args(["--init-token", "--free", "--label", SOFTHSM_TOKEN, "--pin", &pin, "--so-pin", &so_pin])
+        .env("SOFTHSM2_CONF", &conf)
+        .output()
+        .map_err(|e| format!("--softhsm: cannot run softhsm2-util (apt-get install softhsm2): {e}"))?;
+    if !out.status.success() {
+        return Err(format!("softhsm2-util --init-token: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(DemoToken { conf, pin_file })
 }
 
 /// `<data-dir>/tiers.json`: what `up` started, for `status` and `down`.
@@ -252,6 +304,7 @@ pub async fn up(opts: &UpOptions) -> Result<(), String> {
     let mut signals = Signals::new()?;
     let data_dir = prepare_data_dir(&opts.data_dir)?;
     let topo_abs = std::fs::canonicalize(&topo_path).unwrap_or(topo_path);
+    let token = if opts.softhsm { Some(prepare_softhsm(&data_dir)?) } else { None };
     let mut state = plan(&topo, &topo_abs, &data_dir, opts.base_port)?;
     state.supervisor_pid = (!opts.detach).then(std::process::id);
     state.save()?;
@@ -271,9 +324,13 @@ pub async fn up(opts: &UpOptions) -> Result<(), String> {
     );
 
     let mut sup = Supervisor::new(exe);
+    if let Some(t) = &token {
+        sup.set_env("SOFTHSM2_CONF", t.conf.as_os_str());
+        say!("  keys: every server's CA and JWT keys on SoftHSM2 token {SOFTHSM_TOKEN:?} ({})", t.conf.display());
+    }
     let outcome = tokio::select! {
         r = async {
-            setup(&topo, &mut state, &mut sup, uid).await?;
+            setup(&topo, &mut state, &mut sup, uid, token.as_ref()).await?;
             let (obs, converged_in) = converge(&state).await;
             report::print_up(&topo, &state, &obs, converged_in);
             Ok::<_, String>(converged_in.is_some())
@@ -352,6 +409,10 @@ fn prepare_data_dir(dir: &Path) -> Result<PathBuf, String> {
             if d.starts_with(&dir) && d != &dir && d.exists() {
                 std::fs::remove_dir_all(d).map_err(|e| format!("removing the earlier demo's {}: {e}", d.display()))?;
             }
+        }
+        let token_store = dir.join(SOFTHSM_DIR);
+        if token_store.exists() {
+            std::fs::remove_dir_all(&token_store).map_err(|e| format!("removing the earlier demo's {}: {e}", token_store.display()))?;
         }
         std::fs::remove_file(State::path(&dir)).map_err(|e| format!("removing {}: {e}", State::path(&dir).display()))?;
     }
@@ -445,7 +506,7 @@ fn plan(topo: &Topology, topo_path: &Path, data_dir: &Path, base_port: u16) -> R
 /// Starts and registers every tier: for each server root first, its upstream agent (after
 /// registering it and the `-downstream` entry on the upstream), then the server; then the
 /// workload agents, each after its token and entry.
-async fn setup(topo: &Topology, state: &mut State, sup: &mut Supervisor, uid: u32) -> Result<(), String> {
+async fn setup(topo: &Topology, state: &mut State, sup: &mut Supervisor, uid: u32, token: Option<&DemoToken>) -> Result<(), String> {
     let td = state.trust_domain.clone();
     for spec in &topo.servers {
         let si = state.servers.iter().position(|s| s.name == spec.name).ok_or("internal: server missing from the plan")?;
@@ -460,7 +521,7 @@ async fn setup(topo: &Topology, state: &mut State, sup: &mut Supervisor, uid: u3
         };
         let s = state.servers.get(si).cloned().ok_or("internal: server missing from the plan")?;
         crate::fsutil::create_dir_all_mode(&s.dir, 0o700).map_err(|e| format!("{}: {e}", s.dir.display()))?;
-        write_file(&s.config, &server_conf(&td, &s, spec, upstream.as_ref().map(|(p, sock)| (*p, sock.as_path()))))?;
+        write_file(&s.config, &server_conf(&td, &s, spec, upstream.as_ref().map(|(p, sock)| (*p, sock.as_path())), token))?;
         crate::config::server::ServerConfig::load(&s.config, false, &crate::config::server::ServerOverrides::default())
             .map_err(|e| format!("internal: the generated {} is not valid:\n{e}", s.config.display()))?;
         let t0 = Instant::now();
@@ -581,7 +642,21 @@ fn qp(p: &Path) -> String {
     q(&p.display().to_string())
 }
 
-fn server_conf(td: &str, s: &ServerState, spec: &ServerSpec, upstream: Option<(u16, &Path)>) -> String {
+fn server_conf(td: &str, s: &ServerState, spec: &ServerSpec, upstream: Option<(u16, &Path)>, token: Option<&DemoToken>) -> String {
+    let key_manager = match token {
+        // One token for the whole demo; each server's keys under its own label prefix.
+        Some(t) => format!(
+            "    KeyManager \"pkcs11\" {{\n        plugin_data {{\n            module_path = {}\n            token_label = {}\n            pin_file = {}\n            key_label_prefix = {}\n        }}\n    }}",
+            q(SOFTHSM_MODULE),
+            q(SOFTHSM_TOKEN),
+            qp(&t.pin_file),
+            q(&format!("{}:", s.name))
+        ),
+        None => format!(
+            "    KeyManager \"disk\" {{\n        plugin_data {{\n            keys_path = {}\n        }}\n    }}",
+            qp(&s.dir.join("keys.json"))
+        ),
+    };
     let (experimental, upstream_plugin) = match upstream {
         None => (String::new(), String::new()),
         Some((port, socket)) => (
@@ -621,11 +696,7 @@ plugins {{
             connection_string = {db}
         }}
     }}
-    KeyManager "disk" {{
-        plugin_data {{
-            keys_path = {keys}
-        }}
-    }}
+{key_manager}
     NodeAttestor "join_token" {{
         plugin_data {{}}
     }}
@@ -640,7 +711,6 @@ plugins {{
         x509 = format_duration(spec.x509_svid_ttl),
         jwt = format_duration(spec.jwt_svid_ttl),
         db = qp(&s.dir.join("datastore.sqlite3")),
-        keys = qp(&s.dir.join("keys.json")),
     )
 }
 
@@ -824,7 +894,7 @@ mod tests {
         assert_eq!(state.agents[0].spiffe_id, "spiffe://example.org/region-a");
         assert_eq!(state.agents[1].spiffe_id, "spiffe://example.org/region-a/workload");
         let up = &state.agents[0];
-        let text = server_conf("example.org", region, &topo.servers[1], Some((root.port, &up.socket)));
+        let text = server_conf("example.org", region, &topo.servers[1], Some((root.port, &up.socket)), None);
         let cfg = crate::config::server::ServerConfig::from_tree(
             &crate::config::parse_text(&text, false).unwrap(),
             &crate::config::server::ServerOverrides::default(),
@@ -842,6 +912,28 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.socket_path, up.socket);
         assert_eq!(cfg.join_token.as_deref(), Some("tok\"en"));
+    }
+
+    #[test]
+    fn softhsm_configs_put_each_servers_keys_under_its_own_prefix() {
+        let tmp = tempfile::tempdir().unwrap();
+        let topo = demo();
+        let state = plan(&topo, Path::new("t.conf"), tmp.path(), 0).unwrap();
+        let token = DemoToken { conf: tmp.path().join("softhsm2.conf"), pin_file: tmp.path().join("user.pin") };
+        let mut prefixes = Vec::new();
+        for (s, spec) in state.servers.iter().zip(&topo.servers) {
+            let text = server_conf("example.org", s, spec, None, Some(&token));
+            let cfg = crate::config::server::ServerConfig::from_tree(
+                &crate::config::parse_text(&text, false).unwrap(),
+                &crate::config::server::ServerOverrides::default(),
+            )
+            .unwrap();
+            let crate::keymanager::KeyManagerConfig::Pkcs11(km) = cfg.key_manager else { panic!("{text}") };
+            assert_eq!(km.token.token_label, SOFTHSM_TOKEN);
+            assert_eq!(km.token.pin, crate::keymanager::pkcs11::PinSource::File(token.pin_file.clone()));
+            prefixes.push(km.key_label_prefix);
+        }
+        assert_eq!(prefixes, ["root:", "region-a:"]);
     }
 
     #[test]

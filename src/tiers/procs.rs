@@ -37,13 +37,19 @@ impl Proc {
 pub struct Supervisor {
     exe: PathBuf,
     procs: Vec<Proc>,
+    env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
 }
 
 impl Supervisor {
     /// Children will run `exe` (this binary).
     #[must_use]
     pub fn new(exe: PathBuf) -> Self {
-        Self { exe, procs: Vec::new() }
+        Self { exe, procs: Vec::new(), env: Vec::new() }
+    }
+
+    /// Sets `key=value` in the environment of every child started from now on.
+    pub fn set_env(&mut self, key: &str, value: &std::ffi::OsStr) {
+        self.env.push((key.into(), value.to_owned()));
     }
 
     /// How many children were started.
@@ -84,6 +90,7 @@ impl Supervisor {
             .stderr(log_file)
             // The logs are files: no terminal colour codes in them.
             .env("NO_COLOR", "1")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .process_group(0)
             .spawn()
             .map_err(|e| format!("cannot start {label} ({}): {e}", self.exe.display()))?;

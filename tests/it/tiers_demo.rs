@@ -23,10 +23,11 @@ struct Demo {
 }
 
 impl Demo {
-    fn up(topology: &str, data: &Path) -> Self {
+    fn up(topology: &str, data: &Path, extra: &[&str]) -> Self {
         let out = Command::new(CAIRN)
             .args(["tiers", "up", topology, "--detach", "--data-dir"])
             .arg(data)
+            .args(extra)
             .args(["--base-port", &free_port().to_string()])
             .output()
             .unwrap();
@@ -148,7 +149,7 @@ fn assert_down_stops_everything(demo: &Demo) {
 fn demo_tiers_converge_and_stop() {
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let tmp = tempfile::tempdir().unwrap();
-    let demo = Demo::up("tiers/demo", &tmp.path().join("demo"));
+    let demo = Demo::up("tiers/demo", &tmp.path().join("demo"), &[]);
     for want in [
         "├── region-a",
         "│   └── node-a",
@@ -201,11 +202,35 @@ fn demo_tiers_converge_and_stop() {
     assert_down_stops_everything(&demo);
 }
 
+/// Also the `--softhsm` demo: every server's CA and JWT keys on one SoftHSM2 token.
 #[test]
 fn three_level_tiers_converge() {
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    require("softhsm2-util");
+    require("pkcs11-tool");
     let tmp = tempfile::tempdir().unwrap();
-    let demo = Demo::up("tiers/three-level", &tmp.path().join("three"));
+    let data = tmp.path().join("three");
+    let demo = Demo::up("tiers/three-level", &data, &["--softhsm"]);
+    assert!(demo.up_output.contains("on SoftHSM2 token \"cairn-demo\""), "{}", demo.up_output);
+    // pkcs11-tool, not cairn, lists the keys: each server's under its name, non-extractable,
+    // and no keys file anywhere.
+    let pin = std::fs::read_to_string(data.join("softhsm/user.pin")).unwrap();
+    let (ok, listing) = run(Command::new("pkcs11-tool")
+        .env("SOFTHSM2_CONF", data.join("softhsm/softhsm2.conf"))
+        .args(["--module", "/usr/lib/softhsm/libsofthsm2.so", "--token-label", "cairn-demo", "--login", "--pin", pin.trim()])
+        .args(["--list-objects", "--type", "privkey"]));
+    assert!(ok, "{listing}");
+    for s in demo.state()["servers"].as_array().unwrap() {
+        let name = s["name"].as_str().unwrap();
+        for id in ["x509-CA-A", "JWT-Signer-A"] {
+            let block = listing
+                .split("Private Key Object")
+                .find(|b| b.contains(&format!("label:      {name}:{id}\n")))
+                .unwrap_or_else(|| panic!("{name}:{id} is not on the token:\n{listing}"));
+            assert!(block.contains("never extractable"), "{block}");
+        }
+        assert!(!Path::new(s["dir"].as_str().unwrap()).join("keys.json").exists(), "{name} wrote a keys file");
+    }
     let rt = tokio::runtime::Runtime::new().unwrap();
     let kids = assert_everyone_sees_every_key(&demo, &rt);
     assert_eq!(kids.len(), 3);

@@ -259,3 +259,47 @@ fn log_keys_and_always_on_experimental_keys_are_honoured_or_noted() {
     let c = ServerConfig::from_tree(&super::super::parse_text(&text, false).unwrap(), &o).unwrap();
     assert_eq!((c.log_file, c.log_format), (Some(PathBuf::from("/tmp/x.log")), LogFormat::Text));
 }
+
+#[test]
+fn pkcs11_key_manager_and_upstream() {
+    use crate::keymanager::pkcs11::PinSource;
+    let text = r#"
+server { trust_domain = "example.org" ca_key_type = "ec-p384" }
+plugins {
+    DataStore "sql" { plugin_data { database_type = "sqlite3" connection_string = "x" } }
+    KeyManager "pkcs11" { plugin_data { module_path = "/usr/lib/softhsm/libsofthsm2.so" token_label = "ca" pin_env = "HSM_PIN" } }
+    UpstreamAuthority "pkcs11" { plugin_data {
+        module_path = "/usr/lib/softhsm/libsofthsm2.so" token_label = "root" pin = "secret-pin" key_label = "org-root" cert_file_path = "root.pem"
+    } }
+}"#;
+    let c = load(text).unwrap();
+    let KeyManagerConfig::Pkcs11(km) = &c.key_manager else { panic!("{:?}", c.key_manager) };
+    assert_eq!((km.token.token_label.as_str(), km.key_label_prefix.as_str()), ("ca", "cairn:"));
+    assert_eq!(km.token.pin, PinSource::Env("HSM_PIN".into()));
+    let Some(UpstreamConfig::Pkcs11(u)) = &c.upstream else { panic!("{:?}", c.upstream) };
+    assert_eq!((u.key_label.as_str(), u.cert_file_path.to_str()), ("org-root", Some("root.pem")));
+    assert!(!format!("{c:?}").contains("secret-pin"), "the PIN shows in the config's Debug");
+
+    let bad = r#"
+server { trust_domain = "example.org" ca_key_type = "rsa-2048" }
+plugins {
+    DataStore "sql" { plugin_data { database_type = "sqlite3" connection_string = "x" } }
+    KeyManager "pkcs11" { plugin_data { token_label = "ca" slot = 0 pin = "1" pin_file = "f" key_label_prefix = "" } }
+    UpstreamAuthority "pkcs11" { plugin_data { module_path = "m" token_label = "root" key_file_path = "k" } }
+}"#;
+    let errs = load(bad).unwrap_err();
+    let text = errs.to_string();
+    for (path, says) in [
+        ("plugins.KeyManager.pkcs11.plugin_data.module_path", "missing"),
+        ("plugins.KeyManager.pkcs11.plugin_data.slot", "token_label"),
+        ("plugins.KeyManager.pkcs11.plugin_data.pin", "exactly one"),
+        ("plugins.KeyManager.pkcs11.plugin_data.key_label_prefix", "must not be empty"),
+        ("plugins.UpstreamAuthority.pkcs11.plugin_data.pin", "missing"),
+        ("plugins.UpstreamAuthority.pkcs11.plugin_data.key_label", "missing"),
+        ("plugins.UpstreamAuthority.pkcs11.plugin_data.cert_file_path", "missing"),
+        ("plugins.UpstreamAuthority.pkcs11.plugin_data.key_file_path", "key_label"),
+    ] {
+        assert!(errs.0.iter().any(|e| e.path == path && e.message.contains(says)), "no error at {path} saying {says:?}:\n{text}");
+    }
+    assert!(!text.contains("\"1\""), "{text}");
+}

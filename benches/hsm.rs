@@ -1,0 +1,176 @@
+//! X509-SVID minting with the CA key on a PKCS#11 token (SoftHSM2) against the token's raw
+//! CKM_ECDSA sign rate through cryptoki, and against a CA key in memory, in one run, with 1 and
+//! 16 concurrent callers. Run with `scripts/bench-hsm.sh`, which makes a throwaway token and
+//! sets SOFTHSM2_CONF. Prints figures and ratios; asserts nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "benchmark driver")]
+
+use cairn::ca::{CaConfig, CaManager, CaSubject, X509SvidRequest};
+use cairn::datastore::sql::SqliteDatastore;
+use cairn::keymanager::pkcs11::{PinSource, Pkcs11Config, Pkcs11KeyManager, TokenConfig};
+use cairn::keymanager::{KeyManager, KeyType, MemoryKeyManager};
+use cairn::spiffe::{SpiffeId, TrustDomain};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+const SECS: f64 = 3.0;
+const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+const TOKEN: &str = "cairn-bench";
+const PIN: &str = "1234";
+
+/// Raw CKM_ECDSA signatures per second through cryptoki: `callers` threads, each with its
+/// own session, signing SHA-256 digests with one P-256 key made here.
+fn raw_rate(callers: usize) -> f64 {
+    use cryptoki::mechanism::Mechanism;
+    use cryptoki::object::{Attribute, ObjectClass};
+    let ctx = cryptoki::context::Pkcs11::new(MODULE).unwrap();
+    let _ = ctx.initialize(cryptoki::context::CInitializeArgs::new(cryptoki::context::CInitializeFlags::OS_LOCKING_OK));
+    let slot =
+        ctx.get_slots_with_token().unwrap().into_iter().find(|s| ctx.get_token_info(*s).unwrap().label().trim_end() == TOKEN).unwrap();
+    let anchor = ctx.open_rw_session(slot).unwrap();
+    let _ = anchor.login(cryptoki::session::UserType::User, Some(&cryptoki::types::AuthPin::from(PIN)));
+    let label = b"raw-bench".to_vec();
+    let key = match anchor.find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Label(label.clone())]).unwrap().first() {
+        Some(k) => *k,
+        None => {
+            let p256 = vec![0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+            let public = [Attribute::Token(true), Attribute::EcParams(p256), Attribute::Label(label.clone()), Attribute::Verify(true)];
+            let private = [
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Sensitive(true),
+                Attribute::Sign(true),
+                Attribute::Label(label),
+            ];
+            anchor.generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private).unwrap().1
+        }
+    };
+    let digest = [7u8; 32];
+    let count = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..callers {
+            let (ctx, count) = (ctx.clone(), Arc::clone(&count));
+            scope.spawn(move || {
+                let session = ctx.open_rw_session(slot).unwrap();
+                while start.elapsed().as_secs_f64() < SECS {
+                    std::hint::black_box(session.sign(&Mechanism::Ecdsa, key, &digest).unwrap());
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+fn csrs(n: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            let mut p = rcgen::CertificateParams::default();
+            p.subject_alt_names = vec![rcgen::SanType::URI(format!("spiffe://example.org/w/{i}").try_into().unwrap())];
+            p.serialize_request(&key).unwrap().der().to_vec()
+        })
+        .collect()
+}
+
+/// X509-SVIDs per second from `callers` tasks minting through the CA (the RPC's work: parse
+/// and verify the CSR, build, sign), with the CA key in `km`.
+async fn mint_rate(km: Arc<dyn KeyManager>, callers: usize, csrs: Arc<Vec<Vec<u8>>>) -> f64 {
+    let ds = Arc::new(SqliteDatastore::connect("sqlite::memory:").await.unwrap());
+    let cfg = CaConfig {
+        trust_domain: TrustDomain::new("example.org").unwrap(),
+        ca_ttl: 86_400,
+        default_x509_svid_ttl: 3600,
+        default_jwt_svid_ttl: 300,
+        ca_key_type: KeyType::EcP256,
+        jwt_key_type: KeyType::EcP256,
+        ca_subject: CaSubject::default(),
+        jwt_issuer: None,
+        journal_key: format!("bench-{callers}"),
+        jwt_publish_grace: 0,
+        disable_jwt_svids: false,
+        ca_rotation_interval: 10,
+    };
+    let m = CaManager::new(cfg, km, None, ds);
+    m.initialize(cairn::now_unix()).await.unwrap();
+    let ca = m.ca();
+    let count = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..callers {
+        let (ca, count, csrs) = (Arc::clone(&ca), Arc::clone(&count), Arc::clone(&csrs));
+        tasks.push(tokio::spawn(async move {
+            let now = cairn::now_unix();
+            let mut i = t;
+            while start.elapsed().as_secs_f64() < SECS {
+                let parsed = cairn::pki::Csr::parse(&csrs[i % csrs.len()]).unwrap();
+                let id = SpiffeId::new(&parsed.uris[0]).unwrap();
+                let chain = ca.mint_x509_svid(&parsed.public_key, &X509SvidRequest { id: &id, dns_names: &[], ttl: 0 }, now).await.unwrap();
+                std::hint::black_box(chain);
+                count.fetch_add(1, Ordering::Relaxed);
+                i += callers;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+fn main() {
+    assert!(
+        std::env::var_os("SOFTHSM2_CONF").is_some(),
+        "run scripts/bench-hsm.sh: it makes a throwaway SoftHSM2 token and sets SOFTHSM2_CONF"
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let csrs = Arc::new(csrs(256));
+    let hsm: Arc<dyn KeyManager> = Arc::new(
+        Pkcs11KeyManager::open(&Pkcs11Config {
+            token: TokenConfig {
+                module_path: MODULE.into(),
+                token_label: TOKEN.into(),
+                pin: PinSource::Value(zeroize::Zeroizing::new(PIN.into())),
+            },
+            key_label_prefix: "bench:".into(),
+        })
+        .unwrap(),
+    );
+    println!(
+        "X509-SVID minting with the CA key on SoftHSM2 vs its raw CKM_ECDSA rate (P-256, {SECS} s per figure, {} cores)",
+        std::thread::available_parallelism().map_or(0, std::num::NonZero::get)
+    );
+    println!("{:<44} {:>12} {:>12}", "", "1 caller", "16 callers");
+    let mut rows = Vec::new();
+    // Interleaved, best of two rounds each, so a noisy neighbour hits every figure alike.
+    let mut best = [[0f64; 2]; 3];
+    for _round in 0..2 {
+        for (ci, callers) in [1usize, 16].into_iter().enumerate() {
+            best[0][ci] = best[0][ci].max(raw_rate(callers));
+            best[1][ci] = best[1][ci].max(rt.block_on(mint_rate(Arc::clone(&hsm), callers, Arc::clone(&csrs))));
+            best[2][ci] = best[2][ci].max(rt.block_on(mint_rate(Arc::new(MemoryKeyManager::new()), callers, Arc::clone(&csrs))));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    for (name, r) in [
+        ("raw C_Sign (cryptoki, session per thread)/s", best[0]),
+        ("cairn X509-SVIDs/s, CA key on SoftHSM", best[1]),
+        ("cairn X509-SVIDs/s, CA key in memory", best[2]),
+    ] {
+        println!("{name:<44} {:>12.0} {:>12.0}", r[0], r[1]);
+        rows.push(r);
+    }
+    println!(
+        "{:<44} {:>11.0}% {:>11.0}%",
+        "cairn with HSM / raw HSM sign rate",
+        100.0 * best[1][0] / best[0][0],
+        100.0 * best[1][1] / best[0][1]
+    );
+    println!(
+        "{:<44} {:>11.0}% {:>11.0}%",
+        "cairn with HSM / cairn with memory key",
+        100.0 * best[1][0] / best[2][0],
+        100.0 * best[1][1] / best[2][1]
+    );
+}
