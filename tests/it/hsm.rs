@@ -227,7 +227,24 @@ fn token_errors_are_clear_and_write_nothing() {
     assert!(err.contains("slot") && err.contains("token_label"), "{err}");
     let err = case_with("rsa", km(MODULE, "cairn-errs", &pin_file), "ca_key_type = \"rsa-2048\"");
     assert!(err.contains("ec-p256 and ec-p384"), "{err}");
-    // The PIN never reached the log or the token objects of a failed start.
+    // A token that does not offer CKM_ECDSA (SoftHSM told to offer only keygen and SHA-256).
+    let crippled = tmp.path().join("no-ecdsa.conf");
+    std::fs::write(
+        &crippled,
+        format!("{}slots.mechanisms = CKM_EC_KEY_PAIR_GEN,CKM_SHA256\n", std::fs::read_to_string(&hsm.conf).unwrap()),
+    )
+    .unwrap();
+    let dir = tmp.path().join("mechanism");
+    std::fs::create_dir(&dir).unwrap();
+    let config = write_config(
+        &dir,
+        free_port(),
+        &ServerOpts { key_manager_block: Some(km(MODULE, "cairn-errs", &pin_file)), ..ServerOpts::default() },
+    );
+    let err = start_fails(&config, &[("SOFTHSM2_CONF".to_owned(), crippled.display().to_string())]);
+    assert!(err.contains("does not support CKM_ECDSA") && err.contains("cairn-errs"), "{err}");
+
+    // No failed start created keys on the token.
     let (_, listing) = hsm.pkcs11_tool("cairn-errs", &["--list-objects"]);
     assert!(!listing.contains("cairn:"), "a refused start created keys:\n{listing}");
 }
