@@ -121,6 +121,19 @@ pub(crate) fn fetch_x509(agent: &TestAgent, dir: &Path) -> PathBuf {
     dir.to_path_buf()
 }
 
+/// Splits an SVID file (leaf first) under `base` with `tag`, writes its intermediates to
+/// `<tag>-inter.pem`, and asserts that openssl (`-x509_strict`) verifies the leaf against
+/// `roots` through them. Returns the split certificates and the intermediates file.
+pub(crate) fn verify_through_chain(base: &Path, svid: &Path, roots: &Path, tag: &str) -> (Vec<PathBuf>, PathBuf) {
+    let chain = split_pem(svid, base, &format!("{tag}c"));
+    let inter = base.join(format!("{tag}-inter.pem"));
+    std::fs::write(&inter, chain.iter().skip(1).map(|p| std::fs::read_to_string(p).unwrap()).collect::<String>()).unwrap();
+    let (ok, text) =
+        run(Command::new("openssl").args(["verify", "-x509_strict", "-CAfile"]).arg(roots).arg("-untrusted").arg(&inter).arg(&chain[0]));
+    assert!(ok, "openssl verify {}: {text}", svid.display());
+    (chain, inter)
+}
+
 pub(crate) const PYJWT_ROOT: &str = r#"
 import json, sys, jwt
 from jwt.algorithms import ECAlgorithm
@@ -218,17 +231,8 @@ fn nested_walkthrough_jwt_keys_cross_every_tier() {
     let w2 = fetch_x509(&a2, &base.join("w2"));
     let root_pem = base.join("root.pem");
     std::fs::write(&root_pem, root.cli_ok(&["bundle", "show"])).unwrap();
-    let chain = split_pem(&w1.join("svid.0.pem"), base, "w1c");
+    let (chain, inter) = verify_through_chain(base, &w1.join("svid.0.pem"), &root_pem, "w1");
     assert!(chain.len() >= 2, "leaf + downstream CA");
-    let inter = base.join("w1-inter.pem");
-    std::fs::write(&inter, chain.iter().skip(1).map(|p| std::fs::read_to_string(p).unwrap()).collect::<String>()).unwrap();
-    let (ok, text) = run(Command::new("openssl")
-        .args(["verify", "-x509_strict", "-CAfile"])
-        .arg(&root_pem)
-        .arg("-untrusted")
-        .arg(&inter)
-        .arg(&chain[0]));
-    assert!(ok, "{text}");
     let chain2 = split_pem(&w2.join("svid.0.pem"), base, "w2c");
     let inter2 = base.join("w2-inter.pem");
     std::fs::write(&inter2, chain2.iter().skip(1).map(|p| std::fs::read_to_string(p).unwrap()).collect::<String>()).unwrap();
