@@ -4,11 +4,13 @@
 //! sets SOFTHSM2_CONF. Prints figures and ratios; asserts nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "benchmark driver")]
 
-use cairn::ca::{CaConfig, CaManager, CaSubject, X509SvidRequest};
-use cairn::datastore::sql::SqliteDatastore;
+mod common;
+use common::csrs;
+
+use cairn::ca::X509SvidRequest;
 use cairn::keymanager::pkcs11::{PinSource, Pkcs11Config, Pkcs11KeyManager, TokenConfig};
 use cairn::keymanager::{KeyManager, KeyType, MemoryKeyManager};
-use cairn::spiffe::{SpiffeId, TrustDomain};
+use cairn::spiffe::SpiffeId;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -85,37 +87,10 @@ fn seam_rate(key: &Arc<dyn cairn::keymanager::Key>, callers: usize) -> f64 {
     count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
 }
 
-fn csrs(n: usize) -> Vec<Vec<u8>> {
-    (0..n)
-        .map(|i| {
-            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-            let mut p = rcgen::CertificateParams::default();
-            p.subject_alt_names = vec![rcgen::SanType::URI(format!("spiffe://example.org/w/{i}").try_into().unwrap())];
-            p.serialize_request(&key).unwrap().der().to_vec()
-        })
-        .collect()
-}
-
 /// X509-SVIDs per second from `callers` tasks minting through the CA (the RPC's work: parse
 /// and verify the CSR, build, sign), with the CA key in `km`.
 async fn mint_rate(km: Arc<dyn KeyManager>, callers: usize, csrs: Arc<Vec<Vec<u8>>>) -> f64 {
-    let ds = Arc::new(SqliteDatastore::connect("sqlite::memory:").await.unwrap());
-    let cfg = CaConfig {
-        trust_domain: TrustDomain::new("example.org").unwrap(),
-        ca_ttl: 86_400,
-        default_x509_svid_ttl: 3600,
-        default_jwt_svid_ttl: 300,
-        ca_key_type: KeyType::EcP256,
-        jwt_key_type: KeyType::EcP256,
-        ca_subject: CaSubject::default(),
-        jwt_issuer: None,
-        journal_key: format!("bench-{callers}"),
-        jwt_publish_grace: 0,
-        disable_jwt_svids: false,
-        ca_rotation_interval: 10,
-    };
-    let m = CaManager::new(cfg, km, None, ds);
-    m.initialize(cairn::now_unix()).await.unwrap();
+    let m = common::ca_manager(km, &format!("bench-{callers}")).await;
     let ca = m.ca();
     let count = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();

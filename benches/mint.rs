@@ -3,26 +3,17 @@
 //! `cargo bench --bench mint`). Prints figures and ratios; asserts nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "benchmark driver")]
 
-use cairn::ca::{CaConfig, CaManager, CaSubject, X509SvidRequest};
-use cairn::datastore::sql::SqliteDatastore;
-use cairn::keymanager::{KeyType, MemoryKeyManager};
-use cairn::spiffe::{SpiffeId, TrustDomain};
+mod common;
+use common::csrs;
+
+use cairn::ca::X509SvidRequest;
+use cairn::keymanager::MemoryKeyManager;
+use cairn::spiffe::SpiffeId;
 use cairn::wire::pb::spire::api::server::svid::v1 as svidpb;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const SECS: f64 = 3.0;
-
-fn csrs(n: usize) -> Vec<Vec<u8>> {
-    (0..n)
-        .map(|i| {
-            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-            let mut p = rcgen::CertificateParams::default();
-            p.subject_alt_names = vec![rcgen::SanType::URI(format!("spiffe://example.org/w/{i}").try_into().unwrap())];
-            p.serialize_request(&key).unwrap().der().to_vec()
-        })
-        .collect()
-}
 
 /// utime + stime of a process, in seconds.
 fn cpu_seconds(pid: u32) -> f64 {
@@ -35,23 +26,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 }
 
 async fn in_process(csrs: &[Vec<u8>]) -> f64 {
-    let ds = Arc::new(SqliteDatastore::connect("sqlite::memory:").await.unwrap());
-    let cfg = CaConfig {
-        trust_domain: TrustDomain::new("example.org").unwrap(),
-        ca_ttl: 86_400,
-        default_x509_svid_ttl: 3600,
-        default_jwt_svid_ttl: 300,
-        ca_key_type: KeyType::EcP256,
-        jwt_key_type: KeyType::EcP256,
-        ca_subject: CaSubject::default(),
-        jwt_issuer: None,
-        journal_key: "bench".into(),
-        jwt_publish_grace: 0,
-        disable_jwt_svids: false,
-        ca_rotation_interval: 10,
-    };
-    let m = CaManager::new(cfg, Arc::new(MemoryKeyManager::new()), None, ds);
-    m.initialize(cairn::now_unix()).await.unwrap();
+    let m = common::ca_manager(Arc::new(MemoryKeyManager::new()), "bench").await;
     let ca = m.ca();
     let now = cairn::now_unix();
     let start = Instant::now();

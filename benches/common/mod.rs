@@ -1,0 +1,43 @@
+//! What the minting benchmarks share: the CSRs they mint from and a CA manager on an in-memory
+//! datastore, so `mint` and `hsm` measure the same work.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "benchmark driver")]
+
+use cairn::ca::{CaConfig, CaManager, CaSubject};
+use cairn::datastore::sql::SqliteDatastore;
+use cairn::keymanager::{KeyManager, KeyType};
+use cairn::spiffe::TrustDomain;
+use std::sync::Arc;
+
+/// `n` P-256 CSRs for `spiffe://example.org/w/<i>`.
+pub fn csrs(n: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            let mut p = rcgen::CertificateParams::default();
+            p.subject_alt_names = vec![rcgen::SanType::URI(format!("spiffe://example.org/w/{i}").try_into().unwrap())];
+            p.serialize_request(&key).unwrap().der().to_vec()
+        })
+        .collect()
+}
+
+/// An initialised CA manager for example.org (EC P-256, SQLite in memory) with keys in `km`.
+pub async fn ca_manager(km: Arc<dyn KeyManager>, journal_key: &str) -> CaManager {
+    let ds = Arc::new(SqliteDatastore::connect("sqlite::memory:").await.unwrap());
+    let cfg = CaConfig {
+        trust_domain: TrustDomain::new("example.org").unwrap(),
+        ca_ttl: 86_400,
+        default_x509_svid_ttl: 3600,
+        default_jwt_svid_ttl: 300,
+        ca_key_type: KeyType::EcP256,
+        jwt_key_type: KeyType::EcP256,
+        ca_subject: CaSubject::default(),
+        jwt_issuer: None,
+        journal_key: journal_key.into(),
+        jwt_publish_grace: 0,
+        disable_jwt_svids: false,
+        ca_rotation_interval: 10,
+    };
+    let m = CaManager::new(cfg, km, None, ds);
+    m.initialize(cairn::now_unix()).await.unwrap();
+    m
+}
