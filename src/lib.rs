@@ -21,7 +21,9 @@
 //! - [`pki`]: the certificate toolkit: CA and SVID templates, CSR intake.
 //! - [`keymanager`]: key custody (`memory`, `disk`); keys sign through rcgen's `SigningKey`.
 //! - [`ca`]: the X.509 CA and JWT key slots, rotation as pure functions of `now`, minting.
-//! - [`upstream`]: where a tier's CA comes from (`disk`, `spire`; later `vault`, `pkcs11`).
+//! - [`upstream`]: where a tier's CA comes from (`disk`, `pkcs11`, `spire`, `vault`).
+//! - [`vault`]: the Vault/OpenBao HTTP client (auth methods, token renewal) the `vault`
+//!   upstream and key manager share.
 //! - [`datastore`]: entries, nodes, join tokens, bundles, CA journal (SQLite via sqlx) and the
 //!   entry cache that follows its change feed.
 //! - [`attest`]: node attestation methods, both the agent's and the server's side.
@@ -54,6 +56,7 @@ pub mod telemetry;
 pub mod text;
 pub mod tiers;
 pub mod upstream;
+pub mod vault;
 pub mod wire;
 
 /// Seconds since the Unix epoch, from the system clock (or a test's [`clock::ManualClock`]).

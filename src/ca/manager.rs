@@ -438,6 +438,9 @@ impl CaManager {
     }
 
     async fn prepare_x509(&self, slot: &str, now: i64) -> Result<X509Slot, CaError> {
+        if let Some(up) = &self.upstream {
+            up.check_ready().await.map_err(|e| CaError::Upstream(e.to_string()))?;
+        }
         let key = self.key_manager.generate_key(&key_id("x509", slot), self.config.ca_key_type).await?;
         let td = &self.config.trust_domain;
         let (cert, chain) = match &self.upstream {

@@ -27,6 +27,17 @@ pub enum UpstreamConfig {
     Spire(SpireUpstreamConfig),
     /// `UpstreamAuthority "pkcs11"`: `disk`'s certificate files with the key on a token.
     Pkcs11(Pkcs11UpstreamConfig),
+    /// `UpstreamAuthority "vault"`: a Vault/OpenBao PKI engine signs this tier's CA.
+    Vault(VaultUpstreamConfig),
+}
+
+/// `plugin_data` of `UpstreamAuthority "vault"`.
+#[derive(Debug, Clone)]
+pub struct VaultUpstreamConfig {
+    /// Connection and authentication (SPIRE's keys; environment fallbacks apply later).
+    pub vault: crate::vault::VaultSettings,
+    /// `pki_mount_point` (default `pki`).
+    pub pki_mount_point: String,
 }
 
 /// `plugin_data` of `UpstreamAuthority "pkcs11"`.
@@ -741,6 +752,82 @@ fn token_config(w: &mut Walker, data: &Object, path: &str) -> Option<crate::keym
     Some(TokenConfig { module_path: module?.into(), token_label: label?, pin: pin? })
 }
 
+/// Keys every Vault plugin block shares (SPIRE's `vault` UpstreamAuthority and
+/// `hashicorp_vault` KeyManager).
+const VAULT_KEYS: &[&str] =
+    &["vault_addr", "namespace", "ca_cert_path", "insecure_skip_verify", "token_auth", "approle_auth", "cert_auth", "k8s_auth"];
+
+/// The connection and the one authentication method of a Vault plugin block.
+fn vault_settings(w: &mut Walker, data: &Object, path: &str) -> Option<crate::vault::VaultSettings> {
+    use crate::vault::{AuthSettings, Secret, VaultSettings};
+    let nonempty = |s: Option<String>| s.filter(|v| !v.is_empty());
+    let vault_addr = nonempty(w.string(data, "vault_addr", path));
+    let namespace = nonempty(w.string(data, "namespace", path));
+    let ca_cert_path = nonempty(w.string(data, "ca_cert_path", path)).map(PathBuf::from);
+    let insecure_skip_verify = w.boolean(data, "insecure_skip_verify", path).unwrap_or(false);
+    let mut methods: Vec<AuthSettings> = Vec::new();
+    let mut named: Vec<&str> = Vec::new();
+    if let Some(o) = w.block(data, "token_auth", path) {
+        let p = join(path, "token_auth");
+        w.unknown_keys(o, &["token"], &p, |_| None);
+        methods.push(AuthSettings::Token { token: nonempty(w.string(o, "token", &p)).map(Secret::new) });
+        named.push("token_auth");
+    }
+    if let Some(o) = w.block(data, "approle_auth", path) {
+        let p = join(path, "approle_auth");
+        w.unknown_keys(o, &["approle_auth_mount_point", "approle_id", "approle_secret_id"], &p, |_| None);
+        methods.push(AuthSettings::AppRole {
+            mount: nonempty(w.string(o, "approle_auth_mount_point", &p)).unwrap_or_else(|| "approle".into()),
+            role_id: nonempty(w.string(o, "approle_id", &p)),
+            secret_id: nonempty(w.string(o, "approle_secret_id", &p)).map(Secret::new),
+        });
+        named.push("approle_auth");
+    }
+    if let Some(o) = w.block(data, "cert_auth", path) {
+        let p = join(path, "cert_auth");
+        w.unknown_keys(o, &["cert_auth_mount_point", "cert_auth_role_name", "client_cert_path", "client_key_path"], &p, |_| None);
+        methods.push(AuthSettings::Cert {
+            mount: nonempty(w.string(o, "cert_auth_mount_point", &p)).unwrap_or_else(|| "cert".into()),
+            role_name: nonempty(w.string(o, "cert_auth_role_name", &p)),
+            client_cert_path: nonempty(w.string(o, "client_cert_path", &p)).map(PathBuf::from),
+            client_key_path: nonempty(w.string(o, "client_key_path", &p)).map(PathBuf::from),
+        });
+        named.push("cert_auth");
+    }
+    if let Some(o) = w.block(data, "k8s_auth", path) {
+        let p = join(path, "k8s_auth");
+        w.unknown_keys(o, &["k8s_auth_mount_point", "k8s_auth_role_name", "token_path"], &p, |_| None);
+        let role = nonempty(w.string(o, "k8s_auth_role_name", &p));
+        let token_path = nonempty(w.string(o, "token_path", &p));
+        if role.is_none() {
+            w.err(&join(&p, "k8s_auth_role_name"), "missing: the Vault role to log in against");
+        }
+        if token_path.is_none() {
+            w.err(&join(&p, "token_path"), "missing: the service account token file (e.g. /var/run/secrets/tokens/vault)");
+        }
+        if let (Some(role_name), Some(t)) = (role, token_path) {
+            methods.push(AuthSettings::K8s {
+                mount: nonempty(w.string(o, "k8s_auth_mount_point", &p)).unwrap_or_else(|| "kubernetes".into()),
+                role_name,
+                token_path: t.into(),
+            });
+        }
+        named.push("k8s_auth");
+    }
+    let auth = match named.len() {
+        0 => {
+            w.err(path, "must be configured one of these authentication method: token_auth, approle_auth, cert_auth or k8s_auth");
+            None
+        }
+        1 => methods.pop(),
+        _ => {
+            w.err(path, format!("only one authentication method can be configured, got {}", named.join(", ")));
+            None
+        }
+    };
+    Some(VaultSettings { vault_addr, namespace, ca_cert_path, insecure_skip_verify, auth: auth? })
+}
+
 struct Plugins {
     datastore: DatastoreConfig,
     key_manager: KeyManagerConfig,
@@ -1048,10 +1135,20 @@ impl Plugins {
                     _ => None,
                 }
             }
+            [u] if u.name == "vault" => {
+                let data = u.data.unwrap_or(&empty);
+                let mut known = VAULT_KEYS.to_vec();
+                known.push("pki_mount_point");
+                w.unknown_keys(data, &known, &u.path, |_| None);
+                let mount = w.string(data, "pki_mount_point", &u.path).filter(|m| !m.trim_matches('/').is_empty());
+                vault_settings(w, data, &u.path).map(|vault| {
+                    UpstreamConfig::Vault(VaultUpstreamConfig { vault, pki_mount_point: mount.unwrap_or_else(|| "pki".into()) })
+                })
+            }
             [u] => {
                 w.err(
                     &u.path.replace(".plugin_data", ""),
-                    "unknown UpstreamAuthority: this cairn has \"disk\", \"pkcs11\" and \"spire\" (vault comes in a later issue)",
+                    "unknown UpstreamAuthority: this cairn has \"disk\", \"pkcs11\", \"spire\" and \"vault\"",
                 );
                 None
             }

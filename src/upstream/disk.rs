@@ -60,7 +60,7 @@ fn read(path: &std::path::Path, what: &str) -> Result<String, UpstreamError> {
     std::fs::read_to_string(path).map_err(|e| UpstreamError::Config(format!("{what} {}: {e}", path.display())))
 }
 
-fn pem_certs(text: &str, what: &str) -> Result<Vec<Vec<u8>>, UpstreamError> {
+pub(super) fn pem_certs(text: &str, what: &str) -> Result<Vec<Vec<u8>>, UpstreamError> {
     let blocks = ::pem::parse_many(text).map_err(|e| UpstreamError::Config(format!("{what}: not PEM: {e}")))?;
     if blocks.is_empty() {
         return Err(UpstreamError::Config(format!("{what}: no PEM certificate found (is the file truncated?)")));
@@ -76,7 +76,7 @@ fn pem_certs(text: &str, what: &str) -> Result<Vec<Vec<u8>>, UpstreamError> {
     Ok(out)
 }
 
-fn signed_by(child: &[u8], parent: &[u8]) -> bool {
+pub(super) fn signed_by(child: &[u8], parent: &[u8]) -> bool {
     let (Ok((_, c)), Ok((_, p))) = (parse_x509_certificate(child), parse_x509_certificate(parent)) else { return false };
     // The same signature check as every other chain cairn verifies (Go's algorithm set).
     crate::spiffe::x509::signature::verify_signed_by(&c, &p).is_ok()

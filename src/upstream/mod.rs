@@ -2,10 +2,12 @@
 //!
 //! Backends: `disk` (a CA certificate and key on disk), `pkcs11` (the same with the key held on
 //! a PKCS#11 token) and `spire` (an upstream SPIRE-API server, which makes this server a
-//! downstream tier and is the only backend that publishes JWT keys). `vault` comes later.
+//! downstream tier and is the only backend that publishes JWT keys) and `vault` (a Vault or
+//! OpenBao PKI engine).
 
 pub mod disk;
 pub mod spire;
+pub mod vault;
 
 use crate::spiffe::{Bundle, JwtAuthority};
 use async_trait::async_trait;
@@ -45,6 +47,13 @@ pub trait UpstreamAuthority: Send + Sync + std::fmt::Debug {
     /// Signs a CA certificate for the CSR (whose URI SAN is the trust-domain ID).
     /// `preferred_ttl` is advisory, in seconds.
     async fn mint_x509_ca(&self, csr_der: &[u8], preferred_ttl: i64) -> Result<MintedCa, UpstreamError>;
+
+    /// Whether a mint can be attempted now (the upstream answers and accepts our credentials).
+    /// Asked before a new CA key is generated, so that an upstream that is down costs no key:
+    /// repeated failed starts leave the key store as it was.
+    async fn check_ready(&self) -> Result<(), UpstreamError> {
+        Ok(())
+    }
 
     /// Whether the upstream is another tier of this trust domain (a `spire` upstream): such
     /// an upstream validates this tier's JWT-SVIDs, so a fresh JWT key must reach it before
@@ -90,6 +99,7 @@ pub fn build(
         Some(UpstreamConfig::Disk(d)) => Some(std::sync::Arc::new(DiskUpstreamAuthority::new(d.clone(), trust_domain.clone())?)),
         Some(UpstreamConfig::Spire(c)) => Some(std::sync::Arc::new(spire::SpireUpstream::new(c.clone(), trust_domain.clone())?)),
         Some(UpstreamConfig::Pkcs11(c)) => Some(std::sync::Arc::new(pkcs11_upstream(c, trust_domain)?)),
+        Some(UpstreamConfig::Vault(c)) => Some(std::sync::Arc::new(vault::VaultUpstream::new(c, trust_domain.clone())?)),
     })
 }
 

@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod inproc;
+pub mod openbao;
 pub mod softhsm;
 
 use std::path::{Path, PathBuf};
@@ -249,4 +250,30 @@ pub fn split_pem(pem: &Path, out_dir: &Path, prefix: &str) -> Vec<PathBuf> {
         files.push(p);
     }
     files
+}
+
+/// Starts `cairn server run` expecting it to fail; returns its stderr.
+pub fn start_fails(config: &Path, env: &[(String, String)]) -> String {
+    let mut child = Command::new(CAIRN)
+        .args(["server", "run", "-config"])
+        .arg(config)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(!status.success());
+            let mut err = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+            return err;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server started although it should have refused");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

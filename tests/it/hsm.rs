@@ -10,7 +10,7 @@ use common::softhsm::{MODULE, SoftHsm};
 use common::*;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn verify_svid(s: &TestServer, dir: &Path, id: &str, roots: &Path) {
     let out = dir.join(format!("svid-{}", id.rsplit('/').next().unwrap()));
@@ -33,32 +33,6 @@ fn cert_spki(cert: &Path) -> Vec<u8> {
     let out = Command::new("sh").arg("-c").arg(sh).output().unwrap();
     assert!(out.status.success());
     out.stdout
-}
-
-/// Starts `cairn server run` expecting it to fail; returns its stderr.
-fn start_fails(config: &Path, env: &[(String, String)]) -> String {
-    let mut child = Command::new(CAIRN)
-        .args(["server", "run", "-config"])
-        .arg(config)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(!status.success());
-            let mut err = String::new();
-            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-            return err;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the server started although it should have refused");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]

@@ -32,5 +32,6 @@ mod tiers_demo;
 mod tls_port;
 mod ttl_flags;
 mod upstream_disk;
+mod vault;
 mod workload_clients;
 mod workload_peer;
