@@ -245,4 +245,8 @@ impl crate::telemetry::health::Readiness for ApiState {
     async fn ready(&self) -> bool {
         self.ca.can_sign(crate::now_unix()) && self.datastore.count_entries().await.is_ok()
     }
+
+    fn warnings(&self) -> Vec<String> {
+        self.ca.rotation_problem().into_iter().collect()
+    }
 }

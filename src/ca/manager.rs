@@ -379,7 +379,7 @@ impl CaManager {
             Action::Nothing => {}
             Action::PrepareNext => {
                 let slot = other_slot(slots.x509_current.as_ref().map(|s| s.record.slot.as_str()));
-                let next = self.prepare_x509(slot, now).await?;
+                let next = self.prepare_x509(slot, now, false).await?;
                 self.ca.set_x509_next(Some((Arc::clone(&next.authority), now, now)));
                 self.log_prepared_x509(&next.record, "prepared next X.509 CA");
                 slots.x509_next = Some(next);
@@ -387,7 +387,8 @@ impl CaManager {
             Action::ActivateNext => activate_x509(slots, &self.ca),
             Action::PrepareAndActivate => {
                 let slot = other_slot(slots.x509_current.as_ref().map(|s| s.record.slot.as_str()));
-                let next = self.prepare_x509(slot, now).await?;
+                let first = slots.x509_current.is_none() && slots.x509_next.is_none();
+                let next = self.prepare_x509(slot, now, first).await?;
                 self.log_prepared_x509(&next.record, "prepared X.509 CA for immediate use");
                 slots.x509_next = Some(next);
                 activate_x509(slots, &self.ca);
@@ -437,11 +438,26 @@ impl CaManager {
         Ok(())
     }
 
-    async fn prepare_x509(&self, slot: &str, now: i64) -> Result<X509Slot, CaError> {
+    /// Makes a CA in `slot`. `first`: this tier holds no CA at all, so a key already in the
+    /// slot can only be left by an attempt that failed before its CA was journaled (an
+    /// upstream that refused); it was never certified for use and is taken again, so that
+    /// repeated failed starts do not churn keys. A later rotation always takes a fresh key.
+    async fn prepare_x509(&self, slot: &str, now: i64, first: bool) -> Result<X509Slot, CaError> {
         if let Some(up) = &self.upstream {
             up.check_ready().await.map_err(|e| CaError::Upstream(e.to_string()))?;
         }
-        let key = self.key_manager.generate_key(&key_id("x509", slot), self.config.ca_key_type).await?;
+        let id = key_id("x509", slot);
+        let leftover = match (first, &self.upstream) {
+            (true, Some(_)) => self.key_manager.get_key(&id).await?.filter(|k| k.key_type() == self.config.ca_key_type),
+            _ => None,
+        };
+        let key = match leftover {
+            Some(k) => {
+                tracing::info!(slot, "reusing the CA key of an earlier attempt that the upstream did not sign");
+                k
+            }
+            None => self.key_manager.generate_key(&id, self.config.ca_key_type).await?,
+        };
         let td = &self.config.trust_domain;
         let (cert, chain) = match &self.upstream {
             None => {
@@ -660,23 +676,44 @@ impl CaManager {
     pub async fn run(self: Arc<Self>, interval: std::time::Duration, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut moves = crate::clock::moves();
+        let mut failures: u32 = 0;
         loop {
             // Wake at the next tick, or sooner when a published JWT key's grace period ends,
-            // so a fresh downstream is not left without a JWT key for a whole interval.
+            // so a fresh downstream is not left without a JWT key for a whole interval. After
+            // failures, back off (x2 each time, at most x8 the interval): an upstream that is
+            // down is not hammered, and is retried well within a CA's active sixth.
+            let tick = interval.saturating_mul(1 << failures.min(3));
             let wait = match self.pending_jwt_activation().await {
                 Some(at) => {
                     let secs = u64::try_from((at - crate::now_unix()).max(0)).unwrap_or(0);
-                    interval.min(std::time::Duration::from_secs(secs) + std::time::Duration::from_millis(50))
+                    tick.min(std::time::Duration::from_secs(secs) + std::time::Duration::from_millis(50))
                 }
-                None => interval,
+                None => tick,
             };
             tokio::select! {
                 () = &mut shutdown => return,
                 () = tokio::time::sleep(wait) => {}
                 () = moves.next() => {}
             }
-            if let Err(e) = self.rotate(crate::now_unix()).await {
-                tracing::warn!(error = %e, "CA rotation failed; keeping the current credentials and retrying");
+            match self.rotate(crate::now_unix()).await {
+                Ok(()) => {
+                    if failures > 0 {
+                        tracing::info!(failures, "CA rotation works again");
+                    }
+                    failures = 0;
+                    self.ca.set_rotation_problem(None);
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    let retry = interval.saturating_mul(1 << failures.min(3));
+                    tracing::warn!(
+                        error = %e,
+                        failures,
+                        retry_in_secs = retry.as_secs(),
+                        "CA rotation failed; keeping the current credentials and retrying"
+                    );
+                    self.ca.set_rotation_problem(Some(format!("CA rotation failing ({failures} in a row): {e}")));
+                }
             }
         }
     }

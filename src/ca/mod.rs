@@ -198,6 +198,8 @@ pub struct Ca {
     x509_issued_at: RwLock<i64>,
     x509_next: RwLock<Option<PreparedX509>>,
     jwt: RwLock<Option<Arc<JwtSigner>>>,
+    /// Why the last rotation check failed, while it keeps failing (health reports it).
+    rotation_problem: RwLock<Option<String>>,
 }
 
 /// What [`Ca`] needs beyond its trust domain.
@@ -233,7 +235,22 @@ impl Ca {
             x509_issued_at: RwLock::new(0),
             x509_next: RwLock::new(None),
             jwt: RwLock::new(None),
+            rotation_problem: RwLock::new(None),
         }
+    }
+
+    /// Records why rotation checks fail (`None` once one succeeds again).
+    pub fn set_rotation_problem(&self, problem: Option<String>) {
+        if let Ok(mut p) = self.rotation_problem.write() {
+            *p = problem;
+        }
+    }
+
+    /// Why rotation checks currently fail, if they do: the tier still signs with its current
+    /// credentials, but they will not be replaced until this clears.
+    #[must_use]
+    pub fn rotation_problem(&self) -> Option<String> {
+        self.rotation_problem.read().ok().and_then(|p| p.clone())
     }
 
     /// Whether `disable_jwt_svids` is set.

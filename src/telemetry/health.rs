@@ -12,6 +12,12 @@ use tokio::net::TcpListener;
 pub trait Readiness: Send + Sync + 'static {
     /// Whether the process can do its job now.
     async fn ready(&self) -> bool;
+
+    /// Conditions an operator should know of even while ready (e.g. rotation failing because
+    /// the upstream authority is down); one line each, added to the `/ready` body.
+    fn warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Connection limits of a health listener: probes are one short request each.
@@ -67,14 +73,24 @@ pub async fn serve<R: Readiness + ?Sized>(
                 async move {
                     let path = req.uri().path();
                     let (code, body) = if path == cfg.live_path {
-                        (StatusCode::OK, "live\n")
+                        (StatusCode::OK, "live\n".to_owned())
                     } else if path == cfg.ready_path {
-                        if state.ready().await { (StatusCode::OK, "ready\n") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready\n") }
+                        let (code, mut body) = if state.ready().await {
+                            (StatusCode::OK, "ready\n".to_owned())
+                        } else {
+                            (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_owned())
+                        };
+                        for w in state.warnings() {
+                            body.push_str("warning: ");
+                            body.push_str(&w.replace('\n', " "));
+                            body.push('\n');
+                        }
+                        (code, body)
                     } else {
-                        (StatusCode::NOT_FOUND, "not found\n")
+                        (StatusCode::NOT_FOUND, "not found\n".to_owned())
                     };
                     drop(guard);
-                    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+                    let mut resp = Response::new(Full::new(Bytes::from(body)));
                     *resp.status_mut() = code;
                     Ok::<_, std::convert::Infallible>(resp)
                 }

@@ -103,15 +103,17 @@ impl OpenBao {
                     .arg(format!("-dev-root-token-id={}", self.root_token))
                     .arg(format!("-dev-listen-address=127.0.0.1:{}", self.port));
                 if self.mode == Mode::DevTls {
+                    std::fs::create_dir_all(self.dir.join("tls")).unwrap();
                     cmd.arg("-dev-tls").arg(format!("-dev-tls-cert-dir={}", self.dir.join("tls").display()));
                 }
             }
             Mode::Persistent => {
+                std::fs::create_dir_all(self.dir.join("data")).unwrap();
                 let conf = self.dir.join("server.hcl");
                 std::fs::write(
                     &conf,
                     format!(
-                        "storage \"file\" {{ path = \"{}\" }}\nlistener \"tcp\" {{\n  address = \"127.0.0.1:{p}\"\n  cluster_address = \"127.0.0.1:{c}\"\n  tls_disable = true\n}}\napi_addr = \"http://127.0.0.1:{p}\"\ndisable_mlock = true\n",
+                        "storage \"raft\" {{\n  path = \"{}\"\n  node_id = \"n1\"\n}}\nlistener \"tcp\" {{\n  address = \"127.0.0.1:{p}\"\n  cluster_address = \"127.0.0.1:{c}\"\n  tls_disable = true\n}}\napi_addr = \"http://127.0.0.1:{p}\"\ncluster_addr = \"http://127.0.0.1:{c}\"\n",
                         self.dir.join("data").display(),
                         p = self.port,
                         c = self.port + 1

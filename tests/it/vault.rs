@@ -103,3 +103,253 @@ fn token_and_approle_auth_chain_cairn_to_openbao() {
     assert!(log.contains("logged in to Vault"), "{log}");
     assert!(!log.contains(secret_id.as_str()), "the AppRole secret ID reached the log");
 }
+
+fn server_dir(base: &Path, name: &str) -> std::path::PathBuf {
+    let d = base.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Starts a server with `block` expecting it to refuse; returns its stderr.
+fn refused(dir: &Path, block: String, env: Vec<(String, String)>) -> String {
+    let config = write_config(dir, free_port(), &opts(block, env.clone()));
+    start_fails(&config, &env)
+}
+
+/// The refusals an operator meets, each naming the Vault path and status; a Vault that is
+/// down costs no key, and repeated failed starts reuse the one key they made.
+#[test]
+fn vault_refusals_are_named_and_cost_no_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bao = OpenBao::dev(tmp.path());
+    bao.spire_suite_pki();
+    bao.policy("spire", SPIRE_PKI_POLICY);
+
+    // Vault down: the address and the cause, twice, and no key made.
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let d = server_dir(tmp.path(), "down");
+    for _ in 0..2 {
+        let err = refused(&d, vault_block(&dead, "pki_int", "token_auth { token = \"t\" }", ""), vec![]);
+        assert!(err.contains(&format!("Vault at {dead} is unreachable")) && err.contains("Connection refused"), "{err}");
+        assert!(!d.join("keys.json").exists(), "a key was made although Vault was down");
+    }
+
+    // A token Vault does not know.
+    let d = server_dir(tmp.path(), "badtoken");
+    let err = refused(&d, vault_block(&bao.addr, "pki_int", "token_auth { token = \"hvs.not-a-token\" }", ""), vec![]);
+    assert!(err.contains("auth/token/lookup-self") && err.contains("HTTP 403") && err.contains("permission denied"), "{err}");
+    assert!(!err.contains("hvs.not-a-token"), "the token was echoed: {err}");
+    assert!(!d.join("keys.json").exists());
+
+    // A policy without pki_int/root/sign-intermediate: refused by name; a second start reuses
+    // the key the first one made.
+    bao.policy("readonly", "path \"pki_int/cert/ca\" { capabilities = [\"read\"] }\n");
+    let token = bao.token("readonly", "1h");
+    let d = server_dir(tmp.path(), "nosign");
+    let block = vault_block(&bao.addr, "pki_int", &format!("token_auth {{ token = \"{token}\" }}"), "");
+    let err = refused(&d, block.clone(), vec![]);
+    assert!(err.contains("POST pki_int/root/sign-intermediate") && err.contains("HTTP 403") && err.contains("policy"), "{err}");
+    let keys = std::fs::read(d.join("keys.json")).unwrap();
+    refused(&d, block, vec![]);
+    assert_eq!(std::fs::read(d.join("keys.json")).unwrap(), keys, "the second failed start made another key");
+
+    // A mount that does not exist.
+    let d = server_dir(tmp.path(), "nomount");
+    let err = refused(&d, vault_block(&bao.addr, "nope", &format!("token_auth {{ token = \"{}\" }}", bao.root_token), ""), vec![]);
+    assert!(err.contains("nope/cert/ca") && err.contains("pki_mount_point"), "{err}");
+
+    // A config without an auth method, and one with two.
+    let d = server_dir(tmp.path(), "noauth");
+    let err = refused(&d, vault_block(&bao.addr, "pki", "", ""), vec![]);
+    assert!(err.contains("plugins.UpstreamAuthority.vault.plugin_data") && err.contains("authentication method"), "{err}");
+    let err = refused(&d, vault_block(&bao.addr, "pki", "token_auth {} approle_auth {}", ""), vec![]);
+    assert!(err.contains("only one authentication method") && err.contains("token_auth, approle_auth"), "{err}");
+}
+
+fn openssl(args: &[&str], dir: &Path) {
+    let (ok, out) = run(Command::new("openssl").args(args).current_dir(dir));
+    assert!(ok, "openssl {args:?}: {out}");
+}
+
+/// The suite's cert-auth step over TLS: a client certificate (with a CN, which OpenBao needs)
+/// from the suite's own CA logs in; `ca_cert_path` pins OpenBao's TLS CA. Without it (and
+/// without insecure_skip_verify) the TLS failure is named; a CN-less certificate, a plain
+/// X509-SVID, is refused by OpenBao with its own words.
+#[test]
+fn cert_auth_over_tls() {
+    require("openssl");
+    let tmp = tempfile::tempdir().unwrap();
+    let bao = OpenBao::dev_tls(tmp.path());
+    let root = bao.spire_suite_pki();
+    bao.policy("spire", SPIRE_PKI_POLICY);
+    let c = tmp.path();
+    // The suite's cert-auth material.
+    openssl(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca.key"], c);
+    std::fs::write(
+        c.join("v3.cnf"),
+        "[v3]\nsubjectAltName=URI:spiffe://cert-auth-ca\nbasicConstraints=CA:true\n[leaf]\nsubjectAltName=URI:spiffe://cert-auth-client\n",
+    )
+    .unwrap();
+    openssl(
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "30",
+            "-subj",
+            "/C=US/O=SPIFFE",
+            "-extensions",
+            "v3",
+            "-config",
+            "v3.cnf",
+        ],
+        c,
+    );
+    for (name, subj) in [("client", "/C=US/O=SPIFFE/CN=Cert Auth Client"), ("nocn", "/C=US/O=SPIFFE")] {
+        openssl(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", &format!("{name}.key")], c);
+        openssl(&["req", "-new", "-key", &format!("{name}.key"), "-out", &format!("{name}.csr"), "-subj", subj, "-config", "v3.cnf"], c);
+        openssl(
+            &[
+                "x509",
+                "-req",
+                "-days",
+                "10",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-in",
+                &format!("{name}.csr"),
+                "-out",
+                &format!("{name}.pem"),
+                "-extensions",
+                "leaf",
+                "-extfile",
+                "v3.cnf",
+            ],
+            c,
+        );
+    }
+    bao.bao(&["auth", "enable", "cert"]);
+    bao.bao(&[
+        "write",
+        "auth/cert/certs/my-role",
+        "display_name=spire",
+        "token_ttl=1m",
+        "policies=spire",
+        &format!("certificate=@{}", c.join("ca.pem").display()),
+    ]);
+    let ca = bao.tls_ca.clone().unwrap();
+    let cert_auth = |name: &str| {
+        format!(
+            "cert_auth {{ client_cert_path = \"{}\" client_key_path = \"{}\" }}",
+            c.join(format!("{name}.pem")).display(),
+            c.join(format!("{name}.key")).display()
+        )
+    };
+    let d = server_dir(c, "cert");
+    let s = TestServer::start(
+        &d,
+        &opts(vault_block(&bao.addr, "pki_int", &cert_auth("client"), &format!("ca_cert_path = \"{}\"", ca.display())), vec![]),
+    );
+    verify_ca(&s, &d, &root);
+    assert!(s.log().contains("logged in to Vault"), "{}", s.log());
+
+    // VAULT_CACERT does what ca_cert_path does; without either, the TLS failure is named.
+    let d = server_dir(c, "cacert-env");
+    let s2 = TestServer::start(
+        &d,
+        &opts(vault_block(&bao.addr, "pki_int", &cert_auth("client"), ""), vec![("VAULT_CACERT".into(), ca.display().to_string())]),
+    );
+    drop(s2);
+    let d = server_dir(c, "untrusted");
+    let err = refused(&d, vault_block(&bao.addr, "pki_int", &cert_auth("client"), ""), vec![]);
+    assert!(err.contains(&bao.addr) && err.to_lowercase().contains("certificate"), "{err}");
+    // insecure_skip_verify accepts OpenBao's certificate without roots.
+    let d = server_dir(c, "insecure");
+    drop(TestServer::start(&d, &opts(vault_block(&bao.addr, "pki_int", &cert_auth("client"), "insecure_skip_verify = true"), vec![])));
+
+    // OpenBao's limit: no CN, no login.
+    let d = server_dir(c, "nocn");
+    let err = refused(&d, vault_block(&bao.addr, "pki_int", &cert_auth("nocn"), &format!("ca_cert_path = \"{}\"", ca.display())), vec![]);
+    assert!(err.contains("auth/cert/login") && err.contains("missing name in alias"), "{err}");
+}
+
+fn ready_body(port: u16) -> String {
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
+    use std::io::{Read, Write};
+    let _ = s.write_all(b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// OpenBao stopped mid-run, then back (sealed, then unsealed): the running tier keeps issuing
+/// under its CA, reports the failing rotation in /ready and its log, and rotates once OpenBao
+/// is back.
+#[test]
+fn openbao_outage_mid_run() {
+    require("openssl");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut bao = OpenBao::persistent(tmp.path());
+    let root = bao.spire_suite_pki();
+    bao.policy("spire", SPIRE_PKI_POLICY);
+    let (role_id, secret_id) = bao.approle("spire", "spire", "1m");
+    let d = server_dir(tmp.path(), "server");
+    let health = free_port();
+    let auth = format!("approle_auth {{ approle_id = \"{role_id}\" approle_secret_id = \"{secret_id}\" }}");
+    let mut o = opts(vault_block(&bao.addr, "pki_int", &auth, ""), vec![]);
+    // A CA of 36 s is prepared again after 18 s; rotation checks every second.
+    o.extra_server = "ca_ttl = \"36s\"\ndefault_x509_svid_ttl = \"5s\"\nexperimental { ca_rotation_interval = \"1s\" }".into();
+    o.health_port = Some(health);
+    let s = TestServer::start(&d, &o);
+    let signed = |s: &TestServer| count(&s.log(), "Vault signed this tier's CA");
+    assert_eq!(signed(&s), 1);
+    bao.stop();
+    // Still issuing, and verifiable against OpenBao's root.
+    let out = s.cli_ok(&["x509", "mint", "-spiffeID", "spiffe://example.org/during-outage", "-write", d.join("svid").to_str().unwrap()]);
+    drop(out);
+    let certs = split_pem(&d.join("svid").join("svid.pem"), &d, "o");
+    let (ok, text) = run(Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(&root)
+        .arg("-untrusted")
+        .arg(d.join("svid").join("svid.pem"))
+        .arg(&certs[0]));
+    assert!(ok, "{text}");
+    // The failing rotation shows in /ready (still ready: the current CA signs) and the log.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let body = ready_body(health);
+        if body.contains("200 OK") && body.contains("warning: CA rotation failing") && body.contains(&bao.addr) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no rotation warning in /ready: {body}\n{}", s.log());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(s.log().contains("CA rotation failed; keeping the current credentials and retrying"));
+    // Back, but sealed: named as such.
+    bao.restart();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !s.log().contains("sealed") {
+        assert!(Instant::now() < deadline, "the sealed Vault was not reported:\n{}", s.log());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    bao.unseal();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while signed(&s) < 2 {
+        assert!(Instant::now() < deadline, "no new CA after OpenBao came back:\n{}", s.log());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ready_body(health).contains("warning:") {
+        assert!(Instant::now() < deadline, "the warning stayed after recovery");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
