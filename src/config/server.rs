@@ -930,6 +930,40 @@ impl Plugins {
                     }
                 }
             }
+            [k] if k.name == "hashicorp_vault" => {
+                use crate::keymanager::vault::{KeyIdentifier, VaultKeyManagerConfig};
+                let data = k.data.unwrap_or(&empty);
+                let mut known = VAULT_KEYS.to_vec();
+                known.extend(["transit_engine_path", "key_identifier_file", "key_identifier_value"]);
+                w.unknown_keys(data, &known, &k.path, |k| (k == "pki_mount_point").then_some("that is UpstreamAuthority \"vault\"'s key"));
+                let transit = w.string(data, "transit_engine_path", &k.path).filter(|t| !t.trim_matches('/').is_empty());
+                let file = w.string(data, "key_identifier_file", &k.path).filter(|f| !f.is_empty());
+                let value = w.string(data, "key_identifier_value", &k.path).filter(|v| !v.is_empty());
+                let key_identifier = match (file, value) {
+                    (Some(f), None) => Some(KeyIdentifier::File(f.into())),
+                    (None, Some(v)) => Some(KeyIdentifier::Value(v)),
+                    (Some(_), Some(_)) => {
+                        w.err(&k.path, "only one of 'key_identifier_file' or 'key_identifier_value' should be provided");
+                        None
+                    }
+                    (None, None) => {
+                        w.err(
+                            &k.path,
+                            "one of 'key_identifier_file' or 'key_identifier_value' must be provided (it keeps this server's keys apart from others' on the transit mount)",
+                        );
+                        None
+                    }
+                };
+                let vault = vault_settings(w, data, &k.path);
+                match (vault, key_identifier) {
+                    (Some(vault), Some(key_identifier)) => Some(KeyManagerConfig::HashicorpVault(VaultKeyManagerConfig {
+                        vault,
+                        transit_engine_path: transit,
+                        key_identifier,
+                    })),
+                    _ => None,
+                }
+            }
             [k] if k.name == "pkcs11" => {
                 let data = k.data.unwrap_or(&empty);
                 let mut known = TOKEN_KEYS.to_vec();
@@ -945,7 +979,10 @@ impl Plugins {
                     .map(|token| KeyManagerConfig::Pkcs11(crate::keymanager::pkcs11::Pkcs11Config { token, key_label_prefix: prefix }))
             }
             [k] => {
-                w.err(&k.path.replace(".plugin_data", ""), "unknown KeyManager: expected \"memory\", \"disk\" or \"pkcs11\"");
+                w.err(
+                    &k.path.replace(".plugin_data", ""),
+                    "unknown KeyManager: expected \"memory\", \"disk\", \"pkcs11\" or \"hashicorp_vault\"",
+                );
                 None
             }
             [] => {

@@ -2,7 +2,8 @@
 //!
 //! A [`KeyManager`] generates and finds keys by id (`x509-CA-A`, `JWT-Signer-B`, as SPIRE names
 //! them). Keys never leave their manager as bytes: callers get a [`Key`], which signs through
-//! rcgen's [`rcgen::SigningKey`] seam, so an HSM-held key ([`pkcs11`]) slots in
+//! rcgen's [`rcgen::SigningKey`] seam, so an HSM-held key ([`pkcs11`]) or one in Vault's
+//! transit engine ([`vault`]) slots in
 //! without touching the CA code.
 //!
 //! Nothing here stalls the async runtime: the managers are async, key generation runs on
@@ -15,6 +16,7 @@ mod disk;
 mod local;
 mod memory;
 pub mod pkcs11;
+pub mod vault;
 
 use std::fmt;
 use std::sync::Arc;
@@ -57,6 +59,9 @@ pub enum KeyManagerError {
     /// The PKCS#11 token refused or is unusable.
     #[error(transparent)]
     Pkcs11(#[from] pkcs11::Pkcs11Error),
+    /// Vault (KeyManager "hashicorp_vault") refused or is unusable.
+    #[error("{0}")]
+    Vault(String),
 }
 
 /// A private key held by a key manager. Signs; never exposes its private bytes.
@@ -142,6 +147,8 @@ pub enum KeyManagerConfig {
     },
     /// `KeyManager "pkcs11" { plugin_data { module_path, token_label, pin | pin_file | pin_env, key_label_prefix } }`.
     Pkcs11(pkcs11::Pkcs11Config),
+    /// `KeyManager "hashicorp_vault"`: keys in a Vault/OpenBao transit engine.
+    HashicorpVault(vault::VaultKeyManagerConfig),
 }
 
 /// The key manager `config` names (`KeyManager "<name>"` in server.conf): the one place a
@@ -154,6 +161,7 @@ pub fn build(config: &KeyManagerConfig) -> Result<Arc<dyn KeyManager>, KeyManage
         KeyManagerConfig::Memory => Arc::new(MemoryKeyManager::new()),
         KeyManagerConfig::Disk { keys_path } => Arc::new(DiskKeyManager::open(keys_path)?),
         KeyManagerConfig::Pkcs11(c) => Arc::new(pkcs11::Pkcs11KeyManager::open(c)?),
+        KeyManagerConfig::HashicorpVault(c) => Arc::new(vault::VaultKeyManager::open(c)?),
     })
 }
 

@@ -27,6 +27,8 @@ pub enum Method {
     Get,
     /// POST.
     Post,
+    /// DELETE.
+    Delete,
 }
 
 impl Method {
@@ -34,6 +36,7 @@ impl Method {
         match self {
             Self::Get => "GET",
             Self::Post => "POST",
+            Self::Delete => "DELETE",
         }
     }
 }
@@ -276,6 +279,7 @@ impl VaultClient {
         let mut req = match method {
             Method::Get => self.http.get(&url),
             Method::Post => self.http.post(&url),
+            Method::Delete => self.http.delete(&url),
         };
         req = req.header("X-Vault-Request", "true");
         if let Some(ns) = &self.settings.namespace {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use zeroize::Zeroizing;
 
 /// A credential: zeroized on drop, redacted in `Debug`.
-#[derive(Clone, Default)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(Zeroizing<String>);
 
 impl Secret {
@@ -31,7 +31,7 @@ impl std::fmt::Debug for Secret {
 
 /// The connection keys shared by SPIRE's `vault` UpstreamAuthority and `hashicorp_vault`
 /// KeyManager, as written in the config (before environment fallbacks).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VaultSettings {
     /// `vault_addr` (else `VAULT_ADDR`).
     pub vault_addr: Option<String>,
@@ -46,7 +46,7 @@ pub struct VaultSettings {
 }
 
 /// One of the four authentication blocks.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthSettings {
     /// `token_auth { token }` (else `VAULT_TOKEN`).
     Token {

@@ -353,3 +353,181 @@ fn openbao_outage_mid_run() {
         std::thread::sleep(Duration::from_millis(300));
     }
 }
+
+/// SPIRE's `key-manager-vault/conf/spire.hcl`.
+const SPIRE_TRANSIT_POLICY: &str = "path \"transit/keys/*\" {\n  capabilities = [\"create\", \"read\", \"update\", \"delete\", \"list\"]\n}\npath \"transit/sign/*\" {\n  capabilities = [\"update\"]\n}\n";
+
+fn km_block(bao: &OpenBao, auth: &str, id_file: &Path) -> String {
+    format!(
+        "KeyManager \"hashicorp_vault\" {{\n plugin_data {{\n  vault_addr = \"{}/\"\n  ca_cert_path = \"{}\"\n  key_identifier_file = \"{}\"\n  {auth}\n }}\n}}",
+        bao.addr,
+        bao.tls_ca.as_ref().unwrap().display(),
+        id_file.display()
+    )
+}
+
+/// SPIRE's `key-manager-vault` suite against OpenBao over TLS: transit set up with the suite's
+/// commands and policy; a server per auth method (AppRole from the environment, cert auth,
+/// a 1-minute token from VAULT_TOKEN) comes up ready (step 02); the token is renewed (step
+/// 04, with a 15 s token). Beyond the suite: what the server issues with its CA and JWT keys in
+/// transit verifies with openssl and PyJWT, a restart resumes the same CA from transit, and
+/// the keys are non-exportable by OpenBao's own account.
+#[test]
+fn key_manager_in_transit_replays_spires_suite() {
+    require("openssl");
+    require("python3");
+    let tmp = tempfile::tempdir().unwrap();
+    let c = tmp.path();
+    let bao = OpenBao::dev_tls(c);
+    bao.bao(&["secrets", "enable", "transit"]);
+    bao.bao(&["secrets", "tune", "-max-lease-ttl=8760h", "transit"]);
+    bao.policy("spire", SPIRE_TRANSIT_POLICY);
+
+    // AppRole, credentials from the environment as the suite's deployment passes them.
+    let (role_id, secret_id) = bao.approle("spire", "spire", "1m");
+    let d = server_dir(c, "approle");
+    let o = ServerOpts {
+        key_manager_block: Some(km_block(&bao, "approle_auth {}", &d.join("vault-key-identifier"))),
+        env: vec![("VAULT_APPROLE_ID".into(), role_id), ("VAULT_APPROLE_SECRET_ID".into(), secret_id.clone())],
+        ..ServerOpts::default()
+    };
+    let mut s = TestServer::start(&d, &o);
+    let roots = d.join("bundle.pem");
+    std::fs::write(&roots, s.cli_ok(&["bundle", "show"])).unwrap();
+    let out = d.join("svid");
+    s.cli_ok(&["x509", "mint", "-spiffeID", "spiffe://example.org/transit", "-write", out.to_str().unwrap()]);
+    let (ok, text) = run(Command::new("openssl").args(["verify", "-x509_strict", "-CAfile"]).arg(&roots).arg(out.join("svid.pem")));
+    assert!(ok && text.contains(": OK"), "{text}");
+    // The CA's key is a transit key of this server (the id file names it).
+    let id = std::fs::read_to_string(d.join("vault-key-identifier")).unwrap();
+    let listed = bao.bao(&["list", "-format=json", "transit/keys"]);
+    let names: Vec<String> = serde_json::from_str(&listed).unwrap();
+    let ca_key =
+        names.iter().find(|n| n.starts_with(id.trim()) && n.ends_with("-x509-CA-A")).unwrap_or_else(|| panic!("{names:?}")).clone();
+    let info: serde_json::Value = serde_json::from_str(&bao.bao(&["read", "-format=json", &format!("transit/keys/{ca_key}")])).unwrap();
+    assert_eq!(info["data"]["exportable"], false);
+    assert_eq!(info["data"]["type"], "ecdsa-p256");
+    let pem = info["data"]["keys"]["1"]["public_key"].as_str().unwrap().to_owned();
+    let ca_pub = d.join("ca-pub.pem");
+    std::fs::write(&ca_pub, &pem).unwrap();
+    let sh = format!("openssl x509 -in {} -pubkey -noout | diff - {}", roots.display(), ca_pub.display());
+    let (same, diff) = run(Command::new("sh").arg("-c").arg(sh));
+    assert!(same, "the root's key is not the transit key: {diff}");
+    let export = Command::new(common::openbao::bao_bin())
+        .args(["read", &format!("transit/export/signing-key/{ca_key}")])
+        .env("BAO_ADDR", &bao.addr)
+        .env("BAO_TOKEN", &bao.root_token)
+        .env("BAO_CACERT", bao.tls_ca.as_ref().unwrap())
+        .output()
+        .unwrap();
+    assert!(!export.status.success(), "OpenBao exported the CA key");
+    // JWT-SVID signed in transit, verified by PyJWT.
+    let token = s.cli_ok(&["jwt", "mint", "-spiffeID", "spiffe://example.org/transit", "-audience", "db"]).trim().to_owned();
+    let bundle_json = d.join("bundle.json");
+    std::fs::write(&bundle_json, s.cli_ok(&["bundle", "show", "-format", "spiffe"])).unwrap();
+    let (ok, text) = run(Command::new("python3")
+        .arg("-c")
+        .arg(crate::root_tier::PYJWT_CHECK)
+        .arg(&token)
+        .arg(&bundle_json)
+        .arg("db")
+        .arg("spiffe://example.org/transit"));
+    assert!(ok && text.contains("OK spiffe://example.org/transit ES256"), "PyJWT: {text}");
+    // Restart: the same CA, from transit.
+    s.stop();
+    s.spawn();
+    assert!(s.log().contains("resumed X.509 CA from the journal"), "{}", s.log());
+    assert_eq!(s.cli_ok(&["bundle", "show"]), std::fs::read_to_string(&roots).unwrap());
+    assert!(!s.log().contains(&secret_id), "the secret ID reached the log");
+    s.stop();
+
+    // Cert auth, as in the suite (default mount, no role name).
+    std::fs::write(
+        c.join("v3.cnf"),
+        "[v3]\nsubjectAltName=URI:spiffe://cert-auth-ca\nbasicConstraints=CA:true\n[leaf]\nsubjectAltName=URI:spiffe://cert-auth-client\n",
+    )
+    .unwrap();
+    openssl(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca.key"], c);
+    openssl(
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "30",
+            "-subj",
+            "/C=US/O=SPIFFE",
+            "-extensions",
+            "v3",
+            "-config",
+            "v3.cnf",
+        ],
+        c,
+    );
+    openssl(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "client.key"], c);
+    openssl(
+        &["req", "-new", "-key", "client.key", "-out", "client.csr", "-subj", "/C=US/O=SPIFFE/CN=Cert Auth Client", "-config", "v3.cnf"],
+        c,
+    );
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-days",
+            "10",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-in",
+            "client.csr",
+            "-out",
+            "client.pem",
+            "-extensions",
+            "leaf",
+            "-extfile",
+            "v3.cnf",
+        ],
+        c,
+    );
+    bao.bao(&["auth", "enable", "cert"]);
+    bao.bao(&[
+        "write",
+        "auth/cert/certs/my-role",
+        "display_name=spire",
+        "token_ttl=1m",
+        "policies=spire",
+        &format!("certificate=@{}", c.join("ca.pem").display()),
+    ]);
+    let d = server_dir(c, "cert");
+    let auth = format!(
+        "cert_auth {{ client_cert_path = \"{}\" client_key_path = \"{}\" }}",
+        c.join("client.pem").display(),
+        c.join("client.key").display()
+    );
+    let o = ServerOpts { key_manager_block: Some(km_block(&bao, &auth, &d.join("vault-key-identifier"))), ..ServerOpts::default() };
+    drop(TestServer::start(&d, &o));
+
+    // Token auth with a short token: renewed twice (the suite's step 04).
+    let d = server_dir(c, "token");
+    let o = ServerOpts {
+        key_manager_block: Some(km_block(&bao, "token_auth {}", &d.join("vault-key-identifier"))),
+        env: vec![("VAULT_TOKEN".into(), bao.token("spire", "15s"))],
+        ..ServerOpts::default()
+    };
+    let s = TestServer::start(&d, &o);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while count(&s.log(), "Successfully renew auth token") < 2 {
+        assert!(Instant::now() < deadline, "expected two token renewals:\n{}", s.log());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Three servers, three identities: none sees another's keys.
+    let listed: Vec<String> = serde_json::from_str(&bao.bao(&["list", "-format=json", "transit/keys"])).unwrap();
+    let ids: std::collections::BTreeSet<&str> = listed.iter().map(|n| &n[..36]).collect();
+    assert_eq!(ids.len(), 3, "{listed:?}");
+}
