@@ -531,3 +531,59 @@ fn key_manager_in_transit_replays_spires_suite() {
     let ids: std::collections::BTreeSet<&str> = listed.iter().map(|n| &n[..36]).collect();
     assert_eq!(ids.len(), 3, "{listed:?}");
 }
+
+fn jwt_of(agent: &common::agent::TestAgent, aud: &str) -> String {
+    let out = agent.api(&["fetch", "jwt", "-audience", aud]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines().skip_while(|l| !l.starts_with("token(")).nth(1).unwrap_or_else(|| panic!("{text}")).trim().to_owned()
+}
+
+/// Beyond SPIRE (whose vault upstream cannot carry JWT keys): a cairn root chained to OpenBao
+/// with two nested tiers below it (root -> region1 -> region2). Every tier's JWT key reaches
+/// every tier, JWT-SVIDs cross the tree both ways, and an X509-SVID from the deepest tier
+/// verifies against OpenBao's root alone.
+#[test]
+fn a_vault_chained_root_relays_jwt_keys_through_two_nested_tiers() {
+    use crate::nested::{downstream_setup, fetch_x509, jwt_kids, own_kid, verify_through_chain, wait_until, workload_agent};
+    require("openssl");
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path();
+    let bao = OpenBao::dev(base);
+    let vault_root = bao.simple_pki("pki", "8760h");
+    bao.policy("spire", SPIRE_PKI_POLICY);
+    let rdir = server_dir(base, "root");
+    let fast = "experimental { jwt_publish_grace = \"1s\" ca_rotation_interval = \"1s\" }";
+    let mut ro = opts(vault_block(&bao.addr, "pki", &format!("token_auth {{ token = \"{}\" }}", bao.token("spire", "1h")), ""), vec![]);
+    ro.extra_server = format!("ca_ttl = \"12h\"\n{fast}");
+    let root = TestServer::start(&rdir, &ro);
+    let (o1, _ua1) = downstream_setup(base, "region1", &root, &format!("ca_ttl = \"6h\"\n{fast}"));
+    let r1 = TestServer::start(&base.join("region1"), &o1);
+    let (o2, _ua2) = downstream_setup(base, "region2", &r1, &format!("ca_ttl = \"3h\"\n{fast}"));
+    let r2 = TestServer::start(&base.join("region2"), &o2);
+    let a0 = workload_agent(base, "agent0", &root, "spiffe://example.org/hq/api");
+    let a2 = workload_agent(base, "agent2", &r2, "spiffe://example.org/region2/web");
+
+    // Every tier's key in every tier's bundle.
+    let kids = [own_kid(&root), own_kid(&r1), own_kid(&r2)];
+    for (name, s) in [("root", &root), ("region1", &r1), ("region2", &r2)] {
+        wait_until(&format!("all three JWT keys at {name}"), Duration::from_secs(30), || {
+            let have = jwt_kids(s);
+            kids.iter().all(|k| have.contains(k))
+        });
+    }
+    // A JWT-SVID from region2 validates at the root's agent, and one from the root at region2's.
+    let t2 = jwt_of(&a2, "orders");
+    wait_until("agent0 to validate region2's JWT-SVID", Duration::from_secs(20), || {
+        let out = a0.api(&["validate", "jwt", "-audience", "orders", "-svid", &t2]);
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("spiffe://example.org/region2/web")
+    });
+    let t0 = jwt_of(&a0, "billing");
+    wait_until("agent2 to validate the root's JWT-SVID", Duration::from_secs(20), || {
+        let out = a2.api(&["validate", "jwt", "-audience", "billing", "-svid", &t0]);
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("spiffe://example.org/hq/api")
+    });
+    // region2's workload: leaf, region2 CA, region1 CA, root tier CA, up to OpenBao's root.
+    let w2 = fetch_x509(&a2, &base.join("w2"));
+    let (chain, _) = verify_through_chain(base, &w2.join("svid.0.pem"), &vault_root, "w2");
+    assert_eq!(chain.len(), 4, "leaf + three tier CAs");
+}

@@ -303,3 +303,72 @@ plugins {
     }
     assert!(!text.contains("\"1\""), "{text}");
 }
+
+#[test]
+fn vault_upstream_and_key_manager() {
+    use crate::keymanager::vault::KeyIdentifier;
+    use crate::vault::AuthSettings;
+    // SPIRE's documented examples, as operators write them.
+    let text = r#"
+server { trust_domain = "example.org" }
+plugins {
+    DataStore "sql" { plugin_data { database_type = "sqlite3" connection_string = "x" } }
+    KeyManager "hashicorp_vault" { plugin_data {
+        vault_addr = "https://vault.example.org/"
+        key_identifier_file = "./server_id"
+        approle_auth { approle_auth_mount_point = "my-approle" approle_id = "r" approle_secret_id = "s3cret-id" }
+    } }
+    UpstreamAuthority "vault" { plugin_data {
+        vault_addr = "https://vault.example.org/"
+        pki_mount_point = "test-pki"
+        ca_cert_path = "/path/to/ca-cert.pem"
+        namespace = "ns1"
+        k8s_auth { k8s_auth_role_name = "my-role" token_path = "/var/run/secrets/tokens/vault" }
+    } }
+}"#;
+    let c = load(text).unwrap();
+    let KeyManagerConfig::HashicorpVault(km) = &c.key_manager else { panic!("{:?}", c.key_manager) };
+    assert_eq!(km.key_identifier, KeyIdentifier::File("./server_id".into()));
+    assert_eq!(km.transit_engine_path, None);
+    assert!(matches!(&km.vault.auth, AuthSettings::AppRole { mount, .. } if mount == "my-approle"));
+    let Some(UpstreamConfig::Vault(u)) = &c.upstream else { panic!("{:?}", c.upstream) };
+    assert_eq!(u.pki_mount_point, "test-pki");
+    assert_eq!(u.vault.namespace.as_deref(), Some("ns1"));
+    assert!(matches!(&u.vault.auth, AuthSettings::K8s { mount, role_name, .. } if mount == "kubernetes" && role_name == "my-role"));
+    assert!(!format!("{c:?}").contains("s3cret-id"), "a secret shows in the config's Debug");
+
+    // Defaults: pki, cert mount.
+    let text = r#"
+server { trust_domain = "example.org" }
+plugins {
+    DataStore "sql" { plugin_data { database_type = "sqlite3" connection_string = "x" } }
+    KeyManager "memory" {}
+    UpstreamAuthority "vault" { plugin_data { vault_addr = "https://v:8200" cert_auth {} } }
+}"#;
+    let c = load(text).unwrap();
+    let Some(UpstreamConfig::Vault(u)) = &c.upstream else { panic!() };
+    assert_eq!(u.pki_mount_point, "pki");
+    assert!(matches!(&u.vault.auth, AuthSettings::Cert { mount, role_name: None, .. } if mount == "cert"));
+
+    let bad = r#"
+server { trust_domain = "example.org" }
+plugins {
+    DataStore "sql" { plugin_data { database_type = "sqlite3" connection_string = "x" } }
+    KeyManager "hashicorp_vault" { plugin_data { key_identifier_file = "a" key_identifier_value = "b" pki_mount_point = "x" token_auth {} } }
+    UpstreamAuthority "vault" { plugin_data { token_auth {} cert_auth {} k8s_auth { } tls_skip = true } }
+}"#;
+    let text = load(bad).unwrap_err().to_string();
+    for (path, says) in [
+        ("plugins.KeyManager.hashicorp_vault.plugin_data", "only one of 'key_identifier_file' or 'key_identifier_value'"),
+        ("plugins.KeyManager.hashicorp_vault.plugin_data.pki_mount_point", "UpstreamAuthority"),
+        (
+            "plugins.UpstreamAuthority.vault.plugin_data",
+            "only one authentication method can be configured, got token_auth, cert_auth, k8s_auth",
+        ),
+        ("plugins.UpstreamAuthority.vault.plugin_data.k8s_auth.k8s_auth_role_name", "missing"),
+        ("plugins.UpstreamAuthority.vault.plugin_data.k8s_auth.token_path", "missing"),
+        ("plugins.UpstreamAuthority.vault.plugin_data.tls_skip", "unknown key"),
+    ] {
+        assert!(text.lines().any(|l| l.contains(path) && l.contains(says)), "expected {path}: {says} in\n{text}");
+    }
+}
