@@ -587,3 +587,114 @@ fn a_vault_chained_root_relays_jwt_keys_through_two_nested_tiers() {
     let (chain, _) = verify_through_chain(base, &w2.join("svid.0.pem"), &vault_root, "w2");
     assert_eq!(chain.len(), 4, "leaf + three tier CAs");
 }
+
+/// A stand-in for the Kubernetes API's TokenReview endpoint (OpenBao's kubernetes auth asks it
+/// whether a service account token is valid): accepts exactly `TOKEN` as spire/spire-server
+/// and counts the reviews it answered in `reviews`.
+const KUBE_STUB: &str = r#"
+import base64, json, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+port, token, reviews = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+class H(BaseHTTPRequestHandler):
+    def log_message(self, *a): pass
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers['Content-Length'])))
+        ok = self.path == '/apis/authentication.k8s.io/v1/tokenreviews' and body['spec']['token'] == token
+        status = {'authenticated': True, 'user': {'username': 'system:serviceaccount:spire:spire-server', 'uid': 'uid-1', 'groups': ['system:serviceaccounts']}} if ok else {'authenticated': False, 'error': 'invalid token'}
+        open(reviews, 'a').write('ok\n' if ok else 'refused\n')
+        out = json.dumps({'apiVersion': 'authentication.k8s.io/v1', 'kind': 'TokenReview', 'status': status}).encode()
+        self.send_response(201); self.send_header('Content-Type', 'application/json'); self.send_header('Content-Length', str(len(out))); self.end_headers(); self.wfile.write(out)
+HTTPServer(('127.0.0.1', port), H).serve_forever()
+"#;
+
+fn b64url(b: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+/// The suite's k8s-auth step: OpenBao's kubernetes auth with SPIRE's role settings, the
+/// service account token read from `token_path`, reviewed by a TokenReview endpoint.
+#[test]
+fn k8s_auth_with_a_token_review_endpoint() {
+    require("openssl");
+    require("python3");
+    let tmp = tempfile::tempdir().unwrap();
+    let c = tmp.path();
+    let bao = OpenBao::dev(c);
+    let root = bao.spire_suite_pki();
+    bao.policy("spire", SPIRE_PKI_POLICY);
+    let claims = serde_json::json!({
+        "iss": "kubernetes/serviceaccount",
+        "sub": "system:serviceaccount:spire:spire-server",
+        "kubernetes.io/serviceaccount/namespace": "spire",
+        "kubernetes.io/serviceaccount/service-account.name": "spire-server",
+        "kubernetes.io/serviceaccount/service-account.uid": "uid-1",
+    });
+    let jwt =
+        format!("{}.{}.{}", b64url(br#"{"alg":"RS256","typ":"JWT"}"#), b64url(claims.to_string().as_bytes()), b64url(b"not-checked-here"));
+    let token_path = c.join("sa-token");
+    std::fs::write(&token_path, format!("{jwt}\n")).unwrap();
+    let port = free_port();
+    let reviews = c.join("reviews");
+    let _stub = KillOnDrop(
+        Command::new("python3")
+            .arg("-c")
+            .arg(KUBE_STUB)
+            .arg(port.to_string())
+            .arg(&jwt)
+            .arg(&reviews)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_port(port);
+    bao.bao(&["auth", "enable", "kubernetes"]);
+    // The CA is required with disable_local_ca_jwt but unused over plain http.
+    bao.bao(&[
+        "write",
+        "auth/kubernetes/config",
+        &format!("kubernetes_host=http://127.0.0.1:{port}"),
+        "disable_local_ca_jwt=true",
+        &format!("kubernetes_ca_cert=@{}", root.display()),
+    ]);
+    bao.bao(&[
+        "write",
+        "auth/kubernetes/role/my-role",
+        "bound_service_account_names=spire-server",
+        "bound_service_account_namespaces=spire",
+        "token_ttl=1m",
+        "policies=spire",
+    ]);
+    let d = server_dir(c, "k8s");
+    let auth = format!("k8s_auth {{ k8s_auth_role_name = \"my-role\" token_path = \"{}\" }}", token_path.display());
+    let s = TestServer::start(&d, &opts(vault_block(&bao.addr, "pki_int", &auth, ""), vec![]));
+    verify_ca(&s, &d, &root);
+    assert!(std::fs::read_to_string(&reviews).unwrap().starts_with("ok"), "OpenBao never reviewed the token");
+    assert!(!s.log().contains(&jwt), "the service account token reached the log");
+    drop(s);
+    // A token the cluster does not vouch for is refused, by path.
+    let forged = jwt.replace(&b64url(b"not-checked-here"), &b64url(b"forged"));
+    assert_ne!(forged, jwt);
+    std::fs::write(&token_path, forged).unwrap();
+    let d = server_dir(c, "k8s-bad");
+    let err = refused(&d, vault_block(&bao.addr, "pki_int", &auth, ""), vec![]);
+    assert!(err.contains("auth/kubernetes/login") && err.contains("HTTP 403"), "{err}");
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "port {port} never opened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
