@@ -21,7 +21,17 @@ pub fn csrs(n: usize) -> Vec<Vec<u8>> {
 }
 
 /// An initialised CA manager for example.org (EC P-256, SQLite in memory) with keys in `km`.
+#[allow(dead_code, reason = "not every benchmark uses every helper")]
 pub async fn ca_manager(km: Arc<dyn KeyManager>, journal_key: &str) -> CaManager {
+    ca_manager_under(km, journal_key, None).await
+}
+
+/// As [`ca_manager`], with the CA signed by `upstream` (a self-signed root when `None`).
+pub async fn ca_manager_under(
+    km: Arc<dyn KeyManager>,
+    journal_key: &str,
+    upstream: Option<Arc<dyn cairn::upstream::UpstreamAuthority>>,
+) -> CaManager {
     let ds = Arc::new(SqliteDatastore::connect("sqlite::memory:").await.unwrap());
     let cfg = CaConfig {
         trust_domain: TrustDomain::new("example.org").unwrap(),
@@ -37,7 +47,7 @@ pub async fn ca_manager(km: Arc<dyn KeyManager>, journal_key: &str) -> CaManager
         disable_jwt_svids: false,
         ca_rotation_interval: 10,
     };
-    let m = CaManager::new(cfg, km, None, ds);
+    let m = CaManager::new(cfg, km, upstream, ds);
     m.initialize(cairn::now_unix()).await.unwrap();
     m
 }

@@ -64,7 +64,7 @@ pub trait UpstreamAuthority: Send + Sync + std::fmt::Debug {
     }
 
     /// Publishes a JWT key upstream; returns every JWT key the upstream knows.
-    /// Supported by: `spire` (later issue). Others: `Unsupported`.
+    /// Supported by: `spire`. Others: `Unsupported`.
     async fn publish_jwt_key(&self, _key: &JwtAuthority) -> Result<Vec<JwtAuthority>, UpstreamError> {
         Err(UpstreamError::Unsupported)
     }

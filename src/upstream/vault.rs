@@ -122,6 +122,20 @@ impl UpstreamAuthority for VaultUpstream {
         let path = format!("{}/root/sign-intermediate", self.mount);
         let answer = self.client.call(Method::Post, &path, Some(&body)).await?;
         let minted = parse_signed(&answer, &path, &spki, &self.trust_domain)?;
+        // Vault signs for less than asked, with only a warning, when the TTL exceeds the
+        // mount's max_lease_ttl: say so, since the CA then rotates more often than ca_ttl says.
+        if let Some((_, ca)) = minted.chain.first().and_then(|c| parse_x509_certificate(c).ok()) {
+            let got = ca.validity().not_after.timestamp() - now;
+            if got + ISSUER_MARGIN < ttl {
+                tracing::warn!(
+                    requested = %crate::text::format_duration(ttl),
+                    signed_for = %crate::text::format_duration(got.max(0)),
+                    mount = %self.mount,
+                    "Vault signed this tier's CA for less than requested: the mount's max_lease_ttl caps it (raise it with `vault secrets tune -max-lease-ttl=<ttl> {}`)",
+                    self.mount
+                );
+            }
+        }
         tracing::info!(vault = self.client.addr(), mount = %self.mount, chain = minted.chain.len(), "Vault signed this tier's CA");
         Ok(minted)
     }

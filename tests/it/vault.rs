@@ -153,6 +153,18 @@ fn vault_refusals_are_named_and_cost_no_keys() {
     refused(&d, block, vec![]);
     assert_eq!(std::fs::read(d.join("keys.json")).unwrap(), keys, "the second failed start made another key");
 
+    // A mount whose max_lease_ttl is below ca_ttl: Vault only warns and caps; cairn says so.
+    bao.bao(&["secrets", "tune", "-max-lease-ttl=10m", "pki_int"]);
+    let d = server_dir(tmp.path(), "capped");
+    let s = TestServer::start(
+        &d,
+        &opts(vault_block(&bao.addr, "pki_int", &format!("token_auth {{ token = \"{}\" }}", bao.root_token), ""), vec![]),
+    );
+    let log = s.log();
+    assert!(log.contains("max_lease_ttl caps it") && log.contains("secrets tune -max-lease-ttl=<ttl> pki_int"), "{log}");
+    drop(s);
+    bao.bao(&["secrets", "tune", "-max-lease-ttl=43800h", "pki_int"]);
+
     // A mount that does not exist.
     let d = server_dir(tmp.path(), "nomount");
     let err = refused(&d, vault_block(&bao.addr, "nope", &format!("token_auth {{ token = \"{}\" }}", bao.root_token), ""), vec![]);
@@ -697,4 +709,33 @@ fn wait_for_port(port: u16) {
         assert!(Instant::now() < deadline, "port {port} never opened");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Non-renewable (batch) AppRole tokens: never renewed, and a fresh login when the next mint
+/// finds the token lapsed.
+#[test]
+fn non_renewable_tokens_are_replaced_by_a_fresh_login() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bao = OpenBao::dev(tmp.path());
+    bao.spire_suite_pki();
+    bao.policy("spire", SPIRE_PKI_POLICY);
+    bao.bao(&["auth", "enable", "approle"]);
+    bao.bao(&["write", "auth/approle/role/batch", "token_type=batch", "token_ttl=4s", "token_max_ttl=4s", "policies=spire"]);
+    let role_id = bao.bao(&["read", "-field=role_id", "auth/approle/role/batch/role-id"]).trim().to_owned();
+    let secret_id = bao.bao(&["write", "-f", "-field=secret_id", "auth/approle/role/batch/secret-id"]).trim().to_owned();
+    let d = server_dir(tmp.path(), "server");
+    let auth = format!("approle_auth {{ approle_id = \"{role_id}\" approle_secret_id = \"{secret_id}\" }}");
+    let mut o = opts(vault_block(&bao.addr, "pki_int", &auth, ""), vec![]);
+    // A 36 s CA is prepared again after 18 s, long after the 4 s token lapsed.
+    o.extra_server = "ca_ttl = \"36s\"\nexperimental { ca_rotation_interval = \"1s\" }".into();
+    let s = TestServer::start(&d, &o);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while count(&s.log(), "Vault signed this tier's CA") < 2 {
+        assert!(Instant::now() < deadline, "no second CA:\n{}", s.log());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let log = s.log();
+    assert!(count(&log, "logged in to Vault") >= 2, "{log}");
+    assert!(log.contains("renewable=false"), "{log}");
+    assert!(!log.contains("Successfully renew auth token") && !log.contains("CA rotation failed"), "{log}");
 }
