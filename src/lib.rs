@@ -26,6 +26,7 @@
 //!   upstream and key manager share.
 //! - [`datastore`]: entries, nodes, join tokens, bundles, CA journal (SQLite via sqlx) and the
 //!   entry cache that follows its change feed.
+//! - [`federation`]: the SPIFFE bundle endpoint and the refresher of foreign bundles.
 //! - [`attest`]: node attestation methods, both the agent's and the server's side.
 //! - [`config`]: SPIRE-style HCL into validated config, every error naming its key path.
 //! - [`api`]: SPIRE's gRPC service handlers; [`server`] assembles them with the CA,
@@ -46,6 +47,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod datastore;
+pub mod federation;
 pub mod fsutil;
 pub mod keymanager;
 pub mod net;

@@ -31,3 +31,20 @@ pub fn format_duration(secs: i64) -> String {
     }
     out
 }
+
+/// An error and its causes on one line (`a: b: c`), each cause once: HTTP clients' top-level
+/// messages ("error sending request") say little without what is under them.
+#[must_use]
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let t = s.to_string();
+        if !out.contains(&t) {
+            out.push_str(": ");
+            out.push_str(&t);
+        }
+        src = s.source();
+    }
+    out
+}

@@ -66,6 +66,14 @@ impl ServerCertVerifier for Verifier {
     }
 }
 
+/// A verifier for a SPIFFE peer: the chain must verify against `roots` and the leaf must carry
+/// exactly `server_id` (no host name checks). Also what federation's `https_spiffe` profile
+/// authenticates a foreign bundle endpoint with.
+#[must_use]
+pub fn spiffe_server_verifier(roots: Vec<Vec<u8>>, server_id: SpiffeId) -> Arc<dyn ServerCertVerifier> {
+    Arc::new(Verifier { trust: ServerTrust::Roots(roots), server_id, provider: Arc::new(rustls::crypto::aws_lc_rs::default_provider()) })
+}
+
 /// A client identity: an X509-SVID chain (leaf first) and its PKCS#8 key.
 #[derive(Clone)]
 pub struct ClientIdentity {

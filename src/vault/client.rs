@@ -396,20 +396,10 @@ fn snippet(bytes: &[u8]) -> String {
     if text.trim().is_empty() { "(no error text)".to_owned() } else { text.trim().to_owned() }
 }
 
-/// A connection error with its causes (reqwest's top-level text alone says "error sending
-/// request").
+/// A request error with its causes.
 fn describe(e: &reqwest::Error) -> String {
-    let mut out = if e.is_timeout() { "timed out".to_owned() } else { e.to_string() };
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        let t = s.to_string();
-        if !out.contains(&t) {
-            out.push_str(": ");
-            out.push_str(&t);
-        }
-        src = s.source();
-    }
-    out
+    let chain = crate::text::error_chain(e);
+    if e.is_timeout() { format!("timed out ({chain})") } else { chain }
 }
 
 #[cfg(test)]

@@ -1,0 +1,280 @@
+//! The federated bundle refresher: one loop per foreign trust domain, polling its bundle
+//! endpoint and storing the bundle when it changed.
+//!
+//! Bounded on every side: a request gets 10 s to connect and 30 s in all, a body over 4 MiB is
+//! refused, and nothing a foreign endpoint says replaces the stored bundle unless it parses, is
+//! not empty and does not name another trust domain in its roots. A failed poll keeps the last
+//! good bundle and is retried at the bundle's own cadence (or every minute without one); a
+//! partner that is down never holds up start-up.
+
+use super::{ClientProfile, FederationError, Relationship};
+use crate::datastore::Datastore;
+use crate::spiffe::{Bundle, TrustDomain};
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// Largest bundle document accepted.
+pub const MAX_BUNDLE_BYTES: usize = 4 << 20;
+/// Retry interval without any bundle (SPIRE: one minute).
+const NO_BUNDLE_RETRY: i64 = 60;
+/// Refresh hints below this are raised to it (SPIRE's minimum).
+const MIN_HINT: i64 = 60;
+
+/// What the refresher last did for one trust domain (for `tiers status` and `status.json`).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RelationshipStatus {
+    /// The foreign trust domain.
+    pub trust_domain: String,
+    /// Its bundle endpoint.
+    pub bundle_endpoint_url: String,
+    /// `https_web` or `https_spiffe`.
+    pub profile: String,
+    /// Unix seconds of the last successful poll (0: none yet).
+    pub last_refresh: i64,
+    /// Sequence number of the stored bundle.
+    pub sequence: u64,
+    /// Why the last poll failed, if it did.
+    pub last_error: Option<String>,
+    /// Unix seconds of the next poll.
+    pub next_refresh: i64,
+}
+
+/// Seconds until the next poll given the bundle held: a quarter of its refresh hint, the hint
+/// taken as at least a minute; without a hint, a tenth of the shortest root lifetime; without
+/// a bundle, a minute.
+#[must_use]
+pub fn refresh_interval(bundle: Option<&Bundle>) -> i64 {
+    let Some(b) = bundle else { return NO_BUNDLE_RETRY };
+    let hint = match b.refresh_hint {
+        Some(h) if h > 0 => h.max(MIN_HINT),
+        _ => b
+            .x509_authorities
+            .iter()
+            .filter_map(|c| x509_parser::parse_x509_certificate(c).ok())
+            .map(|(_, c)| (c.validity().not_after.timestamp() - c.validity().not_before.timestamp()) / 10)
+            .min()
+            .unwrap_or(MIN_HINT)
+            .max(MIN_HINT),
+    };
+    hint / 4
+}
+
+/// Keeps the federated bundles of `relationships` fresh.
+#[derive(Debug)]
+pub struct Refresher {
+    datastore: Arc<dyn Datastore>,
+    relationships: Vec<Relationship>,
+    status: RwLock<BTreeMap<TrustDomain, RelationshipStatus>>,
+}
+
+impl Refresher {
+    /// A refresher for `relationships`.
+    #[must_use]
+    pub fn new(datastore: Arc<dyn Datastore>, relationships: Vec<Relationship>) -> Arc<Self> {
+        let status = relationships
+            .iter()
+            .map(|r| {
+                (
+                    r.trust_domain.clone(),
+                    RelationshipStatus {
+                        trust_domain: r.trust_domain.to_string(),
+                        bundle_endpoint_url: r.bundle_endpoint_url.clone(),
+                        profile: r.profile.name().to_owned(),
+                        ..RelationshipStatus::default()
+                    },
+                )
+            })
+            .collect();
+        Arc::new(Self { datastore, relationships, status: RwLock::new(status) })
+    }
+
+    /// What each relationship's last poll did.
+    #[must_use]
+    pub fn status(&self) -> Vec<RelationshipStatus> {
+        self.status.read().map(|s| s.values().cloned().collect()).unwrap_or_default()
+    }
+
+    /// The relationship with `td`, if configured.
+    #[must_use]
+    pub fn relationship(&self, td: &TrustDomain) -> Option<&Relationship> {
+        self.relationships.iter().find(|r| &r.trust_domain == td)
+    }
+
+    /// Polls every relationship until `shutdown` resolves (each on its own cadence).
+    pub async fn run(self: Arc<Self>, shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for rel in self.relationships.clone() {
+            tracing::info!(trust_domain = %rel.trust_domain, bundle_endpoint_url = %rel.bundle_endpoint_url, bundle_endpoint_profile = rel.profile.name(), "Trust domain is now managed");
+            let me = Arc::clone(&self);
+            let mut stop = shutdown.clone();
+            tasks.spawn(async move {
+                loop {
+                    let wait = me.poll(&rel).await;
+                    tokio::select! {
+                        _ = stop.changed() => return,
+                        () = tokio::time::sleep(Duration::from_secs(u64::try_from(wait).unwrap_or(60))) => {}
+                    }
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// One poll of `rel`, logged and recorded; answers the seconds until the next.
+    pub async fn poll(&self, rel: &Relationship) -> i64 {
+        tracing::debug!(trust_domain = %rel.trust_domain, "Polling for bundle update");
+        let now = crate::now_unix();
+        let result = self.refresh(rel).await;
+        let stored = self.datastore.get_bundle(&rel.trust_domain).await.ok().flatten();
+        let wait = refresh_interval(stored.as_ref());
+        if let Ok(mut st) = self.status.write()
+            && let Some(s) = st.get_mut(&rel.trust_domain)
+        {
+            s.next_refresh = now + wait;
+            s.sequence = stored.as_ref().map_or(0, |b| b.sequence_number);
+            match &result {
+                Ok(_) => {
+                    s.last_refresh = now;
+                    s.last_error = None;
+                }
+                Err(e) => s.last_error = Some(e.to_string()),
+            }
+        }
+        match result {
+            Ok(true) => tracing::info!(trust_domain = %rel.trust_domain, "Bundle refreshed"),
+            Ok(false) => tracing::debug!(trust_domain = %rel.trust_domain, "Bundle unchanged"),
+            Err(e) => tracing::error!(trust_domain = %rel.trust_domain, error = %e, "Error updating bundle; keeping the last good bundle"),
+        }
+        wait
+    }
+
+    /// Fetches `rel`'s bundle and stores it if it changed; answers whether it did.
+    ///
+    /// # Errors
+    /// The endpoint is unreachable, unauthenticated, slow, oversized or serves something that
+    /// is not a bundle of that trust domain; the stored bundle is untouched then.
+    pub async fn refresh(&self, rel: &Relationship) -> Result<bool, FederationError> {
+        let url = &rel.bundle_endpoint_url;
+        let tls = self.tls_for(rel).await?;
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(30))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| FederationError::Fetch { url: url.clone(), cause: e.to_string() })?;
+        let fetch = |cause: String| FederationError::Fetch { url: url.clone(), cause };
+        let mut resp = http.get(url).send().await.map_err(|e| fetch(describe(&e)))?;
+        if resp.status() != reqwest::StatusCode::OK {
+            return Err(fetch(format!("unexpected status {}", resp.status())));
+        }
+        if resp.content_length().is_some_and(|n| n > MAX_BUNDLE_BYTES as u64) {
+            return Err(fetch(format!("body larger than {MAX_BUNDLE_BYTES} bytes")));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| fetch(describe(&e)))? {
+            if body.len() + chunk.len() > MAX_BUNDLE_BYTES {
+                return Err(fetch(format!("body larger than {MAX_BUNDLE_BYTES} bytes")));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let bad = |why: String| FederationError::BadBundle { url: url.clone(), why };
+        let fetched = Bundle::from_spiffe_json(rel.trust_domain.clone(), &body).map_err(|e| bad(e.to_string()))?;
+        if fetched.x509_authorities.is_empty() && fetched.jwt_authorities.is_empty() {
+            return Err(bad("the bundle holds no keys".into()));
+        }
+        if let Some(other) = foreign_root(&fetched) {
+            return Err(bad(format!("its root CA belongs to trust domain {other}, not {}", rel.trust_domain)));
+        }
+        let stored = self.datastore.get_bundle(&rel.trust_domain).await.map_err(|e| FederationError::Datastore(e.to_string()))?;
+        if stored.as_ref() == Some(&fetched) {
+            return Ok(false);
+        }
+        self.datastore.set_bundle(&fetched).await.map_err(|e| FederationError::Datastore(e.to_string()))?;
+        Ok(true)
+    }
+
+    async fn tls_for(&self, rel: &Relationship) -> Result<rustls::ClientConfig, FederationError> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let fetch = |cause: String| FederationError::Fetch { url: rel.bundle_endpoint_url.clone(), cause };
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| fetch(e.to_string()))?;
+        let mut cfg = match &rel.profile {
+            ClientProfile::HttpsWeb => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in rustls_native_certs::load_native_certs().certs {
+                    let _ = roots.add(c);
+                }
+                builder.with_root_certificates(roots).with_no_client_auth()
+            }
+            ClientProfile::HttpsSpiffe { endpoint_spiffe_id } => {
+                let td = endpoint_spiffe_id.trust_domain();
+                let bundle = self
+                    .datastore
+                    .get_bundle(td)
+                    .await
+                    .map_err(|e| FederationError::Datastore(e.to_string()))?
+                    .filter(|b| !b.x509_authorities.is_empty())
+                    .ok_or_else(|| FederationError::NoBootstrapBundle { trust_domain: td.clone() })?;
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(crate::agent::client::spiffe_server_verifier(
+                        bundle.x509_authorities,
+                        endpoint_spiffe_id.clone(),
+                    ))
+                    .with_no_client_auth()
+            }
+        };
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(cfg)
+    }
+}
+
+/// A trust domain other than the bundle's own that one of its roots names in its URI SAN.
+fn foreign_root(b: &Bundle) -> Option<String> {
+    let own = b.trust_domain.id_string();
+    for der in &b.x509_authorities {
+        let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else { continue };
+        let Ok(Some(san)) = cert.subject_alternative_name() else { continue };
+        for name in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::URI(u) = name
+                && let Some(rest) = u.strip_prefix("spiffe://")
+            {
+                let td = rest.split('/').next().unwrap_or_default();
+                if format!("spiffe://{td}") != own {
+                    return Some(td.to_owned());
+                }
+            }
+        }
+    }
+    None
+}
+
+/// A request error with its causes.
+fn describe(e: &reqwest::Error) -> String {
+    let chain = crate::text::error_chain(e);
+    if e.is_timeout() { format!("timed out ({chain})") } else { chain }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals_follow_the_hint_with_floors() {
+        let td = TrustDomain::new("example.org").unwrap();
+        let b = |hint| Bundle {
+            trust_domain: td.clone(),
+            x509_authorities: vec![],
+            jwt_authorities: vec![],
+            refresh_hint: hint,
+            sequence_number: 1,
+        };
+        assert_eq!(refresh_interval(None), 60);
+        assert_eq!(refresh_interval(Some(&b(Some(300)))), 75);
+        assert_eq!(refresh_interval(Some(&b(Some(5)))), 15);
+        assert_eq!(refresh_interval(Some(&b(None))), 15);
+    }
+}

@@ -1,0 +1,121 @@
+//! SPIFFE federation: the bundle endpoint this server serves to other trust domains, and the
+//! refresher that keeps the bundles of the trust domains it federates with up to date.
+//!
+//! Both follow the SPIFFE Trust Domain and Bundle spec (§5, `https_web` and `https_spiffe`)
+//! and SPIRE's behaviour where the spec leaves room: the endpoint answers `GET /` with the
+//! trust domain's bundle and its refresh hint; the refresher polls each foreign endpoint at a
+//! quarter of its refresh hint (never more often than every 15 s), keeps the last good bundle
+//! when a poll fails, and stores a bundle only when it changed.
+
+pub mod client;
+pub mod endpoint;
+
+use crate::spiffe::{SpiffeId, TrustDomain};
+use std::path::PathBuf;
+
+/// `server.federation`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FederationConfig {
+    /// `bundle_endpoint { ... }`: serve this trust domain's bundle.
+    pub bundle_endpoint: Option<BundleEndpointConfig>,
+    /// `federates_with "<td>" { ... }`: trust domains whose bundles this server keeps.
+    pub federates_with: Vec<Relationship>,
+}
+
+/// `federation.bundle_endpoint`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BundleEndpointConfig {
+    /// `address` (default all interfaces).
+    pub address: String,
+    /// `port`.
+    pub port: u16,
+    /// `refresh_hint`, seconds (default 5m), served as `spiffe_refresh_hint`.
+    pub refresh_hint: i64,
+    /// How the endpoint authenticates itself.
+    pub profile: EndpointProfile,
+}
+
+/// The endpoint's TLS identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndpointProfile {
+    /// `https_spiffe`: the server's own X509-SVID (`spiffe://<td>/spire/server`).
+    HttpsSpiffe,
+    /// `https_web` with `serving_cert_file`: a Web PKI certificate and key from files, re-read
+    /// every `file_sync_interval` when they change.
+    HttpsWeb {
+        /// PEM certificate chain.
+        cert_file_path: PathBuf,
+        /// PEM private key.
+        key_file_path: PathBuf,
+        /// Seconds between checks of the files.
+        file_sync_interval: i64,
+    },
+}
+
+/// A foreign trust domain and where its bundle is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relationship {
+    /// The foreign trust domain.
+    pub trust_domain: TrustDomain,
+    /// `bundle_endpoint_url` (https).
+    pub bundle_endpoint_url: String,
+    /// How the endpoint is authenticated.
+    pub profile: ClientProfile,
+}
+
+/// How a foreign bundle endpoint is authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientProfile {
+    /// `https_web`: Web PKI (system roots, or `SSL_CERT_FILE`), host name checked.
+    HttpsWeb,
+    /// `https_spiffe`: the endpoint presents an X509-SVID with this ID, chaining to the stored
+    /// bundle of the ID's trust domain.
+    HttpsSpiffe {
+        /// `endpoint_spiffe_id`.
+        endpoint_spiffe_id: SpiffeId,
+    },
+}
+
+impl ClientProfile {
+    /// SPIRE's profile name.
+    #[must_use]
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::HttpsWeb => "https_web",
+            Self::HttpsSpiffe { .. } => "https_spiffe",
+        }
+    }
+}
+
+/// Why a foreign bundle could not be refreshed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FederationError {
+    /// The endpoint could not be reached or did not answer in time.
+    #[error("fetching {url}: {cause}")]
+    Fetch {
+        /// The endpoint URL.
+        url: String,
+        /// Why.
+        cause: String,
+    },
+    /// The endpoint answered, but not with a usable bundle for the trust domain.
+    #[error("bundle from {url} refused: {why}")]
+    BadBundle {
+        /// The endpoint URL.
+        url: String,
+        /// Why.
+        why: String,
+    },
+    /// `https_spiffe` without a bundle to authenticate the endpoint with.
+    #[error(
+        "can't perform SPIFFE Authentication: local copy of bundle not found for {trust_domain} (bootstrap it with `bundle set -id spiffe://{trust_domain}`)"
+    )]
+    NoBootstrapBundle {
+        /// The trust domain of the endpoint's SPIFFE ID.
+        trust_domain: TrustDomain,
+    },
+    /// Reading or storing the bundle failed.
+    #[error("datastore: {0}")]
+    Datastore(String),
+}
