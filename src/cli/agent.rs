@@ -631,7 +631,12 @@ fn print_x509_svids(svids: &[ParsedSvid], elapsed: Duration) {
 }
 
 fn pem_certs(certs: &[Vec<u8>]) -> String {
-    certs.iter().map(|c| pem::encode(&pem::Pem::new("CERTIFICATE", c.clone()))).collect()
+    certs.iter().map(|c| pem::encode_config(&pem::Pem::new("CERTIFICATE", c.clone()), lf())).collect()
+}
+
+/// PEM with Unix line endings, as SPIRE writes it (the `pem` crate defaults to CRLF).
+fn lf() -> pem::EncodeConfig {
+    pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF)
 }
 
 /// SPIRE's `-write` layout: `svid.N.pem`, `svid.N.key` (0600), `bundle.N.pem`,
@@ -647,7 +652,7 @@ fn write_svids(dir: &Path, svids: &[ParsedSvid]) -> CliResult {
         outln!("Writing SVID #{i} to file {}.", svid_path.display());
         public(&svid_path, &pem_certs(&s.certs))?;
         outln!("Writing key #{i} to file {}.", key_path.display());
-        let key_pem = Zeroizing::new(pem::encode(&pem::Pem::new("PRIVATE KEY", s.key_pkcs8.to_vec())));
+        let key_pem = Zeroizing::new(pem::encode_config(&pem::Pem::new("PRIVATE KEY", s.key_pkcs8.to_vec()), lf()));
         crate::fsutil::write_private_atomic(&key_path, key_pem.as_bytes()).map_err(|e| format!("{}: {e}", key_path.display()))?;
         outln!("Writing bundle #{i} to file {}.", bundle_path.display());
         public(&bundle_path, &pem_certs(&s.bundle))?;

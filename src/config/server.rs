@@ -203,6 +203,8 @@ pub struct ServerConfig {
     pub upstream_bundle_push: bool,
     /// `disable_jwt_svids` (SPIRE 1.14+): no JWT keys, no JWT-SVIDs.
     pub disable_jwt_svids: bool,
+    /// `federation { bundle_endpoint { ... } federates_with "<td>" { ... } }`.
+    pub federation: crate::federation::FederationConfig,
     /// Settings that work but may surprise, in SPIRE's words; logged when the server starts.
     pub warnings: Vec<String>,
     /// Keys accepted without effect, with the reason; logged once logging is up.
@@ -253,12 +255,12 @@ const SERVER_KEYS: &[&str] = &[
     "experimental",
     "audit_log_enabled",
     "max_attested_node_info_staleness",
+    "federation",
 ];
 
 /// SPIRE server keys cairn does not have, and why (refused as "not supported by cairn (why)").
 fn server_unsupported(key: &str) -> Option<&'static str> {
     match key {
-        "federation" => Some("not yet: no bundle endpoint and no federated trust domains; remove the federation block"),
         "proxy_protocol_trusted_cidrs" => Some("the TCP listener does not read PROXY protocol headers"),
         "prune_attested_nodes_expired_for" | "prune_tofu_nodes" | "prune_attested_nodes_batch_size" => {
             Some("not yet: attested nodes are not pruned; remove it")
@@ -337,7 +339,7 @@ impl ServerConfig {
     pub fn from_tree(tree: &Object, overrides: &ServerOverrides) -> Result<Self, ConfigErrors> {
         let mut w = Walker::new();
         w.unknown_keys(tree, &["server", "plugins", "health_checks", "telemetry"], "", |k| match k {
-            "federation" => Some("federation goes inside the server block, and is not in this cairn yet"),
+            "federation" => Some("federation goes inside the server block"),
             _ => None,
         });
         w.telemetry(tree);
@@ -429,7 +431,7 @@ impl ServerConfig {
         // SPIRE accepts any SVID TTL and caps each SVID at its CA's expiry; it only warns when
         // an SVID may be cut short by a scheduled rotation. So does cairn, in SPIRE's words.
         let agent_ttl_set = server.get_all("agent_ttl").next().is_some();
-        let warnings = svid_ttl_warnings(ca_ttl, default_x509_svid_ttl, default_jwt_svid_ttl, agent_ttl_set.then_some(agent_ttl));
+        let mut warnings = svid_ttl_warnings(ca_ttl, default_x509_svid_ttl, default_jwt_svid_ttl, agent_ttl_set.then_some(agent_ttl));
         let key_type = |w: &mut Walker, key: &str, default: KeyType| -> KeyType {
             match w.string(server, key, p) {
                 None => default,
@@ -539,6 +541,10 @@ impl ServerConfig {
                 }
             }
         }
+        let federation = w
+            .block(server, "federation", p)
+            .map(|f| federation_config(&mut w, &mut warnings, f, trust_domain.as_ref()))
+            .unwrap_or_default();
         let health = w.block(tree, "health_checks", "").map(|o| {
             let hp = "health_checks";
             w.unknown_keys(o, &["listener_enabled", "bind_address", "bind_port", "live_path", "ready_path"], hp, |_| None);
@@ -583,12 +589,184 @@ impl ServerConfig {
                 upstream_bundle_push,
                 entry_prune_interval,
                 disable_jwt_svids,
+                federation,
                 warnings,
                 notices: w.notices,
             }),
             _ => Err(ConfigErrors(w.errors)),
         }
     }
+}
+
+/// The labelled blocks `key "<label>" { ... }` of `obj`, as (label, body, path).
+fn labelled<'a>(w: &mut Walker, obj: &'a Object, key: &str, path: &str) -> Vec<(String, &'a Object, String)> {
+    let mut out = Vec::new();
+    for item in obj.get_all(key) {
+        let blocks: Vec<&Object> = match &item.value {
+            super::hcl::Value::List(l) => l.iter().filter_map(super::as_object).collect(),
+            v => super::as_object(v).into_iter().collect(),
+        };
+        if blocks.is_empty() {
+            w.err(&join(path, key), format!("expected {key} \"<name>\" {{ ... }}"));
+        }
+        for b in blocks {
+            for inner in &b.items {
+                let p = format!("{}.{}", join(path, key), quote(&inner.key));
+                match super::as_object(&inner.value) {
+                    Some(body) => out.push((inner.key.clone(), body, p)),
+                    None => w.err(&p, "expected a block { ... }"),
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `server.federation`, with SPIRE's checks and messages.
+fn federation_config(
+    w: &mut Walker,
+    warnings: &mut Vec<String>,
+    f: &Object,
+    own: Option<&TrustDomain>,
+) -> crate::federation::FederationConfig {
+    use crate::federation::{BundleEndpointConfig, ClientProfile, EndpointProfile, FederationConfig, Relationship};
+    let fp = "server.federation";
+    w.unknown_keys(f, &["bundle_endpoint", "federates_with"], fp, |_| None);
+    let bundle_endpoint = w.block(f, "bundle_endpoint", fp).and_then(|b| {
+        let bp = join(fp, "bundle_endpoint");
+        w.unknown_keys(b, &["address", "port", "refresh_hint", "profile", "acme"], &bp, |_| None);
+        if b.get_all("acme").next().is_some() {
+            w.unsupported(&join(&bp, "acme"), "not yet: ACME certificates for the bundle endpoint; use profile \"https_web\" { serving_cert_file { ... } }");
+        }
+        let address = w.string(b, "address", &bp).filter(|a| !a.is_empty()).unwrap_or_else(|| "0.0.0.0".into());
+        let port = w.port(b, "port", &bp).unwrap_or(0);
+        let refresh_hint = w.duration(b, "refresh_hint", &bp).unwrap_or(300);
+        if refresh_hint >= 24 * 3600 {
+            warnings.push(String::from("Bundle endpoint refresh hint set to a high value. To cover the case of unscheduled trust bundle updates, it's recommended to have a smaller value, e.g. 5m"));
+        } else if refresh_hint < 60 {
+            warnings.push(String::from("Bundle endpoint refresh hint set too low. SPIRE will not refresh more often than 1 minute"));
+        }
+        let profiles = labelled(w, b, "profile", &bp);
+        let profile = match profiles.as_slice() {
+            [] => {
+                warnings.push(String::from("Bundle endpoint is configured but has no profile set, using https_spiffe as default; please configure a profile explicitly. This will be fatal in a future release."));
+                Some(EndpointProfile::HttpsSpiffe)
+            }
+            [(name, body, pp)] if name == "https_spiffe" => {
+                w.unknown_keys(body, &[], pp, |_| None);
+                Some(EndpointProfile::HttpsSpiffe)
+            }
+            [(name, body, pp)] if name == "https_web" => {
+                w.unknown_keys(body, &["serving_cert_file", "acme"], pp, |_| None);
+                let acme = body.get_all("acme").next().is_some();
+                if acme {
+                    w.unsupported(&join(pp, "acme"), "not yet: ACME certificates for the bundle endpoint; use serving_cert_file");
+                }
+                match w.block(body, "serving_cert_file", pp) {
+                    Some(sc) => {
+                        let sp = join(pp, "serving_cert_file");
+                        w.unknown_keys(sc, &["cert_file_path", "key_file_path", "file_sync_interval"], &sp, |_| None);
+                        let cert = w.string(sc, "cert_file_path", &sp).filter(|c| !c.is_empty());
+                        let key = w.string(sc, "key_file_path", &sp).filter(|c| !c.is_empty());
+                        if cert.is_none() {
+                            w.err(&join(&sp, "cert_file_path"), "missing: the PEM certificate chain the endpoint serves");
+                        }
+                        if key.is_none() {
+                            w.err(&join(&sp, "key_file_path"), "missing: the PEM private key of that certificate");
+                        }
+                        let interval = match w.duration(sc, "file_sync_interval", &sp) {
+                            Some(0) | None => 3600,
+                            Some(v) => v,
+                        };
+                        match (cert, key) {
+                            (Some(c), Some(k)) => Some(EndpointProfile::HttpsWeb { cert_file_path: c.into(), key_file_path: k.into(), file_sync_interval: interval }),
+                            _ => None,
+                        }
+                    }
+                    None => {
+                        if !acme {
+                            w.err(pp, "malformed https_web profile configuration: 'acme' or 'serving_cert_file' is required");
+                        }
+                        None
+                    }
+                }
+            }
+            [(_, _, pp)] => {
+                w.err(pp, "unknown bundle endpoint profile configured; current supported profiles are \"https_spiffe\" and \"https_web\"");
+                None
+            }
+            _ => {
+                w.err(&join(&bp, "profile"), "exactly one bundle endpoint profile is expected");
+                None
+            }
+        };
+        profile.map(|profile| BundleEndpointConfig { address, port, refresh_hint, profile })
+    });
+    let mut federates_with = Vec::new();
+    for (label, body, rp) in labelled(w, f, "federates_with", fp) {
+        w.unknown_keys(body, &["bundle_endpoint_url", "bundle_endpoint_profile"], &rp, |_| None);
+        let td = match TrustDomain::new(label.strip_prefix("spiffe://").unwrap_or(&label)) {
+            Ok(td) => td,
+            Err(e) => {
+                w.err(&rp, format!("not a trust domain: {e}"));
+                continue;
+            }
+        };
+        if own == Some(&td) {
+            w.err(&rp, "a server cannot federate with its own trust domain");
+        }
+        if federates_with.iter().any(|r: &Relationship| r.trust_domain == td) {
+            w.err(&rp, "trust domain given more than once");
+        }
+        let url = w.string(body, "bundle_endpoint_url", &rp).filter(|u| !u.is_empty());
+        match &url {
+            None => w.err(&join(&rp, "bundle_endpoint_url"), "must be configured"),
+            Some(u) if !u.to_ascii_lowercase().starts_with("https://") => {
+                w.err(&join(&rp, "bundle_endpoint_url"), format!("must use the HTTPS protocol; URL found: {}", quote(u)));
+            }
+            Some(_) => {}
+        }
+        let profiles = labelled(w, body, "bundle_endpoint_profile", &rp);
+        let profile = match profiles.as_slice() {
+            [] => {
+                w.err(&rp, "missing bundle endpoint configuration: bundle_endpoint_profile \"https_web\" {} or \"https_spiffe\" { endpoint_spiffe_id = ... }");
+                None
+            }
+            [(name, pb, pp)] if name == "https_web" => {
+                w.unknown_keys(pb, &[], pp, |_| None);
+                Some(ClientProfile::HttpsWeb)
+            }
+            [(name, pb, pp)] if name == "https_spiffe" => {
+                w.unknown_keys(pb, &["endpoint_spiffe_id"], pp, |_| None);
+                match w.string(pb, "endpoint_spiffe_id", pp).map(|s| SpiffeId::new(&s)) {
+                    Some(Ok(id)) => Some(ClientProfile::HttpsSpiffe { endpoint_spiffe_id: id }),
+                    Some(Err(e)) => {
+                        w.err(&join(pp, "endpoint_spiffe_id"), format!("could not get endpoint SPIFFE ID: {e}"));
+                        None
+                    }
+                    None => {
+                        w.err(
+                            &join(pp, "endpoint_spiffe_id"),
+                            "missing: the SPIFFE ID the endpoint presents (e.g. spiffe://<td>/spire/server)",
+                        );
+                        None
+                    }
+                }
+            }
+            [(_, _, pp)] => {
+                w.err(pp, "no bundle endpoint profile defined; current supported profiles are \"https_spiffe\" and \"https_web\"");
+                None
+            }
+            _ => {
+                w.err(&join(&rp, "bundle_endpoint_profile"), "exactly one bundle endpoint profile is expected");
+                None
+            }
+        };
+        if let (Some(url), Some(profile)) = (url, profile) {
+            federates_with.push(Relationship { trust_domain: td, bundle_endpoint_url: url, profile });
+        }
+    }
+    FederationConfig { bundle_endpoint, federates_with }
 }
 
 /// SPIRE's `activationThresholdCap`: an SVID longer than this can never be guaranteed.

@@ -4,7 +4,8 @@
 //! Bounded on every side: a request gets 10 s to connect and 30 s in all, a body over 4 MiB is
 //! refused, and nothing a foreign endpoint says replaces the stored bundle unless it parses, is
 //! not empty and does not name another trust domain in its roots. A failed poll keeps the last
-//! good bundle and is retried at the bundle's own cadence (or every minute without one); a
+//! good bundle and is retried after 5 s, then twice as long each time up to the bundle's own
+//! cadence (a quarter of its refresh hint, or every minute without a bundle); a
 //! partner that is down never holds up start-up.
 
 use super::{ClientProfile, FederationError, Relationship};
@@ -18,6 +19,8 @@ use std::time::Duration;
 pub const MAX_BUNDLE_BYTES: usize = 4 << 20;
 /// Retry interval without any bundle (SPIRE: one minute).
 const NO_BUNDLE_RETRY: i64 = 60;
+/// First retry after a failed poll, doubled on each further failure up to the cadence.
+const RETRY_FIRST: i64 = 5;
 /// Refresh hints below this are raised to it (SPIRE's minimum).
 const MIN_HINT: i64 = 60;
 
@@ -38,6 +41,8 @@ pub struct RelationshipStatus {
     pub last_error: Option<String>,
     /// Unix seconds of the next poll.
     pub next_refresh: i64,
+    /// Failed polls since the last success.
+    pub consecutive_failures: u32,
 }
 
 /// Seconds until the next poll given the bundle held: a quarter of its refresh hint, the hint
@@ -127,19 +132,26 @@ impl Refresher {
         let now = crate::now_unix();
         let result = self.refresh(rel).await;
         let stored = self.datastore.get_bundle(&rel.trust_domain).await.ok().flatten();
-        let wait = refresh_interval(stored.as_ref());
+        let mut wait = refresh_interval(stored.as_ref());
         if let Ok(mut st) = self.status.write()
             && let Some(s) = st.get_mut(&rel.trust_domain)
         {
-            s.next_refresh = now + wait;
             s.sequence = stored.as_ref().map_or(0, |b| b.sequence_number);
             match &result {
                 Ok(_) => {
                     s.last_refresh = now;
                     s.last_error = None;
+                    s.consecutive_failures = 0;
                 }
-                Err(e) => s.last_error = Some(e.to_string()),
+                Err(e) => {
+                    s.last_error = Some(e.to_string());
+                    s.consecutive_failures = s.consecutive_failures.saturating_add(1);
+                    // A partner that was not up yet (servers started together) is tried again
+                    // soon, then less and less often, up to the normal cadence.
+                    wait = wait.min(RETRY_FIRST << (s.consecutive_failures - 1).min(4));
+                }
             }
+            s.next_refresh = now + wait;
         }
         match result {
             Ok(true) => tracing::info!(trust_domain = %rel.trust_domain, "Bundle refreshed"),

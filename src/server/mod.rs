@@ -230,15 +230,53 @@ impl Server {
             tasks.spawn(sync);
         }
 
-        // A status file for `cairn tiers status` (and operators): slots, bundle, upstream sync.
+        let nofile = crate::net::raise_nofile_limit();
+        // Federation: the bundle endpoint, and one refresher loop per foreign trust domain.
+        // Neither holds up start-up: a partner that is down is only retried (SPIRE #4445).
+        let refresher = (!self.config.federation.federates_with.is_empty()).then(|| {
+            crate::federation::client::Refresher::new(Arc::clone(&self.state.datastore), self.config.federation.federates_with.clone())
+        });
+        if let Some(r) = &refresher {
+            tasks.spawn(Arc::clone(r).run(stop_rx.clone()));
+        }
+        if let Some(be) = self.config.federation.bundle_endpoint.clone() {
+            let addr = format!("{}:{}", be.address, be.port);
+            let listener = TcpListener::bind(&addr).await.map_err(|e| ServerError::Io(format!("bundle endpoint {addr}: {e}")))?;
+            let tls = match &be.profile {
+                crate::federation::EndpointProfile::HttpsSpiffe => self.tls.bundle_endpoint_config(),
+                crate::federation::EndpointProfile::HttpsWeb { cert_file_path, key_file_path, file_sync_interval } => {
+                    let files = crate::federation::endpoint::FileCert::open(cert_file_path, key_file_path).map_err(|e| {
+                        ServerError::Io(format!("server.federation.bundle_endpoint.profile \"https_web\".serving_cert_file.{e}"))
+                    })?;
+                    let every = Duration::from_secs(u64::try_from(*file_sync_interval).unwrap_or(3600).max(1));
+                    tasks.spawn(Arc::clone(&files).watch(every, stopped(stop_rx.clone())));
+                    files.server_config()
+                }
+            }
+            .map_err(|e| ServerError::Io(format!("bundle endpoint TLS: {e}")))?;
+            tracing::info!(addr = %listener.local_addr().map_or(addr, |a| a.to_string()), refresh_hint = be.refresh_hint, "Serving bundle endpoint");
+            let source: Arc<dyn crate::federation::endpoint::BundleSource> = Arc::new(OwnBundle(Arc::clone(&self.state)));
+            tasks.spawn(crate::federation::endpoint::serve(
+                listener,
+                Arc::new(tls),
+                source,
+                be.refresh_hint,
+                nofile,
+                stopped(stop_rx.clone()),
+            ));
+        }
+
+        // A status file for `cairn tiers status` (and operators): slots, bundle, upstream sync,
+        // federation.
         {
             let state = Arc::clone(&self.state);
             let path = self.config.data_dir.join("status.json");
             let stop = stopped(stop_rx.clone());
+            let refresher = refresher.clone();
             tasks.spawn(async move {
                 tokio::pin!(stop);
                 loop {
-                    write_status(&state, &path).await;
+                    write_status(&state, &path, refresher.as_deref()).await;
                     tokio::select! {
                         () = &mut stop => return,
                         () = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -299,8 +337,6 @@ impl Server {
                 }
             });
         }
-
-        let nofile = crate::net::raise_nofile_limit();
 
         // Admin socket: every caller is local.
         {
@@ -392,9 +428,22 @@ struct StatusFile {
     x509_roots: usize,
     jwt_key_ids: Vec<String>,
     upstream: Option<UpstreamStatus>,
+    /// Each federation relationship: last refresh, the foreign bundle's sequence, last error.
+    federation: Vec<crate::federation::client::RelationshipStatus>,
 }
 
-async fn write_status(state: &ApiState, path: &Path) {
+/// The bundle endpoint serves the tier's bundle as the entry cache holds it (kept current by
+/// datastore change events), so a GET costs no datastore round trip.
+struct OwnBundle(Arc<ApiState>);
+
+#[async_trait::async_trait]
+impl crate::federation::endpoint::BundleSource for OwnBundle {
+    async fn bundle(&self) -> Result<crate::spiffe::Bundle, String> {
+        self.0.entry_cache.bundle().map(|b| (*b).clone()).ok_or_else(|| "trust domain bundle not found".to_owned())
+    }
+}
+
+async fn write_status(state: &ApiState, path: &Path, refresher: Option<&crate::federation::client::Refresher>) {
     let bundle = state.entry_cache.bundle();
     let chain = state
         .ca
@@ -427,6 +476,7 @@ async fn write_status(state: &ApiState, path: &Path) {
             .as_ref()
             .filter(|u| u.is_trust_domain_tier())
             .and_then(|_| state.upstream_status.read().ok().map(|s| s.clone())),
+        federation: refresher.map(crate::federation::client::Refresher::status).unwrap_or_default(),
     };
     if let Ok(text) = serde_json::to_vec_pretty(&status) {
         let _ = crate::fsutil::write_private_atomic(path, &text);

@@ -153,6 +153,22 @@ impl TlsState {
     }
 }
 
+impl TlsState {
+    /// A TLS server configuration for the federation bundle endpoint's `https_spiffe`
+    /// profile: the same rotating server SVID, no client certificates, HTTP/1.1.
+    ///
+    /// # Errors
+    /// When the protocol versions cannot be set up with the provider.
+    pub fn bundle_endpoint_config(self: &Arc<Self>) -> Result<rustls::ServerConfig, rustls::Error> {
+        let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::clone(&self.provider))
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(Resolver(Arc::clone(self))));
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(cfg)
+    }
+}
+
 #[derive(Debug)]
 struct Resolver(Arc<TlsState>);
 

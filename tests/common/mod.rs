@@ -35,6 +35,8 @@ pub struct ServerOpts {
     pub key_manager_block: Option<String>,
     /// Extra environment for the server process (`SOFTHSM2_CONF`).
     pub env: Vec<(String, String)>,
+    /// The trust domain (default `example.org`).
+    pub trust_domain: &'static str,
 }
 
 impl Default for ServerOpts {
@@ -46,6 +48,7 @@ impl Default for ServerOpts {
             health_port: None,
             key_manager_block: None,
             env: Vec::new(),
+            trust_domain: "example.org",
         }
     }
 }
@@ -77,7 +80,7 @@ server {{
     bind_address = "127.0.0.1"
     bind_port = "{port}"
     socket_path = "{socket}"
-    trust_domain = "example.org"
+    trust_domain = "{td}"
     data_dir = "{dir}"
     log_level = "DEBUG"
     {extra_server}
@@ -96,6 +99,7 @@ plugins {{
         dir = dir.display(),
         extra_server = opts.extra_server,
         extra_plugins = opts.extra_plugins,
+        td = opts.trust_domain,
     );
     let path = dir.join("server.conf");
     std::fs::write(&path, text).unwrap();

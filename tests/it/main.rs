@@ -16,6 +16,7 @@ mod api_robustness;
 mod attest_hardening;
 mod connection_limits;
 mod entry_expiry;
+mod federation;
 mod file_modes;
 mod grpcio_admin;
 mod hsm;

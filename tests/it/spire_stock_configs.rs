@@ -236,15 +236,26 @@ fn full_confs_reduced_to_cairns_plugins_validate_and_start() {
     let reduced = remove_block(&full, "UpstreamAuthority \"ejbca\"");
     let config = tree.write("server/server_full.reduced.conf", &reduced);
     let o = tree.output("spire-server", &["validate", "-config", &config]);
-    // Everything in it is honoured except the federation block, which is refused by path.
+    // Everything in it is honoured except the bundle endpoint's ACME profile, refused by path.
     let errors: Vec<String> = String::from_utf8_lossy(&o.stderr)
         .lines()
         .filter(|l| l.contains(": ") && !l.starts_with("Error") && !l.starts_with("note:"))
         .map(str::to_owned)
         .collect();
-    assert!(!o.status.success(), "server_full.conf with a federation block was accepted");
+    assert!(!o.status.success(), "server_full.conf with an ACME bundle endpoint was accepted");
     assert_eq!(errors.len(), 1, "{}", text(&o));
-    assert!(errors[0].starts_with("server.federation: not supported by cairn ("), "{}", errors[0]);
+    assert!(
+        errors[0].starts_with("server.federation.bundle_endpoint.profile.\"https_web\".acme: not supported by cairn ("),
+        "{}",
+        errors[0]
+    );
+
+    // With the https_spiffe profile in place of ACME, the stock federation block is accepted.
+    let files = remove_block(&reduced, "acme {").replace("profile \"https_web\" {", "profile \"https_spiffe\" {");
+    assert!(!files.contains("acme") || files.matches("acme").count() < reduced.matches("acme").count(), "the ACME block was not removed");
+    let config = tree.write("server/server_full.fed.conf", &files);
+    let o = tree.output("spire-server", &["validate", "-config", &config]);
+    assert!(o.status.success(), "{}", text(&o));
 
     let without_federation = remove_block(&reduced, "federation {");
     let config = tree.write("server/server_full.nofed.conf", &without_federation);

@@ -206,14 +206,14 @@ fn good_with(server_extra: &str, sql_extra: &str, tail: &str) -> String {
 #[test]
 fn keys_cairn_lacks_are_refused_by_path_with_a_reason() {
     let text = good_with(
-        "federation { bundle_endpoint { port = 8443 } }\n proxy_protocol_trusted_cidrs = [\"10.0.0.0/8\"]\n prune_attested_nodes_expired_for = \"720h\"\n ratelimit { attestation = true }\n audit_log_enabled = true\n max_attested_node_info_staleness = \"1m\"\n experimental { auth_opa_policy_engine {} \n require_pq_kem = true }",
+        "federation { bundle_endpoint { port = 8443 profile \"https_web\" { acme { domain_name = \"example.org\" } } } }\n proxy_protocol_trusted_cidrs = [\"10.0.0.0/8\"]\n prune_attested_nodes_expired_for = \"720h\"\n ratelimit { attestation = true }\n audit_log_enabled = true\n max_attested_node_info_staleness = \"1m\"\n experimental { auth_opa_policy_engine {} \n require_pq_kem = true }",
         "max_open_conns = 100\n max_idle_conns = 2\n conn_max_lifetime = \"1h\"\n disable_migration = true\n ro_connection_string = \"x\"",
         "telemetry {\n Prometheus { port = 9988 }\n}\n",
     );
     let errs = load(&text).unwrap_err();
     let sql = "plugins.DataStore.sql.plugin_data";
     for key in [
-        "server.federation".to_owned(),
+        "server.federation.bundle_endpoint.profile.\"https_web\".acme".to_owned(),
         "server.proxy_protocol_trusted_cidrs".to_owned(),
         "server.prune_attested_nodes_expired_for".to_owned(),
         "server.ratelimit".to_owned(),
