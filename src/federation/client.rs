@@ -65,12 +65,32 @@ pub fn refresh_interval(bundle: Option<&Bundle>) -> i64 {
     hint / 4
 }
 
+/// How long and how much a poll may take.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// To open the connection.
+    pub connect: Duration,
+    /// For the whole request.
+    pub total: Duration,
+    /// Largest body.
+    pub max_body: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { connect: Duration::from_secs(10), total: Duration::from_secs(30), max_body: MAX_BUNDLE_BYTES }
+    }
+}
+
 /// Keeps the federated bundles of `relationships` fresh.
 #[derive(Debug)]
 pub struct Refresher {
     datastore: Arc<dyn Datastore>,
     relationships: Vec<Relationship>,
     status: RwLock<BTreeMap<TrustDomain, RelationshipStatus>>,
+    limits: Limits,
+    /// Roots for `https_web` in place of the system's (tests).
+    web_roots: Option<Vec<Vec<u8>>>,
 }
 
 impl Refresher {
@@ -91,7 +111,23 @@ impl Refresher {
                 )
             })
             .collect();
-        Arc::new(Self { datastore, relationships, status: RwLock::new(status) })
+        Arc::new(Self { datastore, relationships, status: RwLock::new(status), limits: Limits::default(), web_roots: None })
+    }
+
+    /// As [`Refresher::new`], with other limits and `https_web` roots (tests).
+    #[must_use]
+    pub fn with_limits(
+        datastore: Arc<dyn Datastore>,
+        relationships: Vec<Relationship>,
+        limits: Limits,
+        web_roots: Option<Vec<Vec<u8>>>,
+    ) -> Arc<Self> {
+        let mut me = Self::new(datastore, relationships);
+        if let Some(m) = Arc::get_mut(&mut me) {
+            m.limits = limits;
+            m.web_roots = web_roots;
+        }
+        me
     }
 
     /// What each relationship's last poll did.
@@ -171,8 +207,8 @@ impl Refresher {
         let tls = self.tls_for(rel).await?;
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(30))
+            .connect_timeout(self.limits.connect)
+            .timeout(self.limits.total)
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| FederationError::Fetch { url: url.clone(), cause: e.to_string() })?;
@@ -181,13 +217,14 @@ impl Refresher {
         if resp.status() != reqwest::StatusCode::OK {
             return Err(fetch(format!("unexpected status {}", resp.status())));
         }
-        if resp.content_length().is_some_and(|n| n > MAX_BUNDLE_BYTES as u64) {
-            return Err(fetch(format!("body larger than {MAX_BUNDLE_BYTES} bytes")));
+        let max = self.limits.max_body;
+        if resp.content_length().is_some_and(|n| n > max as u64) {
+            return Err(fetch(format!("body larger than {max} bytes")));
         }
         let mut body = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(|e| fetch(describe(&e)))? {
-            if body.len() + chunk.len() > MAX_BUNDLE_BYTES {
-                return Err(fetch(format!("body larger than {MAX_BUNDLE_BYTES} bytes")));
+            if body.len() + chunk.len() > max {
+                return Err(fetch(format!("body larger than {max} bytes")));
             }
             body.extend_from_slice(&chunk);
         }
@@ -216,8 +253,17 @@ impl Refresher {
         let mut cfg = match &rel.profile {
             ClientProfile::HttpsWeb => {
                 let mut roots = rustls::RootCertStore::empty();
-                for c in rustls_native_certs::load_native_certs().certs {
-                    let _ = roots.add(c);
+                match &self.web_roots {
+                    Some(given) => {
+                        for c in given {
+                            let _ = roots.add(c.clone().into());
+                        }
+                    }
+                    None => {
+                        for c in rustls_native_certs::load_native_certs().certs {
+                            let _ = roots.add(c);
+                        }
+                    }
                 }
                 builder.with_root_certificates(roots).with_no_client_auth()
             }
@@ -271,22 +317,4 @@ fn describe(e: &reqwest::Error) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn intervals_follow_the_hint_with_floors() {
-        let td = TrustDomain::new("example.org").unwrap();
-        let b = |hint| Bundle {
-            trust_domain: td.clone(),
-            x509_authorities: vec![],
-            jwt_authorities: vec![],
-            refresh_hint: hint,
-            sequence_number: 1,
-        };
-        assert_eq!(refresh_interval(None), 60);
-        assert_eq!(refresh_interval(Some(&b(Some(300)))), 75);
-        assert_eq!(refresh_interval(Some(&b(Some(5)))), 15);
-        assert_eq!(refresh_interval(Some(&b(None))), 15);
-    }
-}
+mod tests;
