@@ -205,6 +205,8 @@ pub struct ServerConfig {
     pub disable_jwt_svids: bool,
     /// `federation { bundle_endpoint { ... } federates_with "<td>" { ... } }`.
     pub federation: crate::federation::FederationConfig,
+    /// `oidc_discovery { ... }` (cairn's): OIDC discovery and JWKS for JWT consumers.
+    pub oidc: Option<crate::federation::OidcConfig>,
     /// Settings that work but may surprise, in SPIRE's words; logged when the server starts.
     pub warnings: Vec<String>,
     /// Keys accepted without effect, with the reason; logged once logging is up.
@@ -256,6 +258,7 @@ const SERVER_KEYS: &[&str] = &[
     "audit_log_enabled",
     "max_attested_node_info_staleness",
     "federation",
+    "oidc_discovery",
 ];
 
 /// SPIRE server keys cairn does not have, and why (refused as "not supported by cairn (why)").
@@ -541,6 +544,7 @@ impl ServerConfig {
                 }
             }
         }
+        let oidc = w.block(server, "oidc_discovery", p).and_then(|o| oidc_config(&mut w, o, jwt_issuer.as_deref()));
         let federation = w
             .block(server, "federation", p)
             .map(|f| federation_config(&mut w, &mut warnings, f, trust_domain.as_ref()))
@@ -590,12 +594,70 @@ impl ServerConfig {
                 entry_prune_interval,
                 disable_jwt_svids,
                 federation,
+                oidc,
                 warnings,
                 notices: w.notices,
             }),
             _ => Err(ConfigErrors(w.errors)),
         }
     }
+}
+
+/// `server.oidc_discovery`: where to serve, the issuer (consistent with `jwt_issuer`), and
+/// HTTPS from files or plain HTTP on loopback.
+fn oidc_config(w: &mut Walker, o: &Object, jwt_issuer: Option<&str>) -> Option<crate::federation::OidcConfig> {
+    let op = "server.oidc_discovery";
+    w.unknown_keys(o, &["address", "port", "issuer", "serving_cert_file", "insecure_http"], op, |_| None);
+    let address = w.string(o, "address", op).filter(|a| !a.is_empty()).unwrap_or_else(|| "127.0.0.1".into());
+    let port = w.port(o, "port", op);
+    if port.is_none() {
+        w.err(&join(op, "port"), "missing: the port to serve OIDC discovery on");
+    }
+    let issuer = match (w.string(o, "issuer", op).filter(|i| !i.is_empty()), jwt_issuer) {
+        (Some(i), Some(j)) if i != j => {
+            w.err(
+                &join(op, "issuer"),
+                format!("{} differs from server.jwt_issuer {}: JWT-SVIDs carry jwt_issuer as iss, and consumers compare it with the discovery issuer byte for byte", quote(&i), quote(j)),
+            );
+            None
+        }
+        (Some(i), _) => Some(i),
+        (None, Some(j)) => Some(j.to_owned()),
+        (None, None) => {
+            w.err(&join(op, "issuer"), "missing: set it (or server.jwt_issuer), e.g. https://oidc.example.org");
+            None
+        }
+    };
+    let insecure = w.boolean(o, "insecure_http", op).unwrap_or(false);
+    let tls = match w.block(o, "serving_cert_file", op) {
+        Some(sc) => {
+            let sp = join(op, "serving_cert_file");
+            w.unknown_keys(sc, &["cert_file_path", "key_file_path", "file_sync_interval"], &sp, |_| None);
+            let cert = w.string(sc, "cert_file_path", &sp).filter(|c| !c.is_empty());
+            let key = w.string(sc, "key_file_path", &sp).filter(|c| !c.is_empty());
+            if cert.is_none() || key.is_none() {
+                w.err(&sp, "needs cert_file_path and key_file_path");
+            }
+            let every = match w.duration(sc, "file_sync_interval", &sp) {
+                Some(0) | None => 60,
+                Some(v) => v,
+            };
+            cert.zip(key).map(|(c, k)| (PathBuf::from(c), PathBuf::from(k), every))
+        }
+        None => None,
+    };
+    let loopback = address.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback()) || address == "localhost";
+    match (&tls, insecure) {
+        (Some(_), true) => w.err(op, "give either serving_cert_file (HTTPS) or insecure_http = true, not both"),
+        (None, false) => {
+            w.err(op, "missing: serving_cert_file { cert_file_path, key_file_path } (or insecure_http = true on a loopback address)")
+        }
+        (None, true) if !loopback => {
+            w.err(&join(op, "insecure_http"), format!("plain HTTP is only served on a loopback address, not {}", quote(&address)));
+        }
+        _ => {}
+    }
+    Some(crate::federation::OidcConfig { address, port: port?, issuer: issuer?, tls })
 }
 
 /// The labelled blocks `key "<label>" { ... }` of `obj`, as (label, body, path).

@@ -1,6 +1,7 @@
 //! The bundle endpoint: `GET /` over HTTPS answers this trust domain's bundle in SPIFFE JSON
 //! (every root, every tier's JWT key, `spiffe_sequence`, `spiffe_refresh_hint`); other methods
-//! get 405 and other paths 404, as SPIRE's endpoint answers.
+//! get 405 and other paths 404, as SPIRE's endpoint answers. The same server serves OIDC
+//! discovery (`OidcResponder`) for JWT consumers.
 
 use crate::spiffe::Bundle;
 use http_body_util::Full;
@@ -33,39 +34,130 @@ fn limits(nofile: u64) -> crate::net::ConnLimits {
     }
 }
 
-/// The answer to one request.
-async fn answer(method: &Method, path: &str, source: &dyn BundleSource, refresh_hint: i64) -> (StatusCode, &'static str, Bytes) {
-    let text = |code: StatusCode, body: &'static str| (code, "text/plain; charset=utf-8", Bytes::from_static(body.as_bytes()));
-    if method != Method::GET {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "405 method not allowed\n");
-    }
-    if path != "/" {
-        return text(StatusCode::NOT_FOUND, "404 page not found\n");
-    }
-    match source.bundle().await {
-        Ok(mut b) => {
-            b.refresh_hint = Some(refresh_hint);
-            (StatusCode::OK, "application/json", Bytes::from(b.to_spiffe_json()))
+/// Answers one request (method and path; bodies are never read).
+#[async_trait::async_trait]
+pub trait Responder: Send + Sync + 'static {
+    /// Status, content type and body.
+    async fn respond(&self, method: &Method, path: &str) -> (StatusCode, &'static str, Bytes);
+}
+
+fn text(code: StatusCode, body: &'static str) -> (StatusCode, &'static str, Bytes) {
+    (code, "text/plain; charset=utf-8", Bytes::from_static(body.as_bytes()))
+}
+
+/// The bundle endpoint's answers.
+pub struct BundleResponder {
+    /// Where the bundle comes from.
+    pub source: Arc<dyn BundleSource>,
+    /// `spiffe_refresh_hint`, seconds.
+    pub refresh_hint: i64,
+}
+
+#[async_trait::async_trait]
+impl Responder for BundleResponder {
+    async fn respond(&self, method: &Method, path: &str) -> (StatusCode, &'static str, Bytes) {
+        if method != Method::GET {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "405 method not allowed\n");
         }
-        Err(e) => {
-            tracing::error!(error = %e, "Unable to retrieve local bundle");
-            text(StatusCode::INTERNAL_SERVER_ERROR, "500 unable to retrieve local bundle\n")
+        if path != "/" {
+            return text(StatusCode::NOT_FOUND, "404 page not found\n");
+        }
+        match self.source.bundle().await {
+            Ok(mut b) => {
+                b.refresh_hint = Some(self.refresh_hint);
+                (StatusCode::OK, "application/json", Bytes::from(b.to_spiffe_json()))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "Unable to retrieve local bundle");
+                text(StatusCode::INTERNAL_SERVER_ERROR, "500 unable to retrieve local bundle\n")
+            }
         }
     }
 }
 
-/// Serves the bundle endpoint on `listener` with `tls` until `shutdown` resolves.
+/// OIDC discovery for JWT consumers (Vault's JWT auth, cloud IAM federation): the discovery
+/// document at `/.well-known/openid-configuration` and a JWKS of every tier's JWT keys at
+/// `/keys` (`use` `sig` and `alg` on each key), the issuer being `jwt_issuer`'s.
+pub struct OidcResponder {
+    /// Where the bundle comes from.
+    pub source: Arc<dyn BundleSource>,
+    /// The issuer, exactly as JWT consumers compare it (no trailing slash added or removed).
+    pub issuer: String,
+}
+
+impl OidcResponder {
+    fn jwks(bundle: &Bundle) -> Bytes {
+        let doc: serde_json::Value = serde_json::from_str(&bundle.jwt_jwks_json()).unwrap_or_default();
+        let keys: Vec<serde_json::Value> = doc["keys"]
+            .as_array()
+            .map(|keys| {
+                keys.iter()
+                    .map(|k| {
+                        let mut k = k.clone();
+                        let alg = match (k["kty"].as_str(), k["crv"].as_str()) {
+                            (Some("EC"), Some("P-256")) => Some("ES256"),
+                            (Some("EC"), Some("P-384")) => Some("ES384"),
+                            (Some("RSA"), _) => Some("RS256"),
+                            _ => None,
+                        };
+                        if let (Some(obj), Some(alg)) = (k.as_object_mut(), alg) {
+                            obj.insert("use".into(), "sig".into());
+                            obj.insert("alg".into(), alg.into());
+                        }
+                        k
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Bytes::from(serde_json::json!({ "keys": keys }).to_string())
+    }
+}
+
+#[async_trait::async_trait]
+impl Responder for OidcResponder {
+    async fn respond(&self, method: &Method, path: &str) -> (StatusCode, &'static str, Bytes) {
+        if method != Method::GET {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "405 method not allowed\n");
+        }
+        match path {
+            "/.well-known/openid-configuration" => {
+                let doc = serde_json::json!({
+                    "issuer": self.issuer,
+                    "jwks_uri": format!("{}/keys", self.issuer.trim_end_matches('/')),
+                    "authorization_endpoint": "",
+                    "response_types_supported": ["id_token"],
+                    "subject_types_supported": ["public"],
+                    "id_token_signing_alg_values_supported": ["RS256", "ES256", "ES384"],
+                });
+                (StatusCode::OK, "application/json", Bytes::from(doc.to_string()))
+            }
+            "/keys" => match self.source.bundle().await {
+                Ok(b) => (StatusCode::OK, "application/json", Self::jwks(&b)),
+                Err(e) => {
+                    tracing::error!(error = %e, "Unable to retrieve local bundle");
+                    text(StatusCode::INTERNAL_SERVER_ERROR, "500 document not available\n")
+                }
+            },
+            _ => text(StatusCode::NOT_FOUND, "404 page not found\n"),
+        }
+    }
+}
+
+/// Serves `responder` on `listener` until `shutdown` resolves: over TLS with `tls`, or plain
+/// HTTP when `tls` is `None` (the caller allows that on loopback only).
 pub async fn serve(
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
-    source: Arc<dyn BundleSource>,
-    refresh_hint: i64,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    responder: Arc<dyn Responder>,
+    name: &'static str,
     nofile: u64,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let registry = crate::net::Registry::new(limits(nofile));
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let mut l = limits(nofile);
+    l.name = name;
+    let registry = crate::net::Registry::new(l);
     let log = crate::net::LogLimiter::new();
     loop {
         let (sock, remote) = tokio::select! {
@@ -74,7 +166,7 @@ pub async fn serve(
                 Ok(x) => x,
                 Err(e) => {
                     if let Some(suppressed) = log.allow() {
-                        tracing::warn!(listener = "bundle endpoint", error = %e, suppressed, "accept failed");
+                        tracing::warn!(listener = name, error = %e, suppressed, "accept failed");
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
@@ -84,14 +176,13 @@ pub async fn serve(
         let Some(admission) = registry.admit(crate::net::PeerKey::Ip(remote.ip())) else { continue };
         let sock = crate::net::Tracked::new(sock, admission);
         let track = sock.track();
-        let (acceptor, source) = (acceptor.clone(), Arc::clone(&source));
+        let (acceptor, responder) = (acceptor.clone(), Arc::clone(&responder));
         tokio::spawn(async move {
-            let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(sock)).await else { return };
             let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let source = Arc::clone(&source);
+                let responder = Arc::clone(&responder);
                 let guard = track.begin();
                 async move {
-                    let (code, ctype, body) = answer(req.method(), req.uri().path(), source.as_ref(), refresh_hint).await;
+                    let (code, ctype, body) = responder.respond(req.method(), req.uri().path()).await;
                     drop(guard);
                     let mut resp = Response::new(Full::new(body));
                     *resp.status_mut() = code;
@@ -101,8 +192,16 @@ pub async fn serve(
                     Ok::<_, std::convert::Infallible>(resp)
                 }
             });
-            let io = hyper_util::rt::TokioIo::new(tls);
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+            let http = hyper::server::conn::http1::Builder::new();
+            match acceptor {
+                Some(acceptor) => {
+                    let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(sock)).await else { return };
+                    let _ = http.serve_connection(hyper_util::rt::TokioIo::new(tls), svc).await;
+                }
+                None => {
+                    let _ = http.serve_connection(hyper_util::rt::TokioIo::new(sock), svc).await;
+                }
+            }
         });
     }
 }
@@ -226,16 +325,17 @@ mod tests {
     async fn get_root_only() {
         let td = crate::spiffe::TrustDomain::new("example.org").unwrap();
         let b = Bundle { trust_domain: td, x509_authorities: vec![], jwt_authorities: vec![], refresh_hint: None, sequence_number: 7 };
-        let src = Fixed(Some(b));
-        let (code, ctype, body) = answer(&Method::GET, "/", &src, 300).await;
+        let src = BundleResponder { source: Arc::new(Fixed(Some(b))), refresh_hint: 300 };
+        let (code, ctype, body) = src.respond(&Method::GET, "/").await;
         assert_eq!((code, ctype), (StatusCode::OK, "application/json"));
         let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(doc["spiffe_refresh_hint"], 300);
         assert_eq!(doc["spiffe_sequence"], 7);
         assert!(doc["keys"].is_array());
-        assert_eq!(answer(&Method::POST, "/", &src, 300).await.0, StatusCode::METHOD_NOT_ALLOWED);
-        assert_eq!(answer(&Method::HEAD, "/", &src, 300).await.0, StatusCode::METHOD_NOT_ALLOWED);
-        assert_eq!(answer(&Method::GET, "/bundle", &src, 300).await.0, StatusCode::NOT_FOUND);
-        assert_eq!(answer(&Method::GET, "/", &Fixed(None), 300).await.0, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(src.respond(&Method::POST, "/").await.0, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(src.respond(&Method::HEAD, "/").await.0, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(src.respond(&Method::GET, "/bundle").await.0, StatusCode::NOT_FOUND);
+        let none = BundleResponder { source: Arc::new(Fixed(None)), refresh_hint: 300 };
+        assert_eq!(none.respond(&Method::GET, "/").await.0, StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

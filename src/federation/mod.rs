@@ -52,6 +52,21 @@ pub enum EndpointProfile {
     },
 }
 
+/// `server.oidc_discovery` (cairn's): OIDC discovery and a JWKS of every tier's JWT keys for
+/// JWT consumers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OidcConfig {
+    /// `address`.
+    pub address: String,
+    /// `port`.
+    pub port: u16,
+    /// `issuer` (default `jwt_issuer`).
+    pub issuer: String,
+    /// `serving_cert_file { cert_file_path, key_file_path, file_sync_interval }`; `None` with
+    /// `insecure_http = true` (loopback only).
+    pub tls: Option<(PathBuf, PathBuf, i64)>,
+}
+
 /// A foreign trust domain and where its bundle is served.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Relationship {

@@ -256,14 +256,35 @@ impl Server {
             .map_err(|e| ServerError::Io(format!("bundle endpoint TLS: {e}")))?;
             tracing::info!(addr = %listener.local_addr().map_or(addr, |a| a.to_string()), refresh_hint = be.refresh_hint, "Serving bundle endpoint");
             let source: Arc<dyn crate::federation::endpoint::BundleSource> = Arc::new(OwnBundle(Arc::clone(&self.state)));
+            let responder = Arc::new(crate::federation::endpoint::BundleResponder { source, refresh_hint: be.refresh_hint });
             tasks.spawn(crate::federation::endpoint::serve(
                 listener,
-                Arc::new(tls),
-                source,
-                be.refresh_hint,
+                Some(Arc::new(tls)),
+                responder,
+                "bundle endpoint",
                 nofile,
                 stopped(stop_rx.clone()),
             ));
+        }
+
+        // OIDC discovery and JWKS for JWT consumers.
+        if let Some(oc) = self.config.oidc.clone() {
+            let addr = format!("{}:{}", oc.address, oc.port);
+            let listener = TcpListener::bind(&addr).await.map_err(|e| ServerError::Io(format!("oidc_discovery {addr}: {e}")))?;
+            let tls = match &oc.tls {
+                Some((cert, key, every)) => {
+                    let files = crate::federation::endpoint::FileCert::open(cert, key)
+                        .map_err(|e| ServerError::Io(format!("server.oidc_discovery.serving_cert_file.{e}")))?;
+                    let every = Duration::from_secs(u64::try_from(*every).unwrap_or(60).max(1));
+                    tasks.spawn(Arc::clone(&files).watch(every, stopped(stop_rx.clone())));
+                    Some(Arc::new(files.server_config().map_err(|e| ServerError::Io(format!("oidc_discovery TLS: {e}")))?))
+                }
+                None => None,
+            };
+            tracing::info!(addr = %listener.local_addr().map_or(addr, |a| a.to_string()), issuer = %oc.issuer, https = tls.is_some(), "Serving OIDC discovery");
+            let source: Arc<dyn crate::federation::endpoint::BundleSource> = Arc::new(OwnBundle(Arc::clone(&self.state)));
+            let responder = Arc::new(crate::federation::endpoint::OidcResponder { source, issuer: oc.issuer });
+            tasks.spawn(crate::federation::endpoint::serve(listener, tls, responder, "oidc discovery", nofile, stopped(stop_rx.clone())));
         }
 
         // A status file for `cairn tiers status` (and operators): slots, bundle, upstream sync,

@@ -282,3 +282,88 @@ fn two_trust_domains_federated_both_ways() {
         out.status.success() && std::fs::read_to_string(d.join("federated_bundle.0.0.pem")).unwrap_or_default().trim() == want.trim()
     });
 }
+
+/// A real JWKS consumer: OpenBao's JWT auth method, pointed at the root tier's OIDC discovery
+/// (plain HTTP on loopback) with `jwks_url` and with `oidc_discovery_url`, accepts a JWT-SVID
+/// minted under a downstream tier and refuses one signed by a key the trust domain does not
+/// have.
+#[test]
+fn openbao_jwt_auth_accepts_jwt_svids_through_cairns_jwks() {
+    use crate::nested::{downstream_setup, jwt_kids, own_kid, wait_until as wait};
+    require("python3");
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path();
+    let bao = common::openbao::OpenBao::dev(base);
+    let oidc_port = free_port();
+    let issuer = format!("http://127.0.0.1:{oidc_port}");
+    let rdir = base.join("root");
+    std::fs::create_dir_all(&rdir).unwrap();
+    let root = TestServer::start(
+        &rdir,
+        &ServerOpts {
+            extra_server: format!(
+                "jwt_issuer = \"{issuer}\"\noidc_discovery {{ address = \"127.0.0.1\" port = {oidc_port} insecure_http = true }}\nexperimental {{ jwt_publish_grace = \"1s\" ca_rotation_interval = \"1s\" }}"
+            ),
+            ..ServerOpts::default()
+        },
+    );
+    assert!(root.log().contains("Serving OIDC discovery"), "{}", root.log());
+    let (o1, _ua) = downstream_setup(base, "region1", &root, "experimental { jwt_publish_grace = \"1s\" ca_rotation_interval = \"1s\" }");
+    let r1 = TestServer::start(&base.join("region1"), &o1);
+    let k1 = own_kid(&r1);
+    wait("region1's JWT key at the root", Duration::from_secs(30), || jwt_kids(&root).contains(&k1));
+
+    bao.bao(&["auth", "enable", "jwt"]);
+    bao.bao(&["write", "auth/jwt/config", &format!("jwks_url={issuer}/keys")]);
+    let role = |mount: &str, sub: &str| {
+        let bound = format!("bound_subject={sub}");
+        let path = format!("auth/{mount}/role/workload");
+        bao.bao(&[
+            "write",
+            &path,
+            "role_type=jwt",
+            "user_claim=sub",
+            "bound_audiences=spire-test",
+            &bound,
+            "token_policies=default",
+            "token_ttl=10m",
+        ]);
+    };
+    role("jwt", "spiffe://example.org/region1/web");
+    let svid = r1.cli_ok(&["jwt", "mint", "-spiffeID", "spiffe://example.org/region1/web", "-audience", "spire-test"]).trim().to_owned();
+    let login = |mount: &str, jwt: &str| {
+        let out = Command::new(common::openbao::bao_bin())
+            .args(["write", "-format=json", &format!("auth/{mount}/login"), "role=workload", &format!("jwt={jwt}")])
+            .env("BAO_ADDR", &bao.addr)
+            .env_remove("BAO_TOKEN")
+            .env("HOME", base)
+            .output()
+            .unwrap();
+        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    };
+    let (ok, out) = login("jwt", &svid);
+    assert!(ok && out.contains("client_token"), "OpenBao refused region1's JWT-SVID: {out}");
+
+    // Signed by a key the trust domain does not have: refused.
+    let forged = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import jwt, time, sys\nfrom cryptography.hazmat.primitives.asymmetric import ec\nk = ec.generate_private_key(ec.SECP256R1())\nnow = int(time.time())\nprint(jwt.encode({'sub': 'spiffe://example.org/region1/web', 'aud': 'spire-test', 'iat': now, 'exp': now + 300}, k, algorithm='ES256', headers={'kid': sys.argv[1]}))",
+        )
+        .arg(&k1)
+        .output()
+        .unwrap();
+    assert!(forged.status.success(), "{}", String::from_utf8_lossy(&forged.stderr));
+    let forged = String::from_utf8_lossy(&forged.stdout).trim().to_owned();
+    let (ok, out) = login("jwt", &forged);
+    assert!(!ok && out.contains("signature"), "OpenBao accepted a forged JWT-SVID: {out}");
+
+    // OIDC discovery mode: OpenBao fetches the discovery document, whose issuer must equal the
+    // configured URL byte for byte, then the JWKS it names.
+    bao.bao(&["auth", "enable", "-path=jwt-oidc", "jwt"]);
+    bao.bao(&["write", "auth/jwt-oidc/config", &format!("oidc_discovery_url={issuer}"), &format!("bound_issuer={issuer}")]);
+    role("jwt-oidc", "spiffe://example.org/hq/api");
+    let svid = root.cli_ok(&["jwt", "mint", "-spiffeID", "spiffe://example.org/hq/api", "-audience", "spire-test"]).trim().to_owned();
+    let (ok, out) = login("jwt-oidc", &svid);
+    assert!(ok && out.contains("client_token"), "OpenBao (discovery mode) refused the root's JWT-SVID: {out}");
+}

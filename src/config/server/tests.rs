@@ -372,3 +372,60 @@ plugins {
         assert!(text.lines().any(|l| l.contains(path) && l.contains(says)), "expected {path}: {says} in\n{text}");
     }
 }
+
+#[test]
+fn federation_and_oidc_discovery() {
+    use crate::federation::{ClientProfile, EndpointProfile};
+    let text = r#"
+server {
+    trust_domain = "example.org"
+    jwt_issuer = "https://oidc.example.org"
+    federation {
+        bundle_endpoint { address = "0.0.0.0" port = 8443 refresh_hint = "10m" profile "https_web" { serving_cert_file { cert_file_path = "c.pem" key_file_path = "k.pem" } } }
+        federates_with "domain1.test" { bundle_endpoint_url = "https://a.test:8443" bundle_endpoint_profile "https_spiffe" { endpoint_spiffe_id = "spiffe://domain1.test/spire/server" } }
+        federates_with "spiffe://domain2.test" { bundle_endpoint_url = "https://b.test/bundle" bundle_endpoint_profile "https_web" {} }
+    }
+    oidc_discovery { port = 8444 serving_cert_file { cert_file_path = "c.pem" key_file_path = "k.pem" } }
+}
+plugins {
+    DataStore "sql" { plugin_data { database_type = "sqlite3" connection_string = "x" } }
+    KeyManager "memory" {}
+}"#;
+    let c = load(text).unwrap();
+    let be = c.federation.bundle_endpoint.as_ref().unwrap();
+    assert_eq!((be.port, be.refresh_hint), (8443, 600));
+    assert!(matches!(&be.profile, EndpointProfile::HttpsWeb { file_sync_interval: 3600, .. }));
+    assert_eq!(c.federation.federates_with.len(), 2);
+    assert_eq!(c.federation.federates_with[1].trust_domain.to_string(), "domain2.test");
+    assert!(matches!(&c.federation.federates_with[0].profile, ClientProfile::HttpsSpiffe { endpoint_spiffe_id } if endpoint_spiffe_id.to_string() == "spiffe://domain1.test/spire/server"));
+    let oidc = c.oidc.as_ref().unwrap();
+    assert_eq!((oidc.issuer.as_str(), oidc.port), ("https://oidc.example.org", 8444));
+
+    let bad = r#"
+server {
+    trust_domain = "example.org"
+    jwt_issuer = "https://oidc.example.org"
+    federation {
+        bundle_endpoint { port = 8443 profile "https_web" {} }
+        federates_with "example.org" { bundle_endpoint_url = "http://x" bundle_endpoint_profile "https_spiffe" {} }
+        federates_with "other.test" { bundle_endpoint_url = "https://x" }
+    }
+    oidc_discovery { address = "0.0.0.0" port = 1 issuer = "https://other" insecure_http = true }
+}
+plugins {
+    DataStore "sql" { plugin_data { database_type = "sqlite3" connection_string = "x" } }
+    KeyManager "memory" {}
+}"#;
+    let text = load(bad).unwrap_err().to_string();
+    for (path, says) in [
+        ("server.federation.bundle_endpoint.profile", "'acme' or 'serving_cert_file' is required"),
+        ("server.federation.federates_with.\"example.org\"", "own trust domain"),
+        ("server.federation.federates_with.\"example.org\".bundle_endpoint_url", "HTTPS"),
+        ("endpoint_spiffe_id", "missing"),
+        ("server.federation.federates_with.\"other.test\"", "missing bundle endpoint configuration"),
+        ("server.oidc_discovery.issuer", "differs from server.jwt_issuer"),
+        ("server.oidc_discovery.insecure_http", "loopback"),
+    ] {
+        assert!(text.lines().any(|l| l.contains(path) && l.contains(says)), "expected {path}: {says} in\n{text}");
+    }
+}
