@@ -18,8 +18,9 @@ use tokio::net::TcpListener;
 /// Where the endpoint gets the bundle it serves.
 #[async_trait::async_trait]
 pub trait BundleSource: Send + Sync + 'static {
-    /// The trust domain's current bundle.
-    async fn bundle(&self) -> Result<Bundle, String>;
+    /// The trust domain's current bundle. A source hands out the same `Arc` until the bundle
+    /// changes, which lets the responders serialize it once per change.
+    async fn bundle(&self) -> Result<Arc<Bundle>, String>;
 }
 
 /// Connection limits: bundle consumers poll with one short request per connection.
@@ -45,12 +46,37 @@ fn text(code: StatusCode, body: &'static str) -> (StatusCode, &'static str, Byte
     (code, "text/plain; charset=utf-8", Bytes::from_static(body.as_bytes()))
 }
 
+/// The last bundle a responder serialized, and what it made of it.
+type Serialized = RwLock<Option<(Arc<Bundle>, Bytes)>>;
+
+/// `bytes` for `bundle`, made by `make` only when the bundle is not the one cached.
+fn cached(cache: &Serialized, bundle: &Arc<Bundle>, make: impl FnOnce(&Bundle) -> Bytes) -> Bytes {
+    if let Ok(c) = cache.read()
+        && let Some((b, bytes)) = c.as_ref()
+        && Arc::ptr_eq(b, bundle)
+    {
+        return bytes.clone();
+    }
+    let bytes = make(bundle);
+    if let Ok(mut c) = cache.write() {
+        *c = Some((Arc::clone(bundle), bytes.clone()));
+    }
+    bytes
+}
+
 /// The bundle endpoint's answers.
 pub struct BundleResponder {
-    /// Where the bundle comes from.
-    pub source: Arc<dyn BundleSource>,
-    /// `spiffe_refresh_hint`, seconds.
-    pub refresh_hint: i64,
+    source: Arc<dyn BundleSource>,
+    refresh_hint: i64,
+    cache: Serialized,
+}
+
+impl BundleResponder {
+    /// Serves `source`'s bundle with `refresh_hint` (seconds).
+    #[must_use]
+    pub fn new(source: Arc<dyn BundleSource>, refresh_hint: i64) -> Self {
+        Self { source, refresh_hint, cache: RwLock::new(None) }
+    }
 }
 
 #[async_trait::async_trait]
@@ -63,9 +89,14 @@ impl Responder for BundleResponder {
             return text(StatusCode::NOT_FOUND, "404 page not found\n");
         }
         match self.source.bundle().await {
-            Ok(mut b) => {
-                b.refresh_hint = Some(self.refresh_hint);
-                (StatusCode::OK, "application/json", Bytes::from(b.to_spiffe_json()))
+            Ok(b) => {
+                let hint = self.refresh_hint;
+                let body = cached(&self.cache, &b, |b| {
+                    let mut served = b.clone();
+                    served.refresh_hint = Some(hint);
+                    Bytes::from(served.to_spiffe_json())
+                });
+                (StatusCode::OK, "application/json", body)
             }
             Err(e) => {
                 tracing::error!(error = %e, "Unable to retrieve local bundle");
@@ -79,13 +110,19 @@ impl Responder for BundleResponder {
 /// document at `/.well-known/openid-configuration` and a JWKS of every tier's JWT keys at
 /// `/keys` (`use` `sig` and `alg` on each key), the issuer being `jwt_issuer`'s.
 pub struct OidcResponder {
-    /// Where the bundle comes from.
-    pub source: Arc<dyn BundleSource>,
-    /// The issuer, exactly as JWT consumers compare it (no trailing slash added or removed).
-    pub issuer: String,
+    source: Arc<dyn BundleSource>,
+    issuer: String,
+    cache: Serialized,
 }
 
 impl OidcResponder {
+    /// Serves discovery for `issuer` (compared by consumers byte for byte, so kept as given)
+    /// and the JWT keys of `source`'s bundle.
+    #[must_use]
+    pub fn new(source: Arc<dyn BundleSource>, issuer: String) -> Self {
+        Self { source, issuer, cache: RwLock::new(None) }
+    }
+
     fn jwks(bundle: &Bundle) -> Bytes {
         let doc: serde_json::Value = serde_json::from_str(&bundle.jwt_jwks_json()).unwrap_or_default();
         let keys: Vec<serde_json::Value> = doc["keys"]
@@ -132,7 +169,7 @@ impl Responder for OidcResponder {
                 (StatusCode::OK, "application/json", Bytes::from(doc.to_string()))
             }
             "/keys" => match self.source.bundle().await {
-                Ok(b) => (StatusCode::OK, "application/json", Self::jwks(&b)),
+                Ok(b) => (StatusCode::OK, "application/json", cached(&self.cache, &b, Self::jwks)),
                 Err(e) => {
                     tracing::error!(error = %e, "Unable to retrieve local bundle");
                     text(StatusCode::INTERNAL_SERVER_ERROR, "500 document not available\n")
@@ -316,8 +353,8 @@ mod tests {
 
     #[async_trait::async_trait]
     impl BundleSource for Fixed {
-        async fn bundle(&self) -> Result<Bundle, String> {
-            self.0.clone().ok_or_else(|| "trust domain bundle not found".into())
+        async fn bundle(&self) -> Result<Arc<Bundle>, String> {
+            self.0.clone().map(Arc::new).ok_or_else(|| "trust domain bundle not found".into())
         }
     }
 
@@ -325,7 +362,7 @@ mod tests {
     async fn get_root_only() {
         let td = crate::spiffe::TrustDomain::new("example.org").unwrap();
         let b = Bundle { trust_domain: td, x509_authorities: vec![], jwt_authorities: vec![], refresh_hint: None, sequence_number: 7 };
-        let src = BundleResponder { source: Arc::new(Fixed(Some(b))), refresh_hint: 300 };
+        let src = BundleResponder::new(Arc::new(Fixed(Some(b))), 300);
         let (code, ctype, body) = src.respond(&Method::GET, "/").await;
         assert_eq!((code, ctype), (StatusCode::OK, "application/json"));
         let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -335,7 +372,7 @@ mod tests {
         assert_eq!(src.respond(&Method::POST, "/").await.0, StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(src.respond(&Method::HEAD, "/").await.0, StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(src.respond(&Method::GET, "/bundle").await.0, StatusCode::NOT_FOUND);
-        let none = BundleResponder { source: Arc::new(Fixed(None)), refresh_hint: 300 };
+        let none = BundleResponder::new(Arc::new(Fixed(None)), 300);
         assert_eq!(none.respond(&Method::GET, "/").await.0, StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

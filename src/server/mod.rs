@@ -256,7 +256,7 @@ impl Server {
             .map_err(|e| ServerError::Io(format!("bundle endpoint TLS: {e}")))?;
             tracing::info!(addr = %listener.local_addr().map_or(addr, |a| a.to_string()), refresh_hint = be.refresh_hint, "Serving bundle endpoint");
             let source: Arc<dyn crate::federation::endpoint::BundleSource> = Arc::new(OwnBundle(Arc::clone(&self.state)));
-            let responder = Arc::new(crate::federation::endpoint::BundleResponder { source, refresh_hint: be.refresh_hint });
+            let responder = Arc::new(crate::federation::endpoint::BundleResponder::new(source, be.refresh_hint));
             tasks.spawn(crate::federation::endpoint::serve(
                 listener,
                 Some(Arc::new(tls)),
@@ -283,7 +283,7 @@ impl Server {
             };
             tracing::info!(addr = %listener.local_addr().map_or(addr, |a| a.to_string()), issuer = %oc.issuer, https = tls.is_some(), "Serving OIDC discovery");
             let source: Arc<dyn crate::federation::endpoint::BundleSource> = Arc::new(OwnBundle(Arc::clone(&self.state)));
-            let responder = Arc::new(crate::federation::endpoint::OidcResponder { source, issuer: oc.issuer });
+            let responder = Arc::new(crate::federation::endpoint::OidcResponder::new(source, oc.issuer));
             tasks.spawn(crate::federation::endpoint::serve(listener, tls, responder, "oidc discovery", nofile, stopped(stop_rx.clone())));
         }
 
@@ -454,13 +454,14 @@ struct StatusFile {
 }
 
 /// The bundle endpoint serves the tier's bundle as the entry cache holds it (kept current by
-/// datastore change events), so a GET costs no datastore round trip.
+/// datastore change events), so a GET costs no datastore round trip, and the same `Arc` until
+/// the bundle changes, so it is serialized once per change.
 struct OwnBundle(Arc<ApiState>);
 
 #[async_trait::async_trait]
 impl crate::federation::endpoint::BundleSource for OwnBundle {
-    async fn bundle(&self) -> Result<crate::spiffe::Bundle, String> {
-        self.0.entry_cache.bundle().map(|b| (*b).clone()).ok_or_else(|| "trust domain bundle not found".to_owned())
+    async fn bundle(&self) -> Result<Arc<crate::spiffe::Bundle>, String> {
+        self.0.entry_cache.bundle().ok_or_else(|| "trust domain bundle not found".to_owned())
     }
 }
 

@@ -397,7 +397,9 @@ plugins {
     assert!(matches!(&be.profile, EndpointProfile::HttpsWeb { file_sync_interval: 3600, .. }));
     assert_eq!(c.federation.federates_with.len(), 2);
     assert_eq!(c.federation.federates_with[1].trust_domain.to_string(), "domain2.test");
-    assert!(matches!(&c.federation.federates_with[0].profile, ClientProfile::HttpsSpiffe { endpoint_spiffe_id } if endpoint_spiffe_id.to_string() == "spiffe://domain1.test/spire/server"));
+    assert!(
+        matches!(&c.federation.federates_with[0].profile, ClientProfile::HttpsSpiffe { endpoint_spiffe_id } if endpoint_spiffe_id.to_string() == "spiffe://domain1.test/spire/server")
+    );
     let oidc = c.oidc.as_ref().unwrap();
     assert_eq!((oidc.issuer.as_str(), oidc.port), ("https://oidc.example.org", 8444));
 
