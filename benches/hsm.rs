@@ -7,10 +7,8 @@
 mod common;
 use common::csrs;
 
-use cairn::ca::X509SvidRequest;
 use cairn::keymanager::pkcs11::{PinSource, Pkcs11Config, Pkcs11KeyManager, TokenConfig};
 use cairn::keymanager::{KeyManager, KeyType, MemoryKeyManager};
-use cairn::spiffe::SpiffeId;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -91,29 +89,7 @@ fn seam_rate(key: &Arc<dyn cairn::keymanager::Key>, callers: usize) -> f64 {
 /// and verify the CSR, build, sign), with the CA key in `km`.
 async fn mint_rate(km: Arc<dyn KeyManager>, callers: usize, csrs: Arc<Vec<Vec<u8>>>) -> f64 {
     let m = common::ca_manager(km, &format!("bench-{callers}")).await;
-    let ca = m.ca();
-    let count = Arc::new(AtomicUsize::new(0));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for t in 0..callers {
-        let (ca, count, csrs) = (Arc::clone(&ca), Arc::clone(&count), Arc::clone(&csrs));
-        tasks.push(tokio::spawn(async move {
-            let now = cairn::now_unix();
-            let mut i = t;
-            while start.elapsed().as_secs_f64() < SECS {
-                let parsed = cairn::pki::Csr::parse(&csrs[i % csrs.len()]).unwrap();
-                let id = SpiffeId::new(&parsed.uris[0]).unwrap();
-                let chain = ca.mint_x509_svid(&parsed.public_key, &X509SvidRequest { id: &id, dns_names: &[], ttl: 0 }, now).await.unwrap();
-                std::hint::black_box(chain);
-                count.fetch_add(1, Ordering::Relaxed);
-                i += callers;
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+    common::mint_loop(m.ca(), callers, csrs, SECS).await
 }
 
 fn main() {

@@ -9,9 +9,8 @@
 mod common;
 use common::csrs;
 
-use cairn::ca::X509SvidRequest;
 use cairn::keymanager::MemoryKeyManager;
-use cairn::spiffe::{SpiffeId, TrustDomain};
+use cairn::spiffe::TrustDomain;
 use cairn::upstream::UpstreamAuthority;
 use cairn::upstream::vault::{VaultUpstream, VaultUpstreamConfig};
 use cairn::vault::{AuthSettings, VaultSettings};
@@ -57,29 +56,7 @@ async fn ca_mint_times(up: &Arc<dyn UpstreamAuthority>, n: usize) -> Vec<f64> {
 /// X509-SVIDs per second from `callers` tasks minting through a CA that Vault signed.
 async fn cairn_rate(up: Arc<dyn UpstreamAuthority>, callers: usize, csrs: Arc<Vec<Vec<u8>>>) -> f64 {
     let m = common::ca_manager_under(Arc::new(MemoryKeyManager::new()), &format!("vault-{callers}"), Some(up)).await;
-    let ca = m.ca();
-    let count = Arc::new(AtomicUsize::new(0));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for t in 0..callers {
-        let (ca, count, csrs) = (Arc::clone(&ca), Arc::clone(&count), Arc::clone(&csrs));
-        tasks.push(tokio::spawn(async move {
-            let now = cairn::now_unix();
-            let mut i = t;
-            while start.elapsed().as_secs_f64() < SECS {
-                let parsed = cairn::pki::Csr::parse(&csrs[i % csrs.len()]).unwrap();
-                let id = SpiffeId::new(&parsed.uris[0]).unwrap();
-                let chain = ca.mint_x509_svid(&parsed.public_key, &X509SvidRequest { id: &id, dns_names: &[], ttl: 0 }, now).await.unwrap();
-                std::hint::black_box(chain);
-                count.fetch_add(1, Ordering::Relaxed);
-                i += callers;
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+    common::mint_loop(m.ca(), callers, csrs, SECS).await
 }
 
 /// Leaf certificates per second from OpenBao's `pki/sign/svid`, `callers` keep-alive clients.

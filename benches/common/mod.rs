@@ -51,3 +51,32 @@ pub async fn ca_manager_under(
     m.initialize(cairn::now_unix()).await.unwrap();
     m
 }
+
+/// X509-SVIDs per second from `callers` tasks minting through `ca` for `secs` (the RPC's work:
+/// parse and verify the CSR, build, sign).
+#[allow(dead_code, reason = "not every benchmark uses every helper")]
+pub async fn mint_loop(ca: Arc<cairn::ca::Ca>, callers: usize, csrs: Arc<Vec<Vec<u8>>>, secs: f64) -> f64 {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let count = Arc::new(AtomicUsize::new(0));
+    let start = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..callers {
+        let (ca, count, csrs) = (Arc::clone(&ca), Arc::clone(&count), Arc::clone(&csrs));
+        tasks.push(tokio::spawn(async move {
+            let now = cairn::now_unix();
+            let mut i = t;
+            while start.elapsed().as_secs_f64() < secs {
+                let parsed = cairn::pki::Csr::parse(&csrs[i % csrs.len()]).unwrap();
+                let id = cairn::spiffe::SpiffeId::new(&parsed.uris[0]).unwrap();
+                let req = cairn::ca::X509SvidRequest { id: &id, dns_names: &[], ttl: 0 };
+                std::hint::black_box(ca.mint_x509_svid(&parsed.public_key, &req, now).await.unwrap());
+                count.fetch_add(1, Ordering::Relaxed);
+                i += callers;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}

@@ -329,27 +329,13 @@ fn resolve_socket(s: &SocketArgs, env: impl Fn(&str) -> Option<String>) -> Resul
     })
 }
 
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        let t = s.to_string();
-        if !out.contains(&t) {
-            out.push_str(": ");
-            out.push_str(&t);
-        }
-        src = s.source();
-    }
-    out
-}
-
 async fn connect(s: &SocketArgs) -> Result<Channel, String> {
     let path = resolve_socket(s, |k| std::env::var(k).ok())?;
     crate::net::dial::unix_channel(&path, Some(Duration::from_secs(5))).await.map_err(|e| {
         format!(
             "cannot connect to the Workload API socket {}: {} (is the agent running? use -socketPath to point at it)",
             path.display(),
-            error_chain(&e)
+            crate::text::error_chain(&e)
         )
     })
 }

@@ -183,25 +183,15 @@ fn openssl(args: &[&str], dir: &Path) {
     assert!(ok, "openssl {args:?}: {out}");
 }
 
-/// The suite's cert-auth step over TLS: a client certificate (with a CN, which OpenBao needs)
-/// from the suite's own CA logs in; `ca_cert_path` pins OpenBao's TLS CA. Without it (and
-/// without insecure_skip_verify) the TLS failure is named; a CN-less certificate, a plain
-/// X509-SVID, is refused by OpenBao with its own words.
-#[test]
-fn cert_auth_over_tls() {
-    require("openssl");
-    let tmp = tempfile::tempdir().unwrap();
-    let bao = OpenBao::dev_tls(tmp.path());
-    let root = bao.spire_suite_pki();
-    bao.policy("spire", SPIRE_PKI_POLICY);
-    let c = tmp.path();
-    // The suite's cert-auth material.
-    openssl(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca.key"], c);
+/// SPIRE's suite cert-auth material in `c`: a CA (`ca.pem`, URI spiffe://cert-auth-ca) and, per
+/// `(name, subject)`, a client certificate `<name>.pem` / `<name>.key` it signed.
+fn cert_auth_material(c: &Path, clients: &[(&str, &str)]) {
     std::fs::write(
         c.join("v3.cnf"),
         "[v3]\nsubjectAltName=URI:spiffe://cert-auth-ca\nbasicConstraints=CA:true\n[leaf]\nsubjectAltName=URI:spiffe://cert-auth-client\n",
     )
     .unwrap();
+    openssl(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca.key"], c);
     openssl(
         &[
             "req",
@@ -222,7 +212,7 @@ fn cert_auth_over_tls() {
         ],
         c,
     );
-    for (name, subj) in [("client", "/C=US/O=SPIFFE/CN=Cert Auth Client"), ("nocn", "/C=US/O=SPIFFE")] {
+    for (name, subj) in clients {
         openssl(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", &format!("{name}.key")], c);
         openssl(&["req", "-new", "-key", &format!("{name}.key"), "-out", &format!("{name}.csr"), "-subj", subj, "-config", "v3.cnf"], c);
         openssl(
@@ -248,6 +238,21 @@ fn cert_auth_over_tls() {
             c,
         );
     }
+}
+
+/// The suite's cert-auth step over TLS: a client certificate (with a CN, which OpenBao needs)
+/// from the suite's own CA logs in; `ca_cert_path` pins OpenBao's TLS CA. Without it (and
+/// without insecure_skip_verify) the TLS failure is named; a CN-less certificate, a plain
+/// X509-SVID, is refused by OpenBao with its own words.
+#[test]
+fn cert_auth_over_tls() {
+    require("openssl");
+    let tmp = tempfile::tempdir().unwrap();
+    let bao = OpenBao::dev_tls(tmp.path());
+    let root = bao.spire_suite_pki();
+    bao.policy("spire", SPIRE_PKI_POLICY);
+    let c = tmp.path();
+    cert_auth_material(c, &[("client", "/C=US/O=SPIFFE/CN=Cert Auth Client"), ("nocn", "/C=US/O=SPIFFE")]);
     bao.bao(&["auth", "enable", "cert"]);
     bao.bao(&[
         "write",
@@ -454,59 +459,7 @@ fn key_manager_in_transit_replays_spires_suite() {
     s.stop();
 
     // Cert auth, as in the suite (default mount, no role name).
-    std::fs::write(
-        c.join("v3.cnf"),
-        "[v3]\nsubjectAltName=URI:spiffe://cert-auth-ca\nbasicConstraints=CA:true\n[leaf]\nsubjectAltName=URI:spiffe://cert-auth-client\n",
-    )
-    .unwrap();
-    openssl(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca.key"], c);
-    openssl(
-        &[
-            "req",
-            "-x509",
-            "-new",
-            "-key",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "30",
-            "-subj",
-            "/C=US/O=SPIFFE",
-            "-extensions",
-            "v3",
-            "-config",
-            "v3.cnf",
-        ],
-        c,
-    );
-    openssl(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "client.key"], c);
-    openssl(
-        &["req", "-new", "-key", "client.key", "-out", "client.csr", "-subj", "/C=US/O=SPIFFE/CN=Cert Auth Client", "-config", "v3.cnf"],
-        c,
-    );
-    openssl(
-        &[
-            "x509",
-            "-req",
-            "-days",
-            "10",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-in",
-            "client.csr",
-            "-out",
-            "client.pem",
-            "-extensions",
-            "leaf",
-            "-extfile",
-            "v3.cnf",
-        ],
-        c,
-    );
+    cert_auth_material(c, &[("client", "/C=US/O=SPIFFE/CN=Cert Auth Client")]);
     bao.bao(&["auth", "enable", "cert"]);
     bao.bao(&[
         "write",
