@@ -169,6 +169,24 @@ pub struct ServerStatus {
     pub jwt_key_ids: Vec<String>,
     /// Bundle sync with the upstream (downstream tiers only).
     pub upstream: Option<UpstreamSync>,
+    /// Federation relationships: each foreign trust domain's last refresh.
+    pub federation: Vec<FederationSync>,
+}
+
+/// One federation relationship as the server's refresher last saw it.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct FederationSync {
+    /// The foreign trust domain.
+    pub trust_domain: String,
+    /// `https_web` or `https_spiffe`.
+    pub profile: String,
+    /// Unix seconds of the last successful refresh (0: none yet).
+    pub last_refresh: i64,
+    /// Sequence of the foreign bundle held.
+    pub sequence: u64,
+    /// The last error, when the last poll failed.
+    pub last_error: Option<String>,
 }
 
 /// One CA slot.
@@ -239,5 +257,30 @@ mod tests {
         .unwrap();
         assert_eq!(s.slots_of("jwt").map(|s| s.id.as_str()).collect::<Vec<_>>(), ["k1", "k2"]);
         assert!(s.upstream.is_none() && s.jwt_key_ids.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod status_tests {
+    use super::*;
+
+    /// `status.json`'s federation entries, as the server writes them, read back by the report.
+    #[test]
+    fn federation_status_round_trips() {
+        let written = crate::federation::client::RelationshipStatus {
+            trust_domain: "partner.test".into(),
+            bundle_endpoint_url: "https://p:8443".into(),
+            profile: "https_spiffe".into(),
+            last_refresh: 100,
+            sequence: 7,
+            last_error: Some("fetching: down".into()),
+            next_refresh: 115,
+            consecutive_failures: 1,
+        };
+        let json = serde_json::json!({ "updated_at": 1, "federation": [written] }).to_string();
+        let read: ServerStatus = serde_json::from_str(&json).unwrap();
+        let f = &read.federation[0];
+        assert_eq!((f.trust_domain.as_str(), f.profile.as_str(), f.last_refresh, f.sequence), ("partner.test", "https_spiffe", 100, 7));
+        assert_eq!(f.last_error.as_deref(), Some("fetching: down"));
     }
 }

@@ -248,6 +248,12 @@ pub(super) fn print_status(state: &State, obs: &Observation) {
                 say!("  upstream sync   {up}: {last} by {mode}; upstream bundle sequence {}; last error: {err}", u.upstream_sequence);
             }
         }
+        for f in &st.federation {
+            let last =
+                if f.last_refresh == 0 { "never refreshed".to_owned() } else { format!("last refresh {}", rel(f.last_refresh, now)) };
+            let err = f.last_error.as_deref().unwrap_or("none");
+            say!("  federates with  {} ({}): {last}; bundle sequence {}; last error: {err}", f.trust_domain, f.profile, f.sequence);
+        }
         let age = now - st.updated_at;
         if age > 5 {
             say!("  status.json     written {} ago: the server is not updating it (stopped?)", format_duration(age));
