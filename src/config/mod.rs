@@ -5,6 +5,7 @@
 //! of its key (`server.ca_ttl`, `plugins.KeyManager.disk.plugin_data.keys_path`) before failing.
 
 pub mod agent;
+pub mod federation;
 pub mod hcl;
 pub mod server;
 

@@ -204,9 +204,9 @@ pub struct ServerConfig {
     /// `disable_jwt_svids` (SPIRE 1.14+): no JWT keys, no JWT-SVIDs.
     pub disable_jwt_svids: bool,
     /// `federation { bundle_endpoint { ... } federates_with "<td>" { ... } }`.
-    pub federation: crate::federation::FederationConfig,
+    pub federation: super::federation::FederationConfig,
     /// `oidc_discovery { ... }` (cairn's): OIDC discovery and JWKS for JWT consumers.
-    pub oidc: Option<crate::federation::OidcConfig>,
+    pub oidc: Option<super::federation::OidcConfig>,
     /// Settings that work but may surprise, in SPIRE's words; logged when the server starts.
     pub warnings: Vec<String>,
     /// Keys accepted without effect, with the reason; logged once logging is up.
@@ -605,7 +605,7 @@ impl ServerConfig {
 
 /// `server.oidc_discovery`: where to serve, the issuer (consistent with `jwt_issuer`), and
 /// HTTPS from files or plain HTTP on loopback.
-fn oidc_config(w: &mut Walker, o: &Object, jwt_issuer: Option<&str>) -> Option<crate::federation::OidcConfig> {
+fn oidc_config(w: &mut Walker, o: &Object, jwt_issuer: Option<&str>) -> Option<super::federation::OidcConfig> {
     let op = "server.oidc_discovery";
     w.unknown_keys(o, &["address", "port", "issuer", "serving_cert_file", "insecure_http"], op, |_| None);
     let address = w.string(o, "address", op).filter(|a| !a.is_empty()).unwrap_or_else(|| "127.0.0.1".into());
@@ -657,7 +657,7 @@ fn oidc_config(w: &mut Walker, o: &Object, jwt_issuer: Option<&str>) -> Option<c
         }
         _ => {}
     }
-    Some(crate::federation::OidcConfig { address, port: port?, issuer: issuer?, tls })
+    Some(super::federation::OidcConfig { address, port: port?, issuer: issuer?, tls })
 }
 
 /// The labelled blocks `key "<label>" { ... }` of `obj`, as (label, body, path).
@@ -690,8 +690,8 @@ fn federation_config(
     warnings: &mut Vec<String>,
     f: &Object,
     own: Option<&TrustDomain>,
-) -> crate::federation::FederationConfig {
-    use crate::federation::{BundleEndpointConfig, ClientProfile, EndpointProfile, FederationConfig, Relationship};
+) -> super::federation::FederationConfig {
+    use super::federation::{BundleEndpointConfig, ClientProfile, EndpointProfile, FederationConfig, Relationship};
     let fp = "server.federation";
     w.unknown_keys(f, &["bundle_endpoint", "federates_with"], fp, |_| None);
     let bundle_endpoint = w.block(f, "bundle_endpoint", fp).and_then(|b| {

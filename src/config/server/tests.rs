@@ -375,7 +375,7 @@ plugins {
 
 #[test]
 fn federation_and_oidc_discovery() {
-    use crate::federation::{ClientProfile, EndpointProfile};
+    use crate::config::federation::{ClientProfile, EndpointProfile};
     let text = r#"
 server {
     trust_domain = "example.org"

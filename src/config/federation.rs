@@ -1,0 +1,95 @@
+//! `server.federation` and `server.oidc_discovery` as data: what the federation module serves
+//! and polls. Parsed in `config::server`; kept here (not in `federation`) so that `config`
+//! imports no module that imports it back.
+
+use crate::spiffe::{SpiffeId, TrustDomain};
+use std::path::PathBuf;
+
+/// `server.federation`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FederationConfig {
+    /// `bundle_endpoint { ... }`: serve this trust domain's bundle.
+    pub bundle_endpoint: Option<BundleEndpointConfig>,
+    /// `federates_with "<td>" { ... }`: trust domains whose bundles this server keeps.
+    pub federates_with: Vec<Relationship>,
+}
+
+/// `federation.bundle_endpoint`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BundleEndpointConfig {
+    /// `address` (default all interfaces).
+    pub address: String,
+    /// `port`.
+    pub port: u16,
+    /// `refresh_hint`, seconds (default 5m), served as `spiffe_refresh_hint`.
+    pub refresh_hint: i64,
+    /// How the endpoint authenticates itself.
+    pub profile: EndpointProfile,
+}
+
+/// The endpoint's TLS identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndpointProfile {
+    /// `https_spiffe`: the server's own X509-SVID (`spiffe://<td>/spire/server`).
+    HttpsSpiffe,
+    /// `https_web` with `serving_cert_file`: a Web PKI certificate and key from files, re-read
+    /// every `file_sync_interval` when they change.
+    HttpsWeb {
+        /// PEM certificate chain.
+        cert_file_path: PathBuf,
+        /// PEM private key.
+        key_file_path: PathBuf,
+        /// Seconds between checks of the files.
+        file_sync_interval: i64,
+    },
+}
+
+/// `server.oidc_discovery` (cairn's): OIDC discovery and a JWKS of every tier's JWT keys for
+/// JWT consumers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OidcConfig {
+    /// `address`.
+    pub address: String,
+    /// `port`.
+    pub port: u16,
+    /// `issuer` (default `jwt_issuer`).
+    pub issuer: String,
+    /// `serving_cert_file { cert_file_path, key_file_path, file_sync_interval }`; `None` with
+    /// `insecure_http = true` (loopback only).
+    pub tls: Option<(PathBuf, PathBuf, i64)>,
+}
+
+/// A foreign trust domain and where its bundle is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relationship {
+    /// The foreign trust domain.
+    pub trust_domain: TrustDomain,
+    /// `bundle_endpoint_url` (https).
+    pub bundle_endpoint_url: String,
+    /// How the endpoint is authenticated.
+    pub profile: ClientProfile,
+}
+
+/// How a foreign bundle endpoint is authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientProfile {
+    /// `https_web`: Web PKI (system roots, or `SSL_CERT_FILE`), host name checked.
+    HttpsWeb,
+    /// `https_spiffe`: the endpoint presents an X509-SVID with this ID, chaining to the stored
+    /// bundle of the ID's trust domain.
+    HttpsSpiffe {
+        /// `endpoint_spiffe_id`.
+        endpoint_spiffe_id: SpiffeId,
+    },
+}
+
+impl ClientProfile {
+    /// SPIRE's profile name.
+    #[must_use]
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::HttpsWeb => "https_web",
+            Self::HttpsSpiffe { .. } => "https_spiffe",
+        }
+    }
+}
