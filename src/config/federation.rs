@@ -2,7 +2,6 @@
 //! and polls. Parsed in `config::server`; kept here (not in `federation`) so that `config`
 //! imports no module that imports it back.
 
-use crate::spiffe::{SpiffeId, TrustDomain};
 use std::path::PathBuf;
 
 /// `server.federation`.
@@ -59,37 +58,4 @@ pub struct OidcConfig {
     pub tls: Option<(PathBuf, PathBuf, i64)>,
 }
 
-/// A foreign trust domain and where its bundle is served.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Relationship {
-    /// The foreign trust domain.
-    pub trust_domain: TrustDomain,
-    /// `bundle_endpoint_url` (https).
-    pub bundle_endpoint_url: String,
-    /// How the endpoint is authenticated.
-    pub profile: ClientProfile,
-}
-
-/// How a foreign bundle endpoint is authenticated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClientProfile {
-    /// `https_web`: Web PKI (system roots, or `SSL_CERT_FILE`), host name checked.
-    HttpsWeb,
-    /// `https_spiffe`: the endpoint presents an X509-SVID with this ID, chaining to the stored
-    /// bundle of the ID's trust domain.
-    HttpsSpiffe {
-        /// `endpoint_spiffe_id`.
-        endpoint_spiffe_id: SpiffeId,
-    },
-}
-
-impl ClientProfile {
-    /// SPIRE's profile name.
-    #[must_use]
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::HttpsWeb => "https_web",
-            Self::HttpsSpiffe { .. } => "https_spiffe",
-        }
-    }
-}
+pub use crate::spiffe::federation::{ClientProfile, Relationship};

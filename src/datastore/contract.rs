@@ -10,6 +10,7 @@
 #![allow(clippy::unwrap_used, clippy::panic, reason = "test code")]
 
 use super::{AttestedNode, Change, ChangeReceiver, Datastore, DatastoreError, Entry, EntryFilter, Selector};
+use crate::spiffe::federation::{ClientProfile, Relationship};
 use crate::spiffe::{Bundle, JwtAuthority, SpiffeId, TrustDomain};
 use std::future::Future;
 use std::sync::Arc;
@@ -30,6 +31,7 @@ where
     join_tokens(make().await.as_ref()).await;
     attested_nodes(make().await.as_ref()).await;
     ca_journal(make().await.as_ref()).await;
+    federation_relationships(make().await.as_ref()).await;
     change_feed(make().await.as_ref()).await;
 }
 
@@ -524,4 +526,55 @@ async fn change_feed(ds: &dyn Datastore) {
     assert_eq!(ds.prune_entries(6).await.unwrap().len(), 1);
     assert_eq!(next_change(&mut rx, "prune_entries").await, Change::Entries);
     assert_eq!(next_change(&mut late, "the same writes").await, Change::Bundle, "every subscriber gets every change");
+}
+
+/// Relationships are created once, read back as written (both profiles), replaced whole by an
+/// update, and deleted without their bundle; a bundle given with a create or an update is
+/// stored in the same write, and a bundle of another trust domain refuses the whole write.
+async fn federation_relationships(ds: &dyn Datastore) {
+    let a = td("a.example");
+    let web = Relationship { trust_domain: a.clone(), bundle_endpoint_url: "https://a.example:8443/".into(), profile: ClientProfile::HttpsWeb };
+    let spiffe = Relationship {
+        trust_domain: td("b.example"),
+        bundle_endpoint_url: "https://b.example/bundle".into(),
+        profile: ClientProfile::HttpsSpiffe { endpoint_spiffe_id: id("spiffe://b.example/spire/server") },
+    };
+    assert_eq!(ds.get_federation_relationship(&a).await.unwrap(), None);
+    assert!(ds.list_federation_relationships().await.unwrap().is_empty());
+
+    let mut rx = ds.watch_changes();
+    assert_eq!(ds.create_federation_relationship(&spiffe, None).await.unwrap(), spiffe);
+    assert_eq!(next_change(&mut rx, "create_federation_relationship").await, Change::Relationships);
+    assert_eq!(ds.get_bundle(&spiffe.trust_domain).await.unwrap(), None, "no bundle given, none stored");
+    let bundle = Bundle { x509_authorities: vec![vec![7; 8]], ..Bundle::new(a.clone()) };
+    ds.create_federation_relationship(&web, Some(&bundle)).await.unwrap();
+    assert_eq!(ds.get_bundle(&a).await.unwrap().map(|b| b.x509_authorities), Some(vec![vec![7; 8]]), "the bundle came with it");
+    assert_eq!(ds.list_federation_relationships().await.unwrap(), vec![web.clone(), spiffe.clone()], "ordered by trust domain");
+    assert_eq!(ds.get_federation_relationship(&spiffe.trust_domain).await.unwrap().as_ref(), Some(&spiffe));
+
+    assert!(already_exists(&ds.create_federation_relationship(&web, None).await), "one relationship per trust domain");
+    let foreign = Bundle { x509_authorities: vec![vec![9]], ..Bundle::new(td("c.example")) };
+    let moved = Relationship { bundle_endpoint_url: "https://elsewhere.example/".into(), ..web.clone() };
+    assert!(ds.update_federation_relationship(&moved, Some(&foreign)).await.is_err(), "a bundle of another trust domain");
+    assert_eq!(ds.get_federation_relationship(&a).await.unwrap().as_ref(), Some(&web), "the refused update changed nothing");
+    assert_eq!(ds.get_bundle(&td("c.example")).await.unwrap(), None);
+
+    let to_spiffe = Relationship {
+        profile: ClientProfile::HttpsSpiffe { endpoint_spiffe_id: id("spiffe://a.example/spire/server") },
+        ..moved.clone()
+    };
+    let newer = Bundle { x509_authorities: vec![vec![8; 8]], ..Bundle::new(a.clone()) };
+    ds.update_federation_relationship(&to_spiffe, Some(&newer)).await.unwrap();
+    assert_eq!(ds.get_federation_relationship(&a).await.unwrap().as_ref(), Some(&to_spiffe), "an update replaces every field");
+    let stored = ds.get_bundle(&a).await.unwrap().unwrap();
+    assert_eq!((stored.x509_authorities, stored.sequence_number), (vec![vec![8; 8]], 2), "the update's bundle, one more sequence");
+    ds.update_federation_relationship(&web, None).await.unwrap();
+    assert_eq!(ds.get_federation_relationship(&a).await.unwrap().as_ref(), Some(&web), "back to https_web: no endpoint ID left");
+    assert!(not_found(&ds.update_federation_relationship(&Relationship { trust_domain: td("z.example"), ..web.clone() }, None).await));
+
+    ds.delete_federation_relationship(&a).await.unwrap();
+    assert_eq!(ds.get_federation_relationship(&a).await.unwrap(), None);
+    assert!(ds.get_bundle(&a).await.unwrap().is_some(), "deleting a relationship keeps its bundle");
+    assert!(not_found(&ds.delete_federation_relationship(&a).await));
+    assert_eq!(ds.list_federation_relationships().await.unwrap(), vec![spiffe]);
 }

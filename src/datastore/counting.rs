@@ -4,6 +4,7 @@
 //! the production path carries no benchmark code.
 
 use super::{AttestedNode, ChangeReceiver, Datastore, DatastoreError, Entry, EntryFilter};
+use crate::spiffe::federation::Relationship;
 use crate::spiffe::{Bundle, JwtAuthority, SpiffeId, TrustDomain};
 use async_trait::async_trait;
 use std::sync::Arc;
@@ -111,6 +112,21 @@ impl Datastore for CountingDatastore {
     }
     async fn set_ca_journal(&self, server_key: &str, data: &str) -> Result<(), DatastoreError> {
         self.count().set_ca_journal(server_key, data).await
+    }
+    async fn get_federation_relationship(&self, td: &TrustDomain) -> Result<Option<Relationship>, DatastoreError> {
+        self.count().get_federation_relationship(td).await
+    }
+    async fn list_federation_relationships(&self) -> Result<Vec<Relationship>, DatastoreError> {
+        self.count().list_federation_relationships().await
+    }
+    async fn create_federation_relationship(&self, rel: &Relationship, bundle: Option<&Bundle>) -> Result<Relationship, DatastoreError> {
+        self.count().create_federation_relationship(rel, bundle).await
+    }
+    async fn update_federation_relationship(&self, rel: &Relationship, bundle: Option<&Bundle>) -> Result<Relationship, DatastoreError> {
+        self.count().update_federation_relationship(rel, bundle).await
+    }
+    async fn delete_federation_relationship(&self, td: &TrustDomain) -> Result<(), DatastoreError> {
+        self.count().delete_federation_relationship(td).await
     }
     fn watch_changes(&self) -> ChangeReceiver {
         self.inner.watch_changes()

@@ -139,6 +139,7 @@ impl EntryCache {
                         }
                         continue;
                     }
+                    Ok(Change::Relationships) => continue,
                     Err(RecvError::Closed) => return,
                 },
             }

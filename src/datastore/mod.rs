@@ -22,6 +22,7 @@ pub mod sql;
 
 pub use feed::{ChangeFeed, ChangeReceiver, LocalFeed, RecvError, TryRecvError};
 
+use crate::spiffe::federation::Relationship;
 use crate::spiffe::{Bundle, JwtAuthority, SpiffeId, TrustDomain};
 use async_trait::async_trait;
 
@@ -147,6 +148,8 @@ pub enum Change {
     Bundle,
     /// Attested nodes.
     Nodes,
+    /// Federation relationships (the refresher reloads them).
+    Relationships,
 }
 
 /// The storage seam. Implementations are shared by every API handler.
@@ -211,6 +214,20 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
     async fn get_ca_journal(&self, server_key: &str) -> Result<Option<String>, DatastoreError>;
     /// Stores the CA journal under `server_key`.
     async fn set_ca_journal(&self, server_key: &str, data: &str) -> Result<(), DatastoreError>;
+
+    /// The stored federation relationship with `td`.
+    async fn get_federation_relationship(&self, td: &TrustDomain) -> Result<Option<Relationship>, DatastoreError>;
+    /// Every stored federation relationship, ordered by trust domain.
+    async fn list_federation_relationships(&self) -> Result<Vec<Relationship>, DatastoreError>;
+    /// Stores a new relationship and, when given, `bundle` as that trust domain's bundle, in one
+    /// transaction. `AlreadyExists` when one with that trust domain is stored.
+    async fn create_federation_relationship(&self, rel: &Relationship, bundle: Option<&Bundle>) -> Result<Relationship, DatastoreError>;
+    /// Replaces the stored relationship with `rel.trust_domain` and, when given, that trust
+    /// domain's bundle, in one transaction. `NotFound` when there is none.
+    async fn update_federation_relationship(&self, rel: &Relationship, bundle: Option<&Bundle>) -> Result<Relationship, DatastoreError>;
+    /// Deletes the relationship with `td` (its bundle stays, as in SPIRE). `NotFound` when
+    /// there is none.
+    async fn delete_federation_relationship(&self, td: &TrustDomain) -> Result<(), DatastoreError>;
 
     /// A receiver of every change from now on (a receiver that falls behind is told so, and
     /// should then assume that everything changed).

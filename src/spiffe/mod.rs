@@ -15,6 +15,7 @@
 //! |------------|-------------------------------------------------------|-----------|
 //! | [`id`]     | [`SpiffeId`], [`TrustDomain`], selector text form     | §1        |
 //! | [`bundle`] | [`Bundle`]: SPIFFE bundle JSON, plain JWKS, PEM        | §4        |
+//! | [`federation`] | [`federation::Relationship`]: a foreign bundle endpoint | §5 (bundle spec) |
 //! | [`jwt`]    | [`validate_jwt_svid`], [`signing_input`], [`assemble`] | §3        |
 //! | [`x509`]   | leaf/CA rules, [`verify_chain`]                        | §2        |
 //!
@@ -28,6 +29,7 @@
 //! its key manager, and calls [`assemble`]; X.509 issuance lives in the CA.
 
 pub mod bundle;
+pub mod federation;
 pub mod id;
 pub mod jwt;
 pub mod names;

@@ -13,6 +13,7 @@ use super::codec::{
 use super::{Backend, Dialect};
 use crate::datastore::feed::{ChangeFeed, ChangeReceiver, LocalFeed};
 use crate::datastore::{AttestedNode, Change, Datastore, DatastoreError, Entry, EntryFilter};
+use crate::spiffe::federation::{ClientProfile, Relationship};
 use crate::spiffe::{Bundle, JwtAuthority, SpiffeId, TrustDomain};
 use async_trait::async_trait;
 use sqlx::migrate::Migrate;
@@ -151,9 +152,25 @@ where
         change: impl FnOnce(&mut Bundle, bool) -> Result<bool, DatastoreError> + Send,
     ) -> Result<Bundle, DatastoreError> {
         let mut tx = self.write_tx("bundles").await?;
+        let (bundle, written) = self.modify_bundle_in(&mut tx, td, change).await?;
+        if written {
+            tx.commit().await.map_err(db_err)?;
+            self.feed.publish(Change::Bundle).await;
+        }
+        Ok(bundle)
+    }
+
+    /// [`SqlDatastore::modify_bundle`] inside `tx`, which must hold the `bundles` write lock;
+    /// answers the bundle and whether it was written. The caller commits.
+    async fn modify_bundle_in(
+        &self,
+        tx: &mut Transaction<'static, DB>,
+        td: &TrustDomain,
+        change: impl FnOnce(&mut Bundle, bool) -> Result<bool, DatastoreError> + Send,
+    ) -> Result<(Bundle, bool), DatastoreError> {
         let row = sqlx::query::<DB>(&self.sql("SELECT data, sequence_number FROM bundles WHERE trust_domain = ?"))
             .bind(td.as_str())
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut **tx)
             .await
             .map_err(db_err)?;
         let (mut bundle, existed) = match row {
@@ -163,7 +180,7 @@ where
             None => (empty_bundle(td), false),
         };
         if !change(&mut bundle, existed)? && existed {
-            return Ok(bundle);
+            return Ok((bundle, false));
         }
         bundle.sequence_number += 1;
         let data = encode_bundle(&bundle)?;
@@ -174,12 +191,55 @@ where
             .bind(data)
             .bind(seq)
             .bind(crate::now_unix())
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await
             .map_err(db_err)?;
+        Ok((bundle, true))
+    }
+
+    /// Writes a federation relationship (`INSERT` when `create`, else `UPDATE` of an existing
+    /// one) and, when given, its trust domain's bundle, in one transaction.
+    async fn write_relationship(&self, rel: &Relationship, bundle: Option<&Bundle>, create: bool) -> Result<Relationship, DatastoreError> {
+        if let Some(b) = bundle
+            && b.trust_domain != rel.trust_domain
+        {
+            return Err(DatastoreError::Config(format!(
+                "trust domain bundle ({}) must match the trust domain of the federation relationship ({})",
+                b.trust_domain, rel.trust_domain
+            )));
+        }
+        let endpoint_id = match &rel.profile {
+            ClientProfile::HttpsWeb => String::new(),
+            ClientProfile::HttpsSpiffe { endpoint_spiffe_id } => endpoint_spiffe_id.to_string(),
+        };
+        // The relationship is one statement; the lock is for the bundle's read-modify-write.
+        let mut tx = self.write_tx("bundles").await?;
+        let text = if create {
+            "INSERT INTO federation_relationships (bundle_endpoint_url, bundle_endpoint_profile, endpoint_spiffe_id, trust_domain) VALUES (?, ?, ?, ?)"
+        } else {
+            "UPDATE federation_relationships SET bundle_endpoint_url = ?, bundle_endpoint_profile = ?, endpoint_spiffe_id = ? WHERE trust_domain = ?"
+        };
+        let done = sqlx::query::<DB>(&self.sql(text))
+            .bind(rel.bundle_endpoint_url.as_str())
+            .bind(rel.profile.name())
+            .bind(endpoint_id)
+            .bind(rel.trust_domain.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(insert_err("federation relationship"))?;
+        if DB::rows_affected(&done) == 0 {
+            return Err(DatastoreError::NotFound("federation relationship"));
+        }
+        let mut bundle_written = false;
+        if let Some(b) = bundle {
+            bundle_written = self.modify_bundle_in(&mut tx, &rel.trust_domain, |stored, _| Ok(replace_content(stored, b))).await?.1;
+        }
         tx.commit().await.map_err(db_err)?;
-        self.feed.publish(Change::Bundle).await;
-        Ok(bundle)
+        self.feed.publish(Change::Relationships).await;
+        if bundle_written {
+            self.feed.publish(Change::Bundle).await;
+        }
+        Ok(rel.clone())
     }
 
     /// The similar entry (same SPIFFE ID, parent and selector set), through `ex`: the pool for
@@ -238,6 +298,27 @@ where
         revision_number: col(row, "revision_number", W)?,
         created_at: col(row, "created_at", W)?,
     })
+}
+
+const RELATIONSHIP_COLUMNS: &str = "trust_domain, bundle_endpoint_url, bundle_endpoint_profile, endpoint_spiffe_id";
+
+fn relationship_from_row<DB>(row: &DB::Row) -> Result<Relationship, DatastoreError>
+where
+    DB: Backend,
+    for<'q> String: Decode<'q, DB> + Type<DB>,
+    for<'n> &'n str: ColumnIndex<DB::Row>,
+{
+    const WHAT: &str = "federation relationship";
+    let td: String = col::<DB, String>(row, "trust_domain", WHAT)?;
+    let trust_domain = TrustDomain::new(&td).map_err(|e| corrupt(WHAT, e))?;
+    let profile = match col::<DB, String>(row, "bundle_endpoint_profile", WHAT)?.as_str() {
+        "https_web" => ClientProfile::HttpsWeb,
+        "https_spiffe" => ClientProfile::HttpsSpiffe {
+            endpoint_spiffe_id: SpiffeId::new(&col::<DB, String>(row, "endpoint_spiffe_id", WHAT)?).map_err(|e| corrupt(WHAT, e))?,
+        },
+        other => return Err(corrupt(WHAT, format!("unknown bundle endpoint profile type: {other:?}"))),
+    };
+    Ok(Relationship { trust_domain, bundle_endpoint_url: col(row, "bundle_endpoint_url", WHAT)?, profile })
 }
 
 fn node_from_row<DB>(row: &DB::Row) -> Result<AttestedNode, DatastoreError>
@@ -601,6 +682,39 @@ where
             .execute(&self.pool)
             .await
             .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn get_federation_relationship(&self, td: &TrustDomain) -> Result<Option<Relationship>, DatastoreError> {
+        let text = format!("SELECT {RELATIONSHIP_COLUMNS} FROM federation_relationships WHERE trust_domain = ?");
+        let row = sqlx::query::<DB>(&self.sql(&text)).bind(td.as_str()).fetch_optional(&self.pool).await.map_err(db_err)?;
+        row.as_ref().map(relationship_from_row::<DB>).transpose()
+    }
+
+    async fn list_federation_relationships(&self) -> Result<Vec<Relationship>, DatastoreError> {
+        let text = format!("SELECT {RELATIONSHIP_COLUMNS} FROM federation_relationships ORDER BY trust_domain");
+        let rows = sqlx::query::<DB>(&text).fetch_all(&self.pool).await.map_err(db_err)?;
+        rows.iter().map(relationship_from_row::<DB>).collect()
+    }
+
+    async fn create_federation_relationship(&self, rel: &Relationship, bundle: Option<&Bundle>) -> Result<Relationship, DatastoreError> {
+        self.write_relationship(rel, bundle, true).await
+    }
+
+    async fn update_federation_relationship(&self, rel: &Relationship, bundle: Option<&Bundle>) -> Result<Relationship, DatastoreError> {
+        self.write_relationship(rel, bundle, false).await
+    }
+
+    async fn delete_federation_relationship(&self, td: &TrustDomain) -> Result<(), DatastoreError> {
+        let done = sqlx::query::<DB>(&self.sql("DELETE FROM federation_relationships WHERE trust_domain = ?"))
+            .bind(td.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        if DB::rows_affected(&done) == 0 {
+            return Err(DatastoreError::NotFound("federation relationship"));
+        }
+        self.feed.publish(Change::Relationships).await;
         Ok(())
     }
 
