@@ -14,6 +14,7 @@ pub mod entry;
 pub mod limiter;
 pub mod status;
 pub mod svid;
+pub mod trustdomain;
 
 use crate::ca::{Ca, CaManager};
 use crate::datastore::{Datastore, EntryFilter};
@@ -56,6 +57,8 @@ pub struct ApiState {
     pub watchers: Arc<crate::api::bundlewatch::Watchers>,
     /// Failed node attestations per peer address (throttling).
     pub attest_limiter: limiter::FailureLimiter,
+    /// The federated bundle refresher (the Trust Domain API reloads and refreshes through it).
+    pub federation: Arc<crate::federation::client::Refresher>,
 }
 
 /// Who is calling.

@@ -50,6 +50,10 @@ pub enum ApiError {
     /// Not implemented by this cairn.
     #[error("{0}")]
     Unimplemented(&'static str),
+    /// A failure SPIRE reports as `Internal` whose message names nothing secret, so it is shown
+    /// as is (e.g. a refresh that failed, with the endpoint's reason).
+    #[error("{0}")]
+    InternalShown(String),
     /// A failure inside the server; `public` is what the caller sees.
     #[error("{public}: {detail}")]
     Internal {
@@ -73,7 +77,7 @@ impl ApiError {
             Self::ResourceExhausted(_) => Code::ResourceExhausted,
             Self::Unavailable(_) => Code::Unavailable,
             Self::Unimplemented(_) => Code::Unimplemented,
-            Self::Internal { .. } => Code::Internal,
+            Self::Internal { .. } | Self::InternalShown(_) => Code::Internal,
         }
     }
 

@@ -48,6 +48,11 @@ pub enum ServerCommand {
         #[command(subcommand)]
         command: AgentCommand,
     },
+    /// Dynamic federation relationships (Trust Domain API).
+    Federation {
+        #[command(subcommand)]
+        command: super::federation::FederationCommand,
+    },
 }
 
 /// Flags of `run` and `validate` (SPIRE's).
@@ -90,10 +95,10 @@ pub struct RunArgs {
 pub struct Sock {
     /// Path to the server's admin socket.
     #[arg(long, default_value = DEFAULT_SOCKET_PATH, global = true)]
-    socket_path: PathBuf,
+    pub(crate) socket_path: PathBuf,
     /// Output format: pretty or json.
     #[arg(long, default_value = "pretty", global = true)]
-    output: String,
+    pub(crate) output: String,
 }
 
 /// `healthcheck` flags.
@@ -371,7 +376,7 @@ fn status_msg(st: &tonic::Status) -> String {
     format!("{}: {}", code_name(st.code()), st.message())
 }
 
-fn code_name(c: tonic::Code) -> &'static str {
+pub(crate) fn code_name(c: tonic::Code) -> &'static str {
     use tonic::Code as C;
     match c {
         C::InvalidArgument => "InvalidArgument",
@@ -416,6 +421,7 @@ pub async fn run(cmd: ServerCommand) -> CliResult {
         ServerCommand::X509 { command } => x509(command).await,
         ServerCommand::Jwt { command } => jwt(command).await,
         ServerCommand::Agent { command } => agent(command).await,
+        ServerCommand::Federation { command } => super::federation::run(command).await,
     }
 }
 

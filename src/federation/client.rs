@@ -82,47 +82,69 @@ impl Default for Limits {
     }
 }
 
-/// Keeps the federated bundles of `relationships` fresh.
+/// How often the relationships stored through the Trust Domain API are re-read, besides on
+/// every change event (SPIRE: 10 s).
+const RELOAD_EVERY: Duration = Duration::from_secs(10);
+
+/// Keeps the federated bundles of every managed relationship fresh: those of the config file
+/// and those stored through the Trust Domain API (the config file wins for a trust domain in
+/// both, as in SPIRE).
 #[derive(Debug)]
 pub struct Refresher {
     datastore: Arc<dyn Datastore>,
-    relationships: Vec<Relationship>,
-    status: RwLock<BTreeMap<TrustDomain, RelationshipStatus>>,
+    configured: Vec<Relationship>,
+    /// The relationships polled now, with what their last poll did.
+    managed: RwLock<BTreeMap<TrustDomain, (Relationship, RelationshipStatus)>>,
+    /// Wakes the run loop to re-read the relationships now.
+    reload: tokio::sync::Notify,
     limits: Limits,
     /// Roots for `https_web` in place of the system's (tests).
     web_roots: Option<Vec<Vec<u8>>>,
 }
 
+/// Why [`Refresher::refresh_now`] did not refresh.
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshNowError {
+    /// No relationship (configured or stored) with that trust domain.
+    #[error("no relationship with trust domain \"{0}\"")]
+    NotManaged(TrustDomain),
+    /// The poll failed.
+    #[error(transparent)]
+    Failed(#[from] FederationError),
+}
+
+fn fresh_status(r: &Relationship) -> RelationshipStatus {
+    RelationshipStatus {
+        trust_domain: r.trust_domain.to_string(),
+        bundle_endpoint_url: r.bundle_endpoint_url.clone(),
+        profile: r.profile.name().to_owned(),
+        ..RelationshipStatus::default()
+    }
+}
+
 impl Refresher {
-    /// A refresher for `relationships`.
+    /// A refresher for the `configured` relationships and those in the datastore.
     #[must_use]
-    pub fn new(datastore: Arc<dyn Datastore>, relationships: Vec<Relationship>) -> Arc<Self> {
-        let status = relationships
-            .iter()
-            .map(|r| {
-                (
-                    r.trust_domain.clone(),
-                    RelationshipStatus {
-                        trust_domain: r.trust_domain.to_string(),
-                        bundle_endpoint_url: r.bundle_endpoint_url.clone(),
-                        profile: r.profile.name().to_owned(),
-                        ..RelationshipStatus::default()
-                    },
-                )
-            })
-            .collect();
-        Arc::new(Self { datastore, relationships, status: RwLock::new(status), limits: Limits::default(), web_roots: None })
+    pub fn new(datastore: Arc<dyn Datastore>, configured: Vec<Relationship>) -> Arc<Self> {
+        Arc::new(Self {
+            datastore,
+            configured,
+            managed: RwLock::new(BTreeMap::new()),
+            reload: tokio::sync::Notify::new(),
+            limits: Limits::default(),
+            web_roots: None,
+        })
     }
 
     /// As [`Refresher::new`], with other limits and `https_web` roots (tests).
     #[must_use]
     pub fn with_limits(
         datastore: Arc<dyn Datastore>,
-        relationships: Vec<Relationship>,
+        configured: Vec<Relationship>,
         limits: Limits,
         web_roots: Option<Vec<Vec<u8>>>,
     ) -> Arc<Self> {
-        let mut me = Self::new(datastore, relationships);
+        let mut me = Self::new(datastore, configured);
         if let Some(m) = Arc::get_mut(&mut me) {
             m.limits = limits;
             m.web_roots = web_roots;
@@ -130,47 +152,161 @@ impl Refresher {
         me
     }
 
-    /// What each relationship's last poll did.
+    /// What each managed relationship's last poll did.
     #[must_use]
     pub fn status(&self) -> Vec<RelationshipStatus> {
-        self.status.read().map(|s| s.values().cloned().collect()).unwrap_or_default()
+        self.managed.read().map(|m| m.values().map(|(_, s)| s.clone()).collect()).unwrap_or_default()
     }
 
-    /// The relationship with `td`, if configured.
+    /// The managed relationship with `td`.
     #[must_use]
-    pub fn relationship(&self, td: &TrustDomain) -> Option<&Relationship> {
-        self.relationships.iter().find(|r| &r.trust_domain == td)
+    pub fn relationship(&self, td: &TrustDomain) -> Option<Relationship> {
+        self.managed.read().ok().and_then(|m| m.get(td).map(|(r, _)| r.clone()))
     }
 
-    /// Polls every relationship until `shutdown` resolves (each on its own cadence).
-    pub async fn run(self: Arc<Self>, shutdown: tokio::sync::watch::Receiver<bool>) {
+    /// Asks the run loop to re-read the stored relationships now (after a Trust Domain API
+    /// write).
+    pub fn trigger_reload(&self) {
+        self.reload.notify_one();
+    }
+
+    /// The relationships to manage: the stored ones, overridden by the configured ones.
+    ///
+    /// # Errors
+    /// The datastore could not be read.
+    async fn wanted(&self) -> Result<BTreeMap<TrustDomain, Relationship>, FederationError> {
+        let stored = self.datastore.list_federation_relationships().await.map_err(|e| FederationError::Datastore(e.to_string()))?;
+        let mut all: BTreeMap<_, _> = stored.into_iter().map(|r| (r.trust_domain.clone(), r)).collect();
+        for r in &self.configured {
+            all.insert(r.trust_domain.clone(), r.clone());
+        }
+        Ok(all)
+    }
+
+    /// Re-reads the relationships and makes `managed` match; answers the trust domains whose
+    /// relationship is new or changed (their loops must restart) and those no longer managed.
+    async fn reconcile(&self) -> Result<(Vec<Relationship>, Vec<TrustDomain>), FederationError> {
+        let wanted = self.wanted().await?;
+        let mut started = Vec::new();
+        let mut stopped = Vec::new();
+        let Ok(mut managed) = self.managed.write() else { return Ok((started, stopped)) };
+        managed.retain(|td, (rel, _)| {
+            let keep = wanted.contains_key(td);
+            if !keep {
+                tracing::info!(trust_domain = %td, bundle_endpoint_url = %rel.bundle_endpoint_url, "Trust domain no longer managed");
+                stopped.push(td.clone());
+            }
+            keep
+        });
+        for (td, rel) in wanted {
+            match managed.get(&td) {
+                Some((old, _)) if *old == rel => {}
+                Some(_) => {
+                    tracing::info!(entry = %td, bundle_endpoint_url = %rel.bundle_endpoint_url, bundle_endpoint_profile = rel.profile.name(), "Updated configuration for managed trust domain");
+                    managed.insert(td, (rel.clone(), fresh_status(&rel)));
+                    started.push(rel);
+                }
+                None => {
+                    tracing::info!(trust_domain = %td, bundle_endpoint_url = %rel.bundle_endpoint_url, bundle_endpoint_profile = rel.profile.name(), "Trust domain is now managed");
+                    managed.insert(td, (rel.clone(), fresh_status(&rel)));
+                    started.push(rel);
+                }
+            }
+        }
+        Ok((started, stopped))
+    }
+
+    /// Re-reads the relationships, then polls `td`'s endpoint now (SPIRE's `RefreshBundle`);
+    /// answers whether the stored bundle changed.
+    ///
+    /// # Errors
+    /// `td` is not managed, or the poll failed (the stored bundle is untouched then).
+    pub async fn refresh_now(&self, td: &TrustDomain) -> Result<bool, RefreshNowError> {
+        if let Err(e) = self.reconcile().await {
+            tracing::error!(error = %e, "Failed to reload configs");
+        }
+        self.trigger_reload();
+        let rel = self.relationship(td).ok_or_else(|| RefreshNowError::NotManaged(td.clone()))?;
+        let (changed, _) = self.poll_result(&rel).await;
+        Ok(changed?)
+    }
+
+    /// Polls every managed relationship, each on its own cadence, and follows the stored
+    /// relationships (every 10 s, on change events and on [`Refresher::trigger_reload`])
+    /// until `shutdown` resolves.
+    pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut loops: BTreeMap<TrustDomain, tokio::task::AbortHandle> = BTreeMap::new();
         let mut tasks = tokio::task::JoinSet::new();
-        for rel in self.relationships.clone() {
-            tracing::info!(trust_domain = %rel.trust_domain, bundle_endpoint_url = %rel.bundle_endpoint_url, bundle_endpoint_profile = rel.profile.name(), "Trust domain is now managed");
-            let me = Arc::clone(&self);
-            let mut stop = shutdown.clone();
-            tasks.spawn(async move {
-                loop {
-                    let wait = me.poll(&rel).await;
-                    tokio::select! {
-                        _ = stop.changed() => return,
-                        () = tokio::time::sleep(Duration::from_secs(u64::try_from(wait).unwrap_or(60))) => {}
+        let mut changes = Some(self.datastore.watch_changes());
+        loop {
+            match self.reconcile().await {
+                Ok((started, stopped)) => {
+                    for td in stopped {
+                        if let Some(h) = loops.remove(&td) {
+                            h.abort();
+                            tracing::info!(trust_domain = %td, "No longer polling for updates");
+                        }
+                    }
+                    for rel in started {
+                        if let Some(h) = loops.remove(&rel.trust_domain) {
+                            h.abort();
+                        }
+                        let me = Arc::clone(&self);
+                        let mut stop = shutdown.clone();
+                        let td = rel.trust_domain.clone();
+                        let handle = tasks.spawn(async move {
+                            loop {
+                                let wait = me.poll(&rel).await;
+                                tokio::select! {
+                                    _ = stop.changed() => return,
+                                    () = tokio::time::sleep(Duration::from_secs(u64::try_from(wait).unwrap_or(60))) => {}
+                                }
+                            }
+                        });
+                        loops.insert(td, handle);
                     }
                 }
-            });
+                Err(e) => tracing::error!(error = %e, "Failed to reload configs"),
+            }
+            // Wait for a reason to re-read: the timer, a trigger, or a relationship change event
+            // (another server of this tier may have written it).
+            let relationship_changed = async {
+                loop {
+                    match changes.as_mut() {
+                        Some(rx) => match rx.recv().await {
+                            Ok(crate::datastore::Change::Relationships) | Err(crate::datastore::RecvError::Lagged { .. }) => return,
+                            Ok(_) => {}
+                            Err(crate::datastore::RecvError::Closed) => changes = None,
+                        },
+                        None => std::future::pending::<()>().await,
+                    }
+                }
+            };
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                () = tokio::time::sleep(RELOAD_EVERY) => {}
+                () = self.reload.notified() => {}
+                () = relationship_changed => {}
+            }
+            while tasks.try_join_next().is_some() {}
         }
-        while tasks.join_next().await.is_some() {}
+        tasks.shutdown().await;
     }
 
     /// One poll of `rel`, logged and recorded; answers the seconds until the next.
     pub async fn poll(&self, rel: &Relationship) -> i64 {
+        self.poll_result(rel).await.1
+    }
+
+    async fn poll_result(&self, rel: &Relationship) -> (Result<bool, FederationError>, i64) {
         tracing::debug!(trust_domain = %rel.trust_domain, "Polling for bundle update");
         let now = crate::now_unix();
         let result = self.refresh(rel).await;
         let stored = self.datastore.get_bundle(&rel.trust_domain).await.ok().flatten();
         let mut wait = refresh_interval(stored.as_ref());
-        if let Ok(mut st) = self.status.write()
-            && let Some(s) = st.get_mut(&rel.trust_domain)
+        if let Ok(mut managed) = self.managed.write()
+            && let Some((current, s)) = managed.get_mut(&rel.trust_domain)
+            && current == rel
         {
             s.sequence = stored.as_ref().map_or(0, |b| b.sequence_number);
             match &result {
@@ -188,13 +324,15 @@ impl Refresher {
                 }
             }
             s.next_refresh = now + wait;
+        } else if result.is_err() {
+            wait = wait.min(RETRY_FIRST);
         }
-        match result {
+        match &result {
             Ok(true) => tracing::info!(trust_domain = %rel.trust_domain, "Bundle refreshed"),
             Ok(false) => tracing::debug!(trust_domain = %rel.trust_domain, "Bundle unchanged"),
             Err(e) => tracing::error!(trust_domain = %rel.trust_domain, error = %e, "Error updating bundle; keeping the last good bundle"),
         }
-        wait
+        (result, wait)
     }
 
     /// Fetches `rel`'s bundle and stores it if it changed; answers whether it did.

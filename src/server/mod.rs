@@ -168,6 +168,8 @@ impl Server {
             &config.trust_domain,
             Arc::new(crate::api::attest::DatastoreTokens(Arc::clone(&datastore))),
         );
+        // Relationships from the config file and from the Trust Domain API.
+        let federation = crate::federation::client::Refresher::new(Arc::clone(&datastore), config.federation.federates_with.clone());
         let state = Arc::new(ApiState {
             trust_domain: config.trust_domain.clone(),
             datastore,
@@ -185,6 +187,7 @@ impl Server {
             upstream_status: Arc::new(std::sync::RwLock::new(UpstreamStatus::default())),
             watchers: Arc::default(),
             attest_limiter: crate::api::limiter::FailureLimiter::default(),
+            federation,
         });
         Ok(Self { config, state, ca_manager, tls })
     }
@@ -233,12 +236,8 @@ impl Server {
         let nofile = crate::net::raise_nofile_limit();
         // Federation: the bundle endpoint, and one refresher loop per foreign trust domain.
         // Neither holds up start-up: a partner that is down is only retried (SPIRE #4445).
-        let refresher = (!self.config.federation.federates_with.is_empty()).then(|| {
-            crate::federation::client::Refresher::new(Arc::clone(&self.state.datastore), self.config.federation.federates_with.clone())
-        });
-        if let Some(r) = &refresher {
-            tasks.spawn(Arc::clone(r).run(stop_rx.clone()));
-        }
+        let refresher = Arc::clone(&self.state.federation);
+        tasks.spawn(Arc::clone(&refresher).run(stop_rx.clone()));
         if let Some(be) = self.config.federation.bundle_endpoint.clone() {
             let addr = format!("{}:{}", be.address, be.port);
             let listener = TcpListener::bind(&addr).await.map_err(|e| ServerError::Io(format!("bundle endpoint {addr}: {e}")))?;
@@ -293,11 +292,10 @@ impl Server {
             let state = Arc::clone(&self.state);
             let path = self.config.data_dir.join("status.json");
             let stop = stopped(stop_rx.clone());
-            let refresher = refresher.clone();
             tasks.spawn(async move {
                 tokio::pin!(stop);
                 loop {
-                    write_status(&state, &path, refresher.as_deref()).await;
+                    write_status(&state, &path, &refresher).await;
                     tokio::select! {
                         () = &mut stop => return,
                         () = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -465,7 +463,7 @@ impl crate::federation::endpoint::BundleSource for OwnBundle {
     }
 }
 
-async fn write_status(state: &ApiState, path: &Path, refresher: Option<&crate::federation::client::Refresher>) {
+async fn write_status(state: &ApiState, path: &Path, refresher: &crate::federation::client::Refresher) {
     let bundle = state.entry_cache.bundle();
     let chain = state
         .ca
@@ -498,7 +496,7 @@ async fn write_status(state: &ApiState, path: &Path, refresher: Option<&crate::f
             .as_ref()
             .filter(|u| u.is_trust_domain_tier())
             .and_then(|_| state.upstream_status.read().ok().map(|s| s.clone())),
-        federation: refresher.map(crate::federation::client::Refresher::status).unwrap_or_default(),
+        federation: refresher.status(),
     };
     if let Ok(text) = serde_json::to_vec_pretty(&status) {
         let _ = crate::fsutil::write_private_atomic(path, &text);
@@ -541,6 +539,7 @@ fn grpc_router(svc: &Svc) -> GrpcRouter {
         .add_service(spb::entry::v1::entry_server::EntryServer::new(svc.clone()).max_decoding_message_size(m))
         .add_service(spb::svid::v1::svid_server::SvidServer::new(svc.clone()).max_decoding_message_size(m))
         .add_service(spb::agent::v1::agent_server::AgentServer::new(svc.clone()).max_decoding_message_size(m))
+        .add_service(spb::trustdomain::v1::trust_domain_server::TrustDomainServer::new(svc.clone()).max_decoding_message_size(m))
         .add_service(
             crate::wire::pb::cairn::api::bundlewatch::v1::bundle_watch_server::BundleWatchServer::new(svc.clone())
                 .max_decoding_message_size(m),

@@ -157,6 +157,7 @@ async fn a_misbehaving_endpoint_is_bounded_and_loses_nothing() {
 
     // A poll records the failure and retries soon; a good answer again clears it and stores.
     *mode.lock().unwrap() = Mode::Garbage;
+    r.reconcile().await.unwrap();
     let wait = r.poll(&rel).await;
     assert_eq!(wait, RETRY_FIRST);
     let st = r.status();
@@ -188,4 +189,34 @@ fn intervals_follow_the_hint_with_floors() {
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Relationships stored through the Trust Domain API join the configured ones; the config file
+/// wins for a trust domain in both; a deleted one is no longer managed; refreshing an unknown
+/// trust domain says so.
+#[tokio::test]
+async fn stored_relationships_are_managed_beside_configured_ones() {
+    let ds: Arc<dyn Datastore> = Arc::new(SqliteDatastore::connect("sqlite::memory:").await.unwrap());
+    let rel = |t: &str, url: &str| Relationship { trust_domain: td(t), bundle_endpoint_url: url.into(), profile: ClientProfile::HttpsWeb };
+    let configured = rel("both.test", "https://from-config.test/");
+    let r = Refresher::new(Arc::clone(&ds), vec![configured.clone()]);
+    ds.create_federation_relationship(&rel("stored.test", "https://stored.test/"), None).await.unwrap();
+    ds.create_federation_relationship(&rel("both.test", "https://from-api.test/"), None).await.unwrap();
+
+    let (started, stopped) = r.reconcile().await.unwrap();
+    assert_eq!((started.len(), stopped.len()), (2, 0));
+    assert_eq!(r.relationship(&td("both.test")), Some(configured), "the config file wins");
+    assert!(r.relationship(&td("stored.test")).is_some());
+    assert_eq!(r.status().len(), 2);
+    assert_eq!(r.reconcile().await.unwrap(), (vec![], vec![]), "nothing changed, nothing restarts");
+
+    let moved = rel("stored.test", "https://moved.test/");
+    ds.update_federation_relationship(&moved, None).await.unwrap();
+    assert_eq!(r.reconcile().await.unwrap().0, vec![moved.clone()], "a changed relationship restarts");
+    ds.delete_federation_relationship(&td("stored.test")).await.unwrap();
+    assert_eq!(r.reconcile().await.unwrap().1, vec![td("stored.test")]);
+    assert!(r.relationship(&td("stored.test")).is_none());
+    assert!(matches!(r.refresh_now(&td("stored.test")).await, Err(RefreshNowError::NotManaged(_))));
+    let err = r.refresh_now(&td("both.test")).await.unwrap_err().to_string();
+    assert!(err.contains("from-config.test"), "the refresh polled the configured URL: {err}");
 }
