@@ -59,7 +59,11 @@ fn relationship_from_proto(r: &pt::FederationRelationship) -> Result<(Relationsh
 }
 
 /// A relationship for the wire, with the fields `mask` keeps (all without a mask).
-fn relationship_to_proto(r: &Relationship, bundle: Option<&Bundle>, mask: Option<&pt::FederationRelationshipMask>) -> pt::FederationRelationship {
+fn relationship_to_proto(
+    r: &Relationship,
+    bundle: Option<&Bundle>,
+    mask: Option<&pt::FederationRelationshipMask>,
+) -> pt::FederationRelationship {
     let all = pt::FederationRelationshipMask { bundle_endpoint_url: true, bundle_endpoint_profile: true, trust_domain_bundle: true };
     let mask = mask.unwrap_or(&all);
     pt::FederationRelationship {
@@ -98,7 +102,11 @@ impl Svc {
         }
     }
 
-    async fn create_one(&self, r: &pt::FederationRelationship, mask: Option<&pt::FederationRelationshipMask>) -> Result<pt::FederationRelationship, ApiError> {
+    async fn create_one(
+        &self,
+        r: &pt::FederationRelationship,
+        mask: Option<&pt::FederationRelationshipMask>,
+    ) -> Result<pt::FederationRelationship, ApiError> {
         let (rel, bundle) =
             relationship_from_proto(r).map_err(|e| ApiError::InvalidArgument(format!("failed to convert federation relationship: {e}")))?;
         if rel.trust_domain == self.state().trust_domain {
@@ -177,7 +185,8 @@ impl pb::trust_domain_server::TrustDomain for Svc {
         }
         let all = self.state().datastore.list_federation_relationships().await.map_err(ApiError::from)?;
         // The page token is the last trust domain of the previous page (the list is ordered).
-        let rest: Vec<_> = all.into_iter().filter(|rel| r.page_token.is_empty() || rel.trust_domain.as_str() > r.page_token.as_str()).collect();
+        let rest: Vec<_> =
+            all.into_iter().filter(|rel| r.page_token.is_empty() || rel.trust_domain.as_str() > r.page_token.as_str()).collect();
         let size = if r.page_size == 0 { usize::MAX } else { usize::try_from(r.page_size).unwrap_or(usize::MAX) };
         let page: Vec<_> = rest.iter().take(size).collect();
         let next_page_token = match page.last() {
@@ -186,7 +195,11 @@ impl pb::trust_domain_server::TrustDomain for Svc {
         };
         let mut out = Vec::with_capacity(page.len());
         for rel in page {
-            let bundle = if r.output_mask.as_ref().is_none_or(|m| m.trust_domain_bundle) { self.stored_bundle(&rel.trust_domain).await } else { None };
+            let bundle = if r.output_mask.as_ref().is_none_or(|m| m.trust_domain_bundle) {
+                self.stored_bundle(&rel.trust_domain).await
+            } else {
+                None
+            };
             out.push(relationship_to_proto(rel, bundle.as_ref(), r.output_mask.as_ref()));
         }
         Ok(Response::new(pb::ListFederationRelationshipsResponse { federation_relationships: out, next_page_token }))
@@ -214,13 +227,20 @@ impl pb::trust_domain_server::TrustDomain for Svc {
         &self,
         req: Request<pb::BatchCreateFederationRelationshipRequest>,
     ) -> Result<Response<pb::BatchCreateFederationRelationshipResponse>, Status> {
-        self.authorize(&req, Policy::LocalOrAdmin, "/spire.api.server.trustdomain.v1.TrustDomain/BatchCreateFederationRelationship").await?;
+        self.authorize(&req, Policy::LocalOrAdmin, "/spire.api.server.trustdomain.v1.TrustDomain/BatchCreateFederationRelationship")
+            .await?;
         let r = req.get_ref();
         let mut results = Vec::with_capacity(r.federation_relationships.len());
         for rel in &r.federation_relationships {
             results.push(match self.create_one(rel, r.output_mask.as_ref()).await {
-                Ok(fr) => pb::batch_create_federation_relationship_response::Result { status: Some(ok_status()), federation_relationship: Some(fr) },
-                Err(e) => pb::batch_create_federation_relationship_response::Result { status: Some(e.to_result_status()), federation_relationship: None },
+                Ok(fr) => pb::batch_create_federation_relationship_response::Result {
+                    status: Some(ok_status()),
+                    federation_relationship: Some(fr),
+                },
+                Err(e) => pb::batch_create_federation_relationship_response::Result {
+                    status: Some(e.to_result_status()),
+                    federation_relationship: None,
+                },
             });
         }
         self.state().federation.trigger_reload();
@@ -231,13 +251,20 @@ impl pb::trust_domain_server::TrustDomain for Svc {
         &self,
         req: Request<pb::BatchUpdateFederationRelationshipRequest>,
     ) -> Result<Response<pb::BatchUpdateFederationRelationshipResponse>, Status> {
-        self.authorize(&req, Policy::LocalOrAdmin, "/spire.api.server.trustdomain.v1.TrustDomain/BatchUpdateFederationRelationship").await?;
+        self.authorize(&req, Policy::LocalOrAdmin, "/spire.api.server.trustdomain.v1.TrustDomain/BatchUpdateFederationRelationship")
+            .await?;
         let r = req.get_ref();
         let mut results = Vec::with_capacity(r.federation_relationships.len());
         for rel in &r.federation_relationships {
             results.push(match self.update_one(rel, r.input_mask.as_ref(), r.output_mask.as_ref()).await {
-                Ok(fr) => pb::batch_update_federation_relationship_response::Result { status: Some(ok_status()), federation_relationship: Some(fr) },
-                Err(e) => pb::batch_update_federation_relationship_response::Result { status: Some(e.to_result_status()), federation_relationship: None },
+                Ok(fr) => pb::batch_update_federation_relationship_response::Result {
+                    status: Some(ok_status()),
+                    federation_relationship: Some(fr),
+                },
+                Err(e) => pb::batch_update_federation_relationship_response::Result {
+                    status: Some(e.to_result_status()),
+                    federation_relationship: None,
+                },
             });
         }
         self.state().federation.trigger_reload();
@@ -248,7 +275,8 @@ impl pb::trust_domain_server::TrustDomain for Svc {
         &self,
         req: Request<pb::BatchDeleteFederationRelationshipRequest>,
     ) -> Result<Response<pb::BatchDeleteFederationRelationshipResponse>, Status> {
-        self.authorize(&req, Policy::LocalOrAdmin, "/spire.api.server.trustdomain.v1.TrustDomain/BatchDeleteFederationRelationship").await?;
+        self.authorize(&req, Policy::LocalOrAdmin, "/spire.api.server.trustdomain.v1.TrustDomain/BatchDeleteFederationRelationship")
+            .await?;
         let mut results = Vec::new();
         for td in &req.get_ref().trust_domains {
             let r = self.delete_one(td).await;
@@ -295,9 +323,14 @@ mod tests {
         assert!(err(web("a.test", "no url")).starts_with("failed to parse bundle endpoint URL"));
         assert_eq!(err(web("a.test", "http://a.test/")), "bundle endpoint URL must use the https scheme");
         assert_eq!(err(web("a.test", "https://user:pw@a.test/")), "bundle endpoint URL must not contain user info");
-        assert_eq!(err(pt::FederationRelationship { bundle_endpoint_profile: None, ..web("a.test", "https://a.test") }), "unsupported bundle endpoint profile type: <nil>");
+        assert_eq!(
+            err(pt::FederationRelationship { bundle_endpoint_profile: None, ..web("a.test", "https://a.test") }),
+            "unsupported bundle endpoint profile type: <nil>"
+        );
         let bad_id = pt::FederationRelationship {
-            bundle_endpoint_profile: Some(BundleEndpointProfile::HttpsSpiffe(pt::HttpsspiffeProfile { endpoint_spiffe_id: "a.test/x".into() })),
+            bundle_endpoint_profile: Some(BundleEndpointProfile::HttpsSpiffe(pt::HttpsspiffeProfile {
+                endpoint_spiffe_id: "a.test/x".into(),
+            })),
             ..web("a.test", "https://a.test")
         };
         assert!(err(bad_id).starts_with("failed to parse endpoint SPIFFE ID"));
@@ -305,10 +338,7 @@ mod tests {
             trust_domain_bundle: Some(pt::Bundle { trust_domain: "b.test".into(), ..pt::Bundle::default() }),
             ..web("a.test", "https://a.test")
         };
-        assert_eq!(
-            err(other),
-            "trust domain bundle (\"b.test\") must match the trust domain of the federation relationship (\"a.test\")"
-        );
+        assert_eq!(err(other), "trust domain bundle (\"b.test\") must match the trust domain of the federation relationship (\"a.test\")");
         let (rel, bundle) = relationship_from_proto(&web("a.test", "https://a.test:8443/b")).unwrap();
         assert_eq!((rel.bundle_endpoint_url.as_str(), rel.profile, bundle), ("https://a.test:8443/b", ClientProfile::HttpsWeb, None));
     }
@@ -322,7 +352,9 @@ mod tests {
         };
         let full = relationship_to_proto(&rel, None, None);
         assert_eq!(full.bundle_endpoint_url, "https://a.test");
-        assert!(matches!(full.bundle_endpoint_profile, Some(BundleEndpointProfile::HttpsSpiffe(ref p)) if p.endpoint_spiffe_id == "spiffe://a.test/spire/server"));
+        assert!(
+            matches!(full.bundle_endpoint_profile, Some(BundleEndpointProfile::HttpsSpiffe(ref p)) if p.endpoint_spiffe_id == "spiffe://a.test/spire/server")
+        );
         let none = relationship_to_proto(&rel, None, Some(&pt::FederationRelationshipMask::default()));
         assert_eq!((none.trust_domain.as_str(), none.bundle_endpoint_url.as_str(), none.bundle_endpoint_profile), ("a.test", "", None));
     }

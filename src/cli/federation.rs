@@ -129,7 +129,8 @@ fn relationship(
     let profile = match profile {
         "https_web" => BundleEndpointProfile::HttpsWeb(pt::HttpsWebProfile {}),
         "https_spiffe" => {
-            let id = endpoint_id.filter(|s| !s.is_empty()).ok_or("endpoint SPIFFE ID is required if 'https_spiffe' endpoint profile is set")?;
+            let id =
+                endpoint_id.filter(|s| !s.is_empty()).ok_or("endpoint SPIFFE ID is required if 'https_spiffe' endpoint profile is set")?;
             let id = SpiffeId::new(id).map_err(|e| format!("cannot parse bundle endpoint SPIFFE ID: {e}"))?;
             bundle_td = id.trust_domain().as_str().to_owned();
             BundleEndpointProfile::HttpsSpiffe(pt::HttpsspiffeProfile { endpoint_spiffe_id: id.to_string() })
@@ -158,7 +159,8 @@ fn read_bundle_file(path: &Path) -> Result<Vec<u8>, String> {
 /// The relationships `a` names: from `-data`, or from the flags.
 fn relationships(a: &RelationshipArgs) -> Result<Vec<pt::FederationRelationship>, String> {
     let Some(data) = &a.data else {
-        let bundle = a.trust_domain_bundle_path.as_deref().map(read_bundle_file).transpose()?.map(|d| (d, a.trust_domain_bundle_format.as_str()));
+        let bundle =
+            a.trust_domain_bundle_path.as_deref().map(read_bundle_file).transpose()?.map(|d| (d, a.trust_domain_bundle_format.as_str()));
         return Ok(vec![relationship(
             a.trust_domain.as_deref(),
             a.bundle_endpoint_url.as_deref(),
@@ -192,8 +194,14 @@ fn relationships(a: &RelationshipArgs) -> Result<Vec<pt::FederationRelationship>
                 None => None,
                 Some(serde_json::Value::String(pem)) if format == "pem" => Some((pem.clone().into_bytes(), format)),
                 Some(doc) if format == "spiffe" => Some((doc.to_string().into_bytes(), format)),
-                Some(_) if format == "pem" => return Err(format!("could not parse item {i}: cannot parse bundle raw message: a PEM bundle must be a JSON string")),
-                Some(_) => return Err(format!("could not parse item {i}: cannot parse bundle raw message: bundle format {format:?} is unsupported")),
+                Some(_) if format == "pem" => {
+                    return Err(format!("could not parse item {i}: cannot parse bundle raw message: a PEM bundle must be a JSON string"));
+                }
+                Some(_) => {
+                    return Err(format!(
+                        "could not parse item {i}: cannot parse bundle raw message: bundle format {format:?} is unsupported"
+                    ));
+                }
             };
             relationship(
                 r.trust_domain.as_deref(),
@@ -257,7 +265,11 @@ async fn client(sock: &Sock) -> Result<pb::trust_domain_client::TrustDomainClien
 
 /// Prints batch results as SPIRE does: successes on stdout, failures (with the relationship
 /// as requested) on stderr, then an error if any failed.
-fn print_batch(verb: &str, sent: &[pt::FederationRelationship], results: &[(Option<pt::Status>, Option<pt::FederationRelationship>)]) -> CliResult {
+fn print_batch(
+    verb: &str,
+    sent: &[pt::FederationRelationship],
+    results: &[(Option<pt::Status>, Option<pt::FederationRelationship>)],
+) -> CliResult {
     let mut failed = 0;
     for (status, fr) in results {
         if status.as_ref().is_none_or(|s| s.code == 0)
@@ -373,7 +385,10 @@ pub async fn run(cmd: FederationCommand) -> CliResult {
                 page_token = resp.next_page_token;
             }
             if sock.output == "json" {
-                outln!("{}", serde_json::json!({"federation_relationships": all.iter().map(relationship_json).collect::<Vec<_>>(), "next_page_token": ""}));
+                outln!(
+                    "{}",
+                    serde_json::json!({"federation_relationships": all.iter().map(relationship_json).collect::<Vec<_>>(), "next_page_token": ""})
+                );
                 return Ok(());
             }
             outln!("Found {} federation relationship{}", all.len(), if all.len() == 1 { "" } else { "s" });
@@ -436,7 +451,9 @@ mod tests {
             err(Some("a.test"), Some("https://a"), "https_spiffe", None),
             "endpoint SPIFFE ID is required if 'https_spiffe' endpoint profile is set"
         );
-        assert!(err(Some("a.test"), Some("https://a"), "https_spiffe", Some("not-an-id")).starts_with("cannot parse bundle endpoint SPIFFE ID"));
+        assert!(
+            err(Some("a.test"), Some("https://a"), "https_spiffe", Some("not-an-id")).starts_with("cannot parse bundle endpoint SPIFFE ID")
+        );
         assert_eq!(err(Some("a.test"), Some("https://a"), "ftp", None), "unknown bundle endpoint profile type: \"ftp\"");
         let fr = relationship(Some("a.test"), Some("https://a:8443"), "https_spiffe", Some("spiffe://a.test/spire/server"), None).unwrap();
         assert_eq!(
@@ -469,7 +486,9 @@ mod tests {
         };
         let got = relationships(&args(Some(path.display().to_string()), None)).unwrap();
         assert_eq!(got.len(), 2);
-        assert!(matches!(got[1].bundle_endpoint_profile, Some(BundleEndpointProfile::HttpsSpiffe(ref p)) if p.endpoint_spiffe_id == "spiffe://b.test/spire/server"));
+        assert!(
+            matches!(got[1].bundle_endpoint_profile, Some(BundleEndpointProfile::HttpsSpiffe(ref p)) if p.endpoint_spiffe_id == "spiffe://b.test/spire/server")
+        );
         assert_eq!(
             relationships(&args(Some(path.display().to_string()), Some("c.test".into()))).unwrap_err(),
             "cannot use other flags to specify relationship fields when 'data' flag is set"

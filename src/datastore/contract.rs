@@ -533,7 +533,8 @@ async fn change_feed(ds: &dyn Datastore) {
 /// stored in the same write, and a bundle of another trust domain refuses the whole write.
 async fn federation_relationships(ds: &dyn Datastore) {
     let a = td("a.example");
-    let web = Relationship { trust_domain: a.clone(), bundle_endpoint_url: "https://a.example:8443/".into(), profile: ClientProfile::HttpsWeb };
+    let web =
+        Relationship { trust_domain: a.clone(), bundle_endpoint_url: "https://a.example:8443/".into(), profile: ClientProfile::HttpsWeb };
     let spiffe = Relationship {
         trust_domain: td("b.example"),
         bundle_endpoint_url: "https://b.example/bundle".into(),
@@ -559,10 +560,8 @@ async fn federation_relationships(ds: &dyn Datastore) {
     assert_eq!(ds.get_federation_relationship(&a).await.unwrap().as_ref(), Some(&web), "the refused update changed nothing");
     assert_eq!(ds.get_bundle(&td("c.example")).await.unwrap(), None);
 
-    let to_spiffe = Relationship {
-        profile: ClientProfile::HttpsSpiffe { endpoint_spiffe_id: id("spiffe://a.example/spire/server") },
-        ..moved.clone()
-    };
+    let to_spiffe =
+        Relationship { profile: ClientProfile::HttpsSpiffe { endpoint_spiffe_id: id("spiffe://a.example/spire/server") }, ..moved.clone() };
     let newer = Bundle { x509_authorities: vec![vec![8; 8]], ..Bundle::new(a.clone()) };
     ds.update_federation_relationship(&to_spiffe, Some(&newer)).await.unwrap();
     assert_eq!(ds.get_federation_relationship(&a).await.unwrap().as_ref(), Some(&to_spiffe), "an update replaces every field");

@@ -367,3 +367,138 @@ fn openbao_jwt_auth_accepts_jwt_svids_through_cairns_jwks() {
     let (ok, out) = login("jwt-oidc", &svid);
     assert!(ok && out.contains("client_token"), "OpenBao (discovery mode) refused the root's JWT-SVID: {out}");
 }
+
+/// SPIRE's `federation` verbs against cairn (spire-server `cli/federation`): a relationship
+/// created with a bootstrap bundle through the Trust Domain API is refreshed on demand and by
+/// the background refresher, shown, listed (text and JSON), updated (every field replaced),
+/// and deleted without its bundle; refusals give SPIRE's messages and change nothing.
+#[test]
+fn federation_relationships_through_the_trust_domain_api() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path();
+    let b_port = free_port();
+    let (adir, bdir) = (base.join("a"), base.join("b"));
+    std::fs::create_dir_all(&adir).unwrap();
+    std::fs::create_dir_all(&bdir).unwrap();
+    let b_fed = format!(
+        "federation {{\n bundle_endpoint {{ address = \"127.0.0.1\" port = {b_port} refresh_hint = \"1m\" profile \"https_spiffe\" {{}} }}\n}}"
+    );
+    let a = TestServer::start(&adir, &ServerOpts { trust_domain: UP, ..ServerOpts::default() });
+    let b = TestServer::start(&bdir, &ServerOpts { trust_domain: DOWN, extra_server: b_fed, ..ServerOpts::default() });
+    let url = format!("https://127.0.0.1:{b_port}");
+    let endpoint_id = format!("spiffe://{DOWN}/spire/server");
+    let b_pem = base.join("b.pem");
+    std::fs::write(&b_pem, b.cli_ok(&["bundle", "show"])).unwrap();
+
+    assert_eq!(a.cli_ok(&["federation", "list"]).trim(), "Found 0 federation relationships");
+    let create = [
+        "federation",
+        "create",
+        "-trustDomain",
+        DOWN,
+        "-bundleEndpointURL",
+        &url,
+        "-bundleEndpointProfile",
+        "https_spiffe",
+        "-endpointSpiffeID",
+        &endpoint_id,
+        "-trustDomainBundlePath",
+        b_pem.to_str().unwrap(),
+        "-trustDomainBundleFormat",
+        "pem",
+    ];
+    let block = format!(
+        "Trust domain              : {DOWN}\nBundle endpoint URL       : {url}\nBundle endpoint profile   : https_spiffe\nEndpoint SPIFFE ID        : {endpoint_id}\n"
+    );
+    assert_eq!(a.cli_ok(&create), format!("\n{block}"));
+    // The bootstrap bundle came with it (the refresher may already have replaced it with the
+    // endpoint's, which it could only fetch by authenticating B with the bootstrap roots).
+    assert!(a.cli_ok(&["bundle", "list", "-id", &format!("spiffe://{DOWN}")]).contains("BEGIN CERTIFICATE"));
+
+    // A duplicate: SPIRE's report, on stderr, and exit 1.
+    let dup = a.cli(&create);
+    let err = String::from_utf8_lossy(&dup.stderr);
+    assert!(!dup.status.success());
+    assert!(err.contains("Failed to create the following federation relationship (code: Internal"), "{err}");
+    assert!(err.contains("Error: failed to create one or more federation relationships"), "{err}");
+    // Its own trust domain, and flags the CLI refuses before any call.
+    let own =
+        a.cli(&["federation", "create", "-trustDomain", UP, "-bundleEndpointURL", "https://x.test", "-bundleEndpointProfile", "https_web"]);
+    assert!(String::from_utf8_lossy(&own.stderr).contains("unable to create federation relationship for server trust domain"));
+    let no_id = a.cli(&[
+        "federation",
+        "create",
+        "-trustDomain",
+        "c.test",
+        "-bundleEndpointURL",
+        "https://c.test",
+        "-bundleEndpointProfile",
+        "https_spiffe",
+    ]);
+    assert!(String::from_utf8_lossy(&no_id.stderr).contains("endpoint SPIFFE ID is required if 'https_spiffe' endpoint profile is set"));
+    let http = a.cli(&[
+        "federation",
+        "create",
+        "-trustDomain",
+        "c.test",
+        "-bundleEndpointURL",
+        "http://c.test",
+        "-bundleEndpointProfile",
+        "https_web",
+    ]);
+    assert!(String::from_utf8_lossy(&http.stderr).contains("bundle endpoint URL must use the https scheme"), "{http:?}");
+    assert!(a.cli_ok(&["federation", "list"]).starts_with("Found 1 federation relationship\n"));
+
+    // Show, and an on-demand refresh: B's whole bundle (with its JWT key) is now A's copy.
+    assert_eq!(
+        a.cli_ok(&["federation", "show", "-trustDomain", DOWN]),
+        format!("Found a federation relationship with trust domain {DOWN}:\n\n{block}")
+    );
+    assert_eq!(a.cli_ok(&["federation", "refresh", "-id", DOWN]).trim(), "Bundle refreshed");
+    let held = a.cli_ok(&["bundle", "list", "-id", &format!("spiffe://{DOWN}"), "-format", "spiffe"]);
+    assert!(held.contains("jwt-svid"), "{held}");
+    let unknown = a.cli(&["federation", "refresh", "-id", "unknown.test"]);
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("there is no federation relationship with trust domain \"unknown.test\""));
+    // The background refresher picked the relationship up too (status.json, tiers status).
+    wait_until("the stored relationship in status.json", Duration::from_secs(20), || {
+        let st = federation_status(&a);
+        st[0]["trust_domain"] == DOWN && st[0]["last_refresh"].as_i64().unwrap_or(0) > 0
+    });
+
+    // JSON output for scripts.
+    let json: serde_json::Value = serde_json::from_str(&a.cli_ok(&["federation", "list", "-output", "json"])).unwrap();
+    assert_eq!(json["federation_relationships"][0]["https_spiffe"]["endpoint_spiffe_id"], endpoint_id.as_str());
+
+    // Update replaces every field: now https_web at a URL where nothing answers; refreshing
+    // fails with the reason and the stored bundle stays.
+    let dead = format!("https://127.0.0.1:{}", free_port());
+    a.cli_ok(&["federation", "update", "-trustDomain", DOWN, "-bundleEndpointURL", &dead, "-bundleEndpointProfile", "https_web"]);
+    assert!(a.cli_ok(&["federation", "show", "-trustDomain", DOWN]).contains("Bundle endpoint profile   : https_web\n"));
+    let failed = a.cli(&["federation", "refresh", "-id", DOWN]);
+    let err = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success() && err.contains("failed to refresh bundle") && err.contains(&dead), "{err}");
+    assert_eq!(a.cli_ok(&["bundle", "list", "-id", &format!("spiffe://{DOWN}"), "-format", "spiffe"]), held);
+
+    // Delete keeps the bundle; the relationship is gone for every verb.
+    assert_eq!(a.cli_ok(&["federation", "delete", "-id", DOWN]).trim(), "federation relationship deleted.");
+    assert_eq!(a.cli_ok(&["federation", "list"]).trim(), "Found 0 federation relationships");
+    assert!(a.cli_ok(&["bundle", "list", "-id", &format!("spiffe://{DOWN}")]).contains("BEGIN CERTIFICATE"));
+    let again = a.cli(&["federation", "delete", "-id", DOWN]);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("federation relationship not found"));
+    let shown = a.cli(&["federation", "show", "-trustDomain", DOWN]);
+    assert!(String::from_utf8_lossy(&shown.stderr).contains("federation relationship does not exist"));
+    wait_until("the deleted relationship out of status.json", Duration::from_secs(20), || {
+        federation_status(&a).as_array().is_some_and(Vec::is_empty)
+    });
+
+    // `-data` files in SPIRE's JSON shape, with an inline SPIFFE bundle.
+    let spiffe_bundle: serde_json::Value = serde_json::from_str(&b.cli_ok(&["bundle", "show", "-format", "spiffe"])).unwrap();
+    let data = serde_json::json!({"federationRelationships": [{
+        "trustDomain": DOWN, "bundleEndpointURL": url, "bundleEndpointProfile": "https_spiffe",
+        "endpointSPIFFEID": endpoint_id, "trustDomainBundle": spiffe_bundle, "trustDomainBundleFormat": "spiffe"
+    }]});
+    let data_path = base.join("rels.json");
+    std::fs::write(&data_path, data.to_string()).unwrap();
+    assert_eq!(a.cli_ok(&["federation", "create", "-data", data_path.to_str().unwrap()]), format!("\n{block}"));
+    assert_eq!(a.cli_ok(&["federation", "refresh", "-id", DOWN]).trim(), "Bundle refreshed");
+}
