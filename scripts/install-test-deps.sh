@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what cairn's tests need on a fresh Debian machine: openssl (the independent X.509
-# verifier), OpenBao's `bao` (the Vault API), SoftHSM2 and pkcs11-tool (the HSM tests), Python's PyJWT + cryptography (the independent JWT verifier), py-spiffe, and h2 (the
+# verifier), pebble (an ACME server) and curl, OpenBao's `bao` (the Vault API), SoftHSM2 and pkcs11-tool (the HSM tests), Python's PyJWT + cryptography (the independent JWT verifier), py-spiffe, and h2 (the
 # raw HTTP/2 client of scripts/flood.py), grpcio with grpcio-tools and SPIRE's API protos
 # (clients generated from SPIRE's own definitions).
 set -euo pipefail
@@ -11,6 +11,10 @@ command -v pgrep >/dev/null 2>&1 || need_apt+=(procps)
 # SoftHSM2 (a PKCS#11 token in files) and OpenSC's pkcs11-tool (an independent PKCS#11 client).
 command -v softhsm2-util >/dev/null 2>&1 || need_apt+=(softhsm2)
 command -v pkcs11-tool >/dev/null 2>&1 || need_apt+=(opensc)
+# pebble: Let's Encrypt's ACME test server (the bundle endpoint's ACME certificate); curl as an
+# independent HTTPS client.
+command -v pebble >/dev/null 2>&1 || need_apt+=(pebble)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
   else sudo apt-get update -qq && sudo apt-get install -y -qq "${need_apt[@]}"; fi

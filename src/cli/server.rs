@@ -761,6 +761,7 @@ async fn bundle(cmd: BundleCommand) -> CliResult {
         }
         BundleCommand::List { id, format, sock } => {
             let mut c = bundlepb::bundle_client::BundleClient::new(connect_admin(&sock.socket_path).await?);
+            let one = id.is_some();
             let bundles = if let Some(id) = id {
                 let td = TrustDomain::new(&id).map_err(|e| format!("invalid -id {id:?}: {e}"))?;
                 vec![
@@ -776,7 +777,16 @@ async fn bundle(cmd: BundleCommand) -> CliResult {
                     .into_inner()
                     .bundles
             };
-            for b in &bundles {
+            // SPIRE: `-id` prints that bundle alone; the list heads each with its trust domain
+            // and separates them with a blank line.
+            for (i, b) in bundles.iter().enumerate() {
+                if one {
+                    outln!("{}", render_bundle(b, &format)?);
+                    continue;
+                }
+                if i > 0 {
+                    outln!();
+                }
                 outln!("****************************************");
                 outln!("* {}", b.trust_domain);
                 outln!("****************************************");

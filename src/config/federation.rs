@@ -41,7 +41,26 @@ pub enum EndpointProfile {
         /// Seconds between checks of the files.
         file_sync_interval: i64,
     },
+    /// `https_web` with `acme`: a Web PKI certificate obtained (and renewed) from an ACME
+    /// server, answering its `tls-alpn-01` challenge on the endpoint itself.
+    HttpsWebAcme(AcmeConfig),
 }
+
+/// `acme { domain_name, directory_url, email, tos_accepted }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeConfig {
+    /// The name the certificate is for (and the only one the endpoint answers challenges for).
+    pub domain_name: String,
+    /// The ACME directory (default Let's Encrypt's).
+    pub directory_url: String,
+    /// Contact address of the ACME account (may be empty).
+    pub email: String,
+    /// Whether the ACME server's terms of service are accepted; nothing is ordered without.
+    pub tos_accepted: bool,
+}
+
+/// Let's Encrypt's production directory, SPIRE's default.
+pub const LETS_ENCRYPT_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/directory";
 
 /// `server.oidc_discovery` (cairn's): OIDC discovery and a JWKS of every tier's JWT keys for
 /// JWT consumers.

@@ -684,6 +684,32 @@ fn labelled<'a>(w: &mut Walker, obj: &'a Object, key: &str, path: &str) -> Vec<(
     out
 }
 
+/// An `acme { ... }` block. `legacy` is SPIRE's older form directly in `bundle_endpoint`,
+/// where SPIRE requires `domain_name` and `email`; the profile form requires `domain_name`.
+fn acme_config(w: &mut Walker, warnings: &mut Vec<String>, a: &Object, ap: &str, legacy: bool) -> Option<super::federation::AcmeConfig> {
+    w.unknown_keys(a, &["domain_name", "directory_url", "email", "tos_accepted"], ap, |_| None);
+    let domain_name = w.string(a, "domain_name", ap).filter(|d| !d.is_empty());
+    let email = w.string(a, "email", ap).unwrap_or_default();
+    if domain_name.is_none() {
+        w.err(&join(ap, "domain_name"), "must be configured: the name the bundle endpoint's certificate is for");
+    }
+    if legacy && email.is_empty() {
+        w.err(&join(ap, "email"), "must be configured");
+    }
+    let directory_url =
+        w.string(a, "directory_url", ap).filter(|d| !d.is_empty()).unwrap_or_else(|| super::federation::LETS_ENCRYPT_DIRECTORY.to_owned());
+    if !directory_url.to_ascii_lowercase().starts_with("https://") {
+        w.err(&join(ap, "directory_url"), format!("must use the HTTPS protocol; URL found: {}", quote(&directory_url)));
+    }
+    let tos_accepted = w.boolean(a, "tos_accepted", ap).unwrap_or(false);
+    if !tos_accepted {
+        warnings.push(format!(
+            "ACME Terms of Service have not been accepted ({ap}.tos_accepted = false): no certificate will be requested from {directory_url}"
+        ));
+    }
+    Some(super::federation::AcmeConfig { domain_name: domain_name?, directory_url, email, tos_accepted })
+}
+
 /// `server.federation`, with SPIRE's checks and messages.
 fn federation_config(
     w: &mut Walker,
@@ -697,9 +723,11 @@ fn federation_config(
     let bundle_endpoint = w.block(f, "bundle_endpoint", fp).and_then(|b| {
         let bp = join(fp, "bundle_endpoint");
         w.unknown_keys(b, &["address", "port", "refresh_hint", "profile", "acme"], &bp, |_| None);
-        if b.get_all("acme").next().is_some() {
-            w.unsupported(&join(&bp, "acme"), "not yet: ACME certificates for the bundle endpoint; use profile \"https_web\" { serving_cert_file { ... } }");
-        }
+        // SPIRE's older form: `acme` directly in `bundle_endpoint`.
+        let legacy_acme = w.block(b, "acme", &bp).map(|a| {
+            warnings.push(String::from("ACME configuration within the bundle_endpoint is deprecated. Please use ACME configuration as part of the https_web profile instead."));
+            acme_config(w, warnings, a, &join(&bp, "acme"), true)
+        });
         let address = w.string(b, "address", &bp).filter(|a| !a.is_empty()).unwrap_or_else(|| "0.0.0.0".into());
         let port = w.port(b, "port", &bp).unwrap_or(0);
         let refresh_hint = w.duration(b, "refresh_hint", &bp).unwrap_or(300);
@@ -709,7 +737,11 @@ fn federation_config(
             warnings.push(String::from("Bundle endpoint refresh hint set too low. SPIRE will not refresh more often than 1 minute"));
         }
         let profiles = labelled(w, b, "profile", &bp);
+        if legacy_acme.is_some() && !profiles.is_empty() {
+            w.err(&bp, "either bundle endpoint 'acme' or 'profile' can be set, but not both");
+        }
         let profile = match profiles.as_slice() {
+            [] if legacy_acme.is_some() => legacy_acme.flatten().map(EndpointProfile::HttpsWebAcme),
             [] => {
                 warnings.push(String::from("Bundle endpoint is configured but has no profile set, using https_spiffe as default; please configure a profile explicitly. This will be fatal in a future release."));
                 Some(EndpointProfile::HttpsSpiffe)
@@ -720,9 +752,12 @@ fn federation_config(
             }
             [(name, body, pp)] if name == "https_web" => {
                 w.unknown_keys(body, &["serving_cert_file", "acme"], pp, |_| None);
-                let acme = body.get_all("acme").next().is_some();
-                if acme {
-                    w.unsupported(&join(pp, "acme"), "not yet: ACME certificates for the bundle endpoint; use serving_cert_file");
+                let acme = w.block(body, "acme", pp).map(|a| acme_config(w, warnings, a, &join(pp, "acme"), false));
+                if acme.is_some() && body.get_all("serving_cert_file").next().is_some() {
+                    w.err(pp, "malformed https_web profile configuration: 'acme' and 'serving_cert_file' are mutually exclusive");
+                }
+                if let Some(acme) = acme {
+                    return acme.map(|a| BundleEndpointConfig { address, port, refresh_hint, profile: EndpointProfile::HttpsWebAcme(a) });
                 }
                 match w.block(body, "serving_cert_file", pp) {
                     Some(sc) => {
@@ -746,9 +781,7 @@ fn federation_config(
                         }
                     }
                     None => {
-                        if !acme {
-                            w.err(pp, "malformed https_web profile configuration: 'acme' or 'serving_cert_file' is required");
-                        }
+                        w.err(pp, "malformed https_web profile configuration: 'acme' or 'serving_cert_file' is required");
                         None
                     }
                 }

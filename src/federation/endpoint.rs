@@ -232,7 +232,12 @@ pub async fn serve(
             let http = hyper::server::conn::http1::Builder::new();
             match acceptor {
                 Some(acceptor) => {
-                    let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(sock)).await else { return };
+                    let Ok(Ok(mut tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(sock)).await else { return };
+                    // An ACME server's tls-alpn-01 check ends with the handshake (RFC 8737 §3).
+                    if tls.get_ref().1.alpn_protocol() == Some(super::acme::ACME_TLS_ALPN) {
+                        let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
+                        return;
+                    }
                     let _ = http.serve_connection(hyper_util::rt::TokioIo::new(tls), svc).await;
                 }
                 None => {

@@ -7,12 +7,15 @@
 //! quarter of its refresh hint (never more often than every 15 s), keeps the last good bundle
 //! when a poll fails, and stores a bundle only when it changed.
 
+pub mod acme;
 pub mod client;
 pub mod endpoint;
 
 use crate::spiffe::TrustDomain;
 
-pub use crate::config::federation::{BundleEndpointConfig, ClientProfile, EndpointProfile, FederationConfig, OidcConfig, Relationship};
+pub use crate::config::federation::{
+    AcmeConfig, BundleEndpointConfig, ClientProfile, EndpointProfile, FederationConfig, OidcConfig, Relationship,
+};
 
 /// Why a foreign bundle could not be refreshed.
 #[derive(Debug, thiserror::Error)]

@@ -251,6 +251,12 @@ impl Server {
                     tasks.spawn(Arc::clone(&files).watch(every, stopped(stop_rx.clone())));
                     files.server_config()
                 }
+                crate::federation::EndpointProfile::HttpsWebAcme(acme) => {
+                    let cert = crate::federation::acme::AcmeCert::open(acme.clone(), &self.config.data_dir)
+                        .map_err(|e| ServerError::Io(format!("server.federation.bundle_endpoint ACME: {e}")))?;
+                    tasks.spawn(Arc::clone(&cert).run(stopped(stop_rx.clone())));
+                    cert.server_config()
+                }
             }
             .map_err(|e| ServerError::Io(format!("bundle endpoint TLS: {e}")))?;
             tracing::info!(addr = %listener.local_addr().map_or(addr, |a| a.to_string()), refresh_hint = be.refresh_hint, "Serving bundle endpoint");

@@ -502,3 +502,141 @@ fn federation_relationships_through_the_trust_domain_api() {
     assert_eq!(a.cli_ok(&["federation", "create", "-data", data_path.to_str().unwrap()]), format!("\n{block}"));
     assert_eq!(a.cli_ok(&["federation", "refresh", "-id", DOWN]).trim(), "Bundle refreshed");
 }
+
+/// pebble, Let's Encrypt's ACME test server, on loopback: HTTPS with the test CA's
+/// certificate, validating `tls-alpn-01` on `tls_port` (the bundle endpoint's port).
+struct Pebble {
+    _proc: Reap,
+    directory: String,
+    management: u16,
+}
+
+fn start_pebble(dir: &Path, cert: &Path, key: &Path, tls_port: u16) -> Pebble {
+    require("pebble");
+    let (acme, management) = (free_port(), free_port());
+    let config = serde_json::json!({"pebble": {
+        "listenAddress": format!("127.0.0.1:{acme}"),
+        "managementListenAddress": format!("127.0.0.1:{management}"),
+        "certificate": cert, "privateKey": key,
+        "httpPort": free_port(), "tlsPort": tls_port,
+        "ocspResponderURL": "", "externalAccountBindingRequired": false
+    }});
+    let path = dir.join("pebble.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    let log = std::fs::File::create(dir.join("pebble.log")).unwrap();
+    let child = Command::new("pebble")
+        .arg("-config")
+        .arg(&path)
+        .env("PEBBLE_VA_NOSLEEP", "1")
+        .env("PEBBLE_WFE_NONCEREJECT", "0")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let p = Pebble { _proc: Reap(Some(child)), directory: format!("https://localhost:{acme}/dir"), management };
+    wait_until("pebble to listen", Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", management)).is_ok());
+    p
+}
+
+/// `curl` (an independent TLS client) trusting only `ca`: the body, or None on any failure.
+fn curl(url: &str, ca: &Path) -> Option<String> {
+    let out = Command::new("curl").args(["-sS", "--fail", "--max-time", "10", "--cacert"]).arg(ca).arg(url).output().unwrap();
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The SHA-256 fingerprint of the certificate `port` serves for `localhost`.
+fn served_fingerprint(base: &Path, port: u16) -> String {
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}"), "-servername", "localhost"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let pem = base.join("served.pem");
+    std::fs::write(&pem, &out.stdout).unwrap();
+    openssl_x509(&pem, &["-noout", "-fingerprint", "-sha256"])
+}
+
+/// SPIRE's `profile "https_web" { acme { ... } }` against a real ACME server: the bundle
+/// endpoint gets its certificate from pebble by answering `tls-alpn-01` itself; a partner
+/// trusting only pebble's root federates with it over `https_web`; a restart serves the cached
+/// certificate without a new order; with `tos_accepted = false` nothing is ordered and the log
+/// says why.
+#[test]
+fn acme_certificate_for_the_bundle_endpoint_from_pebble() {
+    require("openssl");
+    require("curl");
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path();
+    let (web_ca, web_cert, web_key) = web_pki(base);
+    let b_port = free_port();
+    let pebble = start_pebble(base, &web_cert, &web_key, b_port);
+    let acme = |tos: bool| {
+        format!(
+            "federation {{\n bundle_endpoint {{ address = \"127.0.0.1\" port = {b_port} refresh_hint = \"1m\" profile \"https_web\" {{ acme {{ domain_name = \"localhost\" directory_url = \"{}\" email = \"ops@example.org\" tos_accepted = {tos} }} }} }}\n}}",
+            pebble.directory
+        )
+    };
+    // pebble's directory is served with the test CA's certificate.
+    let ca_env = vec![("SSL_CERT_FILE".to_owned(), web_ca.display().to_string())];
+
+    // Terms not accepted: the endpoint serves no certificate and the log says why.
+    let ndir = base.join("no-tos");
+    std::fs::create_dir_all(&ndir).unwrap();
+    let mut refused = TestServer::start(
+        &ndir,
+        &ServerOpts { trust_domain: DOWN, extra_server: acme(false), env: ca_env.clone(), ..ServerOpts::default() },
+    );
+    wait_until("the terms-of-service refusal in the log", Duration::from_secs(10), || {
+        refused.log().contains("Terms of Service have not been accepted")
+    });
+    assert!(!refused.log().contains("Created an ACME account"), "nothing may be sent to the ACME server");
+    refused.stop();
+
+    let bdir = base.join("b");
+    std::fs::create_dir_all(&bdir).unwrap();
+    let mut b =
+        TestServer::start(&bdir, &ServerOpts { trust_domain: DOWN, extra_server: acme(true), env: ca_env, ..ServerOpts::default() });
+    wait_until("an ACME certificate", Duration::from_secs(60), || b.log().contains("Obtained a bundle endpoint certificate"));
+    for f in ["account.json", "key.pem", "cert.pem"] {
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(bdir.join("bundle-acme").join(f)).unwrap().permissions());
+        assert_eq!(mode & 0o077, 0, "{f} is readable by others: {mode:o}");
+    }
+
+    // An independent client trusting only pebble's root gets B's bundle from the endpoint.
+    let root = curl(&format!("https://localhost:{}/roots/0", pebble.management), &web_ca).expect("pebble's root");
+    let pebble_root = base.join("pebble-root.pem");
+    std::fs::write(&pebble_root, root).unwrap();
+    let served = curl(&format!("https://localhost:{b_port}/"), &pebble_root).expect("the bundle over the ACME certificate");
+    let doc: serde_json::Value = serde_json::from_str(&served).unwrap();
+    assert!(doc["keys"].as_array().is_some_and(|k| !k.is_empty()), "{served}");
+    assert!(curl(&format!("https://localhost:{b_port}/"), &web_ca).is_none(), "the endpoint must not present the test CA's certificate");
+
+    // A federation partner trusting pebble's root (SSL_CERT_FILE) refreshes B's bundle.
+    let adir = base.join("a");
+    std::fs::create_dir_all(&adir).unwrap();
+    let a_fed = format!(
+        "federation {{\n federates_with \"{DOWN}\" {{ bundle_endpoint_url = \"https://localhost:{b_port}\" bundle_endpoint_profile \"https_web\" {{}} }}\n}}"
+    );
+    let a = TestServer::start(
+        &adir,
+        &ServerOpts {
+            trust_domain: UP,
+            extra_server: a_fed,
+            env: vec![("SSL_CERT_FILE".into(), pebble_root.display().to_string())],
+            ..ServerOpts::default()
+        },
+    );
+    wait_until("A to refresh B's bundle over https_web", Duration::from_secs(30), || {
+        let st = federation_status(&a);
+        st[0]["last_refresh"].as_i64().unwrap_or(0) > 0 && st[0]["last_error"].is_null()
+    });
+    assert_eq!(a.cli_ok(&["bundle", "list", "-id", &format!("spiffe://{DOWN}")]).trim(), b.cli_ok(&["bundle", "show"]).trim());
+
+    // A restart serves the cached certificate: same fingerprint, no new order.
+    let before = served_fingerprint(base, b_port);
+    b.stop();
+    b.spawn();
+    wait_until("the cached certificate to load", Duration::from_secs(10), || b.log().contains("Loaded the cached ACME certificate"));
+    assert_eq!(served_fingerprint(base, b_port), before);
+    assert_eq!(b.log().matches("Obtained a bundle endpoint certificate").count(), 1, "no new order after a restart");
+}

@@ -206,14 +206,13 @@ fn good_with(server_extra: &str, sql_extra: &str, tail: &str) -> String {
 #[test]
 fn keys_cairn_lacks_are_refused_by_path_with_a_reason() {
     let text = good_with(
-        "federation { bundle_endpoint { port = 8443 profile \"https_web\" { acme { domain_name = \"example.org\" } } } }\n proxy_protocol_trusted_cidrs = [\"10.0.0.0/8\"]\n prune_attested_nodes_expired_for = \"720h\"\n ratelimit { attestation = true }\n audit_log_enabled = true\n max_attested_node_info_staleness = \"1m\"\n experimental { auth_opa_policy_engine {} \n require_pq_kem = true }",
+        "proxy_protocol_trusted_cidrs = [\"10.0.0.0/8\"]\n prune_attested_nodes_expired_for = \"720h\"\n ratelimit { attestation = true }\n audit_log_enabled = true\n max_attested_node_info_staleness = \"1m\"\n experimental { auth_opa_policy_engine {} \n require_pq_kem = true }",
         "max_open_conns = 100\n max_idle_conns = 2\n conn_max_lifetime = \"1h\"\n disable_migration = true\n ro_connection_string = \"x\"",
         "telemetry {\n Prometheus { port = 9988 }\n}\n",
     );
     let errs = load(&text).unwrap_err();
     let sql = "plugins.DataStore.sql.plugin_data";
     for key in [
-        "server.federation.bundle_endpoint.profile.\"https_web\".acme".to_owned(),
         "server.proxy_protocol_trusted_cidrs".to_owned(),
         "server.prune_attested_nodes_expired_for".to_owned(),
         "server.ratelimit".to_owned(),
@@ -428,6 +427,48 @@ plugins {
         ("server.oidc_discovery.issuer", "differs from server.jwt_issuer"),
         ("server.oidc_discovery.insecure_http", "loopback"),
     ] {
+        assert!(text.lines().any(|l| l.contains(path) && l.contains(says)), "expected {path}: {says} in\n{text}");
+    }
+}
+
+/// SPIRE's two ACME forms: `profile "https_web" { acme { ... } }` and the deprecated
+/// `bundle_endpoint { acme { ... } }` (with its warning and its stricter checks).
+#[test]
+fn bundle_endpoint_acme() {
+    use crate::config::federation::EndpointProfile;
+    let with = |federation: &str| {
+        format!(
+            "server {{\n trust_domain = \"example.org\"\n federation {{ {federation} }}\n}}\nplugins {{\n DataStore \"sql\" {{ plugin_data {{ database_type = \"sqlite3\" connection_string = \"x\" }} }}\n KeyManager \"memory\" {{}}\n}}"
+        )
+    };
+    let c = load(&with("bundle_endpoint { port = 443 profile \"https_web\" { acme { domain_name = \"bundle.example.org\" email = \"ops@example.org\" tos_accepted = true } } }")).unwrap();
+    let Some(EndpointProfile::HttpsWebAcme(a)) = c.federation.bundle_endpoint.map(|b| b.profile) else { panic!("not ACME") };
+    assert_eq!((a.domain_name.as_str(), a.email.as_str(), a.tos_accepted), ("bundle.example.org", "ops@example.org", true));
+    assert_eq!(a.directory_url, crate::config::federation::LETS_ENCRYPT_DIRECTORY, "Let's Encrypt unless told otherwise");
+
+    let c = load(&with("bundle_endpoint { port = 443 acme { domain_name = \"b.example.org\" email = \"e@example.org\" directory_url = \"https://acme.test/dir\" } }")).unwrap();
+    assert!(c.warnings.iter().any(|w| w.contains("ACME configuration within the bundle_endpoint is deprecated")));
+    assert!(c.warnings.iter().any(|w| w.contains("Terms of Service have not been accepted")), "{:?}", c.warnings);
+    assert!(
+        matches!(c.federation.bundle_endpoint.map(|b| b.profile), Some(EndpointProfile::HttpsWebAcme(a)) if a.directory_url == "https://acme.test/dir")
+    );
+
+    for (federation, path, says) in [
+        ("bundle_endpoint { port = 443 acme { domain_name = \"b.example.org\" } }", "bundle_endpoint.acme.email", "must be configured"),
+        ("bundle_endpoint { port = 443 profile \"https_web\" { acme { email = \"e@x\" } } }", "acme.domain_name", "must be configured"),
+        (
+            "bundle_endpoint { port = 443 acme { domain_name = \"b\" email = \"e\" } profile \"https_spiffe\" {} }",
+            "server.federation.bundle_endpoint",
+            "either bundle endpoint 'acme' or 'profile' can be set, but not both",
+        ),
+        (
+            "bundle_endpoint { port = 443 profile \"https_web\" { acme { domain_name = \"b\" directory_url = \"http://acme.test\" } } }",
+            "acme.directory_url",
+            "HTTPS",
+        ),
+        ("bundle_endpoint { port = 443 profile \"https_web\" { acme { domain_name = \"b\" tos = true } } }", "acme.tos", "unknown"),
+    ] {
+        let text = load(&with(federation)).unwrap_err().to_string();
         assert!(text.lines().any(|l| l.contains(path) && l.contains(says)), "expected {path}: {says} in\n{text}");
     }
 }
