@@ -285,8 +285,8 @@ fn two_trust_domains_federated_both_ways() {
 
 /// A real JWKS consumer: OpenBao's JWT auth method, pointed at the root tier's OIDC discovery
 /// (plain HTTP on loopback) with `jwks_url` and with `oidc_discovery_url`, accepts a JWT-SVID
-/// minted under a downstream tier and refuses one signed by a key the trust domain does not
-/// have.
+/// minted under a downstream tier, refuses one signed by a key the trust domain does not have,
+/// and accepts one under the downstream's rotated key without being reconfigured.
 #[test]
 fn openbao_jwt_auth_accepts_jwt_svids_through_cairns_jwks() {
     use crate::nested::{downstream_setup, jwt_kids, own_kid, wait_until as wait};
@@ -308,10 +308,30 @@ fn openbao_jwt_auth_accepts_jwt_svids_through_cairns_jwks() {
         },
     );
     assert!(root.log().contains("Serving OIDC discovery"), "{}", root.log());
-    let (o1, _ua) = downstream_setup(base, "region1", &root, "experimental { jwt_publish_grace = \"1s\" ca_rotation_interval = \"1s\" }");
+    // region1's CA and JWT key live 40 s, so the key rotates during the test. It serves a
+    // bundle endpoint too: any tier can, as each holds the whole trust domain's bundle.
+    let r1_endpoint = free_port();
+    let (o1, _ua) = downstream_setup(
+        base,
+        "region1",
+        &root,
+        &format!(
+            "ca_ttl = \"40s\"\n default_x509_svid_ttl = \"10s\"\n default_jwt_svid_ttl = \"10s\"\n experimental {{ jwt_publish_grace = \"1s\" ca_rotation_interval = \"1s\" }}\n federation {{ bundle_endpoint {{ address = \"127.0.0.1\" port = {r1_endpoint} profile \"https_spiffe\" {{}} }} }}"
+        ),
+    );
     let r1 = TestServer::start(&base.join("region1"), &o1);
     let k1 = own_kid(&r1);
     wait("region1's JWT key at the root", Duration::from_secs(30), || jwt_kids(&root).contains(&k1));
+    // region1's endpoint serves the root's keys and its own: the whole bundle (read with curl;
+    // https_spiffe authentication is checked in the two-trust-domain test).
+    wait("region1's bundle endpoint to serve every JWT key", Duration::from_secs(30), || {
+        let out = Command::new("curl").args(["-sk", "--max-time", "5", &format!("https://127.0.0.1:{r1_endpoint}/")]).output().unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let served: Vec<&str> = doc["keys"].as_array().map(|k| k.iter().filter_map(|k| k["kid"].as_str()).collect()).unwrap_or_default();
+        let roots = doc["keys"].as_array().map_or(0, |k| k.iter().filter(|k| k["use"] == "x509-svid").count());
+        jwt_kids(&root).iter().all(|k| served.contains(&k.as_str()))
+            && roots == root.cli_ok(&["bundle", "show"]).matches("BEGIN CERTIFICATE").count()
+    });
 
     bao.bao(&["auth", "enable", "jwt"]);
     bao.bao(&["write", "auth/jwt/config", &format!("jwks_url={issuer}/keys")]);
@@ -357,6 +377,21 @@ fn openbao_jwt_auth_accepts_jwt_svids_through_cairns_jwks() {
     let forged = String::from_utf8_lossy(&forged.stdout).trim().to_owned();
     let (ok, out) = login("jwt", &forged);
     assert!(!ok && out.contains("signature"), "OpenBao accepted a forged JWT-SVID: {out}");
+
+    // region1's key rotates; a JWT-SVID under the new key is accepted with OpenBao's config
+    // unchanged (it fetches the JWKS again for a key ID it has not seen).
+    wait("region1's JWT key to rotate", Duration::from_secs(90), || own_kid(&r1) != k1);
+    let k2 = own_kid(&r1);
+    wait("region1's new JWT key at the root", Duration::from_secs(30), || jwt_kids(&root).contains(&k2));
+    let svid = r1.cli_ok(&["jwt", "mint", "-spiffeID", "spiffe://example.org/region1/web", "-audience", "spire-test"]).trim().to_owned();
+    let header: serde_json::Value = {
+        use base64::Engine as _;
+        let h = svid.split('.').next().unwrap();
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(h).unwrap()).unwrap()
+    };
+    assert_eq!(header["kid"], k2.as_str(), "the new JWT-SVID is signed with the rotated key");
+    let (ok, out) = login("jwt", &svid);
+    assert!(ok && out.contains("client_token"), "OpenBao refused a JWT-SVID under region1's rotated key: {out}");
 
     // OIDC discovery mode: OpenBao fetches the discovery document, whose issuer must equal the
     // configured URL byte for byte, then the JWKS it names.
