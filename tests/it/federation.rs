@@ -120,6 +120,16 @@ fn federation_status(s: &TestServer) -> serde_json::Value {
 /// SVID and key, the federated bundle), each side verifying the other; a line sent arrives.
 fn proxy_check(base: &Path, up: &Path, down: &Path) {
     let port = free_port();
+    // Each side sends its chain: the leaf and its tier's CA (the workloads live under
+    // downstream tiers, whose CAs the peer's federated bundle does not hold).
+    let intermediates = |dir: &Path| {
+        let parts = split_pem(&dir.join("svid.0.pem"), dir, "svid-part-");
+        let chain = dir.join("chain.pem");
+        let text: String = parts.iter().skip(1).map(|p| std::fs::read_to_string(p).unwrap()).collect();
+        std::fs::write(&chain, text).unwrap();
+        chain
+    };
+    let (up_chain, down_chain) = (intermediates(up), intermediates(down));
     let howdy = base.join("howdy");
     let server = Command::new("openssl")
         .args(["s_server", "-quiet", "-naccept", "1", "-Verify", "1", "-verify_return_error", "-accept"])
@@ -128,6 +138,8 @@ fn proxy_check(base: &Path, up: &Path, down: &Path) {
         .arg(up.join("svid.0.pem"))
         .arg("-key")
         .arg(up.join("svid.0.key"))
+        .arg("-cert_chain")
+        .arg(&up_chain)
         .arg("-CAfile")
         .arg(up.join("federated_bundle.0.0.pem"))
         // A stdin that stays open: s_server ends a session when its stdin ends.
@@ -147,6 +159,8 @@ fn proxy_check(base: &Path, up: &Path, down: &Path) {
             .arg(down.join("svid.0.pem"))
             .arg("-key")
             .arg(down.join("svid.0.key"))
+            .arg("-cert_chain")
+            .arg(&down_chain)
             .arg("-CAfile")
             .arg(down.join("federated_bundle.0.0.pem"))
             .stdin(Stdio::piped())
@@ -183,6 +197,75 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// A downstream tier `name` under `root` (trust domain `td`): its upstream agent (join token,
+/// a `-downstream` entry for this uid) and the server, with `extra_server` in its server block.
+fn region(
+    base: &Path,
+    name: &str,
+    td: &'static str,
+    root: &TestServer,
+    extra_server: String,
+    env: Vec<(String, String)>,
+) -> (TestServer, TestAgent) {
+    let node = format!("spiffe://{td}/nodes/{name}");
+    let t = root.cli_ok(&["token", "generate", "-spiffeID", &node, "-ttl", "600"]);
+    let t = t.split_whitespace().last().unwrap().to_owned();
+    root.cli_ok(&[
+        "entry",
+        "create",
+        "-parentID",
+        &node,
+        "-spiffeID",
+        &format!("spiffe://{td}/{name}"),
+        "-selector",
+        &format!("unix:uid:{}", my_uid()),
+        "-downstream",
+    ]);
+    let adir = base.join(format!("{name}-upstream-agent"));
+    std::fs::create_dir(&adir).unwrap();
+    let config = agent_config(&adir, root, "NodeAttestor \"join_token\" { plugin_data {} }", Some(&t));
+    let text = std::fs::read_to_string(&config).unwrap().replace("trust_domain = \"example.org\"", &format!("trust_domain = \"{td}\""));
+    std::fs::write(&config, text).unwrap();
+    let agent = TestAgent::start(&adir, config);
+    let sdir = base.join(name);
+    std::fs::create_dir(&sdir).unwrap();
+    let server = TestServer::start(
+        &sdir,
+        &ServerOpts {
+            trust_domain: td,
+            extra_server,
+            env,
+            extra_plugins: format!(
+                "UpstreamAuthority \"spire\" {{ plugin_data {{ server_address = \"127.0.0.1\" server_port = \"{}\" workload_api_socket = \"{}\" }} }}",
+                root.port,
+                agent.socket.display()
+            ),
+            ..ServerOpts::default()
+        },
+    );
+    (server, agent)
+}
+
+/// Waits until `s` reports a successful refresh of `other`'s bundle in status.json.
+fn wait_refreshed(name: &str, s: &TestServer, other: &str) {
+    let start = Instant::now();
+    loop {
+        let st = federation_status(s);
+        if st[0]["trust_domain"] == other && st[0]["last_refresh"].as_i64().unwrap_or(0) > 0 && st[0]["last_error"].is_null() {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{name} did not refresh {other}'s bundle: {st}\n{}", s.log());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// The topology and SPIRE's `ghostunnel-federation` steps: two trust domains, each a
+/// root plus a downstream tier, workloads under the downstream tiers. Each root serves the
+/// bundle endpoint (upstream over `https_spiffe`, downstream over `https_web` with a test CA's
+/// certificate, trusted through SSL_CERT_FILE); each downstream tier federates with the other
+/// trust domain through that endpoint. The bundles are bootstrapped by hand (the suite's step
+/// 02), the workload entries carry `-federatesWith` (step 04), and the proxy check (step 05)
+/// is mTLS between the two workloads with nothing but Workload API material.
 #[test]
 fn two_trust_domains_federated_both_ways() {
     require("openssl");
@@ -190,58 +273,64 @@ fn two_trust_domains_federated_both_ways() {
     let base = tmp.path();
     let (web_ca, web_cert, web_key) = web_pki(base);
     let (up_port, down_port) = (free_port(), free_port());
-    // upstream: https_spiffe endpoint; federates with downstream over https_web.
+    // The roots serve the endpoints; upstream's CA lives 90 s, so it prepares a new root
+    // during the test.
     let up_fed = format!(
-        "ca_ttl = \"90s\"\ndefault_x509_svid_ttl = \"1m\"\nfederation {{\n bundle_endpoint {{ address = \"127.0.0.1\" port = {up_port} refresh_hint = \"1m\" profile \"https_spiffe\" {{}} }}\n federates_with \"{DOWN}\" {{ bundle_endpoint_url = \"https://localhost:{down_port}\" bundle_endpoint_profile \"https_web\" {{}} }}\n}}"
+        "ca_ttl = \"90s\"\ndefault_x509_svid_ttl = \"1m\"\nexperimental {{ jwt_publish_grace = \"1s\" }}\nfederation {{\n bundle_endpoint {{ address = \"127.0.0.1\" port = {up_port} refresh_hint = \"1m\" profile \"https_spiffe\" {{}} }}\n}}"
     );
-    // downstream: https_web endpoint with the test CA's certificate; federates with upstream
-    // over https_spiffe (the suite's form of the key: spiffe://...).
     let down_fed = format!(
-        "federation {{\n bundle_endpoint {{ address = \"127.0.0.1\" port = {down_port} refresh_hint = \"1m\" profile \"https_web\" {{ serving_cert_file {{ cert_file_path = \"{}\" key_file_path = \"{}\" file_sync_interval = \"1s\" }} }} }}\n federates_with \"spiffe://{UP}\" {{ bundle_endpoint_url = \"https://127.0.0.1:{up_port}\" bundle_endpoint_profile \"https_spiffe\" {{ endpoint_spiffe_id = \"spiffe://{UP}/spire/server\" }} }}\n}}",
+        "experimental {{ jwt_publish_grace = \"1s\" }}\nfederation {{\n bundle_endpoint {{ address = \"127.0.0.1\" port = {down_port} refresh_hint = \"1m\" profile \"https_web\" {{ serving_cert_file {{ cert_file_path = \"{}\" key_file_path = \"{}\" file_sync_interval = \"1s\" }} }} }}\n}}",
         web_cert.display(),
         web_key.display()
     );
-    let udir = base.join("up-server");
-    let ddir = base.join("down-server");
+    let (udir, ddir) = (base.join("up-root"), base.join("down-root"));
     std::fs::create_dir_all(&udir).unwrap();
     std::fs::create_dir_all(&ddir).unwrap();
-    let up = TestServer::start(
-        &udir,
-        &ServerOpts {
-            trust_domain: UP,
-            extra_server: up_fed,
-            env: vec![("SSL_CERT_FILE".into(), web_ca.display().to_string())],
-            ..ServerOpts::default()
-        },
+    let up_root = TestServer::start(&udir, &ServerOpts { trust_domain: UP, extra_server: up_fed, ..ServerOpts::default() });
+    let down_root = TestServer::start(&ddir, &ServerOpts { trust_domain: DOWN, extra_server: down_fed, ..ServerOpts::default() });
+    assert!(up_root.log().contains("Serving bundle endpoint") && down_root.log().contains("Serving bundle endpoint"));
+
+    // The downstream tiers: upstream's federates with downstream over https_web; downstream's
+    // with upstream over https_spiffe (the suite's form of the key: spiffe://...).
+    let region_tiers = "default_x509_svid_ttl = \"1m\"\nexperimental { jwt_publish_grace = \"1s\" }";
+    // https_web trusts the system roots; SSL_CERT_FILE points them at the test CA.
+    let (up_region, _ua) = region(
+        base,
+        "up-region",
+        UP,
+        &up_root,
+        format!(
+            "{region_tiers}\nfederation {{\n federates_with \"{DOWN}\" {{ bundle_endpoint_url = \"https://localhost:{down_port}\" bundle_endpoint_profile \"https_web\" {{}} }}\n}}"
+        ),
+        vec![("SSL_CERT_FILE".into(), web_ca.display().to_string())],
     );
-    let down = TestServer::start(&ddir, &ServerOpts { trust_domain: DOWN, extra_server: down_fed, ..ServerOpts::default() });
-    assert!(up.log().contains("Serving bundle endpoint") && down.log().contains("Serving bundle endpoint"));
+    let (down_region, _da) = region(
+        base,
+        "down-region",
+        DOWN,
+        &down_root,
+        format!(
+            "{region_tiers}\nfederation {{\n federates_with \"spiffe://{UP}\" {{ bundle_endpoint_url = \"https://127.0.0.1:{up_port}\" bundle_endpoint_profile \"https_spiffe\" {{ endpoint_spiffe_id = \"spiffe://{UP}/spire/server\" }} }}\n}}"
+        ),
+        vec![],
+    );
 
-    // Step 02: bootstrap each side with the other's bundle.
+    // Step 02: bootstrap each federating tier with the other trust domain's bundle.
     let up_json = base.join("up-bundle.json");
-    std::fs::write(&up_json, up.cli_ok(&["bundle", "show", "-format", "spiffe"])).unwrap();
+    std::fs::write(&up_json, up_root.cli_ok(&["bundle", "show", "-format", "spiffe"])).unwrap();
     let down_json = base.join("down-bundle.json");
-    std::fs::write(&down_json, down.cli_ok(&["bundle", "show", "-format", "spiffe"])).unwrap();
-    up.cli_ok(&["bundle", "set", "-format", "spiffe", "-id", &format!("spiffe://{DOWN}"), "-path", down_json.to_str().unwrap()]);
-    down.cli_ok(&["bundle", "set", "-format", "spiffe", "-id", &format!("spiffe://{UP}"), "-path", up_json.to_str().unwrap()]);
+    std::fs::write(&down_json, down_root.cli_ok(&["bundle", "show", "-format", "spiffe"])).unwrap();
+    up_region.cli_ok(&["bundle", "set", "-format", "spiffe", "-id", &format!("spiffe://{DOWN}"), "-path", down_json.to_str().unwrap()]);
+    down_region.cli_ok(&["bundle", "set", "-format", "spiffe", "-id", &format!("spiffe://{UP}"), "-path", up_json.to_str().unwrap()]);
 
-    // The refreshers reach the other side's endpoint (https_web one way, https_spiffe the
-    // other) and report it in status.json.
-    for (name, s, other) in [("upstream", &up, DOWN), ("downstream", &down, UP)] {
-        let start = Instant::now();
-        loop {
-            let st = federation_status(s);
-            if st[0]["trust_domain"] == other && st[0]["last_refresh"].as_i64().unwrap_or(0) > 0 && st[0]["last_error"].is_null() {
-                break;
-            }
-            assert!(start.elapsed() < Duration::from_secs(30), "{name} did not refresh {other}'s bundle: {st}\n{}", s.log());
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
+    // The refreshers reach the other trust domain's endpoint (https_web one way, https_spiffe
+    // the other) and report it in status.json.
+    wait_refreshed("up-region", &up_region, DOWN);
+    wait_refreshed("down-region", &down_region, UP);
 
-    // Step 04: workloads that federate with the other side.
-    let up_agent = agent_with_workload(base, "up-agent", &up, UP, &format!("spiffe://{UP}/upstream-workload"), DOWN);
-    let down_agent = agent_with_workload(base, "down-agent", &down, DOWN, &format!("spiffe://{DOWN}/downstream-workload"), UP);
+    // Step 04: workloads under the downstream tiers that federate with the other side.
+    let up_agent = agent_with_workload(base, "up-agent", &up_region, UP, &format!("spiffe://{UP}/upstream-workload"), DOWN);
+    let down_agent = agent_with_workload(base, "down-agent", &down_region, DOWN, &format!("spiffe://{DOWN}/downstream-workload"), UP);
     let fetch = |a: &TestAgent, dir: &str| {
         let d = base.join(dir);
         let out = a.api(&["fetch", "x509", "-write", d.to_str().unwrap()]);
@@ -252,29 +341,35 @@ fn two_trust_domains_federated_both_ways() {
     let up_mat = fetch(&up_agent, "up-material");
     let down_mat = fetch(&down_agent, "down-material");
     // The federated bundle each workload got is the other trust domain's.
-    assert_eq!(std::fs::read_to_string(up_mat.join("federated_bundle.0.0.pem")).unwrap().trim(), down.cli_ok(&["bundle", "show"]).trim());
+    assert_eq!(
+        std::fs::read_to_string(up_mat.join("federated_bundle.0.0.pem")).unwrap().trim(),
+        down_root.cli_ok(&["bundle", "show"]).trim()
+    );
+    assert_eq!(
+        std::fs::read_to_string(down_mat.join("federated_bundle.0.0.pem")).unwrap().trim(),
+        up_root.cli_ok(&["bundle", "show"]).trim()
+    );
     // Step 05: the proxy check.
     proxy_check(base, &up_mat, &down_mat);
 
-    // Beyond the suite: a JWT-SVID from one trust domain validates at the other's agent.
+    // Beyond the suite: a JWT-SVID minted under one trust domain's downstream tier validates
+    // at the other's agent (its key went up to its root, out through the root's endpoint, to
+    // the other trust domain's downstream tier and agent).
     let out = down_agent.api(&["fetch", "jwt", "-audience", "orders"]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let token = text.lines().skip_while(|l| !l.starts_with("token(")).nth(1).unwrap().trim().to_owned();
-    let out = up_agent.api(&["validate", "jwt", "-audience", "orders", "-svid", &token]);
-    assert!(
-        out.status.success() && String::from_utf8_lossy(&out.stdout).contains(&format!("spiffe://{DOWN}/downstream-workload")),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    wait_until("downstream's JWT-SVID to validate at the upstream agent", Duration::from_secs(40), || {
+        let out = up_agent.api(&["validate", "jwt", "-audience", "orders", "-svid", &token]);
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains(&format!("spiffe://{DOWN}/downstream-workload"))
+    });
 
     // A new root at upstream (its 90 s CA prepares the next at 45 s) reaches downstream's
     // workload through the bundle endpoint, with no `bundle set`.
-    let roots_now = up.cli_ok(&["bundle", "show"]).matches("BEGIN CERTIFICATE").count();
+    let roots_now = up_root.cli_ok(&["bundle", "show"]).matches("BEGIN CERTIFICATE").count();
     wait_until("a second root at upstream", Duration::from_secs(60), || {
-        up.cli_ok(&["bundle", "show"]).matches("BEGIN CERTIFICATE").count() > roots_now
+        up_root.cli_ok(&["bundle", "show"]).matches("BEGIN CERTIFICATE").count() > roots_now
     });
-    let want = up.cli_ok(&["bundle", "show"]);
+    let want = up_root.cli_ok(&["bundle", "show"]);
     wait_until("upstream's new root in downstream's workload's federated bundle", Duration::from_secs(40), || {
         let d = base.join("down-material-2");
         let _ = std::fs::remove_dir_all(&d);
