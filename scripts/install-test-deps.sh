@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what cairn's tests need on a fresh Debian machine: openssl (the independent X.509
-# verifier), pebble (an ACME server) and curl, OpenBao's `bao` (the Vault API), SoftHSM2 and pkcs11-tool (the HSM tests), Python's PyJWT + cryptography (the independent JWT verifier), py-spiffe, and h2 (the
+# verifier), pebble (an ACME server) and curl, PostgreSQL and MariaDB servers, OpenBao's `bao` (the Vault API), SoftHSM2 and pkcs11-tool (the HSM tests), Python's PyJWT + cryptography (the independent JWT verifier), py-spiffe, and h2 (the
 # raw HTTP/2 client of scripts/flood.py), grpcio with grpcio-tools and SPIRE's API protos
 # (clients generated from SPIRE's own definitions).
 set -euo pipefail
@@ -15,6 +15,9 @@ command -v pkcs11-tool >/dev/null 2>&1 || need_apt+=(opensc)
 # independent HTTPS client.
 command -v pebble >/dev/null 2>&1 || need_apt+=(pebble)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+# PostgreSQL and MariaDB servers: the datastore contract suite runs on throwaway clusters of both.
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
+[ -x /usr/sbin/mariadbd ] || need_apt+=(mariadb-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
   else sudo apt-get update -qq && sudo apt-get install -y -qq "${need_apt[@]}"; fi

@@ -218,6 +218,23 @@ impl Walker {
         }
     }
 
+    /// A non-negative count (a number, or a string of digits as SPIRE configs sometimes write).
+    pub(crate) fn count(&mut self, obj: &Object, key: &str, path: &str) -> Option<u32> {
+        let item = self.single(obj, key, path)?;
+        let n = match &item.value {
+            Value::Int(n) => Some(*n),
+            Value::String(s) => s.trim().parse::<i64>().ok(),
+            _ => None,
+        };
+        match n.and_then(|n| u32::try_from(n).ok()) {
+            Some(n) => Some(n),
+            None => {
+                self.err(&join(path, key), "expected a whole number of 0 or more");
+                None
+            }
+        }
+    }
+
     /// A Go-style duration (`"1h30m"`, `"90s"`) or a number of seconds; returns seconds.
     pub(crate) fn duration(&mut self, obj: &Object, key: &str, path: &str) -> Option<i64> {
         let item = self.single(obj, key, path)?;

@@ -10,10 +10,13 @@ use std::path::PathBuf;
 /// Where the datastore lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DatastoreConfig {
-    /// `sqlite3` (postgres and mysql later).
+    /// `sqlite3`, `postgres` or `mysql`.
     pub database_type: String,
-    /// Driver connection string (for sqlite3: a file path or `sqlite://...`).
+    /// Driver connection string (for sqlite3: a file path or `sqlite://...`; for postgres a URL
+    /// or libpq's keyword/value form; for mysql a URL or the Go driver's DSN).
     pub connection_string: String,
+    /// `max_open_conns`, `max_idle_conns`, `conn_max_lifetime`.
+    pub pool: crate::datastore::sql::PoolSettings,
 }
 
 pub use crate::keymanager::KeyManagerConfig;
@@ -974,11 +977,10 @@ fn embedded_settings(
 /// SQL datastore settings cairn's SQLite store does not take, and why.
 fn sql_unsupported(key: &str) -> Option<&'static str> {
     match key {
-        "max_open_conns" | "max_idle_conns" | "conn_max_lifetime" => {
-            Some("not yet: the SQLite connection pool is sized by cairn; pool settings come with PostgreSQL and MySQL")
+        "ro_connection_string" => Some("not yet: read replicas"),
+        "root_ca_path" | "client_cert_path" | "client_key_path" => {
+            Some("not yet: TLS to MySQL (use sslmode and sslrootcert in a PostgreSQL connection_string)")
         }
-        "ro_connection_string" => Some("not yet: no read replicas with SQLite"),
-        "root_ca_path" | "client_cert_path" | "client_key_path" => Some("TLS to the database is for MySQL, which cairn lacks yet"),
         _ => None,
     }
 }
@@ -1144,29 +1146,43 @@ impl Plugins {
                 let data = d.data.unwrap_or(&empty);
                 w.unsupported_and_unknown_keys(
                     data,
-                    &["database_type", "connection_string", "disable_migration"],
+                    &["database_type", "connection_string", "disable_migration", "max_open_conns", "max_idle_conns", "conn_max_lifetime"],
                     &d.path,
                     sql_unsupported,
                     |_| None,
                 );
                 if w.boolean(data, "disable_migration", &d.path) == Some(true) {
-                    w.unsupported(&join(&d.path, "disable_migration"), "cairn always brings its SQLite schema up to date at start");
+                    w.unsupported(&join(&d.path, "disable_migration"), "cairn always brings its schema up to date at start");
+                }
+                let mut pool = crate::datastore::sql::PoolSettings::default();
+                if let Some(n) = w.count(data, "max_open_conns", &d.path) {
+                    pool.max_open = n.max(1);
+                }
+                if let Some(n) = w.count(data, "max_idle_conns", &d.path) {
+                    if n == 0 {
+                        pool.idle_timeout = Some(std::time::Duration::ZERO);
+                    } else {
+                        w.notice(
+                            &join(&d.path, "max_idle_conns"),
+                            "the pool closes connections idle for 10 minutes rather than capping how many stay idle",
+                        );
+                    }
+                }
+                if let Some(secs) = w.duration(data, "conn_max_lifetime", &d.path) {
+                    pool.max_lifetime = (secs > 0).then(|| std::time::Duration::from_secs(u64::try_from(secs).unwrap_or(0)));
                 }
                 let database_type = w.string(data, "database_type", &d.path);
                 let connection_string = w.string(data, "connection_string", &d.path);
                 match database_type.as_deref() {
                     None => w.err(&join(&d.path, "database_type"), "missing (e.g. \"sqlite3\")"),
-                    Some("sqlite3") => {}
-                    Some(t @ ("postgres" | "mysql")) => {
-                        w.err(&join(&d.path, "database_type"), format!("{} is not built into this cairn yet; use sqlite3", quote(t)))
-                    }
+                    Some("sqlite3" | "postgres" | "mysql") => {}
                     Some(t) => w.err(&join(&d.path, "database_type"), format!("{}: expected sqlite3, postgres or mysql", quote(t))),
                 }
                 if connection_string.as_deref().is_none_or(str::is_empty) {
                     w.err(&join(&d.path, "connection_string"), "missing (for sqlite3: a file path such as \"./data/datastore.sqlite3\")");
                 }
                 match (database_type, connection_string) {
-                    (Some(t), Some(c)) => Some(DatastoreConfig { database_type: t, connection_string: c }),
+                    (Some(t), Some(c)) => Some(DatastoreConfig { database_type: t, connection_string: c, pool }),
                     _ => None,
                 }
             }

@@ -11,23 +11,27 @@
 //!   join tokens), the same on every database.
 //! - [`open`]: the closed factory the server calls with `database_type`.
 //!
-//! # Adding PostgreSQL (or MySQL)
-//! 1. A cairn feature that turns on sqlx's `postgres` feature.
-//! 2. `src/datastore/migrations/postgres/`: the schema of `migrations/sqlite` as of today in one
-//!    first migration (join tokens hashed from the start). Column types must decode as the store
-//!    reads them: text as `String`, 64-bit integers `BIGINT` (`i64`), the two TTLs `INTEGER`
-//!    (`i32`), flags `BOOLEAN`.
-//! 3. `postgres.rs`: `impl Backend for sqlx::Postgres` (connect with pool options, `migrate!` of
-//!    that folder, `DIALECT = Dialect::POSTGRES`).
-//! 4. An arm in [`open`]; the datastore contract suite then runs against a server given by URL.
+//! - `postgres.rs`, `mysql.rs`: the PostgreSQL and MySQL/MariaDB backends, whose schemas are
+//!   `migrations/postgres` and `migrations/mysql` (the SQLite schema as of its migration 0002, in
+//!   one step). Column types decode as the store reads them: text as `String`, 64-bit integers
+//!   `BIGINT` (`i64`), the two TTLs `INTEGER` (`i32`), flags `BOOLEAN`.
+//! - `dsn.rs`: SPIRE's connection strings for them (libpq keyword/value, Go MySQL DSN).
+//!
+//! The datastore contract suite runs on every backend (`tests.rs`, with throwaway PostgreSQL
+//! and MariaDB servers from `testdb.rs`).
 //!
 //! Two servers sharing that database also need a shared change feed (see
 //! [`crate::datastore::feed`]); [`SqlDatastore::with_feed`] takes one.
 
 mod codec;
 pub mod dialect;
+pub mod dsn;
+mod mysql;
+mod postgres;
 mod sqlite;
 mod store;
+#[cfg(test)]
+pub(crate) mod testdb;
 #[cfg(test)]
 mod tests;
 
@@ -40,6 +44,10 @@ use std::sync::Arc;
 
 /// The datastore on SQLite.
 pub type SqliteDatastore = SqlDatastore<sqlx::Sqlite>;
+/// The datastore on PostgreSQL.
+pub type PostgresDatastore = SqlDatastore<sqlx::Postgres>;
+/// The datastore on MySQL or MariaDB.
+pub type MysqlDatastore = SqlDatastore<sqlx::MySql>;
 
 /// One sqlx driver as a datastore backend: how to reach the database and what schema to put in.
 pub trait Backend: sqlx::Database {
@@ -51,8 +59,9 @@ pub trait Backend: sqlx::Database {
     /// database whose applied migrations no longer match.
     fn migrator() -> &'static sqlx::migrate::Migrator;
 
-    /// A connection pool for `connection_string`, with this database's session settings.
-    fn connect(connection_string: &str) -> impl Future<Output = Result<sqlx::Pool<Self>, DatastoreError>> + Send;
+    /// A connection pool for `connection_string`, sized by `pool`, with this database's session
+    /// settings.
+    fn connect(connection_string: &str, pool: &PoolSettings) -> impl Future<Output = Result<sqlx::Pool<Self>, DatastoreError>> + Send;
 
     /// Data fix-ups that SQL migrations cannot do on this database, run after them.
     fn after_migrate(pool: &sqlx::Pool<Self>) -> impl Future<Output = Result<(), DatastoreError>> + Send;
@@ -61,16 +70,43 @@ pub trait Backend: sqlx::Database {
     fn rows_affected(result: &Self::QueryResult) -> u64;
 }
 
+/// SPIRE's pool settings (`max_open_conns`, `max_idle_conns`, `conn_max_lifetime`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// Most connections open at once (SPIRE's default: 100).
+    pub max_open: u32,
+    /// Idle connections kept open at least this long are closed; sqlx has no cap on the
+    /// number of idle connections, so `max_idle_conns = 0` becomes "close when idle".
+    pub idle_timeout: Option<std::time::Duration>,
+    /// Connections are replaced after this long (`conn_max_lifetime`; none by default).
+    pub max_lifetime: Option<std::time::Duration>,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self { max_open: 100, idle_timeout: Some(std::time::Duration::from_secs(600)), max_lifetime: None }
+    }
+}
+
+impl PoolSettings {
+    /// Applies these settings to sqlx pool options.
+    fn apply<DB: sqlx::Database>(&self, o: sqlx::pool::PoolOptions<DB>) -> sqlx::pool::PoolOptions<DB> {
+        o.max_connections(self.max_open.max(1))
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .idle_timeout(self.idle_timeout)
+            .max_lifetime(self.max_lifetime)
+    }
+}
+
 /// Opens the datastore that `database_type` names, running its migrations.
 ///
 /// # Errors
 /// A database type not built in, a bad connection string, or a failing database.
-pub async fn open(database_type: &str, connection_string: &str) -> Result<Arc<dyn Datastore>, DatastoreError> {
+pub async fn open(database_type: &str, connection_string: &str, pool: &PoolSettings) -> Result<Arc<dyn Datastore>, DatastoreError> {
     match database_type {
-        "sqlite3" => Ok(Arc::new(SqliteDatastore::connect(connection_string).await?)),
-        "postgres" | "mysql" => {
-            Err(DatastoreError::Config(format!("database_type {database_type:?} is not built into this cairn yet; use \"sqlite3\"")))
-        }
+        "sqlite3" => Ok(Arc::new(SqliteDatastore::connect_with(connection_string, pool).await?)),
+        "postgres" => Ok(Arc::new(PostgresDatastore::connect_with(connection_string, pool).await?)),
+        "mysql" => Ok(Arc::new(MysqlDatastore::connect_with(connection_string, pool).await?)),
         other => Err(DatastoreError::Config(format!("unknown database_type {other:?} (expected sqlite3, postgres or mysql)"))),
     }
 }

@@ -17,7 +17,7 @@ impl Backend for Sqlite {
         &MIGRATIONS
     }
 
-    async fn connect(connection_string: &str) -> Result<SqlitePool, DatastoreError> {
+    async fn connect(connection_string: &str, _pool: &super::PoolSettings) -> Result<SqlitePool, DatastoreError> {
         let url =
             if connection_string.starts_with("sqlite:") { connection_string.to_owned() } else { format!("sqlite://{connection_string}") };
         let opts = SqliteConnectOptions::from_str(&url)
@@ -34,6 +34,8 @@ impl Backend for Sqlite {
         if !is_in_memory(file) {
             prepare_private_db_file(file)?;
         }
+        // One file, one writer at a time: a few connections are all SQLite can use, whatever
+        // `max_open_conns` says.
         SqlitePoolOptions::new().max_connections(4).connect_with(opts).await.map_err(|e| DatastoreError::Database(e.to_string()))
     }
 

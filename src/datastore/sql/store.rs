@@ -77,7 +77,15 @@ where
     /// # Errors
     /// A bad connection string, a failing database, or a failed migration.
     pub async fn connect(connection_string: &str) -> Result<Self, DatastoreError> {
-        let pool = DB::connect(connection_string).await?;
+        Self::connect_with(connection_string, &super::PoolSettings::default()).await
+    }
+
+    /// [`SqlDatastore::connect`] with the pool sized by `pool`.
+    ///
+    /// # Errors
+    /// As [`SqlDatastore::connect`].
+    pub async fn connect_with(connection_string: &str, pool: &super::PoolSettings) -> Result<Self, DatastoreError> {
+        let pool = DB::connect(connection_string, pool).await?;
         DB::migrator().run(&pool).await.map_err(|e| DatastoreError::Database(format!("migration: {e}")))?;
         DB::after_migrate(&pool).await?;
         Ok(Self { pool, dialect: DB::DIALECT, feed: Arc::new(LocalFeed::new()) })
@@ -263,11 +271,52 @@ where
 fn col<'r, DB, T>(row: &'r DB::Row, name: &str, what: &'static str) -> Result<T, DatastoreError>
 where
     DB: sqlx::Database,
-    T: Decode<'r, DB> + Type<DB>,
+    T: FromColumn<'r, DB>,
     for<'n> &'n str: ColumnIndex<DB::Row>,
 {
-    row.try_get(name).map_err(|e| corrupt(what, e))
+    T::get(row, name).map_err(|e| corrupt(what, e))
 }
+
+/// How one column type is read.
+trait FromColumn<'r, DB: sqlx::Database>: Sized {
+    fn get(row: &'r DB::Row, name: &str) -> Result<Self, sqlx::Error>
+    where
+        for<'n> &'n str: ColumnIndex<DB::Row>;
+}
+
+/// Text is read without sqlx's type check: MySQL flags text in a `_bin` collation (cairn's, so
+/// that IDs compare byte for byte) as binary, which sqlx would refuse as a `String`; decoding
+/// still checks that the bytes are UTF-8.
+impl<'r, DB> FromColumn<'r, DB> for String
+where
+    DB: sqlx::Database,
+    String: Decode<'r, DB> + Type<DB>,
+{
+    fn get(row: &'r DB::Row, name: &str) -> Result<Self, sqlx::Error>
+    where
+        for<'n> &'n str: ColumnIndex<DB::Row>,
+    {
+        row.try_get_unchecked(name)
+    }
+}
+
+macro_rules! checked_column {
+    ($($t:ty),*) => {$(
+        impl<'r, DB> FromColumn<'r, DB> for $t
+        where
+            DB: sqlx::Database,
+            $t: Decode<'r, DB> + Type<DB>,
+        {
+            fn get(row: &'r DB::Row, name: &str) -> Result<Self, sqlx::Error>
+            where
+                for<'n> &'n str: ColumnIndex<DB::Row>,
+            {
+                row.try_get(name)
+            }
+        }
+    )*};
+}
+checked_column!(i64, i32, bool);
 
 fn entry_from_row<DB>(row: &DB::Row) -> Result<Entry, DatastoreError>
 where

@@ -44,6 +44,37 @@ async fn contract_on_sqlite_with_numbered_placeholders_and_no_returning() {
     contract::run(|| async move { Arc::new(in_memory().await.with_dialect(dialect)) as Arc<dyn Datastore> }).await;
 }
 
+/// SPIRE's `datastore-postgres` suite runs SPIRE's datastore tests against PostgreSQL; here
+/// the same contract every backend passes runs against a throwaway PostgreSQL (Debian's),
+/// opened through SPIRE's keyword/value connection string.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn contract_on_postgresql() {
+    let pg = Arc::new(super::testdb::TestPostgres::start());
+    contract::run(|| {
+        let pg = Arc::clone(&pg);
+        async move {
+            let db = pg.create_db().await;
+            Arc::new(super::PostgresDatastore::connect(&pg.keyword_dsn(&db)).await.unwrap()) as Arc<dyn Datastore>
+        }
+    })
+    .await;
+}
+
+/// SPIRE's `datastore-mysql` suite, likewise, against a throwaway MariaDB through SPIRE's
+/// Go-driver DSN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn contract_on_mariadb() {
+    let my = Arc::new(super::testdb::TestMariadb::start());
+    contract::run(|| {
+        let my = Arc::clone(&my);
+        async move {
+            let db = my.create_db().await;
+            Arc::new(super::MysqlDatastore::connect(&my.go_dsn(&db)).await.unwrap()) as Arc<dyn Datastore>
+        }
+    })
+    .await;
+}
+
 /// The benchmark wrapper passes every call through unchanged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn contract_through_the_counting_wrapper() {
@@ -88,11 +119,25 @@ async fn writes_are_announced_on_the_feed_the_store_was_given() {
 
 #[tokio::test]
 async fn open_picks_the_backend_from_the_database_type() {
-    let ds = super::open("sqlite3", "sqlite::memory:").await.unwrap();
+    let ds = super::open("sqlite3", "sqlite::memory:", &super::PoolSettings::default()).await.unwrap();
     assert_eq!(ds.count_entries().await.unwrap(), 0);
-    for (database_type, wanted) in [("postgres", "not built into"), ("mysql", "not built into"), ("oracle", "unknown database_type")] {
-        match super::open(database_type, "x").await {
+    for (database_type, wanted) in [
+        ("postgres", "connection_string: expected key=value"),
+        ("mysql", "connection_string: expected"),
+        ("oracle", "unknown database_type"),
+    ] {
+        match super::open(database_type, "x", &super::PoolSettings::default()).await {
             Err(DatastoreError::Config(msg)) => assert!(msg.contains(wanted), "{database_type}: {msg}"),
+            other => panic!("{database_type}: {other:?}"),
+        }
+    }
+    // A database that is not there: a clear error naming it, after the pool's bounded wait.
+    for (database_type, dsn, wanted) in [
+        ("postgres", "host=127.0.0.1 port=1 user=spire dbname=spire sslmode=disable", "connecting to PostgreSQL"),
+        ("mysql", "spire:pw@tcp(127.0.0.1:1)/spire", "connecting to MySQL"),
+    ] {
+        match super::open(database_type, dsn, &super::PoolSettings::default()).await {
+            Err(DatastoreError::Database(msg)) => assert!(msg.contains(wanted) && !msg.contains(":pw"), "{database_type}: {msg}"),
             other => panic!("{database_type}: {other:?}"),
         }
     }

@@ -1,0 +1,206 @@
+//! Throwaway PostgreSQL and MariaDB servers for tests (Debian's packages, as
+//! `shared/reference/components.md` starts them): a private data directory, loopback only,
+//! fsync off, stopped on drop. A missing server fails the test with what to install.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test code")]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+const INSTALL: &str = "run scripts/install-test-deps.sh (apt-get install postgresql mariadb-server)";
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `cmd` as `user` when running as root (the servers refuse to run as root), else as is.
+fn as_user(user: &str, program: &Path, args: &[&str]) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", user, "--"]).arg(program).args(args);
+        c
+    } else {
+        let mut c = Command::new(program);
+        c.args(args);
+        c
+    }
+}
+
+fn check(what: &str, c: &mut Command) {
+    let out = c.output().unwrap_or_else(|e| panic!("{what}: {e}; {INSTALL}"));
+    assert!(out.status.success(), "{what} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+/// A scratch directory the server's user can enter and own.
+fn scratch(user: &str) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new().prefix("cairn-db-").tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    if is_root() {
+        check("chown", Command::new("chown").args([&format!("{user}:{user}")]).arg(dir.path()));
+    }
+    dir
+}
+
+/// A PostgreSQL server on loopback, trusting local connections.
+pub(crate) struct TestPostgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+    next: AtomicUsize,
+}
+
+impl TestPostgres {
+    pub(crate) fn start() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .and_then(|d| d.filter_map(Result::ok).map(|e| e.path().join("bin")).filter(|p| p.join("initdb").exists()).max())
+            .unwrap_or_else(|| panic!("no PostgreSQL server in /usr/lib/postgresql; {INSTALL}"));
+        let dir = scratch("postgres");
+        let data = dir.path().join("data");
+        let port = free_port();
+        check(
+            "initdb",
+            &mut as_user(
+                "postgres",
+                &bin.join("initdb"),
+                &["-D", data.to_str().unwrap(), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"],
+            ),
+        );
+        let opts = format!("-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=400", dir.path().display());
+        let log = dir.path().join("pg.log");
+        check(
+            "pg_ctl start",
+            &mut as_user(
+                "postgres",
+                &bin.join("pg_ctl"),
+                &["-D", data.to_str().unwrap(), "-l", log.to_str().unwrap(), "-w", "-o", &opts, "start"],
+            ),
+        );
+        Self { dir, bin, port, next: AtomicUsize::new(0) }
+    }
+
+    /// A URL for database `db`.
+    pub(crate) fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}?sslmode=disable", self.port)
+    }
+
+    /// SPIRE's keyword/value form of [`TestPostgres::url`].
+    pub(crate) fn keyword_dsn(&self, db: &str) -> String {
+        format!("dbname={db} user=postgres host=127.0.0.1 port={} sslmode=disable", self.port)
+    }
+
+    /// A new, empty database; answers its name.
+    pub(crate) async fn create_db(&self) -> String {
+        let name = format!("cairn_{}", self.next.fetch_add(1, Ordering::Relaxed));
+        let pool = sqlx::PgPool::connect(&self.url("postgres")).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&pool).await.unwrap();
+        pool.close().await;
+        name
+    }
+}
+
+impl Drop for TestPostgres {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let _ = as_user("postgres", &self.bin.join("pg_ctl"), &["-D", data.to_str().unwrap(), "-m", "immediate", "-w", "stop"]).output();
+    }
+}
+
+/// A MariaDB server on loopback with a user `cairn` (password `cairnpw`) that may create
+/// databases.
+pub(crate) struct TestMariadb {
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+    port: u16,
+    next: AtomicUsize,
+}
+
+impl TestMariadb {
+    pub(crate) fn start() -> Self {
+        let install = Path::new("/usr/bin/mariadb-install-db");
+        let server = Path::new("/usr/sbin/mariadbd");
+        assert!(install.exists() && server.exists(), "no MariaDB server; {INSTALL}");
+        let dir = scratch("mysql");
+        let data = dir.path().join("data");
+        let root = is_root();
+        let mut args =
+            vec![format!("--datadir={}", data.display()), "--auth-root-authentication-method=socket".into(), "--skip-test-db".into()];
+        if root {
+            args.push("--user=mysql".into());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        check("mariadb-install-db", Command::new(install).args(&args));
+        let port = free_port();
+        let socket = dir.path().join("mysqld.sock");
+        let mut cmd = Command::new(server);
+        cmd.arg("--no-defaults");
+        if root {
+            cmd.arg("--user=mysql");
+        }
+        cmd.arg(format!("--datadir={}", data.display()))
+            .arg(format!("--socket={}", socket.display()))
+            .arg(format!("--pid-file={}", dir.path().join("mysqld.pid").display()))
+            .arg(format!("--port={port}"))
+            .args(["--bind-address=127.0.0.1", "--skip-name-resolve", "--innodb-flush-log-at-trx-commit=0", "--max-connections=400"])
+            .arg(format!("--log-error={}", dir.path().join("err.log").display()))
+            .stderr(std::process::Stdio::null());
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("mariadbd: {e}; {INSTALL}"));
+        let me = Self { dir, child: Some(child), port, next: AtomicUsize::new(0) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let admin =
+            || Command::new("mariadb-admin").args(["--no-defaults", &format!("--socket={}", socket.display()), "-uroot", "ping"]).output();
+        while !admin().is_ok_and(|o| o.status.success()) {
+            assert!(
+                Instant::now() < deadline,
+                "MariaDB did not start: {}",
+                std::fs::read_to_string(me.dir.path().join("err.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        check(
+            "mariadb (create user)",
+            Command::new("mariadb").args([
+                "--no-defaults",
+                &format!("--socket={}", socket.display()),
+                "-uroot",
+                "-e",
+                "CREATE USER 'cairn'@'127.0.0.1' IDENTIFIED BY 'cairnpw'; GRANT ALL ON *.* TO 'cairn'@'127.0.0.1';",
+            ]),
+        );
+        me
+    }
+
+    /// A URL for database `db`.
+    pub(crate) fn url(&self, db: &str) -> String {
+        format!("mysql://cairn:cairnpw@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// SPIRE's Go-driver DSN form of [`TestMariadb::url`].
+    pub(crate) fn go_dsn(&self, db: &str) -> String {
+        format!("cairn:cairnpw@tcp(127.0.0.1:{})/{db}?parseTime=true", self.port)
+    }
+
+    /// A new, empty database; answers its name.
+    pub(crate) async fn create_db(&self) -> String {
+        let name = format!("cairn_{}", self.next.fetch_add(1, Ordering::Relaxed));
+        let pool = sqlx::MySqlPool::connect(&self.url("mysql")).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&pool).await.unwrap();
+        pool.close().await;
+        name
+    }
+}
+
+impl Drop for TestMariadb {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
