@@ -4,6 +4,9 @@
 #![allow(dead_code, reason = "each test binary uses a different part of the harness")]
 
 pub mod agent;
+/// Throwaway PostgreSQL and MariaDB servers (the same file the library's tests use).
+#[path = "../../src/datastore/sql/testdb.rs"]
+pub mod db;
 pub mod inproc;
 pub mod openbao;
 pub mod softhsm;
@@ -37,6 +40,8 @@ pub struct ServerOpts {
     pub env: Vec<(String, String)>,
     /// The trust domain (default `example.org`).
     pub trust_domain: &'static str,
+    /// A whole `DataStore "sql" { ... }` block in place of the SQLite one.
+    pub datastore_block: Option<String>,
 }
 
 impl Default for ServerOpts {
@@ -49,6 +54,7 @@ impl Default for ServerOpts {
             key_manager_block: None,
             env: Vec::new(),
             trust_domain: "example.org",
+            datastore_block: None,
         }
     }
 }
@@ -86,9 +92,7 @@ server {{
     {extra_server}
 }}
 plugins {{
-    DataStore "sql" {{
-        plugin_data {{ database_type = "sqlite3" connection_string = "{dir}/datastore.sqlite3" }}
-    }}
+    {datastore}
     {km}
     NodeAttestor "join_token" {{ plugin_data {{}} }}
     {extra_plugins}
@@ -97,6 +101,10 @@ plugins {{
 "#,
         socket = socket.display(),
         dir = dir.display(),
+        datastore = opts.datastore_block.clone().unwrap_or_else(|| format!(
+            "DataStore \"sql\" {{\n plugin_data {{ database_type = \"sqlite3\" connection_string = \"{}/datastore.sqlite3\" }}\n }}",
+            dir.display()
+        )),
         extra_server = opts.extra_server,
         extra_plugins = opts.extra_plugins,
         td = opts.trust_domain,

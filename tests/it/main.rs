@@ -19,6 +19,7 @@ mod entry_expiry;
 mod federation;
 mod file_modes;
 mod grpcio_admin;
+mod ha_datastore;
 mod hsm;
 mod logs;
 mod mint_checks;

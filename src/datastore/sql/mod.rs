@@ -28,6 +28,7 @@ pub mod dialect;
 pub mod dsn;
 mod mysql;
 mod postgres;
+pub mod shared_feed;
 mod sqlite;
 mod store;
 #[cfg(test)]
@@ -105,8 +106,9 @@ impl PoolSettings {
 pub async fn open(database_type: &str, connection_string: &str, pool: &PoolSettings) -> Result<Arc<dyn Datastore>, DatastoreError> {
     match database_type {
         "sqlite3" => Ok(Arc::new(SqliteDatastore::connect_with(connection_string, pool).await?)),
-        "postgres" => Ok(Arc::new(PostgresDatastore::connect_with(connection_string, pool).await?)),
-        "mysql" => Ok(Arc::new(MysqlDatastore::connect_with(connection_string, pool).await?)),
+        // Several servers may share these databases: changes go through the events table.
+        "postgres" => Ok(Arc::new(PostgresDatastore::connect_with(connection_string, pool).await?.shared())),
+        "mysql" => Ok(Arc::new(MysqlDatastore::connect_with(connection_string, pool).await?.shared())),
         other => Err(DatastoreError::Config(format!("unknown database_type {other:?} (expected sqlite3, postgres or mysql)"))),
     }
 }

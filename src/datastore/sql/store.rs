@@ -91,6 +91,14 @@ where
         Ok(Self { pool, dialect: DB::DIALECT, feed: Arc::new(LocalFeed::new()) })
     }
 
+    /// Announces changes through the database's events table, so that every server sharing the
+    /// database hears every other's writes (see [`super::shared_feed`]).
+    #[must_use]
+    pub fn shared(mut self) -> Self {
+        self.feed = super::shared_feed::TableFeed::start(self.pool.clone());
+        self
+    }
+
     /// Announces changes on `feed` instead (a feed shared by every server on the database).
     #[must_use]
     pub fn with_feed(mut self, feed: Arc<dyn ChangeFeed>) -> Self {

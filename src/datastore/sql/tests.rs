@@ -54,10 +54,43 @@ async fn contract_on_postgresql() {
         let pg = Arc::clone(&pg);
         async move {
             let db = pg.create_db().await;
-            Arc::new(super::PostgresDatastore::connect(&pg.keyword_dsn(&db)).await.unwrap()) as Arc<dyn Datastore>
+            Arc::new(super::PostgresDatastore::connect(&pg.keyword_dsn(&db)).await.unwrap().shared()) as Arc<dyn Datastore>
         }
     })
     .await;
+    two_servers_hear_each_other(&pg.url(&pg.create_db().await), open_postgres_for_test).await;
+}
+
+async fn open_postgres_for_test(url: String) -> Arc<dyn Datastore> {
+    super::open("postgres", &url, &super::PoolSettings::default()).await.unwrap()
+}
+
+async fn open_mysql_for_test(url: String) -> Arc<dyn Datastore> {
+    super::open("mysql", &url, &super::PoolSettings::default()).await.unwrap()
+}
+
+/// Two datastores on one database (two servers of a tier): a write through one reaches the
+/// other's subscribers through the events table, once; its own subscribers hear it at once and
+/// only once.
+async fn two_servers_hear_each_other<F, Fut>(url: &str, open: F)
+where
+    F: Fn(String) -> Fut,
+    Fut: Future<Output = Arc<dyn Datastore>>,
+{
+    let a = open(url.to_owned()).await;
+    let b = open(url.to_owned()).await;
+    // Let B's poller take its starting point.
+    tokio::time::sleep(super::shared_feed::POLL_EVERY * 2).await;
+    let (mut at_a, mut at_b) = (a.watch_changes(), b.watch_changes());
+    let td = crate::spiffe::TrustDomain::new("example.org").unwrap();
+    a.append_bundle(&td, &[vec![1]], &[]).await.unwrap();
+    assert_eq!(at_a.try_recv(), Ok(Change::Bundle), "the writer's own subscribers hear it at once");
+    let heard = tokio::time::timeout(std::time::Duration::from_secs(5), at_b.recv()).await.expect("B heard nothing within 5 s");
+    assert_eq!(heard, Ok(Change::Bundle));
+    assert_eq!(b.get_bundle(&td).await.unwrap().map(|b| b.sequence_number), Some(1), "B reads what the event announced");
+    tokio::time::sleep(super::shared_feed::POLL_EVERY * 2).await;
+    assert!(at_b.try_recv().is_err(), "B heard the change once");
+    assert!(at_a.try_recv().is_err(), "A does not hear its own change back");
 }
 
 /// SPIRE's `datastore-mysql` suite, likewise, against a throwaway MariaDB through SPIRE's
@@ -69,10 +102,11 @@ async fn contract_on_mariadb() {
         let my = Arc::clone(&my);
         async move {
             let db = my.create_db().await;
-            Arc::new(super::MysqlDatastore::connect(&my.go_dsn(&db)).await.unwrap()) as Arc<dyn Datastore>
+            Arc::new(super::MysqlDatastore::connect(&my.go_dsn(&db)).await.unwrap().shared()) as Arc<dyn Datastore>
         }
     })
     .await;
+    two_servers_hear_each_other(&my.url(&my.create_db().await), open_mysql_for_test).await;
 }
 
 /// The benchmark wrapper passes every call through unchanged.

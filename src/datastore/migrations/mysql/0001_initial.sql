@@ -64,3 +64,12 @@ CREATE TABLE cairn_locks (
     name VARCHAR(64) NOT NULL PRIMARY KEY
 ) DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 INSERT INTO cairn_locks (name) VALUES ('bundles'), ('registered_entries'), ('attested_nodes'), ('join_tokens');
+
+-- The shared change feed: every write appends its kind of change; each server polls for the
+-- rows other servers appended and tells its caches (datastore::sql::shared_feed).
+CREATE TABLE cairn_events (
+    id         BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    kind       VARCHAR(32) NOT NULL,
+    origin     VARCHAR(64) NOT NULL,
+    created_at BIGINT NOT NULL
+) DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;

@@ -57,3 +57,12 @@ CREATE TABLE ca_journals (
     data       TEXT NOT NULL,
     updated_at BIGINT NOT NULL
 );
+
+-- The shared change feed: every write appends its kind of change; each server polls for the
+-- rows other servers appended and tells its caches (datastore::sql::shared_feed).
+CREATE TABLE cairn_events (
+    id         BIGSERIAL PRIMARY KEY,
+    kind       TEXT NOT NULL,
+    origin     TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);

@@ -1,0 +1,122 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test code: a failed unwrap is a failed test")]
+//! Several servers of one tier on one shared PostgreSQL or MariaDB (issue 13), with SPIRE's
+//! connection strings: each server keeps its own CA and JWT key, and both are in the shared
+//! bundle; a join token made on one server attests an agent at the other; an agent attested
+//! through server A keeps getting SVIDs (and new entries) from server B after A is stopped; a
+//! JWT-SVID minted by A validates at an agent of B.
+
+use crate::common;
+use crate::nested::{jwt_kids, own_kid, wait_until};
+use common::agent::*;
+use common::*;
+use std::path::Path;
+use std::time::Duration;
+
+fn server_on(dir: &Path, datastore: &str) -> TestServer {
+    std::fs::create_dir_all(dir).unwrap();
+    let block = format!("DataStore \"sql\" {{\n plugin_data {{ {datastore} }}\n }}");
+    TestServer::start(dir, &ServerOpts { datastore_block: Some(block), ..ServerOpts::default() })
+}
+
+fn two_servers_share_one_database(datastore: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path();
+    let mut a = server_on(&base.join("a"), datastore);
+    let b = server_on(&base.join("b"), datastore);
+
+    // Each server has its own CA and JWT key; the shared bundle holds both servers' keys and
+    // roots, seen from either server.
+    let (ka, kb) = (own_kid(&a), own_kid(&b));
+    assert_ne!(ka, kb, "each server mints its own JWT key");
+    wait_until("both JWT keys in the bundle", Duration::from_secs(10), || {
+        let (at_a, at_b) = (jwt_kids(&a), jwt_kids(&b));
+        at_a == at_b && at_a.contains(&ka) && at_a.contains(&kb)
+    });
+    assert_eq!(a.cli_ok(&["bundle", "show"]).matches("BEGIN CERTIFICATE").count(), 2, "both servers' roots");
+
+    // A join token made at B attests an agent at A (one datastore): the agent and a workload
+    // entry created at B.
+    let node = "spiffe://example.org/nodes/shared";
+    let t = token(&b, node, "600");
+    b.cli_ok(&[
+        "entry",
+        "create",
+        "-parentID",
+        node,
+        "-spiffeID",
+        "spiffe://example.org/ha/web",
+        "-selector",
+        &format!("unix:uid:{}", my_uid()),
+    ]);
+    let adir = base.join("agent");
+    std::fs::create_dir(&adir).unwrap();
+    let mut agent = TestAgent::start(&adir, agent_config(&adir, &a, "NodeAttestor \"join_token\" { plugin_data {} }", Some(&t)));
+    let fetched = |agent: &TestAgent, dir: &str| {
+        let d = base.join(dir);
+        let _ = std::fs::remove_dir_all(&d);
+        let out = agent.api(&["fetch", "x509", "-write", d.to_str().unwrap()]);
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), d)
+    };
+    wait_until("the workload's SVID through server A", Duration::from_secs(20), || {
+        fetched(&agent, "svid-a").1.contains("spiffe://example.org/ha/web")
+    });
+    let token_again = b.cli(&["token", "generate", "-spiffeID", node, "-ttl", "600"]);
+    assert!(token_again.status.success());
+
+    // A JWT-SVID minted by server A validates at the agent (whose bundle came from the shared
+    // datastore) for as long as it lives.
+    let jwt = a.cli_ok(&["jwt", "mint", "-spiffeID", "spiffe://example.org/ha/api", "-audience", "ha"]).trim().to_owned();
+
+    // Server A goes away; the agent is pointed at B (as a load balancer would) and keeps
+    // working: its SVID is known to B, an entry created at B reaches the workload.
+    a.stop();
+    agent.stop();
+    let text = std::fs::read_to_string(&agent.config)
+        .unwrap()
+        .replace(&format!("server_port = \"{}\"", a.port), &format!("server_port = \"{}\"", b.port));
+    std::fs::write(&agent.config, text).unwrap();
+    agent.spawn();
+    b.cli_ok(&[
+        "entry",
+        "create",
+        "-parentID",
+        node,
+        "-spiffeID",
+        "spiffe://example.org/ha/late",
+        "-selector",
+        &format!("unix:uid:{}", my_uid()),
+    ]);
+    wait_until("an entry created at B, served through B", Duration::from_secs(30), || {
+        fetched(&agent, "svid-b").1.contains("spiffe://example.org/ha/late")
+    });
+    let out = agent.api(&["validate", "jwt", "-audience", "ha", "-svid", &jwt]);
+    assert!(
+        out.status.success(),
+        "A's JWT-SVID does not validate at B's agent: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The SVIDs B issued verify against the shared bundle with openssl.
+    let (_, _, d) = fetched(&agent, "svid-b2");
+    let parts = split_pem(&d.join("svid.0.pem"), &d, "part-");
+    let (ok, out) = run(std::process::Command::new("openssl").arg("verify").arg("-CAfile").arg(d.join("bundle.0.pem")).arg(&parts[0]));
+    assert!(ok, "openssl verify: {out}");
+}
+
+/// SPIRE's keyword/value connection string, as its docs write it.
+#[test]
+fn two_servers_on_postgresql() {
+    let pg = common::db::TestPostgres::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(pg.create_db());
+    two_servers_share_one_database(&format!("database_type = \"postgres\" connection_string = \"{}\"", pg.keyword_dsn(&db)));
+}
+
+/// The Go MySQL driver's DSN, as SPIRE's docs write it.
+#[test]
+fn two_servers_on_mariadb() {
+    let my = common::db::TestMariadb::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(my.create_db());
+    two_servers_share_one_database(&format!("database_type = \"mysql\" connection_string = \"{}\"", my.go_dsn(&db)));
+}
