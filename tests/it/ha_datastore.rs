@@ -120,3 +120,75 @@ fn two_servers_on_mariadb() {
     let db = rt.block_on(my.create_db());
     two_servers_share_one_database(&format!("database_type = \"mysql\" connection_string = \"{}\"", my.go_dsn(&db)));
 }
+
+/// The shared PostgreSQL stops for 30 s while two servers serve an agent: the agent keeps
+/// getting SVIDs (from the servers' caches), a write is refused with a clear error within the
+/// pool's bounded wait, and when the database returns both servers recover on their own: what
+/// was written before is there, and a write at one server reaches the agent of the other.
+#[test]
+fn a_database_outage_loses_nothing() {
+    let pg = common::db::TestPostgres::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(pg.create_db());
+    let datastore = format!("database_type = \"postgres\" connection_string = \"{}\"", pg.keyword_dsn(&db));
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path();
+    let a = server_on(&base.join("a"), &datastore);
+    let b = server_on(&base.join("b"), &datastore);
+    let node = "spiffe://example.org/nodes/outage";
+    let t = token(&a, node, "600");
+    a.cli_ok(&[
+        "entry",
+        "create",
+        "-parentID",
+        node,
+        "-spiffeID",
+        "spiffe://example.org/outage/before",
+        "-selector",
+        &format!("unix:uid:{}", my_uid()),
+    ]);
+    let adir = base.join("agent");
+    std::fs::create_dir(&adir).unwrap();
+    let agent = TestAgent::start(&adir, agent_config(&adir, &b, "NodeAttestor \"join_token\" { plugin_data {} }", Some(&t)));
+    let fetch = |what: &str| {
+        let d = base.join("svid");
+        let _ = std::fs::remove_dir_all(&d);
+        let out = agent.api(&["fetch", "x509", "-write", d.to_str().unwrap()]);
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains(what)
+    };
+    wait_until("the SVID before the outage", Duration::from_secs(20), || fetch("spiffe://example.org/outage/before"));
+
+    pg.pause();
+    let outage = std::time::Instant::now();
+    // Writes are refused with a reason, in bounded time.
+    let refused =
+        b.cli(&["entry", "create", "-parentID", node, "-spiffeID", "spiffe://example.org/outage/during", "-selector", "unix:uid:1"]);
+    assert!(!refused.status.success(), "a write succeeded with the database down");
+    assert!(String::from_utf8_lossy(&refused.stderr).to_lowercase().contains("datastore"), "{}", String::from_utf8_lossy(&refused.stderr));
+    // The agent keeps being served (sync and new SVIDs come from the servers' caches).
+    while outage.elapsed() < Duration::from_secs(30) {
+        assert!(fetch("spiffe://example.org/outage/before"), "the workload lost its SVID during the outage");
+        assert!(b.cli(&["bundle", "show"]).status.success(), "the bundle is served from memory during the outage");
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    pg.resume();
+
+    // Both servers recover on their own: a write at A reaches the agent of B.
+    wait_until("a write at A after the outage", Duration::from_secs(30), || {
+        a.cli(&[
+            "entry",
+            "create",
+            "-parentID",
+            node,
+            "-spiffeID",
+            "spiffe://example.org/outage/after",
+            "-selector",
+            &format!("unix:uid:{}", my_uid()),
+        ])
+        .status
+        .success()
+    });
+    wait_until("the new entry at B's agent", Duration::from_secs(30), || fetch("spiffe://example.org/outage/after"));
+    let shown = b.cli_ok(&["entry", "show"]);
+    assert!(shown.contains("outage/before") && shown.contains("outage/after") && !shown.contains("outage/during"), "{shown}");
+}

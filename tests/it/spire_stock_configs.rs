@@ -304,12 +304,12 @@ fn refused_keys_name_their_path() {
                 &(server.replacen("log_level = \"DEBUG\"", "log_level = \"DEBUG\"\n    ratelimit { attestation = false }", 1)
                     .replacen(
                         "connection_string = \"./.data/datastore.sqlite3\"",
-                        "connection_string = \"./.data/datastore.sqlite3\"\n            max_open_conns = 10",
+                        "connection_string = \"./.data/datastore.sqlite3\"\n            ro_connection_string = \"./.data/replica.sqlite3\"",
                         1,
                     )
                     + "telemetry {\n    Prometheus {\n        port = 9988\n    }\n}\n"),
             ),
-            &["server.ratelimit", "plugins.DataStore.sql.plugin_data.max_open_conns", "telemetry.Prometheus"],
+            &["server.ratelimit", "plugins.DataStore.sql.plugin_data.ro_connection_string", "telemetry.Prometheus"],
         ),
         (
             "spire-agent",

@@ -103,6 +103,28 @@ impl TestPostgres {
         pool.close().await;
         name
     }
+
+    fn pg_ctl(&self, args: &[&str]) -> Command {
+        let data = self.dir.path().join("data");
+        let mut all = vec!["-D", data.to_str().unwrap()];
+        all.extend_from_slice(args);
+        as_user("postgres", &self.bin.join("pg_ctl"), &all)
+    }
+
+    /// Stops the server (a database outage); [`TestPostgres::resume`] starts it again on the
+    /// same port with the same data.
+    #[allow(dead_code, reason = "used by the integration tests, which include this file")]
+    pub(crate) fn pause(&self) {
+        check("pg_ctl stop", &mut self.pg_ctl(&["-m", "fast", "-w", "stop"]));
+    }
+
+    #[allow(dead_code, reason = "used by the integration tests, which include this file")]
+    pub(crate) fn resume(&self) {
+        let opts =
+            format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=400", self.port, self.dir.path().display());
+        let log = self.dir.path().join("pg.log");
+        check("pg_ctl start", &mut self.pg_ctl(&["-l", log.to_str().unwrap(), "-w", "-o", &opts, "start"]));
+    }
 }
 
 impl Drop for TestPostgres {

@@ -69,9 +69,9 @@ async fn open_mysql_for_test(url: String) -> Arc<dyn Datastore> {
     super::open("mysql", &url, &super::PoolSettings::default()).await.unwrap()
 }
 
-/// Two datastores on one database (two servers of a tier): a write through one reaches the
-/// other's subscribers through the events table, once; its own subscribers hear it at once and
-/// only once.
+/// Two datastores on one database (two servers of a tier): they race (the contract's
+/// `racing_servers`), and a write through one reaches the other's subscribers through the
+/// events table, once; its own subscribers hear it at once and only once.
 async fn two_servers_hear_each_other<F, Fut>(url: &str, open: F)
 where
     F: Fn(String) -> Fut,
@@ -79,10 +79,14 @@ where
 {
     let a = open(url.to_owned()).await;
     let b = open(url.to_owned()).await;
-    // Let B's poller take its starting point.
+    contract::racing_servers(&[Arc::clone(&a), Arc::clone(&b)]).await;
+    // Let B's poller take its starting point (and hear the races' events).
     tokio::time::sleep(super::shared_feed::POLL_EVERY * 2).await;
     let (mut at_a, mut at_b) = (a.watch_changes(), b.watch_changes());
-    let td = crate::spiffe::TrustDomain::new("example.org").unwrap();
+    tokio::time::sleep(super::shared_feed::POLL_EVERY * 2).await;
+    at_a.drain();
+    at_b.drain();
+    let td = crate::spiffe::TrustDomain::new("heard.example").unwrap();
     a.append_bundle(&td, &[vec![1]], &[]).await.unwrap();
     assert_eq!(at_a.try_recv(), Ok(Change::Bundle), "the writer's own subscribers hear it at once");
     let heard = tokio::time::timeout(std::time::Duration::from_secs(5), at_b.recv()).await.expect("B heard nothing within 5 s");
