@@ -9,6 +9,10 @@
 //! 3. `BENCH_AGENTS` agents (default 100) with `BENCH_ENTRIES_PER_AGENT` entries each
 //!    (default 1,000): all first syncs concurrently, then one steady-state round.
 //!
+//! `BENCH_DATASTORE` (the DataStore's plugin_data body) runs it on PostgreSQL or MySQL
+//! (`scripts/bench-datastore.sh`); `BENCH_SKIP_WORKLOAD_API` skips part 1,
+//! `BENCH_ONE_AGENT_ENTRIES` sizes part 2.
+//!
 //! Run with `scripts/bench-agent.sh` (or `cargo bench --bench agent`). Prints figures; asserts
 //! nothing about them (it does fail if an RPC fails, so no figure measures an error path).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "benchmark driver")]
@@ -130,12 +134,14 @@ impl Bench {
             format!(
                 r#"server {{ bind_address = "127.0.0.1" bind_port = "{port}" socket_path = "{sock}" trust_domain = "{TD}" data_dir = "{d}" log_level = "WARN" }}
 plugins {{
-    DataStore "sql" {{ plugin_data {{ database_type = "sqlite3" connection_string = "{d}/datastore.sqlite3" }} }}
+    DataStore "sql" {{ plugin_data {{ {datastore} }} }}
     KeyManager "memory" {{}}
     NodeAttestor "join_token" {{ plugin_data {{}} }}
 }}"#,
                 sock = socket.display(),
-                d = dir.display()
+                d = dir.display(),
+                datastore = std::env::var("BENCH_DATASTORE")
+                    .unwrap_or_else(|_| format!("database_type = \"sqlite3\" connection_string = \"{}/datastore.sqlite3\"", dir.display())),
             ),
         )
         .unwrap();
@@ -380,17 +386,18 @@ async fn part1_workload_api(b: &Bench, dir: &std::path::Path) {
 }
 
 async fn part2_one_agent(b: &Bench) {
+    let one_agent_entries = env_usize("BENCH_ONE_AGENT_ENTRIES", ONE_AGENT_ENTRIES);
     let (agent, agent_id) = b.agent().await;
     let t = Instant::now();
-    b.create_entries(&agent_id, ONE_AGENT_ENTRIES, "one").await;
+    b.create_entries(&agent_id, one_agent_entries, "one").await;
     let created = t.elapsed();
-    let reload = b.settle(&[(agent_id, ONE_AGENT_ENTRIES)]).await;
+    let reload = b.settle(&[(agent_id, one_agent_entries)]).await;
 
     let w = Window::open_after_timer(b).await;
     agent.sync_once().await.unwrap();
     let (first, first_c) = w.close(b);
     let held = agent.subscribe().borrow().as_ref().map_or(0, |s| s.svids.len());
-    assert_eq!(held, ONE_AGENT_ENTRIES, "the first sync minted every SVID");
+    assert_eq!(held, one_agent_entries, "the first sync minted every SVID");
 
     let w = Window::open_after_timer(b).await;
     let mut per = Vec::with_capacity(STEADY_SYNCS);
@@ -403,20 +410,20 @@ async fn part2_one_agent(b: &Bench) {
     per.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
 
-    println!("2. One agent, {ONE_AGENT_ENTRIES} entries");
+    println!("2. One agent, {one_agent_entries} entries (BENCH_ONE_AGENT_ENTRIES)");
     println!(
         "  {:<50}: {:>9.2} s    (admin socket, BatchCreateEntry x {}; setup, not a sync)",
         "creating the entries",
         created.as_secs_f64(),
-        ONE_AGENT_ENTRIES.div_ceil(CREATE_BATCH)
+        one_agent_entries.div_ceil(CREATE_BATCH)
     );
     println!("  {:<50}: {:>9.1} ms   (list_entries + list_attested_nodes + get_bundle)", "one server entry-cache rebuild", ms(reload));
     println!(
         "  {:<50}: {:>9.2} s    ({:.0} SVIDs/s; BatchNewX509SVID x {} of 500)",
         "first sync (mints every X509-SVID)",
         first.as_secs_f64(),
-        ONE_AGENT_ENTRIES as f64 / first.as_secs_f64(),
-        ONE_AGENT_ENTRIES.div_ceil(500)
+        one_agent_entries as f64 / first.as_secs_f64(),
+        one_agent_entries.div_ceil(500)
     );
     print_counts(b, "  datastore during the first sync", first, first_c, "target 0");
     println!(
@@ -524,7 +531,8 @@ fn main() {
         println!();
         println!("cairn agent benchmark: server and agents in one process on 127.0.0.1 (agent -> server over mTLS),");
         println!(
-            "SQLite datastore in a tempdir, {} CPUs shared by server, agents and clients",
+            "{} datastore, {} CPUs shared by server, agents and clients",
+            std::env::var("BENCH_DATASTORE").ok().and_then(|d| d.split('"').nth(1).map(str::to_owned)).unwrap_or_else(|| "sqlite3".into()),
             std::thread::available_parallelism().map_or(0, usize::from)
         );
         println!();
@@ -536,7 +544,9 @@ fn main() {
         print_counts(&b, &format!("datastore in {} s of idle", IDLE_WINDOW.as_secs()), idle_wall, idle, "baseline");
         println!();
 
-        part1_workload_api(&b, dir.path()).await;
+        if std::env::var_os("BENCH_SKIP_WORKLOAD_API").is_none() {
+            part1_workload_api(&b, dir.path()).await;
+        }
         part2_one_agent(&b).await;
         part3_many_agents(&b, n_agents, per_agent).await;
         println!();
