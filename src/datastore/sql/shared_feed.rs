@@ -1,7 +1,9 @@
 //! The change feed of servers that share one database: an events table.
 //!
-//! `publish` tells this process's subscribers at once and appends a row (kind, this process's
-//! origin id) to `cairn_events`; a poller reads the rows other processes appended, about once a
+//! `publish` tells this process's subscribers at once and marks its kind of change as pending;
+//! a flusher appends one row per pending kind (kind, this process's origin id) to
+//! `cairn_events` at most every [`FLUSH_EVERY`], so a burst of writes (a batch of entries) costs
+//! one row, not one per write. A poller reads the rows other processes appended, about once a
 //! second, and tells this process's subscribers. Ids are taken in insert order but may commit
 //! out of order, so the poller looks back over a window of ids and remembers which it has seen.
 //! Rows older than an hour are deleted. A poll that fails is reported to subscribers as a lag
@@ -18,6 +20,8 @@ use std::time::Duration;
 
 /// How often other servers' events are read.
 pub const POLL_EVERY: Duration = Duration::from_secs(1);
+/// How long pending kinds gather before they are written.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
 /// Ids below the highest seen by more than this are not looked at again.
 const LOOK_BACK: i64 = 1000;
 /// Rows older than this (seconds) are deleted.
@@ -48,6 +52,9 @@ pub struct TableFeed<DB: Backend> {
     pool: Pool<DB>,
     local: LocalFeed,
     origin: String,
+    /// Kinds published since the last flush.
+    pending: std::sync::Mutex<BTreeSet<&'static str>>,
+    wake: tokio::sync::Notify,
 }
 
 impl<DB> TableFeed<DB>
@@ -62,7 +69,25 @@ where
 {
     /// A feed over `pool`, with its poller running until the feed is dropped.
     pub fn start(pool: Pool<DB>) -> Arc<Self> {
-        let me = Arc::new(Self { pool, local: LocalFeed::new(), origin: uuid::Uuid::new_v4().to_string() });
+        let me = Arc::new(Self {
+            pool,
+            local: LocalFeed::new(),
+            origin: uuid::Uuid::new_v4().to_string(),
+            pending: std::sync::Mutex::new(BTreeSet::new()),
+            wake: tokio::sync::Notify::new(),
+        });
+        let flusher = Arc::downgrade(&me);
+        tokio::spawn(async move {
+            loop {
+                let Some(feed) = flusher.upgrade() else { return };
+                // Holding the feed only while there is work lets it be dropped when idle.
+                let woken = tokio::time::timeout(Duration::from_secs(5), feed.wake.notified()).await.is_ok();
+                if woken {
+                    tokio::time::sleep(FLUSH_EVERY).await;
+                    feed.flush().await;
+                }
+            }
+        });
         let weak = Arc::downgrade(&me);
         tokio::spawn(async move {
             let mut seen = BTreeSet::new();
@@ -102,6 +127,19 @@ where
             }
         });
         me
+    }
+
+    /// Writes one row per pending kind.
+    async fn flush(&self) {
+        let kinds = self.pending.lock().map(|mut p| std::mem::take(&mut *p)).unwrap_or_default();
+        let sql = DB::DIALECT.sql("INSERT INTO cairn_events (kind, origin, created_at) VALUES (?, ?, ?)");
+        for kind in kinds {
+            let done = sqlx::query::<DB>(&sql).bind(kind).bind(self.origin.as_str()).bind(crate::now_unix()).execute(&self.pool).await;
+            if let Err(e) = done {
+                // The write itself committed; other servers learn of it at their next full reload.
+                tracing::warn!(error = %e, kind, "change feed: could not record a change for other servers");
+            }
+        }
     }
 
     /// Reads the events other processes appended since the last poll; tells subscribers.
@@ -152,13 +190,10 @@ where
 {
     async fn publish(&self, change: Change) {
         self.local.send(change);
-        let sql = DB::DIALECT.sql("INSERT INTO cairn_events (kind, origin, created_at) VALUES (?, ?, ?)");
-        let done =
-            sqlx::query::<DB>(&sql).bind(kind_name(change)).bind(self.origin.as_str()).bind(crate::now_unix()).execute(&self.pool).await;
-        if let Err(e) = done {
-            // The write itself committed; other servers learn of it at their next full reload.
-            tracing::warn!(error = %e, "change feed: could not record a change for other servers");
+        if let Ok(mut p) = self.pending.lock() {
+            p.insert(kind_name(change));
         }
+        self.wake.notify_one();
     }
 
     fn subscribe(&self) -> ChangeReceiver {
