@@ -149,7 +149,7 @@ plugins {{
         let uds = cairn::server::bind_admin_socket(&socket).await.unwrap();
         // The server gets its datastore through a counting wrapper, kept here to read the count.
         let inner =
-            cairn::datastore::sql::open(&config.datastore.database_type, &config.datastore.connection_string, &config.datastore.pool)
+            cairn::datastore::sql::open(&config.datastore.database_type, &config.datastore.connection_string, &config.datastore.settings)
                 .await
                 .unwrap();
         let datastore = Arc::new(CountingDatastore::new(inner));

@@ -15,8 +15,8 @@ pub struct DatastoreConfig {
     /// Driver connection string (for sqlite3: a file path or `sqlite://...`; for postgres a URL
     /// or libpq's keyword/value form; for mysql a URL or the Go driver's DSN).
     pub connection_string: String,
-    /// `max_open_conns`, `max_idle_conns`, `conn_max_lifetime`.
-    pub pool: crate::datastore::sql::PoolSettings,
+    /// `max_open_conns`, `max_idle_conns`, `conn_max_lifetime`, and MySQL's TLS files.
+    pub settings: crate::datastore::sql::ConnectSettings,
 }
 
 pub use crate::keymanager::KeyManagerConfig;
@@ -978,9 +978,6 @@ fn embedded_settings(
 fn sql_unsupported(key: &str) -> Option<&'static str> {
     match key {
         "ro_connection_string" => Some("not yet: read replicas"),
-        "root_ca_path" | "client_cert_path" | "client_key_path" => {
-            Some("not yet: TLS to MySQL (use sslmode and sslrootcert in a PostgreSQL connection_string)")
-        }
         _ => None,
     }
 }
@@ -1146,7 +1143,17 @@ impl Plugins {
                 let data = d.data.unwrap_or(&empty);
                 w.unsupported_and_unknown_keys(
                     data,
-                    &["database_type", "connection_string", "disable_migration", "max_open_conns", "max_idle_conns", "conn_max_lifetime"],
+                    &[
+                        "database_type",
+                        "connection_string",
+                        "disable_migration",
+                        "max_open_conns",
+                        "max_idle_conns",
+                        "conn_max_lifetime",
+                        "root_ca_path",
+                        "client_cert_path",
+                        "client_key_path",
+                    ],
                     &d.path,
                     sql_unsupported,
                     |_| None,
@@ -1154,13 +1161,13 @@ impl Plugins {
                 if w.boolean(data, "disable_migration", &d.path) == Some(true) {
                     w.unsupported(&join(&d.path, "disable_migration"), "cairn always brings its schema up to date at start");
                 }
-                let mut pool = crate::datastore::sql::PoolSettings::default();
+                let mut settings = crate::datastore::sql::ConnectSettings::default();
                 if let Some(n) = w.count(data, "max_open_conns", &d.path) {
-                    pool.max_open = n.max(1);
+                    settings.max_open = n.max(1);
                 }
                 if let Some(n) = w.count(data, "max_idle_conns", &d.path) {
                     if n == 0 {
-                        pool.idle_timeout = Some(std::time::Duration::ZERO);
+                        settings.idle_timeout = Some(std::time::Duration::ZERO);
                     } else {
                         w.notice(
                             &join(&d.path, "max_idle_conns"),
@@ -1169,9 +1176,29 @@ impl Plugins {
                     }
                 }
                 if let Some(secs) = w.duration(data, "conn_max_lifetime", &d.path) {
-                    pool.max_lifetime = (secs > 0).then(|| std::time::Duration::from_secs(u64::try_from(secs).unwrap_or(0)));
+                    settings.max_lifetime = (secs > 0).then(|| std::time::Duration::from_secs(u64::try_from(secs).unwrap_or(0)));
                 }
                 let database_type = w.string(data, "database_type", &d.path);
+                // SPIRE's TLS files for MySQL (PostgreSQL takes sslrootcert/sslcert/sslkey in its
+                // connection string).
+                for (key, slot) in [
+                    ("root_ca_path", &mut settings.mysql_tls.root_ca),
+                    ("client_cert_path", &mut settings.mysql_tls.client_cert),
+                    ("client_key_path", &mut settings.mysql_tls.client_key),
+                ] {
+                    if let Some(v) = w.string(data, key, &d.path).filter(|v| !v.is_empty()) {
+                        if database_type.as_deref() != Some("mysql") {
+                            w.err(
+                                &join(&d.path, key),
+                                "MySQL only; for PostgreSQL put sslrootcert, sslcert and sslkey in connection_string",
+                            );
+                        }
+                        *slot = Some(v.into());
+                    }
+                }
+                if settings.mysql_tls.client_cert.is_some() != settings.mysql_tls.client_key.is_some() {
+                    w.err(&d.path, "client_cert_path and client_key_path go together");
+                }
                 let connection_string = w.string(data, "connection_string", &d.path);
                 match database_type.as_deref() {
                     None => w.err(&join(&d.path, "database_type"), "missing (e.g. \"sqlite3\")"),
@@ -1182,7 +1209,7 @@ impl Plugins {
                     w.err(&join(&d.path, "connection_string"), "missing (for sqlite3: a file path such as \"./data/datastore.sqlite3\")");
                 }
                 match (database_type, connection_string) {
-                    (Some(t), Some(c)) => Some(DatastoreConfig { database_type: t, connection_string: c, pool }),
+                    (Some(t), Some(c)) => Some(DatastoreConfig { database_type: t, connection_string: c, settings }),
                     _ => None,
                 }
             }

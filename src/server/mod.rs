@@ -85,7 +85,7 @@ impl Server {
         let keys = Self::open_key_custody(&config)?;
         Self::prepare_data_dir(&config)?;
         let datastore =
-            crate::datastore::sql::open(&config.datastore.database_type, &config.datastore.connection_string, &config.datastore.pool)
+            crate::datastore::sql::open(&config.datastore.database_type, &config.datastore.connection_string, &config.datastore.settings)
                 .await?;
         Self::assemble(config, datastore, keys).await
     }

@@ -482,10 +482,22 @@ fn sql_datastore_for_postgres_and_mysql() {
     };
     let c = load(&with("database_type = \"postgres\" connection_string = \"dbname=spire user=spire host=db\" max_open_conns = 20 max_idle_conns = 2 conn_max_lifetime = \"1h\"")).unwrap();
     assert_eq!(c.datastore.database_type, "postgres");
-    assert_eq!((c.datastore.pool.max_open, c.datastore.pool.max_lifetime), (20, Some(std::time::Duration::from_secs(3600))));
+    assert_eq!((c.datastore.settings.max_open, c.datastore.settings.max_lifetime), (20, Some(std::time::Duration::from_secs(3600))));
     assert!(c.notices.iter().any(|n| n.contains("max_idle_conns: accepted; ")), "{:?}", c.notices);
     let c = load(&with("database_type = \"mysql\" connection_string = \"u:p@tcp(db:3306)/spire\" max_idle_conns = 0")).unwrap();
-    assert_eq!(c.datastore.pool.idle_timeout, Some(std::time::Duration::ZERO));
+    assert_eq!(c.datastore.settings.idle_timeout, Some(std::time::Duration::ZERO));
     let text = load(&with("database_type = \"mysql\" connection_string = \"x\" max_open_conns = -1")).unwrap_err().to_string();
     assert!(text.contains("max_open_conns: expected a whole number"), "{text}");
+    // SPIRE's MySQL TLS files; refused for PostgreSQL (whose connection string carries them),
+    // and a client certificate needs its key.
+    let c = load(&with("database_type = \"mysql\" connection_string = \"u@tcp(db)/spire?tls=custom\" root_ca_path = \"/etc/ca.pem\" client_cert_path = \"/etc/c.pem\" client_key_path = \"/etc/c.key\"")).unwrap();
+    assert_eq!(c.datastore.settings.mysql_tls.root_ca.as_deref(), Some(std::path::Path::new("/etc/ca.pem")));
+    let text = load(&with("database_type = \"postgres\" connection_string = \"dbname=x\" root_ca_path = \"/etc/ca.pem\""))
+        .unwrap_err()
+        .to_string();
+    assert!(text.contains("root_ca_path: MySQL only"), "{text}");
+    let text = load(&with("database_type = \"mysql\" connection_string = \"u@tcp(db)/x\" client_cert_path = \"/etc/c.pem\""))
+        .unwrap_err()
+        .to_string();
+    assert!(text.contains("client_cert_path and client_key_path go together"), "{text}");
 }

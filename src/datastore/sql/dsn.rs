@@ -5,8 +5,9 @@
 //!
 //! Errors name the offending part but never echo a password.
 
+use super::MysqlTls;
 use crate::datastore::DatastoreError;
-use sqlx::mysql::MySqlConnectOptions;
+use sqlx::mysql::{MySqlConnectOptions, MySqlSslMode};
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
 use std::str::FromStr;
 
@@ -99,15 +100,31 @@ pub fn postgres(s: &str) -> Result<PgConnectOptions, DatastoreError> {
 }
 
 /// MySQL options from a URL (`mysql://...`) or a Go MySQL driver DSN
-/// (`[user[:password]@][tcp[(host[:port])]|unix(path)]/dbname[?params]`).
+/// (`[user[:password]@][tcp[(host[:port])]|unix(path)]/dbname[?params]`), with SPIRE's TLS
+/// files. The Go driver's `tls` parameter is honoured: `true` verifies the server's certificate
+/// and name, `skip-verify` encrypts without verifying, `preferred` tries TLS, `false` turns it
+/// off, and any other value names SPIRE's custom TLS configuration (the files), which verifies.
+/// The TLS files alone also mean "verify".
 ///
 /// # Errors
-/// Malformed text, an unknown protocol or parameter, a bad port.
-pub fn mysql(s: &str) -> Result<MySqlConnectOptions, DatastoreError> {
+/// Malformed text, an unknown protocol or parameter, a bad port, a custom `tls` name without
+/// TLS files.
+pub fn mysql(s: &str, tls: &MysqlTls) -> Result<MySqlConnectOptions, DatastoreError> {
     let t = s.trim();
+    let with_files = |mut o: MySqlConnectOptions| {
+        if let Some(ca) = &tls.root_ca {
+            o = o.ssl_ca(ca);
+        }
+        if let (Some(c), Some(k)) = (&tls.client_cert, &tls.client_key) {
+            o = o.ssl_client_cert(c).ssl_client_key(k);
+        }
+        o
+    };
+    let files = tls.root_ca.is_some() || tls.client_cert.is_some();
     if t.starts_with("mysql://") || t.starts_with("mariadb://") {
         let url = t.replacen("mariadb://", "mysql://", 1);
-        return MySqlConnectOptions::from_str(&url).map_err(|e| cfg(format!("not a usable MySQL URL: {}", redact(&e.to_string()))));
+        let o = MySqlConnectOptions::from_str(&url).map_err(|e| cfg(format!("not a usable MySQL URL: {}", redact(&e.to_string()))))?;
+        return Ok(if files { with_files(o).ssl_mode(MySqlSslMode::VerifyIdentity) } else { o });
     }
     // The database name starts after the last '/' that precedes any '?'.
     let (main, params) = t.split_once('?').unwrap_or((t, ""));
@@ -144,6 +161,12 @@ pub fn mysql(s: &str) -> Result<MySqlConnectOptions, DatastoreError> {
     if !dbname.is_empty() {
         o = o.database(dbname);
     }
+    // Without a `tls` parameter: verified TLS when SPIRE's files are given, otherwise sqlx's
+    // default (TLS when the server offers it, unverified).
+    if files {
+        o = o.ssl_mode(MySqlSslMode::VerifyIdentity);
+    }
+    o = with_files(o);
     for pair in params.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         o = match k {
@@ -152,10 +175,18 @@ pub fn mysql(s: &str) -> Result<MySqlConnectOptions, DatastoreError> {
             // Go-driver settings with no meaning here (cairn reads times as integers, and the
             // pool bounds connecting).
             "parseTime" | "loc" | "timeout" | "readTimeout" | "writeTimeout" | "autocommit" | "maxAllowedPacket" => o,
-            "tls" if v == "false" => o,
-            "tls" => {
-                return Err(cfg("tls: TLS to MySQL is not built into this cairn yet; connect over a trusted network or a unix socket"));
-            }
+            "tls" => match v {
+                "true" => o.ssl_mode(MySqlSslMode::VerifyIdentity),
+                "skip-verify" => o.ssl_mode(MySqlSslMode::Required),
+                "preferred" => o.ssl_mode(MySqlSslMode::Preferred),
+                "false" => o.ssl_mode(MySqlSslMode::Disabled),
+                _ if files => o.ssl_mode(MySqlSslMode::VerifyIdentity),
+                other => {
+                    return Err(cfg(format!(
+                        "tls={other:?} names a TLS configuration: set root_ca_path (and client_cert_path, client_key_path) in plugin_data"
+                    )));
+                }
+            },
             other => return Err(cfg(format!("unsupported parameter {other:?}"))),
         };
     }
@@ -195,22 +226,37 @@ mod tests {
 
     #[test]
     fn spire_mysql_strings() {
-        let o = mysql("spire:p@ss@tcp(db.example:3307)/spire?parseTime=true&charset=utf8mb4").unwrap();
+        let none = MysqlTls::default();
+        let o = mysql("spire:p@ss@tcp(db.example:3307)/spire?parseTime=true&charset=utf8mb4", &none).unwrap();
         assert_eq!((o.get_host(), o.get_port(), o.get_username(), o.get_database()), ("db.example", 3307, "spire", Some("spire")));
-        let o = mysql("root@unix(/run/mysqld.sock)/cairn").unwrap();
+        let o = mysql("root@unix(/run/mysqld.sock)/cairn", &none).unwrap();
         assert_eq!(o.get_socket().map(|p| p.display().to_string()), Some("/run/mysqld.sock".into()));
-        let o = mysql("mysql://u:p@127.0.0.1:13306/spire").unwrap();
+        let o = mysql("mysql://u:p@127.0.0.1:13306/spire", &none).unwrap();
         assert_eq!(o.get_port(), 13306);
         for (bad, says) in [
             ("u:p@tcp(h:x)/d", "not a number"),
             ("u@udp(h)/d", "protocol"),
             ("u@tcp(h)/d?frob=1", "frob"),
-            ("u@tcp(h)/d?tls=true", "TLS"),
+            ("u@tcp(h)/d?tls=custom", "root_ca_path"),
             ("nodb", "dbname"),
         ] {
-            let e = mysql(bad).unwrap_err().to_string();
+            let e = mysql(bad, &none).unwrap_err().to_string();
             assert!(e.contains(says), "{bad}: {e}");
         }
-        assert!(!mysql("u:secret@tcp(h:x)/d").unwrap_err().to_string().contains("secret"));
+        assert!(!mysql("u:secret@tcp(h:x)/d", &none).unwrap_err().to_string().contains("secret"));
+        // The Go driver's tls values, and SPIRE's files meaning "verify".
+        for (v, mode) in [
+            ("true", MySqlSslMode::VerifyIdentity),
+            ("skip-verify", MySqlSslMode::Required),
+            ("preferred", MySqlSslMode::Preferred),
+            ("false", MySqlSslMode::Disabled),
+        ] {
+            let got = mysql(&format!("u@tcp(h)/d?tls={v}"), &none).unwrap().get_ssl_mode();
+            assert_eq!(format!("{got:?}"), format!("{mode:?}"), "tls={v}");
+        }
+        let files = MysqlTls { root_ca: Some("/ca.pem".into()), ..MysqlTls::default() };
+        for dsn in ["u@tcp(h)/d", "u@tcp(h)/d?tls=custom"] {
+            assert!(matches!(mysql(dsn, &files).unwrap().get_ssl_mode(), MySqlSslMode::VerifyIdentity), "{dsn}");
+        }
     }
 }

@@ -62,7 +62,7 @@ pub trait Backend: sqlx::Database {
 
     /// A connection pool for `connection_string`, sized by `pool`, with this database's session
     /// settings.
-    fn connect(connection_string: &str, pool: &PoolSettings) -> impl Future<Output = Result<sqlx::Pool<Self>, DatastoreError>> + Send;
+    fn connect(connection_string: &str, pool: &ConnectSettings) -> impl Future<Output = Result<sqlx::Pool<Self>, DatastoreError>> + Send;
 
     /// Data fix-ups that SQL migrations cannot do on this database, run after them.
     fn after_migrate(pool: &sqlx::Pool<Self>) -> impl Future<Output = Result<(), DatastoreError>> + Send;
@@ -71,9 +71,22 @@ pub trait Backend: sqlx::Database {
     fn rows_affected(result: &Self::QueryResult) -> u64;
 }
 
-/// SPIRE's pool settings (`max_open_conns`, `max_idle_conns`, `conn_max_lifetime`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PoolSettings {
+/// SPIRE's pool settings (`max_open_conns`, `max_idle_conns`, `conn_max_lifetime`) and its
+/// MySQL TLS files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MysqlTls {
+    /// `root_ca_path`: the CA that must have signed the server's certificate.
+    pub root_ca: Option<std::path::PathBuf>,
+    /// `client_cert_path`.
+    pub client_cert: Option<std::path::PathBuf>,
+    /// `client_key_path`.
+    pub client_key: Option<std::path::PathBuf>,
+}
+
+/// How to connect: the pool's size and lifetimes, and TLS files the connection string cannot
+/// carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectSettings {
     /// Most connections open at once (SPIRE's default: 100).
     pub max_open: u32,
     /// Idle connections kept open at least this long are closed; sqlx has no cap on the
@@ -81,15 +94,17 @@ pub struct PoolSettings {
     pub idle_timeout: Option<std::time::Duration>,
     /// Connections are replaced after this long (`conn_max_lifetime`; none by default).
     pub max_lifetime: Option<std::time::Duration>,
+    /// MySQL only: SPIRE's `root_ca_path`, `client_cert_path`, `client_key_path`.
+    pub mysql_tls: MysqlTls,
 }
 
-impl Default for PoolSettings {
+impl Default for ConnectSettings {
     fn default() -> Self {
-        Self { max_open: 100, idle_timeout: Some(std::time::Duration::from_secs(600)), max_lifetime: None }
+        Self { max_open: 100, idle_timeout: Some(std::time::Duration::from_secs(600)), max_lifetime: None, mysql_tls: MysqlTls::default() }
     }
 }
 
-impl PoolSettings {
+impl ConnectSettings {
     /// Applies these settings to sqlx pool options.
     fn apply<DB: sqlx::Database>(&self, o: sqlx::pool::PoolOptions<DB>) -> sqlx::pool::PoolOptions<DB> {
         o.max_connections(self.max_open.max(1))
@@ -103,7 +118,7 @@ impl PoolSettings {
 ///
 /// # Errors
 /// A database type not built in, a bad connection string, or a failing database.
-pub async fn open(database_type: &str, connection_string: &str, pool: &PoolSettings) -> Result<Arc<dyn Datastore>, DatastoreError> {
+pub async fn open(database_type: &str, connection_string: &str, pool: &ConnectSettings) -> Result<Arc<dyn Datastore>, DatastoreError> {
     match database_type {
         "sqlite3" => Ok(Arc::new(SqliteDatastore::connect_with(connection_string, pool).await?)),
         // Several servers may share these databases: changes go through the events table.

@@ -16,8 +16,8 @@ impl Backend for MySql {
         &MIGRATIONS
     }
 
-    async fn connect(connection_string: &str, pool: &super::PoolSettings) -> Result<MySqlPool, DatastoreError> {
-        let opts = super::dsn::mysql(connection_string)?;
+    async fn connect(connection_string: &str, pool: &super::ConnectSettings) -> Result<MySqlPool, DatastoreError> {
+        let opts = super::dsn::mysql(connection_string, &pool.mysql_tls)?;
         pool.apply(MySqlPoolOptions::new())
             .connect_with(opts)
             .await

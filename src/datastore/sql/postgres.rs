@@ -16,7 +16,7 @@ impl Backend for Postgres {
         &MIGRATIONS
     }
 
-    async fn connect(connection_string: &str, pool: &super::PoolSettings) -> Result<PgPool, DatastoreError> {
+    async fn connect(connection_string: &str, pool: &super::ConnectSettings) -> Result<PgPool, DatastoreError> {
         let opts = super::dsn::postgres(connection_string)?;
         pool.apply(PgPoolOptions::new())
             .connect_with(opts)

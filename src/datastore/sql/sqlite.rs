@@ -17,7 +17,7 @@ impl Backend for Sqlite {
         &MIGRATIONS
     }
 
-    async fn connect(connection_string: &str, _pool: &super::PoolSettings) -> Result<SqlitePool, DatastoreError> {
+    async fn connect(connection_string: &str, _pool: &super::ConnectSettings) -> Result<SqlitePool, DatastoreError> {
         let url =
             if connection_string.starts_with("sqlite:") { connection_string.to_owned() } else { format!("sqlite://{connection_string}") };
         let opts = SqliteConnectOptions::from_str(&url)

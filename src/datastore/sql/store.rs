@@ -77,14 +77,14 @@ where
     /// # Errors
     /// A bad connection string, a failing database, or a failed migration.
     pub async fn connect(connection_string: &str) -> Result<Self, DatastoreError> {
-        Self::connect_with(connection_string, &super::PoolSettings::default()).await
+        Self::connect_with(connection_string, &super::ConnectSettings::default()).await
     }
 
     /// [`SqlDatastore::connect`] with the pool sized by `pool`.
     ///
     /// # Errors
     /// As [`SqlDatastore::connect`].
-    pub async fn connect_with(connection_string: &str, pool: &super::PoolSettings) -> Result<Self, DatastoreError> {
+    pub async fn connect_with(connection_string: &str, pool: &super::ConnectSettings) -> Result<Self, DatastoreError> {
         let pool = DB::connect(connection_string, pool).await?;
         DB::migrator().run(&pool).await.map_err(|e| DatastoreError::Database(format!("migration: {e}")))?;
         DB::after_migrate(&pool).await?;

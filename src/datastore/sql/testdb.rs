@@ -47,16 +47,57 @@ fn scratch(user: &str) -> tempfile::TempDir {
     dir
 }
 
+/// A test CA and a server certificate for `localhost` / 127.0.0.1 in `dir` (`ca.pem`,
+/// `server.pem`, `server.key`, the key readable only by `owner`); answers the CA's path.
+pub(crate) fn server_tls(dir: &Path, owner: &str) -> PathBuf {
+    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut ca = rcgen::CertificateParams::default();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(rcgen::DnType::CommonName, "cairn test database CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    leaf.distinguished_name.push(rcgen::DnType::CommonName, "localhost");
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+    std::fs::write(dir.join("server.pem"), cert.pem()).unwrap();
+    let key_path = dir.join("server.key");
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    std::fs::set_permissions(&key_path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    if is_root() {
+        for f in ["ca.pem", "server.pem", "server.key"] {
+            check("chown", Command::new("chown").args([&format!("{owner}:{owner}")]).arg(dir.join(f)));
+        }
+    }
+    dir.join("ca.pem")
+}
+
 /// A PostgreSQL server on loopback, trusting local connections.
 pub(crate) struct TestPostgres {
     dir: tempfile::TempDir,
     bin: PathBuf,
     port: u16,
     next: AtomicUsize,
+    /// Server settings beyond the defaults (TLS).
+    extra: String,
+    /// The CA of the server's certificate, when TLS is on.
+    pub(crate) ca: Option<PathBuf>,
 }
 
 impl TestPostgres {
     pub(crate) fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// With TLS on (a test CA's certificate for localhost / 127.0.0.1); plain connections are
+    /// still allowed.
+    #[allow(dead_code, reason = "not every test crate that includes this file uses it")]
+    pub(crate) fn start_tls() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Self {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .ok()
             .and_then(|d| d.filter_map(Result::ok).map(|e| e.path().join("bin")).filter(|p| p.join("initdb").exists()).max())
@@ -72,22 +113,27 @@ impl TestPostgres {
                 &["-D", data.to_str().unwrap(), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"],
             ),
         );
-        let opts = format!("-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=400", dir.path().display());
-        let log = dir.path().join("pg.log");
-        check(
-            "pg_ctl start",
-            &mut as_user(
-                "postgres",
-                &bin.join("pg_ctl"),
-                &["-D", data.to_str().unwrap(), "-l", log.to_str().unwrap(), "-w", "-o", &opts, "start"],
-            ),
-        );
-        Self { dir, bin, port, next: AtomicUsize::new(0) }
+        let (extra, ca) = if tls {
+            let ca = server_tls(dir.path(), "postgres");
+            let d = dir.path().display();
+            (format!(" -c ssl=on -c ssl_cert_file={d}/server.pem -c ssl_key_file={d}/server.key"), Some(ca))
+        } else {
+            (String::new(), None)
+        };
+        let me = Self { dir, bin, port, next: AtomicUsize::new(0), extra, ca };
+        me.resume();
+        me
     }
 
     /// A URL for database `db`.
     pub(crate) fn url(&self, db: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{db}?sslmode=disable", self.port)
+    }
+
+    /// The server's port.
+    #[allow(dead_code, reason = "not every test crate that includes this file uses it")]
+    pub(crate) fn port(&self) -> u16 {
+        self.port
     }
 
     /// SPIRE's keyword/value form of [`TestPostgres::url`].
@@ -118,10 +164,13 @@ impl TestPostgres {
         check("pg_ctl stop", &mut self.pg_ctl(&["-m", "fast", "-w", "stop"]));
     }
 
-    #[allow(dead_code, reason = "used by the integration tests, which include this file")]
     pub(crate) fn resume(&self) {
-        let opts =
-            format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=400", self.port, self.dir.path().display());
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=400{}",
+            self.port,
+            self.dir.path().display(),
+            self.extra
+        );
         let log = self.dir.path().join("pg.log");
         check("pg_ctl start", &mut self.pg_ctl(&["-l", log.to_str().unwrap(), "-w", "-o", &opts, "start"]));
     }
@@ -141,10 +190,22 @@ pub(crate) struct TestMariadb {
     child: Option<std::process::Child>,
     port: u16,
     next: AtomicUsize,
+    /// The CA of the server's certificate, when TLS is on (and required).
+    pub(crate) ca: Option<PathBuf>,
 }
 
 impl TestMariadb {
     pub(crate) fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// With TLS required on TCP (a test CA's certificate for localhost / 127.0.0.1).
+    #[allow(dead_code, reason = "not every test crate that includes this file uses it")]
+    pub(crate) fn start_tls() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Self {
         let install = Path::new("/usr/bin/mariadb-install-db");
         let server = Path::new("/usr/sbin/mariadbd");
         assert!(install.exists() && server.exists(), "no MariaDB server; {INSTALL}");
@@ -172,8 +233,17 @@ impl TestMariadb {
             .args(["--bind-address=127.0.0.1", "--skip-name-resolve", "--innodb-flush-log-at-trx-commit=0", "--max-connections=400"])
             .arg(format!("--log-error={}", dir.path().join("err.log").display()))
             .stderr(std::process::Stdio::null());
+        let ca = tls.then(|| {
+            let ca = server_tls(dir.path(), "mysql");
+            let d = dir.path().display();
+            cmd.arg(format!("--ssl-ca={d}/ca.pem"))
+                .arg(format!("--ssl-cert={d}/server.pem"))
+                .arg(format!("--ssl-key={d}/server.key"))
+                .arg("--require-secure-transport=ON");
+            ca
+        });
         let child = cmd.spawn().unwrap_or_else(|e| panic!("mariadbd: {e}; {INSTALL}"));
-        let me = Self { dir, child: Some(child), port, next: AtomicUsize::new(0) };
+        let me = Self { dir, child: Some(child), port, next: AtomicUsize::new(0), ca };
         let deadline = Instant::now() + Duration::from_secs(30);
         let admin =
             || Command::new("mariadb-admin").args(["--no-defaults", &format!("--socket={}", socket.display()), "-uroot", "ping"]).output();
@@ -201,6 +271,12 @@ impl TestMariadb {
     /// A URL for database `db`.
     pub(crate) fn url(&self, db: &str) -> String {
         format!("mysql://cairn:cairnpw@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// The server's port.
+    #[allow(dead_code, reason = "not every test crate that includes this file uses it")]
+    pub(crate) fn port(&self) -> u16 {
+        self.port
     }
 
     /// SPIRE's Go-driver DSN form of [`TestMariadb::url`].
