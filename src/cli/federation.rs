@@ -298,6 +298,22 @@ fn print_batch(
     Ok(())
 }
 
+/// The results of a create or update: protojson-shaped with `-output json`, else SPIRE's text.
+fn report(verb: &str, sock: &Sock, sent: &[pt::FederationRelationship], results: Vec<BatchResult>) -> CliResult {
+    if sock.output == "json" {
+        let results: Vec<_> = results
+            .iter()
+            .map(|(st, fr)| serde_json::json!({"status": status_json(st.as_ref()), "federation_relationship": fr.as_ref().map(relationship_json)}))
+            .collect();
+        outln!("{}", serde_json::json!({ "results": results }));
+        return Ok(());
+    }
+    print_batch(verb, sent, &results)
+}
+
+/// One result of a batch: its status and the relationship it answered.
+type BatchResult = (Option<pt::Status>, Option<pt::FederationRelationship>);
+
 /// Runs one `federation` subcommand.
 ///
 /// # Errors
@@ -315,17 +331,8 @@ pub async fn run(cmd: FederationCommand) -> CliResult {
                 .await
                 .map_err(|e| format!("request failed: {}", rpc_err(&e)))?
                 .into_inner();
-            if a.sock.output == "json" {
-                let results: Vec<_> = resp
-                    .results
-                    .iter()
-                    .map(|r| serde_json::json!({"status": status_json(r.status.as_ref()), "federation_relationship": r.federation_relationship.as_ref().map(relationship_json)}))
-                    .collect();
-                outln!("{}", serde_json::json!({ "results": results }));
-                return Ok(());
-            }
-            let results: Vec<_> = resp.results.into_iter().map(|r| (r.status, r.federation_relationship)).collect();
-            print_batch("create", &sent, &results)
+            let results = resp.results.into_iter().map(|r| (r.status, r.federation_relationship)).collect();
+            report("create", &a.sock, &sent, results)
         }
         FederationCommand::Update(a) => {
             let sent = relationships(&a)?;
@@ -339,17 +346,8 @@ pub async fn run(cmd: FederationCommand) -> CliResult {
                 .await
                 .map_err(|e| format!("request failed: {}", rpc_err(&e)))?
                 .into_inner();
-            if a.sock.output == "json" {
-                let results: Vec<_> = resp
-                    .results
-                    .iter()
-                    .map(|r| serde_json::json!({"status": status_json(r.status.as_ref()), "federation_relationship": r.federation_relationship.as_ref().map(relationship_json)}))
-                    .collect();
-                outln!("{}", serde_json::json!({ "results": results }));
-                return Ok(());
-            }
-            let results: Vec<_> = resp.results.into_iter().map(|r| (r.status, r.federation_relationship)).collect();
-            print_batch("update", &sent, &results)
+            let results = resp.results.into_iter().map(|r| (r.status, r.federation_relationship)).collect();
+            report("update", &a.sock, &sent, results)
         }
         FederationCommand::Show { trust_domain, sock } => {
             let td = trust_domain.filter(|t| !t.is_empty()).ok_or("a trust domain name is required")?;

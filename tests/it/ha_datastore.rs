@@ -18,6 +18,16 @@ fn server_on(dir: &Path, datastore: &str) -> TestServer {
     TestServer::start(dir, &ServerOpts { datastore_block: Some(block), ..ServerOpts::default() })
 }
 
+/// A workload entry `workload` for this uid under `node`, created at `registrar` with a join
+/// token from it, and an agent attesting with that token at `attest_at`.
+fn agent_via(base: &Path, registrar: &TestServer, attest_at: &TestServer, node: &str, workload: &str) -> TestAgent {
+    let t = token(registrar, node, "600");
+    registrar.cli_ok(&["entry", "create", "-parentID", node, "-spiffeID", workload, "-selector", &format!("unix:uid:{}", my_uid())]);
+    let adir = base.join("agent");
+    std::fs::create_dir(&adir).unwrap();
+    TestAgent::start(&adir, agent_config(&adir, attest_at, "NodeAttestor \"join_token\" { plugin_data {} }", Some(&t)))
+}
+
 fn two_servers_share_one_database(datastore: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path();
@@ -37,20 +47,7 @@ fn two_servers_share_one_database(datastore: &str) {
     // A join token made at B attests an agent at A (one datastore): the agent and a workload
     // entry created at B.
     let node = "spiffe://example.org/nodes/shared";
-    let t = token(&b, node, "600");
-    b.cli_ok(&[
-        "entry",
-        "create",
-        "-parentID",
-        node,
-        "-spiffeID",
-        "spiffe://example.org/ha/web",
-        "-selector",
-        &format!("unix:uid:{}", my_uid()),
-    ]);
-    let adir = base.join("agent");
-    std::fs::create_dir(&adir).unwrap();
-    let mut agent = TestAgent::start(&adir, agent_config(&adir, &a, "NodeAttestor \"join_token\" { plugin_data {} }", Some(&t)));
+    let mut agent = agent_via(base, &b, &a, node, "spiffe://example.org/ha/web");
     let fetched = |agent: &TestAgent, dir: &str| {
         let d = base.join(dir);
         let _ = std::fs::remove_dir_all(&d);
@@ -136,20 +133,7 @@ fn a_database_outage_loses_nothing() {
     let a = server_on(&base.join("a"), &datastore);
     let b = server_on(&base.join("b"), &datastore);
     let node = "spiffe://example.org/nodes/outage";
-    let t = token(&a, node, "600");
-    a.cli_ok(&[
-        "entry",
-        "create",
-        "-parentID",
-        node,
-        "-spiffeID",
-        "spiffe://example.org/outage/before",
-        "-selector",
-        &format!("unix:uid:{}", my_uid()),
-    ]);
-    let adir = base.join("agent");
-    std::fs::create_dir(&adir).unwrap();
-    let agent = TestAgent::start(&adir, agent_config(&adir, &b, "NodeAttestor \"join_token\" { plugin_data {} }", Some(&t)));
+    let agent = agent_via(base, &a, &b, node, "spiffe://example.org/outage/before");
     let fetch = |what: &str| {
         let d = base.join("svid");
         let _ = std::fs::remove_dir_all(&d);
