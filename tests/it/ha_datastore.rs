@@ -118,20 +118,15 @@ fn two_servers_on_mariadb() {
     two_servers_share_one_database(&format!("database_type = \"mysql\" connection_string = \"{}\"", my.go_dsn(&db)));
 }
 
-/// The shared PostgreSQL stops for 30 s while two servers serve an agent: the agent keeps
+/// The shared database stops for 30 s while two servers serve an agent: the agent keeps
 /// getting SVIDs (from the servers' caches), a write is refused with a clear error within the
 /// pool's bounded wait, and when the database returns both servers recover on their own: what
 /// was written before is there, and a write at one server reaches the agent of the other.
-#[test]
-fn a_database_outage_loses_nothing() {
-    let pg = common::db::TestPostgres::start();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let db = rt.block_on(pg.create_db());
-    let datastore = format!("database_type = \"postgres\" connection_string = \"{}\"", pg.keyword_dsn(&db));
+fn a_database_outage_loses_nothing(datastore: &str, pause: impl Fn(), resume: impl Fn()) {
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path();
-    let a = server_on(&base.join("a"), &datastore);
-    let b = server_on(&base.join("b"), &datastore);
+    let a = server_on(&base.join("a"), datastore);
+    let b = server_on(&base.join("b"), datastore);
     let node = "spiffe://example.org/nodes/outage";
     let agent = agent_via(base, &a, &b, node, "spiffe://example.org/outage/before");
     let fetch = |what: &str| {
@@ -142,7 +137,7 @@ fn a_database_outage_loses_nothing() {
     };
     wait_until("the SVID before the outage", Duration::from_secs(20), || fetch("spiffe://example.org/outage/before"));
 
-    pg.pause();
+    pause();
     let outage = std::time::Instant::now();
     // Writes are refused with a reason, in bounded time.
     let refused =
@@ -155,7 +150,7 @@ fn a_database_outage_loses_nothing() {
         assert!(b.cli(&["bundle", "show"]).status.success(), "the bundle is served from memory during the outage");
         std::thread::sleep(Duration::from_secs(3));
     }
-    pg.resume();
+    resume();
 
     // Both servers recover on their own: a write at A reaches the agent of B.
     wait_until("a write at A after the outage", Duration::from_secs(30), || {
@@ -175,4 +170,28 @@ fn a_database_outage_loses_nothing() {
     wait_until("the new entry at B's agent", Duration::from_secs(30), || fetch("spiffe://example.org/outage/after"));
     let shown = b.cli_ok(&["entry", "show"]);
     assert!(shown.contains("outage/before") && shown.contains("outage/after") && !shown.contains("outage/during"), "{shown}");
+}
+
+#[test]
+fn a_postgresql_outage_loses_nothing() {
+    let pg = common::db::TestPostgres::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(pg.create_db());
+    a_database_outage_loses_nothing(
+        &format!("database_type = \"postgres\" connection_string = \"{}\"", pg.keyword_dsn(&db)),
+        || pg.pause(),
+        || pg.resume(),
+    );
+}
+
+#[test]
+fn a_mariadb_outage_loses_nothing() {
+    let my = common::db::TestMariadb::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(my.create_db());
+    a_database_outage_loses_nothing(
+        &format!("database_type = \"mysql\" connection_string = \"{}\"", my.go_dsn(&db)),
+        || my.pause(),
+        || my.resume(),
+    );
 }

@@ -187,7 +187,10 @@ impl Drop for TestPostgres {
 /// databases.
 pub(crate) struct TestMariadb {
     dir: tempfile::TempDir,
-    child: Option<std::process::Child>,
+    child: std::sync::Mutex<Option<std::process::Child>>,
+    /// `mariadbd`'s arguments, for restarts.
+    args: Vec<String>,
+    socket: PathBuf,
     port: u16,
     next: AtomicUsize,
     /// The CA of the server's certificate, when TLS is on (and required).
@@ -221,40 +224,34 @@ impl TestMariadb {
         check("mariadb-install-db", Command::new(install).args(&args));
         let port = free_port();
         let socket = dir.path().join("mysqld.sock");
-        let mut cmd = Command::new(server);
-        cmd.arg("--no-defaults");
+        let d = dir.path().display().to_string();
+        let mut args = vec!["--no-defaults".to_owned()];
         if root {
-            cmd.arg("--user=mysql");
+            args.push("--user=mysql".into());
         }
-        cmd.arg(format!("--datadir={}", data.display()))
-            .arg(format!("--socket={}", socket.display()))
-            .arg(format!("--pid-file={}", dir.path().join("mysqld.pid").display()))
-            .arg(format!("--port={port}"))
-            .args(["--bind-address=127.0.0.1", "--skip-name-resolve", "--innodb-flush-log-at-trx-commit=0", "--max-connections=400"])
-            .arg(format!("--log-error={}", dir.path().join("err.log").display()))
-            .stderr(std::process::Stdio::null());
+        args.extend([
+            format!("--datadir={}", data.display()),
+            format!("--socket={}", socket.display()),
+            format!("--pid-file={d}/mysqld.pid"),
+            format!("--port={port}"),
+            "--bind-address=127.0.0.1".into(),
+            "--skip-name-resolve".into(),
+            "--innodb-flush-log-at-trx-commit=0".into(),
+            "--max-connections=400".into(),
+            format!("--log-error={d}/err.log"),
+        ]);
         let ca = tls.then(|| {
             let ca = server_tls(dir.path(), "mysql");
-            let d = dir.path().display();
-            cmd.arg(format!("--ssl-ca={d}/ca.pem"))
-                .arg(format!("--ssl-cert={d}/server.pem"))
-                .arg(format!("--ssl-key={d}/server.key"))
-                .arg("--require-secure-transport=ON");
+            args.extend([
+                format!("--ssl-ca={d}/ca.pem"),
+                format!("--ssl-cert={d}/server.pem"),
+                format!("--ssl-key={d}/server.key"),
+                "--require-secure-transport=ON".into(),
+            ]);
             ca
         });
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("mariadbd: {e}; {INSTALL}"));
-        let me = Self { dir, child: Some(child), port, next: AtomicUsize::new(0), ca };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let admin =
-            || Command::new("mariadb-admin").args(["--no-defaults", &format!("--socket={}", socket.display()), "-uroot", "ping"]).output();
-        while !admin().is_ok_and(|o| o.status.success()) {
-            assert!(
-                Instant::now() < deadline,
-                "MariaDB did not start: {}",
-                std::fs::read_to_string(me.dir.path().join("err.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let me = Self { dir, child: std::sync::Mutex::new(None), args, socket: socket.clone(), port, next: AtomicUsize::new(0), ca };
+        me.resume();
         check(
             "mariadb (create user)",
             Command::new("mariadb").args([
@@ -266,6 +263,37 @@ impl TestMariadb {
             ]),
         );
         me
+    }
+
+    /// Starts `mariadbd` (again) and waits until it answers.
+    pub(crate) fn resume(&self) {
+        let child = Command::new("/usr/sbin/mariadbd")
+            .args(&self.args)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("mariadbd: {e}; {INSTALL}"));
+        *self.child.lock().unwrap() = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let admin = || {
+            Command::new("mariadb-admin").args(["--no-defaults", &format!("--socket={}", self.socket.display()), "-uroot", "ping"]).output()
+        };
+        while !admin().is_ok_and(|o| o.status.success()) {
+            assert!(
+                Instant::now() < deadline,
+                "MariaDB did not start: {}",
+                std::fs::read_to_string(self.dir.path().join("err.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops the server cleanly (a database outage); [`TestMariadb::resume`] starts it again.
+    #[allow(dead_code, reason = "used by the integration tests, which include this file")]
+    pub(crate) fn pause(&self) {
+        if let Some(mut c) = self.child.lock().unwrap().take() {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let _ = c.wait();
+        }
     }
 
     /// A URL for database `db`.
@@ -296,7 +324,7 @@ impl TestMariadb {
 
 impl Drop for TestMariadb {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
+        if let Some(mut c) = self.child.lock().ok().and_then(|mut g| g.take()) {
             let _ = c.kill();
             let _ = c.wait();
         }
