@@ -216,17 +216,24 @@ impl Refresher {
         Ok((started, stopped))
     }
 
-    /// Re-reads the relationships, then polls `td`'s endpoint now (SPIRE's `RefreshBundle`);
-    /// answers whether the stored bundle changed.
+    /// Polls `td`'s endpoint now (SPIRE's `RefreshBundle`), as the relationships read afresh
+    /// say (configured or stored); answers whether the stored bundle changed.
+    ///
+    /// The managed set is left to the run loop (woken here): it alone starts and stops the
+    /// polling loops, so a relationship first seen here still gets its loop.
     ///
     /// # Errors
     /// `td` is not managed, or the poll failed (the stored bundle is untouched then).
     pub async fn refresh_now(&self, td: &TrustDomain) -> Result<bool, RefreshNowError> {
-        if let Err(e) = self.reconcile().await {
-            tracing::error!(error = %e, "Failed to reload configs");
-        }
         self.trigger_reload();
-        let rel = self.relationship(td).ok_or_else(|| RefreshNowError::NotManaged(td.clone()))?;
+        let rel = match self.wanted().await {
+            Ok(mut all) => all.remove(td),
+            Err(e) => {
+                tracing::error!(error = %e, "Failed to reload configs");
+                self.relationship(td)
+            }
+        };
+        let rel = rel.ok_or_else(|| RefreshNowError::NotManaged(td.clone()))?;
         let (changed, _) = self.poll_result(&rel).await;
         Ok(changed?)
     }

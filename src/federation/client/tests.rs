@@ -217,6 +217,11 @@ async fn stored_relationships_are_managed_beside_configured_ones() {
     assert_eq!(r.reconcile().await.unwrap().1, vec![td("stored.test")]);
     assert!(r.relationship(&td("stored.test")).is_none());
     assert!(matches!(r.refresh_now(&td("stored.test")).await, Err(RefreshNowError::NotManaged(_))));
+    // A relationship an on-demand refresh sees first is still started by the run loop.
+    let fresh = rel("fresh.test", "https://fresh.test/");
+    ds.create_federation_relationship(&fresh, None).await.unwrap();
+    assert!(r.refresh_now(&td("fresh.test")).await.is_err(), "nothing answers at fresh.test");
+    assert_eq!(r.reconcile().await.unwrap().0, vec![fresh], "the refresh left starting its loop to the run loop");
     let err = r.refresh_now(&td("both.test")).await.unwrap_err().to_string();
     assert!(err.contains("from-config.test"), "the refresh polled the configured URL: {err}");
 }
