@@ -148,10 +148,14 @@ plugins {{
         let config = ServerConfig::load(&conf, false, &ServerOverrides::default()).unwrap();
         let uds = cairn::server::bind_admin_socket(&socket).await.unwrap();
         // The server gets its datastore through a counting wrapper, kept here to read the count.
-        let inner =
-            cairn::datastore::sql::open(&config.datastore.database_type, &config.datastore.connection_string, &config.datastore.settings)
-                .await
-                .unwrap();
+        let inner = cairn::datastore::sql::open(
+            &config.datastore.database_type,
+            &config.datastore.connection_string,
+            config.datastore.ro_connection_string.as_deref(),
+            &config.datastore.settings,
+        )
+        .await
+        .unwrap();
         let datastore = Arc::new(CountingDatastore::new(inner));
         let server = cairn::server::Server::build_with_datastore(config, Arc::clone(&datastore) as Arc<dyn Datastore>).await.unwrap();
         let state = server.state();

@@ -15,7 +15,11 @@ pub struct DatastoreConfig {
     /// Driver connection string (for sqlite3: a file path or `sqlite://...`; for postgres a URL
     /// or libpq's keyword/value form; for mysql a URL or the Go driver's DSN).
     pub connection_string: String,
-    /// `max_open_conns`, `max_idle_conns`, `conn_max_lifetime`, and MySQL's TLS files.
+    /// `ro_connection_string`: a read replica for reads that tolerate staleness (postgres and
+    /// mysql only).
+    pub ro_connection_string: Option<String>,
+    /// `max_open_conns`, `max_idle_conns`, `conn_max_lifetime`, `disable_migration`, and
+    /// MySQL's TLS files.
     pub settings: crate::datastore::sql::ConnectSettings,
 }
 
@@ -974,14 +978,6 @@ fn embedded_settings(
     })
 }
 
-/// SQL datastore settings cairn's SQLite store does not take, and why.
-fn sql_unsupported(key: &str) -> Option<&'static str> {
-    match key {
-        "ro_connection_string" => Some("not yet: read replicas"),
-        _ => None,
-    }
-}
-
 /// The plugin_data keys that choose a PKCS#11 token and log in to it.
 const TOKEN_KEYS: &[&str] = &["module_path", "token_label", "pin", "pin_file", "pin_env"];
 
@@ -1146,6 +1142,7 @@ impl Plugins {
                     &[
                         "database_type",
                         "connection_string",
+                        "ro_connection_string",
                         "disable_migration",
                         "max_open_conns",
                         "max_idle_conns",
@@ -1155,13 +1152,13 @@ impl Plugins {
                         "client_key_path",
                     ],
                     &d.path,
-                    sql_unsupported,
+                    |_| None,
                     |_| None,
                 );
-                if w.boolean(data, "disable_migration", &d.path) == Some(true) {
-                    w.unsupported(&join(&d.path, "disable_migration"), "cairn always brings its schema up to date at start");
-                }
                 let mut settings = crate::datastore::sql::ConnectSettings::default();
+                if w.boolean(data, "disable_migration", &d.path) == Some(true) {
+                    settings.migrate = false;
+                }
                 if let Some(n) = w.count(data, "max_open_conns", &d.path) {
                     settings.max_open = n.max(1);
                 }
@@ -1208,8 +1205,12 @@ impl Plugins {
                 if connection_string.as_deref().is_none_or(str::is_empty) {
                     w.err(&join(&d.path, "connection_string"), "missing (for sqlite3: a file path such as \"./data/datastore.sqlite3\")");
                 }
+                let ro_connection_string = w.string(data, "ro_connection_string", &d.path).filter(|s| !s.is_empty());
+                if ro_connection_string.is_some() && database_type.as_deref() == Some("sqlite3") {
+                    w.err(&join(&d.path, "ro_connection_string"), "read replicas are for database_type postgres and mysql");
+                }
                 match (database_type, connection_string) {
-                    (Some(t), Some(c)) => Some(DatastoreConfig { database_type: t, connection_string: c, settings }),
+                    (Some(t), Some(c)) => Some(DatastoreConfig { database_type: t, connection_string: c, ro_connection_string, settings }),
                     _ => None,
                 }
             }

@@ -33,6 +33,21 @@ where
     ca_journal(make().await.as_ref()).await;
     federation_relationships(make().await.as_ref()).await;
     change_feed(make().await.as_ref()).await;
+    cache_snapshot(make().await.as_ref()).await;
+}
+
+/// The entry cache's snapshot holds every entry and node, as the list calls return them.
+async fn cache_snapshot(ds: &dyn Datastore) {
+    let (entries, nodes) = ds.cache_snapshot().await.unwrap();
+    assert!(entries.is_empty() && nodes.is_empty());
+    ds.create_entry(&entry("snap-1", "spiffe://example.org/s1", "spiffe://example.org/agent", &[("unix", "uid:1")])).await.unwrap();
+    ds.create_entry(&entry("snap-2", "spiffe://example.org/s2", "spiffe://example.org/agent", &[("unix", "uid:2")])).await.unwrap();
+    ds.create_attested_node(&node("spiffe://example.org/spire/agent/snap")).await.unwrap();
+    let (entries, nodes) = ds.cache_snapshot().await.unwrap();
+    assert_eq!(entries, ds.list_entries(&EntryFilter::default()).await.unwrap());
+    assert_eq!(entries.len(), 2);
+    assert_eq!(nodes, ds.list_attested_nodes().await.unwrap());
+    assert_eq!(nodes.len(), 1);
 }
 
 fn td(name: &str) -> TrustDomain {
@@ -582,6 +597,71 @@ async fn federation_relationships(ds: &dyn Datastore) {
 /// database): of concurrent creators of one entry one wins; a join token is consumed once;
 /// concurrent bundle appends each get their own sequence number and none is lost; concurrent
 /// updates of one entry each get their own revision.
+/// A datastore with a read replica (`ro_connection_string`): entry-cache snapshots come from
+/// the replica once it has applied everything committed before the snapshot was asked for, and
+/// from the primary while it lags or is down, so a snapshot never misses a committed write.
+/// `reads` answers (snapshots the replica served, snapshots the primary served instead);
+/// `replica_has` asks the replica directly whether it holds an entry id.
+pub(crate) async fn replica_snapshots<HF>(
+    ds: &dyn Datastore,
+    reads: impl Fn() -> (u64, u64),
+    pause_replay: impl Fn(),
+    resume_replay: impl Fn(),
+    stop_replica: impl Fn(),
+    replica_has: impl Fn(&'static str) -> HF,
+) where
+    HF: Future<Output = bool>,
+{
+    let has = |(entries, nodes): &(Vec<Entry>, Vec<AttestedNode>), entry_id: &str, node_id: Option<&str>| {
+        entries.iter().any(|e| e.id == entry_id) && node_id.is_none_or(|n| nodes.iter().any(|x| x.spiffe_id.as_str() == n))
+    };
+    ds.create_entry(&entry("replica-1", "spiffe://example.org/r1", "spiffe://example.org/agent", &[("unix", "uid:1")])).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let before = reads().0;
+        let snap = ds.cache_snapshot().await.unwrap();
+        assert!(has(&snap, "replica-1", None), "a snapshot misses a committed entry");
+        if reads().0 > before {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the replica never served a snapshot: {:?}", reads());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The replica stops applying changes: the primary serves, and nothing is missed.
+    pause_replay();
+    ds.create_entry(&entry("replica-2", "spiffe://example.org/r2", "spiffe://example.org/agent", &[("unix", "uid:2")])).await.unwrap();
+    ds.create_attested_node(&node("spiffe://example.org/spire/agent/replica")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(replica_has("replica-1").await && !replica_has("replica-2").await, "the replica should hold the first entry only");
+    let before = reads();
+    let snap = ds.cache_snapshot().await.unwrap();
+    assert!(has(&snap, "replica-2", Some("spiffe://example.org/spire/agent/replica")), "a lagging replica's snapshot was used");
+    assert_eq!(reads(), (before.0, before.1 + 1), "the primary serves while the replica lags");
+
+    // Caught up again: the replica serves, with the writes it had missed.
+    resume_replay();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let before = reads().0;
+        let snap = ds.cache_snapshot().await.unwrap();
+        assert!(has(&snap, "replica-2", Some("spiffe://example.org/spire/agent/replica")));
+        if reads().0 > before {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the replica never served again: {:?}", reads());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(replica_has("replica-2").await);
+
+    // The replica goes away: the primary serves.
+    stop_replica();
+    let before = reads();
+    let snap = ds.cache_snapshot().await.unwrap();
+    assert!(has(&snap, "replica-2", None));
+    assert_eq!(reads(), (before.0, before.1 + 1), "the primary serves while the replica is down");
+}
+
 pub(crate) async fn racing_servers(servers: &[Arc<dyn Datastore>]) {
     const N: usize = 8;
     let pick = |i: usize| Arc::clone(&servers[i % servers.len()]);

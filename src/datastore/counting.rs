@@ -44,6 +44,9 @@ impl Datastore for CountingDatastore {
     async fn get_bundle(&self, td: &TrustDomain) -> Result<Option<Bundle>, DatastoreError> {
         self.count().get_bundle(td).await
     }
+    async fn cache_snapshot(&self) -> Result<(Vec<Entry>, Vec<AttestedNode>), DatastoreError> {
+        self.count().cache_snapshot().await
+    }
     async fn list_bundles(&self) -> Result<Vec<Bundle>, DatastoreError> {
         self.count().list_bundles().await
     }

@@ -7,7 +7,7 @@
 //! nothing. Authorization follows SPIRE's crawl: entries parented to the agent or to a node
 //! alias whose selectors the agent has, and, transitively, their descendants.
 
-use crate::datastore::{AttestedNode, Change, Datastore, DatastoreError, Entry, EntryFilter, RecvError, Selector};
+use crate::datastore::{AttestedNode, Change, Datastore, DatastoreError, Entry, RecvError, Selector};
 use crate::spiffe::Bundle;
 use crate::spiffe::{SpiffeId, TrustDomain};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -62,8 +62,7 @@ impl EntryCache {
     /// # Errors
     /// The datastore failed; the previous index stays in use.
     pub async fn reload(&self, ds: &dyn Datastore) -> Result<(), DatastoreError> {
-        let entries = ds.list_entries(&EntryFilter::default()).await?;
-        let nodes = ds.list_attested_nodes().await?;
+        let (entries, nodes) = ds.cache_snapshot().await?;
         let mut idx = Index::default();
         for e in entries {
             if !e.spiffe_id.is_member_of(&self.trust_domain) || !e.parent_id.is_member_of(&self.trust_domain) {

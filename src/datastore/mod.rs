@@ -229,6 +229,14 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
     /// there is none.
     async fn delete_federation_relationship(&self, td: &TrustDomain) -> Result<(), DatastoreError>;
 
+    /// Every entry and every attested node, for the entry cache. This read tolerates staleness
+    /// (SPIRE's `TolerateStale`): a datastore with a read replica serves it from the replica,
+    /// but only once the replica has applied every change committed before the call, so a cache
+    /// rebuilt after a change event always includes that change.
+    async fn cache_snapshot(&self) -> Result<(Vec<Entry>, Vec<AttestedNode>), DatastoreError> {
+        Ok((self.list_entries(&EntryFilter::default()).await?, self.list_attested_nodes().await?))
+    }
+
     /// A receiver of every change from now on (a receiver that falls behind is told so, and
     /// should then assume that everything changed).
     fn watch_changes(&self) -> ChangeReceiver;

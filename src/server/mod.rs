@@ -84,9 +84,13 @@ impl Server {
     pub async fn build(config: ServerConfig) -> Result<Self, ServerError> {
         let keys = Self::open_key_custody(&config)?;
         Self::prepare_data_dir(&config)?;
-        let datastore =
-            crate::datastore::sql::open(&config.datastore.database_type, &config.datastore.connection_string, &config.datastore.settings)
-                .await?;
+        let datastore = crate::datastore::sql::open(
+            &config.datastore.database_type,
+            &config.datastore.connection_string,
+            config.datastore.ro_connection_string.as_deref(),
+            &config.datastore.settings,
+        )
+        .await?;
         Self::assemble(config, datastore, keys).await
     }
 

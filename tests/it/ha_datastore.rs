@@ -195,3 +195,70 @@ fn a_mariadb_outage_loses_nothing() {
         || my.resume(),
     );
 }
+
+/// `ro_connection_string` pointing at a hot standby, as SPIRE operators configure it: the
+/// server's entry cache reads the standby when it has caught up. While the standby's replay is
+/// paused (a replica that lags), an entry created at the server still reaches the workload,
+/// and a deleted one leaves it: the cache reads the primary until the standby catches up.
+#[test]
+fn a_lagging_read_replica_hides_no_change() {
+    let pg = common::db::TestPostgres::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(pg.create_db());
+    let standby = common::db::TestPostgres::start_standby(&pg);
+    let on_standby = |entry_spiffe_id: &str| {
+        rt.block_on(async {
+            let pool = sqlx::PgPool::connect(&standby.url(&db)).await.ok()?;
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM registered_entries WHERE spiffe_id = $1")
+                .bind(entry_spiffe_id)
+                .fetch_one(&pool)
+                .await
+                .ok()?;
+            Some(n)
+        })
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path();
+    let server = server_on(
+        &base.join("server"),
+        &format!(
+            "database_type = \"postgres\" connection_string = \"{}\" ro_connection_string = \"{}\"",
+            pg.keyword_dsn(&db),
+            standby.keyword_dsn(&db)
+        ),
+    );
+    let node = "spiffe://example.org/nodes/replica";
+    let agent = agent_via(base, &server, &server, node, "spiffe://example.org/replica/before");
+    let ids = || {
+        let d = base.join("svid");
+        let _ = std::fs::remove_dir_all(&d);
+        let out = agent.api(&["fetch", "x509", "-write", d.to_str().unwrap()]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    wait_until("the SVID before the lag", Duration::from_secs(20), || ids().contains("spiffe://example.org/replica/before"));
+    wait_until("the standby has the first entry", Duration::from_secs(20), || on_standby("spiffe://example.org/replica/before") == Some(1));
+
+    standby.pause_replay();
+    let uid = format!("unix:uid:{}", my_uid());
+    let created =
+        server.cli_ok(&["entry", "create", "-parentID", node, "-spiffeID", "spiffe://example.org/replica/lagging", "-selector", &uid]);
+    let before_id = server.cli_ok(&["entry", "show", "-spiffeID", "spiffe://example.org/replica/before"]);
+    let before_id = before_id.lines().find_map(|l| l.strip_prefix("Entry ID")).map(|l| l.trim_start_matches([' ', ':']).trim().to_owned());
+    assert!(created.contains("replica/lagging"), "{created}");
+    wait_until("the entry created during the lag at the workload", Duration::from_secs(20), || {
+        ids().contains("spiffe://example.org/replica/lagging")
+    });
+    server.cli_ok(&["entry", "delete", "-entryID", &before_id.expect("the first entry's id")]);
+    wait_until("the deleted entry gone from the workload", Duration::from_secs(20), || {
+        let now = ids();
+        now.contains("replica/lagging") && !now.contains("replica/before")
+    });
+    assert_eq!(on_standby("spiffe://example.org/replica/lagging"), Some(0), "the standby really lagged");
+
+    standby.resume_replay();
+    wait_until("the standby catches up", Duration::from_secs(20), || on_standby("spiffe://example.org/replica/lagging") == Some(1));
+    server.cli_ok(&["entry", "create", "-parentID", node, "-spiffeID", "spiffe://example.org/replica/after", "-selector", &uid]);
+    wait_until("an entry created after the lag at the workload", Duration::from_secs(20), || {
+        ids().contains("spiffe://example.org/replica/after")
+    });
+}

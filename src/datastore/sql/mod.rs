@@ -22,6 +22,10 @@
 //!
 //! Two servers sharing that database also need a shared change feed (see
 //! [`crate::datastore::feed`]); [`SqlDatastore::with_feed`] takes one.
+//!
+//! A read replica (`ro_connection_string`, [`SqlDatastore::with_replica`]) serves only the
+//! entry cache's snapshots, and only once it has applied what the primary had committed when
+//! the snapshot was asked for ([`Backend::log_position`], [`Backend::has_applied`]).
 
 mod codec;
 pub mod dialect;
@@ -69,6 +73,21 @@ pub trait Backend: sqlx::Database {
 
     /// Rows an `UPDATE` or `DELETE` touched (every driver has it, but not through a common trait).
     fn rows_affected(result: &Self::QueryResult) -> u64;
+
+    /// Where the primary's change log stands now (PostgreSQL's WAL position, MariaDB's binlog
+    /// GTID position, MySQL's executed GTID set); `None` when this database cannot say, and then
+    /// reads that need a caught-up replica go to the primary.
+    fn log_position(primary: &sqlx::Pool<Self>) -> impl Future<Output = Result<Option<String>, DatastoreError>> + Send {
+        let _ = primary;
+        async { Ok(None) }
+    }
+
+    /// Whether the database behind `replica` has applied every change up to `position` (from
+    /// [`Backend::log_position`] on the primary).
+    fn has_applied(replica: &sqlx::Pool<Self>, position: &str) -> impl Future<Output = Result<bool, DatastoreError>> + Send {
+        let _ = (replica, position);
+        async { Ok(false) }
+    }
 }
 
 /// SPIRE's pool settings (`max_open_conns`, `max_idle_conns`, `conn_max_lifetime`) and its
@@ -96,11 +115,24 @@ pub struct ConnectSettings {
     pub max_lifetime: Option<std::time::Duration>,
     /// MySQL only: SPIRE's `root_ca_path`, `client_cert_path`, `client_key_path`.
     pub mysql_tls: MysqlTls,
+    /// How long a query waits for a connection (a replica that is down gives up sooner, so
+    /// that the primary answers instead).
+    pub acquire_timeout: std::time::Duration,
+    /// Bring the schema up to date at start (SPIRE's `disable_migration` turns this off: the
+    /// schema must then already be current, or the server refuses to start).
+    pub migrate: bool,
 }
 
 impl Default for ConnectSettings {
     fn default() -> Self {
-        Self { max_open: 100, idle_timeout: Some(std::time::Duration::from_secs(600)), max_lifetime: None, mysql_tls: MysqlTls::default() }
+        Self {
+            max_open: 100,
+            idle_timeout: Some(std::time::Duration::from_secs(600)),
+            max_lifetime: None,
+            mysql_tls: MysqlTls::default(),
+            acquire_timeout: std::time::Duration::from_secs(10),
+            migrate: true,
+        }
     }
 }
 
@@ -108,22 +140,35 @@ impl ConnectSettings {
     /// Applies these settings to sqlx pool options.
     fn apply<DB: sqlx::Database>(&self, o: sqlx::pool::PoolOptions<DB>) -> sqlx::pool::PoolOptions<DB> {
         o.max_connections(self.max_open.max(1))
-            .acquire_timeout(std::time::Duration::from_secs(10))
+            .acquire_timeout(self.acquire_timeout)
             .idle_timeout(self.idle_timeout)
             .max_lifetime(self.max_lifetime)
     }
 }
 
-/// Opens the datastore that `database_type` names, running its migrations.
+/// Opens the datastore that `database_type` names, running its migrations (unless
+/// `pool.migrate` is off), with reads that tolerate staleness served by the read replica at
+/// `ro_connection_string` when one is given.
 ///
 /// # Errors
-/// A database type not built in, a bad connection string, or a failing database.
-pub async fn open(database_type: &str, connection_string: &str, pool: &ConnectSettings) -> Result<Arc<dyn Datastore>, DatastoreError> {
-    match database_type {
-        "sqlite3" => Ok(Arc::new(SqliteDatastore::connect_with(connection_string, pool).await?)),
+/// A database type not built in, a bad connection string, a failing database, a replica for
+/// SQLite, or (with migrations off) a schema that is not current.
+pub async fn open(
+    database_type: &str,
+    connection_string: &str,
+    ro_connection_string: Option<&str>,
+    pool: &ConnectSettings,
+) -> Result<Arc<dyn Datastore>, DatastoreError> {
+    match (database_type, ro_connection_string) {
+        ("sqlite3", None) => Ok(Arc::new(SqliteDatastore::connect_with(connection_string, pool).await?)),
+        ("sqlite3", Some(_)) => {
+            Err(DatastoreError::Config("ro_connection_string: read replicas are for database_type postgres and mysql".into()))
+        }
         // Several servers may share these databases: changes go through the events table.
-        "postgres" => Ok(Arc::new(PostgresDatastore::connect_with(connection_string, pool).await?.shared())),
-        "mysql" => Ok(Arc::new(MysqlDatastore::connect_with(connection_string, pool).await?.shared())),
-        other => Err(DatastoreError::Config(format!("unknown database_type {other:?} (expected sqlite3, postgres or mysql)"))),
+        ("postgres", ro) => {
+            Ok(Arc::new(PostgresDatastore::connect_with(connection_string, pool).await?.shared().with_replica(ro, pool).await?))
+        }
+        ("mysql", ro) => Ok(Arc::new(MysqlDatastore::connect_with(connection_string, pool).await?.shared().with_replica(ro, pool).await?)),
+        (other, _) => Err(DatastoreError::Config(format!("unknown database_type {other:?} (expected sqlite3, postgres or mysql)"))),
     }
 }

@@ -28,7 +28,26 @@ pub struct SqlDatastore<DB: Backend> {
     pool: Pool<DB>,
     dialect: Dialect,
     feed: Arc<dyn ChangeFeed>,
+    /// The read replica (`ro_connection_string`), when configured.
+    replica: Option<Replica<DB>>,
 }
+
+/// A read replica and how its reads went.
+#[derive(Debug)]
+struct Replica<DB: Backend> {
+    pool: Pool<DB>,
+    /// Snapshots it served.
+    served: std::sync::atomic::AtomicU64,
+    /// Snapshots the primary served because the replica was behind or failing.
+    bypassed: std::sync::atomic::AtomicU64,
+}
+
+/// How often, and how far apart, a snapshot asks a replica whether it has caught up before it
+/// reads the primary instead. A healthy streaming replica is a few milliseconds behind.
+const REPLICA_CHECKS: u32 = 5;
+const REPLICA_CHECK_GAP: std::time::Duration = std::time::Duration::from_millis(20);
+/// How long a snapshot waits for a replica connection before the primary answers.
+const REPLICA_ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The value a delete is keyed by (see [`SqlDatastore::delete_returning`]).
 #[derive(Clone, Copy)]
@@ -85,10 +104,103 @@ where
     /// # Errors
     /// As [`SqlDatastore::connect`].
     pub async fn connect_with(connection_string: &str, pool: &super::ConnectSettings) -> Result<Self, DatastoreError> {
-        let pool = DB::connect(connection_string, pool).await?;
-        DB::migrator().run(&pool).await.map_err(|e| DatastoreError::Database(format!("migration: {e}")))?;
-        DB::after_migrate(&pool).await?;
-        Ok(Self { pool, dialect: DB::DIALECT, feed: Arc::new(LocalFeed::new()) })
+        let settings = pool;
+        let pool = DB::connect(connection_string, settings).await?;
+        if settings.migrate {
+            DB::migrator().run(&pool).await.map_err(|e| DatastoreError::Database(format!("migration: {e}")))?;
+            DB::after_migrate(&pool).await?;
+        } else {
+            Self::check_schema(&pool).await?;
+        }
+        Ok(Self { pool, dialect: DB::DIALECT, feed: Arc::new(LocalFeed::new()), replica: None })
+    }
+
+    /// With migrations off (`disable_migration`): the schema must be exactly what this build's
+    /// migrations make, or the server would run queries against tables that are not there.
+    async fn check_schema(pool: &Pool<DB>) -> Result<(), DatastoreError> {
+        let mut conn = pool.acquire().await.map_err(db_err)?;
+        let applied = conn.list_applied_migrations().await.map_err(|e| {
+            DatastoreError::Config(format!(
+                "disable_migration is set but the database has no cairn schema ({e}); start once without disable_migration to create it"
+            ))
+        })?;
+        for m in DB::migrator().iter().filter(|m| m.migration_type.is_up_migration()) {
+            match applied.iter().find(|a| a.version == m.version) {
+                None => {
+                    return Err(DatastoreError::Config(format!(
+                        "disable_migration is set but the schema is not current: migration {} ({}) has not been applied; start one server without disable_migration to apply it",
+                        m.version, m.description
+                    )));
+                }
+                Some(a) if a.checksum != m.checksum => {
+                    return Err(DatastoreError::Config(format!(
+                        "schema migration {} ({}) in the database differs from this build's",
+                        m.version, m.description
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(a) = applied.iter().find(|a| !DB::migrator().iter().any(|m| m.version == a.version)) {
+            return Err(DatastoreError::Config(format!(
+                "the database schema is newer than this build (migration {} is unknown to it)",
+                a.version
+            )));
+        }
+        Ok(())
+    }
+
+    /// Serves reads that tolerate staleness (the entry cache's snapshots) from the read replica
+    /// at `ro_connection_string`, when given; the replica is never written to.
+    ///
+    /// # Errors
+    /// A bad connection string or an unreachable replica.
+    pub async fn with_replica(
+        mut self,
+        ro_connection_string: Option<&str>,
+        settings: &super::ConnectSettings,
+    ) -> Result<Self, DatastoreError> {
+        if let Some(ro) = ro_connection_string.filter(|s| !s.is_empty()) {
+            let settings = super::ConnectSettings { acquire_timeout: REPLICA_ACQUIRE_TIMEOUT, ..settings.clone() };
+            let pool = DB::connect(ro, &settings).await.map_err(|e| match e {
+                DatastoreError::Config(m) => DatastoreError::Config(format!("ro_connection_string: {m}")),
+                DatastoreError::Database(m) => DatastoreError::Database(format!("read replica (ro_connection_string): {m}")),
+                other => other,
+            })?;
+            self.replica = Some(Replica { pool, served: 0.into(), bypassed: 0.into() });
+        }
+        Ok(self)
+    }
+
+    /// Entry-cache snapshots served by the replica, and by the primary instead because the
+    /// replica was behind or failing.
+    #[must_use]
+    pub fn replica_reads(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.replica.as_ref().map_or((0, 0), |r| (r.served.load(Relaxed), r.bypassed.load(Relaxed)))
+    }
+
+    /// Every entry and node, from `pool`.
+    async fn snapshot_from(&self, pool: &Pool<DB>) -> Result<(Vec<Entry>, Vec<AttestedNode>), DatastoreError> {
+        Ok((self.select_entries(pool, &EntryFilter::default()).await?, self.select_nodes(pool).await?))
+    }
+
+    /// The snapshot from the replica if it has applied everything the primary had committed
+    /// when this was called; `None` when it has not (or the database cannot say).
+    async fn replica_snapshot(&self, r: &Replica<DB>) -> Result<Option<(Vec<Entry>, Vec<AttestedNode>)>, DatastoreError> {
+        // Every change this process has been told of (its own writes, and other servers' through
+        // the events table) committed on the primary before this position was read.
+        let Some(position) = DB::log_position(&self.pool).await? else { return Ok(None) };
+        for attempt in 0..REPLICA_CHECKS {
+            if DB::has_applied(&r.pool, &position).await? {
+                // The replica only moves forward: what it returns now includes the position.
+                return self.snapshot_from(&r.pool).await.map(Some);
+            }
+            if attempt + 1 < REPLICA_CHECKS {
+                tokio::time::sleep(REPLICA_CHECK_GAP).await;
+            }
+        }
+        Ok(None)
     }
 
     /// Announces changes through the database's events table, so that every server sharing the
@@ -116,6 +228,46 @@ where
 
     fn sql<'a>(&self, text: &'a str) -> Cow<'a, str> {
         self.dialect.sql(text)
+    }
+
+    /// Entries matching `f`, from `pool` (the primary or the replica).
+    async fn select_entries(&self, pool: &Pool<DB>, f: &EntryFilter) -> Result<Vec<Entry>, DatastoreError> {
+        let mut text = String::from("SELECT * FROM registered_entries WHERE 1=1");
+        if f.spiffe_id.is_some() {
+            text.push_str(" AND spiffe_id = ?");
+        }
+        if f.parent_id.is_some() {
+            text.push_str(" AND parent_id = ?");
+        }
+        if f.selectors_exact.is_some() {
+            text.push_str(" AND selectors = ?");
+        }
+        if f.downstream.is_some() {
+            text.push_str(" AND downstream = ?");
+        }
+        text.push_str(" ORDER BY entry_id");
+        let sql = self.sql(&text);
+        let mut q = sqlx::query::<DB>(&sql);
+        if let Some(id) = &f.spiffe_id {
+            q = q.bind(id.as_str());
+        }
+        if let Some(id) = &f.parent_id {
+            q = q.bind(id.as_str());
+        }
+        if let Some(s) = &f.selectors_exact {
+            q = q.bind(selectors_json(s)?);
+        }
+        if let Some(d) = f.downstream {
+            q = q.bind(d);
+        }
+        let rows = q.fetch_all(pool).await.map_err(db_err)?;
+        rows.iter().map(entry_from_row::<DB>).collect()
+    }
+
+    /// Every attested node, from `pool`.
+    async fn select_nodes(&self, pool: &Pool<DB>) -> Result<Vec<AttestedNode>, DatastoreError> {
+        let rows = sqlx::query::<DB>("SELECT * FROM attested_nodes ORDER BY spiffe_id").fetch_all(pool).await.map_err(db_err)?;
+        rows.iter().map(node_from_row::<DB>).collect()
     }
 
     /// A transaction for a read followed by a write to `table`: it holds the dialect's write
@@ -553,36 +705,7 @@ where
     }
 
     async fn list_entries(&self, f: &EntryFilter) -> Result<Vec<Entry>, DatastoreError> {
-        let mut text = String::from("SELECT * FROM registered_entries WHERE 1=1");
-        if f.spiffe_id.is_some() {
-            text.push_str(" AND spiffe_id = ?");
-        }
-        if f.parent_id.is_some() {
-            text.push_str(" AND parent_id = ?");
-        }
-        if f.selectors_exact.is_some() {
-            text.push_str(" AND selectors = ?");
-        }
-        if f.downstream.is_some() {
-            text.push_str(" AND downstream = ?");
-        }
-        text.push_str(" ORDER BY entry_id");
-        let sql = self.sql(&text);
-        let mut q = sqlx::query::<DB>(&sql);
-        if let Some(id) = &f.spiffe_id {
-            q = q.bind(id.as_str());
-        }
-        if let Some(id) = &f.parent_id {
-            q = q.bind(id.as_str());
-        }
-        if let Some(s) = &f.selectors_exact {
-            q = q.bind(selectors_json(s)?);
-        }
-        if let Some(d) = f.downstream {
-            q = q.bind(d);
-        }
-        let rows = q.fetch_all(&self.pool).await.map_err(db_err)?;
-        rows.iter().map(entry_from_row::<DB>).collect()
+        self.select_entries(&self.pool, f).await
     }
 
     async fn update_entry(&self, e: &Entry) -> Result<Entry, DatastoreError> {
@@ -689,8 +812,7 @@ where
     }
 
     async fn list_attested_nodes(&self) -> Result<Vec<AttestedNode>, DatastoreError> {
-        let rows = sqlx::query::<DB>("SELECT * FROM attested_nodes ORDER BY spiffe_id").fetch_all(&self.pool).await.map_err(db_err)?;
-        rows.iter().map(node_from_row::<DB>).collect()
+        self.select_nodes(&self.pool).await
     }
 
     async fn update_attested_node(&self, n: &AttestedNode) -> Result<(), DatastoreError> {
@@ -773,6 +895,22 @@ where
         }
         self.feed.publish(Change::Relationships).await;
         Ok(())
+    }
+
+    async fn cache_snapshot(&self) -> Result<(Vec<Entry>, Vec<AttestedNode>), DatastoreError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if let Some(r) = &self.replica {
+            match self.replica_snapshot(r).await {
+                Ok(Some(snapshot)) => {
+                    r.served.fetch_add(1, Relaxed);
+                    return Ok(snapshot);
+                }
+                Ok(None) => tracing::debug!("read replica is behind the primary; the entry cache reads the primary"),
+                Err(e) => tracing::warn!(error = %e, "read replica failed; the entry cache reads the primary"),
+            }
+            r.bypassed.fetch_add(1, Relaxed);
+        }
+        self.snapshot_from(&self.pool).await
     }
 
     fn watch_changes(&self) -> ChangeReceiver {

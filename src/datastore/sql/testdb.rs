@@ -150,6 +150,59 @@ impl TestPostgres {
         name
     }
 
+    /// A hot standby of this server, streaming its WAL (`pg_basebackup -R`), on its own port.
+    #[allow(dead_code, reason = "not every test crate that includes this file uses it")]
+    pub(crate) fn start_standby(&self) -> Self {
+        let dir = scratch("postgres");
+        let data = dir.path().join("data");
+        let port = self.port.to_string();
+        check(
+            "pg_basebackup",
+            &mut as_user(
+                "postgres",
+                &self.bin.join("pg_basebackup"),
+                &[
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port,
+                    "-U",
+                    "postgres",
+                    "-D",
+                    data.to_str().unwrap(),
+                    "-R",
+                    "-X",
+                    "stream",
+                    "-c",
+                    "fast",
+                    "--no-sync",
+                ],
+            ),
+        );
+        let me = Self { dir, bin: self.bin.clone(), port: free_port(), next: AtomicUsize::new(0), extra: String::new(), ca: None };
+        me.resume();
+        me
+    }
+
+    /// Runs `sql` as the superuser, through the server's socket.
+    fn psql(&self, sql: &str) {
+        let port = self.port.to_string();
+        let host = self.dir.path().to_str().unwrap().to_owned();
+        check("psql", &mut as_user("postgres", &self.bin.join("psql"), &["-h", &host, "-p", &port, "-U", "postgres", "-Atc", sql]));
+    }
+
+    /// On a standby: stops applying the primary's WAL (a replica that lags).
+    #[allow(dead_code, reason = "not every test crate that includes this file uses it")]
+    pub(crate) fn pause_replay(&self) {
+        self.psql("SELECT pg_wal_replay_pause()");
+    }
+
+    /// On a standby: applies the primary's WAL again.
+    #[allow(dead_code, reason = "not every test crate that includes this file uses it")]
+    pub(crate) fn resume_replay(&self) {
+        self.psql("SELECT pg_wal_replay_resume()");
+    }
+
     fn pg_ctl(&self, args: &[&str]) -> Command {
         let data = self.dir.path().join("data");
         let mut all = vec!["-D", data.to_str().unwrap()];
@@ -199,16 +252,54 @@ pub(crate) struct TestMariadb {
 
 impl TestMariadb {
     pub(crate) fn start() -> Self {
-        Self::start_with(false)
+        Self::start_with(false, &[])
     }
 
     /// With TLS required on TCP (a test CA's certificate for localhost / 127.0.0.1).
     #[allow(dead_code, reason = "not every test crate that includes this file uses it")]
     pub(crate) fn start_tls() -> Self {
-        Self::start_with(true)
+        Self::start_with(true, &[])
     }
 
-    fn start_with(tls: bool) -> Self {
+    /// With a binary log (GTIDs), so that replicas can follow it.
+    #[allow(dead_code, reason = "not every test crate that includes this file uses it")]
+    pub(crate) fn start_primary() -> Self {
+        Self::start_with(false, &["--log-bin=binlog", "--server-id=1"])
+    }
+
+    /// A replica of `primary` (which [`TestMariadb::start_primary`] started), following its
+    /// binary log from the start by GTID.
+    #[allow(dead_code, reason = "not every test crate that includes this file uses it")]
+    pub(crate) fn start_replica_of(primary: &Self) -> Self {
+        let me = Self::start_with(false, &["--server-id=2", "--read-only=ON"]);
+        me.root_sql(&format!(
+            "CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={}, MASTER_USER='cairn', MASTER_PASSWORD='cairnpw', MASTER_USE_GTID=slave_pos; START SLAVE;",
+            primary.port
+        ));
+        me
+    }
+
+    /// On a replica: stops applying what it receives (a replica that lags).
+    #[allow(dead_code, reason = "not every test crate that includes this file uses it")]
+    pub(crate) fn pause_replay(&self) {
+        self.root_sql("STOP SLAVE SQL_THREAD");
+    }
+
+    /// On a replica: applies what it receives again.
+    #[allow(dead_code, reason = "not every test crate that includes this file uses it")]
+    pub(crate) fn resume_replay(&self) {
+        self.root_sql("START SLAVE SQL_THREAD");
+    }
+
+    /// Runs `sql` as root through the server's socket.
+    fn root_sql(&self, sql: &str) {
+        check(
+            "mariadb",
+            Command::new("mariadb").args(["--no-defaults", &format!("--socket={}", self.socket.display()), "-uroot", "-e", sql]),
+        );
+    }
+
+    fn start_with(tls: bool, extra: &[&str]) -> Self {
         let install = Path::new("/usr/bin/mariadb-install-db");
         let server = Path::new("/usr/sbin/mariadbd");
         assert!(install.exists() && server.exists(), "no MariaDB server; {INSTALL}");
@@ -240,6 +331,7 @@ impl TestMariadb {
             "--max-connections=400".into(),
             format!("--log-error={d}/err.log"),
         ]);
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
         let ca = tls.then(|| {
             let ca = server_tls(dir.path(), "mysql");
             args.extend([
@@ -252,15 +344,9 @@ impl TestMariadb {
         });
         let me = Self { dir, child: std::sync::Mutex::new(None), args, socket: socket.clone(), port, next: AtomicUsize::new(0), ca };
         me.resume();
-        check(
-            "mariadb (create user)",
-            Command::new("mariadb").args([
-                "--no-defaults",
-                &format!("--socket={}", socket.display()),
-                "-uroot",
-                "-e",
-                "CREATE USER 'cairn'@'127.0.0.1' IDENTIFIED BY 'cairnpw'; GRANT ALL ON *.* TO 'cairn'@'127.0.0.1';",
-            ]),
+        // Not written to the binary log: a replica creates the same user itself.
+        me.root_sql(
+            "SET sql_log_bin = 0; CREATE USER 'cairn'@'127.0.0.1' IDENTIFIED BY 'cairnpw'; GRANT ALL ON *.* TO 'cairn'@'127.0.0.1';",
         );
         me
     }

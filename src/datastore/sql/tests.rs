@@ -54,7 +54,10 @@ async fn contract_on_postgresql() {
         let pg = Arc::clone(&pg);
         async move {
             let db = pg.create_db().await;
-            Arc::new(super::PostgresDatastore::connect(&pg.keyword_dsn(&db)).await.unwrap().shared()) as Arc<dyn Datastore>
+            // As SPIRE's harness does, the read-only connection string names the same database.
+            let dsn = pg.keyword_dsn(&db);
+            let ds = super::PostgresDatastore::connect(&dsn).await.unwrap().shared();
+            Arc::new(ds.with_replica(Some(&dsn), &super::ConnectSettings::default()).await.unwrap()) as Arc<dyn Datastore>
         }
     })
     .await;
@@ -62,11 +65,11 @@ async fn contract_on_postgresql() {
 }
 
 async fn open_postgres_for_test(url: String) -> Arc<dyn Datastore> {
-    super::open("postgres", &url, &super::ConnectSettings::default()).await.unwrap()
+    super::open("postgres", &url, None, &super::ConnectSettings::default()).await.unwrap()
 }
 
 async fn open_mysql_for_test(url: String) -> Arc<dyn Datastore> {
-    super::open("mysql", &url, &super::ConnectSettings::default()).await.unwrap()
+    super::open("mysql", &url, None, &super::ConnectSettings::default()).await.unwrap()
 }
 
 /// Two datastores on one database (two servers of a tier): they race (the contract's
@@ -106,11 +109,168 @@ async fn contract_on_mariadb() {
         let my = Arc::clone(&my);
         async move {
             let db = my.create_db().await;
-            Arc::new(super::MysqlDatastore::connect(&my.go_dsn(&db)).await.unwrap().shared()) as Arc<dyn Datastore>
+            let dsn = my.go_dsn(&db);
+            let ds = super::MysqlDatastore::connect(&dsn).await.unwrap().shared();
+            Arc::new(ds.with_replica(Some(&dsn), &super::ConnectSettings::default()).await.unwrap()) as Arc<dyn Datastore>
         }
     })
     .await;
     two_servers_hear_each_other(&my.url(&my.create_db().await), open_mysql_for_test).await;
+}
+
+/// `ro_connection_string` on PostgreSQL: a hot standby streaming the primary's WAL serves the
+/// entry cache's snapshots once caught up; while its replay is paused, or it is down, the
+/// primary does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn read_replica_on_postgresql() {
+    let pg = super::testdb::TestPostgres::start();
+    let db = pg.create_db().await;
+    let standby = super::testdb::TestPostgres::start_standby(&pg);
+    let url = standby.url(&db);
+    let replica = connect_eventually(|| sqlx::PgPool::connect(&url)).await;
+    let ds = super::PostgresDatastore::connect(&pg.keyword_dsn(&db))
+        .await
+        .unwrap()
+        .shared()
+        .with_replica(Some(&standby.keyword_dsn(&db)), &super::ConnectSettings::default())
+        .await
+        .unwrap();
+    contract::replica_snapshots(
+        &ds,
+        || ds.replica_reads(),
+        || standby.pause_replay(),
+        || standby.resume_replay(),
+        || standby.pause(),
+        |id| {
+            let replica = replica.clone();
+            async move {
+                let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM registered_entries WHERE entry_id = $1")
+                    .bind(id)
+                    .fetch_one(&replica)
+                    .await
+                    .unwrap();
+                n == 1
+            }
+        },
+    )
+    .await;
+}
+
+/// The same on MariaDB: a replica following the primary's binary log by GTID.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn read_replica_on_mariadb() {
+    let primary = super::testdb::TestMariadb::start_primary();
+    let replica_db = super::testdb::TestMariadb::start_replica_of(&primary);
+    let db = primary.create_db().await;
+    let url = replica_db.url(&db);
+    let replica = connect_eventually(|| sqlx::MySqlPool::connect(&url)).await;
+    let ds = super::MysqlDatastore::connect(&primary.go_dsn(&db))
+        .await
+        .unwrap()
+        .shared()
+        .with_replica(Some(&replica_db.go_dsn(&db)), &super::ConnectSettings::default())
+        .await
+        .unwrap();
+    contract::replica_snapshots(
+        &ds,
+        || ds.replica_reads(),
+        || replica_db.pause_replay(),
+        || replica_db.resume_replay(),
+        || replica_db.pause(),
+        |id| {
+            let replica = replica.clone();
+            async move {
+                let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM registered_entries WHERE entry_id = ?")
+                    .bind(id)
+                    .fetch_one(&replica)
+                    .await
+                    .unwrap();
+                n == 1
+            }
+        },
+    )
+    .await;
+}
+
+/// Reads really go to `ro_connection_string`: pointed at another (primary) database whose
+/// entries differ, a snapshot shows that database's entries. (A misconfiguration, used here
+/// only to see where the reads go.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_reads_go_to_the_ro_connection_string() {
+    let pg = super::testdb::TestPostgres::start();
+    let (main, other) = (pg.create_db().await, pg.create_db().await);
+    let elsewhere = super::PostgresDatastore::connect(&pg.url(&other)).await.unwrap();
+    let mut e = crate::datastore::Entry {
+        id: "only-in-other".into(),
+        spiffe_id: crate::spiffe::SpiffeId::new("spiffe://example.org/w").unwrap(),
+        parent_id: crate::spiffe::SpiffeId::new("spiffe://example.org/a").unwrap(),
+        selectors: vec![],
+        x509_svid_ttl: 0,
+        jwt_svid_ttl: 0,
+        federates_with: vec![],
+        admin: false,
+        downstream: false,
+        dns_names: vec![],
+        expires_at: 0,
+        hint: String::new(),
+        store_svid: false,
+        revision_number: 0,
+        created_at: 0,
+    };
+    elsewhere.create_entry(&e).await.unwrap();
+    let ds = super::PostgresDatastore::connect(&pg.url(&main))
+        .await
+        .unwrap()
+        .with_replica(Some(&pg.url(&other)), &super::ConnectSettings::default())
+        .await
+        .unwrap();
+    e.id = "only-in-main".into();
+    ds.create_entry(&e).await.unwrap();
+    let (entries, _) = ds.cache_snapshot().await.unwrap();
+    assert_eq!(entries.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["only-in-other"]);
+    assert_eq!(ds.replica_reads(), (1, 0));
+    let listed = ds.list_entries(&crate::datastore::EntryFilter::default()).await.unwrap();
+    assert_eq!(listed.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["only-in-main"], "other reads stay on the primary");
+}
+
+/// `disable_migration`: an empty database is refused with what to do, and nothing is created
+/// in it; once a server with migrations has run, the schema is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disable_migration_needs_a_current_schema() {
+    let pg = super::testdb::TestPostgres::start();
+    let db = pg.create_db().await;
+    let off = super::ConnectSettings { migrate: false, ..super::ConnectSettings::default() };
+    let err = super::open("postgres", &pg.url(&db), None, &off).await.unwrap_err().to_string();
+    assert!(err.contains("disable_migration is set but the database has no cairn schema"), "{err}");
+    let raw = sqlx::PgPool::connect(&pg.url(&db)).await.unwrap();
+    let tables: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = 'public'").fetch_one(&raw).await.unwrap();
+    assert_eq!(tables, 0, "nothing was created");
+    super::open("postgres", &pg.url(&db), None, &super::ConnectSettings::default()).await.unwrap();
+    let ds = super::open("postgres", &pg.url(&db), None, &off).await.unwrap();
+    assert_eq!(ds.count_entries().await.unwrap(), 0);
+    // A migration this build does not know of (a newer cairn ran here) is refused too.
+    sqlx::query("INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (99990101000000, 'future', true, '\\x00', 0)")
+        .execute(&raw)
+        .await
+        .unwrap();
+    let err = super::open("postgres", &pg.url(&db), None, &off).await.unwrap_err().to_string();
+    assert!(err.contains("newer than this build"), "{err}");
+}
+
+/// Connects once the database exists there (a replica gets it from the primary shortly).
+async fn connect_eventually<P, F>(connect: impl Fn() -> F) -> P
+where
+    F: Future<Output = Result<P, sqlx::Error>>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        match connect().await {
+            Ok(p) => return p,
+            Err(e) => assert!(std::time::Instant::now() < deadline, "the replica never had the database: {e}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 /// TLS to the database, as SPIRE configures it: PostgreSQL through `sslmode=verify-full
@@ -145,15 +305,15 @@ async fn tls_to_postgresql_and_mariadb() {
     assert!(!cipher.is_empty(), "the MariaDB session is not encrypted");
     pool.close().await;
     let settings = super::ConnectSettings { mysql_tls: files.clone(), ..super::ConnectSettings::default() };
-    super::open("mysql", &go, &settings).await.unwrap().count_entries().await.unwrap();
+    super::open("mysql", &go, None, &settings).await.unwrap().count_entries().await.unwrap();
     let wrong = super::ConnectSettings {
         mysql_tls: super::MysqlTls { root_ca: Some(other_ca), ..super::MysqlTls::default() },
         ..super::ConnectSettings::default()
     };
-    let refused = super::open("mysql", &go, &wrong).await.unwrap_err().to_string();
+    let refused = super::open("mysql", &go, None, &wrong).await.unwrap_err().to_string();
     assert!(refused.to_lowercase().contains("certificate"), "{refused}");
     let plain = format!("cairn:cairnpw@tcp(127.0.0.1:{})/{db}?tls=false", my.port());
-    let refused = super::open("mysql", &plain, &super::ConnectSettings::default()).await.unwrap_err().to_string();
+    let refused = super::open("mysql", &plain, None, &super::ConnectSettings::default()).await.unwrap_err().to_string();
     // MariaDB 10.11 answers a plain session under require_secure_transport with "Access denied"
     // (the same password works over TLS, above); MySQL says "secure transport".
     assert!(refused.contains("secure transport") || refused.contains("Access denied"), "{refused}");
@@ -207,14 +367,14 @@ async fn writes_are_announced_on_the_feed_the_store_was_given() {
 
 #[tokio::test]
 async fn open_picks_the_backend_from_the_database_type() {
-    let ds = super::open("sqlite3", "sqlite::memory:", &super::ConnectSettings::default()).await.unwrap();
+    let ds = super::open("sqlite3", "sqlite::memory:", None, &super::ConnectSettings::default()).await.unwrap();
     assert_eq!(ds.count_entries().await.unwrap(), 0);
     for (database_type, wanted) in [
         ("postgres", "connection_string: expected key=value"),
         ("mysql", "connection_string: expected"),
         ("oracle", "unknown database_type"),
     ] {
-        match super::open(database_type, "x", &super::ConnectSettings::default()).await {
+        match super::open(database_type, "x", None, &super::ConnectSettings::default()).await {
             Err(DatastoreError::Config(msg)) => assert!(msg.contains(wanted), "{database_type}: {msg}"),
             other => panic!("{database_type}: {other:?}"),
         }
@@ -224,7 +384,7 @@ async fn open_picks_the_backend_from_the_database_type() {
         ("postgres", "host=127.0.0.1 port=1 user=spire dbname=spire sslmode=disable", "connecting to PostgreSQL"),
         ("mysql", "spire:pw@tcp(127.0.0.1:1)/spire", "connecting to MySQL"),
     ] {
-        match super::open(database_type, dsn, &super::ConnectSettings::default()).await {
+        match super::open(database_type, dsn, None, &super::ConnectSettings::default()).await {
             Err(DatastoreError::Database(msg)) => assert!(msg.contains(wanted) && !msg.contains(":pw"), "{database_type}: {msg}"),
             other => panic!("{database_type}: {other:?}"),
         }
