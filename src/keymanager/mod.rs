@@ -86,15 +86,23 @@ pub trait Key: rcgen::SigningKey + Send + Sync + fmt::Debug {
     }
 }
 
-/// Runs `sign`, a closure that signs with `key`: inline when the key signs in memory, on
-/// tokio's blocking pool when its backend may block, so an HSM round trip never holds an
-/// async worker.
+/// Runs `sign`, a closure that signs with `key`: inline when the key signs in memory, and
+/// otherwise so that an HSM round trip never holds up other tasks.
+///
+/// On a multi-threaded runtime that is `block_in_place`: this thread signs at once while its
+/// other tasks move to another worker. Handing the call to the blocking pool instead
+/// (`spawn_blocking`) costs two thread wake-ups per signature, which on a small VM took longer
+/// than SoftHSM's signature itself (`scripts/bench-hsm.sh`). A current-thread runtime has no
+/// worker to hand tasks to, so there the blocking pool signs.
 ///
 /// # Errors
 /// When the blocking task cannot run to completion (the runtime is shutting down).
 pub async fn sign_off_runtime<T: Send + 'static>(key: &dyn Key, sign: impl FnOnce() -> T + Send + 'static) -> Result<T, KeyManagerError> {
     if !key.may_block() {
         return Ok(sign());
+    }
+    if tokio::runtime::Handle::try_current().is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread) {
+        return Ok(tokio::task::block_in_place(sign));
     }
     tokio::task::spawn_blocking(sign).await.map_err(|e| KeyManagerError::Crypto(format!("signing task: {e}")))
 }
