@@ -45,7 +45,12 @@ fn bundle() -> Bundle {
     };
     let jwt = |i: usize| {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        JwtAuthority { key_id: format!("kid-{i}"), public_key: rcgen::PublicKeyData::subject_public_key_info(&key), expires_at: 0 }
+        JwtAuthority {
+            key_id: format!("kid-{i}"),
+            public_key: rcgen::PublicKeyData::subject_public_key_info(&key),
+            expires_at: 0,
+            tainted: false,
+        }
     };
     Bundle {
         trust_domain: TrustDomain::new("example.org").unwrap(),
@@ -53,6 +58,7 @@ fn bundle() -> Bundle {
         jwt_authorities: (0..4).map(jwt).collect(),
         refresh_hint: Some(300),
         sequence_number: 42,
+        tainted_x509: vec![],
     }
 }
 

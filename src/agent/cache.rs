@@ -131,6 +131,7 @@ mod tests {
                 jwt_authorities: vec![],
                 refresh_hint: None,
                 sequence_number: 0,
+                tainted_x509: vec![],
             },
             trust_domain: td,
             federated: BTreeMap::new(),

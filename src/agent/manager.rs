@@ -199,6 +199,7 @@ impl Agent {
             jwt_authorities: vec![],
             refresh_hint: None,
             sequence_number: 0,
+            tainted_x509: vec![],
         };
         let channel = mtls(&settings, &server_id, &svid, &bundle)?;
         let (snapshot, _) = watch::channel(None);

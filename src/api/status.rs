@@ -142,6 +142,8 @@ impl From<DatastoreError> for ApiError {
         match e {
             DatastoreError::NotFound(what) => Self::NotFound(format!("{what} not found")),
             DatastoreError::AlreadyExists { what } => Self::AlreadyExists(format!("{what} already exists")),
+            DatastoreError::Refused(m) => Self::InvalidArgument(m),
+            DatastoreError::Missing(m) => Self::NotFound(m),
             DatastoreError::Corrupt { .. } | DatastoreError::Database(_) | DatastoreError::Config(_) => {
                 Self::Internal { public: "datastore error", detail: e.to_string() }
             }

@@ -564,7 +564,7 @@ impl CaManager {
         let key = self.key_manager.generate_key(&key_id("jwt", slot), self.config.jwt_key_type).await?;
         let kid = random_kid();
         let not_after = now + self.config.ca_ttl;
-        let authority = JwtAuthority { key_id: kid.clone(), public_key: key.spki_der(), expires_at: not_after };
+        let authority = JwtAuthority { key_id: kid.clone(), public_key: key.spki_der(), expires_at: not_after, tainted: false };
         let td = &self.config.trust_domain;
         let mut keys = vec![authority.clone()];
         if let Some(up) = &self.upstream {

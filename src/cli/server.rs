@@ -814,6 +814,7 @@ async fn bundle(cmd: BundleCommand) -> CliResult {
                         jwt_authorities: vec![],
                         refresh_hint: None,
                         sequence_number: 0,
+                        tainted_x509: vec![],
                     }
                 }
                 "spiffe" => Bundle::from_spiffe_json(td.clone(), &data).map_err(|e| format!("invalid SPIFFE bundle: {e}"))?,

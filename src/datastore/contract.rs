@@ -24,6 +24,7 @@ where
 {
     bundles(make().await.as_ref()).await;
     bundle_pruning(make().await.as_ref()).await;
+    taint_and_revoke(make().await.as_ref()).await;
     entries(make().await.as_ref()).await;
     entry_filters(make().await.as_ref()).await;
     entry_pruning(make().await.as_ref()).await;
@@ -97,7 +98,7 @@ fn node(spiffe_id: &str) -> AttestedNode {
 }
 
 fn jwt_key(key_id: &str, key: u8, expires_at: i64) -> JwtAuthority {
-    JwtAuthority { key_id: key_id.into(), public_key: vec![key; 4], expires_at }
+    JwtAuthority { key_id: key_id.into(), public_key: vec![key; 4], expires_at, tainted: false }
 }
 
 /// A self-signed root that expires at `not_after` (unix seconds).
@@ -107,6 +108,57 @@ fn root_expiring(not_after: i64) -> Vec<u8> {
     params.not_before = time::OffsetDateTime::from_unix_timestamp(not_after - 3_600).unwrap();
     params.not_after = time::OffsetDateTime::from_unix_timestamp(not_after).unwrap();
     params.self_signed(&key).unwrap().der().to_vec()
+}
+
+/// A CA certificate (with a subject key ID) for the taint checks.
+fn ca_root() -> Vec<u8> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.self_signed(&key).unwrap().der().to_vec()
+}
+
+/// SPIRE's `TaintX509CA`, `RevokeX509CA`, `TaintJWTKey`, `RevokeJWTKey`: found by subject key
+/// ID or kid; taint twice, revoke untainted and unknown ids are refused with SPIRE's words and
+/// change nothing; each success bumps the sequence number once; taint is kept by later
+/// appends.
+async fn taint_and_revoke(ds: &dyn Datastore) {
+    let t = td("taint.example");
+    assert!(matches!(ds.taint_x509_authority(&t, "00").await, Err(DatastoreError::NotFound(_))), "no bundle");
+    let (r1, r2) = (ca_root(), ca_root());
+    let (k1, k2) = (jwt_key("k1", 1, 0), jwt_key("k2", 2, 0));
+    let b = ds.append_bundle(&t, &[r1.clone(), r2.clone()], &[k1.clone(), k2.clone()]).await.unwrap();
+    let ski1 = crate::spiffe::x509::subject_key_id_hex(&r1).expect("a CA certificate has a subject key ID");
+    let ski2 = crate::spiffe::x509::subject_key_id_hex(&r2).unwrap();
+    let seq = b.sequence_number;
+    let msg = |r: Result<Bundle, DatastoreError>| r.unwrap_err().to_string();
+
+    assert_eq!(msg(ds.taint_x509_authority(&t, "0badc0de").await), "no ca found with provided subject key ID");
+    assert_eq!(msg(ds.revoke_x509_authority(&t, &ski1).await), "it is not possible to revoke an untainted root CA");
+    let tainted = ds.taint_x509_authority(&t, &ski1).await.unwrap();
+    assert_eq!((tainted.sequence_number, tainted.tainted_x509.clone()), (seq + 1, vec![r1.clone()]));
+    assert_eq!(ds.get_bundle(&t).await.unwrap().as_ref(), Some(&tainted), "the taint is stored");
+    assert_eq!(msg(ds.taint_x509_authority(&t, &ski1).await), "root CA is already tainted");
+    // An append of something else keeps the taint.
+    let appended = ds.append_bundle(&t, &[], &[jwt_key("k3", 3, 0)]).await.unwrap();
+    assert!(appended.is_tainted_x509(&r1) && !appended.is_tainted_x509(&r2));
+    assert_eq!(msg(ds.revoke_x509_authority(&t, "0badc0de").await), "no root CA found with provided subject key ID");
+    assert_eq!(msg(ds.revoke_x509_authority(&t, &ski2).await), "it is not possible to revoke an untainted root CA");
+    let revoked = ds.revoke_x509_authority(&t, &ski1).await.unwrap();
+    assert_eq!(revoked.sequence_number, appended.sequence_number + 1);
+    assert_eq!((revoked.x509_authorities.clone(), revoked.tainted_x509.clone()), (vec![r2.clone()], vec![]));
+
+    assert_eq!(msg(ds.taint_jwt_authority(&t, "nope").await), "no JWT Key found with provided key ID");
+    assert_eq!(msg(ds.revoke_jwt_authority(&t, "k1").await), "it is not possible to revoke an untainted key");
+    let tainted = ds.taint_jwt_authority(&t, "k1").await.unwrap();
+    assert_eq!(tainted.sequence_number, revoked.sequence_number + 1);
+    assert!(tainted.jwt_authority("k1").unwrap().tainted && !tainted.jwt_authority("k2").unwrap().tainted);
+    assert_eq!(msg(ds.taint_jwt_authority(&t, "k1").await), "key is already tainted");
+    assert_eq!(ds.get_bundle(&t).await.unwrap().as_ref(), Some(&tainted), "refusals change nothing");
+    let revoked = ds.revoke_jwt_authority(&t, "k1").await.unwrap();
+    assert_eq!(revoked.jwt_authorities.iter().map(|k| k.key_id.as_str()).collect::<Vec<_>>(), ["k2", "k3"]);
+    assert_eq!(revoked.sequence_number, tainted.sequence_number + 1);
+    assert_eq!(msg(ds.revoke_jwt_authority(&t, "k1").await), "no JWT Key found with provided key ID");
 }
 
 async fn entry_ids(ds: &dyn Datastore, filter: EntryFilter) -> Vec<String> {
@@ -170,6 +222,7 @@ async fn bundles(ds: &dyn Datastore) {
         jwt_authorities: vec![k1.clone()],
         refresh_hint: None,
         sequence_number: 0,
+        tainted_x509: vec![],
     };
     let created = ds.create_bundle(&new).await.unwrap();
     assert_eq!(created, Bundle { sequence_number: 1, ..new.clone() });

@@ -44,6 +44,18 @@ impl Datastore for CountingDatastore {
     async fn get_bundle(&self, td: &TrustDomain) -> Result<Option<Bundle>, DatastoreError> {
         self.count().get_bundle(td).await
     }
+    async fn taint_x509_authority(&self, td: &TrustDomain, ski: &str) -> Result<Bundle, DatastoreError> {
+        self.count().taint_x509_authority(td, ski).await
+    }
+    async fn revoke_x509_authority(&self, td: &TrustDomain, ski: &str) -> Result<Bundle, DatastoreError> {
+        self.count().revoke_x509_authority(td, ski).await
+    }
+    async fn taint_jwt_authority(&self, td: &TrustDomain, kid: &str) -> Result<Bundle, DatastoreError> {
+        self.count().taint_jwt_authority(td, kid).await
+    }
+    async fn revoke_jwt_authority(&self, td: &TrustDomain, kid: &str) -> Result<Bundle, DatastoreError> {
+        self.count().revoke_jwt_authority(td, kid).await
+    }
     async fn cache_snapshot(&self) -> Result<(Vec<Entry>, Vec<AttestedNode>), DatastoreError> {
         self.count().cache_snapshot().await
     }

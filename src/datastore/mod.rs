@@ -53,6 +53,14 @@ pub enum DatastoreError {
     /// The configuration for the datastore is not usable.
     #[error("datastore config: {0}")]
     Config(String),
+    /// The stored data does not allow the request (SPIRE's wording, e.g. "root CA is already
+    /// tainted").
+    #[error("{0}")]
+    Refused(String),
+    /// What the request names is not stored (SPIRE's wording, e.g. "no JWT Key found with
+    /// provided key ID").
+    #[error("{0}")]
+    Missing(String),
 }
 
 pub use crate::spiffe::Selector;
@@ -169,6 +177,18 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
     async fn create_bundle(&self, bundle: &Bundle) -> Result<Bundle, DatastoreError>;
     /// Deletes `td`'s bundle.
     async fn delete_bundle(&self, td: &TrustDomain) -> Result<(), DatastoreError>;
+    /// Marks `td`'s X.509 authority whose subject key ID is `ski` (lowercase hex) tainted and
+    /// bumps the sequence number. `Refused` when it is tainted already, `Missing` when no root
+    /// has that key ID (SPIRE's `TaintX509CA`).
+    async fn taint_x509_authority(&self, td: &TrustDomain, ski: &str) -> Result<Bundle, DatastoreError>;
+    /// Removes `td`'s tainted X.509 authority whose subject key ID is `ski` and bumps the
+    /// sequence number. `Refused` when it is not tainted, `Missing` when there is none
+    /// (SPIRE's `RevokeX509CA`).
+    async fn revoke_x509_authority(&self, td: &TrustDomain, ski: &str) -> Result<Bundle, DatastoreError>;
+    /// Marks `td`'s JWT key `kid` tainted (SPIRE's `TaintJWTKey`).
+    async fn taint_jwt_authority(&self, td: &TrustDomain, kid: &str) -> Result<Bundle, DatastoreError>;
+    /// Removes `td`'s tainted JWT key `kid` (SPIRE's `RevokeJWTKey`).
+    async fn revoke_jwt_authority(&self, td: &TrustDomain, kid: &str) -> Result<Bundle, DatastoreError>;
     /// Drops X.509 roots and JWT keys of `td` that expired before `before` (unix seconds).
     async fn prune_bundle(&self, td: &TrustDomain, before: i64) -> Result<bool, DatastoreError>;
 

@@ -366,7 +366,14 @@ mod tests {
     #[tokio::test]
     async fn get_root_only() {
         let td = crate::spiffe::TrustDomain::new("example.org").unwrap();
-        let b = Bundle { trust_domain: td, x509_authorities: vec![], jwt_authorities: vec![], refresh_hint: None, sequence_number: 7 };
+        let b = Bundle {
+            trust_domain: td,
+            x509_authorities: vec![],
+            jwt_authorities: vec![],
+            refresh_hint: None,
+            sequence_number: 7,
+            tainted_x509: vec![],
+        };
         let src = BundleResponder::new(Arc::new(Fixed(Some(b))), 300);
         let (code, ctype, body) = src.respond(&Method::GET, "/").await;
         assert_eq!((code, ctype), (StatusCode::OK, "application/json"));

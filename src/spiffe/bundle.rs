@@ -166,6 +166,9 @@ pub struct JwtAuthority {
     /// When the key stops being used, in unix seconds; 0 when unknown. The
     /// JSON forms do not carry it, so parsed bundles always have 0.
     pub expires_at: i64,
+    /// Marked as suspected compromised (SPIRE's `tainted`): still valid until revoked, but
+    /// every JWT-SVID it signed is to be replaced. The JSON forms do not carry it.
+    pub tainted: bool,
 }
 
 /// The trust bundle of one trust domain: its X.509 and JWT authorities.
@@ -182,6 +185,10 @@ pub struct Bundle {
     pub refresh_hint: Option<i64>,
     /// Increases whenever the content changes; 0 means unset.
     pub sequence_number: u64,
+    /// The X.509 authorities (DER, each also in `x509_authorities`) marked as suspected
+    /// compromised (SPIRE's `tainted`): still trusted until revoked, but every SVID they
+    /// signed is to be replaced. The JSON forms do not carry it.
+    pub tainted_x509: Vec<Vec<u8>>,
 }
 
 /// Splits a PEM document into DER certificates.
@@ -656,7 +663,26 @@ impl Bundle {
     /// An empty bundle for `trust_domain`.
     #[must_use]
     pub fn new(trust_domain: TrustDomain) -> Self {
-        Self { trust_domain, x509_authorities: Vec::new(), jwt_authorities: Vec::new(), refresh_hint: None, sequence_number: 0 }
+        Self {
+            trust_domain,
+            x509_authorities: Vec::new(),
+            jwt_authorities: Vec::new(),
+            refresh_hint: None,
+            sequence_number: 0,
+            tainted_x509: Vec::new(),
+        }
+    }
+
+    /// Whether the X.509 authority `der` is marked tainted.
+    #[must_use]
+    pub fn is_tainted_x509(&self, der: &[u8]) -> bool {
+        self.tainted_x509.iter().any(|t| t == der)
+    }
+
+    /// The X.509 authorities marked tainted, and the JWT keys marked tainted (their kids).
+    #[must_use]
+    pub fn has_taint(&self) -> bool {
+        !self.tainted_x509.is_empty() || self.jwt_authorities.iter().any(|k| k.tainted)
     }
 
     /// Finds a JWT authority by key id.
@@ -864,7 +890,7 @@ impl Bundle {
                 return Err(BundleError::DuplicateKeyId { kid: key_id });
             }
             let public_key = params.to_spki_der().map_err(|reason| invalid(reason.to_owned()))?;
-            self.jwt_authorities.push(JwtAuthority { key_id, public_key, expires_at: 0 });
+            self.jwt_authorities.push(JwtAuthority { key_id, public_key, expires_at: 0, tainted: false });
             Ok(())
         }
     }

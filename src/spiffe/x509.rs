@@ -197,6 +197,28 @@ pub enum X509SvidError {
     UnknownAuthority,
 }
 
+/// The subject key identifier of certificate `der` as lowercase hex (SPIRE's X.509 authority
+/// id), or `None` when it does not parse or has none.
+#[must_use]
+pub fn subject_key_id_hex(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    cert.extensions().iter().find_map(|e| match e.parsed_extension() {
+        x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(k) => Some(crate::text::hex(k.0)),
+        _ => None,
+    })
+}
+
+/// The authority key identifier of certificate `der` as lowercase hex (the id of the
+/// authority that signed it), or `None`.
+#[must_use]
+pub fn authority_key_id_hex(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    cert.extensions().iter().find_map(|e| match e.parsed_extension() {
+        x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(k) => k.key_identifier.as_ref().map(|k| crate::text::hex(k.0)),
+        _ => None,
+    })
+}
+
 /// Checks one certificate against all the X509-SVID leaf rules (see the
 /// module docs) and returns its SPIFFE ID.
 ///

@@ -29,7 +29,11 @@ pub fn id_to_proto(id: &SpiffeId) -> pt::Spiffeid {
 pub fn bundle_to_proto(b: &Bundle) -> pt::Bundle {
     pt::Bundle {
         trust_domain: b.trust_domain.as_str().to_owned(),
-        x509_authorities: b.x509_authorities.iter().map(|d| pt::X509Certificate { asn1: d.clone(), tainted: false }).collect(),
+        x509_authorities: b
+            .x509_authorities
+            .iter()
+            .map(|d| pt::X509Certificate { asn1: d.clone(), tainted: b.is_tainted_x509(d) })
+            .collect(),
         jwt_authorities: b.jwt_authorities.iter().map(jwt_key_to_proto).collect(),
         refresh_hint: b.refresh_hint.unwrap_or(0),
         sequence_number: b.sequence_number,
@@ -40,7 +44,7 @@ pub fn bundle_to_proto(b: &Bundle) -> pt::Bundle {
 /// A JWT authority as `JWTKey`.
 #[must_use]
 pub fn jwt_key_to_proto(k: &JwtAuthority) -> pt::JwtKey {
-    pt::JwtKey { public_key: k.public_key.clone(), key_id: k.key_id.clone(), expires_at: k.expires_at, tainted: false }
+    pt::JwtKey { public_key: k.public_key.clone(), key_id: k.key_id.clone(), expires_at: k.expires_at, tainted: k.tainted }
 }
 
 /// `JWTKey` to a JWT authority, checking that the key parses and has an id.
@@ -56,7 +60,7 @@ pub fn jwt_key_from_proto(k: &pt::JwtKey) -> Result<JwtAuthority, WireError> {
         Ok(([], _)) => {}
         _ => return Err(WireError::Invalid(format!("invalid JWT authority {:?}: public key is not PKIX DER", k.key_id))),
     }
-    Ok(JwtAuthority { key_id: k.key_id.clone(), public_key: k.public_key.clone(), expires_at: k.expires_at })
+    Ok(JwtAuthority { key_id: k.key_id.clone(), public_key: k.public_key.clone(), expires_at: k.expires_at, tainted: k.tainted })
 }
 
 /// An X.509 authority: must be one parseable CA certificate.
@@ -88,6 +92,7 @@ pub fn bundle_from_proto(b: &pt::Bundle) -> Result<Bundle, WireError> {
         jwt_authorities: b.jwt_authorities.iter().map(jwt_key_from_proto).collect::<Result<_, _>>()?,
         refresh_hint: (b.refresh_hint > 0).then_some(b.refresh_hint),
         sequence_number: b.sequence_number,
+        tainted_x509: b.x509_authorities.iter().filter(|c| c.tainted).map(|c| c.asn1.clone()).collect(),
     })
 }
 

@@ -76,6 +76,7 @@ impl Material {
             key_id: "k1".into(),
             public_key: rcgen::PublicKeyData::subject_public_key_info(&jwt_rc),
             expires_at: 0,
+            tainted: false,
         });
         Self { x509, jwt_key, jwt_bundle }
     }

@@ -157,9 +157,15 @@ impl Pki {
         Bundle {
             trust_domain: td(OWN_TD),
             x509_authorities: vec![self.own_root.clone()],
-            jwt_authorities: vec![JwtAuthority { key_id: OWN_KID.to_owned(), public_key: spki(&self.own_jwt), expires_at: 0 }],
+            jwt_authorities: vec![JwtAuthority {
+                key_id: OWN_KID.to_owned(),
+                public_key: spki(&self.own_jwt),
+                expires_at: 0,
+                tainted: false,
+            }],
             refresh_hint: None,
             sequence_number: 1,
+            tainted_x509: vec![],
         }
     }
 
@@ -167,9 +173,15 @@ impl Pki {
         Bundle {
             trust_domain: td(FED_TD),
             x509_authorities: vec![self.fed_root.clone()],
-            jwt_authorities: vec![JwtAuthority { key_id: FED_KID.to_owned(), public_key: spki(&self.fed_jwt), expires_at: 0 }],
+            jwt_authorities: vec![JwtAuthority {
+                key_id: FED_KID.to_owned(),
+                public_key: spki(&self.fed_jwt),
+                expires_at: 0,
+                tainted: false,
+            }],
             refresh_hint: None,
             sequence_number: 1,
+            tainted_x509: vec![],
         }
     }
 
@@ -584,6 +596,7 @@ async fn jwt_bundles_are_jwks_with_the_kid() {
         key_id: "own-k2".to_owned(),
         public_key: spki(&server.pki.fed_jwt),
         expires_at: 0,
+        tainted: false,
     });
     server.publish(Some(Arc::new(snapshot)));
     let msg = next_msg(&mut stream).await;

@@ -16,6 +16,9 @@ struct StoredBundle {
     x509_authorities: Vec<String>,
     jwt_authorities: Vec<StoredJwtKey>,
     refresh_hint: Option<i64>,
+    /// Indexes into `x509_authorities` of the tainted roots (absent before taint existed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    tainted_x509: Vec<usize>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -23,6 +26,8 @@ struct StoredJwtKey {
     key_id: String,
     public_key: String,
     expires_at: i64,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    tainted: bool,
 }
 
 pub(super) fn corrupt(what: &'static str, reason: impl ToString) -> DatastoreError {
@@ -35,9 +40,15 @@ pub(super) fn encode_bundle(b: &Bundle) -> Result<String, DatastoreError> {
         jwt_authorities: b
             .jwt_authorities
             .iter()
-            .map(|k| StoredJwtKey { key_id: k.key_id.clone(), public_key: B64.encode(&k.public_key), expires_at: k.expires_at })
+            .map(|k| StoredJwtKey {
+                key_id: k.key_id.clone(),
+                public_key: B64.encode(&k.public_key),
+                expires_at: k.expires_at,
+                tainted: k.tainted,
+            })
             .collect(),
         refresh_hint: b.refresh_hint,
+        tainted_x509: b.x509_authorities.iter().enumerate().filter(|(_, d)| b.is_tainted_x509(d)).map(|(i, _)| i).collect(),
     };
     serde_json::to_string(&stored).map_err(|e| corrupt("bundle", e))
 }
@@ -55,25 +66,35 @@ pub(super) fn decode_bundle(td: &str, data: &str, seq: i64) -> Result<Bundle, Da
                 key_id: k.key_id,
                 public_key: B64.decode(&k.public_key).map_err(|e| corrupt("bundle", e))?,
                 expires_at: k.expires_at,
+                tainted: k.tainted,
             })
         })
         .collect::<Result<Vec<_>, DatastoreError>>()?;
+    let tainted_x509 = stored
+        .tainted_x509
+        .iter()
+        .map(|i| x509_authorities.get(*i).cloned().ok_or_else(|| corrupt("bundle", format!("tainted root #{i} does not exist"))))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Bundle {
         trust_domain,
         x509_authorities,
         jwt_authorities,
         refresh_hint: stored.refresh_hint,
         sequence_number: u64::try_from(seq).unwrap_or(0),
+        tainted_x509,
     })
 }
 
 /// An empty bundle for `td`, the starting point of the first append.
 pub(super) fn empty_bundle(td: &TrustDomain) -> Bundle {
-    Bundle { trust_domain: td.clone(), x509_authorities: vec![], jwt_authorities: vec![], refresh_hint: None, sequence_number: 0 }
+    Bundle::new(td.clone())
 }
 
 pub(super) fn same_content(a: &Bundle, b: &Bundle) -> bool {
-    a.x509_authorities == b.x509_authorities && a.jwt_authorities == b.jwt_authorities && a.refresh_hint == b.refresh_hint
+    a.x509_authorities == b.x509_authorities
+        && a.jwt_authorities == b.jwt_authorities
+        && a.refresh_hint == b.refresh_hint
+        && a.tainted_x509 == b.tainted_x509
 }
 
 pub(super) fn cert_not_after(der: &[u8]) -> Option<i64> {

@@ -897,6 +897,64 @@ where
         Ok(())
     }
 
+    async fn taint_x509_authority(&self, td: &TrustDomain, ski: &str) -> Result<Bundle, DatastoreError> {
+        self.modify_bundle(td, |b, existed| {
+            existing_bundle(existed)?;
+            let found = matching_roots(b, ski);
+            if found.is_empty() {
+                return Err(DatastoreError::Missing("no ca found with provided subject key ID".into()));
+            }
+            if found.iter().any(|d| b.is_tainted_x509(d)) {
+                return Err(DatastoreError::Refused("root CA is already tainted".into()));
+            }
+            b.tainted_x509.extend(found);
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn revoke_x509_authority(&self, td: &TrustDomain, ski: &str) -> Result<Bundle, DatastoreError> {
+        self.modify_bundle(td, |b, existed| {
+            existing_bundle(existed)?;
+            let found = matching_roots(b, ski);
+            if found.is_empty() {
+                return Err(DatastoreError::Missing("no root CA found with provided subject key ID".into()));
+            }
+            if found.iter().any(|d| !b.is_tainted_x509(d)) {
+                return Err(DatastoreError::Refused("it is not possible to revoke an untainted root CA".into()));
+            }
+            b.x509_authorities.retain(|d| !found.contains(d));
+            b.tainted_x509.retain(|d| !found.contains(d));
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn taint_jwt_authority(&self, td: &TrustDomain, kid: &str) -> Result<Bundle, DatastoreError> {
+        self.modify_bundle(td, |b, existed| {
+            existing_bundle(existed)?;
+            let key = one_jwt_key(b, kid)?;
+            if key.tainted {
+                return Err(DatastoreError::Refused("key is already tainted".into()));
+            }
+            key.tainted = true;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn revoke_jwt_authority(&self, td: &TrustDomain, kid: &str) -> Result<Bundle, DatastoreError> {
+        self.modify_bundle(td, |b, existed| {
+            existing_bundle(existed)?;
+            if !one_jwt_key(b, kid)?.tainted {
+                return Err(DatastoreError::Refused("it is not possible to revoke an untainted key".into()));
+            }
+            b.jwt_authorities.retain(|k| k.key_id != kid);
+            Ok(true)
+        })
+        .await
+    }
+
     async fn cache_snapshot(&self) -> Result<(Vec<Entry>, Vec<AttestedNode>), DatastoreError> {
         use std::sync::atomic::Ordering::Relaxed;
         if let Some(r) = &self.replica {
@@ -915,6 +973,25 @@ where
 
     fn watch_changes(&self) -> ChangeReceiver {
         self.feed.subscribe()
+    }
+}
+
+/// Taint and revoke need the bundle to exist (SPIRE: "record not found").
+fn existing_bundle(existed: bool) -> Result<(), DatastoreError> {
+    if existed { Ok(()) } else { Err(DatastoreError::NotFound("bundle")) }
+}
+
+/// The roots of `b` whose subject key ID, as lowercase hex, is `ski`.
+fn matching_roots(b: &Bundle, ski: &str) -> Vec<Vec<u8>> {
+    b.x509_authorities.iter().filter(|d| crate::spiffe::x509::subject_key_id_hex(d).as_deref() == Some(ski)).cloned().collect()
+}
+
+/// The one JWT key `kid` of `b` (SPIRE refuses a bundle holding the kid twice).
+fn one_jwt_key<'b>(b: &'b mut Bundle, kid: &str) -> Result<&'b mut crate::spiffe::JwtAuthority, DatastoreError> {
+    match b.jwt_authorities.iter().filter(|k| k.key_id == kid).count() {
+        0 => Err(DatastoreError::Missing("no JWT Key found with provided key ID".into())),
+        1 => b.jwt_authorities.iter_mut().find(|k| k.key_id == kid).ok_or_else(|| DatastoreError::Missing(String::new())),
+        _ => Err(DatastoreError::Refused("another JWT Key found with the same KeyID".into())),
     }
 }
 

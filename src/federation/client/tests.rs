@@ -27,6 +27,7 @@ fn bundle_json(of: &str, named: &str, seq: u64) -> Vec<u8> {
         jwt_authorities: vec![],
         refresh_hint: Some(60),
         sequence_number: seq,
+        tainted_x509: vec![],
     }
     .to_spiffe_json()
     .into_bytes()
@@ -180,6 +181,7 @@ fn intervals_follow_the_hint_with_floors() {
         jwt_authorities: vec![],
         refresh_hint: hint,
         sequence_number: 1,
+        tainted_x509: vec![],
     };
     assert_eq!(refresh_interval(None), 60);
     assert_eq!(refresh_interval(Some(&b(Some(300)))), 75);

@@ -52,11 +52,12 @@ fn full_bundle() -> Bundle {
         ],
         refresh_hint: Some(300),
         sequence_number: 42,
+        tainted_x509: vec![],
     }
 }
 
 fn authority(kid: &str, public_key: Vec<u8>) -> JwtAuthority {
-    JwtAuthority { key_id: kid.to_owned(), public_key, expires_at: 0 }
+    JwtAuthority { key_id: kid.to_owned(), public_key, expires_at: 0, tainted: false }
 }
 
 fn parse(json: &Value) -> Result<Bundle, BundleError> {

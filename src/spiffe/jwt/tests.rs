@@ -90,7 +90,7 @@ fn without_claim(name: &str) -> Value {
 
 fn bundles_for(signer: &Signer, kid: &str) -> Vec<Bundle> {
     let mut bundle = Bundle::new(td("example.org"));
-    bundle.jwt_authorities.push(JwtAuthority { key_id: kid.to_owned(), public_key: signer.spki(), expires_at: 0 });
+    bundle.jwt_authorities.push(JwtAuthority { key_id: kid.to_owned(), public_key: signer.spki(), expires_at: 0, tainted: false });
     vec![bundle, Bundle::new(td("other.org"))]
 }
 
