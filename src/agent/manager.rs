@@ -126,6 +126,12 @@ struct State {
     entries: Vec<pt::Entry>,
     svids: HashMap<String, (i64, Arc<X509SvidItem>)>,
     jwt: HashMap<(String, Vec<String>), (String, i64, i64)>,
+    /// Tainted roots already acted on.
+    tainted_seen: std::collections::BTreeSet<Vec<u8>>,
+    /// Entries whose SVID a tainted authority signed: re-minted at the next chance.
+    force_remint: std::collections::HashSet<String>,
+    /// The agent's own SVID chains to a tainted authority: renewed at the next chance.
+    agent_svid_tainted: bool,
 }
 
 /// The running agent: implements [`WorkloadSource`].
@@ -156,6 +162,52 @@ fn validity(der: &[u8]) -> (i64, i64) {
     x509_parser::parse_x509_certificate(der)
         .map(|(_, c)| (c.validity().not_before.timestamp(), c.validity().not_after.timestamp()))
         .unwrap_or((0, 0))
+}
+
+/// SPIRE's agent reaction to authorities its trust domain's bundle marks tainted: cached
+/// JWT-SVIDs a tainted key signed are dropped (the next fetch mints a new one with the active
+/// key), X509-SVIDs that chain to a newly tainted root are re-minted now rather than at half
+/// life, and so is the agent's own SVID.
+fn react_to_taint(st: &mut State, bundle: &Bundle, now: i64) {
+    let tainted_kids: std::collections::BTreeSet<&str> =
+        bundle.jwt_authorities.iter().filter(|k| k.tainted).map(|k| k.key_id.as_str()).collect();
+    if !tainted_kids.is_empty() {
+        let mut removed: BTreeMap<String, usize> = BTreeMap::new();
+        st.jwt.retain(|_, (token, _, _)| match crate::spiffe::jwt::header_kid(token) {
+            Some(kid) if tainted_kids.contains(kid.as_str()) => {
+                *removed.entry(kid).or_default() += 1;
+                false
+            }
+            _ => true,
+        });
+        for (kid, n) in removed {
+            tracing::info!(
+                jwt_authority_key_ids = %kid,
+                tainted_jwt_svids = n,
+                "JWT-SVIDs were removed from the JWT cache because they were issued by a tainted authority"
+            );
+        }
+    }
+    let new: Vec<Vec<u8>> = bundle.tainted_x509.iter().filter(|d| !st.tainted_seen.contains(*d)).cloned().collect();
+    if new.is_empty() {
+        return;
+    }
+    let skis: Vec<String> = new.iter().filter_map(|d| crate::spiffe::x509::subject_key_id_hex(d)).collect();
+    tracing::debug!(subject_key_ids = %skis.join(","), "New tainted X.509 authorities found");
+    tracing::debug!(count = st.svids.len(), "Scheduled rotation for SVID entries due to tainted X.509 authorities");
+    let tainted: Vec<String> = st
+        .svids
+        .iter()
+        .filter(|(_, (_, item))| crate::spiffe::x509::verify_chain(&item.chain, &new, now).is_ok())
+        .map(|(id, _)| id.clone())
+        .collect();
+    tracing::info!(tainted_x509_svids = tainted.len(), "Tainted X.509 SVIDs");
+    st.force_remint.extend(tainted);
+    if crate::spiffe::x509::verify_chain(&st.svid.chain, &new, now).is_ok() {
+        tracing::info!("Agent SVID is tainted by a root authority, forcing rotation");
+        st.agent_svid_tainted = true;
+    }
+    st.tainted_seen.extend(new);
 }
 
 fn half_life_passed(nb: i64, na: i64, now: i64) -> bool {
@@ -214,6 +266,9 @@ impl Agent {
                 entries: vec![],
                 svids: HashMap::new(),
                 jwt: HashMap::new(),
+                tainted_seen: std::collections::BTreeSet::new(),
+                force_remint: std::collections::HashSet::new(),
+                agent_svid_tainted: false,
             }),
             snapshot,
             fatal: Mutex::new(None),
@@ -289,8 +344,9 @@ impl Agent {
     pub async fn sync_once(&self) -> Result<(), SyncError> {
         let mut st = self.state.lock().await;
         let now = crate::now_unix();
-        if half_life_passed(st.svid.not_before, st.svid.not_after, now) {
+        if half_life_passed(st.svid.not_before, st.svid.not_after, now) || st.agent_svid_tainted {
             self.renew(&mut st).await?;
+            st.agent_svid_tainted = false;
         }
         let ch = st.channel.clone();
         let mut entries = match entrypb::entry_client::EntryClient::new(ch.clone())
@@ -316,6 +372,7 @@ impl Agent {
         if bundle.trust_domain != self.settings.trust_domain {
             return Err(SyncError::WrongTrustDomain { got: bundle.trust_domain, want: self.settings.trust_domain.clone() });
         }
+        react_to_taint(&mut st, &bundle, now);
         let mut federated = BTreeMap::new();
         let wanted: std::collections::BTreeSet<String> = entries.iter().flat_map(|e| e.federates_with.iter().cloned()).collect();
         for td in wanted {
@@ -336,6 +393,7 @@ impl Agent {
         let due: Vec<&pt::Entry> = entries
             .iter()
             .filter(|e| match st.svids.get(&e.id) {
+                _ if st.force_remint.contains(&e.id) => true,
                 None => true,
                 Some((rev, item)) => {
                     *rev != e.revision_number
@@ -369,6 +427,7 @@ impl Agent {
                         let Some(item) = svid_item(e, svid.cert_chain, key) else { continue };
                         let what = if st.svids.contains_key(&e.id) { "Renewing X509-SVID" } else { "Creating X509-SVID" };
                         tracing::info!(entry_id = %e.id, spiffe_id = %item.spiffe_id, "{what}");
+                        st.force_remint.remove(&e.id);
                         minted.insert(e.id.clone(), (e.revision_number, Arc::new(item)));
                     }
                     (_, _) => tracing::warn!(entry_id = %e.id, status = ?r.status, "server did not mint an SVID for entry"),
@@ -397,7 +456,16 @@ impl Agent {
         st.federated = federated;
         st.jwt.retain(|_, (_, _, exp)| *exp > now);
         if bundle_changed {
+            // New connections to the server must trust the roots the bundle has now: after a
+            // CA rotation the server's own SVID moves to the new root, and after a revocation
+            // the old root is gone.
+            st.channel = mtls(&self.settings, &self.server_id, &st.svid, &st.bundle)?;
             self.persist(&st);
+        }
+        if st.agent_svid_tainted {
+            // With the new bundle in place, so the renewed channel trusts the new roots.
+            self.renew(&mut st).await?;
+            st.agent_svid_tainted = false;
         }
         if changed || self.snapshot.borrow().is_none() {
             let snap = self.build_snapshot(&st);

@@ -12,6 +12,7 @@ pub mod convert;
 pub mod debug;
 pub mod entry;
 pub mod limiter;
+pub mod localauthority;
 pub mod status;
 pub mod svid;
 pub mod trustdomain;

@@ -44,6 +44,9 @@ pub enum ApiError {
     /// The caller has made too many (failed) attempts and must wait.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// The request is not allowed in this server's configuration or state.
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// The server cannot serve this now (e.g. no CA yet).
     #[error("{0}")]
     Unavailable(String),
@@ -76,6 +79,7 @@ impl ApiError {
             Self::Unauthenticated(_) => Code::Unauthenticated,
             Self::ResourceExhausted(_) => Code::ResourceExhausted,
             Self::Unavailable(_) => Code::Unavailable,
+            Self::FailedPrecondition(_) => Code::FailedPrecondition,
             Self::Unimplemented(_) => Code::Unimplemented,
             Self::Internal { .. } | Self::InternalShown(_) => Code::Internal,
         }

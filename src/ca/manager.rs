@@ -92,6 +92,38 @@ struct JwtRecord {
 struct Journal {
     x509: Vec<X509Record>,
     jwt: Vec<JwtRecord>,
+    /// The authority id of the X.509 CA that was active before the current one, until the
+    /// next preparation (SPIRE's "old" authority, the one an operator may taint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    x509_old: Option<String>,
+    /// Likewise the kid of the JWT key active before the current one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    jwt_old: Option<String>,
+}
+
+/// One authority as the local authority API shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuthorityState {
+    /// X.509: the CA certificate's subject key ID (hex); JWT: the kid.
+    pub authority_id: String,
+    /// Expiry, unix seconds.
+    pub expires_at: i64,
+    /// X.509 with an upstream authority: the CA certificate's authority key ID (hex), the
+    /// upstream authority that signed it; empty otherwise.
+    pub upstream_authority_id: String,
+}
+
+/// A tier's authorities of one kind: the active one, a prepared one and the previously
+/// active ("old") one, each if present. Prepared and old are never both present: preparing
+/// reuses the old one's slot.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuthorityStates {
+    /// Signing now.
+    pub active: Option<AuthorityState>,
+    /// Published in the bundle, not signing yet.
+    pub prepared: Option<AuthorityState>,
+    /// Signed until the last activation; may be tainted and then revoked.
+    pub old: Option<AuthorityState>,
 }
 
 struct X509Slot {
@@ -108,8 +140,10 @@ struct JwtSlot {
 struct Slots {
     x509_current: Option<X509Slot>,
     x509_next: Option<X509Slot>,
+    x509_old: Option<X509Record>,
     jwt_current: Option<JwtSlot>,
     jwt_next: Option<JwtSlot>,
+    jwt_old: Option<JwtRecord>,
     journal: Journal,
     /// The journal text last stored, to skip identical writes.
     journal_written: Option<String>,
@@ -287,6 +321,12 @@ impl CaManager {
                 Err(e) => tracing::warn!(slot = %rec.slot, error = %e, "JWT key in the journal is unusable; it will be replaced"),
             }
         }
+        if slots.x509_next.is_none() {
+            slots.x509_old = journal.x509_old.as_ref().and_then(|id| journal.x509.iter().find(|r| &r.authority_id == id)).cloned();
+        }
+        if slots.jwt_next.is_none() {
+            slots.jwt_old = journal.jwt_old.as_ref().and_then(|id| journal.jwt.iter().find(|r| &r.kid == id)).cloned();
+        }
         slots.journal = journal;
         if let Some(next) = &slots.x509_next {
             self.ca.set_x509_next(Some((Arc::clone(&next.authority), next.record.issued_at, next.record.issued_at)));
@@ -383,6 +423,7 @@ impl CaManager {
                 self.ca.set_x509_next(Some((Arc::clone(&next.authority), now, now)));
                 self.log_prepared_x509(&next.record, "prepared next X.509 CA");
                 slots.x509_next = Some(next);
+                slots.x509_old = None;
             }
             Action::ActivateNext => activate_x509(slots, &self.ca),
             Action::PrepareAndActivate => {
@@ -415,6 +456,7 @@ impl CaManager {
             Action::PrepareNext => {
                 let slot = other_slot(slots.jwt_current.as_ref().map(|s| s.record.slot.as_str()));
                 slots.jwt_next = Some(self.prepare_jwt(slots, slot, now).await?);
+                slots.jwt_old = None;
                 tracing::info!(slot, "prepared next JWT key");
             }
             Action::ActivateNext => {
@@ -626,6 +668,8 @@ impl CaManager {
                 r.status = Status::Old;
             }
         }
+        journal.x509_old = slots.x509_old.as_ref().map(|r| r.authority_id.clone());
+        journal.jwt_old = slots.jwt_old.as_ref().map(|r| r.kid.clone());
         let x_len = journal.x509.len();
         journal.x509.drain(..x_len.saturating_sub(JOURNAL_CAP));
         let j_len = journal.jwt.len();
@@ -669,6 +713,101 @@ impl CaManager {
             }
         }
         out
+    }
+
+    /// The X.509 authorities: active, prepared and old (SPIRE's `GetX509AuthorityState`).
+    pub async fn x509_states(&self) -> AuthorityStates {
+        let slots = self.slots.lock().await;
+        AuthorityStates {
+            active: slots.x509_current.as_ref().map(|s| x509_state(&s.record)),
+            prepared: slots.x509_next.as_ref().map(|s| x509_state(&s.record)),
+            old: slots.x509_old.as_ref().map(x509_state),
+        }
+    }
+
+    /// The JWT authorities: active, prepared and old.
+    pub async fn jwt_states(&self) -> AuthorityStates {
+        let slots = self.slots.lock().await;
+        AuthorityStates {
+            active: slots.jwt_current.as_ref().map(|s| jwt_state(&s.record)),
+            prepared: slots.jwt_next.as_ref().map(|s| jwt_state(&s.record)),
+            old: slots.jwt_old.as_ref().map(jwt_state),
+        }
+    }
+
+    /// Whether this tier's CA is signed by an upstream authority.
+    #[must_use]
+    pub fn has_upstream(&self) -> bool {
+        self.upstream.is_some()
+    }
+
+    /// Prepares a new X.509 CA now, whatever the rotation schedule says (SPIRE's
+    /// `PrepareX509Authority`): it replaces a prepared one, and the old one is forgotten.
+    ///
+    /// # Errors
+    /// As a rotation's preparation; nothing changes then.
+    pub async fn prepare_x509_now(&self, now: i64) -> Result<AuthorityState, CaError> {
+        let mut slots = self.slots.lock().await;
+        if slots.x509_current.is_none() {
+            return Err(CaError::NoX509Ca);
+        }
+        let slot = other_slot(slots.x509_current.as_ref().map(|s| s.record.slot.as_str()));
+        let next = self.prepare_x509(slot, now, false).await?;
+        self.ca.set_x509_next(Some((Arc::clone(&next.authority), now, now)));
+        self.log_prepared_x509(&next.record, "X509 CA prepared");
+        let state = x509_state(&next.record);
+        slots.x509_next = Some(next);
+        slots.x509_old = None;
+        self.save_journal(&mut slots).await?;
+        Ok(state)
+    }
+
+    /// Activates the prepared X.509 CA `authority_id` now (SPIRE's `ActivateX509Authority`);
+    /// the active one becomes old.
+    ///
+    /// # Errors
+    /// `InvalidRequest` when no prepared CA has that id.
+    pub async fn activate_x509_now(&self, authority_id: &str) -> Result<AuthorityState, CaError> {
+        let mut slots = self.slots.lock().await;
+        if slots.x509_next.as_ref().is_none_or(|n| n.record.authority_id != authority_id) {
+            return Err(CaError::InvalidRequest("unexpected authority ID".into()));
+        }
+        activate_x509(&mut slots, &self.ca);
+        self.save_journal(&mut slots).await?;
+        Ok(slots.x509_current.as_ref().map(|s| x509_state(&s.record)).unwrap_or_default())
+    }
+
+    /// Prepares (and publishes) a new JWT key now (SPIRE's `PrepareJWTAuthority`).
+    ///
+    /// # Errors
+    /// `JwtDisabled`, or as a rotation's preparation.
+    pub async fn prepare_jwt_now(&self, now: i64) -> Result<AuthorityState, CaError> {
+        if self.config.disable_jwt_svids {
+            return Err(CaError::JwtDisabled);
+        }
+        let mut slots = self.slots.lock().await;
+        let slot = other_slot(slots.jwt_current.as_ref().map(|s| s.record.slot.as_str()));
+        let next = self.prepare_jwt(&mut slots, slot, now).await?;
+        tracing::info!(slot, local_authority_id = %next.record.kid, not_after = next.record.not_after, "JWT key prepared");
+        let state = jwt_state(&next.record);
+        slots.jwt_next = Some(next);
+        slots.jwt_old = None;
+        self.save_journal(&mut slots).await?;
+        Ok(state)
+    }
+
+    /// Activates the prepared JWT key `kid` now (SPIRE's `ActivateJWTAuthority`).
+    ///
+    /// # Errors
+    /// `InvalidRequest` when no prepared key has that kid.
+    pub async fn activate_jwt_now(&self, kid: &str) -> Result<AuthorityState, CaError> {
+        let mut slots = self.slots.lock().await;
+        if slots.jwt_next.as_ref().is_none_or(|n| n.record.kid != kid) {
+            return Err(CaError::InvalidRequest("unexpected authority ID".into()));
+        }
+        activate_jwt(&mut slots, &self.ca);
+        self.save_journal(&mut slots).await?;
+        Ok(slots.jwt_current.as_ref().map(|s| jwt_state(&s.record)).unwrap_or_default())
     }
 
     /// Rotates every `interval` until `shutdown` resolves; failures are logged and retried.
@@ -739,17 +878,39 @@ fn slack(ca_ttl: i64) -> i64 {
 fn activate_x509(slots: &mut Slots, ca: &Ca) {
     if let Some(next) = slots.x509_next.take() {
         ca.set_x509(Arc::clone(&next.authority), next.record.issued_at);
-        tracing::info!(authority_id = %next.record.authority_id, not_after = next.record.not_after, "activated X.509 CA");
-        slots.x509_current = Some(next);
+        tracing::info!(
+            local_authority_id = %next.record.authority_id,
+            upstream_authority_id = %upstream_authority_id(&next.record),
+            not_after = next.record.not_after,
+            "X509 CA activated"
+        );
+        slots.x509_old = slots.x509_current.replace(next).map(|s| s.record);
     }
 }
 
 fn activate_jwt(slots: &mut Slots, ca: &Ca) {
     if let Some(next) = slots.jwt_next.take() {
         ca.set_jwt(Arc::clone(&next.signer));
-        tracing::info!(kid = %next.record.kid, "activated JWT key");
-        slots.jwt_current = Some(next);
+        tracing::info!(local_authority_id = %next.record.kid, not_after = next.record.not_after, "JWT key activated");
+        slots.jwt_old = slots.jwt_current.replace(next).map(|s| s.record);
     }
+}
+
+/// The authority key ID of a CA minted upstream (hex): the upstream authority that signed it.
+/// Empty for a self-signed CA, whose chain is empty.
+fn upstream_authority_id(rec: &X509Record) -> String {
+    if rec.chain.is_empty() {
+        return String::new();
+    }
+    B64.decode(&rec.certificate).ok().and_then(|der| crate::spiffe::x509::authority_key_id_hex(&der)).unwrap_or_default()
+}
+
+fn x509_state(rec: &X509Record) -> AuthorityState {
+    AuthorityState { authority_id: rec.authority_id.clone(), expires_at: rec.not_after, upstream_authority_id: upstream_authority_id(rec) }
+}
+
+fn jwt_state(rec: &JwtRecord) -> AuthorityState {
+    AuthorityState { authority_id: rec.kid.clone(), expires_at: rec.not_after, upstream_authority_id: String::new() }
 }
 
 /// Checks a CA minted upstream before it is used (SPIRE's credential validator): a currently

@@ -15,7 +15,7 @@ use std::sync::{Arc, RwLock};
 
 use crate::pki as x509;
 pub use crate::pki::CaSubject;
-pub use manager::{CaConfig, CaManager};
+pub use manager::{AuthorityState, AuthorityStates, CaConfig, CaManager};
 
 impl From<crate::pki::PkiError> for CaError {
     fn from(e: crate::pki::PkiError) -> Self {

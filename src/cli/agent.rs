@@ -527,7 +527,7 @@ fn verify_svids(svids: &[ParsedSvid]) -> Result<(), String> {
 }
 
 /// Go's `time.Time` `%v` for a UTC certificate time: `2024-05-01 12:00:00 +0000 UTC`.
-fn go_time(unix: i64) -> String {
+pub(crate) fn go_time(unix: i64) -> String {
     match time::OffsetDateTime::from_unix_timestamp(unix) {
         Ok(t) => format!(
             "{:04}-{:02}-{:02} {:02}:{:02}:{:02} +0000 UTC",

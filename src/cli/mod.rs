@@ -19,6 +19,7 @@ pub mod argv;
 pub mod client;
 pub mod federation;
 pub mod hsm;
+pub mod localauthority;
 pub mod server;
 pub mod tiers;
 

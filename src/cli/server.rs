@@ -53,6 +53,16 @@ pub enum ServerCommand {
         #[command(subcommand)]
         command: super::federation::FederationCommand,
     },
+    /// Forced rotation, taint and revocation of this tier's authorities (Local Authority API).
+    Localauthority {
+        #[command(subcommand)]
+        command: super::localauthority::LocalAuthorityCommand,
+    },
+    /// Taint and revocation of the upstream authority that signed this tier's old X.509 CA.
+    Upstreamauthority {
+        #[command(subcommand)]
+        command: super::localauthority::UpstreamAuthorityCommand,
+    },
 }
 
 /// Flags of `run` and `validate` (SPIRE's).
@@ -422,6 +432,8 @@ pub async fn run(cmd: ServerCommand) -> CliResult {
         ServerCommand::Jwt { command } => jwt(command).await,
         ServerCommand::Agent { command } => agent(command).await,
         ServerCommand::Federation { command } => super::federation::run(command).await,
+        ServerCommand::Localauthority { command } => super::localauthority::run(command).await,
+        ServerCommand::Upstreamauthority { command } => super::localauthority::run_upstream(command).await,
     }
 }
 
@@ -748,11 +760,35 @@ fn render_bundle(b: &pt::Bundle, format: &str) -> Result<String, String> {
     }
 }
 
+/// SPIRE's `-output json` of a bundle: protojson with proto field names, 64-bit integers as
+/// strings, keys in alphabetical order, `tainted` always present.
+pub(crate) fn bundle_json(b: &pt::Bundle) -> serde_json::Value {
+    use base64::Engine as _;
+    let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
+    serde_json::json!({
+        "jwt_authorities": b.jwt_authorities.iter().map(|k| serde_json::json!({
+            "expires_at": k.expires_at.to_string(),
+            "key_id": k.key_id,
+            "public_key": b64(&k.public_key),
+            "tainted": k.tainted,
+        })).collect::<Vec<_>>(),
+        "refresh_hint": b.refresh_hint.to_string(),
+        "sequence_number": b.sequence_number.to_string(),
+        "trust_domain": b.trust_domain,
+        "wit_authorities": [],
+        "x509_authorities": b.x509_authorities.iter().map(|c| serde_json::json!({"asn1": b64(&c.asn1), "tainted": c.tainted})).collect::<Vec<_>>(),
+    })
+}
+
 async fn bundle(cmd: BundleCommand) -> CliResult {
     match cmd {
         BundleCommand::Show { format, sock } => {
             let mut c = bundlepb::bundle_client::BundleClient::new(connect_admin(&sock.socket_path).await?);
             let b = c.get_bundle(bundlepb::GetBundleRequest::default()).await.map_err(|e| status_msg(&e))?.into_inner();
+            if sock.output == "json" {
+                outln!("{}", bundle_json(&b));
+                return Ok(());
+            }
             out!("{}", render_bundle(&b, &format)?);
             if format == "spiffe" {
                 outln!();

@@ -418,6 +418,17 @@ pub fn bundle_keys(bundles: &[Bundle]) -> impl Fn(&TrustDomain, &str) -> Result<
     }
 }
 
+/// The `kid` in a compact JWS's header, without checking anything else (to sort cached tokens
+/// by the key that signed them).
+#[must_use]
+pub fn header_kid(token: &str) -> Option<String> {
+    use base64::Engine as _;
+    let header = token.split('.').next()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header).ok()?;
+    let v: Value = serde_json::from_slice(&bytes).ok()?;
+    v.get("kid")?.as_str().map(str::to_owned)
+}
+
 /// The text the CA signs: base64url of the header
 /// `{"alg":..,"kid":..,"typ":"JWT"}`, a dot, base64url of `claims`.
 ///

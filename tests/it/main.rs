@@ -14,6 +14,7 @@ mod agent_e2e;
 mod agent_x509pop;
 mod api_robustness;
 mod attest_hardening;
+mod compromise;
 mod connection_limits;
 mod entry_expiry;
 mod federation;

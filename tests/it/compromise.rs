@@ -1,0 +1,245 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test code: a failed unwrap is a failed test")]
+//! Forced rotation and compromise response on one tier (issue 15), replaying SPIRE's
+//! `force-rotation-jwt-authority` and `force-rotation-self-signed` suites' steps with SPIRE's
+//! commands on a root server and one agent (unix:uid selectors in place of docker labels):
+//! prepare, activate, taint, revoke, and the agent's reaction, checked with `jq`-style reads of
+//! `-output json` and `openssl verify`.
+
+use crate::common;
+use crate::nested::wait_until;
+use base64::Engine as _;
+use common::agent::*;
+use common::*;
+use serde_json::Value;
+use std::time::Duration;
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+fn setup(base: &std::path::Path) -> (TestServer, TestAgent) {
+    let sdir = base.join("server");
+    std::fs::create_dir(&sdir).unwrap();
+    let server = TestServer::start(
+        &sdir,
+        &ServerOpts { extra_server: "ca_ttl = \"24h\"\n default_jwt_svid_ttl = \"8h\"".into(), ..ServerOpts::default() },
+    );
+    let node = "spiffe://example.org/node";
+    let t = token(&server, node, "600");
+    server.cli_ok(&[
+        "entry",
+        "create",
+        "-parentID",
+        node,
+        "-spiffeID",
+        "spiffe://example.org/workload",
+        "-selector",
+        &format!("unix:uid:{}", my_uid()),
+        "-x509SVIDTTL",
+        "0",
+    ]);
+    let adir = base.join("agent");
+    std::fs::create_dir(&adir).unwrap();
+    let agent = TestAgent::start(&adir, agent_config(&adir, &server, "NodeAttestor \"join_token\" { plugin_data {} }", Some(&t)));
+    wait_until("the workload's SVID", Duration::from_secs(30), || agent.api(&["fetch", "x509"]).status.success());
+    (server, agent)
+}
+
+fn bundle_json(server: &TestServer) -> Value {
+    json(&server.cli_ok(&["bundle", "show", "-output", "json"]))
+}
+
+fn jwt_header_kid(token: &str) -> String {
+    let header = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token.split('.').next().unwrap()).unwrap();
+    json(&String::from_utf8(header).unwrap())["kid"].as_str().unwrap().to_owned()
+}
+
+/// `spire-agent api fetch jwt -audience aud -output json`: the token and the JWKS of the trust
+/// domain.
+fn fetch_jwt(agent: &TestAgent) -> (String, Value) {
+    let out = agent.api(&["fetch", "jwt", "-audience", "aud", "-output", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v = json(&String::from_utf8_lossy(&out.stdout));
+    let token = v[0]["svids"][0]["svid"].as_str().unwrap().to_owned();
+    let jwks = base64::engine::general_purpose::STANDARD.decode(v[1]["bundles"]["spiffe://example.org"].as_str().unwrap()).unwrap();
+    (token, json(&String::from_utf8(jwks).unwrap()))
+}
+
+fn kids(jwks: &Value) -> Vec<String> {
+    jwks["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap().to_owned()).collect()
+}
+
+/// SPIRE's `force-rotation-jwt-authority`, steps 05 to 11.
+#[test]
+fn force_rotation_jwt_authority_suite() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (server, agent) = setup(tmp.path());
+
+    // 05-prepare
+    assert_eq!(bundle_json(&server)["jwt_authorities"].as_array().unwrap().len(), 1, "Only one JWT authority expected at start");
+    let prepared = json(&server.cli_ok(&["localauthority", "jwt", "prepare", "-output", "json"]));
+    let p = prepared["prepared_authority"]["authority_id"].as_str().unwrap().to_owned();
+    assert!(server.log().contains("JWT key prepared") && server.log().contains(&p), "server log lacks the preparation");
+    let b = bundle_json(&server);
+    assert_eq!(b["jwt_authorities"].as_array().unwrap().len(), 2, "Two JWT authorities expected after prepare");
+    assert!(b["jwt_authorities"].as_array().unwrap().iter().any(|k| k["key_id"] == p.as_str()));
+
+    // 06-fetch: the token is signed with the active key; the agent's JWKS holds both.
+    let a =
+        json(&server.cli_ok(&["localauthority", "jwt", "show", "-output", "json"]))["active"]["authority_id"].as_str().unwrap().to_owned();
+    let mut first = fetch_jwt(&agent);
+    assert_eq!(jwt_header_kid(&first.0), a);
+    wait_until("both keys in the agent's JWKS", Duration::from_secs(40), || {
+        first = fetch_jwt(&agent);
+        first.1["keys"].as_array().unwrap().len() == 2
+    });
+    assert!(kids(&first.1).contains(&a));
+    let old_token = first.0.clone();
+
+    // 07-activate
+    let p = json(&server.cli_ok(&["localauthority", "jwt", "show", "-output", "json"]))["prepared"]["authority_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let activated = json(&server.cli_ok(&["localauthority", "jwt", "activate", "-authorityID", &p, "-output", "json"]));
+    assert_eq!(activated["activated_authority"]["authority_id"], p.as_str());
+    assert!(server.log().contains("JWT key activated"));
+
+    // Bad requests get SPIRE's codes and words, and change nothing.
+    let err = |args: &[&str]| {
+        let o = server.cli(args);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let before = bundle_json(&server);
+    assert!(
+        err(&["localauthority", "jwt", "taint", "-authorityID", &p])
+            .contains("could not taint JWT authority: rpc error: code = InvalidArgument desc = unable to taint current local authority")
+    );
+    assert!(err(&["localauthority", "jwt", "taint", "-authorityID", "nope"]).contains("desc = unexpected authority ID"));
+    assert!(err(&["localauthority", "jwt", "taint"]).contains("an authority ID is required"));
+    let o = json(&server.cli_ok(&["localauthority", "jwt", "show", "-output", "json"]))["old"]["authority_id"].as_str().unwrap().to_owned();
+    assert_eq!(o, a, "the previously active key is old");
+    assert!(
+        err(&["localauthority", "jwt", "revoke", "-authorityID", &o])
+            .contains("could not revoke JWT authority: rpc error: code = Internal desc = failed to revoke JWT authority: it is not possible to revoke an untainted key")
+    );
+    assert!(err(&["localauthority", "jwt", "activate", "-authorityID", &o]).contains("desc = only Prepared authorities can be activated"));
+    assert_eq!(bundle_json(&server)["jwt_authorities"], before["jwt_authorities"], "refused requests changed the bundle");
+
+    // 08-taint
+    let o = json(&server.cli_ok(&["localauthority", "jwt", "show", "-output", "json"]))["old"]["authority_id"].as_str().unwrap().to_owned();
+    let shown = server.cli_ok(&["localauthority", "jwt", "taint", "-authorityID", &o]);
+    assert!(shown.starts_with(&format!("Tainted JWT authority:\n  Authority ID: {o}\n")), "{shown}");
+    assert!(server.log().contains("JWT authority tainted successfully"));
+    wait_until("the agent drops the JWT-SVID of the tainted key", Duration::from_secs(30), || {
+        agent.log().contains("JWT-SVIDs were removed from the JWT cache because they were issued by a tainted authority")
+    });
+
+    // 09-verify: a new token, from the active key.
+    let a =
+        json(&server.cli_ok(&["localauthority", "jwt", "show", "-output", "json"]))["active"]["authority_id"].as_str().unwrap().to_owned();
+    let (token, _) = fetch_jwt(&agent);
+    assert_ne!(token, old_token, "JWT SVID did not rotate");
+    assert_eq!(jwt_header_kid(&token), a);
+
+    // 10-revoke
+    let o = json(&server.cli_ok(&["localauthority", "jwt", "show", "-output", "json"]))["old"]["authority_id"].as_str().unwrap().to_owned();
+    let b = bundle_json(&server);
+    assert_eq!(b["jwt_authorities"].as_array().unwrap().len(), 2);
+    assert!(b["jwt_authorities"].as_array().unwrap().iter().any(|k| k["tainted"] == true), "Tainted JWT authority expected");
+    let revoked = json(&server.cli_ok(&["localauthority", "jwt", "revoke", "-authorityID", &o, "-output", "json"]));
+    assert_eq!(revoked["revoked_authority"]["authority_id"], o.as_str());
+    assert!(server.log().contains("JWT authority revoked successfully"));
+
+    // 11-verify-revoked: the agent's JWKS holds the active key alone, and the old token no
+    // longer validates there.
+    wait_until("one key in the agent's JWKS", Duration::from_secs(40), || fetch_jwt(&agent).1["keys"].as_array().unwrap().len() == 1);
+    assert_eq!(kids(&fetch_jwt(&agent).1), [a]);
+    let o = agent.api(&["validate", "jwt", "-audience", "aud", "-svid", &old_token]);
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("SVID is valid."), "a token of the revoked key still validates");
+}
+
+/// SPIRE's `force-rotation-self-signed` on the root tier (steps 10 to 15 for the root server
+/// and its agent): the workload's SVID is re-minted under the new CA as soon as the old one is
+/// tainted, and after revocation the agent's bundle holds the new root alone.
+#[test]
+fn force_rotation_self_signed_suite_on_the_root_tier() {
+    require("openssl");
+    let tmp = tempfile::tempdir().unwrap();
+    let (server, agent) = setup(tmp.path());
+    let x509_show = || json(&server.cli_ok(&["localauthority", "x509", "show", "-output", "json"]));
+
+    // 10-prepare
+    assert_eq!(bundle_json(&server)["x509_authorities"].as_array().unwrap().len(), 1);
+    let p = json(&server.cli_ok(&["localauthority", "x509", "prepare", "-output", "json"]))["prepared_authority"]["authority_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(bundle_json(&server)["x509_authorities"].as_array().unwrap().len(), 2);
+    assert_eq!(x509_show()["prepared"]["upstream_authority_subject_key_id"], "", "a self-signed CA has no upstream authority");
+
+    // 11-activate
+    let activated = json(&server.cli_ok(&["localauthority", "x509", "activate", "-authorityID", &p, "-output", "json"]));
+    assert_eq!(activated["activated_authority"]["authority_id"], p.as_str());
+    assert!(server.log().contains("X509 CA activated"));
+
+    // Refusals: the active CA cannot be tainted, an untainted one cannot be revoked, and an
+    // upstream authority there is none of.
+    let err = |args: &[&str]| String::from_utf8_lossy(&server.cli(args).stderr).into_owned();
+    assert!(err(&["localauthority", "x509", "taint", "-authorityID", &p]).contains("desc = unable to taint current local authority"));
+    let o = x509_show()["old"]["authority_id"].as_str().unwrap().to_owned();
+    assert!(
+        err(&["localauthority", "x509", "revoke", "-authorityID", &o])
+            .contains("desc = failed to revoke X.509 authority: it is not possible to revoke an untainted root CA")
+    );
+    assert!(err(&["upstreamauthority", "taint", "-subjectKeyID", &o]).contains(
+        "could not taint X.509 upstream authority: rpc error: code = FailedPrecondition desc = upstream authority is not configured"
+    ));
+
+    // 12-taint: the agent re-mints the workload's SVID (and renews its own) at once.
+    let before = agent.log().matches("Renewing X509-SVID").count();
+    server.cli_ok(&["localauthority", "x509", "taint", "-authorityID", &o]);
+    assert!(server.log().contains("X.509 authority tainted successfully"));
+    wait_until("the agent's reaction", Duration::from_secs(30), || {
+        let log = agent.log();
+        log.contains("Agent SVID is tainted by a root authority, forcing rotation") && log.matches("Renewing X509-SVID").count() > before
+    });
+
+    // 13-verify-svids-rotate: the SVID chains to the untainted root.
+    let b = bundle_json(&server);
+    let fresh: Vec<&Value> = b["x509_authorities"].as_array().unwrap().iter().filter(|a| a["tainted"] == false).collect();
+    assert_eq!(fresh.len(), 1);
+    let der = base64::engine::general_purpose::STANDARD.decode(fresh[0]["asn1"].as_str().unwrap()).unwrap();
+    let pem =
+        format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", base64::engine::general_purpose::STANDARD.encode(&der));
+    let dir = tmp.path().join("svid");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("non-tainted.pem"), pem).unwrap();
+    wait_until("an SVID under the new root", Duration::from_secs(30), || {
+        let out = agent.api(&["fetch", "x509", "-write", dir.to_str().unwrap()]);
+        out.status.success()
+            && run(std::process::Command::new("openssl")
+                .args(["verify", "-CAfile"])
+                .arg(dir.join("non-tainted.pem"))
+                .arg("-untrusted")
+                .arg(dir.join("svid.0.pem"))
+                .arg(dir.join("svid.0.pem")))
+            .0
+    });
+
+    // 14-revoke
+    server.cli_ok(&["localauthority", "x509", "revoke", "-authorityID", &o, "-output", "json"]);
+    assert!(server.log().contains("X.509 authority revoked successfully"));
+    assert_eq!(bundle_json(&server)["x509_authorities"].as_array().unwrap().len(), 1);
+
+    // 15-verify-revoked: the agent's bundle is the new root alone, whose SKI is the active id.
+    let a = x509_show()["active"]["authority_id"].as_str().unwrap().to_owned();
+    wait_until("the agent's bundle without the revoked root", Duration::from_secs(30), || {
+        let out = agent.api(&["fetch", "x509", "-write", dir.to_str().unwrap()]);
+        out.status.success() && std::fs::read_to_string(dir.join("bundle.0.pem")).unwrap().matches("BEGIN CERTIFICATE").count() == 1
+    });
+    let text = openssl_x509(&dir.join("bundle.0.pem"), &["-noout", "-ext", "subjectKeyIdentifier"]);
+    let ski = text.lines().last().unwrap().trim().replace(':', "").to_lowercase();
+    assert_eq!(ski, a);
+}
