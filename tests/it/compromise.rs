@@ -18,11 +18,21 @@ fn json(text: &str) -> Value {
 }
 
 fn setup(base: &std::path::Path) -> (TestServer, TestAgent) {
+    setup_with(base, String::new())
+}
+
+/// A server (`ca_ttl` 24h, with `plugins` added), an agent with a join token, and a workload
+/// entry for this uid whose SVID the agent serves.
+fn setup_with(base: &std::path::Path, plugins: String) -> (TestServer, TestAgent) {
     let sdir = base.join("server");
-    std::fs::create_dir(&sdir).unwrap();
+    std::fs::create_dir_all(&sdir).unwrap();
     let server = TestServer::start(
         &sdir,
-        &ServerOpts { extra_server: "ca_ttl = \"24h\"\n default_jwt_svid_ttl = \"8h\"".into(), ..ServerOpts::default() },
+        &ServerOpts {
+            extra_server: "ca_ttl = \"24h\"\n default_jwt_svid_ttl = \"8h\"".into(),
+            extra_plugins: plugins,
+            ..ServerOpts::default()
+        },
     );
     let node = "spiffe://example.org/node";
     let t = token(&server, node, "600");
@@ -242,4 +252,119 @@ fn force_rotation_self_signed_suite_on_the_root_tier() {
     let text = openssl_x509(&dir.join("bundle.0.pem"), &["-noout", "-ext", "subjectKeyIdentifier"]);
     let ski = text.lines().last().unwrap().trim().replace(':', "").to_lowercase();
     assert_eq!(ski, a);
+}
+
+/// The SKI of a PEM certificate as `openssl x509 -text` prints it, without colons, lowercase.
+fn openssl_ski(pem: &std::path::Path) -> String {
+    let text = openssl_x509(pem, &["-noout", "-ext", "subjectKeyIdentifier"]);
+    text.lines().last().unwrap().trim().replace(':', "").to_lowercase()
+}
+
+/// SPIRE's `force-rotation-upstream-authority`: a server under `UpstreamAuthority "disk"`
+/// whose upstream CA files are replaced (the plugin re-reads them on every mint); the new CA
+/// is prepared under the new upstream root and activated, the old upstream root is tainted
+/// (the agent re-mints at once) and revoked (the agent's bundle is the new root alone).
+#[test]
+fn force_rotation_upstream_authority_suite() {
+    require("openssl");
+    let tmp = tempfile::tempdir().unwrap();
+    let conf = tmp.path().join("server");
+    std::fs::create_dir(&conf).unwrap();
+    // 00-setup: two self-signed P-384 CAs, the old one in place.
+    let sh = format!(
+        r#"set -e
+cd {d}
+for n in old new; do
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-384 -nodes -keyout ${{n}}_upstream_ca.key -out ${{n}}_upstream_ca.crt \
+    -days 1825 -subj "/C=US/O=SPIFFE/CN=$n upstream" -addext "basicConstraints=critical,CA:TRUE" \
+    -addext "keyUsage=critical,keyCertSign,cRLSign" -addext "subjectKeyIdentifier=hash" 2>/dev/null
+done
+cp old_upstream_ca.crt dummy_upstream_ca.crt
+cp old_upstream_ca.key dummy_upstream_ca.key
+"#,
+        d = conf.display()
+    );
+    let (ok, out) = run(std::process::Command::new("sh").arg("-c").arg(sh));
+    assert!(ok, "openssl: {out}");
+    let plugins = format!(
+        "UpstreamAuthority \"disk\" {{ plugin_data {{ key_file_path = \"{d}/dummy_upstream_ca.key\" cert_file_path = \"{d}/dummy_upstream_ca.crt\" }} }}",
+        d = conf.display()
+    );
+    let (server, agent) = setup_with(tmp.path(), plugins);
+    let x509_show = || json(&server.cli_ok(&["localauthority", "x509", "show", "-output", "json"]));
+
+    // 05: the new upstream CA replaces the old one on disk (no restart).
+    std::fs::copy(conf.join("new_upstream_ca.crt"), conf.join("dummy_upstream_ca.crt")).unwrap();
+    std::fs::copy(conf.join("new_upstream_ca.key"), conf.join("dummy_upstream_ca.key")).unwrap();
+
+    // 06-prepare
+    assert_eq!(bundle_json(&server)["x509_authorities"].as_array().unwrap().len(), 1);
+    let p = json(&server.cli_ok(&["localauthority", "x509", "prepare", "-output", "json"]))["prepared_authority"]["authority_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(bundle_json(&server)["x509_authorities"].as_array().unwrap().len(), 2, "old and new upstream roots");
+    let new_ski = openssl_ski(&conf.join("new_upstream_ca.crt"));
+    assert_eq!(x509_show()["prepared"]["upstream_authority_subject_key_id"], new_ski.as_str());
+
+    // 07-activate
+    let u = x509_show()["prepared"]["upstream_authority_subject_key_id"].as_str().unwrap().to_owned();
+    server.cli_ok(&["localauthority", "x509", "activate", "-authorityID", &p, "-output", "json"]);
+    assert!(server.log().contains("X509 CA activated") && server.log().contains(&u));
+
+    // Refusals: the local CA cannot be tainted under an upstream authority, nor the upstream
+    // authority of the active CA.
+    let err = |args: &[&str]| String::from_utf8_lossy(&server.cli(args).stderr).into_owned();
+    let o = x509_show()["old"]["authority_id"].as_str().unwrap().to_owned();
+    assert!(
+        err(&["localauthority", "x509", "taint", "-authorityID", &o])
+            .contains("code = FailedPrecondition desc = local authority can't be tainted if there is an upstream authority")
+    );
+    assert!(err(&["upstreamauthority", "taint", "-subjectKeyID", &u]).contains(
+        "could not taint X.509 upstream authority: rpc error: code = InvalidArgument desc = provided subject key id is not valid: unable to use upstream authority singing current authority"
+    ));
+    assert!(
+        err(&["upstreamauthority", "revoke", "-subjectKeyID", &openssl_ski(&conf.join("old_upstream_ca.crt"))])
+            .contains("desc = failed to revoke X.509 upstream authority: it is not possible to revoke an untainted root CA")
+    );
+
+    // 08-taint
+    let ou = x509_show()["old"]["upstream_authority_subject_key_id"].as_str().unwrap().to_owned();
+    assert_eq!(ou, openssl_ski(&conf.join("old_upstream_ca.crt")));
+    let shown = server.cli_ok(&["upstreamauthority", "taint", "-subjectKeyID", &ou]);
+    assert_eq!(shown, format!("Tainted X.509 upstream authority:\n  Subject Key ID: {ou}\n"));
+    assert!(server.log().contains("X.509 upstream authority tainted successfully"));
+    wait_until("the agent's reaction", Duration::from_secs(30), || {
+        agent.log().contains("Agent SVID is tainted by a root authority, forcing rotation")
+    });
+
+    // 09-verify: the workload's SVID chains to the new upstream CA.
+    let dir = tmp.path().join("svid");
+    std::fs::create_dir(&dir).unwrap();
+    wait_until("an SVID under the new upstream root", Duration::from_secs(30), || {
+        agent.api(&["fetch", "x509", "-write", dir.to_str().unwrap()]).status.success()
+            && run(std::process::Command::new("openssl")
+                .args(["verify", "-CAfile"])
+                .arg(conf.join("new_upstream_ca.crt"))
+                .arg("-untrusted")
+                .arg(dir.join("svid.0.pem"))
+                .arg(dir.join("svid.0.pem")))
+            .0
+    });
+
+    // 10-revoke
+    let b = bundle_json(&server);
+    assert_eq!(b["x509_authorities"].as_array().unwrap().len(), 2);
+    assert!(b["x509_authorities"].as_array().unwrap().iter().any(|a| a["tainted"] == true));
+    let revoked = json(&server.cli_ok(&["upstreamauthority", "revoke", "-subjectKeyID", &ou, "-output", "json"]));
+    assert_eq!(revoked["upstream_authority_subject_key_id"], ou.as_str());
+    assert!(server.log().contains("X.509 upstream authority successfully revoked"));
+
+    // 11-verify-revoked: the agent's bundle is the new upstream root alone.
+    let au = x509_show()["active"]["upstream_authority_subject_key_id"].as_str().unwrap().to_owned();
+    wait_until("the agent's bundle without the revoked root", Duration::from_secs(30), || {
+        agent.api(&["fetch", "x509", "-write", dir.to_str().unwrap()]).status.success()
+            && std::fs::read_to_string(dir.join("bundle.0.pem")).unwrap().matches("BEGIN CERTIFICATE").count() == 1
+    });
+    assert_eq!(openssl_ski(&dir.join("bundle.0.pem")), au);
 }
