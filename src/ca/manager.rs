@@ -796,6 +796,33 @@ impl CaManager {
         Ok(state)
     }
 
+    /// SPIRE's reaction to an upstream authority marked tainted: when the active X.509 CA
+    /// chains to one of `tainted` (subject key IDs, lowercase hex), a CA that does not is
+    /// activated at once: the prepared one if it is clean, else one prepared now (the upstream
+    /// signs it with its active CA). Answers whether the CA changed.
+    ///
+    /// # Errors
+    /// As a preparation; the active CA stays then, and the caller retries.
+    pub async fn rotate_away_from(&self, tainted: &[String], now: i64) -> Result<bool, CaError> {
+        let mut slots = self.slots.lock().await;
+        if !slots.x509_current.as_ref().is_some_and(|c| chains_to_any(&c.record, tainted)) {
+            return Ok(false);
+        }
+        tracing::info!("Current root CA is signed by a tainted upstream authority, preparing rotation");
+        if slots.x509_next.as_ref().is_none_or(|n| chains_to_any(&n.record, tainted)) {
+            if slots.x509_next.is_some() {
+                tracing::info!("Next authority is tainted, prepare new X.509 authority");
+            }
+            let slot = other_slot(slots.x509_current.as_ref().map(|s| s.record.slot.as_str()));
+            let next = self.prepare_x509(slot, now, false).await?;
+            self.log_prepared_x509(&next.record, "X509 CA prepared");
+            slots.x509_next = Some(next);
+        }
+        activate_x509(&mut slots, &self.ca);
+        self.save_journal(&mut slots).await?;
+        Ok(true)
+    }
+
     /// Activates the prepared JWT key `kid` now (SPIRE's `ActivateJWTAuthority`).
     ///
     /// # Errors
@@ -903,6 +930,17 @@ fn upstream_authority_id(rec: &X509Record) -> String {
         return String::new();
     }
     B64.decode(&rec.certificate).ok().and_then(|der| crate::spiffe::x509::authority_key_id_hex(&der)).unwrap_or_default()
+}
+
+/// Whether a CA's chain (the CA and the upstream certificates above it) was signed by, or is,
+/// one of the authorities with subject key IDs `skis`.
+fn chains_to_any(rec: &X509Record, skis: &[String]) -> bool {
+    std::iter::once(&rec.certificate).chain(rec.chain.iter()).filter_map(|c| B64.decode(c).ok()).any(|der| {
+        [crate::spiffe::x509::authority_key_id_hex(&der), crate::spiffe::x509::subject_key_id_hex(&der)]
+            .into_iter()
+            .flatten()
+            .any(|id| skis.contains(&id))
+    })
 }
 
 fn x509_state(rec: &X509Record) -> AuthorityState {

@@ -15,9 +15,67 @@ use std::time::Duration;
 
 pub use crate::upstream::UpstreamStatus;
 
+/// Taint and revocation coming down from the upstream, as SPIRE's downstream servers take
+/// them: a root newly tainted upstream makes this tier move its CA off it first (so that its
+/// agents and the tiers below see the taint only once it is safe), then it is tainted here; a
+/// root tainted here that the upstream no longer has was revoked there, and is revoked here.
+/// JWT keys follow the same two rules.
+async fn follow_taint(state: &ApiState, upstream: &Bundle) -> Result<(), String> {
+    use crate::spiffe::x509::subject_key_id_hex;
+    let ds = &state.datastore;
+    let td = &state.trust_domain;
+    let Some(local) = ds.get_bundle(td).await.map_err(|e| e.to_string())? else { return Ok(()) };
+    let newly: Vec<String> = upstream
+        .tainted_x509
+        .iter()
+        .filter(|d| local.x509_authorities.contains(*d) && !local.is_tainted_x509(d))
+        .filter_map(|d| subject_key_id_hex(d))
+        .collect();
+    if !newly.is_empty() {
+        for ski in &newly {
+            tracing::info!(subject_key_id = %ski, "X.509 authority tainted");
+        }
+        state
+            .ca_manager
+            .rotate_away_from(&newly, crate::now_unix())
+            .await
+            .map_err(|e| format!("Failed to process tainted keys on upstream authority: {e}"))?;
+        for ski in &newly {
+            ds.taint_x509_authority(td, ski).await.map_err(|e| e.to_string())?;
+        }
+    }
+    for d in local.tainted_x509.iter().filter(|d| !upstream.x509_authorities.contains(*d)) {
+        if let Some(ski) = subject_key_id_hex(d) {
+            ds.revoke_x509_authority(td, &ski).await.map_err(|e| format!("failed to revoke a tainted key {ski:?}: {e}"))?;
+            tracing::info!(subject_key_id = %ski, "X.509 authority revoked");
+        }
+    }
+    for k in upstream.jwt_authorities.iter().filter(|k| k.tainted) {
+        if local.jwt_authority(&k.key_id).is_some_and(|l| !l.tainted) {
+            ds.taint_jwt_authority(td, &k.key_id).await.map_err(|e| e.to_string())?;
+            tracing::info!(local_authority_id = %k.key_id, "JWT authority tainted");
+        }
+    }
+    for k in local.jwt_authorities.iter().filter(|k| k.tainted && upstream.jwt_authority(&k.key_id).is_none()) {
+        ds.revoke_jwt_authority(td, &k.key_id).await.map_err(|e| e.to_string())?;
+        tracing::info!(local_authority_id = %k.key_id, "JWT authority revoked");
+    }
+    Ok(())
+}
+
 async fn apply(state: &ApiState, upstream: &Bundle) -> Result<(), crate::datastore::DatastoreError> {
     let before = state.datastore.get_bundle(&state.trust_domain).await?;
     let after = state.datastore.append_bundle(&state.trust_domain, &upstream.x509_authorities, &upstream.jwt_authorities).await?;
+    if upstream.has_taint() || after.has_taint() {
+        if let Err(e) = follow_taint(state, upstream).await {
+            return Err(crate::datastore::DatastoreError::Database(e));
+        }
+    }
+    let after = if upstream.has_taint() || after.has_taint() {
+        state.datastore.get_bundle(&state.trust_domain).await?.unwrap_or(after)
+    } else {
+        after
+    };
     if before.as_ref().map(|b| b.sequence_number) != Some(after.sequence_number) {
         // Read-your-writes for GetBundle and the agents' next sync.
         state.entry_cache.reload_bundle(state.datastore.as_ref()).await?;

@@ -368,3 +368,119 @@ cp old_upstream_ca.key dummy_upstream_ca.key
     });
     assert_eq!(openssl_ski(&dir.join("bundle.0.pem")), au);
 }
+
+/// The workload SVID and bundle an agent serves, written to `dir` (`svid.0.pem`,
+/// `bundle.0.pem`).
+fn fetch_to(agent: &TestAgent, dir: &std::path::Path) -> bool {
+    std::fs::create_dir_all(dir).unwrap();
+    agent.api(&["fetch", "x509", "-write", dir.to_str().unwrap()]).status.success()
+}
+
+/// Whether openssl verifies `svid` (leaf, then intermediates) against the roots in `roots`.
+fn openssl_verifies(base: &std::path::Path, svid: &std::path::Path, roots: &std::path::Path, tag: &str) -> bool {
+    let chain = split_pem(svid, base, tag);
+    let inter = base.join(format!("{tag}-inter.pem"));
+    std::fs::write(&inter, chain.iter().skip(1).map(|p| std::fs::read_to_string(p).unwrap()).collect::<String>()).unwrap();
+    let mut cmd = std::process::Command::new("openssl");
+    cmd.args(["verify", "-CAfile"]).arg(roots);
+    if chain.len() > 1 {
+        cmd.arg("-untrusted").arg(&inter);
+    }
+    run(cmd.arg(&chain[0])).0
+}
+
+/// A root taint in a root -> region -> zone tree with an agent under each tier (SPIRE's
+/// `force-rotation-self-signed` with its nested servers, and issue 15's tree): the region and
+/// the zone move their CAs off the tainted root before they mark it tainted themselves, every
+/// agent re-mints under untainted keys, and after revocation every tier's bundle and every
+/// agent's bundle hold the new root alone, against which an SVID from before no longer
+/// verifies.
+#[test]
+fn root_taint_and_revoke_reach_every_tier_and_agent() {
+    require("openssl");
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path();
+    let rdir = base.join("root");
+    std::fs::create_dir(&rdir).unwrap();
+    let root = TestServer::start(&rdir, &ServerOpts { extra_server: "ca_ttl = \"48h\"".into(), ..ServerOpts::default() });
+    let extra =
+        "ca_ttl = \"24h\"\n default_x509_svid_ttl = \"1h\"\n experimental { jwt_publish_grace = \"1s\" ca_rotation_interval = \"1s\" }";
+    let (opts, _region_up) = crate::nested::downstream_setup(base, "region", &root, extra);
+    let region = TestServer::start(&base.join("region"), &opts);
+    let (opts, _zone_up) = crate::nested::downstream_setup(base, "zone", &region, extra);
+    let zone = TestServer::start(&base.join("zone"), &opts);
+    let agents = [
+        ("root", &root, crate::nested::workload_agent(base, "root-agent", &root, "spiffe://example.org/root/workload")),
+        ("region", &region, crate::nested::workload_agent(base, "region-agent", &region, "spiffe://example.org/region/workload")),
+        ("zone", &zone, crate::nested::workload_agent(base, "zone-agent", &zone, "spiffe://example.org/zone/workload")),
+    ];
+    let before = base.join("before");
+    for (name, _, agent) in &agents {
+        wait_until("a workload SVID", Duration::from_secs(30), || fetch_to(agent, &before.join(name)));
+    }
+    let roots_of = |s: &TestServer| bundle_json(s)["x509_authorities"].clone();
+
+    // Prepare and activate at the root; every tier learns the new root.
+    let p = json(&root.cli_ok(&["localauthority", "x509", "prepare", "-output", "json"]))["prepared_authority"]["authority_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    root.cli_ok(&["localauthority", "x509", "activate", "-authorityID", &p]);
+    wait_until("two roots at every tier, in the root's order", Duration::from_secs(30), || {
+        let r = roots_of(&root);
+        r.as_array().unwrap().len() == 2 && roots_of(&region) == r && roots_of(&zone) == r
+    });
+
+    // Taint the old root.
+    let o = json(&root.cli_ok(&["localauthority", "x509", "show", "-output", "json"]))["old"]["authority_id"].as_str().unwrap().to_owned();
+    root.cli_ok(&["localauthority", "x509", "taint", "-authorityID", &o]);
+    for s in [&region, &zone] {
+        wait_until("a downstream's rotation off the tainted root", Duration::from_secs(30), || {
+            s.log().contains("Current root CA is signed by a tainted upstream authority, preparing rotation")
+        });
+    }
+    wait_until("the taint at every tier", Duration::from_secs(30), || {
+        let r = roots_of(&root);
+        r.as_array().unwrap().iter().filter(|a| a["tainted"] == true).count() == 1 && roots_of(&region) == r && roots_of(&zone) == r
+    });
+    let fresh = {
+        let b = bundle_json(&root);
+        let a = b["x509_authorities"].as_array().unwrap().iter().find(|a| a["tainted"] == false).unwrap().clone();
+        let der = base64::engine::general_purpose::STANDARD.decode(a["asn1"].as_str().unwrap()).unwrap();
+        let path = base.join("non-tainted.pem");
+        std::fs::write(
+            &path,
+            format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", base64::engine::general_purpose::STANDARD.encode(der)),
+        )
+        .unwrap();
+        path
+    };
+    let after = base.join("after");
+    for (name, _, agent) in &agents {
+        wait_until("an agent's reaction", Duration::from_secs(30), || {
+            agent.log().contains("Agent SVID is tainted by a root authority, forcing rotation")
+        });
+        wait_until("a workload SVID under the untainted root", Duration::from_secs(30), || {
+            fetch_to(agent, &after.join(name)) && openssl_verifies(base, &after.join(name).join("svid.0.pem"), &fresh, &format!("{name}-a"))
+        });
+    }
+
+    // Revoke it: gone from every tier's bundle and every agent's.
+    root.cli_ok(&["localauthority", "x509", "revoke", "-authorityID", &o]);
+    for (name, server, agent) in &agents {
+        wait_until("one root at the tier", Duration::from_secs(30), || roots_of(server).as_array().unwrap().len() == 1);
+        wait_until("one root at the agent", Duration::from_secs(30), || {
+            fetch_to(agent, &after.join(name))
+                && std::fs::read_to_string(after.join(name).join("bundle.0.pem")).unwrap().matches("BEGIN CERTIFICATE").count() == 1
+        });
+        let bundle = after.join(name).join("bundle.0.pem");
+        assert!(openssl_verifies(base, &after.join(name).join("svid.0.pem"), &bundle, &format!("{name}-b")), "{name}: the fresh SVID");
+        assert!(
+            !openssl_verifies(base, &before.join(name).join("svid.0.pem"), &bundle, &format!("{name}-c")),
+            "{name}: an SVID signed under the revoked root still verifies against the agent's bundle"
+        );
+    }
+    for s in [&region, &zone] {
+        assert!(s.log().contains("X.509 authority revoked"), "a downstream did not log the revocation");
+    }
+}
