@@ -66,12 +66,8 @@ async fn follow_taint(state: &ApiState, upstream: &Bundle) -> Result<(), String>
 async fn apply(state: &ApiState, upstream: &Bundle) -> Result<(), crate::datastore::DatastoreError> {
     let before = state.datastore.get_bundle(&state.trust_domain).await?;
     let after = state.datastore.append_bundle(&state.trust_domain, &upstream.x509_authorities, &upstream.jwt_authorities).await?;
-    if upstream.has_taint() || after.has_taint() {
-        if let Err(e) = follow_taint(state, upstream).await {
-            return Err(crate::datastore::DatastoreError::Database(e));
-        }
-    }
     let after = if upstream.has_taint() || after.has_taint() {
+        follow_taint(state, upstream).await.map_err(crate::datastore::DatastoreError::Database)?;
         state.datastore.get_bundle(&state.trust_domain).await?.unwrap_or(after)
     } else {
         after
