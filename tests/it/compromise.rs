@@ -389,6 +389,44 @@ fn openssl_verifies(base: &std::path::Path, svid: &std::path::Path, roots: &std:
     run(cmd.arg(&chain[0])).0
 }
 
+/// A root -> region -> zone tree (SPIRE's nested arrangement) with a workload agent under each
+/// tier; the upstream agents the downstream servers authenticate with are kept alive here.
+struct Tree {
+    root: TestServer,
+    region: TestServer,
+    zone: TestServer,
+    _upstream_agents: [TestAgent; 2],
+    agents: [(&'static str, TestAgent); 3],
+}
+
+impl Tree {
+    fn start(base: &std::path::Path) -> Self {
+        let rdir = base.join("root");
+        std::fs::create_dir(&rdir).unwrap();
+        let root = TestServer::start(&rdir, &ServerOpts { extra_server: "ca_ttl = \"48h\"".into(), ..ServerOpts::default() });
+        let extra =
+            "ca_ttl = \"24h\"\n default_x509_svid_ttl = \"1h\"\n experimental { jwt_publish_grace = \"1s\" ca_rotation_interval = \"1s\" }";
+        let (opts, region_up) = crate::nested::downstream_setup(base, "region", &root, extra);
+        let region = TestServer::start(&base.join("region"), &opts);
+        let (opts, zone_up) = crate::nested::downstream_setup(base, "zone", &region, extra);
+        let zone = TestServer::start(&base.join("zone"), &opts);
+        let agents = [
+            ("root", crate::nested::workload_agent(base, "root-agent", &root, "spiffe://example.org/root/workload")),
+            ("region", crate::nested::workload_agent(base, "region-agent", &region, "spiffe://example.org/region/workload")),
+            ("zone", crate::nested::workload_agent(base, "zone-agent", &zone, "spiffe://example.org/zone/workload")),
+        ];
+        Self { root, region, zone, _upstream_agents: [region_up, zone_up], agents }
+    }
+
+    fn server(&self, name: &str) -> &TestServer {
+        match name {
+            "root" => &self.root,
+            "region" => &self.region,
+            _ => &self.zone,
+        }
+    }
+}
+
 /// A root taint in a root -> region -> zone tree with an agent under each tier (SPIRE's
 /// `force-rotation-self-signed` with its nested servers, and issue 15's tree): the region and
 /// the zone move their CAs off the tainted root before they mark it tainted themselves, every
@@ -400,20 +438,9 @@ fn root_taint_and_revoke_reach_every_tier_and_agent() {
     require("openssl");
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path();
-    let rdir = base.join("root");
-    std::fs::create_dir(&rdir).unwrap();
-    let root = TestServer::start(&rdir, &ServerOpts { extra_server: "ca_ttl = \"48h\"".into(), ..ServerOpts::default() });
-    let extra =
-        "ca_ttl = \"24h\"\n default_x509_svid_ttl = \"1h\"\n experimental { jwt_publish_grace = \"1s\" ca_rotation_interval = \"1s\" }";
-    let (opts, _region_up) = crate::nested::downstream_setup(base, "region", &root, extra);
-    let region = TestServer::start(&base.join("region"), &opts);
-    let (opts, _zone_up) = crate::nested::downstream_setup(base, "zone", &region, extra);
-    let zone = TestServer::start(&base.join("zone"), &opts);
-    let agents = [
-        ("root", &root, crate::nested::workload_agent(base, "root-agent", &root, "spiffe://example.org/root/workload")),
-        ("region", &region, crate::nested::workload_agent(base, "region-agent", &region, "spiffe://example.org/region/workload")),
-        ("zone", &zone, crate::nested::workload_agent(base, "zone-agent", &zone, "spiffe://example.org/zone/workload")),
-    ];
+    let tree = Tree::start(base);
+    let (root, region, zone) = (&tree.root, &tree.region, &tree.zone);
+    let agents: Vec<(&str, &TestServer, &TestAgent)> = tree.agents.iter().map(|(n, a)| (*n, tree.server(n), a)).collect();
     let before = base.join("before");
     for (name, _, agent) in &agents {
         wait_until("a workload SVID", Duration::from_secs(30), || fetch_to(agent, &before.join(name)));
@@ -427,8 +454,8 @@ fn root_taint_and_revoke_reach_every_tier_and_agent() {
         .to_owned();
     root.cli_ok(&["localauthority", "x509", "activate", "-authorityID", &p]);
     wait_until("two roots at every tier, in the root's order", Duration::from_secs(30), || {
-        let r = roots_of(&root);
-        r.as_array().unwrap().len() == 2 && roots_of(&region) == r && roots_of(&zone) == r
+        let r = roots_of(root);
+        r.as_array().unwrap().len() == 2 && roots_of(region) == r && roots_of(zone) == r
     });
 
     // Taint the old root.
@@ -440,11 +467,11 @@ fn root_taint_and_revoke_reach_every_tier_and_agent() {
         });
     }
     wait_until("the taint at every tier", Duration::from_secs(30), || {
-        let r = roots_of(&root);
-        r.as_array().unwrap().iter().filter(|a| a["tainted"] == true).count() == 1 && roots_of(&region) == r && roots_of(&zone) == r
+        let r = roots_of(root);
+        r.as_array().unwrap().iter().filter(|a| a["tainted"] == true).count() == 1 && roots_of(region) == r && roots_of(zone) == r
     });
     let fresh = {
-        let b = bundle_json(&root);
+        let b = bundle_json(root);
         let a = b["x509_authorities"].as_array().unwrap().iter().find(|a| a["tainted"] == false).unwrap().clone();
         let der = base64::engine::general_purpose::STANDARD.decode(a["asn1"].as_str().unwrap()).unwrap();
         let path = base.join("non-tainted.pem");
@@ -483,4 +510,102 @@ fn root_taint_and_revoke_reach_every_tier_and_agent() {
     for s in [&region, &zone] {
         assert!(s.log().contains("X.509 authority revoked"), "a downstream did not log the revocation");
     }
+}
+
+/// The figures of `scripts/bench-compromise.sh` on the tree above: time from `taint` at the
+/// root until every workload SVID in the tree verifies against the untainted root alone, and
+/// from `revoke` until no bundle (tier or agent) holds the revoked root. Prints; asserts only
+/// that both happen.
+#[test]
+#[ignore = "a benchmark: run by scripts/bench-compromise.sh"]
+fn bench_compromise_tree() {
+    require("openssl");
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path();
+    let tree = Tree::start(base);
+    let dir = |n: &str| base.join("b").join(n);
+    for (name, agent) in &tree.agents {
+        wait_until("a workload SVID", Duration::from_secs(30), || fetch_to(agent, &dir(name)));
+    }
+    let root = &tree.root;
+    let p = json(&root.cli_ok(&["localauthority", "x509", "prepare", "-output", "json"]))["prepared_authority"]["authority_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    root.cli_ok(&["localauthority", "x509", "activate", "-authorityID", &p]);
+    let roots = |s: &TestServer| bundle_json(s)["x509_authorities"].as_array().unwrap().len();
+    wait_until("two roots everywhere", Duration::from_secs(30), || [&tree.root, &tree.region, &tree.zone].iter().all(|s| roots(s) == 2));
+    let fresh = base.join("fresh.pem");
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(
+            bundle_json(root)["x509_authorities"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|a| {
+                    let der = base64::engine::general_purpose::STANDARD.decode(a["asn1"].as_str().unwrap()).unwrap();
+                    openssl_ski_der(&der) == p
+                })
+                .unwrap()["asn1"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+    std::fs::write(
+        &fresh,
+        format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", base64::engine::general_purpose::STANDARD.encode(der)),
+    )
+    .unwrap();
+    let o = json(&root.cli_ok(&["localauthority", "x509", "show", "-output", "json"]))["old"]["authority_id"].as_str().unwrap().to_owned();
+
+    let start = std::time::Instant::now();
+    root.cli_ok(&["localauthority", "x509", "taint", "-authorityID", &o]);
+    let mut done = [None; 3];
+    while done.iter().any(Option::is_none) {
+        for (i, (name, agent)) in tree.agents.iter().enumerate() {
+            if done[i].is_none() && fetch_to(agent, &dir(name)) && openssl_verifies(base, &dir(name).join("svid.0.pem"), &fresh, name) {
+                done[i] = Some(start.elapsed());
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "SVIDs not re-issued within 60 s: {done:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let reissued = start.elapsed();
+
+    let start = std::time::Instant::now();
+    root.cli_ok(&["localauthority", "x509", "revoke", "-authorityID", &o]);
+    loop {
+        let servers = [&tree.root, &tree.region, &tree.zone].iter().all(|s| roots(s) == 1);
+        let agents = tree.agents.iter().all(|(name, agent)| {
+            fetch_to(agent, &dir(name))
+                && std::fs::read_to_string(dir(name).join("bundle.0.pem")).unwrap().matches("BEGIN CERTIFICATE").count() == 1
+        });
+        if servers && agents {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "revocation not everywhere within 60 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let revoked = start.elapsed();
+    println!("compromise response on a root -> region -> zone tree, one agent per tier (agent sync_interval 1s)");
+    for ((name, _), t) in tree.agents.iter().zip(done) {
+        println!("  taint -> {name:<6} workload SVID under the untainted root: {:>6.2} s", t.unwrap().as_secs_f64());
+    }
+    println!("  taint -> every workload SVID re-issued:                {:>6.2} s", reissued.as_secs_f64());
+    println!("  revoke -> no tier or agent bundle holds the root:      {:>6.2} s", revoked.as_secs_f64());
+    println!(
+        "  SPIRE's constants for the same tree (5 s agent sync and SVID batches, 5 s upstream bundle poll + 1 s push check per tier):"
+    );
+    println!("    taint -> zone workload up to ~22 s; revoke -> zone agent bundle up to ~17 s");
+}
+
+/// Lowercase hex SKI of a DER certificate, read by openssl.
+fn openssl_ski_der(der: &[u8]) -> String {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        f.path(),
+        format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", base64::engine::general_purpose::STANDARD.encode(der)),
+    )
+    .unwrap();
+    openssl_ski(f.path())
 }
