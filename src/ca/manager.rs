@@ -102,7 +102,7 @@ struct Journal {
 }
 
 /// One authority as the local authority API shows it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct AuthorityState {
     /// X.509: the CA certificate's subject key ID (hex); JWT: the kid.
     pub authority_id: String,
@@ -116,7 +116,7 @@ pub struct AuthorityState {
 /// A tier's authorities of one kind: the active one, a prepared one and the previously
 /// active ("old") one, each if present. Prepared and old are never both present: preparing
 /// reuses the old one's slot.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct AuthorityStates {
     /// Signing now.
     pub active: Option<AuthorityState>,

@@ -461,6 +461,14 @@ struct StatusFile {
     upstream: Option<UpstreamStatus>,
     /// Each federation relationship: last refresh, the foreign bundle's sequence, last error.
     federation: Vec<crate::federation::client::RelationshipStatus>,
+    /// The local X.509 authorities (active, prepared, old), as `localauthority x509 show`.
+    x509_authorities: crate::ca::AuthorityStates,
+    /// The local JWT authorities, as `localauthority jwt show`.
+    jwt_authorities: crate::ca::AuthorityStates,
+    /// Subject key IDs of the roots the bundle marks tainted.
+    tainted_x509: Vec<String>,
+    /// Key IDs of the JWT keys the bundle marks tainted.
+    tainted_jwt: Vec<String>,
 }
 
 /// The bundle endpoint serves the tier's bundle as the entry cache holds it (kept current by
@@ -509,6 +517,16 @@ async fn write_status(state: &ApiState, path: &Path, refresher: &crate::federati
             .filter(|u| u.is_trust_domain_tier())
             .and_then(|_| state.upstream_status.read().ok().map(|s| s.clone())),
         federation: refresher.status(),
+        x509_authorities: state.ca_manager.x509_states().await,
+        jwt_authorities: state.ca_manager.jwt_states().await,
+        tainted_x509: bundle
+            .as_ref()
+            .map(|b| b.tainted_x509.iter().filter_map(|d| crate::spiffe::x509::subject_key_id_hex(d)).collect())
+            .unwrap_or_default(),
+        tainted_jwt: bundle
+            .as_ref()
+            .map(|b| b.jwt_authorities.iter().filter(|k| k.tainted).map(|k| k.key_id.clone()).collect())
+            .unwrap_or_default(),
     };
     if let Ok(text) = serde_json::to_vec_pretty(&status) {
         let _ = crate::fsutil::write_private_atomic(path, &text);

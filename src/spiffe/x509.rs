@@ -203,7 +203,7 @@ pub enum X509SvidError {
 pub fn subject_key_id_hex(der: &[u8]) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     cert.extensions().iter().find_map(|e| match e.parsed_extension() {
-        x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(k) => Some(crate::text::hex(k.0)),
+        x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(k) => Some(lower_hex(k.0)),
         _ => None,
     })
 }
@@ -214,8 +214,16 @@ pub fn subject_key_id_hex(der: &[u8]) -> Option<String> {
 pub fn authority_key_id_hex(der: &[u8]) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     cert.extensions().iter().find_map(|e| match e.parsed_extension() {
-        x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(k) => k.key_identifier.as_ref().map(|k| crate::text::hex(k.0)),
+        x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(k) => k.key_identifier.as_ref().map(|k| lower_hex(k.0)),
         _ => None,
+    })
+}
+
+fn lower_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::with_capacity(2 * bytes.len()), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
     })
 }
 

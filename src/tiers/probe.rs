@@ -171,6 +171,30 @@ pub struct ServerStatus {
     pub upstream: Option<UpstreamSync>,
     /// Federation relationships: each foreign trust domain's last refresh.
     pub federation: Vec<FederationSync>,
+    /// The previously active X.509 CA and JWT key (`old` of `localauthority ... show`).
+    pub x509_authorities: AuthorityStates,
+    /// See `x509_authorities`.
+    pub jwt_authorities: AuthorityStates,
+    /// Subject key IDs of the roots the bundle marks tainted.
+    pub tainted_x509: Vec<String>,
+    /// Key IDs of the JWT keys the bundle marks tainted.
+    pub tainted_jwt: Vec<String>,
+}
+
+/// Active, prepared and old authorities of one kind, as `status.json` holds them.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct AuthorityStates {
+    /// The previously active authority, until the next preparation.
+    pub old: Option<AuthorityState>,
+}
+
+/// One authority in `status.json`.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct AuthorityState {
+    /// X.509: subject key ID; JWT: kid.
+    pub authority_id: String,
 }
 
 /// One federation relationship as the server's refresher last saw it.

@@ -229,6 +229,18 @@ pub(super) fn print_status(state: &State, obs: &Observation) {
         say!("  X.509 prepared  {}", slot_line("x509", "next"));
         say!("  JWT active      {}", slot_line("jwt", "current"));
         say!("  JWT prepared    {}", slot_line("jwt", "next"));
+        // The previous authorities and taint: what compromise response acts on, and whether
+        // this tier has taken in a taint or revocation from above.
+        let old = |s: &super::probe::AuthorityStates, tainted: &[String]| match &s.old {
+            Some(o) if tainted.contains(&o.authority_id) => format!("{} (tainted)", o.authority_id),
+            Some(o) => o.authority_id.clone(),
+            None => "none".to_owned(),
+        };
+        say!("  X.509 old       {}", old(&st.x509_authorities, &st.tainted_x509));
+        say!("  JWT old         {}", old(&st.jwt_authorities, &st.tainted_jwt));
+        if !st.tainted_x509.is_empty() || !st.tainted_jwt.is_empty() {
+            say!("  tainted         X.509 {:?}; JWT {:?}", st.tainted_x509, st.tainted_jwt);
+        }
         let kids: BTreeSet<String> = st.jwt_key_ids.iter().cloned().collect();
         say!(
             "  bundle          sequence {}; {} X.509 root{}; {} JWT keys: {}",

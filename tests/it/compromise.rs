@@ -482,6 +482,14 @@ fn root_taint_and_revoke_reach_every_tier_and_agent() {
         .unwrap();
         path
     };
+    // The whole-tree view: every tier's status file names the tainted root.
+    let status = |s: &TestServer| -> Value {
+        std::fs::read(s.dir.join("status.json")).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+    };
+    for s in [root, region, zone] {
+        wait_until("the taint in status.json", Duration::from_secs(10), || status(s)["tainted_x509"] == serde_json::json!([o]));
+    }
+    assert_eq!(status(root)["x509_authorities"]["old"]["authority_id"], o.as_str());
     let after = base.join("after");
     for (name, _, agent) in &agents {
         wait_until("an agent's reaction", Duration::from_secs(30), || {
@@ -507,8 +515,24 @@ fn root_taint_and_revoke_reach_every_tier_and_agent() {
             "{name}: an SVID signed under the revoked root still verifies against the agent's bundle"
         );
     }
-    for s in [&region, &zone] {
+    for s in [region, zone] {
         assert!(s.log().contains("X.509 authority revoked"), "a downstream did not log the revocation");
+    }
+    for s in [root, region, zone] {
+        wait_until("no taint left in status.json", Duration::from_secs(10), || status(s)["tainted_x509"] == serde_json::json!([]));
+    }
+
+    // SPIRE's nested-rotation step 11: a JWT key prepared and activated on a downstream tier
+    // reaches the tiers above and below it.
+    let k = json(&region.cli_ok(&["localauthority", "jwt", "prepare", "-output", "json"]))["prepared_authority"]["authority_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    region.cli_ok(&["localauthority", "jwt", "activate", "-authorityID", &k]);
+    for s in [root, zone] {
+        wait_until("the downstream's new JWT key elsewhere", Duration::from_secs(20), || {
+            s.cli_ok(&["bundle", "show", "--format", "spiffe"]).contains(&k)
+        });
     }
 }
 
