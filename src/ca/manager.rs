@@ -398,11 +398,26 @@ impl CaManager {
     /// # Errors
     /// When a needed preparation fails; the active credentials are untouched then.
     pub async fn rotate(&self, now: i64) -> Result<(), CaError> {
-        let mut slots = self.slots.lock().await;
-        let result = self.rotate_locked(&mut slots, now).await;
-        // Whatever happened, record what is in the slots now.
-        self.save_journal(&mut slots).await?;
-        result?;
+        {
+            let mut slots = self.slots.lock().await;
+            let result = self.rotate_locked(&mut slots, now).await;
+            // Whatever happened, record what is in the slots now.
+            self.save_journal(&mut slots).await?;
+            result?;
+        }
+        // A taint another server applied (servers sharing the datastore, or a downstream
+        // tier's sibling that took the taint in first) reaches this server's CA here
+        // (SPIRE #5587): move off a tainted authority whoever marked it.
+        let tainted: Vec<String> = self
+            .datastore
+            .get_bundle(&self.config.trust_domain)
+            .await?
+            .map(|b| b.tainted_x509.iter().filter_map(|d| crate::spiffe::x509::subject_key_id_hex(d)).collect())
+            .unwrap_or_default();
+        if !tainted.is_empty() {
+            self.rotate_away_from(&tainted, now).await?;
+            self.drop_tainted_next(&tainted).await?;
+        }
         if let Err(e) = self.datastore.prune_bundle(&self.config.trust_domain, now - BUNDLE_PRUNE_GRACE).await {
             tracing::warn!(error = %e, "pruning expired authorities from the bundle failed");
         }
@@ -821,6 +836,19 @@ impl CaManager {
         activate_x509(&mut slots, &self.ca);
         self.save_journal(&mut slots).await?;
         Ok(true)
+    }
+
+    /// Forgets a prepared X.509 CA that chains to a tainted authority, so that it is never
+    /// activated; the schedule prepares a clean one.
+    async fn drop_tainted_next(&self, tainted: &[String]) -> Result<(), CaError> {
+        let mut slots = self.slots.lock().await;
+        if slots.x509_next.as_ref().is_some_and(|n| chains_to_any(&n.record, tainted)) {
+            tracing::info!("Next authority is tainted, prepare new X.509 authority");
+            slots.x509_next = None;
+            self.ca.set_x509_next(None);
+            self.save_journal(&mut slots).await?;
+        }
+        Ok(())
     }
 
     /// Activates the prepared JWT key `kid` now (SPIRE's `ActivateJWTAuthority`).

@@ -633,3 +633,73 @@ fn openssl_ski_der(der: &[u8]) -> String {
     .unwrap();
     openssl_ski(f.path())
 }
+
+/// SPIRE #5587 (forced rotation in HA with an upstream authority): two servers of one tier on
+/// one PostgreSQL, both under `UpstreamAuthority "disk"`. The upstream CA files are replaced,
+/// server A rotates onto the new upstream root and taints the old one; server B, which never
+/// saw the call, moves its own CA off the tainted root by itself.
+#[test]
+fn upstream_taint_reaches_every_server_sharing_the_datastore() {
+    require("openssl");
+    let pg = common::db::TestPostgres::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(pg.create_db());
+    let tmp = tempfile::tempdir().unwrap();
+    let conf = tmp.path().join("pki");
+    std::fs::create_dir(&conf).unwrap();
+    let sh = format!(
+        r#"set -e
+cd {d}
+for n in old new; do
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $n.key -out $n.crt -days 30 \
+    -subj "/O=SPIFFE/CN=$n upstream" -addext "basicConstraints=critical,CA:TRUE" \
+    -addext "keyUsage=critical,keyCertSign,cRLSign" -addext "subjectKeyIdentifier=hash" 2>/dev/null
+done
+cp old.crt up.crt
+cp old.key up.key
+"#,
+        d = conf.display()
+    );
+    let (ok, out) = run(std::process::Command::new("sh").arg("-c").arg(sh));
+    assert!(ok, "openssl: {out}");
+    let server = |name: &str| {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        TestServer::start(
+            &dir,
+            &ServerOpts {
+                extra_server: "ca_ttl = \"24h\"\n experimental { ca_rotation_interval = \"1s\" }".into(),
+                extra_plugins: format!(
+                    "UpstreamAuthority \"disk\" {{ plugin_data {{ key_file_path = \"{d}/up.key\" cert_file_path = \"{d}/up.crt\" }} }}",
+                    d = conf.display()
+                ),
+                datastore_block: Some(format!(
+                    "DataStore \"sql\" {{\n plugin_data {{ database_type = \"postgres\" connection_string = \"{}\" }}\n }}",
+                    pg.keyword_dsn(&db)
+                )),
+                ..ServerOpts::default()
+            },
+        )
+    };
+    let a = server("a");
+    let b = server("b");
+    let show = |s: &TestServer| json(&s.cli_ok(&["localauthority", "x509", "show", "-output", "json"]));
+    let (old_ski, new_ski) = (openssl_ski(&conf.join("old.crt")), openssl_ski(&conf.join("new.crt")));
+    assert_eq!(show(&b)["active"]["upstream_authority_subject_key_id"], old_ski.as_str());
+
+    std::fs::copy(conf.join("new.crt"), conf.join("up.crt")).unwrap();
+    std::fs::copy(conf.join("new.key"), conf.join("up.key")).unwrap();
+    let p = json(&a.cli_ok(&["localauthority", "x509", "prepare", "-output", "json"]))["prepared_authority"]["authority_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    a.cli_ok(&["localauthority", "x509", "activate", "-authorityID", &p]);
+    a.cli_ok(&["upstreamauthority", "taint", "-subjectKeyID", &old_ski]);
+    wait_until("server B off the tainted upstream root", Duration::from_secs(30), || {
+        show(&b)["active"]["upstream_authority_subject_key_id"] == new_ski.as_str()
+    });
+    assert!(b.log().contains("Current root CA is signed by a tainted upstream authority, preparing rotation"));
+    // Both servers now sign under the new root only, so the old one can go.
+    a.cli_ok(&["upstreamauthority", "revoke", "-subjectKeyID", &old_ski]);
+    wait_until("one root at B", Duration::from_secs(10), || bundle_json(&b)["x509_authorities"].as_array().unwrap().len() == 1);
+}
