@@ -70,9 +70,18 @@ async fn bind_workload_socket(path: &std::path::Path) -> Result<tokio::net::Unix
         }
         std::fs::remove_file(path).map_err(|e| format!("removing stale socket {}: {e}", path.display()))?;
     }
-    let l = tokio::net::UnixListener::bind(path).map_err(|e| format!("agent.socket_path {}: {e}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))
-        .map_err(|e| format!("agent.socket_path {}: {e}", path.display()))?;
+    // The socket file appears at bind(2) but takes connections only after listen(2); a client
+    // that waits for the file (scripts, tests, SPIRE's own `api watch` loops) could connect in
+    // between and be refused. So the socket is bound and made world-connectable under a
+    // private name in the same directory, and renamed into place ready.
+    let staging = path.with_file_name(format!(".{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&staging);
+    let l = tokio::net::UnixListener::bind(&staging).map_err(|e| format!("agent.socket_path {}: {e}", path.display()))?;
+    let ready = std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o777)).and_then(|()| std::fs::rename(&staging, path));
+    if let Err(e) = ready {
+        let _ = std::fs::remove_file(&staging);
+        return Err(format!("agent.socket_path {}: {e}", path.display()));
+    }
     Ok(l)
 }
 

@@ -63,7 +63,8 @@ fn selectors(pairs: &[(&str, &str)]) -> Vec<Selector> {
     pairs.iter().map(|(k, v)| Selector { kind: (*k).into(), value: (*v).into() }).collect()
 }
 
-fn entry(entry_id: &str, spiffe_id: &str, parent_id: &str, sel: &[(&str, &str)]) -> Entry {
+/// An entry with defaults for everything but its ids and selectors.
+pub(crate) fn entry(entry_id: &str, spiffe_id: &str, parent_id: &str, sel: &[(&str, &str)]) -> Entry {
     Entry {
         id: entry_id.into(),
         spiffe_id: id(spiffe_id),

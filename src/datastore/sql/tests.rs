@@ -200,23 +200,7 @@ async fn replica_reads_go_to_the_ro_connection_string() {
     let pg = super::testdb::TestPostgres::start();
     let (main, other) = (pg.create_db().await, pg.create_db().await);
     let elsewhere = super::PostgresDatastore::connect(&pg.url(&other)).await.unwrap();
-    let mut e = crate::datastore::Entry {
-        id: "only-in-other".into(),
-        spiffe_id: crate::spiffe::SpiffeId::new("spiffe://example.org/w").unwrap(),
-        parent_id: crate::spiffe::SpiffeId::new("spiffe://example.org/a").unwrap(),
-        selectors: vec![],
-        x509_svid_ttl: 0,
-        jwt_svid_ttl: 0,
-        federates_with: vec![],
-        admin: false,
-        downstream: false,
-        dns_names: vec![],
-        expires_at: 0,
-        hint: String::new(),
-        store_svid: false,
-        revision_number: 0,
-        created_at: 0,
-    };
+    let mut e = contract::entry("only-in-other", "spiffe://example.org/w", "spiffe://example.org/a", &[]);
     elsewhere.create_entry(&e).await.unwrap();
     let ds = super::PostgresDatastore::connect(&pg.url(&main))
         .await
