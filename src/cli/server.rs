@@ -973,17 +973,37 @@ async fn jwt(cmd: JwtCommand) -> CliResult {
     Ok(())
 }
 
+/// SPIRE's agent block: a banned agent shows `Banned` where others show their serial.
 fn print_agent(a: &pt::Agent) {
     let id = a.id.as_ref().map(|i| format!("spiffe://{}{}", i.trust_domain, i.path)).unwrap_or_default();
     outln!("SPIFFE ID         : {id}");
     outln!("Attestation type  : {}", a.attestation_type);
-    outln!("Expiration time   : {}", a.x509svid_expires_at);
-    outln!("Serial number     : {}", a.x509svid_serial_number);
-    outln!("Can re-attest     : {}", a.can_reattest);
+    outln!("Expiration time   : {}", super::agent::go_time(a.x509svid_expires_at));
     if a.banned {
         outln!("Banned            : true");
+    } else {
+        outln!("Serial number     : {}", a.x509svid_serial_number);
+    }
+    outln!("Can re-attest     : {}", a.can_reattest);
+    if !a.agent_version.is_empty() {
+        outln!("Agent version     : {}", a.agent_version);
     }
     outln!();
+}
+
+/// SPIRE's `-output json` of an agent: protojson with proto field names, int64 as a string,
+/// keys in alphabetical order.
+fn agent_json(a: &pt::Agent) -> serde_json::Value {
+    serde_json::json!({
+        "agent_version": a.agent_version,
+        "attestation_type": a.attestation_type,
+        "banned": a.banned,
+        "can_reattest": a.can_reattest,
+        "id": a.id.as_ref().map(|i| serde_json::json!({"path": i.path, "trust_domain": i.trust_domain})),
+        "selectors": a.selectors.iter().map(|s| serde_json::json!({"type": s.r#type, "value": s.value})).collect::<Vec<_>>(),
+        "x509svid_expires_at": a.x509svid_expires_at.to_string(),
+        "x509svid_serial_number": a.x509svid_serial_number,
+    })
 }
 
 async fn agent(cmd: AgentCommand) -> CliResult {
@@ -992,6 +1012,14 @@ async fn agent(cmd: AgentCommand) -> CliResult {
         AgentCommand::List { sock } => {
             let mut c = agentpb::agent_client::AgentClient::new(connect_admin(&sock.socket_path).await?);
             let agents = c.list_agents(agentpb::ListAgentsRequest::default()).await.map_err(|e| status_msg(&e))?.into_inner().agents;
+            if sock.output == "json" {
+                outln!("{}", serde_json::json!({"agents": agents.iter().map(agent_json).collect::<Vec<_>>(), "next_page_token": ""}));
+                return Ok(());
+            }
+            if agents.is_empty() {
+                outln!("No attested agents found");
+                return Ok(());
+            }
             outln!("Found {} attested agent{}:\n", agents.len(), if agents.len() == 1 { "" } else { "s" });
             agents.iter().for_each(print_agent);
             Ok(())
@@ -1003,7 +1031,15 @@ async fn agent(cmd: AgentCommand) -> CliResult {
                 .await
                 .map_err(|e| status_msg(&e))?
                 .into_inner();
+            if sock.output == "json" {
+                outln!("{}", agent_json(&a));
+                return Ok(());
+            }
+            outln!("Found an attested agent given its SPIFFE ID\n");
             print_agent(&a);
+            for s in &a.selectors {
+                outln!("Selectors         : {}:{}", s.r#type, s.value);
+            }
             Ok(())
         }
         AgentCommand::Evict { spiffe_id, sock } => {

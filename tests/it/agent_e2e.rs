@@ -72,8 +72,23 @@ fn python_spiffe_client_against_an_attested_agent() {
     let (ok, out) = run(Command::new("python3").arg("-c").arg(PY_CLIENT).arg(&a.socket).arg("spiffe://example.org/workload"));
     assert!(ok && out.contains("PY-OK"), "py-spiffe failed: {out}\nagent log:\n{}", a.log());
     // The agent is recorded on the server under its join-token ID.
+    let agent_id = format!("spiffe://example.org/spire/agent/join_token/{t}");
     let agents = s.cli_ok(&["agent", "list"]);
-    assert!(agents.contains(&format!("spiffe://example.org/spire/agent/join_token/{t}")), "{agents}");
+    assert!(agents.starts_with(&format!("Found 1 attested agent:\n\nSPIFFE ID         : {agent_id}\n")), "{agents}");
+    assert!(agents.contains("Expiration time   : 20") && agents.contains(" +0000 UTC\n"), "Go's time format: {agents}");
+    // SPIRE's `-output json`, as `jq` pipelines read it.
+    let listed: serde_json::Value = serde_json::from_str(&s.cli_ok(&["agent", "list", "-output", "json"])).unwrap();
+    let first = &listed["agents"][0];
+    assert_eq!(
+        (first["id"]["path"].as_str(), first["attestation_type"].as_str()),
+        (agent_id.strip_prefix("spiffe://example.org"), Some("join_token")),
+        "{listed}"
+    );
+    assert!(first["x509svid_expires_at"].is_string() && first["banned"] == false, "{listed}");
+    let shown = s.cli_ok(&["agent", "show", "-spiffeID", &agent_id]);
+    assert!(shown.starts_with("Found an attested agent given its SPIFFE ID\n\nSPIFFE ID"), "{shown}");
+    let shown: serde_json::Value = serde_json::from_str(&s.cli_ok(&["agent", "show", "-spiffeID", &agent_id, "-output", "json"])).unwrap();
+    assert_eq!(shown["id"]["trust_domain"], "example.org");
 
     // Restart with disk keys: same identity, no token needed (the token is spent anyway).
     a.stop();

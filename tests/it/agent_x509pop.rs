@@ -73,6 +73,7 @@ fn x509pop_attestation_proves_key_possession() {
     let a = TestAgent::start(&adir, agent_config(&adir, &s, &x509pop_block(&pki, "node.crt", "node.key"), None));
     let shown = s.cli_ok(&["agent", "show", "-spiffeID", &agent_id]);
     assert!(shown.contains("x509pop") && shown.contains("Can re-attest     : true"), "{shown}");
+    assert!(shown.contains("\nSelectors         : x509pop:"), "SPIRE lists the node selectors: {shown}");
     let out = a.api(&["fetch", "x509"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(

@@ -317,7 +317,9 @@ fn join_tokens_and_agents_cli() {
     let bad = s.cli(&["token", "generate", "-ttl", "0"]);
     assert!(!bad.status.success());
     assert!(s.cli_ok(&["agent", "count"]).starts_with("0 "));
-    assert!(s.cli_ok(&["agent", "list"]).contains("Found 0"));
+    assert_eq!(s.cli_ok(&["agent", "list"]), "No attested agents found\n", "SPIRE's words for none");
+    let none: serde_json::Value = serde_json::from_str(&s.cli_ok(&["agent", "list", "-output", "json"])).unwrap();
+    assert_eq!(none, serde_json::json!({"agents": [], "next_page_token": ""}));
     let missing = s.cli(&["agent", "show", "-spiffeID", "spiffe://example.org/spire/agent/join_token/nope"]);
     assert!(String::from_utf8_lossy(&missing.stderr).contains("NotFound"), "{missing:?}");
     let wrong = s.cli(&["agent", "ban", "-spiffeID", "spiffe://example.org/not-an-agent"]);
