@@ -813,6 +813,17 @@ async fn bundle(cmd: BundleCommand) -> CliResult {
                     .into_inner()
                     .bundles
             };
+            if sock.output == "json" {
+                // protojson of GetFederatedBundle's bundle, or of ListFederatedBundles' reply.
+                match (one, bundles.first()) {
+                    (true, Some(b)) => outln!("{}", bundle_json(b)),
+                    _ => outln!(
+                        "{}",
+                        serde_json::json!({"bundles": bundles.iter().map(bundle_json).collect::<Vec<_>>(), "next_page_token": ""})
+                    ),
+                }
+                return Ok(());
+            }
             // SPIRE: `-id` prints that bundle alone; the list heads each with its trust domain
             // and separates them with a blank line.
             for (i, b) in bundles.iter().enumerate() {

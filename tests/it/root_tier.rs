@@ -339,6 +339,12 @@ fn federated_bundles_set_list_delete() {
     assert!(a.cli_ok(&["bundle", "count"]).starts_with("2 "));
     let listed = a.cli_ok(&["bundle", "list", "-format", "spiffe"]);
     assert!(listed.contains("partner.org") && listed.contains("\"x509-svid\""), "{listed}");
+    // SPIRE's `-output json`: the list reply, and one bundle with `-id`.
+    let listed: serde_json::Value = serde_json::from_str(&a.cli_ok(&["bundle", "list", "-output", "json"])).unwrap();
+    assert_eq!(listed["bundles"][0]["trust_domain"], "partner.org", "{listed}");
+    assert_eq!(listed["bundles"][0]["x509_authorities"][0]["tainted"], false, "{listed}");
+    let one: serde_json::Value = serde_json::from_str(&a.cli_ok(&["bundle", "list", "-id", "partner.org", "-output", "json"])).unwrap();
+    assert_eq!(one, listed["bundles"][0]);
     let garbage = tmp.path().join("garbage.json");
     std::fs::write(&garbage, "{\"keys\": [], \"keys\": []}").unwrap();
     let bad = a.cli(&["bundle", "set", "-id", "partner2.org", "-path", garbage.to_str().unwrap(), "-format", "spiffe"]);
