@@ -55,6 +55,24 @@ fn setup_with(base: &std::path::Path, plugins: String) -> (TestServer, TestAgent
     (server, agent)
 }
 
+/// `localauthority <kind> show -output json`: the authority id of `which` (active, prepared,
+/// old), as the suites read it with `jq -r .<which>.authority_id`.
+fn shown_id(server: &TestServer, kind: &str, which: &str) -> String {
+    let v = json(&server.cli_ok(&["localauthority", kind, "show", "-output", "json"]));
+    v[which]["authority_id"].as_str().unwrap_or_else(|| panic!("no {which} {kind} authority: {v}")).to_owned()
+}
+
+/// `localauthority <kind> prepare -output json`: the prepared authority's id.
+fn prepare_id(server: &TestServer, kind: &str) -> String {
+    let v = json(&server.cli_ok(&["localauthority", kind, "prepare", "-output", "json"]));
+    v["prepared_authority"]["authority_id"].as_str().unwrap_or_else(|| panic!("nothing prepared: {v}")).to_owned()
+}
+
+/// A DER certificate as PEM, for openssl.
+fn pem_of(der: impl AsRef<[u8]>) -> String {
+    format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", base64::engine::general_purpose::STANDARD.encode(der))
+}
+
 fn bundle_json(server: &TestServer) -> Value {
     json(&server.cli_ok(&["bundle", "show", "-output", "json"]))
 }
@@ -95,8 +113,7 @@ fn force_rotation_jwt_authority_suite() {
     assert!(b["jwt_authorities"].as_array().unwrap().iter().any(|k| k["key_id"] == p.as_str()));
 
     // 06-fetch: the token is signed with the active key; the agent's JWKS holds both.
-    let a =
-        json(&server.cli_ok(&["localauthority", "jwt", "show", "-output", "json"]))["active"]["authority_id"].as_str().unwrap().to_owned();
+    let a = shown_id(&server, "jwt", "active");
     let mut first = fetch_jwt(&agent);
     assert_eq!(jwt_header_kid(&first.0), a);
     wait_until("both keys in the agent's JWKS", Duration::from_secs(40), || {
@@ -107,10 +124,7 @@ fn force_rotation_jwt_authority_suite() {
     let old_token = first.0.clone();
 
     // 07-activate
-    let p = json(&server.cli_ok(&["localauthority", "jwt", "show", "-output", "json"]))["prepared"]["authority_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let p = shown_id(&server, "jwt", "prepared");
     let activated = json(&server.cli_ok(&["localauthority", "jwt", "activate", "-authorityID", &p, "-output", "json"]));
     assert_eq!(activated["activated_authority"]["authority_id"], p.as_str());
     assert!(server.log().contains("JWT key activated"));
@@ -128,7 +142,7 @@ fn force_rotation_jwt_authority_suite() {
     );
     assert!(err(&["localauthority", "jwt", "taint", "-authorityID", "nope"]).contains("desc = unexpected authority ID"));
     assert!(err(&["localauthority", "jwt", "taint"]).contains("an authority ID is required"));
-    let o = json(&server.cli_ok(&["localauthority", "jwt", "show", "-output", "json"]))["old"]["authority_id"].as_str().unwrap().to_owned();
+    let o = shown_id(&server, "jwt", "old");
     assert_eq!(o, a, "the previously active key is old");
     assert!(
         err(&["localauthority", "jwt", "revoke", "-authorityID", &o])
@@ -138,7 +152,7 @@ fn force_rotation_jwt_authority_suite() {
     assert_eq!(bundle_json(&server)["jwt_authorities"], before["jwt_authorities"], "refused requests changed the bundle");
 
     // 08-taint
-    let o = json(&server.cli_ok(&["localauthority", "jwt", "show", "-output", "json"]))["old"]["authority_id"].as_str().unwrap().to_owned();
+    let o = shown_id(&server, "jwt", "old");
     let shown = server.cli_ok(&["localauthority", "jwt", "taint", "-authorityID", &o]);
     assert!(shown.starts_with(&format!("Tainted JWT authority:\n  Authority ID: {o}\n")), "{shown}");
     assert!(server.log().contains("JWT authority tainted successfully"));
@@ -147,14 +161,13 @@ fn force_rotation_jwt_authority_suite() {
     });
 
     // 09-verify: a new token, from the active key.
-    let a =
-        json(&server.cli_ok(&["localauthority", "jwt", "show", "-output", "json"]))["active"]["authority_id"].as_str().unwrap().to_owned();
+    let a = shown_id(&server, "jwt", "active");
     let (token, _) = fetch_jwt(&agent);
     assert_ne!(token, old_token, "JWT SVID did not rotate");
     assert_eq!(jwt_header_kid(&token), a);
 
     // 10-revoke
-    let o = json(&server.cli_ok(&["localauthority", "jwt", "show", "-output", "json"]))["old"]["authority_id"].as_str().unwrap().to_owned();
+    let o = shown_id(&server, "jwt", "old");
     let b = bundle_json(&server);
     assert_eq!(b["jwt_authorities"].as_array().unwrap().len(), 2);
     assert!(b["jwt_authorities"].as_array().unwrap().iter().any(|k| k["tainted"] == true), "Tainted JWT authority expected");
@@ -182,10 +195,7 @@ fn force_rotation_self_signed_suite_on_the_root_tier() {
 
     // 10-prepare
     assert_eq!(bundle_json(&server)["x509_authorities"].as_array().unwrap().len(), 1);
-    let p = json(&server.cli_ok(&["localauthority", "x509", "prepare", "-output", "json"]))["prepared_authority"]["authority_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let p = prepare_id(&server, "x509");
     assert_eq!(bundle_json(&server)["x509_authorities"].as_array().unwrap().len(), 2);
     assert_eq!(x509_show()["prepared"]["upstream_authority_subject_key_id"], "", "a self-signed CA has no upstream authority");
 
@@ -221,8 +231,7 @@ fn force_rotation_self_signed_suite_on_the_root_tier() {
     let fresh: Vec<&Value> = b["x509_authorities"].as_array().unwrap().iter().filter(|a| a["tainted"] == false).collect();
     assert_eq!(fresh.len(), 1);
     let der = base64::engine::general_purpose::STANDARD.decode(fresh[0]["asn1"].as_str().unwrap()).unwrap();
-    let pem =
-        format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", base64::engine::general_purpose::STANDARD.encode(&der));
+    let pem = pem_of(&der);
     let dir = tmp.path().join("svid");
     std::fs::create_dir(&dir).unwrap();
     std::fs::write(dir.join("non-tainted.pem"), pem).unwrap();
@@ -299,10 +308,7 @@ cp old_upstream_ca.key dummy_upstream_ca.key
 
     // 06-prepare
     assert_eq!(bundle_json(&server)["x509_authorities"].as_array().unwrap().len(), 1);
-    let p = json(&server.cli_ok(&["localauthority", "x509", "prepare", "-output", "json"]))["prepared_authority"]["authority_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let p = prepare_id(&server, "x509");
     assert_eq!(bundle_json(&server)["x509_authorities"].as_array().unwrap().len(), 2, "old and new upstream roots");
     let new_ski = openssl_ski(&conf.join("new_upstream_ca.crt"));
     assert_eq!(x509_show()["prepared"]["upstream_authority_subject_key_id"], new_ski.as_str());
@@ -448,10 +454,7 @@ fn root_taint_and_revoke_reach_every_tier_and_agent() {
     let roots_of = |s: &TestServer| bundle_json(s)["x509_authorities"].clone();
 
     // Prepare and activate at the root; every tier learns the new root.
-    let p = json(&root.cli_ok(&["localauthority", "x509", "prepare", "-output", "json"]))["prepared_authority"]["authority_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let p = prepare_id(root, "x509");
     root.cli_ok(&["localauthority", "x509", "activate", "-authorityID", &p]);
     wait_until("two roots at every tier, in the root's order", Duration::from_secs(30), || {
         let r = roots_of(root);
@@ -459,7 +462,7 @@ fn root_taint_and_revoke_reach_every_tier_and_agent() {
     });
 
     // Taint the old root.
-    let o = json(&root.cli_ok(&["localauthority", "x509", "show", "-output", "json"]))["old"]["authority_id"].as_str().unwrap().to_owned();
+    let o = shown_id(root, "x509", "old");
     root.cli_ok(&["localauthority", "x509", "taint", "-authorityID", &o]);
     for s in [&region, &zone] {
         wait_until("a downstream's rotation off the tainted root", Duration::from_secs(30), || {
@@ -475,11 +478,7 @@ fn root_taint_and_revoke_reach_every_tier_and_agent() {
         let a = b["x509_authorities"].as_array().unwrap().iter().find(|a| a["tainted"] == false).unwrap().clone();
         let der = base64::engine::general_purpose::STANDARD.decode(a["asn1"].as_str().unwrap()).unwrap();
         let path = base.join("non-tainted.pem");
-        std::fs::write(
-            &path,
-            format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", base64::engine::general_purpose::STANDARD.encode(der)),
-        )
-        .unwrap();
+        std::fs::write(&path, pem_of(der)).unwrap();
         path
     };
     // The whole-tree view: every tier's status file names the tainted root.
@@ -524,10 +523,7 @@ fn root_taint_and_revoke_reach_every_tier_and_agent() {
 
     // SPIRE's nested-rotation step 11: a JWT key prepared and activated on a downstream tier
     // reaches the tiers above and below it.
-    let k = json(&region.cli_ok(&["localauthority", "jwt", "prepare", "-output", "json"]))["prepared_authority"]["authority_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let k = prepare_id(region, "jwt");
     region.cli_ok(&["localauthority", "jwt", "activate", "-authorityID", &k]);
     for s in [root, zone] {
         wait_until("the downstream's new JWT key elsewhere", Duration::from_secs(20), || {
@@ -552,10 +548,7 @@ fn bench_compromise_tree() {
         wait_until("a workload SVID", Duration::from_secs(30), || fetch_to(agent, &dir(name)));
     }
     let root = &tree.root;
-    let p = json(&root.cli_ok(&["localauthority", "x509", "prepare", "-output", "json"]))["prepared_authority"]["authority_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let p = prepare_id(root, "x509");
     root.cli_ok(&["localauthority", "x509", "activate", "-authorityID", &p]);
     let roots = |s: &TestServer| bundle_json(s)["x509_authorities"].as_array().unwrap().len();
     wait_until("two roots everywhere", Duration::from_secs(30), || [&tree.root, &tree.region, &tree.zone].iter().all(|s| roots(s) == 2));
@@ -575,12 +568,8 @@ fn bench_compromise_tree() {
                 .unwrap(),
         )
         .unwrap();
-    std::fs::write(
-        &fresh,
-        format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", base64::engine::general_purpose::STANDARD.encode(der)),
-    )
-    .unwrap();
-    let o = json(&root.cli_ok(&["localauthority", "x509", "show", "-output", "json"]))["old"]["authority_id"].as_str().unwrap().to_owned();
+    std::fs::write(&fresh, pem_of(der)).unwrap();
+    let o = shown_id(root, "x509", "old");
 
     let start = std::time::Instant::now();
     root.cli_ok(&["localauthority", "x509", "taint", "-authorityID", &o]);
@@ -626,11 +615,7 @@ fn bench_compromise_tree() {
 /// Lowercase hex SKI of a DER certificate, read by openssl.
 fn openssl_ski_der(der: &[u8]) -> String {
     let f = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(
-        f.path(),
-        format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", base64::engine::general_purpose::STANDARD.encode(der)),
-    )
-    .unwrap();
+    std::fs::write(f.path(), pem_of(der)).unwrap();
     openssl_ski(f.path())
 }
 
@@ -689,10 +674,7 @@ cp old.key up.key
 
     std::fs::copy(conf.join("new.crt"), conf.join("up.crt")).unwrap();
     std::fs::copy(conf.join("new.key"), conf.join("up.key")).unwrap();
-    let p = json(&a.cli_ok(&["localauthority", "x509", "prepare", "-output", "json"]))["prepared_authority"]["authority_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let p = prepare_id(&a, "x509");
     a.cli_ok(&["localauthority", "x509", "activate", "-authorityID", &p]);
     a.cli_ok(&["upstreamauthority", "taint", "-subjectKeyID", &old_ski]);
     wait_until("server B off the tainted upstream root", Duration::from_secs(30), || {
