@@ -15,6 +15,12 @@ command -v pkcs11-tool >/dev/null 2>&1 || need_apt+=(opensc)
 # independent HTTPS client.
 command -v pebble >/dev/null 2>&1 || need_apt+=(pebble)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+# SPIRE's own suite scripts (tests/spire-harness): jq for their checks, unshare/setpriv and ip
+# for the namespaces their "containers" are made of.
+command -v jq >/dev/null 2>&1 || need_apt+=(jq)
+command -v unshare >/dev/null 2>&1 || need_apt+=(util-linux)
+command -v setpriv >/dev/null 2>&1 || need_apt+=(util-linux)
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 # PostgreSQL and MariaDB servers: the datastore contract suite runs on throwaway clusters of both.
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 [ -x /usr/sbin/mariadbd ] || need_apt+=(mariadb-server)
@@ -22,8 +28,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
   else sudo apt-get update -qq && sudo apt-get install -y -qq "${need_apt[@]}"; fi
 fi
-pips=('pyjwt[crypto]>=2.8' 'spiffe>=0.3' 'h2>=4' 'grpcio>=1.60' 'grpcio-tools>=1.60')
-if ! python3 -c 'import jwt, cryptography, spiffe, h2, grpc, grpc_tools' >/dev/null 2>&1; then
+pips=('pyjwt[crypto]>=2.8' 'spiffe>=0.3' 'h2>=4' 'grpcio>=1.60' 'grpcio-tools>=1.60' 'pyyaml>=6')
+if ! python3 -c 'import jwt, cryptography, spiffe, h2, grpc, grpc_tools, yaml' >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check "${pips[@]}" || \
     python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "${pips[@]}"
 fi

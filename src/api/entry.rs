@@ -12,52 +12,90 @@ use tonic::{Request, Response, Status, Streaming};
 /// Most entries one page returns when the caller does not say.
 const DEFAULT_PAGE: usize = 500;
 
-/// Selectors to match and SPIRE's match behaviour.
-type SelectorFilter = Option<(Vec<crate::datastore::Selector>, i32)>;
-
-fn filter_from(
-    by_spiffe_id: Option<&pt::Spiffeid>,
-    by_parent_id: Option<&pt::Spiffeid>,
-    by_selectors: Option<&pt::SelectorMatch>,
-    by_downstream: Option<bool>,
-) -> Result<(EntryFilter, SelectorFilter), ApiError> {
-    let mut f = EntryFilter { downstream: by_downstream, ..EntryFilter::default() };
-    if let Some(id) = by_spiffe_id {
-        f.spiffe_id = Some(id_from_proto(Some(id), "spiffe ID filter")?);
-    }
-    if let Some(id) = by_parent_id {
-        f.parent_id = Some(id_from_proto(Some(id), "parent ID filter")?);
-    }
-    let sel = match by_selectors {
-        Some(m) => Some((m.selectors.iter().map(selector_from_proto).collect::<Result<Vec<_>, _>>()?, m.r#match)),
-        None => None,
-    };
-    Ok((f, sel))
+/// What ListEntries/CountEntries filter on beyond what the datastore indexes: selectors and
+/// federated trust domains (each with SPIRE's match behaviour) and the hint.
+#[derive(Default)]
+struct ExtraFilter {
+    selectors: Option<(Vec<crate::datastore::Selector>, i32)>,
+    federates_with: Option<(Vec<crate::spiffe::TrustDomain>, i32)>,
+    hint: Option<String>,
 }
 
-/// Applies SPIRE's selector match behaviours (exact, subset, superset, any).
-fn selector_match(e: &Entry, wanted: &[crate::datastore::Selector], behaviour: i32) -> bool {
+/// The request filter's fields, from either request type (their Filter messages are twins).
+struct FilterFields<'a> {
+    by_spiffe_id: Option<&'a pt::Spiffeid>,
+    by_parent_id: Option<&'a pt::Spiffeid>,
+    by_selectors: Option<&'a pt::SelectorMatch>,
+    by_federates_with: Option<&'a pt::FederatesWithMatch>,
+    by_hint: Option<&'a String>,
+    by_downstream: Option<bool>,
+}
+
+fn filter_from(fl: &FilterFields<'_>) -> Result<(EntryFilter, ExtraFilter), ApiError> {
+    // SPIRE filters on downstream only when asked for downstream entries; `false` is no filter.
+    let mut f = EntryFilter { downstream: fl.by_downstream.filter(|d| *d), ..EntryFilter::default() };
+    if let Some(id) = fl.by_spiffe_id {
+        f.spiffe_id = Some(id_from_proto(Some(id), "spiffe ID filter")?);
+    }
+    if let Some(id) = fl.by_parent_id {
+        f.parent_id = Some(id_from_proto(Some(id), "parent ID filter")?);
+    }
+    let mut extra = ExtraFilter::default();
+    if let Some(m) = fl.by_selectors {
+        if m.selectors.is_empty() {
+            return Err(ApiError::InvalidArgument("malformed selectors filter: empty selector set".into()));
+        }
+        let sel = m.selectors.iter().map(selector_from_proto).collect::<Result<Vec<_>, _>>()?;
+        extra.selectors = Some((sel, m.r#match));
+    }
+    if let Some(m) = fl.by_federates_with {
+        if m.trust_domains.is_empty() {
+            return Err(ApiError::InvalidArgument("malformed federates with filter: empty trust domain set".into()));
+        }
+        let tds = m
+            .trust_domains
+            .iter()
+            .map(|t| {
+                crate::spiffe::TrustDomain::new(t).map_err(|e| ApiError::InvalidArgument(format!("malformed federates with filter: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        extra.federates_with = Some((tds, m.r#match));
+    }
+    extra.hint = fl.by_hint.filter(|h| !h.is_empty()).cloned();
+    Ok((f, extra))
+}
+
+/// SPIRE's match behaviours (exact, subset, superset, any) of a wanted set against an entry's.
+fn set_match<T: PartialEq + Ord + Clone>(have: &[T], wanted: &[T], behaviour: i32) -> bool {
     use pt::selector_match::MatchBehavior as B;
-    let has = |s: &crate::datastore::Selector| e.selectors.contains(s);
     match B::try_from(behaviour).unwrap_or(B::MatchExact) {
         B::MatchExact => {
             let mut w = wanted.to_vec();
             w.sort();
             w.dedup();
-            w == e.selectors
+            let mut h = have.to_vec();
+            h.sort();
+            h.dedup();
+            w == h
         }
-        B::MatchSubset => e.selectors.iter().all(|s| wanted.contains(s)),
-        B::MatchSuperset => wanted.iter().all(has),
-        B::MatchAny => wanted.iter().any(has),
+        B::MatchSubset => have.iter().all(|s| wanted.contains(s)),
+        B::MatchSuperset => wanted.iter().all(|s| have.contains(s)),
+        B::MatchAny => wanted.iter().any(|s| have.contains(s)),
+    }
+}
+
+impl ExtraFilter {
+    fn keeps(&self, e: &Entry) -> bool {
+        self.selectors.as_ref().is_none_or(|(w, b)| set_match(&e.selectors, w, *b))
+            && self.federates_with.as_ref().is_none_or(|(w, b)| set_match(&e.federates_with, w, *b))
+            && self.hint.as_ref().is_none_or(|h| e.hint == *h)
     }
 }
 
 impl Svc {
-    async fn filtered_entries(&self, f: EntryFilter, sel: SelectorFilter) -> Result<Vec<Entry>, ApiError> {
+    async fn filtered_entries(&self, f: EntryFilter, extra: ExtraFilter) -> Result<Vec<Entry>, ApiError> {
         let mut entries = self.state().datastore.list_entries(&f).await?;
-        if let Some((wanted, behaviour)) = sel {
-            entries.retain(|e| selector_match(e, &wanted, behaviour));
-        }
+        entries.retain(|e| extra.keeps(e));
         Ok(entries)
     }
 }
@@ -69,8 +107,15 @@ impl pb::entry_server::Entry for Svc {
         let count = match &req.get_ref().filter {
             None => self.state().datastore.count_entries().await.map_err(ApiError::from)?,
             Some(fl) => {
-                let (f, sel) = filter_from(fl.by_spiffe_id.as_ref(), fl.by_parent_id.as_ref(), fl.by_selectors.as_ref(), fl.by_downstream)?;
-                i64::try_from(self.filtered_entries(f, sel).await?.len()).unwrap_or(i64::MAX)
+                let (f, extra) = filter_from(&FilterFields {
+                    by_spiffe_id: fl.by_spiffe_id.as_ref(),
+                    by_parent_id: fl.by_parent_id.as_ref(),
+                    by_selectors: fl.by_selectors.as_ref(),
+                    by_federates_with: fl.by_federates_with.as_ref(),
+                    by_hint: fl.by_hint.as_ref(),
+                    by_downstream: fl.by_downstream,
+                })?;
+                i64::try_from(self.filtered_entries(f, extra).await?.len()).unwrap_or(i64::MAX)
             }
         };
         Ok(Response::new(pb::CountEntriesResponse { count: i32::try_from(count).unwrap_or(i32::MAX) }))
@@ -82,11 +127,18 @@ impl pb::entry_server::Entry for Svc {
         if r.page_size < 0 {
             return Err(ApiError::InvalidArgument("page_size must not be negative".into()).into());
         }
-        let (f, sel) = match &r.filter {
-            Some(fl) => filter_from(fl.by_spiffe_id.as_ref(), fl.by_parent_id.as_ref(), fl.by_selectors.as_ref(), fl.by_downstream)?,
-            None => (EntryFilter::default(), None),
+        let (f, extra) = match &r.filter {
+            Some(fl) => filter_from(&FilterFields {
+                by_spiffe_id: fl.by_spiffe_id.as_ref(),
+                by_parent_id: fl.by_parent_id.as_ref(),
+                by_selectors: fl.by_selectors.as_ref(),
+                by_federates_with: fl.by_federates_with.as_ref(),
+                by_hint: fl.by_hint.as_ref(),
+                by_downstream: fl.by_downstream,
+            })?,
+            None => (EntryFilter::default(), ExtraFilter::default()),
         };
-        let entries = self.filtered_entries(f, sel).await?;
+        let entries = self.filtered_entries(f, extra).await?;
         // Page tokens are offsets into the id-ordered list.
         let start: usize = if r.page_token.is_empty() {
             0

@@ -17,6 +17,7 @@ macro_rules! out {
 pub mod agent;
 pub mod argv;
 pub mod client;
+pub mod entry;
 pub mod federation;
 pub mod hsm;
 pub mod localauthority;

@@ -4,7 +4,7 @@ use super::client::connect_admin;
 use crate::config::server::{DEFAULT_SOCKET_PATH, ServerConfig, ServerOverrides};
 use crate::spiffe::{Bundle, SpiffeId, TrustDomain};
 use crate::wire::convert::{bundle_from_proto, id_to_proto};
-use crate::wire::pb::spire::api::server::{agent::v1 as agentpb, bundle::v1 as bundlepb, entry::v1 as entrypb, svid::v1 as svidpb};
+use crate::wire::pb::spire::api::server::{agent::v1 as agentpb, bundle::v1 as bundlepb, svid::v1 as svidpb};
 use crate::wire::pb::spire::api::types as pt;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
@@ -21,7 +21,7 @@ pub enum ServerCommand {
     /// Registration entries.
     Entry {
         #[command(subcommand)]
-        command: EntryCommand,
+        command: super::entry::EntryCommand,
     },
     /// Join tokens.
     Token {
@@ -122,105 +122,6 @@ pub struct HealthArgs {
     /// Print what is checked.
     #[arg(long)]
     verbose: bool,
-}
-
-/// Entry fields (create and update).
-#[derive(Debug, Args, Clone, Default)]
-pub struct EntryFields {
-    /// Entry ID (update: which entry; create: a custom ID).
-    #[arg(long)]
-    entry_id: Option<String>,
-    /// SPIFFE ID the entry issues.
-    #[arg(long)]
-    spiffe_id: Option<String>,
-    /// Parent ID (an agent or node alias).
-    #[arg(long)]
-    parent_id: Option<String>,
-    /// Selector `type:value` (repeatable).
-    #[arg(long)]
-    selector: Vec<String>,
-    /// Make a node-alias entry (parent = the server).
-    #[arg(long)]
-    node: bool,
-    /// The identity may call admin APIs.
-    #[arg(long)]
-    admin: bool,
-    /// The identity is a downstream tier.
-    #[arg(long)]
-    downstream: bool,
-    /// Trust domain whose bundle the workload receives (repeatable).
-    #[arg(long)]
-    federates_with: Vec<String>,
-    /// DNS SAN (repeatable).
-    #[arg(long)]
-    dns: Vec<String>,
-    /// X509-SVID TTL: seconds or a duration (`1h`, `90s`).
-    #[arg(long, value_parser = super::parse_ttl)]
-    x509_svid_ttl: Option<i32>,
-    /// JWT-SVID TTL: seconds or a duration (`5m`).
-    #[arg(long, value_parser = super::parse_ttl)]
-    jwt_svid_ttl: Option<i32>,
-    /// Entry expiry, unix seconds.
-    #[arg(long)]
-    entry_expiry: Option<i64>,
-    /// Hint for workloads.
-    #[arg(long)]
-    hint: Option<String>,
-    /// The agent stores the SVID.
-    #[arg(long)]
-    store_svid: bool,
-}
-
-/// `entry` subcommands.
-#[derive(Debug, Subcommand)]
-pub enum EntryCommand {
-    /// Create an entry.
-    Create {
-        #[command(flatten)]
-        f: EntryFields,
-        #[command(flatten)]
-        sock: Sock,
-    },
-    /// Update an entry (fields not given keep their values).
-    Update {
-        #[command(flatten)]
-        f: EntryFields,
-        #[command(flatten)]
-        sock: Sock,
-    },
-    /// Show entries (filters optional).
-    Show {
-        /// Entry ID.
-        #[arg(long)]
-        entry_id: Option<String>,
-        /// Filter by SPIFFE ID.
-        #[arg(long)]
-        spiffe_id: Option<String>,
-        /// Filter by parent ID.
-        #[arg(long)]
-        parent_id: Option<String>,
-        /// Filter by selector (repeatable; exact match of the set).
-        #[arg(long)]
-        selector: Vec<String>,
-        /// Only downstream entries.
-        #[arg(long)]
-        downstream: bool,
-        #[command(flatten)]
-        sock: Sock,
-    },
-    /// Delete an entry.
-    Delete {
-        /// Entry ID.
-        #[arg(long)]
-        entry_id: String,
-        #[command(flatten)]
-        sock: Sock,
-    },
-    /// Count entries.
-    Count {
-        #[command(flatten)]
-        sock: Sock,
-    },
 }
 
 /// `token` subcommands.
@@ -386,6 +287,11 @@ fn status_msg(st: &tonic::Status) -> String {
     format!("{}: {}", code_name(st.code()), st.message())
 }
 
+/// A gRPC error as Go's client prints it, which SPIRE's CLI messages embed.
+pub(crate) fn rpc_error(st: &tonic::Status) -> String {
+    format!("rpc error: code = {} desc = {}", code_name(st.code()), st.message())
+}
+
 pub(crate) fn code_name(c: tonic::Code) -> &'static str {
     use tonic::Code as C;
     match c {
@@ -399,7 +305,13 @@ pub(crate) fn code_name(c: tonic::Code) -> &'static str {
         C::Internal => "Internal",
         C::ResourceExhausted => "ResourceExhausted",
         C::FailedPrecondition => "FailedPrecondition",
-        _ => "Error",
+        C::Ok => "OK",
+        C::Cancelled => "Canceled",
+        C::Unknown => "Unknown",
+        C::DeadlineExceeded => "DeadlineExceeded",
+        C::Aborted => "Aborted",
+        C::OutOfRange => "OutOfRange",
+        C::DataLoss => "DataLoss",
     }
 }
 
@@ -425,7 +337,7 @@ pub async fn run(cmd: ServerCommand) -> CliResult {
             Ok(())
         }
         ServerCommand::Healthcheck(h) => healthcheck(h).await,
-        ServerCommand::Entry { command } => entry(command).await,
+        ServerCommand::Entry { command } => super::entry::run(command).await,
         ServerCommand::Token { command } => token(command).await,
         ServerCommand::Bundle { command } => bundle(command).await,
         ServerCommand::X509 { command } => x509(command).await,
@@ -523,214 +435,10 @@ fn parse_id(s: &str, what: &str) -> Result<SpiffeId, String> {
     SpiffeId::new(s).map_err(|e| format!("invalid {what} {s:?}: {e}"))
 }
 
-fn parse_selectors(sel: &[String]) -> Result<Vec<pt::Selector>, String> {
-    sel.iter()
-        .map(|s| {
-            crate::spiffe::parse_selector(s)
-                .map(|(t, v)| pt::Selector { r#type: t, value: v })
-                .map_err(|e| format!("invalid selector {s:?}: {e} (expected type:value, e.g. unix:uid:1000)"))
-        })
-        .collect()
-}
-
-fn fmt_ttl(t: i32) -> String {
-    if t == 0 { "default".into() } else { t.to_string() }
-}
-
-fn print_entry(e: &pt::Entry) {
-    let id = |i: &Option<pt::Spiffeid>| i.as_ref().map(|i| format!("spiffe://{}{}", i.trust_domain, i.path)).unwrap_or_default();
-    outln!("Entry ID         : {}", e.id);
-    outln!("SPIFFE ID        : {}", id(&e.spiffe_id));
-    outln!("Parent ID        : {}", id(&e.parent_id));
-    outln!("Revision         : {}", e.revision_number);
-    if e.downstream {
-        outln!("Downstream       : true");
-    }
-    outln!("X509-SVID TTL    : {}", fmt_ttl(e.x509_svid_ttl));
-    outln!("JWT-SVID TTL     : {}", fmt_ttl(e.jwt_svid_ttl));
-    if e.expires_at != 0 {
-        outln!("Expiration time  : {}", e.expires_at);
-    }
-    for s in &e.selectors {
-        outln!("Selector         : {}:{}", s.r#type, s.value);
-    }
-    for f in &e.federates_with {
-        outln!("FederatesWith    : {f}");
-    }
-    for d in &e.dns_names {
-        outln!("DNS name         : {d}");
-    }
-    if e.admin {
-        outln!("Admin            : true");
-    }
-    if !e.hint.is_empty() {
-        outln!("Hint             : {}", e.hint);
-    }
-    outln!();
-}
-
-fn entry_json(e: &pt::Entry) -> serde_json::Value {
-    let id = |i: &Option<pt::Spiffeid>| i.as_ref().map(|i| serde_json::json!({"trust_domain": i.trust_domain, "path": i.path}));
-    serde_json::json!({
-        "id": e.id, "spiffe_id": id(&e.spiffe_id), "parent_id": id(&e.parent_id),
-        "selectors": e.selectors.iter().map(|s| serde_json::json!({"type": s.r#type, "value": s.value})).collect::<Vec<_>>(),
-        "x509_svid_ttl": e.x509_svid_ttl, "jwt_svid_ttl": e.jwt_svid_ttl, "federates_with": e.federates_with,
-        "admin": e.admin, "downstream": e.downstream, "expires_at": e.expires_at, "dns_names": e.dns_names,
-        "revision_number": e.revision_number, "store_svid": e.store_svid, "hint": e.hint, "created_at": e.created_at,
-    })
-}
-
-fn proto_entry(f: &EntryFields, td: Option<&TrustDomain>) -> Result<pt::Entry, String> {
-    let spiffe_id = f.spiffe_id.as_deref().map(|s| parse_id(s, "SPIFFE ID")).transpose()?;
-    let parent_id = if f.node {
-        let td = spiffe_id.as_ref().map(|i| i.trust_domain().clone()).or_else(|| td.cloned()).ok_or("-node needs -spiffeID")?;
-        Some(SpiffeId::from_segments(&td, &["spire", "server"]).map_err(s)?)
-    } else {
-        f.parent_id.as_deref().map(|s| parse_id(s, "parent ID")).transpose()?
-    };
-    Ok(pt::Entry {
-        id: f.entry_id.clone().unwrap_or_default(),
-        spiffe_id: spiffe_id.as_ref().map(id_to_proto),
-        parent_id: parent_id.as_ref().map(id_to_proto),
-        selectors: parse_selectors(&f.selector)?,
-        x509_svid_ttl: f.x509_svid_ttl.unwrap_or(0),
-        jwt_svid_ttl: f.jwt_svid_ttl.unwrap_or(0),
-        federates_with: f
-            .federates_with
-            .iter()
-            .map(|t| TrustDomain::new(t).map(|t| t.as_str().to_owned()).map_err(|e| format!("invalid -federatesWith {t:?}: {e}")))
-            .collect::<Result<_, _>>()?,
-        admin: f.admin,
-        downstream: f.downstream,
-        expires_at: f.entry_expiry.unwrap_or(0),
-        dns_names: f.dns.clone(),
-        hint: f.hint.clone().unwrap_or_default(),
-        store_svid: f.store_svid,
-        ..pt::Entry::default()
-    })
-}
-
 fn check_result(status: Option<&pt::Status>) -> Result<(), String> {
     match status {
         Some(st) if st.code != 0 => Err(format!("{}: {}", code_name(tonic::Code::from_i32(st.code)), st.message)),
         _ => Ok(()),
-    }
-}
-
-async fn entry(cmd: EntryCommand) -> CliResult {
-    match cmd {
-        EntryCommand::Create { f, sock } => {
-            if f.spiffe_id.is_none() {
-                return Err("a SPIFFE ID is required (-spiffeID)".into());
-            }
-            if f.parent_id.is_none() && !f.node {
-                return Err("a parent ID is required (-parentID, or -node for a node alias)".into());
-            }
-            if f.selector.is_empty() {
-                return Err("at least one selector is required (-selector type:value)".into());
-            }
-            let e = proto_entry(&f, None)?;
-            let mut c = entrypb::entry_client::EntryClient::new(connect_admin(&sock.socket_path).await?);
-            let resp = c
-                .batch_create_entry(entrypb::BatchCreateEntryRequest { entries: vec![e], output_mask: None })
-                .await
-                .map_err(|e| status_msg(&e))?
-                .into_inner();
-            let r = resp.results.first().ok_or("server returned no result")?;
-            check_result(r.status.as_ref())?;
-            let e = r.entry.as_ref().ok_or("server returned no entry")?;
-            if sock.output == "json" {
-                outln!("{}", serde_json::json!({"results": [{"status": {"code": 0, "message": "OK"}, "entry": entry_json(e)}]}));
-            } else {
-                print_entry(e);
-            }
-            Ok(())
-        }
-        EntryCommand::Update { f, sock } => {
-            let id = f.entry_id.clone().ok_or("-entryID is required")?;
-            let mut c = entrypb::entry_client::EntryClient::new(connect_admin(&sock.socket_path).await?);
-            let mut e = proto_entry(&f, None)?;
-            e.id = id;
-            let mask = pt::EntryMask {
-                spiffe_id: f.spiffe_id.is_some(),
-                parent_id: f.parent_id.is_some() || f.node,
-                selectors: !f.selector.is_empty(),
-                x509_svid_ttl: f.x509_svid_ttl.is_some(),
-                jwt_svid_ttl: f.jwt_svid_ttl.is_some(),
-                federates_with: !f.federates_with.is_empty(),
-                admin: f.admin,
-                downstream: f.downstream,
-                expires_at: f.entry_expiry.is_some(),
-                dns_names: !f.dns.is_empty(),
-                store_svid: f.store_svid,
-                hint: f.hint.is_some(),
-                ..pt::EntryMask::default()
-            };
-            let resp = c
-                .batch_update_entry(entrypb::BatchUpdateEntryRequest { entries: vec![e], input_mask: Some(mask), output_mask: None })
-                .await
-                .map_err(|e| status_msg(&e))?
-                .into_inner();
-            let r = resp.results.first().ok_or("server returned no result")?;
-            check_result(r.status.as_ref())?;
-            if let Some(e) = &r.entry {
-                if sock.output == "json" { outln!("{}", entry_json(e)) } else { print_entry(e) }
-            }
-            Ok(())
-        }
-        EntryCommand::Show { entry_id, spiffe_id, parent_id, selector, downstream, sock } => {
-            let mut c = entrypb::entry_client::EntryClient::new(connect_admin(&sock.socket_path).await?);
-            let entries = if let Some(id) = entry_id {
-                vec![c.get_entry(entrypb::GetEntryRequest { id, output_mask: None }).await.map_err(|e| status_msg(&e))?.into_inner()]
-            } else {
-                let filter = entrypb::list_entries_request::Filter {
-                    by_spiffe_id: spiffe_id.as_deref().map(|s| parse_id(s, "SPIFFE ID")).transpose()?.as_ref().map(id_to_proto),
-                    by_parent_id: parent_id.as_deref().map(|s| parse_id(s, "parent ID")).transpose()?.as_ref().map(id_to_proto),
-                    by_selectors: if selector.is_empty() {
-                        None
-                    } else {
-                        Some(pt::SelectorMatch { selectors: parse_selectors(&selector)?, r#match: 0 })
-                    },
-                    by_downstream: downstream.then_some(true),
-                    ..Default::default()
-                };
-                c.list_entries(entrypb::ListEntriesRequest { filter: Some(filter), ..Default::default() })
-                    .await
-                    .map_err(|e| status_msg(&e))?
-                    .into_inner()
-                    .entries
-            };
-            if sock.output == "json" {
-                outln!("{}", serde_json::json!({"entries": entries.iter().map(entry_json).collect::<Vec<_>>()}));
-            } else {
-                outln!("Found {} {}", entries.len(), if entries.len() == 1 { "entry" } else { "entries" });
-                for e in &entries {
-                    print_entry(e);
-                }
-            }
-            Ok(())
-        }
-        EntryCommand::Delete { entry_id, sock } => {
-            let mut c = entrypb::entry_client::EntryClient::new(connect_admin(&sock.socket_path).await?);
-            let resp = c
-                .batch_delete_entry(entrypb::BatchDeleteEntryRequest { ids: vec![entry_id.clone()] })
-                .await
-                .map_err(|e| status_msg(&e))?
-                .into_inner();
-            check_result(resp.results.first().and_then(|r| r.status.as_ref()))?;
-            outln!("Deleted entry with ID: {entry_id}");
-            Ok(())
-        }
-        EntryCommand::Count { sock } => {
-            let mut c = entrypb::entry_client::EntryClient::new(connect_admin(&sock.socket_path).await?);
-            let n = c.count_entries(entrypb::CountEntriesRequest::default()).await.map_err(|e| status_msg(&e))?.into_inner().count;
-            if sock.output == "json" {
-                outln!("{}", serde_json::json!({"count": n}))
-            } else {
-                outln!("{n} registration {}", if n == 1 { "entry" } else { "entries" })
-            }
-            Ok(())
-        }
     }
 }
 

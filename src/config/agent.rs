@@ -690,13 +690,13 @@ impl Plugins {
         let na = plugin_decls(w, plugins, "NodeAttestor");
         let node_attestor = match na.as_slice() {
             [n] if n.name == "join_token" => {
-                if let Some(d) = n.data {
+                if let Some(d) = n.data.as_deref() {
                     w.unknown_keys(d, &[], &n.path, |k| (k == "join_token").then_some("the token goes in agent.join_token"));
                 }
                 Some(NodeAttestorConfig::JoinToken)
             }
             [n] if n.name == "x509pop" => {
-                let data = n.data.unwrap_or(&empty);
+                let data = n.data.as_deref().unwrap_or(&empty);
                 w.unknown_keys(data, &["private_key_path", "certificate_path", "intermediates_path"], &n.path, |k| match k {
                     "spiffe_endpoint_socket" => Some("not supported by cairn yet: give private_key_path and certificate_path"),
                     _ => None,
@@ -728,13 +728,13 @@ impl Plugins {
         let km = plugin_decls(w, plugins, "KeyManager");
         let key_manager = match km.as_slice() {
             [k] if k.name == "memory" => {
-                if let Some(d) = k.data {
+                if let Some(d) = k.data.as_deref() {
                     w.unknown_keys(d, &[], &k.path, |_| None);
                 }
                 Some(AgentKeyManagerConfig::Memory)
             }
             [k] if k.name == "disk" => {
-                let data = k.data.unwrap_or(&empty);
+                let data = k.data.as_deref().unwrap_or(&empty);
                 w.unknown_keys(data, &["directory"], &k.path, |k| match k {
                     "keys_path" => Some("that is the server's disk KeyManager; the agent's takes directory"),
                     _ => None,
@@ -761,7 +761,7 @@ impl Plugins {
         for a in &wa {
             match a.name.as_str() {
                 "unix" => {
-                    let data = a.data.unwrap_or(&empty);
+                    let data = a.data.as_deref().unwrap_or(&empty);
                     w.unknown_keys(data, &["discover_workload_path", "workload_size_limit"], &a.path, |_| None);
                     workload_attestors.push(WorkloadAttestorConfig::Unix(UnixAttestorSettings {
                         discover_workload_path: w.boolean(data, "discover_workload_path", &a.path).unwrap_or(false),

@@ -355,7 +355,7 @@ pub use crate::text::format_duration;
 pub(crate) struct PluginDecl<'a> {
     pub(crate) name: String,
     pub(crate) path: String,
-    pub(crate) data: Option<&'a Object>,
+    pub(crate) data: Option<std::borrow::Cow<'a, Object>>,
 }
 
 impl PluginDecl<'_> {
@@ -393,20 +393,36 @@ pub(crate) fn plugin_decls<'a>(w: &mut Walker, plugins: &'a Object, kind: &str) 
                     "external plugin binaries are not supported by cairn; remove plugin_cmd to use the built-in plugin",
                 );
             }
-            if body.get_all("plugin_data_file").next().is_some() {
-                w.err(&join(&path, "plugin_data_file"), "not supported yet: put the settings in plugin_data");
-            }
             if w.boolean(body, "enabled", &path) == Some(false) {
                 continue;
             }
-            let data = match body.get_all("plugin_data").next().map(|i| &i.value) {
-                None => None,
-                Some(v) => {
+            let inline = body.get_all("plugin_data").next().map(|i| &i.value);
+            let data = match (inline, body.get_all("plugin_data_file").next().map(|i| &i.value)) {
+                (Some(_), Some(_)) => {
+                    w.err(&path, "only one of plugin_data and plugin_data_file may be set");
+                    continue;
+                }
+                (None, Some(file)) => {
+                    let Value::String(file) = file else {
+                        w.err(&join(&path, "plugin_data_file"), "expected a file path string");
+                        continue;
+                    };
+                    match plugin_data_file(file) {
+                        Ok(o) => Some(std::borrow::Cow::Owned(o)),
+                        Err(e) => {
+                            // The plugin's own checks would only repeat that its settings are missing.
+                            w.err(&join(&path, "plugin_data_file"), e);
+                            continue;
+                        }
+                    }
+                }
+                (None, None) => None,
+                (Some(v), None) => {
                     let o = as_object(v);
                     if o.is_none() {
                         w.err(&join(&path, "plugin_data"), "expected a block { ... }");
                     }
-                    o
+                    o.map(std::borrow::Cow::Borrowed)
                 }
             };
             if out.iter().any(|d: &PluginDecl<'_>| d.name == inner.key) {
@@ -417,6 +433,24 @@ pub(crate) fn plugin_decls<'a>(w: &mut Walker, plugins: &'a Object, kind: &str) 
         }
     }
     out
+}
+
+/// A plugin's settings from `plugin_data_file`: HCL (or JSON) in a file of its own, read as
+/// SPIRE reads it, relative to the working directory. Errors are worded as SPIRE's, with Go's
+/// text for the system error, since operators' checks grep for them.
+fn plugin_data_file(file: &str) -> Result<Object, String> {
+    let text =
+        std::fs::read_to_string(file).map_err(|e| format!("failed to read plugin configuration: open {file}: {}", go_errno_text(&e)))?;
+    let tree = parse_text(&text, false).map_err(|e| format!("failed to parse plugin configuration {file}: {e}"))?;
+    Ok(tree)
+}
+
+/// An I/O error as Go prints a system error: the C library's text, lower case, no code.
+pub(crate) fn go_errno_text(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    let text = text.split(" (os error").next().unwrap_or(&text);
+    let mut chars = text.chars();
+    chars.next().map(|c| c.to_lowercase().collect::<String>() + chars.as_str()).unwrap_or_default()
 }
 
 #[cfg(test)]

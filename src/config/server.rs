@@ -1136,7 +1136,7 @@ impl Plugins {
         let ds = plugin_decls(w, plugins, "DataStore");
         let datastore = match ds.as_slice() {
             [d] if d.name == "sql" => {
-                let data = d.data.unwrap_or(&empty);
+                let data = d.data.as_deref().unwrap_or(&empty);
                 w.unsupported_and_unknown_keys(
                     data,
                     &[
@@ -1231,13 +1231,13 @@ impl Plugins {
         let km = plugin_decls(w, plugins, "KeyManager");
         let key_manager = match km.as_slice() {
             [k] if k.name == "memory" => {
-                if let Some(d) = k.data {
+                if let Some(d) = k.data.as_deref() {
                     w.unknown_keys(d, &[], &k.path, |_| None);
                 }
                 Some(KeyManagerConfig::Memory)
             }
             [k] if k.name == "disk" => {
-                let data = k.data.unwrap_or(&empty);
+                let data = k.data.as_deref().unwrap_or(&empty);
                 w.unknown_keys(data, &["keys_path"], &k.path, |_| None);
                 match w.string(data, "keys_path", &k.path) {
                     Some(p) if !p.is_empty() => Some(KeyManagerConfig::Disk { keys_path: p.into() }),
@@ -1249,7 +1249,7 @@ impl Plugins {
             }
             [k] if k.name == "hashicorp_vault" => {
                 use crate::keymanager::vault::{KeyIdentifier, VaultKeyManagerConfig};
-                let data = k.data.unwrap_or(&empty);
+                let data = k.data.as_deref().unwrap_or(&empty);
                 let mut known = VAULT_KEYS.to_vec();
                 known.extend(["transit_engine_path", "key_identifier_file", "key_identifier_value"]);
                 w.unknown_keys(data, &known, &k.path, |k| (k == "pki_mount_point").then_some("that is UpstreamAuthority \"vault\"'s key"));
@@ -1282,7 +1282,7 @@ impl Plugins {
                 }
             }
             [k] if k.name == "pkcs11" => {
-                let data = k.data.unwrap_or(&empty);
+                let data = k.data.as_deref().unwrap_or(&empty);
                 let mut known = TOKEN_KEYS.to_vec();
                 known.push("key_label_prefix");
                 w.unknown_keys(data, &known, &k.path, token_key_hint);
@@ -1317,13 +1317,13 @@ impl Plugins {
         for na in plugin_decls(w, plugins, "NodeAttestor") {
             match na.name.as_str() {
                 "join_token" => {
-                    if let Some(d) = na.data {
+                    if let Some(d) = na.data.as_deref() {
                         w.unknown_keys(d, &[], &na.path, |_| None);
                     }
                     node_attestors.push(na.name);
                 }
                 "x509pop" => {
-                    let data = na.data.unwrap_or(&empty);
+                    let data = na.data.as_deref().unwrap_or(&empty);
                     w.unknown_keys(data, &["ca_bundle_path", "ca_bundle_paths", "agent_path_template", "mode"], &na.path, |_| None);
                     if let Some(mode) = w.string(data, "mode", &na.path).filter(|m| m != "external_pki") {
                         w.err(&join(&na.path, "mode"), format!("{}: this cairn supports external_pki", quote(mode)));
@@ -1348,19 +1348,18 @@ impl Plugins {
         let upstream = match ua.as_slice() {
             [] => None,
             [u] if u.name == "disk" => {
-                let data = u.data.unwrap_or(&empty);
+                let data = u.data.as_deref().unwrap_or(&empty);
                 w.unknown_keys(data, &["cert_file_path", "key_file_path", "bundle_file_path"], &u.path, |k| match k {
                     "ttl" => Some("removed: the downstream's ca_ttl decides"),
                     _ => None,
                 });
-                let cert = w.string(data, "cert_file_path", &u.path);
-                let key = w.string(data, "key_file_path", &u.path);
+                let cert = w.string(data, "cert_file_path", &u.path).filter(|s| !s.is_empty());
+                let key = w.string(data, "key_file_path", &u.path).filter(|s| !s.is_empty());
                 let bundle = w.string(data, "bundle_file_path", &u.path).filter(|s| !s.is_empty());
-                if cert.is_none() {
-                    w.err(&join(&u.path, "cert_file_path"), "missing");
-                }
-                if key.is_none() {
-                    w.err(&join(&u.path, "key_file_path"), "missing");
+                if cert.is_none() || key.is_none() {
+                    // SPIRE's words, which operators' checks look for.
+                    let which = if cert.is_none() { "cert_file_path" } else { "key_file_path" };
+                    w.err(&join(&u.path, which), "'cert_file_path' and 'key_file_path' must be set and not empty");
                 }
                 match (cert, key) {
                     (Some(c), Some(k)) => Some(UpstreamConfig::Disk(DiskUpstreamConfig {
@@ -1372,7 +1371,7 @@ impl Plugins {
                 }
             }
             [u] if u.name == "spire" => {
-                let data = u.data.unwrap_or(&empty);
+                let data = u.data.as_deref().unwrap_or(&empty);
                 w.unknown_keys(
                     data,
                     &[
@@ -1463,7 +1462,7 @@ impl Plugins {
                 }
             }
             [u] if u.name == "pkcs11" => {
-                let data = u.data.unwrap_or(&empty);
+                let data = u.data.as_deref().unwrap_or(&empty);
                 let mut known = TOKEN_KEYS.to_vec();
                 known.extend(["key_label", "cert_file_path", "bundle_file_path"]);
                 w.unknown_keys(data, &known, &u.path, |k| match k {
@@ -1490,7 +1489,7 @@ impl Plugins {
                 }
             }
             [u] if u.name == "vault" => {
-                let data = u.data.unwrap_or(&empty);
+                let data = u.data.as_deref().unwrap_or(&empty);
                 let mut known = VAULT_KEYS.to_vec();
                 known.push("pki_mount_point");
                 w.unknown_keys(data, &known, &u.path, |_| None);

@@ -28,6 +28,7 @@ mod module_graph;
 mod nested;
 mod root_tier;
 mod rsa_keys;
+mod spire_scripts;
 mod spire_stock_configs;
 mod spire_suites;
 mod stream_limits;

@@ -274,10 +274,12 @@ fn entries_crud_and_bad_input_is_refused_without_side_effects() {
         "-downstream",
     ]);
     assert!(
-        out.contains("spiffe://example.org/web") && out.contains("Downstream       : true") && out.contains("X509-SVID TTL    : 600"),
+        out.contains("spiffe://example.org/web")
+            && out.contains("Downstream              : true")
+            && out.contains("X509-SVID TTL           : 600"),
         "{out}"
     );
-    let id = out.lines().find_map(|l| l.strip_prefix("Entry ID         : ")).unwrap().to_owned();
+    let id = out.lines().find_map(|l| l.strip_prefix("Entry ID").and_then(|r| r.split_once(": ")).map(|(_, v)| v)).unwrap().to_owned();
     let dup = s.cli(&[
         "entry",
         "create",
@@ -293,8 +295,29 @@ fn entries_crud_and_bad_input_is_refused_without_side_effects() {
     let v: serde_json::Value = serde_json::from_str(&shown).unwrap();
     assert_eq!(v["entries"][0]["id"], id.as_str());
     assert_eq!(v["entries"][0]["selectors"][0]["value"], "uid:1000");
-    let upd = s.cli_ok(&["entry", "update", "-entryID", &id, "-x509SVIDTTL", "900"]);
-    assert!(upd.contains("Revision         : 1") && upd.contains("X509-SVID TTL    : 900") && upd.contains("unix:uid:1000"), "{upd}");
+    // SPIRE's update replaces the entry: what is not given (here -downstream) is cleared, and
+    // the fields `entry create` needs are needed here too.
+    let partial = s.cli(&["entry", "update", "-entryID", &id, "-x509SVIDTTL", "900"]);
+    assert!(String::from_utf8_lossy(&partial.stderr).contains("at least one selector is required"), "{partial:?}");
+    let upd = s.cli_ok(&[
+        "entry",
+        "update",
+        "-entryID",
+        &id,
+        "-spiffeID",
+        "spiffe://example.org/web",
+        "-parentID",
+        "spiffe://example.org/spire/agent/join_token/t",
+        "-selector",
+        "unix:uid:1000",
+        "-x509SVIDTTL",
+        "900",
+    ]);
+    assert!(
+        upd.contains("Revision                : 1") && upd.contains("X509-SVID TTL           : 900") && upd.contains("unix:uid:1000"),
+        "{upd}"
+    );
+    assert!(!upd.contains("Downstream"), "update kept a flag it was not given:\n{upd}");
     s.cli_ok(&["entry", "delete", "-entryID", &id]);
     let gone = s.cli(&["entry", "delete", "-entryID", &id]);
     assert!(String::from_utf8_lossy(&gone.stderr).contains("NotFound"), "{gone:?}");

@@ -110,7 +110,8 @@ async fn entry_changes_reach_an_open_stream() {
             &format!("unix:uid:{}", my_uid()),
         ])
     });
-    let entry_id = created.lines().find_map(|l| l.strip_prefix("Entry ID         : ")).unwrap().to_owned();
+    let entry_id =
+        created.lines().find_map(|l| l.strip_prefix("Entry ID").and_then(|r| r.split_once(": ")).map(|(_, v)| v)).unwrap().to_owned();
     let start = Instant::now();
     let grown = tokio::time::timeout(Duration::from_secs(10), stream.next())
         .await

@@ -511,3 +511,29 @@ fn sql_datastore_for_postgres_and_mysql() {
         "{text}"
     );
 }
+
+#[test]
+fn plugin_data_file_is_read_like_plugin_data_and_a_missing_one_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("disk.conf");
+    std::fs::write(&file, "cert_file_path = \"./up.crt\"\nkey_file_path = \"./up.key\"\n").unwrap();
+    let inline = "plugin_data {\n            key_file_path = \"./conf/dummy_upstream_ca.key\"\n            cert_file_path = \"./conf/dummy_upstream_ca.crt\"\n        }";
+    assert!(GOOD.contains(inline));
+    let c = load(&GOOD.replace(inline, &format!("plugin_data_file = {:?}", file.display().to_string()))).unwrap();
+    match c.upstream {
+        Some(UpstreamConfig::Disk(d)) => {
+            assert_eq!(d.cert_file_path, PathBuf::from("./up.crt"));
+            assert_eq!(d.key_file_path, PathBuf::from("./up.key"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // SPIRE's words for a file that is not there, and no second error about the missing keys.
+    let errs = load(&GOOD.replace(inline, "plugin_data_file = \"conf/nowhere.conf\"")).unwrap_err().to_string();
+    assert!(
+        errs.contains("plugins.UpstreamAuthority.disk.plugin_data_file: failed to read plugin configuration: open conf/nowhere.conf: no such file or directory"),
+        "{errs}"
+    );
+    assert!(!errs.contains("cert_file_path"), "{errs}");
+    let both = load(&GOOD.replace(inline, &format!("{inline}\n plugin_data_file = \"x\""))).unwrap_err().to_string();
+    assert!(both.contains("only one of plugin_data and plugin_data_file"), "{both}");
+}
