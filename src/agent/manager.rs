@@ -134,8 +134,22 @@ struct State {
     agent_svid_tainted: bool,
 }
 
+/// The agent's state as its admin API's Debug GetInfo reports it.
+#[derive(Debug, Clone)]
+pub struct DebugInfo {
+    /// The agent's SVID chain (DER), leaf first, ending with the root it chains to.
+    pub svid_chain: Vec<Vec<u8>>,
+    /// X509-SVIDs held for workloads.
+    pub x509_svids: usize,
+    /// JWT-SVIDs cached for workloads.
+    pub jwt_svids: usize,
+    /// Last successful sync with the server, unix seconds (0: never).
+    pub last_sync_success: i64,
+}
+
 /// The running agent: implements [`WorkloadSource`].
 pub struct Agent {
+    last_sync_success: std::sync::atomic::AtomicI64,
     settings: AgentSettings,
     server_id: SpiffeId,
     state: tokio::sync::Mutex<State>,
@@ -256,6 +270,7 @@ impl Agent {
         let channel = mtls(&settings, &server_id, &svid, &bundle)?;
         let (snapshot, _) = watch::channel(None);
         let agent = Arc::new(Self {
+            last_sync_success: std::sync::atomic::AtomicI64::new(0),
             settings,
             server_id,
             state: tokio::sync::Mutex::new(State {
@@ -342,6 +357,35 @@ impl Agent {
     /// # Errors
     /// A failed RPC (the previous state stays published).
     pub async fn sync_once(&self) -> Result<(), SyncError> {
+        self.sync_inner().await?;
+        self.last_sync_success.store(crate::now_unix(), std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// What the agent admin API's Debug GetInfo reports.
+    pub async fn debug_info(&self) -> DebugInfo {
+        let st = self.state.lock().await;
+        let now = crate::now_unix();
+        // SPIRE reports the chain up to the root it verifies against.
+        let mut chain = st.svid.chain.clone();
+        if let Some(root) = st
+            .bundle
+            .x509_authorities
+            .iter()
+            .find(|r| crate::spiffe::x509::verify_chain(&st.svid.chain, std::slice::from_ref(*r), now).is_ok())
+            && chain.last() != Some(root)
+        {
+            chain.push(root.clone());
+        }
+        DebugInfo {
+            svid_chain: chain,
+            x509_svids: st.svids.len(),
+            jwt_svids: st.jwt.len(),
+            last_sync_success: self.last_sync_success.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
+    async fn sync_inner(&self) -> Result<(), SyncError> {
         let mut st = self.state.lock().await;
         let now = crate::now_unix();
         if half_life_passed(st.svid.not_before, st.svid.not_after, now) || st.agent_svid_tainted {

@@ -178,6 +178,17 @@ pub async fn run_until(config: AgentConfig, shutdown: impl std::future::Future<O
         let l = tokio::net::TcpListener::bind(&addr).await.map_err(|e| format!("health_checks {addr}: {e}"))?;
         tokio::spawn(crate::telemetry::health::serve(l, h, Arc::clone(&agent), nofile, stopped(stop_rx.clone())));
     }
+    if let Some(path) = &config.admin_socket_path {
+        let l = super::admin::bind(path).await?;
+        tracing::info!(socket = %path.display(), "Starting admin APIs");
+        let api = super::admin::AdminApi::new(Arc::clone(&agent));
+        let stop = stopped(stop_rx.clone());
+        tokio::spawn(async move {
+            if let Err(e) = super::admin::serve(api, l, stop).await {
+                tracing::error!(error = %e, "agent admin socket server failed");
+            }
+        });
+    }
     let sync = tokio::spawn(Arc::clone(&agent).run(stopped(stop_rx.clone())));
     let socket = config.socket_path.clone();
     tracing::info!(socket = %socket.display(), "Starting agent APIs");
@@ -193,5 +204,8 @@ pub async fn run_until(config: AgentConfig, shutdown: impl std::future::Future<O
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), serve).await;
     let _ = std::fs::remove_file(&socket);
+    if let Some(path) = &config.admin_socket_path {
+        let _ = std::fs::remove_file(path);
+    }
     result
 }

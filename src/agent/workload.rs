@@ -352,10 +352,17 @@ impl SpiffeWorkloadApi for WorkloadApi {
 
         let mut svids = Vec::with_capacity(identities.len());
         for item in &identities {
-            let (token, _expiry) = self.source.fetch_jwt_svid(item, audience).await.map_err(|e| match e {
+            let (token, expiry) = self.source.fetch_jwt_svid(item, audience).await.map_err(|e| match e {
                 FetchJwtError::InvalidArgument(m) => Status::from(WorkloadError::InvalidArgument(format!("could not fetch JWT-SVID: {m}"))),
                 FetchJwtError::Unavailable(m) => Status::from(WorkloadError::Unavailable(format!("could not fetch JWT-SVID: {m}"))),
             })?;
+            // SPIRE's debug line for each JWT-SVID handed out (operators grep for the method).
+            tracing::debug!(
+                method = "FetchJWTSVID",
+                spiffe_id = %item.spiffe_id,
+                ttl = expiry.saturating_sub(crate::now_unix()),
+                "Fetched JWT SVID"
+            );
             svids.push(Jwtsvid { spiffe_id: item.spiffe_id.to_string(), svid: token, hint: item.hint.clone() });
         }
         Ok(Response::new(JwtsvidResponse { svids }))

@@ -13,6 +13,7 @@ pub mod debug;
 pub mod entry;
 pub mod limiter;
 pub mod localauthority;
+pub mod logger;
 pub mod status;
 pub mod svid;
 pub mod trustdomain;

@@ -38,6 +38,16 @@ pub enum AgentCommand {
         #[command(subcommand)]
         command: ApiCommand,
     },
+    /// The running log level, through the admin socket's Logger API.
+    Logger {
+        #[command(subcommand)]
+        command: super::logger::LoggerCommand,
+    },
+    /// The agent's state, through the admin socket's Debug API.
+    Debug {
+        #[command(subcommand)]
+        command: super::logger::DebugCommand,
+    },
 }
 
 /// Flags of `run` and `validate` (SPIRE's).
@@ -282,7 +292,8 @@ where
             runner(config).await
         }
         AgentCommand::Validate(a) => {
-            let config = a.load()?;
+            // SPIRE's words around cairn's report (which names the file and each key).
+            let config = a.load().map_err(|e| format!("SPIRE agent configuration file is invalid: {e}"))?;
             // Keys accepted without effect are shown, on stderr so stdout stays SPIRE's.
             for n in &config.notices {
                 eprintln!("note: {n}");
@@ -291,6 +302,8 @@ where
             Ok(())
         }
         AgentCommand::Healthcheck(h) => healthcheck(&h).await,
+        AgentCommand::Logger { command } => super::logger::run(command, super::logger::Program::Agent).await,
+        AgentCommand::Debug { command } => super::logger::run_debug(command).await,
         AgentCommand::Api { command } => match command {
             ApiCommand::Fetch(FetchArgs { kind: None, x509 } | FetchArgs { kind: Some(FetchKind::X509(x509)), .. }) => {
                 fetch_x509(&x509).await
@@ -543,7 +556,7 @@ pub(crate) fn go_time(unix: i64) -> String {
 }
 
 /// Go's `time.Duration.String()`: `1.5s`, `12.3ms`, `4µs`, `1h2m0.5s`.
-fn go_duration(d: Duration) -> String {
+pub(crate) fn go_duration(d: Duration) -> String {
     fn frac(v: u128, unit: u128) -> String {
         let digits = unit.ilog10() as usize;
         let whole = v / unit;

@@ -21,6 +21,7 @@ pub mod entry;
 pub mod federation;
 pub mod hsm;
 pub mod localauthority;
+pub mod logger;
 pub mod server;
 pub mod tiers;
 

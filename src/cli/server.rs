@@ -58,6 +58,11 @@ pub enum ServerCommand {
         #[command(subcommand)]
         command: super::localauthority::LocalAuthorityCommand,
     },
+    /// The running log level (Logger API).
+    Logger {
+        #[command(subcommand)]
+        command: super::logger::LoggerCommand,
+    },
     /// Taint and revocation of the upstream authority that signed this tier's old X.509 CA.
     Upstreamauthority {
         #[command(subcommand)]
@@ -324,7 +329,7 @@ pub async fn run(cmd: ServerCommand) -> CliResult {
         ServerCommand::Run(a) => run_server(a).await,
         ServerCommand::Validate(a) => {
             let config = ServerConfig::load(&a.config, a.expand_env, &overrides(&a))
-                .map_err(|e| format!("config {} is not valid:\n{e}", a.config.display()))?;
+                .map_err(|e| format!("SPIRE server configuration file is invalid: config {} is not valid:\n{e}", a.config.display()))?;
             // Keys accepted without effect are shown, on stderr so stdout stays SPIRE's.
             for n in &config.notices {
                 eprintln!("note: {n}");
@@ -333,7 +338,7 @@ pub async fn run(cmd: ServerCommand) -> CliResult {
             for w in &config.warnings {
                 eprintln!("warning: {w}");
             }
-            outln!("Configuration is valid.");
+            outln!("SPIRE server configuration file is valid.");
             Ok(())
         }
         ServerCommand::Healthcheck(h) => healthcheck(h).await,
@@ -345,6 +350,7 @@ pub async fn run(cmd: ServerCommand) -> CliResult {
         ServerCommand::Agent { command } => agent(command).await,
         ServerCommand::Federation { command } => super::federation::run(command).await,
         ServerCommand::Localauthority { command } => super::localauthority::run(command).await,
+        ServerCommand::Logger { command } => super::logger::run(command, super::logger::Program::Server).await,
         ServerCommand::Upstreamauthority { command } => super::localauthority::run_upstream(command).await,
     }
 }

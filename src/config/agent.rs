@@ -16,7 +16,7 @@
 //!   `experimental.require_pq_kem = false`, empty `experimental.feature_flags`, an empty
 //!   `telemetry` block;
 //! - refused as "`<path>`: not supported by cairn (why)": everything else SPIRE has that cairn
-//!   does not (`admin_socket_path`, the SVID cache sizes, `sds`, `availability_target`,
+//!   does not (the SVID cache sizes, `sds`, `availability_target`,
 //!   `telemetry` sinks, ...), and keys SPIRE removed or renamed (with a hint naming the
 //!   replacement).
 //!
@@ -122,6 +122,8 @@ pub struct AgentConfig {
     pub server_port: u16,
     /// Workload API socket (default `/tmp/spire-agent/public/api.sock`).
     pub socket_path: PathBuf,
+    /// The admin socket (Debug and Logger APIs); off when unset, as in SPIRE.
+    pub admin_socket_path: Option<PathBuf>,
     /// Directory for agent state (default `.`).
     pub data_dir: PathBuf,
     /// How the server is trusted at bootstrap.
@@ -239,6 +241,7 @@ impl fmt::Debug for AgentOverrides {
 
 /// `agent { ... }` keys cairn reads or accepts.
 const AGENT_KEYS: &[&str] = &[
+    "admin_socket_path",
     "trust_domain",
     "server_address",
     "server_port",
@@ -269,7 +272,6 @@ const AGENT_KEYS: &[&str] = &[
 /// SPIRE agent keys cairn does not have, and why.
 fn agent_unsupported(key: &str) -> Option<&'static str> {
     match key {
-        "admin_socket_path" => Some("no agent admin API yet (Debug and Delegated Identity APIs); remove it"),
         "x509_svid_cache_max_size" | "jwt_svid_cache_max_size" => {
             Some("its SVID cache holds every SVID the agent is entitled to, with no size limit yet; remove it")
         }
@@ -390,6 +392,12 @@ impl AgentConfig {
             .or_else(|| nonempty_path(&mut w, agent, "socket_path", p))
             .unwrap_or_else(|| DEFAULT_SOCKET_PATH.into());
         let data_dir = overrides.data_dir.clone().or_else(|| nonempty_path(&mut w, agent, "data_dir", p)).unwrap_or_else(|| ".".into());
+        let admin_socket_path = nonempty_path(&mut w, agent, "admin_socket_path", p);
+        if let Some(a) = &admin_socket_path
+            && let Err(e) = check_admin_socket_placement(a, &socket_path)
+        {
+            w.err("agent.admin_socket_path", e);
+        }
 
         let trust_bundle = trust_bundle(&mut w, agent, overrides);
         let join_token = join_token(&mut w, agent, overrides);
@@ -518,6 +526,7 @@ impl AgentConfig {
                 server_address,
                 server_port,
                 socket_path,
+                admin_socket_path,
                 data_dir,
                 trust_bundle,
                 join_token,
@@ -560,6 +569,21 @@ fn trust_domain(w: &mut Walker, text: Option<String>) -> Option<TrustDomain> {
 }
 
 /// A path-valued string key; an empty string counts as unset (as in SPIRE).
+/// Refuses an admin socket inside the Workload API socket's directory (SPIRE's rule and words).
+///
+/// # Errors
+/// The admin socket would be reachable by every local user.
+fn check_admin_socket_placement(admin: &Path, workload: &Path) -> Result<(), String> {
+    let abs = |p: &Path| if p.is_absolute() { p.to_owned() } else { std::env::current_dir().unwrap_or_default().join(p) };
+    let (admin, workload) = (abs(admin), abs(workload));
+    if let Some(dir) = workload.parent()
+        && admin.starts_with(dir)
+    {
+        return Err("admin socket cannot be in the same directory or a subdirectory as that containing the Workload API socket".into());
+    }
+    Ok(())
+}
+
 fn nonempty_path(w: &mut Walker, obj: &Object, key: &str, path: &str) -> Option<PathBuf> {
     w.string(obj, key, path).filter(|s| !s.is_empty()).map(PathBuf::from)
 }

@@ -571,6 +571,7 @@ fn grpc_router(svc: &Svc) -> GrpcRouter {
         .add_service(spb::agent::v1::agent_server::AgentServer::new(svc.clone()).max_decoding_message_size(m))
         .add_service(spb::trustdomain::v1::trust_domain_server::TrustDomainServer::new(svc.clone()).max_decoding_message_size(m))
         .add_service(spb::localauthority::v1::local_authority_server::LocalAuthorityServer::new(svc.clone()).max_decoding_message_size(m))
+        .add_service(spb::logger::v1::logger_server::LoggerServer::new(svc.clone()).max_decoding_message_size(m))
         .add_service(
             crate::wire::pb::cairn::api::bundlewatch::v1::bundle_watch_server::BundleWatchServer::new(svc.clone())
                 .max_decoding_message_size(m),

@@ -87,29 +87,90 @@ pub enum TelemetryError {
     },
 }
 
+/// The levels an operator can choose: SPIRE's (logrus's) names. `panic` and `fatal` keep
+/// only what cairn logs at ERROR, as tracing has nothing above it.
+pub const LEVELS: [&str; 7] = ["panic", "fatal", "error", "warn", "info", "debug", "trace"];
+
+/// Runtime control of the log level (SPIRE's Logger API): the filter is reloadable.
+struct LevelControl {
+    handle: tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>,
+    launch: &'static str,
+    current: std::sync::Mutex<&'static str>,
+}
+
+static LEVEL_CONTROL: std::sync::OnceLock<LevelControl> = std::sync::OnceLock::new();
+
+/// A level name in SPIRE's spelling (any case) as one of [`LEVELS`].
+#[must_use]
+pub fn level_name(level: &str) -> Option<&'static str> {
+    let l = level.to_ascii_lowercase();
+    let l = if l == "warning" { "warn".to_owned() } else { l };
+    LEVELS.iter().copied().find(|n| *n == l)
+}
+
+fn filter_for(level: &str) -> tracing_subscriber::EnvFilter {
+    let tracing_level = match level {
+        "panic" | "fatal" => "error",
+        other => other,
+    };
+    tracing_subscriber::EnvFilter::new(format!("warn,cairn={tracing_level}"))
+}
+
+/// The current and launch levels (lower case, from [`LEVELS`]), once logging is set up.
+#[must_use]
+pub fn log_levels() -> Option<(&'static str, &'static str)> {
+    let c = LEVEL_CONTROL.get()?;
+    Some((*c.current.lock().unwrap_or_else(PoisonError::into_inner), c.launch))
+}
+
+/// Sets the level from now on; `None` goes back to the launch level.
+///
+/// # Errors
+/// Logging is not set up in this process, or the level is not one of [`LEVELS`].
+pub fn set_log_level(level: Option<&str>) -> Result<(&'static str, &'static str), String> {
+    let c = LEVEL_CONTROL.get().ok_or("logging is not set up in this process")?;
+    let name = match level {
+        None => c.launch,
+        Some(l) => level_name(l).ok_or_else(|| format!("{l:?} is not a log level (one of {})", LEVELS.join(", ")))?,
+    };
+    c.handle.reload(filter_for(name)).map_err(|e| format!("cannot change the log level: {e}"))?;
+    *c.current.lock().unwrap_or_else(PoisonError::into_inner) = name;
+    Ok((name, c.launch))
+}
+
 /// Installs the global tracing subscriber (level from the settings or `CAIRN_LOG`) and, inside
 /// a tokio runtime, the SIGUSR2 handler. Secrets are never passed to tracing fields, so nothing
-/// here redacts.
+/// here redacts. The level can be changed later with [`set_log_level`].
 ///
 /// # Errors
 /// `log_file` cannot be opened (named with its path).
 pub fn init(settings: &LogSettings) -> Result<(), TelemetryError> {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("warn,cairn={}", settings.level.to_ascii_lowercase())));
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let launch = level_name(&settings.level).unwrap_or("info");
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG").unwrap_or_else(|_| filter_for(launch));
     let file = match &settings.file {
         Some(path) => Some(ReopenableFile::open(path).map_err(|source| TelemetryError::LogFile { path: path.clone(), source })?),
         None => None,
     };
-    let builder =
-        tracing_subscriber::fmt().with_env_filter(filter).with_file(settings.source_location).with_line_number(settings.source_location);
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    type Filtered = tracing_subscriber::layer::Layered<
+        tracing_subscriber::reload::Layer<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>,
+        tracing_subscriber::Registry,
+    >;
+    type Boxed = Box<dyn tracing_subscriber::Layer<Filtered> + Send + Sync>;
+    let base = tracing_subscriber::fmt::layer().with_file(settings.source_location).with_line_number(settings.source_location);
+    let fmt: Boxed = match (&file, settings.format) {
+        (Some(f), LogFormat::Json) => Box::new(base.json().with_ansi(false).with_writer(f.clone())),
+        (Some(f), LogFormat::Text) => Box::new(base.with_ansi(false).with_writer(f.clone())),
+        (None, LogFormat::Json) => Box::new(base.json().with_ansi(false).with_writer(std::io::stderr)),
+        (None, LogFormat::Text) => Box::new(base.with_ansi(std::io::stderr().is_terminal()).with_writer(std::io::stderr)),
+    };
     // A subscriber may already be installed (tests running several commands in one process);
     // the first one stays, which is what try_init reports and what we want.
-    let _ = match (&file, settings.format) {
-        (Some(f), LogFormat::Json) => builder.json().with_ansi(false).with_writer(f.clone()).try_init(),
-        (Some(f), LogFormat::Text) => builder.with_ansi(false).with_writer(f.clone()).try_init(),
-        (None, LogFormat::Json) => builder.json().with_ansi(false).with_writer(std::io::stderr).try_init(),
-        (None, LogFormat::Text) => builder.with_ansi(std::io::stderr().is_terminal()).with_writer(std::io::stderr).try_init(),
-    };
+    if tracing_subscriber::registry().with(filter).with(fmt).try_init().is_ok() {
+        let _ = LEVEL_CONTROL.set(LevelControl { handle, launch, current: std::sync::Mutex::new(launch) });
+    }
     reopen_on_sigusr2(file);
     Ok(())
 }

@@ -112,3 +112,41 @@ pub fn selector_from_proto(s: &pt::Selector) -> Result<Selector, WireError> {
     }
     Ok(Selector { kind: s.r#type.clone(), value: s.value.clone() })
 }
+
+/// SPIRE's LogLevel enum value for a level name of [`crate::telemetry::LEVELS`].
+#[must_use]
+pub fn log_level_to_proto(name: &str) -> i32 {
+    use crate::wire::pb::spire::api::types::LogLevel as L;
+    (match name {
+        "panic" => L::Panic,
+        "fatal" => L::Fatal,
+        "error" => L::Error,
+        "warn" => L::Warn,
+        "info" => L::Info,
+        "debug" => L::Debug,
+        "trace" => L::Trace,
+        _ => L::Unspecified,
+    }) as i32
+}
+
+/// The level name of a SPIRE LogLevel value; `None` for UNSPECIFIED or an unknown value.
+#[must_use]
+pub fn log_level_from_proto(v: i32) -> Option<&'static str> {
+    use crate::wire::pb::spire::api::types::LogLevel as L;
+    Some(match L::try_from(v).ok()? {
+        L::Panic => "panic",
+        L::Fatal => "fatal",
+        L::Error => "error",
+        L::Warn => "warn",
+        L::Info => "info",
+        L::Debug => "debug",
+        L::Trace => "trace",
+        L::Unspecified => return None,
+    })
+}
+
+/// The Logger API's answer: current and launch levels.
+#[must_use]
+pub fn logger_to_proto(current: &str, launch: &str) -> crate::wire::pb::spire::api::types::Logger {
+    crate::wire::pb::spire::api::types::Logger { current_level: log_level_to_proto(current), launch_level: log_level_to_proto(launch) }
+}

@@ -3,7 +3,21 @@
 #![allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all, unreachable_pub)]
 
 pub mod spire {
+    pub mod agent {
+        pub mod debug {
+            pub mod v1 {
+                tonic::include_proto!("spire.agent.debug.v1");
+            }
+        }
+    }
     pub mod api {
+        pub mod agent {
+            pub mod logger {
+                pub mod v1 {
+                    tonic::include_proto!("spire.api.agent.logger.v1");
+                }
+            }
+        }
         pub mod types {
             tonic::include_proto!("spire.api.types");
         }

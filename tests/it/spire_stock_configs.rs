@@ -301,13 +301,11 @@ fn refused_keys_name_their_path() {
             "spire-server",
             tree.write(
                 "server/refused.conf",
-                &(server.replacen("log_level = \"DEBUG\"", "log_level = \"DEBUG\"\n    ratelimit { attestation = false }", 1)
-                    .replacen(
-                        "connection_string = \"./.data/datastore.sqlite3\"",
-                        "connection_string = \"./.data/datastore.sqlite3\"\n            ro_connection_string = \"./.data/replica.sqlite3\"",
-                        1,
-                    )
-                    + "telemetry {\n    Prometheus {\n        port = 9988\n    }\n}\n"),
+                &(server.replacen("log_level = \"DEBUG\"", "log_level = \"DEBUG\"\n    ratelimit { attestation = false }", 1).replacen(
+                    "connection_string = \"./.data/datastore.sqlite3\"",
+                    "connection_string = \"./.data/datastore.sqlite3\"\n            ro_connection_string = \"./.data/replica.sqlite3\"",
+                    1,
+                ) + "telemetry {\n    Prometheus {\n        port = 9988\n    }\n}\n"),
             ),
             &["server.ratelimit", "plugins.DataStore.sql.plugin_data.ro_connection_string", "telemetry.Prometheus"],
         ),
@@ -317,11 +315,11 @@ fn refused_keys_name_their_path() {
                 "agent/refused.conf",
                 &std::fs::read_to_string(tree.root().join("conf/agent/agent.conf")).unwrap().replacen(
                     "log_level = \"DEBUG\"",
-                    "log_level = \"DEBUG\"\n    admin_socket_path = \"/tmp/spire-agent/private/admin.sock\"\n    x509_svid_cache_max_size = 5",
+                    "log_level = \"DEBUG\"\n    x509_svid_cache_max_size = 5",
                     1,
                 ),
             ),
-            &["agent.admin_socket_path", "agent.x509_svid_cache_max_size"],
+            &["agent.x509_svid_cache_max_size"],
         ),
     ];
     for (program, config, paths) in cases {

@@ -442,19 +442,20 @@ fn load_reads_files_and_expands_env_only_when_asked() {
 
 #[test]
 fn keys_cairn_lacks_are_refused_by_path_with_a_reason() {
-    let text = with(
-        "admin_socket_path = \"/run/a.sock\"\n x509_svid_cache_max_size = 10\n jwt_svid_cache_max_size = 10\n log_selectors = [\"unix:user\"]",
-        PLUGINS,
-    ) + "telemetry {\n Prometheus { port = 9988 }\n}\n";
+    let text = with("x509_svid_cache_max_size = 10\n jwt_svid_cache_max_size = 10\n log_selectors = [\"unix:user\"]", PLUGINS)
+        + "telemetry {\n Prometheus { port = 9988 }\n}\n";
     let errs = load(&text).unwrap_err();
-    for key in [
-        "agent.admin_socket_path",
-        "agent.x509_svid_cache_max_size",
-        "agent.jwt_svid_cache_max_size",
-        "agent.log_selectors",
-        "telemetry.Prometheus",
-    ] {
+    for key in ["agent.x509_svid_cache_max_size", "agent.jwt_svid_cache_max_size", "agent.log_selectors", "telemetry.Prometheus"] {
         let e = errs.0.iter().find(|e| e.path == key).unwrap_or_else(|| panic!("{key} not refused:\n{errs}"));
         assert!(e.message.starts_with("not supported by cairn (") && e.message.ends_with(')'), "{key}: {}", e.message);
     }
+}
+
+#[test]
+fn the_admin_socket_may_not_share_the_workload_sockets_directory() {
+    let w = Path::new("/tmp/spire-agent/public/api.sock");
+    assert!(check_admin_socket_placement(Path::new("/tmp/spire-agent/public/admin.sock"), w).is_err());
+    assert!(check_admin_socket_placement(Path::new("/tmp/spire-agent/public/sub/admin.sock"), w).is_err());
+    assert!(check_admin_socket_placement(Path::new("/tmp/spire-agent/private/admin.sock"), w).is_ok());
+    assert!(check_admin_socket_placement(Path::new("/opt/debug.sock"), w).is_ok());
 }
