@@ -61,6 +61,95 @@ async fn attest_flow(
     })
 }
 
+/// ListAgents/CountAgents filter fields (their Filter messages are twins).
+struct AgentFilter<'a> {
+    by_attestation_type: &'a str,
+    by_selector_match: Option<&'a pt::SelectorMatch>,
+    by_banned: Option<bool>,
+    by_can_reattest: Option<bool>,
+    by_expires_before: &'a str,
+}
+
+/// SPIRE's `by_expires_before` layout (Go's "2006-01-02 15:04:05 -0700 -07"); like SPIRE, a
+/// value that does not parse filters nothing.
+fn parse_expires_before(s: &str) -> Option<i64> {
+    // "YYYY-MM-DD HH:MM:SS ±hhmm" (the trailing zone abbreviation is not needed).
+    let mut parts = s.split(' ');
+    let (date, clock, offset) = (parts.next()?, parts.next()?, parts.next()?);
+    let num = |t: &str| t.parse::<u32>().ok();
+    let d: Vec<u32> = date.split('-').map(num).collect::<Option<_>>()?;
+    let c: Vec<u32> = clock.split(':').map(num).collect::<Option<_>>()?;
+    let ([y, mo, da], [h, mi, se]) = (<[u32; 3]>::try_from(d).ok()?, <[u32; 3]>::try_from(c).ok()?);
+    let sign = match offset.as_bytes().first()? {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    let off = offset.get(1..)?;
+    if off.len() != 4 {
+        return None;
+    }
+    let (oh, om) = (num(off.get(..2)?)?, num(off.get(2..)?)?);
+    let date =
+        time::Date::from_calendar_date(i32::try_from(y).ok()?, time::Month::try_from(u8::try_from(mo).ok()?).ok()?, u8::try_from(da).ok()?)
+            .ok()?;
+    let t = time::Time::from_hms(u8::try_from(h).ok()?, u8::try_from(mi).ok()?, u8::try_from(se).ok()?).ok()?;
+    let local = time::PrimitiveDateTime::new(date, t).assume_utc().unix_timestamp();
+    Some(local - sign * (i64::from(oh) * 3600 + i64::from(om) * 60))
+}
+
+fn filter_agents(nodes: &mut Vec<crate::datastore::AttestedNode>, f: &AgentFilter<'_>) -> Result<(), ApiError> {
+    if !f.by_attestation_type.is_empty() {
+        nodes.retain(|n| n.attestation_type == f.by_attestation_type);
+    }
+    if let Some(banned) = f.by_banned {
+        nodes.retain(|n| n.cert_serial_number.is_empty() == banned);
+    }
+    if let Some(r) = f.by_can_reattest {
+        nodes.retain(|n| n.can_reattest == r);
+    }
+    if let Some(before) = parse_expires_before(f.by_expires_before) {
+        nodes.retain(|n| n.cert_not_after < before);
+    }
+    if let Some(m) = f.by_selector_match {
+        let wanted = m
+            .selectors
+            .iter()
+            .map(crate::wire::convert::selector_from_proto)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ApiError::InvalidArgument(format!("failed to parse selectors: {e}")))?;
+        // An agent without node selectors matches no selector filter, as in SPIRE's datastore.
+        nodes.retain(|n| !n.selectors.is_empty() && super::entry::set_match(&n.selectors, &wanted, m.r#match));
+    }
+    Ok(())
+}
+
+/// Clears what the output mask leaves out (the ID is always returned), as SPIRE's applyMask.
+fn apply_agent_mask(a: &mut pt::Agent, mask: Option<&pt::AgentMask>) {
+    let Some(m) = mask else { return };
+    if !m.attestation_type {
+        a.attestation_type.clear();
+    }
+    if !m.x509svid_serial_number {
+        a.x509svid_serial_number.clear();
+    }
+    if !m.x509svid_expires_at {
+        a.x509svid_expires_at = 0;
+    }
+    if !m.selectors {
+        a.selectors.clear();
+    }
+    if !m.banned {
+        a.banned = false;
+    }
+    if !m.can_reattest {
+        a.can_reattest = false;
+    }
+    if !m.agent_version {
+        a.agent_version.clear();
+    }
+}
+
 /// Longest join token accepted (it becomes a path segment of the agent ID).
 const MAX_TOKEN_LEN: usize = 255;
 
@@ -68,25 +157,67 @@ const MAX_TOKEN_LEN: usize = 255;
 impl pb::agent_server::Agent for Svc {
     async fn count_agents(&self, req: Request<pb::CountAgentsRequest>) -> Result<Response<pb::CountAgentsResponse>, Status> {
         self.authorize(&req, Policy::LocalOrAdmin, "/spire.api.server.agent.v1.Agent/CountAgents").await?;
-        let n = self.state().datastore.list_attested_nodes().await.map_err(ApiError::from)?.len();
-        Ok(Response::new(pb::CountAgentsResponse { count: i32::try_from(n).unwrap_or(i32::MAX) }))
+        let mut nodes = self.state().datastore.list_attested_nodes().await.map_err(ApiError::from)?;
+        if let Some(f) = &req.get_ref().filter {
+            filter_agents(
+                &mut nodes,
+                &AgentFilter {
+                    by_attestation_type: &f.by_attestation_type,
+                    by_selector_match: f.by_selector_match.as_ref(),
+                    by_banned: f.by_banned,
+                    by_can_reattest: f.by_can_reattest,
+                    by_expires_before: &f.by_expires_before,
+                },
+            )?;
+        }
+        Ok(Response::new(pb::CountAgentsResponse { count: i32::try_from(nodes.len()).unwrap_or(i32::MAX) }))
     }
 
     async fn list_agents(&self, req: Request<pb::ListAgentsRequest>) -> Result<Response<pb::ListAgentsResponse>, Status> {
         self.authorize(&req, Policy::LocalOrAdmin, "/spire.api.server.agent.v1.Agent/ListAgents").await?;
+        let r = req.get_ref();
+        if r.page_size < 0 {
+            return Err(ApiError::InvalidArgument("page_size must not be negative".into()).into());
+        }
         let mut nodes = self.state().datastore.list_attested_nodes().await.map_err(ApiError::from)?;
-        if let Some(f) = &req.get_ref().filter {
-            if !f.by_attestation_type.is_empty() {
-                nodes.retain(|n| n.attestation_type == f.by_attestation_type);
+        if let Some(f) = &r.filter {
+            filter_agents(
+                &mut nodes,
+                &AgentFilter {
+                    by_attestation_type: &f.by_attestation_type,
+                    by_selector_match: f.by_selector_match.as_ref(),
+                    by_banned: f.by_banned,
+                    by_can_reattest: f.by_can_reattest,
+                    by_expires_before: &f.by_expires_before,
+                },
+            )?;
+        }
+        // Pages in agent ID order; the token is the last ID of the previous page, so agents
+        // attesting or leaving between pages neither repeat nor shift the rest.
+        nodes.sort_by(|a, b| a.spiffe_id.as_str().cmp(b.spiffe_id.as_str()));
+        if !r.page_token.is_empty() {
+            nodes.retain(|n| n.spiffe_id.as_str() > r.page_token.as_str());
+        }
+        let mut next_page_token = String::new();
+        if r.page_size > 0 {
+            let size = usize::try_from(r.page_size).unwrap_or(usize::MAX);
+            if nodes.len() > size {
+                nodes.truncate(size);
             }
-            if let Some(banned) = f.by_banned {
-                nodes.retain(|n| n.cert_serial_number.is_empty() == banned);
-            }
-            if let Some(r) = f.by_can_reattest {
-                nodes.retain(|n| n.can_reattest == r);
+            // SPIRE answers a full page with a token, even when nothing follows it.
+            if nodes.len() == size {
+                next_page_token = nodes.last().map(|n| n.spiffe_id.to_string()).unwrap_or_default();
             }
         }
-        Ok(Response::new(pb::ListAgentsResponse { agents: nodes.iter().map(agent_to_proto).collect(), next_page_token: String::new() }))
+        let agents = nodes
+            .iter()
+            .map(|n| {
+                let mut a = agent_to_proto(n);
+                apply_agent_mask(&mut a, r.output_mask.as_ref());
+                a
+            })
+            .collect();
+        Ok(Response::new(pb::ListAgentsResponse { agents, next_page_token }))
     }
 
     async fn get_agent(&self, req: Request<pb::GetAgentRequest>) -> Result<Response<pt::Agent>, Status> {
@@ -99,7 +230,9 @@ impl pb::agent_server::Agent for Svc {
             .await
             .map_err(ApiError::from)?
             .ok_or_else(|| ApiError::NotFound("agent not found".into()))?;
-        Ok(Response::new(agent_to_proto(&n)))
+        let mut a = agent_to_proto(&n);
+        apply_agent_mask(&mut a, req.get_ref().output_mask.as_ref());
+        Ok(Response::new(a))
     }
 
     async fn delete_agent(&self, req: Request<pb::DeleteAgentRequest>) -> Result<Response<()>, Status> {
@@ -253,5 +386,16 @@ impl pb::agent_server::Agent for Svc {
             return Err(ApiError::InvalidArgument("agent version is longer than 255 characters".into()).into());
         }
         Ok(Response::new(pb::PostStatusResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn expires_before_reads_spires_layout() {
+        assert_eq!(super::parse_expires_before("2026-12-03 15:00:00 +0000 UTC"), Some(1_796_310_000));
+        assert_eq!(super::parse_expires_before("2026-12-03 17:00:00 +0200 +02"), Some(1_796_310_000));
+        assert_eq!(super::parse_expires_before("2026-12-03"), None);
+        assert_eq!(super::parse_expires_before("yesterday"), None);
     }
 }

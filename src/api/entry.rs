@@ -66,7 +66,7 @@ fn filter_from(fl: &FilterFields<'_>) -> Result<(EntryFilter, ExtraFilter), ApiE
 }
 
 /// SPIRE's match behaviours (exact, subset, superset, any) of a wanted set against an entry's.
-fn set_match<T: PartialEq + Ord + Clone>(have: &[T], wanted: &[T], behaviour: i32) -> bool {
+pub(super) fn set_match<T: PartialEq + Ord + Clone>(have: &[T], wanted: &[T], behaviour: i32) -> bool {
     use pt::selector_match::MatchBehavior as B;
     match B::try_from(behaviour).unwrap_or(B::MatchExact) {
         B::MatchExact => {
@@ -87,7 +87,9 @@ fn set_match<T: PartialEq + Ord + Clone>(have: &[T], wanted: &[T], behaviour: i3
 impl ExtraFilter {
     fn keeps(&self, e: &Entry) -> bool {
         self.selectors.as_ref().is_none_or(|(w, b)| set_match(&e.selectors, w, *b))
-            && self.federates_with.as_ref().is_none_or(|(w, b)| set_match(&e.federates_with, w, *b))
+            // As in SPIRE's datastore, an entry that federates with nothing matches no
+            // federates-with filter (not even "subset").
+            && self.federates_with.as_ref().is_none_or(|(w, b)| !e.federates_with.is_empty() && set_match(&e.federates_with, w, *b))
             && self.hint.as_ref().is_none_or(|h| e.hint == *h)
     }
 }

@@ -243,11 +243,47 @@ pub enum JwtCommand {
     },
 }
 
+/// Filters of `agent list` and `agent count` (SPIRE's).
+#[derive(Debug, Args, Clone)]
+pub struct AgentQuery {
+    /// Filter by node selector (repeatable).
+    #[arg(long)]
+    selector: Vec<String>,
+    /// Selector match mode: exact, any, superset or subset.
+    #[arg(long, default_value = "superset")]
+    match_selectors_on: String,
+    /// Filter by attestation type (join_token, x509pop, ...).
+    #[arg(long)]
+    attestation_type: Option<String>,
+    /// `true`: agents that can re-attest; `false`: those that cannot; anything else: all.
+    #[arg(long)]
+    can_reattest: Option<String>,
+    /// `true`: banned agents; `false`: agents not banned; anything else: all.
+    #[arg(long)]
+    banned: Option<String>,
+    /// Agents whose SVID expires before this time ("2006-01-02 15:04:05 -0700 -07").
+    #[arg(long)]
+    expires_before: Option<String>,
+}
+
 /// `agent` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum AgentCommand {
     /// List agents.
     List {
+        #[command(flatten)]
+        q: AgentQuery,
+        #[command(flatten)]
+        sock: Sock,
+    },
+    /// Delete agents that can re-attest and whose SVID expired long ago.
+    Purge {
+        /// How long ago the SVID must have expired (Go duration).
+        #[arg(long, default_value = "720h")]
+        expired_for: String,
+        /// Only print what would be purged.
+        #[arg(long)]
+        dry_run: bool,
         #[command(flatten)]
         sock: Sock,
     },
@@ -278,8 +314,63 @@ pub enum AgentCommand {
     /// Count agents.
     Count {
         #[command(flatten)]
+        q: AgentQuery,
+        #[command(flatten)]
         sock: Sock,
     },
+}
+
+/// The filter the `agent list|count` flags describe, checked as SPIRE checks them.
+fn agent_filter(q: &AgentQuery) -> Result<agentpb::list_agents_request::Filter, String> {
+    let mut f = agentpb::list_agents_request::Filter::default();
+    if !q.selector.is_empty() {
+        let m = match q.match_selectors_on.as_str() {
+            "exact" => pt::selector_match::MatchBehavior::MatchExact,
+            "subset" => pt::selector_match::MatchBehavior::MatchSubset,
+            "superset" => pt::selector_match::MatchBehavior::MatchSuperset,
+            "any" => pt::selector_match::MatchBehavior::MatchAny,
+            _ => return Err("unsupported match behavior".into()),
+        };
+        let selectors = q
+            .selector
+            .iter()
+            .map(|s| match s.split_once(':') {
+                Some((t, v)) => Ok(pt::Selector { r#type: t.into(), value: v.into() }),
+                None => Err(format!("error parsing selector {s:?}: selector \"{s}\" must be formatted as type:value")),
+            })
+            .collect::<Result<_, _>>()?;
+        f.by_selector_match = Some(pt::SelectorMatch { selectors, r#match: m as i32 });
+    }
+    if let Some(e) = q.expires_before.as_ref().filter(|e| !e.is_empty()) {
+        if !go_reference_time_shape(e) {
+            return Err(format!("date is not valid: {e:?} does not match \"2006-01-02 15:04:05 -0700 -07\""));
+        }
+        f.by_expires_before.clone_from(e);
+    }
+    if let Some(t) = q.attestation_type.as_ref().filter(|t| !t.is_empty()) {
+        f.by_attestation_type.clone_from(t);
+    }
+    let tri = |v: &Option<String>| match v.as_deref() {
+        Some("true") => Some(true),
+        Some("false") => Some(false),
+        _ => None,
+    };
+    f.by_can_reattest = tri(&q.can_reattest);
+    f.by_banned = tri(&q.banned);
+    Ok(f)
+}
+
+/// Whether `s` has the shape of Go's "2006-01-02 15:04:05 -0700 -07".
+fn go_reference_time_shape(s: &str) -> bool {
+    let p: Vec<&str> = s.split(' ').collect();
+    let digits = |t: &str, n: usize| t.len() == n && t.bytes().all(|b| b.is_ascii_digit());
+    p.len() == 4
+        && p[0].split('-').map(str::len).eq([4, 2, 2])
+        && p[0].split('-').all(|x| digits(x, x.len()))
+        && p[1].split(':').map(str::len).eq([2, 2, 2])
+        && p[1].split(':').all(|x| digits(x, x.len()))
+        && (p[2].starts_with('+') || p[2].starts_with('-'))
+        && digits(&p[2][1..], 4)
 }
 
 type CliResult = Result<(), String>;
@@ -731,12 +822,104 @@ fn agent_json(a: &pt::Agent) -> serde_json::Value {
     })
 }
 
+/// `agent purge`: SPIRE's, for agents that can re-attest (a banned or evicted one of those
+/// just attests again) whose SVID expired more than `-expiredFor` ago.
+async fn purge(expired_for: &str, dry_run: bool, sock: &Sock) -> CliResult {
+    let age = crate::config::parse_duration(expired_for).map_err(|e| format!("invalid value {expired_for:?} for flag -expiredFor: {e}"))?;
+    let mut c = agentpb::agent_client::AgentClient::new(connect_admin(&sock.socket_path).await?);
+    let agents = c
+        .list_agents(agentpb::ListAgentsRequest {
+            filter: Some(agentpb::list_agents_request::Filter { by_can_reattest: Some(true), ..Default::default() }),
+            output_mask: Some(pt::AgentMask { x509svid_expires_at: true, ..Default::default() }),
+            page_size: 0,
+            page_token: String::new(),
+        })
+        .await
+        .map_err(|e| format!("failed to list agents: {}", rpc_error(&e)))?
+        .into_inner()
+        .agents;
+    let now = crate::now_unix();
+    let mut results = Vec::new();
+    for a in agents.iter().filter(|a| now - a.x509svid_expires_at > age) {
+        let id = a.id.as_ref().map(|i| format!("spiffe://{}{}", i.trust_domain, i.path)).unwrap_or_default();
+        let (deleted, error) = if dry_run {
+            (false, String::new())
+        } else {
+            match c.delete_agent(agentpb::DeleteAgentRequest { id: a.id.clone() }).await {
+                Ok(_) => (true, String::new()),
+                Err(e) => (false, rpc_error(&e)),
+            }
+        };
+        results.push((id, deleted, error));
+    }
+    if sock.output == "json" {
+        let list: Vec<serde_json::Value> = results
+            .iter()
+            .map(|(id, deleted, error)| {
+                let mut v = serde_json::json!({"agent_id": id, "deleted": deleted});
+                if !error.is_empty() {
+                    v["error"] = serde_json::json!(error);
+                }
+                v
+            })
+            .collect();
+        outln!("{}", serde_json::json!({"expired_agents": list}));
+        return Ok(());
+    }
+    if results.is_empty() {
+        outln!("No agents to purge.");
+        return Ok(());
+    }
+    outln!("Found {} expired agent{}\n", results.len(), if results.len() == 1 { "" } else { "s" });
+    if dry_run {
+        outln!("\nAgents that can be purged:");
+        for (id, _, _) in &results {
+            outln!("SPIFFE ID         : {id}");
+        }
+        return Ok(());
+    }
+    let (done, failed): (Vec<_>, Vec<_>) = results.iter().partition(|(_, deleted, _)| *deleted);
+    if !done.is_empty() {
+        outln!("Agents purged:");
+        for (id, _, _) in &done {
+            outln!("SPIFFE ID         : {id}");
+        }
+    }
+    if !failed.is_empty() {
+        outln!("Agents not purged:");
+        for (id, _, e) in &failed {
+            outln!("SPIFFE ID         : {id}");
+            outln!("Error             : {e}");
+        }
+    }
+    Ok(())
+}
+
 async fn agent(cmd: AgentCommand) -> CliResult {
     let agent_ref = |s: &str| parse_id(s, "agent SPIFFE ID").map(|i| id_to_proto(&i));
     match cmd {
-        AgentCommand::List { sock } => {
+        AgentCommand::List { q, sock } => {
+            let filter = agent_filter(&q)?;
             let mut c = agentpb::agent_client::AgentClient::new(connect_admin(&sock.socket_path).await?);
-            let agents = c.list_agents(agentpb::ListAgentsRequest::default()).await.map_err(|e| status_msg(&e))?.into_inner().agents;
+            let mut agents = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let r = c
+                    .list_agents(agentpb::ListAgentsRequest {
+                        filter: Some(filter.clone()),
+                        output_mask: None,
+                        page_size: 1000,
+                        page_token,
+                    })
+                    .await
+                    .map_err(|e| rpc_error(&e))?
+                    .into_inner();
+                agents.extend(r.agents);
+                if r.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = r.next_page_token;
+            }
             if sock.output == "json" {
                 outln!("{}", serde_json::json!({"agents": agents.iter().map(agent_json).collect::<Vec<_>>(), "next_page_token": ""}));
                 return Ok(());
@@ -779,11 +962,25 @@ async fn agent(cmd: AgentCommand) -> CliResult {
             outln!("Agent banned successfully");
             Ok(())
         }
-        AgentCommand::Count { sock } => {
+        AgentCommand::Count { q, sock } => {
+            let f = agent_filter(&q)?;
+            let filter = agentpb::count_agents_request::Filter {
+                by_attestation_type: f.by_attestation_type,
+                by_selector_match: f.by_selector_match,
+                by_banned: f.by_banned,
+                by_can_reattest: f.by_can_reattest,
+                by_expires_before: f.by_expires_before,
+            };
             let mut c = agentpb::agent_client::AgentClient::new(connect_admin(&sock.socket_path).await?);
-            let n = c.count_agents(agentpb::CountAgentsRequest::default()).await.map_err(|e| status_msg(&e))?.into_inner().count;
-            outln!("{n} attested agent{}", if n == 1 { "" } else { "s" });
+            let n =
+                c.count_agents(agentpb::CountAgentsRequest { filter: Some(filter) }).await.map_err(|e| rpc_error(&e))?.into_inner().count;
+            if sock.output == "json" {
+                outln!("{}", serde_json::json!({"count": n}));
+            } else {
+                outln!("{n} attested agent{}", if n == 1 { "" } else { "s" });
+            }
             Ok(())
         }
+        AgentCommand::Purge { expired_for, dry_run, sock } => purge(&expired_for, dry_run, &sock).await,
     }
 }

@@ -98,3 +98,104 @@ fn grpcio_client_from_spires_protos_drives_the_admin_socket() {
     let (ok, out) = run(Command::new("python3").arg("-c").arg(CLIENT).arg(&protos).arg(&s.socket));
     assert!(ok && out.contains("GRPCIO-OK"), "grpcio client failed:\n{out}\nserver log:\n{}", s.log());
 }
+
+/// ListEntries/CountEntries filters as SPIRE's API defines them, asked for by a client generated
+/// from SPIRE's protos: every selector and federates-with match mode, the hint, combinations,
+/// pagination, and the refusals of empty sets.
+const FILTERS: &str = r#"
+import os, sys, tempfile
+proto, sock = sys.argv[1], sys.argv[2]
+out = tempfile.mkdtemp()
+files = []
+for root, _, names in os.walk(os.path.join(proto, "spire/api")):
+    files += [os.path.join(root, n) for n in names if n.endswith(".proto")]
+import grpc_tools, grpc_tools.protoc
+inc = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
+assert grpc_tools.protoc.main(["protoc", f"-I{proto}", f"-I{inc}", f"--python_out={out}", f"--grpc_python_out={out}"] + files) == 0
+sys.path.insert(0, out)
+import grpc
+from google.protobuf import wrappers_pb2
+from spire.api.server.entry.v1 import entry_pb2, entry_pb2_grpc
+from spire.api.types import entry_pb2 as tentry, spiffeid_pb2, selector_pb2, federateswith_pb2
+
+ch = grpc.insecure_channel("unix:" + sock)
+E = entry_pb2_grpc.EntryStub(ch)
+def sid(p): return spiffeid_pb2.SPIFFEID(trust_domain="example.org", path=p)
+def sel(*kv): return [selector_pb2.Selector(type=k, value=v) for k, v in kv]
+made = {}
+for name, sels, feds, hint in [("A", sel(("a", "1")), ["fed1.test"], "h1"),
+                               ("B", sel(("a", "1"), ("b", "2")), ["fed1.test", "fed2.test"], ""),
+                               ("C", sel(("b", "2")), [], "h1")]:
+    r = E.BatchCreateEntry(entry_pb2.BatchCreateEntryRequest(entries=[tentry.Entry(
+        spiffe_id=sid("/f/" + name), parent_id=sid("/f/node"), selectors=sels, federates_with=feds, hint=hint)]))
+    assert r.results[0].status.code == 0, r
+    made[r.results[0].entry.id] = name
+
+SM = selector_pb2.SelectorMatch
+FM = federateswith_pb2.FederatesWithMatch
+def ask(**f):
+    lf = entry_pb2.ListEntriesRequest.Filter(**f)
+    got = sorted(made[e.id] for e in E.ListEntries(entry_pb2.ListEntriesRequest(filter=lf)).entries if e.id in made)
+    n = E.CountEntries(entry_pb2.CountEntriesRequest(filter=entry_pb2.CountEntriesRequest.Filter(**f))).count
+    assert n == len(got), (f, n, got)
+    return "".join(got)
+
+cases = [
+    (dict(by_selectors=SM(selectors=sel(("a", "1")), match=SM.MATCH_EXACT)), "A"),
+    (dict(by_selectors=SM(selectors=sel(("a", "1")), match=SM.MATCH_SUPERSET)), "AB"),
+    (dict(by_selectors=SM(selectors=sel(("a", "1")), match=SM.MATCH_SUBSET)), "A"),
+    (dict(by_selectors=SM(selectors=sel(("a", "1")), match=SM.MATCH_ANY)), "AB"),
+    (dict(by_selectors=SM(selectors=sel(("a", "1"), ("b", "2")), match=SM.MATCH_EXACT)), "B"),
+    (dict(by_selectors=SM(selectors=sel(("a", "1"), ("b", "2")), match=SM.MATCH_SUPERSET)), "B"),
+    (dict(by_selectors=SM(selectors=sel(("a", "1"), ("b", "2")), match=SM.MATCH_SUBSET)), "ABC"),
+    (dict(by_selectors=SM(selectors=sel(("b", "2"), ("c", "3")), match=SM.MATCH_ANY)), "BC"),
+    (dict(by_federates_with=FM(trust_domains=["fed1.test"], match=FM.MATCH_EXACT)), "A"),
+    (dict(by_federates_with=FM(trust_domains=["spiffe://fed1.test"], match=FM.MATCH_SUPERSET)), "AB"),
+    (dict(by_federates_with=FM(trust_domains=["fed1.test"], match=FM.MATCH_SUBSET)), "A"),
+    (dict(by_federates_with=FM(trust_domains=["fed1.test", "fed2.test"], match=FM.MATCH_SUBSET)), "AB"),
+    (dict(by_federates_with=FM(trust_domains=["fed2.test"], match=FM.MATCH_ANY)), "B"),
+    (dict(by_hint=wrappers_pb2.StringValue(value="h1")), "AC"),
+    (dict(by_hint=wrappers_pb2.StringValue(value="h1"), by_selectors=SM(selectors=sel(("b", "2")), match=SM.MATCH_SUPERSET)), "C"),
+    (dict(by_selectors=SM(selectors=sel(("a", "1")), match=SM.MATCH_SUPERSET),
+          by_federates_with=FM(trust_domains=["fed2.test"], match=FM.MATCH_ANY)), "B"),
+    (dict(by_downstream=wrappers_pb2.BoolValue(value=False)), "ABC"),
+    (dict(by_parent_id=sid("/f/node"), by_spiffe_id=sid("/f/B")), "B"),
+]
+for f, want in cases:
+    got = ask(**f)
+    assert got == want, (f, got, want)
+
+# Pages: every entry once, in pages of at most 2, the last page without a token.
+seen, token, pages = [], "", 0
+while True:
+    r = E.ListEntries(entry_pb2.ListEntriesRequest(page_size=2, page_token=token))
+    assert len(r.entries) <= 2, r
+    seen += [e.id for e in r.entries]
+    pages += 1
+    token = r.next_page_token
+    if not token:
+        break
+assert sorted(seen) == sorted(made) and pages >= 2, (seen, pages)
+
+for bad in [dict(by_selectors=SM(selectors=[], match=SM.MATCH_ANY)), dict(by_federates_with=FM(trust_domains=[], match=FM.MATCH_ANY))]:
+    try:
+        E.ListEntries(entry_pb2.ListEntriesRequest(filter=entry_pb2.ListEntriesRequest.Filter(**bad)))
+        raise SystemExit(f"accepted {bad}")
+    except grpc.RpcError as err:
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "malformed" in err.details(), err
+print("FILTERS-OK")
+"#;
+
+#[test]
+fn entry_filters_match_spires_api_through_a_grpcio_client() {
+    require("python3");
+    let protos = sdk_protos();
+    let tmp = tempfile::tempdir().unwrap();
+    let s = TestServer::start(tmp.path(), &ServerOpts::default());
+    let ca = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/spire-suites/suites/spire-server-cli/conf/fixture/ca.pem");
+    for td in ["spiffe://fed1.test", "spiffe://fed2.test"] {
+        s.cli_ok(&["bundle", "set", "-id", td, "-path", ca.to_str().unwrap()]);
+    }
+    let (ok, out) = run(Command::new("python3").arg("-c").arg(FILTERS).arg(&protos).arg(&s.socket));
+    assert!(ok && out.contains("FILTERS-OK"), "filters differ from SPIRE's:\n{out}\nserver log:\n{}", s.log());
+}

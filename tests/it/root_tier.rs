@@ -489,3 +489,48 @@ fn disable_jwt_svids_mints_no_jwt_and_publishes_no_key() {
         "{log}"
     );
 }
+
+/// `agent list|count` filters and `agent purge`, as SPIRE's CLI spells and prints them, on two
+/// real agents (one banned).
+#[test]
+fn agent_list_and_count_filters_and_purge() {
+    use common::agent::{TestAgent, agent_config, token};
+    let tmp = tempfile::tempdir().unwrap();
+    let s = TestServer::start(tmp.path(), &ServerOpts::default());
+    let mut ids = Vec::new();
+    let mut agents = Vec::new();
+    for n in ["a1", "a2"] {
+        let dir = tmp.path().join(n);
+        std::fs::create_dir_all(&dir).unwrap();
+        let t = token(&s, &format!("spiffe://example.org/nodes/{n}"), "600");
+        agents.push(TestAgent::start(&dir, agent_config(&dir, &s, "NodeAttestor \"join_token\" { plugin_data {} }", Some(&t))));
+        ids.push(format!("spiffe://example.org/spire/agent/join_token/{t}"));
+    }
+    s.cli_ok(&["agent", "ban", "-spiffeID", &ids[0]]);
+    let count = |args: &[&str]| {
+        let mut a = vec!["agent", "count"];
+        a.extend_from_slice(args);
+        s.cli_ok(&a).trim().to_owned()
+    };
+    assert_eq!(count(&[]), "2 attested agents");
+    assert_eq!(count(&["-attestationType", "join_token"]), "2 attested agents");
+    assert_eq!(count(&["-attestationType", "x509pop"]), "0 attested agents");
+    assert_eq!(count(&["-banned", "true"]), "1 attested agent");
+    assert_eq!(count(&["-banned", "false"]), "1 attested agent");
+    assert_eq!(count(&["-banned", "whatever"]), "2 attested agents", "SPIRE: any other value means all");
+    assert_eq!(count(&["-canReattest", "true"]), "0 attested agents", "join-token agents cannot re-attest");
+    assert_eq!(count(&["-expiresBefore", "2099-01-01 00:00:00 +0000 UTC"]), "2 attested agents");
+    assert_eq!(count(&["-expiresBefore", "2000-01-01 00:00:00 +0000 UTC"]), "0 attested agents");
+    let bad = s.cli(&["agent", "list", "-expiresBefore", "tomorrow"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("date is not valid"), "{bad:?}");
+    let banned = s.cli_ok(&["agent", "list", "-banned", "true"]);
+    assert!(banned.starts_with("Found 1 attested agent:") && banned.contains(&ids[0]) && !banned.contains(&ids[1]), "{banned}");
+    let json: serde_json::Value = serde_json::from_str(&s.cli_ok(&["agent", "list", "-banned", "false", "-output", "json"])).unwrap();
+    assert_eq!(json["agents"].as_array().unwrap().len(), 1, "{json}");
+    assert_eq!(json["agents"][0]["id"]["path"], ids[1].strip_prefix("spiffe://example.org").unwrap(), "{json}");
+    // Join-token agents cannot re-attest, so purge (which only removes those that can) leaves them.
+    assert_eq!(s.cli_ok(&["agent", "purge", "-dryRun"]), "No agents to purge.\n");
+    assert_eq!(s.cli_ok(&["agent", "purge", "-expiredFor", "1s", "-output", "json"]).trim(), r#"{"expired_agents":[]}"#);
+    assert_eq!(count(&[]), "2 attested agents");
+    drop(agents);
+}
