@@ -179,11 +179,46 @@ impl pb::bundle_server::Bundle for Svc {
         req: Request<pb::BatchDeleteFederatedBundleRequest>,
     ) -> Result<Response<pb::BatchDeleteFederatedBundleResponse>, Status> {
         self.authorize(&req, Policy::LocalOrAdmin, "/spire.api.server.bundle.v1.Bundle/BatchDeleteFederatedBundle").await?;
+        use pb::batch_delete_federated_bundle_request::Mode;
+        let mode = Mode::try_from(req.get_ref().mode).map_err(|_| ApiError::InvalidArgument("unknown delete mode".into()))?;
         let mut results = Vec::new();
         for t in &req.get_ref().trust_domains {
             let r: Result<(), ApiError> = async {
                 let td = foreign_td(self, t)?;
-                Ok(self.state().datastore.delete_bundle(&td).await?)
+                let ds = &self.state().datastore;
+                if ds.get_bundle(&td).await?.is_none() {
+                    return Err(ApiError::NotFound("bundle not found".into()));
+                }
+                // SPIRE's modes for entries that federate with the bundle: refuse, delete them,
+                // or take the trust domain out of them.
+                let using: Vec<_> = ds
+                    .list_entries(&crate::datastore::EntryFilter::default())
+                    .await?
+                    .into_iter()
+                    .filter(|e| e.federates_with.contains(&td))
+                    .collect();
+                match mode {
+                    Mode::Restrict if !using.is_empty() => {
+                        return Err(ApiError::FailedPrecondition(format!(
+                            "failed to delete federated bundle: cannot delete bundle; federated with {} registration entries",
+                            using.len()
+                        )));
+                    }
+                    Mode::Restrict => {}
+                    Mode::Delete => {
+                        for e in &using {
+                            ds.delete_entry(&e.id).await?;
+                        }
+                    }
+                    Mode::Dissociate => {
+                        for e in &using {
+                            let mut e = e.clone();
+                            e.federates_with.retain(|f| f != &td);
+                            ds.update_entry(&e).await?;
+                        }
+                    }
+                }
+                Ok(ds.delete_bundle(&td).await?)
             }
             .await;
             results.push(pb::batch_delete_federated_bundle_response::Result {

@@ -84,6 +84,57 @@ pub(super) fn set_match<T: PartialEq + Ord + Clone>(have: &[T], wanted: &[T], be
     }
 }
 
+/// Clears what an output mask leaves out (the ID is always returned), as SPIRE's applyMask.
+fn masked(mut e: pt::Entry, mask: Option<&pt::EntryMask>) -> pt::Entry {
+    let Some(m) = mask else { return e };
+    if !m.spiffe_id {
+        e.spiffe_id = None;
+    }
+    if !m.parent_id {
+        e.parent_id = None;
+    }
+    if !m.selectors {
+        e.selectors.clear();
+    }
+    if !m.x509_svid_ttl {
+        e.x509_svid_ttl = 0;
+    }
+    if !m.jwt_svid_ttl {
+        e.jwt_svid_ttl = 0;
+    }
+    if !m.federates_with {
+        e.federates_with.clear();
+    }
+    if !m.admin {
+        e.admin = false;
+    }
+    if !m.downstream {
+        e.downstream = false;
+    }
+    if !m.expires_at {
+        e.expires_at = 0;
+    }
+    if !m.dns_names {
+        e.dns_names.clear();
+    }
+    if !m.revision_number {
+        e.revision_number = 0;
+    }
+    if !m.store_svid {
+        e.store_svid = false;
+    }
+    if !m.hint {
+        e.hint.clear();
+    }
+    if !m.created_at {
+        e.created_at = 0;
+    }
+    if !m.additional_attributes {
+        e.additional_attributes = None;
+    }
+    e
+}
+
 impl ExtraFilter {
     fn keeps(&self, e: &Entry) -> bool {
         self.selectors.as_ref().is_none_or(|(w, b)| set_match(&e.selectors, w, *b))
@@ -148,7 +199,8 @@ impl pb::entry_server::Entry for Svc {
             r.page_token.parse().map_err(|_| ApiError::InvalidArgument("could not parse page token".into()))?
         };
         let size = if r.page_size == 0 { usize::MAX } else { usize::try_from(r.page_size).unwrap_or(DEFAULT_PAGE) };
-        let page: Vec<pt::Entry> = entries.iter().skip(start).take(size).map(entry_to_proto).collect();
+        let page: Vec<pt::Entry> =
+            entries.iter().skip(start).take(size).map(|e| masked(entry_to_proto(e), r.output_mask.as_ref())).collect();
         let next = start.saturating_add(page.len());
         let next_page_token = if r.page_size > 0 && next < entries.len() { next.to_string() } else { String::new() };
         Ok(Response::new(pb::ListEntriesResponse { entries: page, next_page_token }))
@@ -167,7 +219,7 @@ impl pb::entry_server::Entry for Svc {
             .await
             .map_err(ApiError::from)?
             .ok_or_else(|| ApiError::NotFound("entry not found".into()))?;
-        Ok(Response::new(entry_to_proto(&e)))
+        Ok(Response::new(masked(entry_to_proto(&e), req.get_ref().output_mask.as_ref())))
     }
 
     async fn batch_create_entry(
@@ -190,7 +242,7 @@ impl pb::entry_server::Entry for Svc {
                 }
                 // create_entry refuses a similar entry itself; only then is the existing one looked up.
                 match ds.create_entry(&entry).await {
-                    Ok(e) => Ok(entry_to_proto(&e)),
+                    Ok(e) => Ok(masked(entry_to_proto(&e), req.get_ref().output_mask.as_ref())),
                     Err(crate::datastore::DatastoreError::AlreadyExists { what }) => {
                         let existing = ds.find_similar_entry(&entry).await.ok().flatten().map(|e| entry_to_proto(&e));
                         Err((ApiError::AlreadyExists(format!("{what} already exists")), existing))
@@ -266,7 +318,7 @@ impl pb::entry_server::Entry for Svc {
                 }
                 merged.id.clone_from(&e.id);
                 let entry = entry_from_proto(&merged, &self.state().trust_domain)?;
-                Ok(entry_to_proto(&ds.update_entry(&entry).await?))
+                Ok(masked(entry_to_proto(&ds.update_entry(&entry).await?), req.get_ref().output_mask.as_ref()))
             }
             .await;
             results.push(match r {

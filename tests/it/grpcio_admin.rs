@@ -177,6 +177,16 @@ while True:
         break
 assert sorted(seen) == sorted(made) and pages >= 2, (seen, pages)
 
+# Output masks: the ID always, then only what the mask asks for.
+m = tentry.EntryMask(spiffe_id=True)
+for e in E.ListEntries(entry_pb2.ListEntriesRequest(output_mask=m)).entries:
+    assert e.id and e.spiffe_id.path and not e.selectors and not e.HasField("parent_id") and not e.federates_with, e
+one = next(iter(made))
+g = E.GetEntry(entry_pb2.GetEntryRequest(id=one, output_mask=tentry.EntryMask(selectors=True)))
+assert g.id == one and g.selectors and not g.HasField("spiffe_id"), g
+full = E.GetEntry(entry_pb2.GetEntryRequest(id=one))
+assert full.HasField("spiffe_id") and full.selectors and full.revision_number == 0, full
+
 for bad in [dict(by_selectors=SM(selectors=[], match=SM.MATCH_ANY)), dict(by_federates_with=FM(trust_domains=[], match=FM.MATCH_ANY))]:
     try:
         E.ListEntries(entry_pb2.ListEntriesRequest(filter=entry_pb2.ListEntriesRequest.Filter(**bad)))

@@ -374,7 +374,38 @@ fn federated_bundles_set_list_delete() {
     assert!(!bad.status.success(), "duplicate keys must be refused");
     let own = a.cli(&["bundle", "set", "-id", "example.org", "-path", foreign.to_str().unwrap(), "-format", "spiffe"]);
     assert!(!own.status.success(), "own trust domain cannot be overwritten as a federated bundle");
-    a.cli_ok(&["bundle", "delete", "-id", "partner.org"]);
+    // SPIRE's delete modes: restrict (the default) refuses while an entry federates with the
+    // bundle; dissociate takes the trust domain out of the entry; delete removes the entry.
+    let mk = |path: &str| {
+        let out = a.cli_ok(&[
+            "entry",
+            "create",
+            "-spiffeID",
+            &format!("spiffe://example.org/{path}"),
+            "-parentID",
+            "spiffe://example.org/node",
+            "-selector",
+            "unix:uid:7",
+            "-federatesWith",
+            "spiffe://partner.org",
+        ]);
+        out.lines().find_map(|l| l.strip_prefix("Entry ID").and_then(|r| r.split_once(": ")).map(|(_, v)| v.to_owned())).unwrap()
+    };
+    let kept = mk("fed-kept");
+    let refused = a.cli(&["bundle", "delete", "-id", "partner.org"]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("FailedPrecondition") && err.contains("federated with 1 registration entries"),
+        "{err}"
+    );
+    a.cli_ok(&["bundle", "delete", "-id", "partner.org", "-mode", "dissociate"]);
+    let shown = a.cli_ok(&["entry", "show", "-entryID", &kept]);
+    assert!(!shown.contains("FederatesWith"), "dissociate left the federation:\n{shown}");
+    a.cli_ok(&["bundle", "set", "-id", "spiffe://partner.org", "-path", foreign.to_str().unwrap(), "-format", "spiffe"]);
+    let gone = mk("fed-gone");
+    a.cli_ok(&["bundle", "delete", "-id", "partner.org", "-mode", "delete"]);
+    assert!(!a.cli(&["entry", "show", "-entryID", &gone]).status.success(), "mode delete kept the entry");
+    assert!(a.cli(&["entry", "show", "-entryID", &kept]).status.success(), "mode delete removed an unrelated entry");
     assert!(a.cli_ok(&["bundle", "count"]).starts_with("1 "));
 }
 
