@@ -503,7 +503,7 @@ pub async fn run(cmd: EntryCommand) -> CliResult {
                 by_hint: f.by_hint,
                 by_downstream: f.by_downstream,
             };
-            let mut c = entrypb::entry_client::EntryClient::new(connect_admin(&sock.socket_path).await?);
+            let mut c = entrypb::entry_client::EntryClient::new(connect_admin(&sock.path()?).await?);
             let n =
                 c.count_entries(entrypb::CountEntriesRequest { filter: Some(filter) }).await.map_err(|e| rpc_error(&e))?.into_inner().count;
             if sock.output == "json" {
@@ -521,7 +521,7 @@ async fn create(f: EntryFields, sock: Sock) -> CliResult {
         Some(path) => entries_from_json(&read_input(path)?)?,
         None => vec![from_flags(&f, false)?],
     };
-    let mut c = entrypb::entry_client::EntryClient::new(connect_admin(&sock.socket_path).await?);
+    let mut c = entrypb::entry_client::EntryClient::new(connect_admin(&sock.path()?).await?);
     let mut results = Vec::with_capacity(entries.len());
     for chunk in entries.chunks(BATCH) {
         let resp = c
@@ -543,7 +543,7 @@ async fn update(f: EntryFields, sock: Sock) -> CliResult {
         Some(path) => entries_from_json(&read_input(path)?)?,
         None => vec![from_flags(&f, true)?],
     };
-    let mut c = entrypb::entry_client::EntryClient::new(connect_admin(&sock.socket_path).await?);
+    let mut c = entrypb::entry_client::EntryClient::new(connect_admin(&sock.path()?).await?);
     let mut results = Vec::with_capacity(entries.len());
     for chunk in entries.chunks(BATCH) {
         // No input mask: the entry is replaced as given, as SPIRE's CLI asks.
@@ -593,7 +593,7 @@ async fn show(entry_id: Option<String>, q: EntryQuery, sock: Sock) -> CliResult 
     if entry_id.is_some() && (q.parent_id.is_some() || q.spiffe_id.is_some() || !q.selector.is_empty()) {
         return Err("the -entryID flag can't be combined with others".into());
     }
-    let mut c = entrypb::entry_client::EntryClient::new(connect_admin(&sock.socket_path).await?);
+    let mut c = entrypb::entry_client::EntryClient::new(connect_admin(&sock.path()?).await?);
     let mut entries = Vec::new();
     if let Some(id) = entry_id.filter(|i| !i.is_empty()) {
         let e = c
@@ -634,7 +634,7 @@ async fn delete(entry_id: Option<String>, file: Option<String>, sock: Sock) -> C
         (None, Some(id)) if !id.is_empty() => vec![id],
         (None, _) => return Err("an entry ID is required".into()),
     };
-    let mut c = entrypb::entry_client::EntryClient::new(connect_admin(&sock.socket_path).await?);
+    let mut c = entrypb::entry_client::EntryClient::new(connect_admin(&sock.path()?).await?);
     let mut results = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(BATCH) {
         let resp =

@@ -260,7 +260,7 @@ fn rpc_err(e: &tonic::Status) -> String {
 }
 
 async fn client(sock: &Sock) -> Result<pb::trust_domain_client::TrustDomainClient<tonic::transport::Channel>, String> {
-    Ok(pb::trust_domain_client::TrustDomainClient::new(connect_admin(&sock.socket_path).await?))
+    Ok(pb::trust_domain_client::TrustDomainClient::new(connect_admin(&sock.path()?).await?))
 }
 
 /// Prints batch results as SPIRE does: successes on stdout, failures (with the relationship
@@ -480,7 +480,7 @@ mod tests {
             endpoint_spiffe_id: None,
             trust_domain_bundle_path: None,
             trust_domain_bundle_format: "pem".into(),
-            sock: Sock { socket_path: PathBuf::new(), output: "pretty".into() },
+            sock: Sock { socket_path: PathBuf::new(), output: "pretty".into(), instance: None },
         };
         let got = relationships(&args(Some(path.display().to_string()), None)).unwrap();
         assert_eq!(got.len(), 2);

@@ -177,7 +177,7 @@ fn required(id: Option<String>) -> Result<String, String> {
 }
 
 async fn client(sock: &Sock) -> Result<Client, String> {
-    Ok(pb::local_authority_client::LocalAuthorityClient::new(connect_admin(&sock.socket_path).await?))
+    Ok(pb::local_authority_client::LocalAuthorityClient::new(connect_admin(&sock.path()?).await?))
 }
 
 /// Runs one `localauthority` subcommand.

@@ -114,6 +114,40 @@ pub struct Sock {
     /// Output format: pretty or json.
     #[arg(long, default_value = "pretty", global = true)]
     pub(crate) output: String,
+    /// Instance name substituted for `%i` in $SPIRE_SERVER_PRIVATE_SOCKET_TEMPLATE.
+    #[arg(long, global = true)]
+    pub(crate) instance: Option<String>,
+}
+
+impl Sock {
+    /// The admin socket to dial, chosen as SPIRE's CLI chooses: an explicit -socketPath, else
+    /// -instance in $SPIRE_SERVER_PRIVATE_SOCKET_TEMPLATE, else $SPIRE_SERVER_PRIVATE_SOCKET,
+    /// else the default.
+    ///
+    /// # Errors
+    /// -instance without a template holding `%i`.
+    pub(crate) fn path(&self) -> Result<PathBuf, String> {
+        const TEMPLATE: &str = "SPIRE_SERVER_PRIVATE_SOCKET_TEMPLATE";
+        let tpl = std::env::var(TEMPLATE).unwrap_or_default();
+        if self.instance.is_some() {
+            if tpl.is_empty() {
+                return Err(format!("you must define {TEMPLATE} to use the instance flag"));
+            }
+            if !tpl.contains("%i") {
+                return Err(format!("failed to find %i in {TEMPLATE}"));
+            }
+        }
+        let sock = std::env::var("SPIRE_SERVER_PRIVATE_SOCKET").unwrap_or_default();
+        Ok(if self.socket_path != std::path::Path::new(DEFAULT_SOCKET_PATH) {
+            self.socket_path.clone()
+        } else if let Some(i) = &self.instance {
+            PathBuf::from(tpl.replace("%i", i))
+        } else if !sock.is_empty() {
+            PathBuf::from(sock)
+        } else {
+            self.socket_path.clone()
+        })
+    }
 }
 
 /// `healthcheck` flags.
@@ -504,7 +538,8 @@ async fn run_server(a: RunArgs) -> CliResult {
 }
 
 async fn healthcheck(h: HealthArgs) -> CliResult {
-    let ch = connect_admin(&h.sock.socket_path).await.map_err(|e| format!("Server is unhealthy: {e}"))?;
+    let path = h.sock.path()?;
+    let ch = connect_admin(&path).await.map_err(|e| format!("Server is unhealthy: {e}"))?;
     if !h.shallow {
         let mut c = bundlepb::bundle_client::BundleClient::new(ch.clone());
         c.get_bundle(bundlepb::GetBundleRequest::default())
@@ -521,7 +556,7 @@ async fn healthcheck(h: HealthArgs) -> CliResult {
             return Err("Server is unhealthy: server returned status \"NOT_SERVING\" (it cannot sign X.509 and JWT-SVIDs yet)".into());
         }
         if h.verbose {
-            outln!("Fetched the trust bundle over {}", h.sock.socket_path.display());
+            outln!("Fetched the trust bundle over {}", path.display());
         }
     }
     outln!("Server is healthy.");
@@ -542,7 +577,7 @@ fn check_result(status: Option<&pt::Status>) -> Result<(), String> {
 async fn token(cmd: TokenCommand) -> CliResult {
     let TokenCommand::Generate { spiffe_id, ttl, sock } = cmd;
     let agent_id = spiffe_id.as_deref().map(|s| parse_id(s, "SPIFFE ID")).transpose()?;
-    let mut c = agentpb::agent_client::AgentClient::new(connect_admin(&sock.socket_path).await?);
+    let mut c = agentpb::agent_client::AgentClient::new(connect_admin(&sock.path()?).await?);
     let t = c
         .create_join_token(agentpb::CreateJoinTokenRequest { ttl, token: String::new(), agent_id: agent_id.as_ref().map(id_to_proto) })
         .await
@@ -588,7 +623,7 @@ pub(crate) fn bundle_json(b: &pt::Bundle) -> serde_json::Value {
 async fn bundle(cmd: BundleCommand) -> CliResult {
     match cmd {
         BundleCommand::Show { format, sock } => {
-            let mut c = bundlepb::bundle_client::BundleClient::new(connect_admin(&sock.socket_path).await?);
+            let mut c = bundlepb::bundle_client::BundleClient::new(connect_admin(&sock.path()?).await?);
             let b = c.get_bundle(bundlepb::GetBundleRequest::default()).await.map_err(|e| status_msg(&e))?.into_inner();
             if sock.output == "json" {
                 outln!("{}", bundle_json(&b));
@@ -601,7 +636,7 @@ async fn bundle(cmd: BundleCommand) -> CliResult {
             Ok(())
         }
         BundleCommand::List { id, format, sock } => {
-            let mut c = bundlepb::bundle_client::BundleClient::new(connect_admin(&sock.socket_path).await?);
+            let mut c = bundlepb::bundle_client::BundleClient::new(connect_admin(&sock.path()?).await?);
             let one = id.is_some();
             let bundles = if let Some(id) = id {
                 let td = TrustDomain::new(&id).map_err(|e| format!("invalid -id {id:?}: {e}"))?;
@@ -672,7 +707,7 @@ async fn bundle(cmd: BundleCommand) -> CliResult {
                 "spiffe" => Bundle::from_spiffe_json(td.clone(), &data).map_err(|e| format!("invalid SPIFFE bundle: {e}"))?,
                 other => return Err(format!("unknown -format {other:?}: expected pem or spiffe")),
             };
-            let mut c = bundlepb::bundle_client::BundleClient::new(connect_admin(&sock.socket_path).await?);
+            let mut c = bundlepb::bundle_client::BundleClient::new(connect_admin(&sock.path()?).await?);
             let resp = c
                 .batch_set_federated_bundle(bundlepb::BatchSetFederatedBundleRequest {
                     bundle: vec![crate::wire::convert::bundle_to_proto(&bundle)],
@@ -693,7 +728,7 @@ async fn bundle(cmd: BundleCommand) -> CliResult {
                 "dissociate" => 2,
                 other => return Err(format!("unknown -mode {other:?}: expected restrict, delete or dissociate")),
             };
-            let mut c = bundlepb::bundle_client::BundleClient::new(connect_admin(&sock.socket_path).await?);
+            let mut c = bundlepb::bundle_client::BundleClient::new(connect_admin(&sock.path()?).await?);
             let resp = c
                 .batch_delete_federated_bundle(bundlepb::BatchDeleteFederatedBundleRequest {
                     trust_domains: vec![td.as_str().into()],
@@ -707,7 +742,7 @@ async fn bundle(cmd: BundleCommand) -> CliResult {
             Ok(())
         }
         BundleCommand::Count { sock } => {
-            let mut c = bundlepb::bundle_client::BundleClient::new(connect_admin(&sock.socket_path).await?);
+            let mut c = bundlepb::bundle_client::BundleClient::new(connect_admin(&sock.path()?).await?);
             let n = c.count_bundles(bundlepb::CountBundlesRequest {}).await.map_err(|e| status_msg(&e))?.into_inner().count;
             outln!("{n} bundle{}", if n == 1 { "" } else { "s" });
             Ok(())
@@ -731,7 +766,7 @@ async fn x509(cmd: X509Command) -> CliResult {
             .push(rcgen::SanType::DnsName(d.as_str().try_into().map_err(|e: rcgen::Error| format!("invalid -dns {d:?}: {e}"))?));
     }
     let csr = params.serialize_request(&key).map_err(s)?;
-    let ch = connect_admin(&sock.socket_path).await?;
+    let ch = connect_admin(&sock.path()?).await?;
     let mut c = svidpb::svid_client::SvidClient::new(ch.clone());
     let resp =
         c.mint_x509svid(svidpb::MintX509svidRequest { csr: csr.der().to_vec(), ttl }).await.map_err(|e| status_msg(&e))?.into_inner();
@@ -772,7 +807,7 @@ async fn jwt(cmd: JwtCommand) -> CliResult {
     if audience.is_empty() {
         return Err("at least one audience is required (-audience)".into());
     }
-    let mut c = svidpb::svid_client::SvidClient::new(connect_admin(&sock.socket_path).await?);
+    let mut c = svidpb::svid_client::SvidClient::new(connect_admin(&sock.path()?).await?);
     let resp = c
         .mint_jwtsvid(svidpb::MintJwtsvidRequest { id: Some(id_to_proto(&id)), audience, ttl })
         .await
@@ -826,7 +861,7 @@ fn agent_json(a: &pt::Agent) -> serde_json::Value {
 /// just attests again) whose SVID expired more than `-expiredFor` ago.
 async fn purge(expired_for: &str, dry_run: bool, sock: &Sock) -> CliResult {
     let age = crate::config::parse_duration(expired_for).map_err(|e| format!("invalid value {expired_for:?} for flag -expiredFor: {e}"))?;
-    let mut c = agentpb::agent_client::AgentClient::new(connect_admin(&sock.socket_path).await?);
+    let mut c = agentpb::agent_client::AgentClient::new(connect_admin(&sock.path()?).await?);
     let agents = c
         .list_agents(agentpb::ListAgentsRequest {
             filter: Some(agentpb::list_agents_request::Filter { by_can_reattest: Some(true), ..Default::default() }),
@@ -900,7 +935,7 @@ async fn agent(cmd: AgentCommand) -> CliResult {
     match cmd {
         AgentCommand::List { q, sock } => {
             let filter = agent_filter(&q)?;
-            let mut c = agentpb::agent_client::AgentClient::new(connect_admin(&sock.socket_path).await?);
+            let mut c = agentpb::agent_client::AgentClient::new(connect_admin(&sock.path()?).await?);
             let mut agents = Vec::new();
             let mut page_token = String::new();
             loop {
@@ -933,7 +968,7 @@ async fn agent(cmd: AgentCommand) -> CliResult {
             Ok(())
         }
         AgentCommand::Show { spiffe_id, sock } => {
-            let mut c = agentpb::agent_client::AgentClient::new(connect_admin(&sock.socket_path).await?);
+            let mut c = agentpb::agent_client::AgentClient::new(connect_admin(&sock.path()?).await?);
             let a = c
                 .get_agent(agentpb::GetAgentRequest { id: Some(agent_ref(&spiffe_id)?), output_mask: None })
                 .await
@@ -951,13 +986,13 @@ async fn agent(cmd: AgentCommand) -> CliResult {
             Ok(())
         }
         AgentCommand::Evict { spiffe_id, sock } => {
-            let mut c = agentpb::agent_client::AgentClient::new(connect_admin(&sock.socket_path).await?);
+            let mut c = agentpb::agent_client::AgentClient::new(connect_admin(&sock.path()?).await?);
             c.delete_agent(agentpb::DeleteAgentRequest { id: Some(agent_ref(&spiffe_id)?) }).await.map_err(|e| status_msg(&e))?;
             outln!("Agent evicted successfully");
             Ok(())
         }
         AgentCommand::Ban { spiffe_id, sock } => {
-            let mut c = agentpb::agent_client::AgentClient::new(connect_admin(&sock.socket_path).await?);
+            let mut c = agentpb::agent_client::AgentClient::new(connect_admin(&sock.path()?).await?);
             c.ban_agent(agentpb::BanAgentRequest { id: Some(agent_ref(&spiffe_id)?) }).await.map_err(|e| status_msg(&e))?;
             outln!("Agent banned successfully");
             Ok(())
@@ -971,7 +1006,7 @@ async fn agent(cmd: AgentCommand) -> CliResult {
                 by_can_reattest: f.by_can_reattest,
                 by_expires_before: f.by_expires_before,
             };
-            let mut c = agentpb::agent_client::AgentClient::new(connect_admin(&sock.socket_path).await?);
+            let mut c = agentpb::agent_client::AgentClient::new(connect_admin(&sock.path()?).await?);
             let n =
                 c.count_agents(agentpb::CountAgentsRequest { filter: Some(filter) }).await.map_err(|e| rpc_error(&e))?.into_inner().count;
             if sock.output == "json" {

@@ -212,6 +212,16 @@ async fn bundles(ds: &dyn Datastore) {
     replacement.refresh_hint = Some(600);
     assert_eq!(ds.set_bundle(&replacement).await.unwrap().sequence_number, 4, "the refresh hint is part of the content");
 
+    // The same key appended with another expiry: one key, the later expiry, a change.
+    let e = td("e.example");
+    let k = jwt_key("ke", 7, 100);
+    ds.append_bundle(&e, &[vec![7u8]], std::slice::from_ref(&k)).await.unwrap();
+    let longer = JwtAuthority { expires_at: 200, ..k.clone() };
+    let b = ds.append_bundle(&e, &[], std::slice::from_ref(&longer)).await.unwrap();
+    assert_eq!(b.jwt_authorities, [longer.clone()], "a key appended again with another expiry is neither dropped nor doubled");
+    assert_eq!(b.sequence_number, 2);
+    ds.delete_bundle(&e).await.unwrap();
+
     let c = td("c.example");
     let set_new = ds.set_bundle(&Bundle { trust_domain: c.clone(), ..replacement.clone() }).await.unwrap();
     assert_eq!((set_new.trust_domain.clone(), set_new.sequence_number), (c.clone(), 1), "set creates a missing bundle");

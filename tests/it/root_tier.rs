@@ -347,6 +347,23 @@ fn join_tokens_and_agents_cli() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("NotFound"), "{missing:?}");
     let wrong = s.cli(&["agent", "ban", "-spiffeID", "spiffe://example.org/not-an-agent"]);
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("InvalidArgument"), "{wrong:?}");
+    // SPIRE's -instance: the instance name fills %i of $SPIRE_SERVER_PRIVATE_SOCKET_TEMPLATE.
+    let dir = s.socket.parent().unwrap().display().to_string();
+    let name = s.socket.file_name().unwrap().to_string_lossy().into_owned();
+    let via = |envs: &[(&str, String)], args: &[&str]| {
+        let mut c = Command::new(CAIRN);
+        c.args(["server", "agent", "count"]).args(args).env_remove("SPIRE_SERVER_PRIVATE_SOCKET");
+        for (k, v) in envs {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    let o = via(&[("SPIRE_SERVER_PRIVATE_SOCKET_TEMPLATE", format!("{dir}/%i"))], &["-instance", &name]);
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).starts_with("0 "), "{o:?}");
+    let o = via(&[], &["-instance", &name]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("you must define SPIRE_SERVER_PRIVATE_SOCKET_TEMPLATE"), "{o:?}");
+    let o = via(&[("SPIRE_SERVER_PRIVATE_SOCKET", s.socket.display().to_string())], &[]);
+    assert!(o.status.success(), "{o:?}");
 }
 
 #[test]

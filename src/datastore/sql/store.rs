@@ -602,9 +602,19 @@ where
                 }
             }
             for key in jwt {
-                if !b.jwt_authorities.iter().any(|k| k.key_id == key.key_id && k.public_key == key.public_key) {
-                    b.jwt_authorities.push(key.clone());
-                    changed = true;
+                match b.jwt_authorities.iter_mut().find(|k| k.key_id == key.key_id && k.public_key == key.public_key) {
+                    None => {
+                        b.jwt_authorities.push(key.clone());
+                        changed = true;
+                    }
+                    // The same key with another expiry: SPIRE compares whole keys and would
+                    // keep both (two entries under one kid); cairn keeps one, with the expiry
+                    // appended last, so the caller's change is not dropped either.
+                    Some(k) if k.expires_at != key.expires_at => {
+                        k.expires_at = key.expires_at;
+                        changed = true;
+                    }
+                    Some(_) => {}
                 }
             }
             Ok(changed)
