@@ -717,7 +717,21 @@ async fn bundle(cmd: BundleCommand) -> CliResult {
                 .map_err(|e| status_msg(&e))?
                 .into_inner();
             check_result(resp.results.first().and_then(|r| r.status.as_ref()))?;
-            outln!("bundle set.");
+            if sock.output == "json" {
+                let results: Vec<serde_json::Value> = resp
+                    .results
+                    .iter()
+                    .map(|r| {
+                        serde_json::json!({
+                            "bundle": r.bundle.as_ref().map(bundle_json),
+                            "status": r.status.as_ref().map(|st| serde_json::json!({"code": st.code, "message": st.message})),
+                        })
+                    })
+                    .collect();
+                outln!("{}", serde_json::json!({"results": results}));
+            } else {
+                outln!("bundle set.");
+            }
             Ok(())
         }
         BundleCommand::Delete { id, mode, sock } => {
@@ -738,13 +752,31 @@ async fn bundle(cmd: BundleCommand) -> CliResult {
                 .map_err(|e| status_msg(&e))?
                 .into_inner();
             check_result(resp.results.first().and_then(|r| r.status.as_ref()))?;
-            outln!("bundle deleted.");
+            if sock.output == "json" {
+                let results: Vec<serde_json::Value> = resp
+                    .results
+                    .iter()
+                    .map(|r| {
+                        serde_json::json!({
+                            "status": r.status.as_ref().map(|st| serde_json::json!({"code": st.code, "message": st.message})),
+                            "trust_domain": r.trust_domain,
+                        })
+                    })
+                    .collect();
+                outln!("{}", serde_json::json!({"results": results}));
+            } else {
+                outln!("bundle deleted.");
+            }
             Ok(())
         }
         BundleCommand::Count { sock } => {
             let mut c = bundlepb::bundle_client::BundleClient::new(connect_admin(&sock.path()?).await?);
             let n = c.count_bundles(bundlepb::CountBundlesRequest {}).await.map_err(|e| status_msg(&e))?.into_inner().count;
-            outln!("{n} bundle{}", if n == 1 { "" } else { "s" });
+            if sock.output == "json" {
+                outln!("{}", serde_json::json!({"count": n}));
+            } else {
+                outln!("{n} bundle{}", if n == 1 { "" } else { "s" });
+            }
             Ok(())
         }
     }

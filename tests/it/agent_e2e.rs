@@ -71,6 +71,12 @@ fn python_spiffe_client_against_an_attested_agent() {
     let mut a = TestAgent::start(&adir, cfg.clone());
     let (ok, out) = run(Command::new("python3").arg("-c").arg(PY_CLIENT).arg(&a.socket).arg("spiffe://example.org/workload"));
     assert!(ok && out.contains("PY-OK"), "py-spiffe failed: {out}\nagent log:\n{}", a.log());
+    // SPIRE's DEBUG line per X509-SVID sent, with the method and the SPIFFE ID (operators grep).
+    let log = a.log();
+    assert!(
+        log.lines().any(|l| l.contains("Fetched X.509 SVID") && l.contains("FetchX509SVID") && l.contains("spiffe://example.org/workload")),
+        "no 'Fetched X.509 SVID' debug line:\n{log}"
+    );
     // The agent is recorded on the server under its join-token ID.
     let agent_id = format!("spiffe://example.org/spire/agent/join_token/{t}");
     let agents = s.cli_ok(&["agent", "list"]);

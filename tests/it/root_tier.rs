@@ -375,8 +375,23 @@ fn federated_bundles_set_list_delete() {
     let b = TestServer::start(other_dir.path(), &ServerOpts::default());
     let foreign = other_dir.path().join("foreign.json");
     std::fs::write(&foreign, b.cli_ok(&["bundle", "show", "-format", "spiffe"])).unwrap();
-    a.cli_ok(&["bundle", "set", "-id", "spiffe://partner.org", "-path", foreign.to_str().unwrap(), "-format", "spiffe"]);
+    let set: serde_json::Value = serde_json::from_str(&a.cli_ok(&[
+        "bundle",
+        "set",
+        "-id",
+        "spiffe://partner.org",
+        "-path",
+        foreign.to_str().unwrap(),
+        "-format",
+        "spiffe",
+        "-output",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(set["results"][0]["status"]["code"], 0, "{set}");
+    assert_eq!(set["results"][0]["bundle"]["trust_domain"], "partner.org", "{set}");
     assert!(a.cli_ok(&["bundle", "count"]).starts_with("2 "));
+    assert_eq!(a.cli_ok(&["bundle", "count", "-output", "json"]).trim(), r#"{"count":2}"#);
     let listed = a.cli_ok(&["bundle", "list", "-format", "spiffe"]);
     assert!(listed.contains("partner.org") && listed.contains("\"x509-svid\""), "{listed}");
     // SPIRE's `-output json`: the list reply, and one bundle with `-id`.
@@ -420,7 +435,9 @@ fn federated_bundles_set_list_delete() {
     assert!(!shown.contains("FederatesWith"), "dissociate left the federation:\n{shown}");
     a.cli_ok(&["bundle", "set", "-id", "spiffe://partner.org", "-path", foreign.to_str().unwrap(), "-format", "spiffe"]);
     let gone = mk("fed-gone");
-    a.cli_ok(&["bundle", "delete", "-id", "partner.org", "-mode", "delete"]);
+    let del: serde_json::Value =
+        serde_json::from_str(&a.cli_ok(&["bundle", "delete", "-id", "partner.org", "-mode", "delete", "-output", "json"])).unwrap();
+    assert_eq!(del, serde_json::json!({"results": [{"status": {"code": 0, "message": "OK"}, "trust_domain": "partner.org"}]}));
     assert!(!a.cli(&["entry", "show", "-entryID", &gone]).status.success(), "mode delete kept the entry");
     assert!(a.cli(&["entry", "show", "-entryID", &kept]).status.success(), "mode delete removed an unrelated entry");
     assert!(a.cli_ok(&["bundle", "count"]).starts_with("1 "));
