@@ -599,3 +599,82 @@ fn agent_list_and_count_filters_and_purge() {
     assert_eq!(count(&[]), "2 attested agents");
     drop(agents);
 }
+
+/// Entry import and export at scale: 2,000 entries created from SPIRE's registration JSON on
+/// stdin, exported with `entry show -output json`, deleted with `entry delete -file`, and
+/// re-imported from the export: the same entries come back (IDs included).
+#[test]
+fn thousands_of_entries_round_trip_through_data_files() {
+    use std::io::Write as _;
+    const N: usize = 2_000;
+    let tmp = tempfile::tempdir().unwrap();
+    let s = TestServer::start(tmp.path(), &ServerOpts::default());
+    let entries: Vec<serde_json::Value> = (0..N)
+        .map(|i| {
+            serde_json::json!({
+                "spiffe_id": format!("spiffe://example.org/bulk/{i}"),
+                "parent_id": "spiffe://example.org/node",
+                "selectors": [{"type": "unix", "value": format!("uid:{i}")}],
+                "x509_svid_ttl": 300 + i,
+                "dns_names": if i % 2 == 0 { vec![format!("w{i}.example.org")] } else { vec![] },
+                "hint": if i % 3 == 0 { "three" } else { "" },
+            })
+        })
+        .collect();
+    let data = serde_json::json!({ "entries": entries }).to_string();
+    let stdin_cli = |args: &[&str], input: &str| {
+        let mut a: Vec<&str> = vec!["server"];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&["-socketPath", s.socket.to_str().unwrap()]);
+        let mut child = Command::new(CAIRN)
+            .args(&a)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let created = stdin_cli(&["entry", "create", "-data", "-", "-output", "json"], &data);
+    let created: serde_json::Value = serde_json::from_str(&created).unwrap();
+    assert_eq!(created["results"].as_array().unwrap().len(), N);
+    assert!(created["results"].as_array().unwrap().iter().all(|r| r["status"]["code"] == 0), "a create failed");
+    assert_eq!(s.cli_ok(&["entry", "count"]).trim(), format!("{N} registration entries"));
+    assert_eq!(s.cli_ok(&["entry", "count", "-hint", "three"]).trim(), format!("{} registration entries", N.div_ceil(3)));
+
+    let export = s.cli_ok(&["entry", "show", "-output", "json"]);
+    let exported: serde_json::Value = serde_json::from_str(&export).unwrap();
+    let list = exported["entries"].as_array().unwrap();
+    assert_eq!(list.len(), N);
+    let ids: Vec<&str> = list.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    let file = tmp.path().join("ids.json");
+    std::fs::write(&file, serde_json::json!({ "ids": ids }).to_string()).unwrap();
+    let deleted = s.cli_ok(&["entry", "delete", "-file", file.to_str().unwrap()]);
+    assert!(deleted.ends_with(&format!("Deleted {N} entries successfully")), "{}", &deleted[deleted.len().saturating_sub(200)..]);
+    assert_eq!(s.cli_ok(&["entry", "count"]).trim(), "0 registration entries");
+
+    let export_file = tmp.path().join("export.json");
+    std::fs::write(&export_file, &export).unwrap();
+    s.cli_ok(&["entry", "create", "-data", export_file.to_str().unwrap()]);
+    let again: serde_json::Value = serde_json::from_str(&s.cli_ok(&["entry", "show", "-output", "json"])).unwrap();
+    // Same entries, same IDs; only what the server stamps (creation time) may differ.
+    let strip = |v: &serde_json::Value| {
+        let mut v = v.clone();
+        for e in v["entries"].as_array_mut().unwrap() {
+            e.as_object_mut().unwrap().remove("created_at");
+        }
+        v
+    };
+    assert_eq!(strip(&again), strip(&exported), "the re-imported entries differ from the export");
+    // Importing the same file again: every entry already exists, reported per entry.
+    let dup = s.cli(&["entry", "create", "-data", export_file.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&dup.stderr);
+    assert!(
+        !dup.status.success() && err.contains("AlreadyExists") && err.contains("failed to create one or more entries"),
+        "{}",
+        &err[..err.len().min(500)]
+    );
+}
