@@ -98,6 +98,19 @@ fn parse_expires_before(s: &str) -> Option<i64> {
     Some(local - sign * (i64::from(oh) * 3600 + i64::from(om) * 60))
 }
 
+/// The [`AgentFilter`] view of either request's Filter message.
+macro_rules! agent_filter {
+    ($f:expr) => {
+        AgentFilter {
+            by_attestation_type: &$f.by_attestation_type,
+            by_selector_match: $f.by_selector_match.as_ref(),
+            by_banned: $f.by_banned,
+            by_can_reattest: $f.by_can_reattest,
+            by_expires_before: &$f.by_expires_before,
+        }
+    };
+}
+
 fn filter_agents(nodes: &mut Vec<crate::datastore::AttestedNode>, f: &AgentFilter<'_>) -> Result<(), ApiError> {
     if !f.by_attestation_type.is_empty() {
         nodes.retain(|n| n.attestation_type == f.by_attestation_type);
@@ -159,16 +172,7 @@ impl pb::agent_server::Agent for Svc {
         self.authorize(&req, Policy::LocalOrAdmin, "/spire.api.server.agent.v1.Agent/CountAgents").await?;
         let mut nodes = self.state().datastore.list_attested_nodes().await.map_err(ApiError::from)?;
         if let Some(f) = &req.get_ref().filter {
-            filter_agents(
-                &mut nodes,
-                &AgentFilter {
-                    by_attestation_type: &f.by_attestation_type,
-                    by_selector_match: f.by_selector_match.as_ref(),
-                    by_banned: f.by_banned,
-                    by_can_reattest: f.by_can_reattest,
-                    by_expires_before: &f.by_expires_before,
-                },
-            )?;
+            filter_agents(&mut nodes, &agent_filter!(f))?;
         }
         Ok(Response::new(pb::CountAgentsResponse { count: i32::try_from(nodes.len()).unwrap_or(i32::MAX) }))
     }
@@ -181,16 +185,7 @@ impl pb::agent_server::Agent for Svc {
         }
         let mut nodes = self.state().datastore.list_attested_nodes().await.map_err(ApiError::from)?;
         if let Some(f) = &r.filter {
-            filter_agents(
-                &mut nodes,
-                &AgentFilter {
-                    by_attestation_type: &f.by_attestation_type,
-                    by_selector_match: f.by_selector_match.as_ref(),
-                    by_banned: f.by_banned,
-                    by_can_reattest: f.by_can_reattest,
-                    by_expires_before: &f.by_expires_before,
-                },
-            )?;
+            filter_agents(&mut nodes, &agent_filter!(f))?;
         }
         // Pages in agent ID order; the token is the last ID of the previous page, so agents
         // attesting or leaving between pages neither repeat nor shift the rest.

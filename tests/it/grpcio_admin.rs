@@ -10,8 +10,10 @@ use common::*;
 use std::path::PathBuf;
 use std::process::Command;
 
-const CLIENT: &str = r#"
-import os, subprocess, sys, tempfile
+/// Generates Python gRPC modules from SPIRE's protos (argv[1]) and puts them on the path;
+/// argv[2] is the admin socket. Each client script below starts with it.
+const GENERATE: &str = r#"
+import os, sys, tempfile
 proto, sock = sys.argv[1], sys.argv[2]
 out = tempfile.mkdtemp()
 files = []
@@ -19,9 +21,11 @@ for root, _, names in os.walk(os.path.join(proto, "spire/api")):
     files += [os.path.join(root, n) for n in names if n.endswith(".proto")]
 import grpc_tools, grpc_tools.protoc
 inc = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
-rc = grpc_tools.protoc.main(["protoc", f"-I{proto}", f"-I{inc}", f"--python_out={out}", f"--grpc_python_out={out}"] + files)
-assert rc == 0, "protoc failed"
+assert grpc_tools.protoc.main(["protoc", f"-I{proto}", f"-I{inc}", f"--python_out={out}", f"--grpc_python_out={out}"] + files) == 0, "protoc failed"
 sys.path.insert(0, out)
+"#;
+
+const CLIENT: &str = r#"
 import grpc
 from spire.api.server.bundle.v1 import bundle_pb2, bundle_pb2_grpc
 from spire.api.server.entry.v1 import entry_pb2, entry_pb2_grpc
@@ -95,7 +99,7 @@ fn grpcio_client_from_spires_protos_drives_the_admin_socket() {
     let protos = sdk_protos();
     let tmp = tempfile::tempdir().unwrap();
     let s = TestServer::start(tmp.path(), &ServerOpts::default());
-    let (ok, out) = run(Command::new("python3").arg("-c").arg(CLIENT).arg(&protos).arg(&s.socket));
+    let (ok, out) = run(Command::new("python3").arg("-c").arg(format!("{GENERATE}{CLIENT}")).arg(&protos).arg(&s.socket));
     assert!(ok && out.contains("GRPCIO-OK"), "grpcio client failed:\n{out}\nserver log:\n{}", s.log());
 }
 
@@ -103,16 +107,6 @@ fn grpcio_client_from_spires_protos_drives_the_admin_socket() {
 /// from SPIRE's protos: every selector and federates-with match mode, the hint, combinations,
 /// pagination, and the refusals of empty sets.
 const FILTERS: &str = r#"
-import os, sys, tempfile
-proto, sock = sys.argv[1], sys.argv[2]
-out = tempfile.mkdtemp()
-files = []
-for root, _, names in os.walk(os.path.join(proto, "spire/api")):
-    files += [os.path.join(root, n) for n in names if n.endswith(".proto")]
-import grpc_tools, grpc_tools.protoc
-inc = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
-assert grpc_tools.protoc.main(["protoc", f"-I{proto}", f"-I{inc}", f"--python_out={out}", f"--grpc_python_out={out}"] + files) == 0
-sys.path.insert(0, out)
 import grpc
 from google.protobuf import wrappers_pb2
 from spire.api.server.entry.v1 import entry_pb2, entry_pb2_grpc
@@ -206,6 +200,6 @@ fn entry_filters_match_spires_api_through_a_grpcio_client() {
     for td in ["spiffe://fed1.test", "spiffe://fed2.test"] {
         s.cli_ok(&["bundle", "set", "-id", td, "-path", ca.to_str().unwrap()]);
     }
-    let (ok, out) = run(Command::new("python3").arg("-c").arg(FILTERS).arg(&protos).arg(&s.socket));
+    let (ok, out) = run(Command::new("python3").arg("-c").arg(format!("{GENERATE}{FILTERS}")).arg(&protos).arg(&s.socket));
     assert!(ok && out.contains("FILTERS-OK"), "filters differ from SPIRE's:\n{out}\nserver log:\n{}", s.log());
 }
