@@ -136,14 +136,32 @@ impl pb::bundle_server::Bundle for Svc {
         req: Request<pb::BatchUpdateFederatedBundleRequest>,
     ) -> Result<Response<pb::BatchUpdateFederatedBundleResponse>, Status> {
         self.authorize(&req, Policy::LocalOrAdmin, "/spire.api.server.bundle.v1.Bundle/BatchUpdateFederatedBundle").await?;
+        let mask = req.get_ref().input_mask;
         let mut results = Vec::new();
         for b in &req.get_ref().bundle {
             let r: Result<pt::Bundle, ApiError> = async {
                 let td = foreign_td(self, &b.trust_domain)?;
-                if self.state().datastore.get_bundle(&td).await?.is_none() {
+                let Some(existing) = self.state().datastore.get_bundle(&td).await? else {
                     return Err(ApiError::NotFound("bundle not found".into()));
-                }
-                Ok(bundle_to_proto(&self.state().datastore.set_bundle(&bundle_from_proto(b)?).await?))
+                };
+                // Fields outside the input mask keep their stored values (no mask: all given).
+                let merged = match &mask {
+                    None => b.clone(),
+                    Some(m) => {
+                        let mut merged = bundle_to_proto(&existing);
+                        if m.x509_authorities {
+                            merged.x509_authorities.clone_from(&b.x509_authorities);
+                        }
+                        if m.jwt_authorities {
+                            merged.jwt_authorities.clone_from(&b.jwt_authorities);
+                        }
+                        if m.refresh_hint {
+                            merged.refresh_hint = b.refresh_hint;
+                        }
+                        merged
+                    }
+                };
+                Ok(bundle_to_proto(&self.state().datastore.set_bundle(&bundle_from_proto(&merged)?).await?))
             }
             .await;
             results.push(match r {

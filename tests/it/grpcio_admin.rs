@@ -187,6 +187,17 @@ for bad in [dict(by_selectors=SM(selectors=[], match=SM.MATCH_ANY)), dict(by_fed
         raise SystemExit(f"accepted {bad}")
     except grpc.RpcError as err:
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "malformed" in err.details(), err
+# BatchUpdateFederatedBundle with an input mask changes only the masked fields.
+from spire.api.server.bundle.v1 import bundle_pb2 as bpb, bundle_pb2_grpc as bgrpc
+from spire.api.types import bundle_pb2 as tbundle
+B = bgrpc.BundleStub(ch)
+before = B.GetFederatedBundle(bpb.GetFederatedBundleRequest(trust_domain="fed1.test"))
+assert len(before.x509_authorities) == 1, before
+r = B.BatchUpdateFederatedBundle(bpb.BatchUpdateFederatedBundleRequest(
+    bundle=[tbundle.Bundle(trust_domain="fed1.test", refresh_hint=77)], input_mask=tbundle.BundleMask(refresh_hint=True)))
+assert r.results[0].status.code == 0, r
+after = B.GetFederatedBundle(bpb.GetFederatedBundleRequest(trust_domain="fed1.test"))
+assert after.refresh_hint == 77 and list(after.x509_authorities) == list(before.x509_authorities), after
 print("FILTERS-OK")
 "#;
 
