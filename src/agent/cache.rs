@@ -57,9 +57,23 @@ pub struct Snapshot {
     pub federated: BTreeMap<TrustDomain, Bundle>,
     /// Identities with SVIDs, in a stable order (the first matching one is a caller's default).
     pub svids: Vec<Arc<X509SvidItem>>,
+    /// Entries whose X509-SVID is minted only once a workload asks (SPIRE's
+    /// `disable_x509_svid_prefetch`) and has not been yet: entry ID and selectors.
+    pub deferred: Vec<(String, Vec<Selector>)>,
 }
 
 impl Snapshot {
+    /// The deferred entries a caller with `caller`'s selectors is entitled to (same subset
+    /// match as [`Snapshot::svids_for`]).
+    #[must_use]
+    pub fn deferred_for(&self, caller: &[Selector]) -> Vec<String> {
+        self.deferred
+            .iter()
+            .filter(|(_, sel)| !sel.is_empty() && sel.iter().all(|s| caller.contains(s)))
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
     /// The identities whose entry selectors are all among `caller` (SPIRE's subset match),
     /// leaving out those whose entry has expired by now.
     #[must_use]
@@ -100,6 +114,9 @@ pub trait WorkloadSource: Send + Sync + 'static {
     /// A JWT-SVID for `svid`'s identity and `audience` (from cache until half-life, else minted
     /// by the server). Returns the token and its `exp`.
     async fn fetch_jwt_svid(&self, svid: &X509SvidItem, audience: &[String]) -> Result<(String, i64), FetchJwtError>;
+    /// A workload asked for identities whose SVIDs are deferred: mint them now. The snapshot
+    /// that has them follows on the channel.
+    fn request_svids(&self, _entry_ids: Vec<String>) {}
 }
 
 #[cfg(test)]
@@ -136,6 +153,7 @@ mod tests {
             trust_domain: td,
             federated: BTreeMap::new(),
             svids: vec![item("expiring", 1000), item("never", 0)],
+            deferred: vec![],
         };
         let caller = [Selector { kind: "unix".into(), value: "uid:1".into() }];
         let ids = |now| snap.svids_for_at(&caller, now).iter().map(|s| s.entry_id.clone()).collect::<Vec<_>>();

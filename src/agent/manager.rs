@@ -150,6 +150,10 @@ pub struct DebugInfo {
 /// The running agent: implements [`WorkloadSource`].
 pub struct Agent {
     last_sync_success: std::sync::atomic::AtomicI64,
+    /// Deferred entries (prefetch disabled) a workload asked for: minted at the next sync.
+    wanted: Mutex<std::collections::HashSet<String>>,
+    /// Wakes the sync loop early (a workload is waiting for a deferred SVID).
+    wake: tokio::sync::Notify,
     settings: AgentSettings,
     server_id: SpiffeId,
     state: tokio::sync::Mutex<State>,
@@ -224,6 +228,26 @@ fn react_to_taint(st: &mut State, bundle: &Bundle, now: i64) {
     st.tainted_seen.extend(new);
 }
 
+/// SPIRE's agent cache lines at DEBUG, per entry that arrived, changed or left at a sync.
+fn log_entry_changes(old: &[pt::Entry], new: &[pt::Entry]) {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
+    let id = |e: &pt::Entry| e.spiffe_id.as_ref().map(|i| format!("spiffe://{}{}", i.trust_domain, i.path)).unwrap_or_default();
+    let before: HashMap<&str, &pt::Entry> = old.iter().map(|e| (e.id.as_str(), e)).collect();
+    let after: std::collections::HashSet<&str> = new.iter().map(|e| e.id.as_str()).collect();
+    for e in new {
+        match before.get(e.id.as_str()) {
+            None => tracing::debug!(entry = %e.id, spiffe_id = %id(e), "Entry created"),
+            Some(o) if *o != e => tracing::debug!(entry = %e.id, spiffe_id = %id(e), "Entry updated"),
+            Some(_) => {}
+        }
+    }
+    for o in old.iter().filter(|o| !after.contains(o.id.as_str())) {
+        tracing::debug!(entry = %o.id, spiffe_id = %id(o), "Entry removed");
+    }
+}
+
 fn half_life_passed(nb: i64, na: i64, now: i64) -> bool {
     now >= nb + (na - nb) / 2
 }
@@ -271,6 +295,8 @@ impl Agent {
         let (snapshot, _) = watch::channel(None);
         let agent = Arc::new(Self {
             last_sync_success: std::sync::atomic::AtomicI64::new(0),
+            wanted: Mutex::new(std::collections::HashSet::new()),
+            wake: tokio::sync::Notify::new(),
             settings,
             server_id,
             state: tokio::sync::Mutex::new(State {
@@ -347,6 +373,7 @@ impl Agent {
                 () = &mut shutdown => return Ok(()),
                 () = tokio::time::sleep(wait) => {}
                 () = moves.next() => {}
+                () = self.wake.notified() => {}
             }
         }
     }
@@ -433,9 +460,16 @@ impl Agent {
                 Err(e) => return Err(SyncError::rpc(format!("fetching federated bundle {td}"), e)),
             }
         }
-        // Which entries need a (new) SVID.
+        // Which entries need a (new) SVID. One whose prefetch is disabled waits until a
+        // workload asks for it (SPIRE's `disable_x509_svid_prefetch`); once minted it is kept
+        // current like the others.
+        let wanted = self.wanted.lock().map(|w| w.clone()).unwrap_or_default();
         let due: Vec<&pt::Entry> = entries
             .iter()
+            .filter(|e| {
+                let deferred = e.additional_attributes.is_some_and(|a| a.disable_x509_svid_prefetch);
+                !deferred || st.svids.contains_key(&e.id) || wanted.contains(&e.id)
+            })
             .filter(|e| match st.svids.get(&e.id) {
                 _ if st.force_remint.contains(&e.id) => true,
                 None => true,
@@ -493,6 +527,11 @@ impl Agent {
             || entries != st.entries
             || svids.keys().collect::<std::collections::BTreeSet<_>>() != st.svids.keys().collect()
             || !minted_is_empty(&svids, &st.svids);
+        log_entry_changes(&st.entries, &entries);
+        if let Ok(mut w) = self.wanted.lock() {
+            // Only what is still deferred stays wanted.
+            w.retain(|id| entries.iter().any(|e| &e.id == id) && !svids.contains_key(id));
+        }
         st.entries = entries;
         st.svids = svids;
         let bundle_changed = st.bundle.x509_authorities != bundle.x509_authorities;
@@ -522,7 +561,19 @@ impl Agent {
         let mut svids: Vec<Arc<X509SvidItem>> = st.entries.iter().filter_map(|e| st.svids.get(&e.id).map(|(_, s)| Arc::clone(s))).collect();
         // Stable order: by SPIFFE ID then entry id, so a caller's default identity does not flap.
         svids.sort_by(|a, b| a.spiffe_id.cmp(&b.spiffe_id).then_with(|| a.entry_id.cmp(&b.entry_id)));
-        Snapshot { trust_domain: self.settings.trust_domain.clone(), bundle: st.bundle.clone(), federated: st.federated.clone(), svids }
+        let deferred = st
+            .entries
+            .iter()
+            .filter(|e| e.additional_attributes.is_some_and(|a| a.disable_x509_svid_prefetch) && !st.svids.contains_key(&e.id))
+            .map(|e| (e.id.clone(), e.selectors.iter().map(|s| Selector { kind: s.r#type.clone(), value: s.value.clone() }).collect()))
+            .collect();
+        Snapshot {
+            trust_domain: self.settings.trust_domain.clone(),
+            bundle: st.bundle.clone(),
+            federated: st.federated.clone(),
+            svids,
+            deferred,
+        }
     }
 
     async fn renew(&self, st: &mut State) -> Result<(), SyncError> {
@@ -695,21 +746,36 @@ impl WorkloadSource for Agent {
         self.snapshot.subscribe()
     }
 
+    fn request_svids(&self, entry_ids: Vec<String>) {
+        if let Ok(mut w) = self.wanted.lock() {
+            w.extend(entry_ids);
+        }
+        self.wake.notify_one();
+    }
+
     async fn fetch_jwt_svid(&self, svid: &X509SvidItem, audience: &[String]) -> Result<(String, i64), FetchJwtError> {
         let mut aud = audience.to_vec();
         aud.sort();
         aud.dedup();
         let key = (svid.entry_id.clone(), aud.clone());
         let now = crate::now_unix();
-        let ch = {
+        let (ch, uncached) = {
             let st = self.state.lock().await;
-            if let Some((token, iat, exp)) = st.jwt.get(&key) {
+            // An entry whose JWT-SVIDs carry a `jti` wants a fresh token each time (SPIRE's
+            // `jwt_svid_include_jti`): never served from, nor kept in, the cache.
+            let uncached = st
+                .entries
+                .iter()
+                .find(|e| e.id == svid.entry_id)
+                .and_then(|e| e.additional_attributes)
+                .is_some_and(|a| a.jwt_svid_include_jti);
+            if let Some((token, iat, exp)) = st.jwt.get(&key).filter(|_| !uncached) {
                 // Cached until half-life, as SPIRE's agent does.
                 if !half_life_passed(*iat, *exp, now) {
                     return Ok((token.clone(), *exp));
                 }
             }
-            st.channel.clone()
+            (st.channel.clone(), uncached)
         };
         let resp = svidpb::svid_client::SvidClient::new(ch)
             .new_jwtsvid(svidpb::NewJwtsvidRequest { entry_id: svid.entry_id.clone(), audience: aud })
@@ -723,8 +789,10 @@ impl WorkloadSource for Agent {
             })?
             .into_inner();
         let j = resp.svid.ok_or_else(|| FetchJwtError::Unavailable("server returned no JWT-SVID".into()))?;
-        let mut st = self.state.lock().await;
-        st.jwt.insert(key, (j.token.clone(), j.issued_at, j.expires_at));
+        if !uncached {
+            let mut st = self.state.lock().await;
+            st.jwt.insert(key, (j.token.clone(), j.issued_at, j.expires_at));
+        }
         Ok((j.token, j.expires_at))
     }
 }

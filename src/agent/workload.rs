@@ -196,6 +196,31 @@ impl WorkloadApi {
         Ok((rx, snapshot))
     }
 
+    /// [`WorkloadApi::subscribe`] for a caller with `selectors`: when the caller is entitled
+    /// to identities whose SVIDs are deferred (prefetch disabled), they are asked for and the
+    /// snapshot that has them is awaited (a few seconds at most; the caller then gets what
+    /// there is, and the stream delivers the rest when it comes).
+    async fn subscribe_for(&self, selectors: &[Selector]) -> Result<(SnapshotRx, Arc<Snapshot>), Status> {
+        let (mut rx, mut snapshot) = self.subscribe()?;
+        let wanted = snapshot.deferred_for(selectors);
+        if wanted.is_empty() {
+            return Ok((rx, snapshot));
+        }
+        self.source.request_svids(wanted);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !snapshot.deferred_for(selectors).is_empty() {
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {
+                    if let Some(s) = rx.borrow_and_update().clone() {
+                        snapshot = s;
+                    }
+                }
+                _ => break,
+            }
+        }
+        Ok((rx, snapshot))
+    }
+
     /// The start of every streaming RPC: attest, take the current snapshot, refuse a caller
     /// with no identity, and build the stream that follows the snapshot from there on.
     async fn open_stream<T, M>(&self, req: &Request<T>, compose: Compose<M>) -> Result<Response<UpdateStream<M>>, Status>
@@ -203,7 +228,7 @@ impl WorkloadApi {
         M: PartialEq + Clone + Send + Sync + 'static,
     {
         let selectors = self.attest(req).await?;
-        let (rx, snapshot) = self.subscribe()?;
+        let (rx, snapshot) = self.subscribe_for(&selectors).await?;
         let identities = caller_identities(&snapshot, &selectors);
         if identities.is_empty() {
             tracing::info!(selectors = ?selectors, "no identity issued to workload");
@@ -340,7 +365,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         };
 
         let selectors = self.attest(&req).await?;
-        let (_, snapshot) = self.subscribe()?;
+        let (_, snapshot) = self.subscribe_for(&selectors).await?;
         let identities: Vec<_> = caller_identities(&snapshot, &selectors)
             .into_iter()
             .filter(|item| requested.as_ref().is_none_or(|id| item.spiffe_id == *id))

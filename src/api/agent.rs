@@ -367,6 +367,8 @@ impl pb::agent_server::Agent for Svc {
                 expires_at: 0,
                 hint: String::new(),
                 store_svid: false,
+                disable_x509_svid_prefetch: false,
+                jwt_svid_include_jti: false,
                 revision_number: 0,
                 created_at: 0,
             };

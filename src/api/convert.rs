@@ -70,6 +70,8 @@ pub fn entry_from_proto(e: &pt::Entry, td: &TrustDomain) -> Result<Entry, ApiErr
         expires_at: e.expires_at,
         hint: e.hint.clone(),
         store_svid: e.store_svid,
+        disable_x509_svid_prefetch: e.additional_attributes.is_some_and(|a| a.disable_x509_svid_prefetch),
+        jwt_svid_include_jti: e.additional_attributes.is_some_and(|a| a.jwt_svid_include_jti),
         revision_number: e.revision_number,
         created_at: e.created_at,
     })
@@ -94,7 +96,11 @@ pub fn entry_to_proto(e: &Entry) -> pt::Entry {
         jwt_svid_ttl: e.jwt_svid_ttl,
         hint: e.hint.clone(),
         created_at: e.created_at,
-        additional_attributes: None,
+        // Present when either attribute is on (entries without them print as before).
+        additional_attributes: (e.disable_x509_svid_prefetch || e.jwt_svid_include_jti).then_some(pt::entry::AdditionalAttributes {
+            disable_x509_svid_prefetch: e.disable_x509_svid_prefetch,
+            jwt_svid_include_jti: e.jwt_svid_include_jti,
+        }),
     }
 }
 

@@ -314,6 +314,9 @@ impl pb::entry_server::Entry for Svc {
                         if m.hint {
                             merged.hint.clone_from(&e.hint);
                         }
+                        if m.additional_attributes {
+                            merged.additional_attributes = e.additional_attributes;
+                        }
                     }
                 }
                 merged.id.clone_from(&e.id);

@@ -130,7 +130,14 @@ impl pb::svid_server::Svid for Svc {
         let (token, exp) = self
             .state()
             .ca
-            .mint_jwt_svid_until(&entry.spiffe_id, &audience, i64::from(entry.jwt_svid_ttl), entry.expires_at, now)
+            .mint_jwt_svid_with(
+                &entry.spiffe_id,
+                &audience,
+                i64::from(entry.jwt_svid_ttl),
+                entry.expires_at,
+                entry.jwt_svid_include_jti,
+                now,
+            )
             .await
             .map_err(ApiError::from)?;
         Ok(Response::new(pb::NewJwtsvidResponse {

@@ -424,6 +424,23 @@ impl Ca {
         until: i64,
         now: i64,
     ) -> Result<(String, i64), CaError> {
+        self.mint_jwt_svid_with(id, audience, ttl, until, false, now).await
+    }
+
+    /// Like [`Ca::mint_jwt_svid_until`]; with `include_jti` the token carries a fresh random
+    /// `jti` claim (SPIRE's entry attribute `jwt_svid_include_jti`).
+    ///
+    /// # Errors
+    /// As [`Ca::mint_jwt_svid_until`].
+    pub async fn mint_jwt_svid_with(
+        &self,
+        id: &SpiffeId,
+        audience: &[String],
+        ttl: i64,
+        until: i64,
+        include_jti: bool,
+        now: i64,
+    ) -> Result<(String, i64), CaError> {
         if audience.is_empty() || audience.iter().any(String::is_empty) {
             return Err(CaError::InvalidRequest("at least one audience is required".into()));
         }
@@ -449,6 +466,9 @@ impl Ca {
         claims.insert("iat".into(), now.into());
         if let Some(iss) = &self.jwt_issuer {
             claims.insert("iss".into(), iss.clone().into());
+        }
+        if include_jti {
+            claims.insert("jti".into(), uuid::Uuid::new_v4().to_string().into());
         }
         let alg = signer.key.key_type().jwt_alg();
         let input = crate::spiffe::jwt::signing_input(alg, &signer.kid, &serde_json::Value::Object(claims));

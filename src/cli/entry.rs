@@ -77,6 +77,12 @@ pub struct EntryFields {
     /// The agent stores the SVID.
     #[arg(long)]
     store_svid: bool,
+    /// The agent mints this entry's X509-SVID only when a workload first asks for it.
+    #[arg(long)]
+    disable_x509_svid_prefetch: bool,
+    /// JWT-SVIDs of this entry carry a fresh `jti`; agents do not cache them.
+    #[arg(long)]
+    jwt_svid_include_jti: bool,
     /// Registration JSON to read instead of flags (`-` for stdin).
     #[arg(long)]
     data: Option<String>,
@@ -222,6 +228,14 @@ fn print_entry(e: &pt::Entry, w: &mut dyn FnMut(String)) {
     if !e.hint.is_empty() {
         w(format!("Hint                    : {}", e.hint));
     }
+    if let Some(a) = &e.additional_attributes {
+        if a.disable_x509_svid_prefetch {
+            w("DisableX509SvidPrefetch : true".into());
+        }
+        if a.jwt_svid_include_jti {
+            w("JwtSvidIncludeJti       : true".into());
+        }
+    }
     w(String::new());
 }
 
@@ -238,7 +252,7 @@ fn print_err(e: &pt::Entry) {
 #[must_use]
 pub fn entry_json(e: &pt::Entry) -> Value {
     let id = |i: Option<&pt::Spiffeid>| i.map_or(Value::Null, |i| json!({"path": i.path, "trust_domain": i.trust_domain}));
-    json!({
+    let mut v = json!({
         "admin": e.admin,
         "created_at": e.created_at.to_string(),
         "dns_names": e.dns_names,
@@ -254,7 +268,13 @@ pub fn entry_json(e: &pt::Entry) -> Value {
         "spiffe_id": id(e.spiffe_id.as_ref()),
         "store_svid": e.store_svid,
         "x509_svid_ttl": e.x509_svid_ttl,
-    })
+    });
+    // An optional field: present only when set, as protojson prints it.
+    if let Some(a) = &e.additional_attributes {
+        v["additional_attributes"] =
+            json!({"disable_x509_svid_prefetch": a.disable_x509_svid_prefetch, "jwt_svid_include_jti": a.jwt_svid_include_jti});
+    }
+    v
 }
 
 fn status_json(st: Option<&pt::Status>) -> Value {
@@ -308,6 +328,10 @@ fn from_flags(f: &EntryFields, update: bool) -> Result<pt::Entry, String> {
         dns_names: f.dns.clone(),
         hint: f.hint.clone().unwrap_or_default(),
         store_svid: f.store_svid,
+        additional_attributes: (f.disable_x509_svid_prefetch || f.jwt_svid_include_jti).then_some(pt::entry::AdditionalAttributes {
+            disable_x509_svid_prefetch: f.disable_x509_svid_prefetch,
+            jwt_svid_include_jti: f.jwt_svid_include_jti,
+        }),
         ..pt::Entry::default()
     })
 }
@@ -406,6 +430,17 @@ fn entry_from_json(v: &Value, n: usize) -> Result<pt::Entry, String> {
         dns_names: field(o, &["dns_names", "dnsNames"]).map_or(Ok(Vec::new()), |v| json_strings(v, &at("dns_names")))?,
         store_svid: field(o, &["store_svid", "storeSvid"]).map_or(Ok(false), |v| json_bool(v, &at("store_svid")))?,
         hint: field(o, &["hint"]).and_then(Value::as_str).unwrap_or_default().to_owned(),
+        additional_attributes: match field(o, &["additional_attributes", "additionalAttributes"]) {
+            None => None,
+            Some(a) => {
+                let a = a.as_object().ok_or_else(|| at("additional_attributes: expected an object"))?;
+                let flag = |names: &[&str]| field(a, names).map_or(Ok(false), |v| json_bool(v, &at(names[0])));
+                Some(pt::entry::AdditionalAttributes {
+                    disable_x509_svid_prefetch: flag(&["disable_x509_svid_prefetch", "disableX509SvidPrefetch"])?,
+                    jwt_svid_include_jti: flag(&["jwt_svid_include_jti", "jwtSvidIncludeJti"])?,
+                })
+            }
+        },
         ..pt::Entry::default()
     })
 }
@@ -539,11 +574,27 @@ async fn create(f: EntryFields, sock: Sock) -> CliResult {
 }
 
 async fn update(f: EntryFields, sock: Sock) -> CliResult {
-    let entries = match &f.data {
+    let mut entries = match &f.data {
         Some(path) => entries_from_json(&read_input(path)?)?,
         None => vec![from_flags(&f, true)?],
     };
     let mut c = entrypb::entry_client::EntryClient::new(connect_admin(&sock.path()?).await?);
+    // As SPIRE's CLI: an attribute flag adds to the attributes the entry has; without one,
+    // the attributes are replaced (cleared) like every other field.
+    if f.data.is_none()
+        && (f.disable_x509_svid_prefetch || f.jwt_svid_include_jti)
+        && let Some(e) = entries.first_mut()
+    {
+        let existing = c
+            .get_entry(entrypb::GetEntryRequest { id: e.id.clone(), output_mask: None })
+            .await
+            .map_err(|err| format!("failed to fetch existing entry to merge additional attributes: {}", rpc_error(&err)))?
+            .into_inner();
+        let mut a = existing.additional_attributes.unwrap_or_default();
+        a.disable_x509_svid_prefetch |= f.disable_x509_svid_prefetch;
+        a.jwt_svid_include_jti |= f.jwt_svid_include_jti;
+        e.additional_attributes = Some(a);
+    }
     let mut results = Vec::with_capacity(entries.len());
     for chunk in entries.chunks(BATCH) {
         // No input mask: the entry is replaced as given, as SPIRE's CLI asks.
@@ -679,12 +730,17 @@ mod tests {
     fn spire_registration_json_and_show_output_both_import() {
         let spire = br#"{"entries": [{"selectors": [{"type": "unix", "value": "uid:1"}], "spiffe_id": "spiffe://domain.test/w",
             "parent_id": "spiffe://domain.test/node", "x509_svid_ttl": 60, "federates_with": ["spiffe://fed.test"],
-            "entryExpiry": 1700000000, "dns_names": ["a.test"], "admin": true, "entry_id": "custom"}]}"#;
+            "entryExpiry": 1700000000, "dns_names": ["a.test"], "admin": true, "entry_id": "custom",
+            "additional_attributes": {"disable_x509_svid_prefetch": true}}]}"#;
         let e = entries_from_json(spire).unwrap().remove(0);
         assert_eq!(e.id, "custom");
         assert_eq!(id_text(e.spiffe_id.as_ref()), "spiffe://domain.test/w");
         assert_eq!(e.federates_with, vec!["fed.test".to_owned()]);
         assert_eq!((e.x509_svid_ttl, e.expires_at, e.admin), (60, 1_700_000_000, true));
+        assert_eq!(
+            e.additional_attributes,
+            Some(pt::entry::AdditionalAttributes { disable_x509_svid_prefetch: true, jwt_svid_include_jti: false })
+        );
         // What `entry show -output json` prints reads back to the same entry.
         let shown = json!({"entries": [entry_json(&e)], "next_page_token": ""}).to_string();
         let again = entries_from_json(shown.as_bytes()).unwrap().remove(0);

@@ -79,6 +79,8 @@ pub(crate) fn entry(entry_id: &str, spiffe_id: &str, parent_id: &str, sel: &[(&s
         expires_at: 0,
         hint: String::new(),
         store_svid: false,
+        disable_x509_svid_prefetch: false,
+        jwt_svid_include_jti: false,
         revision_number: 0,
         created_at: 0,
     }
@@ -290,6 +292,8 @@ async fn entries(ds: &dyn Datastore) {
     e.expires_at = 4_000_000_000;
     e.hint = "hint".into();
     e.store_svid = true;
+    e.disable_x509_svid_prefetch = true;
+    e.jwt_svid_include_jti = true;
     e.revision_number = 7;
     e.created_at = 1;
 

@@ -94,6 +94,10 @@ pub struct Entry {
     pub hint: String,
     /// SVID stored by the agent (SPIRE's `store_svid`).
     pub store_svid: bool,
+    /// SPIRE's additional attribute: the agent mints the X509-SVID only once a workload asks.
+    pub disable_x509_svid_prefetch: bool,
+    /// SPIRE's additional attribute: JWT-SVIDs carry a fresh `jti` and agents do not cache them.
+    pub jwt_svid_include_jti: bool,
     /// 0 at creation, +1 on every update.
     pub revision_number: i64,
     /// Unix seconds.

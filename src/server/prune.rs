@@ -61,6 +61,8 @@ mod tests {
             expires_at,
             hint: String::new(),
             store_svid: false,
+            disable_x509_svid_prefetch: false,
+            jwt_svid_include_jti: false,
             revision_number: 0,
             created_at: 0,
         }

@@ -227,3 +227,96 @@ openssl x509 -req -in web.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 -
         std::fs::read_to_string(adir.join("agent.log")).unwrap_or_default()
     );
 }
+
+/// SPIRE's entry attributes end to end, watched through the agent's admin socket (Debug
+/// GetInfo, as `spire-agent debug getinfo` and SPIRE's debug client read it):
+/// `-disableX509SVIDPrefetch` keeps an entry's X509-SVID unminted until a workload asks, and
+/// `-jwtSVIDIncludeJTI` gives every JWT-SVID a fresh `jti` (no agent caching); the logger API
+/// changes the agent's level at run time.
+#[test]
+fn prefetch_disabled_and_jti_entries_and_the_admin_socket() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = TestServer::start(tmp.path(), &ServerOpts::default());
+    let t = token(&s, "spiffe://example.org/node1", "600");
+    let uid = format!("unix:uid:{}", my_uid());
+    for (path, extra) in [("eager", None), ("lazy", Some("-disableX509SVIDPrefetch")), ("jti", Some("-jwtSVIDIncludeJTI"))] {
+        let id = format!("spiffe://example.org/{path}");
+        let mut args = vec!["entry", "create", "-parentID", "spiffe://example.org/node1", "-spiffeID", &id, "-selector", &uid];
+        args.extend(extra);
+        let out = s.cli_ok(&args);
+        if let Some(flag) = extra {
+            let line = if flag.contains("Prefetch") { "DisableX509SvidPrefetch : true" } else { "JwtSvidIncludeJti       : true" };
+            assert!(out.contains(line), "{out}");
+        }
+    }
+    let adir = tmp.path().join("agent");
+    std::fs::create_dir(&adir).unwrap();
+    let cfg = agent_config(&adir, &s, "NodeAttestor \"join_token\" { plugin_data {} }", Some(&t));
+    let admin = tmp.path().join("agent-admin").join("admin.sock");
+    let text = std::fs::read_to_string(&cfg).unwrap().replacen(
+        "agent {",
+        &format!("agent {{\n    admin_socket_path = \"{}\"", admin.display()),
+        1,
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let a = TestAgent::start(&adir, cfg);
+    let admin_s = admin.display().to_string();
+    let info = || -> serde_json::Value {
+        let o = Command::new(CAIRN).args(["agent", "debug", "getinfo", "-socketPath", &admin_s, "-output", "json"]).output().unwrap();
+        assert!(o.status.success(), "{o:?}");
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    // Owner-only socket.
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(std::fs::metadata(&admin).unwrap().permissions().mode() & 0o777, 0o600);
+    // Prefetched: eager, jti and the join token's alias entry (node1); the lazy one waits.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while info()["cached_x509_svids_count"] != 3 {
+        assert!(Instant::now() < deadline, "never 3 cached SVIDs: {}\n{}", info(), a.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(info()["cached_x509_svids_count"], 3, "the prefetch-disabled entry was minted before anyone asked");
+    let got = a.api(&["fetch", "x509", "-output", "json"]);
+    assert!(got.status.success(), "{got:?}\n{}", a.log());
+    let got: serde_json::Value = serde_json::from_slice(&got.stdout).unwrap();
+    let ids: Vec<&str> = got["svids"].as_array().unwrap().iter().map(|s| s["spiffe_id"].as_str().unwrap()).collect();
+    assert!(ids.contains(&"spiffe://example.org/lazy") && ids.len() == 3, "the first fetch must carry the deferred SVID: {ids:?}");
+    assert_eq!(info()["cached_x509_svids_count"], 4, "minted on demand and kept");
+    let log = a.log();
+    assert!(log.contains("Entry created") && log.contains("spiffe://example.org/lazy"), "SPIRE's 'Entry created' debug line:\n{log}");
+
+    // JWT-SVIDs: the jti entry's are fresh every time and carry a jti; the others are cached.
+    let jwt = |sub: &str| -> String {
+        let o = a.api(&["fetch", "jwt", "-audience", "db", "-spiffeID", sub, "-output", "json"]);
+        assert!(o.status.success(), "{o:?}");
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v[0]["svids"][0]["svid"].as_str().unwrap().to_owned()
+    };
+    let claims = |token: &str| -> serde_json::Value {
+        use base64::Engine as _;
+        let body = token.split('.').nth(1).unwrap();
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(body).unwrap()).unwrap()
+    };
+    let (j1, j2) = (jwt("spiffe://example.org/jti"), jwt("spiffe://example.org/jti"));
+    assert_ne!(j1, j2, "a jti entry's JWT-SVID came from the cache");
+    assert!(claims(&j1)["jti"].is_string() && claims(&j1)["jti"] != claims(&j2)["jti"], "{} / {}", claims(&j1), claims(&j2));
+    let (e1, e2) = (jwt("spiffe://example.org/eager"), jwt("spiffe://example.org/eager"));
+    assert_eq!(e1, e2, "an ordinary entry's JWT-SVID is cached until half-life");
+    assert!(claims(&e1).get("jti").is_none(), "{}", claims(&e1));
+
+    // Logger API on the admin socket: set, get, reset.
+    let logger = |args: &[&str]| -> serde_json::Value {
+        let mut v = vec!["agent", "logger"];
+        v.extend_from_slice(args);
+        v.extend_from_slice(&["-socketPath", &admin_s, "-output", "json"]);
+        let o = Command::new(CAIRN).args(&v).output().unwrap();
+        assert!(o.status.success(), "{o:?}");
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    assert_eq!(logger(&["get"]), serde_json::json!({"current_level": "DEBUG", "launch_level": "DEBUG"}));
+    assert_eq!(logger(&["set", "-level", "warn"])["current_level"], "WARN");
+    assert_eq!(logger(&["reset"])["current_level"], "DEBUG");
+    let bad = Command::new(CAIRN).args(["agent", "logger", "set", "-level", "loud", "-socketPath", &admin_s]).output().unwrap();
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("the value \"loud\" is not a valid setting"), "{bad:?}");
+}

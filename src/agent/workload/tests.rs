@@ -192,6 +192,7 @@ impl Pki {
             bundle: self.own_bundle(),
             federated: BTreeMap::from([(td(FED_TD), self.fed_bundle())]),
             svids: svids.iter().map(|s| Arc::clone(s)).collect(),
+            deferred: vec![],
         }))
     }
 

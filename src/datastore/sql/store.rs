@@ -68,7 +68,7 @@ fn insert_err(what: &'static str) -> impl Fn(sqlx::Error) -> DatastoreError {
     }
 }
 
-const INSERT_ENTRY: &str = "INSERT INTO registered_entries (entry_id, spiffe_id, parent_id, selectors, x509_svid_ttl, jwt_svid_ttl, admin, downstream, federates_with, dns_names, expires_at, hint, store_svid, revision_number, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+const INSERT_ENTRY: &str = "INSERT INTO registered_entries (entry_id, spiffe_id, parent_id, selectors, x509_svid_ttl, jwt_svid_ttl, admin, downstream, federates_with, dns_names, expires_at, hint, store_svid, revision_number, created_at, disable_x509_svid_prefetch, jwt_svid_include_jti) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 const SIMILAR_ENTRY: &str = "SELECT * FROM registered_entries WHERE spiffe_id = ? AND parent_id = ? AND selectors = ?";
 
 // === impl SqlDatastore ===
@@ -504,6 +504,8 @@ where
         expires_at: col(row, "expires_at", W)?,
         hint: col(row, "hint", W)?,
         store_svid: col(row, "store_svid", W)?,
+        disable_x509_svid_prefetch: col(row, "disable_x509_svid_prefetch", W)?,
+        jwt_svid_include_jti: col(row, "jwt_svid_include_jti", W)?,
         revision_number: col(row, "revision_number", W)?,
         created_at: col(row, "created_at", W)?,
     })
@@ -692,6 +694,8 @@ where
             .bind(entry.store_svid)
             .bind(entry.revision_number)
             .bind(entry.created_at)
+            .bind(entry.disable_x509_svid_prefetch)
+            .bind(entry.jwt_svid_include_jti)
             .execute(&mut *tx)
             .await
             .map_err(insert_err("entry id"))?;
@@ -731,7 +735,7 @@ where
         entry.created_at = col(&row, "created_at", "entry")?;
         entry.selectors = sorted_selectors(&entry.selectors);
         sqlx::query::<DB>(&self.sql(
-            "UPDATE registered_entries SET spiffe_id = ?, parent_id = ?, selectors = ?, x509_svid_ttl = ?, jwt_svid_ttl = ?, admin = ?, downstream = ?, federates_with = ?, dns_names = ?, expires_at = ?, hint = ?, store_svid = ?, revision_number = ? WHERE entry_id = ?",
+            "UPDATE registered_entries SET spiffe_id = ?, parent_id = ?, selectors = ?, x509_svid_ttl = ?, jwt_svid_ttl = ?, admin = ?, downstream = ?, federates_with = ?, dns_names = ?, expires_at = ?, hint = ?, store_svid = ?, revision_number = ?, disable_x509_svid_prefetch = ?, jwt_svid_include_jti = ? WHERE entry_id = ?",
         ))
         .bind(entry.spiffe_id.as_str())
         .bind(entry.parent_id.as_str())
@@ -746,6 +750,8 @@ where
         .bind(&entry.hint)
         .bind(entry.store_svid)
         .bind(entry.revision_number)
+        .bind(entry.disable_x509_svid_prefetch)
+        .bind(entry.jwt_svid_include_jti)
         .bind(&entry.id)
         .execute(&mut *tx)
         .await
