@@ -314,9 +314,16 @@ impl Agent {
             snapshot,
             fatal: Mutex::new(None),
         });
-        {
+        let channel = {
             let st = agent.state.lock().await;
             agent.persist(&st);
+            st.channel.clone()
+        };
+        // Tell the server which version runs here (SPIRE's PostStatus; `agent show` prints it).
+        // Best effort: a server without it (older SPIRE) answers Unimplemented.
+        let status = agentpb::PostStatusRequest { current_bundle_serial: 0, agent_version: env!("CARGO_PKG_VERSION").to_owned() };
+        if let Err(e) = agentpb::agent_client::AgentClient::new(channel).post_status(status).await {
+            tracing::debug!(code = ?e.code(), message = e.message(), "could not post the agent status");
         }
         Ok(agent)
     }

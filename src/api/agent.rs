@@ -378,9 +378,21 @@ impl pb::agent_server::Agent for Svc {
     }
 
     async fn post_status(&self, req: Request<pb::PostStatusRequest>) -> Result<Response<pb::PostStatusResponse>, Status> {
-        self.authorize(&req, Policy::Agent, "/spire.api.server.agent.v1.Agent/PostStatus").await?;
-        if req.get_ref().agent_version.len() > 255 {
-            return Err(ApiError::InvalidArgument("agent version is longer than 255 characters".into()).into());
+        let caller = self.authorize(&req, Policy::Agent, "/spire.api.server.agent.v1.Agent/PostStatus").await?;
+        let version = &req.get_ref().agent_version;
+        if version.len() > 255 {
+            return Err(ApiError::InvalidArgument("agent version is too long (max 255 characters)".into()).into());
+        }
+        if !version.is_empty() {
+            let id = caller.id().cloned().ok_or(ApiError::PermissionDenied("/spire.api.server.agent.v1.Agent/PostStatus"))?;
+            let ds = &self.state().datastore;
+            let mut n =
+                ds.get_attested_node(&id).await.map_err(ApiError::from)?.ok_or_else(|| ApiError::NotFound("agent not found".into()))?;
+            if &n.agent_version != version {
+                n.agent_version.clone_from(version);
+                ds.update_attested_node(&n).await.map_err(ApiError::from)?;
+            }
+            tracing::debug!(spiffe_id = %id, agent_version = %version, "Agent status updated");
         }
         Ok(Response::new(pb::PostStatusResponse {}))
     }

@@ -81,6 +81,7 @@ pub async fn issue_agent_svid(
                 can_reattest: attested.can_reattest,
                 selectors,
                 created_at: now,
+                agent_version: String::new(),
             })
             .await?;
         }

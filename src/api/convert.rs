@@ -115,6 +115,6 @@ pub fn agent_to_proto(n: &AttestedNode) -> pt::Agent {
         selectors: n.selectors.iter().map(|s| pt::Selector { r#type: s.kind.clone(), value: s.value.clone() }).collect(),
         banned: n.cert_serial_number.is_empty(),
         can_reattest: n.can_reattest,
-        agent_version: String::new(),
+        agent_version: n.agent_version.clone(),
     }
 }

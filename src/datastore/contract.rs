@@ -97,6 +97,7 @@ fn node(spiffe_id: &str) -> AttestedNode {
         can_reattest: false,
         selectors: vec![],
         created_at: 0,
+        agent_version: String::new(),
     }
 }
 
@@ -521,6 +522,7 @@ async fn attested_nodes(ds: &dyn Datastore) {
         can_reattest: true,
         selectors: selectors(&[("x509pop", "cn:c")]),
         created_at: 1,
+        agent_version: "1.15.0".into(),
     };
     ds.update_attested_node(&changed).await.unwrap();
     let got = ds.get_attested_node(&id(n1)).await.unwrap().unwrap();

@@ -231,6 +231,7 @@ mod tests {
             can_reattest: false,
             selectors: selectors.iter().map(|(k, v)| Selector { kind: (*k).into(), value: (*v).into() }).collect(),
             created_at: 0,
+            agent_version: String::new(),
         }
     }
 
@@ -292,6 +293,7 @@ mod tests {
             can_reattest: false,
             selectors: vec![Selector { kind: "x509pop".into(), value: "subject:cn:n1".into() }],
             created_at: 0,
+            agent_version: String::new(),
         })
         .await
         .unwrap();

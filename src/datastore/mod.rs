@@ -135,6 +135,8 @@ pub struct AttestedNode {
     pub selectors: Vec<Selector>,
     /// Unix seconds.
     pub created_at: i64,
+    /// The version the agent last reported (PostStatus); empty until it does.
+    pub agent_version: String,
 }
 
 /// Filters for listing entries (all optional, combined with AND).

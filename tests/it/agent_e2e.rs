@@ -95,6 +95,10 @@ fn python_spiffe_client_against_an_attested_agent() {
     assert!(shown.starts_with("Found an attested agent given its SPIFFE ID\n\nSPIFFE ID"), "{shown}");
     let shown: serde_json::Value = serde_json::from_str(&s.cli_ok(&["agent", "show", "-spiffeID", &agent_id, "-output", "json"])).unwrap();
     assert_eq!(shown["id"]["trust_domain"], "example.org");
+    // The version the agent posted at start (PostStatus), stored and shown as SPIRE shows it.
+    assert_eq!(shown["agent_version"], env!("CARGO_PKG_VERSION"), "{shown}");
+    let text = s.cli_ok(&["agent", "show", "-spiffeID", &agent_id]);
+    assert!(text.contains(&format!("Agent version     : {}", env!("CARGO_PKG_VERSION"))), "{text}");
 
     // Restart with disk keys: same identity, no token needed (the token is spent anyway).
     a.stop();

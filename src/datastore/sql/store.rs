@@ -551,6 +551,7 @@ where
         can_reattest: col(row, "can_reattest", W)?,
         selectors: parse_selectors(W, &col::<DB, String>(row, "selectors", W)?)?,
         created_at: col(row, "created_at", W)?,
+        agent_version: col(row, "agent_version", W)?,
     })
 }
 
@@ -801,7 +802,7 @@ where
     }
 
     async fn create_attested_node(&self, n: &AttestedNode) -> Result<(), DatastoreError> {
-        sqlx::query::<DB>(&self.sql("INSERT INTO attested_nodes (spiffe_id, attestation_type, cert_serial_number, cert_not_after, new_cert_serial_number, new_cert_not_after, can_reattest, selectors, created_at) VALUES (?,?,?,?,?,?,?,?,?)"))
+        sqlx::query::<DB>(&self.sql("INSERT INTO attested_nodes (spiffe_id, attestation_type, cert_serial_number, cert_not_after, new_cert_serial_number, new_cert_not_after, can_reattest, selectors, created_at, agent_version) VALUES (?,?,?,?,?,?,?,?,?,?)"))
             .bind(n.spiffe_id.as_str())
             .bind(&n.attestation_type)
             .bind(&n.cert_serial_number)
@@ -811,6 +812,7 @@ where
             .bind(n.can_reattest)
             .bind(selectors_json(&n.selectors)?)
             .bind(crate::now_unix())
+            .bind(&n.agent_version)
             .execute(&self.pool)
             .await
             .map_err(insert_err("attested node"))?;
@@ -832,7 +834,7 @@ where
     }
 
     async fn update_attested_node(&self, n: &AttestedNode) -> Result<(), DatastoreError> {
-        let done = sqlx::query::<DB>(&self.sql("UPDATE attested_nodes SET attestation_type = ?, cert_serial_number = ?, cert_not_after = ?, new_cert_serial_number = ?, new_cert_not_after = ?, can_reattest = ?, selectors = ? WHERE spiffe_id = ?"))
+        let done = sqlx::query::<DB>(&self.sql("UPDATE attested_nodes SET attestation_type = ?, cert_serial_number = ?, cert_not_after = ?, new_cert_serial_number = ?, new_cert_not_after = ?, can_reattest = ?, selectors = ?, agent_version = ? WHERE spiffe_id = ?"))
             .bind(&n.attestation_type)
             .bind(&n.cert_serial_number)
             .bind(n.cert_not_after)
@@ -840,6 +842,7 @@ where
             .bind(n.new_cert_not_after)
             .bind(n.can_reattest)
             .bind(selectors_json(&n.selectors)?)
+            .bind(&n.agent_version)
             .bind(n.spiffe_id.as_str())
             .execute(&self.pool)
             .await
