@@ -8,7 +8,7 @@
 
 use super::manager::Agent;
 use crate::net::{ConnLimits, Registry};
-use crate::wire::convert::{id_to_proto, log_level_from_proto, logger_to_proto};
+use crate::wire::convert::{id_to_proto, log_level_request, logger_to_proto};
 use crate::wire::pb::spire::agent::debug::v1 as debugpb;
 use crate::wire::pb::spire::api::agent::logger::v1 as loggerpb;
 use crate::wire::pb::spire::api::types as pt;
@@ -80,11 +80,7 @@ impl loggerpb::logger_server::Logger for AdminApi {
     }
 
     async fn set_log_level(&self, req: Request<loggerpb::SetLogLevelRequest>) -> Result<Response<pt::Logger>, Status> {
-        let v = req.get_ref().new_level;
-        if v == pt::LogLevel::Unspecified as i32 {
-            return Err(Status::invalid_argument("newLevel value cannot be LogLevel_UNSPECIFIED"));
-        }
-        let level = log_level_from_proto(v).ok_or_else(|| Status::invalid_argument("unsupported log level"))?;
+        let level = log_level_request(req.get_ref().new_level).map_err(Status::invalid_argument)?;
         tracing::info!(new_log_level = level, "SetLogLevel Called");
         logger_answer(crate::telemetry::set_log_level(Some(level)))
     }

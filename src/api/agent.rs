@@ -72,7 +72,7 @@ struct AgentFilter<'a> {
 
 /// SPIRE's `by_expires_before` layout (Go's "2006-01-02 15:04:05 -0700 -07"); like SPIRE, a
 /// value that does not parse filters nothing.
-fn parse_expires_before(s: &str) -> Option<i64> {
+pub(crate) fn parse_expires_before(s: &str) -> Option<i64> {
     // "YYYY-MM-DD HH:MM:SS ±hhmm" (the trailing zone abbreviation is not needed).
     let mut parts = s.split(' ');
     let (date, clock, offset) = (parts.next()?, parts.next()?, parts.next()?);

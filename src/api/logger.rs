@@ -3,7 +3,7 @@
 
 use super::status::ApiError;
 use super::{Policy, Svc};
-use crate::wire::convert::{log_level_from_proto, logger_to_proto};
+use crate::wire::convert::{log_level_request, logger_to_proto};
 use crate::wire::pb::spire::api::server::logger::v1 as pb;
 use crate::wire::pb::spire::api::types as pt;
 use tonic::{Request, Response, Status};
@@ -11,17 +11,6 @@ use tonic::{Request, Response, Status};
 fn answer(levels: Result<(&str, &str), String>) -> Result<Response<pt::Logger>, Status> {
     let (current, launch) = levels.map_err(ApiError::InternalShown)?;
     Ok(Response::new(logger_to_proto(current, launch)))
-}
-
-/// SetLogLevel's checks, shared with the agent's Logger API: SPIRE's codes and words.
-///
-/// # Errors
-/// UNSPECIFIED or a value outside the enum.
-pub fn requested_level(v: i32) -> Result<&'static str, ApiError> {
-    if v == pt::LogLevel::Unspecified as i32 {
-        return Err(ApiError::InvalidArgument("newLevel value cannot be LogLevel_UNSPECIFIED".into()));
-    }
-    log_level_from_proto(v).ok_or_else(|| ApiError::InvalidArgument("unsupported log level".into()))
 }
 
 #[tonic::async_trait]
@@ -34,7 +23,7 @@ impl pb::logger_server::Logger for Svc {
 
     async fn set_log_level(&self, req: Request<pb::SetLogLevelRequest>) -> Result<Response<pt::Logger>, Status> {
         self.authorize(&req, Policy::LocalOrAdmin, "/spire.api.server.logger.v1.Logger/SetLogLevel").await?;
-        let level = requested_level(req.get_ref().new_level)?;
+        let level = log_level_request(req.get_ref().new_level).map_err(|m| ApiError::InvalidArgument(m.into()))?;
         tracing::info!(new_log_level = level, "SetLogLevel Called");
         answer(crate::telemetry::set_log_level(Some(level)))
     }

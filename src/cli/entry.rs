@@ -172,7 +172,7 @@ fn id_text(i: Option<&pt::Spiffeid>) -> String {
     i.map(|i| format!("spiffe://{}{}", i.trust_domain, i.path)).unwrap_or_default()
 }
 
-fn parse_selector(s: &str) -> Result<pt::Selector, String> {
+pub(crate) fn parse_selector(s: &str) -> Result<pt::Selector, String> {
     match s.split_once(':') {
         Some((t, v)) => Ok(pt::Selector { r#type: t.to_owned(), value: v.to_owned() }),
         None => Err(format!("selector \"{s}\" must be formatted as type:value")),
@@ -183,7 +183,7 @@ fn trust_domain(s: &str) -> Result<String, String> {
     TrustDomain::new(s).map(|t| t.as_str().to_owned()).map_err(|e| format!("invalid federated trust domain {s:?}: {e}"))
 }
 
-fn match_behaviour(mode: &str) -> Result<i32, String> {
+pub(crate) fn match_behaviour(mode: &str) -> Result<i32, String> {
     use pt::selector_match::MatchBehavior as B;
     Ok(match mode {
         "exact" => B::MatchExact as i32,
@@ -277,7 +277,7 @@ pub fn entry_json(e: &pt::Entry) -> Value {
     v
 }
 
-fn status_json(st: Option<&pt::Status>) -> Value {
+pub(crate) fn status_json(st: Option<&pt::Status>) -> Value {
     st.map_or(Value::Null, |s| json!({"code": s.code, "message": s.message}))
 }
 

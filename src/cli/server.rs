@@ -358,25 +358,19 @@ pub enum AgentCommand {
 fn agent_filter(q: &AgentQuery) -> Result<agentpb::list_agents_request::Filter, String> {
     let mut f = agentpb::list_agents_request::Filter::default();
     if !q.selector.is_empty() {
-        let m = match q.match_selectors_on.as_str() {
-            "exact" => pt::selector_match::MatchBehavior::MatchExact,
-            "subset" => pt::selector_match::MatchBehavior::MatchSubset,
-            "superset" => pt::selector_match::MatchBehavior::MatchSuperset,
-            "any" => pt::selector_match::MatchBehavior::MatchAny,
-            _ => return Err("unsupported match behavior".into()),
-        };
+        // SPIRE's agent commands word an unknown mode differently from its entry commands.
+        let m = super::entry::match_behaviour(&q.match_selectors_on).map_err(|_| "unsupported match behavior".to_owned())?;
         let selectors = q
             .selector
             .iter()
-            .map(|s| match s.split_once(':') {
-                Some((t, v)) => Ok(pt::Selector { r#type: t.into(), value: v.into() }),
-                None => Err(format!("error parsing selector {s:?}: selector \"{s}\" must be formatted as type:value")),
-            })
+            .map(|s| super::entry::parse_selector(s).map_err(|e| format!("error parsing selector {s:?}: {e}")))
             .collect::<Result<_, _>>()?;
-        f.by_selector_match = Some(pt::SelectorMatch { selectors, r#match: m as i32 });
+        f.by_selector_match = Some(pt::SelectorMatch { selectors, r#match: m });
     }
     if let Some(e) = q.expires_before.as_ref().filter(|e| !e.is_empty()) {
-        if !go_reference_time_shape(e) {
+        // Go's layout has four space-separated parts (the zone abbreviation last); the server
+        // reads the time with the same parser.
+        if e.split(' ').count() != 4 || crate::api::agent::parse_expires_before(e).is_none() {
             return Err(format!("date is not valid: {e:?} does not match \"2006-01-02 15:04:05 -0700 -07\""));
         }
         f.by_expires_before.clone_from(e);
@@ -392,19 +386,6 @@ fn agent_filter(q: &AgentQuery) -> Result<agentpb::list_agents_request::Filter, 
     f.by_can_reattest = tri(&q.can_reattest);
     f.by_banned = tri(&q.banned);
     Ok(f)
-}
-
-/// Whether `s` has the shape of Go's "2006-01-02 15:04:05 -0700 -07".
-fn go_reference_time_shape(s: &str) -> bool {
-    let p: Vec<&str> = s.split(' ').collect();
-    let digits = |t: &str, n: usize| t.len() == n && t.bytes().all(|b| b.is_ascii_digit());
-    p.len() == 4
-        && p[0].split('-').map(str::len).eq([4, 2, 2])
-        && p[0].split('-').all(|x| digits(x, x.len()))
-        && p[1].split(':').map(str::len).eq([2, 2, 2])
-        && p[1].split(':').all(|x| digits(x, x.len()))
-        && (p[2].starts_with('+') || p[2].starts_with('-'))
-        && digits(&p[2][1..], 4)
 }
 
 type CliResult = Result<(), String>;
@@ -724,7 +705,7 @@ async fn bundle(cmd: BundleCommand) -> CliResult {
                     .map(|r| {
                         serde_json::json!({
                             "bundle": r.bundle.as_ref().map(bundle_json),
-                            "status": r.status.as_ref().map(|st| serde_json::json!({"code": st.code, "message": st.message})),
+                            "status": super::entry::status_json(r.status.as_ref()),
                         })
                     })
                     .collect();
@@ -758,7 +739,7 @@ async fn bundle(cmd: BundleCommand) -> CliResult {
                     .iter()
                     .map(|r| {
                         serde_json::json!({
-                            "status": r.status.as_ref().map(|st| serde_json::json!({"code": st.code, "message": st.message})),
+                            "status": super::entry::status_json(r.status.as_ref()),
                             "trust_domain": r.trust_domain,
                         })
                     })

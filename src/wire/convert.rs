@@ -145,6 +145,18 @@ pub fn log_level_from_proto(v: i32) -> Option<&'static str> {
     })
 }
 
+/// SetLogLevel's check, shared by the server's and the agent's Logger API: the level name, or
+/// SPIRE's InvalidArgument message.
+///
+/// # Errors
+/// UNSPECIFIED, or a value outside the enum.
+pub fn log_level_request(v: i32) -> Result<&'static str, &'static str> {
+    if v == crate::wire::pb::spire::api::types::LogLevel::Unspecified as i32 {
+        return Err("newLevel value cannot be LogLevel_UNSPECIFIED");
+    }
+    log_level_from_proto(v).ok_or("unsupported log level")
+}
+
 /// The Logger API's answer: current and launch levels.
 #[must_use]
 pub fn logger_to_proto(current: &str, launch: &str) -> crate::wire::pb::spire::api::types::Logger {
