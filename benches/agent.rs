@@ -202,6 +202,8 @@ plugins {{
             attestation: NodeAttestation::JoinToken(Some(token)),
             state_dir: None,
             sync_interval: Duration::from_secs(5),
+            x509_svid_cache_max_size: None,
+            jwt_svid_cache_max_size: None,
         })
         .await
         .unwrap();

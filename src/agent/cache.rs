@@ -4,12 +4,46 @@
 //! publishes it on a `tokio::sync::watch` channel; every open Workload API stream holds a
 //! receiver and re-sends to its caller when the part it sees changed. JWT-SVIDs are minted on
 //! demand (through [`WorkloadSource::fetch_jwt_svid`]) and cached by the source.
+//!
+//! Not every authorized identity has an X509-SVID at every moment: the agent's SVID cache is
+//! bounded (SPIRE's `x509_svid_cache_max_size`) and entries may opt out of pre-fetching. Those
+//! are listed as [`Snapshot::unminted`]; a workload entitled to one asks for it
+//! ([`WorkloadSource::request_svids`]) and, while its stream is open, holds it
+//! ([`WorkloadSource::hold`]) so the cache does not evict it.
 
 use crate::spiffe::Selector;
 use crate::spiffe::{Bundle, SpiffeId, TrustDomain};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use zeroize::Zeroizing;
+
+/// One identity a registration entry grants, whether or not an X509-SVID is held for it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The registration entry it comes from.
+    pub entry_id: String,
+    /// The identity.
+    pub spiffe_id: SpiffeId,
+    /// The entry's selectors: a caller has this identity when all of them are among its own.
+    pub selectors: Vec<Selector>,
+    /// The entry's hint.
+    pub hint: String,
+    /// Trust domains whose bundles callers of this identity receive.
+    pub federates_with: Vec<TrustDomain>,
+    /// The entry's expiry, unix seconds (0 = never).
+    pub entry_expires_at: i64,
+}
+
+impl Identity {
+    /// Whether a caller with `caller`'s selectors has this identity at `now`: every entry
+    /// selector is among the caller's (SPIRE's subset match) and the entry has not expired.
+    #[must_use]
+    pub fn granted_to(&self, caller: &[Selector], now: i64) -> bool {
+        (self.entry_expires_at == 0 || self.entry_expires_at > now)
+            && !self.selectors.is_empty()
+            && self.selectors.iter().all(|s| caller.contains(s))
+    }
+}
 
 /// One workload identity the agent holds an X509-SVID for.
 #[derive(Clone)]
@@ -35,6 +69,21 @@ pub struct X509SvidItem {
     pub entry_expires_at: i64,
 }
 
+impl X509SvidItem {
+    /// The identity this SVID is for (everything but the certificate and key).
+    #[must_use]
+    pub fn identity(&self) -> Identity {
+        Identity {
+            entry_id: self.entry_id.clone(),
+            spiffe_id: self.spiffe_id.clone(),
+            selectors: self.selectors.clone(),
+            hint: self.hint.clone(),
+            federates_with: self.federates_with.clone(),
+            entry_expires_at: self.entry_expires_at,
+        }
+    }
+}
+
 impl std::fmt::Debug for X509SvidItem {
     // The key is never printed.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -57,20 +106,29 @@ pub struct Snapshot {
     pub federated: BTreeMap<TrustDomain, Bundle>,
     /// Identities with SVIDs, in a stable order (the first matching one is a caller's default).
     pub svids: Vec<Arc<X509SvidItem>>,
-    /// Entries whose X509-SVID is minted only once a workload asks (SPIRE's
-    /// `disable_x509_svid_prefetch`) and has not been yet: entry ID and selectors.
-    pub deferred: Vec<(String, Vec<Selector>)>,
+    /// Authorized identities with no X509-SVID held now: the entry opted out of pre-fetching
+    /// (SPIRE's `disable_x509_svid_prefetch`), or the SVID cache is full
+    /// (`x509_svid_cache_max_size`). Minted when a workload entitled to them asks.
+    pub unminted: Vec<Arc<Identity>>,
 }
 
 impl Snapshot {
-    /// The deferred entries a caller with `caller`'s selectors is entitled to (same subset
-    /// match as [`Snapshot::svids_for`]).
+    /// The entry IDs of the unminted identities a caller with `caller`'s selectors has.
     #[must_use]
-    pub fn deferred_for(&self, caller: &[Selector]) -> Vec<String> {
-        self.deferred
+    pub fn unminted_for(&self, caller: &[Selector]) -> Vec<String> {
+        let now = crate::now_unix();
+        self.unminted.iter().filter(|i| i.granted_to(caller, now)).map(|i| i.entry_id.clone()).collect()
+    }
+
+    /// Every identity a caller with `caller`'s selectors has, minted or not (a JWT-SVID needs
+    /// no X509-SVID): those with SVIDs first, in [`Snapshot::svids_for`]'s order.
+    #[must_use]
+    pub fn identities_for(&self, caller: &[Selector]) -> Vec<Identity> {
+        let now = crate::now_unix();
+        self.svids_for_at(caller, now)
             .iter()
-            .filter(|(_, sel)| !sel.is_empty() && sel.iter().all(|s| caller.contains(s)))
-            .map(|(id, _)| id.clone())
+            .map(|s| s.identity())
+            .chain(self.unminted.iter().filter(|i| i.granted_to(caller, now)).map(|i| (**i).clone()))
             .collect()
     }
 
@@ -87,8 +145,11 @@ impl Snapshot {
     pub fn svids_for_at(&self, caller: &[Selector], now: i64) -> Vec<Arc<X509SvidItem>> {
         self.svids
             .iter()
-            .filter(|s| s.entry_expires_at == 0 || s.entry_expires_at > now)
-            .filter(|s| !s.selectors.is_empty() && s.selectors.iter().all(|sel| caller.contains(sel)))
+            .filter(|s| {
+                (s.entry_expires_at == 0 || s.entry_expires_at > now)
+                    && !s.selectors.is_empty()
+                    && s.selectors.iter().all(|sel| caller.contains(sel))
+            })
             .cloned()
             .collect()
     }
@@ -111,12 +172,35 @@ pub enum FetchJwtError {
 pub trait WorkloadSource: Send + Sync + 'static {
     /// The current snapshot and its updates. `None` until the first sync completed.
     fn subscribe(&self) -> tokio::sync::watch::Receiver<Option<Arc<Snapshot>>>;
-    /// A JWT-SVID for `svid`'s identity and `audience` (from cache until half-life, else minted
-    /// by the server). Returns the token and its `exp`.
-    async fn fetch_jwt_svid(&self, svid: &X509SvidItem, audience: &[String]) -> Result<(String, i64), FetchJwtError>;
-    /// A workload asked for identities whose SVIDs are deferred: mint them now. The snapshot
+    /// A JWT-SVID for `identity` and `audience` (from cache until half-life, else minted by
+    /// the server). Returns the token and its `exp`.
+    async fn fetch_jwt_svid(&self, identity: &Identity, audience: &[String]) -> Result<(String, i64), FetchJwtError>;
+    /// A workload asked for identities that have no X509-SVID now: mint them now. The snapshot
     /// that has them follows on the channel.
     fn request_svids(&self, _entry_ids: Vec<String>) {}
+    /// A workload with `selectors` has a stream open: the SVIDs it receives stay cached (and
+    /// count as just used) until the returned guard is dropped, whatever the cache's size.
+    fn hold(&self, _selectors: &[Selector]) -> Hold {
+        Hold(None)
+    }
+}
+
+/// Keeps a workload's identities in the agent's SVID cache while it lives (see
+/// [`WorkloadSource::hold`]); dropping it releases them.
+pub struct Hold(pub Option<Box<dyn FnOnce() + Send + Sync>>);
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if let Some(release) = self.0.take() {
+            release();
+        }
+    }
+}
+
+impl std::fmt::Debug for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hold").field("held", &self.0.is_some()).finish()
+    }
 }
 
 #[cfg(test)]
@@ -153,7 +237,7 @@ mod tests {
             trust_domain: td,
             federated: BTreeMap::new(),
             svids: vec![item("expiring", 1000), item("never", 0)],
-            deferred: vec![],
+            unminted: vec![],
         };
         let caller = [Selector { kind: "unix".into(), value: "uid:1".into() }];
         let ids = |now| snap.svids_for_at(&caller, now).iter().map(|s| s.entry_id.clone()).collect::<Vec<_>>();

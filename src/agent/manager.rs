@@ -2,7 +2,7 @@
 //! sync loop that keeps entries, bundles and workload SVIDs current and publishes them as a
 //! [`Snapshot`] for the Workload API.
 
-use super::cache::{FetchJwtError, Snapshot, WorkloadSource, X509SvidItem};
+use super::cache::{FetchJwtError, Hold, Identity, Snapshot, WorkloadSource, X509SvidItem};
 use super::client::{self, ClientIdentity, ServerTrust};
 use crate::spiffe::Selector;
 use crate::spiffe::{Bundle, SpiffeId, TrustDomain};
@@ -10,7 +10,7 @@ use crate::wire::convert::bundle_from_proto;
 use crate::wire::pb::spire::api::server::{agent::v1 as agentpb, bundle::v1 as bundlepb, entry::v1 as entrypb, svid::v1 as svidpb};
 use crate::wire::pb::spire::api::types as pt;
 use base64::Engine as _;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -38,6 +38,12 @@ pub struct AgentSettings {
     pub state_dir: Option<PathBuf>,
     /// Sync period.
     pub sync_interval: Duration,
+    /// At most this many X509-SVIDs are kept (SPIRE's `x509_svid_cache_max_size`, a soft
+    /// limit: a workload with an open stream keeps all of its own). `None`: no limit.
+    pub x509_svid_cache_max_size: Option<usize>,
+    /// At most this many JWT-SVIDs are cached (SPIRE's `jwt_svid_cache_max_size`). `None`: no
+    /// limit.
+    pub jwt_svid_cache_max_size: Option<usize>,
 }
 
 /// Why the agent stopped.
@@ -118,6 +124,9 @@ struct Persisted {
     bundle: Vec<String>,
 }
 
+/// A cached JWT-SVID's key: entry ID and sorted audience.
+type JwtKey = (String, Vec<String>);
+
 struct State {
     svid: AgentSvid,
     channel: tonic::transport::Channel,
@@ -125,7 +134,13 @@ struct State {
     federated: BTreeMap<TrustDomain, Bundle>,
     entries: Vec<pt::Entry>,
     svids: HashMap<String, (i64, Arc<X509SvidItem>)>,
-    jwt: HashMap<(String, Vec<String>), (String, i64, i64)>,
+    /// Cached JWT-SVIDs by (entry, sorted audience): token, iat, exp, last use.
+    jwt: HashMap<JwtKey, (String, i64, i64, u64)>,
+    /// When each entry's SVID was last handed to a workload (a sync counter; absent = never):
+    /// the SVID cache evicts the least recently used first.
+    last_access: HashMap<String, u64>,
+    /// Counts syncs and JWT cache uses, the clock of `last_access` and of the JWT cache.
+    tick: u64,
     /// Tainted roots already acted on.
     tainted_seen: std::collections::BTreeSet<Vec<u8>>,
     /// Entries whose SVID a tainted authority signed: re-minted at the next chance.
@@ -154,6 +169,11 @@ pub struct Agent {
     wanted: Mutex<std::collections::HashSet<String>>,
     /// Wakes the sync loop early (a workload is waiting for a deferred SVID).
     wake: tokio::sync::Notify,
+    /// Selectors of the workloads with a stream open now (see [`WorkloadSource::hold`]).
+    subscribers: Arc<Mutex<HashMap<u64, Vec<Selector>>>>,
+    /// Selectors of workloads that opened a stream since the last sync (marks their SVIDs used).
+    touched: Mutex<HashSet<Vec<Selector>>>,
+    next_hold: std::sync::atomic::AtomicU64,
     settings: AgentSettings,
     server_id: SpiffeId,
     state: tokio::sync::Mutex<State>,
@@ -191,7 +211,7 @@ fn react_to_taint(st: &mut State, bundle: &Bundle, now: i64) {
         bundle.jwt_authorities.iter().filter(|k| k.tainted).map(|k| k.key_id.as_str()).collect();
     if !tainted_kids.is_empty() {
         let mut removed: BTreeMap<String, usize> = BTreeMap::new();
-        st.jwt.retain(|_, (token, _, _)| match crate::spiffe::jwt::header_kid(token) {
+        st.jwt.retain(|_, (token, _, _, _)| match crate::spiffe::jwt::header_kid(token) {
             Some(kid) if tainted_kids.contains(kid.as_str()) => {
                 *removed.entry(kid).or_default() += 1;
                 false
@@ -297,6 +317,9 @@ impl Agent {
             last_sync_success: std::sync::atomic::AtomicI64::new(0),
             wanted: Mutex::new(std::collections::HashSet::new()),
             wake: tokio::sync::Notify::new(),
+            subscribers: Arc::new(Mutex::new(HashMap::new())),
+            touched: Mutex::new(HashSet::new()),
+            next_hold: std::sync::atomic::AtomicU64::new(0),
             settings,
             server_id,
             state: tokio::sync::Mutex::new(State {
@@ -307,6 +330,8 @@ impl Agent {
                 entries: vec![],
                 svids: HashMap::new(),
                 jwt: HashMap::new(),
+                last_access: HashMap::new(),
+                tick: 0,
                 tainted_seen: std::collections::BTreeSet::new(),
                 force_remint: std::collections::HashSet::new(),
                 agent_svid_tainted: false,
@@ -467,16 +492,12 @@ impl Agent {
                 Err(e) => return Err(SyncError::rpc(format!("fetching federated bundle {td}"), e)),
             }
         }
-        // Which entries need a (new) SVID. One whose prefetch is disabled waits until a
-        // workload asks for it (SPIRE's `disable_x509_svid_prefetch`); once minted it is kept
-        // current like the others.
-        let wanted = self.wanted.lock().map(|w| w.clone()).unwrap_or_default();
+        // Which entries hold an SVID after this sync (the SVID cache's plan), then which of
+        // those need a (new) one.
+        let keep = self.plan_svid_cache(&mut st, &entries);
         let due: Vec<&pt::Entry> = entries
             .iter()
-            .filter(|e| {
-                let deferred = e.additional_attributes.is_some_and(|a| a.disable_x509_svid_prefetch);
-                !deferred || st.svids.contains_key(&e.id) || wanted.contains(&e.id)
-            })
+            .filter(|e| keep.contains(&e.id))
             .filter(|e| match st.svids.get(&e.id) {
                 _ if st.force_remint.contains(&e.id) => true,
                 None => true,
@@ -524,8 +545,7 @@ impl Agent {
         for e in &entries {
             if let Some(m) = minted.remove(&e.id) {
                 svids.insert(e.id.clone(), m);
-            } else if let Some(old) = st.svids.get(&e.id) {
-                // Entry unchanged: carry hint/federation updates that do not bump the revision.
+            } else if let Some(old) = st.svids.get(&e.id).filter(|_| keep.contains(&e.id)) {
                 svids.insert(e.id.clone(), old.clone());
             }
         }
@@ -544,7 +564,7 @@ impl Agent {
         let bundle_changed = st.bundle.x509_authorities != bundle.x509_authorities;
         st.bundle = bundle;
         st.federated = federated;
-        st.jwt.retain(|_, (_, _, exp)| *exp > now);
+        st.jwt.retain(|_, (_, _, exp, _)| *exp > now);
         if bundle_changed {
             // New connections to the server must trust the roots the bundle has now: after a
             // CA rotation the server's own SVID moves to the new root, and after a revocation
@@ -568,19 +588,35 @@ impl Agent {
         let mut svids: Vec<Arc<X509SvidItem>> = st.entries.iter().filter_map(|e| st.svids.get(&e.id).map(|(_, s)| Arc::clone(s))).collect();
         // Stable order: by SPIFFE ID then entry id, so a caller's default identity does not flap.
         svids.sort_by(|a, b| a.spiffe_id.cmp(&b.spiffe_id).then_with(|| a.entry_id.cmp(&b.entry_id)));
-        let deferred = st
-            .entries
-            .iter()
-            .filter(|e| e.additional_attributes.is_some_and(|a| a.disable_x509_svid_prefetch) && !st.svids.contains_key(&e.id))
-            .map(|e| (e.id.clone(), e.selectors.iter().map(|s| Selector { kind: s.r#type.clone(), value: s.value.clone() }).collect()))
-            .collect();
+        let mut unminted: Vec<Arc<Identity>> =
+            st.entries.iter().filter(|e| !st.svids.contains_key(&e.id)).filter_map(|e| entry_identity(e).map(Arc::new)).collect();
+        unminted.sort_by(|a, b| a.spiffe_id.cmp(&b.spiffe_id).then_with(|| a.entry_id.cmp(&b.entry_id)));
         Snapshot {
             trust_domain: self.settings.trust_domain.clone(),
             bundle: st.bundle.clone(),
             federated: st.federated.clone(),
             svids,
-            deferred,
+            unminted,
         }
+    }
+
+    /// The SVID cache's plan for this sync: the entries that hold an X509-SVID afterwards.
+    ///
+    /// SPIRE's LRU cache, in cairn's words: an entry a workload is entitled to while its stream
+    /// is open, or that a workload has asked for, always gets one (the size is a soft limit);
+    /// beyond that, SVIDs past `x509_svid_cache_max_size` are evicted least recently used
+    /// first, and free room is filled with entries not yet minted, those workloads used before
+    /// first. Entries that opt out of pre-fetching are minted only when asked for.
+    fn plan_svid_cache(&self, st: &mut State, entries: &[pt::Entry]) -> HashSet<String> {
+        st.tick += 1;
+        let demand = Demand {
+            open: self.subscribers.lock().map(|s| s.values().cloned().collect()).unwrap_or_default(),
+            touched: self.touched.lock().map(|mut t| t.drain().collect()).unwrap_or_default(),
+            wanted: self.wanted.lock().map(|w| w.clone()).unwrap_or_default(),
+        };
+        let held: HashSet<&str> = st.svids.keys().map(String::as_str).collect();
+        let cap = self.settings.x509_svid_cache_max_size.unwrap_or(usize::MAX);
+        svid_cache_plan(entries, &held, &demand, &mut st.last_access, st.tick, cap)
     }
 
     async fn renew(&self, st: &mut State) -> Result<(), SyncError> {
@@ -652,24 +688,107 @@ impl Agent {
     }
 }
 
+/// What workloads asked of the SVID cache since the last sync.
+#[derive(Debug, Default)]
+struct Demand {
+    /// Selectors of workloads with a stream open.
+    open: Vec<Vec<Selector>>,
+    /// Selectors of workloads that opened a stream since the last sync.
+    touched: Vec<Vec<Selector>>,
+    /// Entries a workload is waiting for.
+    wanted: HashSet<String>,
+}
+
+/// [`Agent::plan_svid_cache`]'s logic: `held` are the entries with an SVID now, `last_access`
+/// is updated to `tick` for the entries workloads used, and the result is the set of entries
+/// that hold one after the sync (at most `cap`, unless workloads need more).
+fn svid_cache_plan(
+    entries: &[pt::Entry],
+    held: &HashSet<&str>,
+    demand: &Demand,
+    last_access: &mut HashMap<String, u64>,
+    tick: u64,
+    cap: usize,
+) -> HashSet<String> {
+    let (subscribers, touched, wanted) = (&demand.open, &demand.touched, &demand.wanted);
+    let mut active: HashSet<&str> = entries.iter().filter(|e| wanted.contains(&e.id)).map(|e| e.id.as_str()).collect();
+    if !subscribers.is_empty() || !touched.is_empty() {
+        for e in entries {
+            let granted = |caller: &Vec<Selector>| {
+                !e.selectors.is_empty() && e.selectors.iter().all(|s| caller.iter().any(|c| c.kind == s.r#type && c.value == s.value))
+            };
+            let open = subscribers.iter().any(granted);
+            if open || touched.iter().any(granted) {
+                last_access.insert(e.id.clone(), tick);
+            }
+            if open {
+                active.insert(&e.id);
+            }
+        }
+    }
+    let present: HashSet<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+    last_access.retain(|id, _| present.contains(id.as_str()));
+    let mut keep: HashSet<String> = entries.iter().filter(|e| held.contains(e.id.as_str())).map(|e| e.id.clone()).collect();
+    if keep.len() > cap {
+        let mut victims: Vec<(u64, String)> = keep
+            .iter()
+            .filter(|id| !active.contains(id.as_str()))
+            .map(|id| (last_access.get(id).copied().unwrap_or(0), id.clone()))
+            .collect();
+        victims.sort();
+        for (used, id) in victims {
+            if keep.len() <= cap {
+                break;
+            }
+            tracing::debug!(record_id = %id, record_timestamp = used, "Removing SVID record");
+            keep.remove(&id);
+        }
+    }
+    keep.extend(active.iter().map(|id| (*id).to_owned()));
+    if keep.len() < cap {
+        let mut fill: Vec<(std::cmp::Reverse<u64>, usize, &str)> = entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| !keep.contains(&e.id) && !e.additional_attributes.is_some_and(|a| a.disable_x509_svid_prefetch))
+            .map(|(i, e)| (std::cmp::Reverse(last_access.get(&e.id).copied().unwrap_or(0)), i, e.id.as_str()))
+            .collect();
+        fill.sort_unstable();
+        let room = cap - keep.len();
+        keep.extend(fill.into_iter().take(room).map(|(_, _, id)| id.to_owned()));
+    }
+    keep
+}
+
 fn minted_is_empty(new: &HashMap<String, (i64, Arc<X509SvidItem>)>, old: &HashMap<String, (i64, Arc<X509SvidItem>)>) -> bool {
     new.iter().all(|(k, (_, v))| old.get(k).is_some_and(|(_, o)| Arc::ptr_eq(o, v)))
 }
 
-fn svid_item(e: &pt::Entry, chain: Vec<Vec<u8>>, key: Zeroizing<Vec<u8>>) -> Option<X509SvidItem> {
+/// What an entry grants, without SVID material (`None` if its SPIFFE ID does not parse).
+fn entry_identity(e: &pt::Entry) -> Option<Identity> {
     let id = e.spiffe_id.as_ref()?;
-    let spiffe_id = SpiffeId::from_path(&TrustDomain::new(&id.trust_domain).ok()?, &id.path).ok()?;
-    let not_after = validity(chain.first()?).1;
-    Some(X509SvidItem {
+    Some(Identity {
         entry_id: e.id.clone(),
-        spiffe_id,
+        spiffe_id: SpiffeId::from_path(&TrustDomain::new(&id.trust_domain).ok()?, &id.path).ok()?,
         selectors: e.selectors.iter().map(|s| Selector { kind: s.r#type.clone(), value: s.value.clone() }).collect(),
-        chain,
-        key_pkcs8: Arc::new(key),
         hint: e.hint.clone(),
         federates_with: e.federates_with.iter().filter_map(|t| TrustDomain::new(t).ok()).collect(),
-        not_after,
         entry_expires_at: e.expires_at,
+    })
+}
+
+fn svid_item(e: &pt::Entry, chain: Vec<Vec<u8>>, key: Zeroizing<Vec<u8>>) -> Option<X509SvidItem> {
+    let not_after = validity(chain.first()?).1;
+    let Identity { entry_id, spiffe_id, selectors, hint, federates_with, entry_expires_at } = entry_identity(e)?;
+    Some(X509SvidItem {
+        entry_id,
+        spiffe_id,
+        selectors,
+        chain,
+        key_pkcs8: Arc::new(key),
+        hint,
+        federates_with,
+        not_after,
+        entry_expires_at,
     })
 }
 
@@ -760,14 +879,32 @@ impl WorkloadSource for Agent {
         self.wake.notify_one();
     }
 
-    async fn fetch_jwt_svid(&self, svid: &X509SvidItem, audience: &[String]) -> Result<(String, i64), FetchJwtError> {
+    fn hold(&self, selectors: &[Selector]) -> Hold {
+        let id = self.next_hold.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut s) = self.subscribers.lock() {
+            s.insert(id, selectors.to_vec());
+        }
+        if let Ok(mut t) = self.touched.lock() {
+            t.insert(selectors.to_vec());
+        }
+        let subscribers = Arc::clone(&self.subscribers);
+        Hold(Some(Box::new(move || {
+            if let Ok(mut s) = subscribers.lock() {
+                s.remove(&id);
+            }
+        })))
+    }
+
+    async fn fetch_jwt_svid(&self, svid: &Identity, audience: &[String]) -> Result<(String, i64), FetchJwtError> {
         let mut aud = audience.to_vec();
         aud.sort();
         aud.dedup();
         let key = (svid.entry_id.clone(), aud.clone());
         let now = crate::now_unix();
         let (ch, uncached) = {
-            let st = self.state.lock().await;
+            let mut st = self.state.lock().await;
+            st.tick += 1;
+            let tick = st.tick;
             // An entry whose JWT-SVIDs carry a `jti` wants a fresh token each time (SPIRE's
             // `jwt_svid_include_jti`): never served from, nor kept in, the cache.
             let uncached = st
@@ -776,9 +913,10 @@ impl WorkloadSource for Agent {
                 .find(|e| e.id == svid.entry_id)
                 .and_then(|e| e.additional_attributes)
                 .is_some_and(|a| a.jwt_svid_include_jti);
-            if let Some((token, iat, exp)) = st.jwt.get(&key).filter(|_| !uncached) {
+            if let Some((token, iat, exp, used)) = st.jwt.get_mut(&key).filter(|_| !uncached) {
                 // Cached until half-life, as SPIRE's agent does.
                 if !half_life_passed(*iat, *exp, now) {
+                    *used = tick;
                     return Ok((token.clone(), *exp));
                 }
             }
@@ -798,7 +936,15 @@ impl WorkloadSource for Agent {
         let j = resp.svid.ok_or_else(|| FetchJwtError::Unavailable("server returned no JWT-SVID".into()))?;
         if !uncached {
             let mut st = self.state.lock().await;
-            st.jwt.insert(key, (j.token.clone(), j.issued_at, j.expires_at));
+            st.tick += 1;
+            let tick = st.tick;
+            st.jwt.insert(key, (j.token.clone(), j.issued_at, j.expires_at, tick));
+            // Bounded as SPIRE's `jwt_svid_cache_max_size`: the least recently used go first.
+            let cap = self.settings.jwt_svid_cache_max_size.unwrap_or(usize::MAX);
+            while st.jwt.len() > cap {
+                let Some(oldest) = st.jwt.iter().min_by_key(|(_, v)| v.3).map(|(k, _)| k.clone()) else { break };
+                st.jwt.remove(&oldest);
+            }
         }
         Ok((j.token, j.expires_at))
     }
@@ -809,5 +955,90 @@ impl crate::telemetry::health::Readiness for Agent {
     /// An agent is ready once it has synced with its server.
     async fn ready(&self) -> bool {
         super::cache::WorkloadSource::subscribe(self).borrow().is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+    use super::*;
+
+    fn entry(id: &str, uid: u32, prefetch: bool) -> pt::Entry {
+        pt::Entry {
+            id: id.to_owned(),
+            selectors: vec![pt::Selector { r#type: "unix".into(), value: format!("uid:{uid}") }],
+            additional_attributes: (!prefetch)
+                .then_some(pt::entry::AdditionalAttributes { disable_x509_svid_prefetch: true, ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    fn uid(n: u32) -> Vec<Selector> {
+        vec![Selector { kind: "unix".into(), value: format!("uid:{n}") }, Selector { kind: "unix".into(), value: "gid:0".into() }]
+    }
+
+    fn sorted(keep: HashSet<String>) -> Vec<String> {
+        let mut v: Vec<String> = keep.into_iter().collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_full_cache_mints_no_more_and_free_room_is_filled_in_entry_order() {
+        let entries: Vec<pt::Entry> = (1..=5).map(|i| entry(&format!("e{i}"), 1, true)).collect();
+        let mut used = HashMap::new();
+        let keep = svid_cache_plan(&entries, &HashSet::new(), &Demand::default(), &mut used, 1, 3);
+        assert_eq!(sorted(keep), ["e1", "e2", "e3"]);
+        let keep = svid_cache_plan(&entries, &HashSet::new(), &Demand::default(), &mut used, 1, usize::MAX);
+        assert_eq!(keep.len(), 5);
+    }
+
+    #[test]
+    fn an_open_stream_keeps_all_its_svids_beyond_the_size_and_the_rest_are_evicted_least_recently_used_first() {
+        let mut entries: Vec<pt::Entry> = (1..=4).map(|i| entry(&format!("a{i}"), 1, true)).collect();
+        entries.extend((1..=4).map(|i| entry(&format!("b{i}"), 2, true)));
+        let held: HashSet<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+        // uid 2 used its identities at tick 5, a3 was used at tick 7 on its own.
+        let mut used: HashMap<String, u64> = (1..=4).map(|i| (format!("b{i}"), 5)).collect();
+        used.insert("a3".into(), 7);
+        used.insert("gone".into(), 9);
+        // uid 1 streams now: its four stay, and one slot of the size 5 is left for the most
+        // recently used of the others.
+        let demand = Demand { open: vec![uid(1)], ..Demand::default() };
+        let keep = svid_cache_plan(&entries, &held, &demand, &mut used, 10, 5);
+        assert_eq!(sorted(keep), ["a1", "a2", "a3", "a4", "b4"]);
+        assert_eq!(used.get("a1"), Some(&10), "an open stream marks its identities used");
+        assert!(!used.contains_key("gone"), "entries no longer authorized are forgotten");
+        // With uid 2 streaming as well, all eight are held: the size is a soft limit.
+        let demand = Demand { open: vec![uid(1), uid(2)], ..Demand::default() };
+        assert_eq!(svid_cache_plan(&entries, &held, &demand, &mut used, 11, 5).len(), 8);
+        // Nobody streaming: back to the size, keeping the most recently used.
+        used.insert("b1".into(), 12);
+        used.insert("a4".into(), 13);
+        let keep = svid_cache_plan(&entries, &held, &Demand::default(), &mut used, 13, 2);
+        assert_eq!(sorted(keep), ["a4", "b1"], "{used:?}");
+    }
+
+    #[test]
+    fn a_workload_that_used_an_identity_before_gets_it_prefetched_first() {
+        let entries: Vec<pt::Entry> = (1..=4).map(|i| entry(&format!("e{i}"), i, true)).collect();
+        let mut used = HashMap::new();
+        let demand = Demand { touched: vec![uid(4)], ..Demand::default() };
+        let keep = svid_cache_plan(&entries, &HashSet::new(), &demand, &mut used, 1, 2);
+        assert_eq!(sorted(keep), ["e1", "e4"]);
+    }
+
+    #[test]
+    fn entries_that_opt_out_of_prefetch_are_minted_only_when_asked_for() {
+        let entries = vec![entry("lazy", 1, false), entry("eager", 1, true)];
+        let mut used = HashMap::new();
+        let keep = svid_cache_plan(&entries, &HashSet::new(), &Demand::default(), &mut used, 1, 10);
+        assert_eq!(sorted(keep), ["eager"]);
+        let demand = Demand { wanted: HashSet::from(["lazy".to_owned()]), ..Demand::default() };
+        let keep = svid_cache_plan(&entries, &HashSet::new(), &demand, &mut used, 2, 1);
+        assert_eq!(sorted(keep), ["lazy"], "asked for: minted even though the cache is full");
+        let held = HashSet::from(["lazy"]);
+        let keep = svid_cache_plan(&entries, &held, &Demand::default(), &mut used, 3, 10);
+        assert_eq!(sorted(keep), ["eager", "lazy"], "once minted it is kept current");
     }
 }

@@ -140,6 +140,8 @@ pub async fn run_until(config: AgentConfig, shutdown: impl std::future::Future<O
         attestation,
         state_dir,
         sync_interval: config.sync_interval,
+        x509_svid_cache_max_size: Some(config.x509_svid_cache_max_size),
+        jwt_svid_cache_max_size: Some(config.jwt_svid_cache_max_size),
     };
     let agent = Agent::start(settings).await.map_err(|e| e.to_string())?;
     if let Some(id) = agent.agent_id().await {

@@ -39,7 +39,7 @@ use tonic::{Request, Response, Status};
 
 mod status;
 
-use crate::agent::cache::{FetchJwtError, Snapshot, WorkloadSource, X509SvidItem};
+use crate::agent::cache::{FetchJwtError, Hold, Identity, Snapshot, WorkloadSource, X509SvidItem};
 use crate::net::{ConnInfo, ConnLimits, Peer, Registry};
 use crate::spiffe::Selector;
 use crate::spiffe::{Bundle, JwtSvidError, SpiffeId, TrustDomain, validate_jwt_svid};
@@ -197,18 +197,19 @@ impl WorkloadApi {
     }
 
     /// [`WorkloadApi::subscribe`] for a caller with `selectors`: when the caller is entitled
-    /// to identities whose SVIDs are deferred (prefetch disabled), they are asked for and the
+    /// to identities with no SVID held now (prefetch disabled, or beyond the SVID cache's
+    /// size), they are asked for and the
     /// snapshot that has them is awaited (a few seconds at most; the caller then gets what
     /// there is, and the stream delivers the rest when it comes).
     async fn subscribe_for(&self, selectors: &[Selector]) -> Result<(SnapshotRx, Arc<Snapshot>), Status> {
         let (mut rx, mut snapshot) = self.subscribe()?;
-        let wanted = snapshot.deferred_for(selectors);
+        let wanted = snapshot.unminted_for(selectors);
         if wanted.is_empty() {
             return Ok((rx, snapshot));
         }
         self.source.request_svids(wanted);
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !snapshot.deferred_for(selectors).is_empty() {
+        while !snapshot.unminted_for(selectors).is_empty() {
             match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => {
                     if let Some(s) = rx.borrow_and_update().clone() {
@@ -228,6 +229,9 @@ impl WorkloadApi {
         M: PartialEq + Clone + Send + Sync + 'static,
     {
         let selectors = self.attest(req).await?;
+        // Held before asking for missing SVIDs, so the sync that mints them does not evict
+        // this caller's others to make room.
+        let hold = self.source.hold(&selectors);
         let (rx, snapshot) = self.subscribe_for(&selectors).await?;
         let identities = caller_identities(&snapshot, &selectors);
         if identities.is_empty() {
@@ -235,7 +239,16 @@ impl WorkloadApi {
             return Err(WorkloadError::NoIdentity.into());
         }
         let first = compose(&snapshot, &identities);
-        let stream = updates(Follow { rx, stop: self.stop.subscribe(), selectors, compose, pending: Some(first), last: None, done: false });
+        let stream = updates(Follow {
+            rx,
+            stop: self.stop.subscribe(),
+            selectors,
+            compose,
+            pending: Some(first),
+            last: None,
+            done: false,
+            _hold: hold,
+        });
         Ok(Response::new(stream))
     }
 }
@@ -365,8 +378,10 @@ impl SpiffeWorkloadApi for WorkloadApi {
         };
 
         let selectors = self.attest(&req).await?;
-        let (_, snapshot) = self.subscribe_for(&selectors).await?;
-        let identities: Vec<_> = caller_identities(&snapshot, &selectors)
+        // A JWT-SVID needs no X509-SVID: identities the SVID cache holds no certificate for
+        // get their tokens too, without minting one (as SPIRE's LRU cache does).
+        let (_, snapshot) = self.subscribe()?;
+        let identities: Vec<_> = dedup_hints(snapshot.identities_for(&selectors))
             .into_iter()
             .filter(|item| requested.as_ref().is_none_or(|id| item.spiffe_id == *id))
             .collect();
@@ -407,8 +422,8 @@ impl SpiffeWorkloadApi for WorkloadApi {
         // entries, exactly as for the bundles it would fetch.
         let selectors = self.attest(&req).await?;
         let (_, snapshot) = self.subscribe()?;
-        let identities = caller_identities(&snapshot, &selectors);
-        let trusted = federated_bundles(&snapshot, &identities);
+        let identities = dedup_hints(snapshot.identities_for(&selectors));
+        let trusted = federated_bundles(&snapshot, identities.iter().map(|i| i.federates_with.as_slice()));
 
         // Keys come only from the bundle of the token subject's trust domain (checklist §3
         // item 12); a trust domain the caller does not federate with has no bundle here.
@@ -472,10 +487,20 @@ fn caller_identities(snapshot: &Snapshot, selectors: &[Selector]) -> Vec<Arc<X50
     snapshot.svids_for(selectors).into_iter().filter(|item| item.hint.is_empty() || seen_hints.insert(item.hint.clone())).collect()
 }
 
-/// Bundles of the foreign trust domains `identities` federate with that the agent has. The own
-/// trust domain is never among them: it is served as the SVIDs' own bundle.
-fn federated_bundles<'s>(snapshot: &'s Snapshot, identities: &[Arc<X509SvidItem>]) -> BTreeMap<&'s TrustDomain, &'s Bundle> {
-    let wanted: BTreeSet<&TrustDomain> = identities.iter().flat_map(|item| item.federates_with.iter()).collect();
+/// [`caller_identities`]' hint rule, for identities with or without an SVID.
+fn dedup_hints(identities: Vec<Identity>) -> Vec<Identity> {
+    let mut seen_hints = HashSet::new();
+    identities.into_iter().filter(|i| i.hint.is_empty() || seen_hints.insert(i.hint.clone())).collect()
+}
+
+/// Bundles of the foreign trust domains the identities (given by their `federates_with`)
+/// federate with that the agent has. The own trust domain is never among them: it is served as
+/// the SVIDs' own bundle.
+fn federated_bundles<'s, 'i>(
+    snapshot: &'s Snapshot,
+    federates_with: impl Iterator<Item = &'i [TrustDomain]>,
+) -> BTreeMap<&'s TrustDomain, &'s Bundle> {
+    let wanted: BTreeSet<&TrustDomain> = federates_with.flatten().collect();
     snapshot.federated.iter().filter(|(td, _)| **td != snapshot.trust_domain && wanted.contains(td)).collect()
 }
 
@@ -507,21 +532,27 @@ fn x509_svid_response(snapshot: &Snapshot, identities: &[Arc<X509SvidItem>]) -> 
             hint: item.hint.clone(),
         })
         .collect();
-    let federated_bundles =
-        federated_bundles(snapshot, identities).into_iter().map(|(td, b)| (td.id_string(), concat_der(&b.x509_authorities))).collect();
+    let federated_bundles = federated_bundles(snapshot, identities.iter().map(|i| i.federates_with.as_slice()))
+        .into_iter()
+        .map(|(td, b)| (td.id_string(), concat_der(&b.x509_authorities)))
+        .collect();
     X509svidResponse { svids, crl: Vec::new(), federated_bundles }
 }
 
 fn x509_bundles_response(snapshot: &Snapshot, identities: &[Arc<X509SvidItem>]) -> X509BundlesResponse {
-    let mut bundles: HashMap<String, Vec<u8>> =
-        federated_bundles(snapshot, identities).into_iter().map(|(td, b)| (td.id_string(), concat_der(&b.x509_authorities))).collect();
+    let mut bundles: HashMap<String, Vec<u8>> = federated_bundles(snapshot, identities.iter().map(|i| i.federates_with.as_slice()))
+        .into_iter()
+        .map(|(td, b)| (td.id_string(), concat_der(&b.x509_authorities)))
+        .collect();
     bundles.insert(snapshot.trust_domain.id_string(), concat_der(&snapshot.bundle.x509_authorities));
     X509BundlesResponse { crl: Vec::new(), bundles }
 }
 
 fn jwt_bundles_response(snapshot: &Snapshot, identities: &[Arc<X509SvidItem>]) -> JwtBundlesResponse {
-    let mut bundles: HashMap<String, Vec<u8>> =
-        federated_bundles(snapshot, identities).into_iter().map(|(td, b)| (td.id_string(), b.jwt_jwks_json().into_bytes())).collect();
+    let mut bundles: HashMap<String, Vec<u8>> = federated_bundles(snapshot, identities.iter().map(|i| i.federates_with.as_slice()))
+        .into_iter()
+        .map(|(td, b)| (td.id_string(), b.jwt_jwks_json().into_bytes()))
+        .collect();
     bundles.insert(snapshot.trust_domain.id_string(), snapshot.bundle.jwt_jwks_json().into_bytes());
     JwtBundlesResponse { bundles }
 }
@@ -541,6 +572,8 @@ struct Follow<M> {
     last: Option<M>,
     /// The stream has sent its final status.
     done: bool,
+    /// Keeps the caller's SVIDs cached while the stream is open.
+    _hold: Hold,
 }
 
 /// The messages of one stream: the first one, then one per change of what the caller sees.

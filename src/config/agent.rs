@@ -43,6 +43,9 @@ pub const DEFAULT_SOCKET_PATH: &str = "/tmp/spire-agent/public/api.sock";
 pub const DEFAULT_CONFIG_PATH: &str = "conf/agent/agent.conf";
 /// Default server port.
 pub const DEFAULT_SERVER_PORT: u16 = 8081;
+/// Default `x509_svid_cache_max_size` and `jwt_svid_cache_max_size` (SPIRE's).
+pub const DEFAULT_SVID_CACHE_SIZE: usize = 1000;
+
 /// Default `experimental.sync_interval`.
 pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -143,6 +146,10 @@ pub struct AgentConfig {
     pub workload_key_type: KeyType,
     /// How often the agent syncs with the server (`experimental.sync_interval`, default 5s).
     pub sync_interval: Duration,
+    /// Soft limit on the X509-SVIDs the agent keeps (`x509_svid_cache_max_size`, default 1000).
+    pub x509_svid_cache_max_size: usize,
+    /// Limit on the JWT-SVIDs the agent caches (`jwt_svid_cache_max_size`, default 1000).
+    pub jwt_svid_cache_max_size: usize,
     /// Node attestor.
     pub node_attestor: NodeAttestorConfig,
     /// Key manager.
@@ -171,6 +178,8 @@ impl fmt::Debug for AgentConfig {
             .field("log_source_location", &self.log_source_location)
             .field("workload_key_type", &self.workload_key_type)
             .field("sync_interval", &self.sync_interval)
+            .field("x509_svid_cache_max_size", &self.x509_svid_cache_max_size)
+            .field("jwt_svid_cache_max_size", &self.jwt_svid_cache_max_size)
             .field("node_attestor", &self.node_attestor)
             .field("key_manager", &self.key_manager)
             .field("workload_attestors", &self.workload_attestors)
@@ -267,14 +276,13 @@ const AGENT_KEYS: &[&str] = &[
     "disable_workload_api",
     "disable_sds_api",
     "experimental",
+    "x509_svid_cache_max_size",
+    "jwt_svid_cache_max_size",
 ];
 
 /// SPIRE agent keys cairn does not have, and why.
 fn agent_unsupported(key: &str) -> Option<&'static str> {
     match key {
-        "x509_svid_cache_max_size" | "jwt_svid_cache_max_size" => {
-            Some("its SVID cache holds every SVID the agent is entitled to, with no size limit yet; remove it")
-        }
         "sds" => Some("it serves the Workload API only, no Envoy SDS API"),
         "availability_target" => Some("not yet: SVIDs rotate at half-life"),
         "trust_bundle_unix_socket" => Some("not yet: use trust_bundle_url over https or trust_bundle_path"),
@@ -469,6 +477,18 @@ impl AgentConfig {
             }
         }
 
+        // SPIRE: 0 (or absent) means its default; a negative size is an error.
+        let mut cache_size = |key: &str| match int(&mut w, agent, key, p) {
+            Some(n) if n < 0 => {
+                w.err(&join(p, key), format!("{n}: must not be negative"));
+                DEFAULT_SVID_CACHE_SIZE
+            }
+            Some(n) if n > 0 => usize::try_from(n).unwrap_or(usize::MAX),
+            _ => DEFAULT_SVID_CACHE_SIZE,
+        };
+        let x509_svid_cache_max_size = cache_size("x509_svid_cache_max_size");
+        let jwt_svid_cache_max_size = cache_size("jwt_svid_cache_max_size");
+
         let mut sync_interval = DEFAULT_SYNC_INTERVAL;
         if let Some(exp) = w.block(agent, "experimental", p) {
             let ep = "agent.experimental";
@@ -536,6 +556,8 @@ impl AgentConfig {
                 log_source_location,
                 workload_key_type,
                 sync_interval,
+                x509_svid_cache_max_size,
+                jwt_svid_cache_max_size,
                 node_attestor,
                 key_manager,
                 workload_attestors,

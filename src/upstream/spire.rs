@@ -28,6 +28,9 @@ fn agent_settings(e: &EmbeddedAgent) -> crate::agent::manager::AgentSettings {
         attestation: e.attestation.clone(),
         state_dir: Some(e.state_dir.clone()),
         sync_interval: e.sync_interval,
+        // The downstream tier's own identities: few, and all wanted.
+        x509_svid_cache_max_size: None,
+        jwt_svid_cache_max_size: None,
     }
 }
 

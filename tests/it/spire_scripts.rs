@@ -60,3 +60,18 @@ fn sync_authorized_entries_suite() {
 fn debug_endpoints_suite() {
     replay("debug-endpoints");
 }
+
+#[test]
+fn entries_suite() {
+    replay("entries");
+}
+
+#[test]
+fn fetch_x509_svids_suite() {
+    replay("fetch-x509-svids");
+}
+
+#[test]
+fn fetch_jwt_svids_suite() {
+    replay("fetch-jwt-svids");
+}

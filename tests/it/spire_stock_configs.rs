@@ -315,11 +315,11 @@ fn refused_keys_name_their_path() {
                 "agent/refused.conf",
                 &std::fs::read_to_string(tree.root().join("conf/agent/agent.conf")).unwrap().replacen(
                     "log_level = \"DEBUG\"",
-                    "log_level = \"DEBUG\"\n    x509_svid_cache_max_size = 5",
+                    "log_level = \"DEBUG\"\n    availability_target = \"24h\"",
                     1,
                 ),
             ),
-            &["agent.x509_svid_cache_max_size"],
+            &["agent.availability_target"],
         ),
     ];
     for (program, config, paths) in cases {

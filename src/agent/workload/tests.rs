@@ -192,7 +192,7 @@ impl Pki {
             bundle: self.own_bundle(),
             federated: BTreeMap::from([(td(FED_TD), self.fed_bundle())]),
             svids: svids.iter().map(|s| Arc::clone(s)).collect(),
-            deferred: vec![],
+            unminted: vec![],
         }))
     }
 
@@ -230,7 +230,7 @@ impl WorkloadSource for FakeSource {
         self.tx.subscribe()
     }
 
-    async fn fetch_jwt_svid(&self, svid: &X509SvidItem, audience: &[String]) -> Result<(String, i64), FetchJwtError> {
+    async fn fetch_jwt_svid(&self, svid: &Identity, audience: &[String]) -> Result<(String, i64), FetchJwtError> {
         self.jwt_calls.lock().unwrap().push((svid.spiffe_id.to_string(), audience.to_vec()));
         let now = crate::now_unix();
         let exp = now + 300;
@@ -608,6 +608,25 @@ async fn jwt_bundles_are_jwks_with_the_kid() {
 // === FetchJWTSVID ===
 
 #[tokio::test]
+async fn jwt_svids_are_issued_for_identities_the_svid_cache_holds_no_certificate_for() {
+    // db's X509-SVID is not held (the agent's cache is full): FetchJWTSVID still answers for
+    // it, at once and without asking for an X509-SVID, as SPIRE's LRU cache does.
+    let server = TestServer::start(|pki| {
+        let mut snap = (*pki.snapshot(&[&pki.web]).unwrap()).clone();
+        snap.unminted = vec![Arc::new(pki.db.identity())];
+        Some(Arc::new(snap))
+    })
+    .await;
+    let mut client = server.client().await;
+    let resp = client.fetch_jwtsvid(jwt_req(&["aud"], "")).await.unwrap().into_inner();
+    let got: Vec<_> = resp.svids.iter().map(|s| s.spiffe_id.as_str()).collect();
+    assert_eq!(got, ["spiffe://example.org/web", "spiffe://example.org/db"]);
+    let bundles = [server.pki.own_bundle()];
+    let claims = validate_jwt_svid(&resp.svids[1].svid, &["aud"], crate::now_unix(), crate::spiffe::bundle_keys(&bundles)).unwrap();
+    assert_eq!(claims.subject.as_str(), "spiffe://example.org/db");
+}
+
+#[tokio::test]
 async fn jwt_svid_for_every_identity_or_the_requested_one() {
     let server = TestServer::start(Pki::all).await;
     let mut client = server.client().await;
@@ -689,7 +708,7 @@ impl WorkloadSource for FailingSource {
         self.inner.subscribe()
     }
 
-    async fn fetch_jwt_svid(&self, _svid: &X509SvidItem, _audience: &[String]) -> Result<(String, i64), FetchJwtError> {
+    async fn fetch_jwt_svid(&self, _svid: &Identity, _audience: &[String]) -> Result<(String, i64), FetchJwtError> {
         if self.invalid {
             Err(FetchJwtError::InvalidArgument("bad audience".to_owned()))
         } else {

@@ -441,11 +441,21 @@ fn load_reads_files_and_expands_env_only_when_asked() {
 }
 
 #[test]
+fn svid_cache_sizes_default_to_spires_and_zero_means_the_default() {
+    let c = load(&with("", PLUGINS)).unwrap();
+    assert_eq!((c.x509_svid_cache_max_size, c.jwt_svid_cache_max_size), (1000, 1000));
+    let c = load(&with("x509_svid_cache_max_size = 8\n jwt_svid_cache_max_size = \"0\"", PLUGINS)).unwrap();
+    assert_eq!((c.x509_svid_cache_max_size, c.jwt_svid_cache_max_size), (8, 1000));
+    let errs = load(&with("jwt_svid_cache_max_size = -1", PLUGINS)).unwrap_err();
+    let e = errs.0.iter().find(|e| e.path == "agent.jwt_svid_cache_max_size").unwrap();
+    assert!(e.message.contains("must not be negative"), "{}", e.message);
+}
+
+#[test]
 fn keys_cairn_lacks_are_refused_by_path_with_a_reason() {
-    let text = with("x509_svid_cache_max_size = 10\n jwt_svid_cache_max_size = 10\n log_selectors = [\"unix:user\"]", PLUGINS)
-        + "telemetry {\n Prometheus { port = 9988 }\n}\n";
+    let text = with("log_selectors = [\"unix:user\"]", PLUGINS) + "telemetry {\n Prometheus { port = 9988 }\n}\n";
     let errs = load(&text).unwrap_err();
-    for key in ["agent.x509_svid_cache_max_size", "agent.jwt_svid_cache_max_size", "agent.log_selectors", "telemetry.Prometheus"] {
+    for key in ["agent.log_selectors", "telemetry.Prometheus"] {
         let e = errs.0.iter().find(|e| e.path == key).unwrap_or_else(|| panic!("{key} not refused:\n{errs}"));
         assert!(e.message.starts_with("not supported by cairn (") && e.message.ends_with(')'), "{key}: {}", e.message);
     }
