@@ -382,6 +382,60 @@ impl Agent {
     /// # Errors
     /// The agent was banned or evicted and cannot re-attest.
     pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
+        let follower = tokio::spawn(Arc::clone(&self).follow_server_changes());
+        let result = Arc::clone(&self).sync_loop(shutdown).await;
+        follower.abort();
+        result
+    }
+
+    /// Holds the server's change stream (cairn's `AgentSync`) and wakes the sync loop on each
+    /// notice, so changes reach workloads as they happen; reconnects when the stream ends. A
+    /// server without it (SPIRE, or `agent_push = false`) answers Unimplemented, and the agent
+    /// then only polls, as SPIRE's does.
+    async fn follow_server_changes(self: Arc<Self>) {
+        use crate::wire::pb::cairn::api::agentsync::v1::{WatchChangesRequest, agent_sync_client::AgentSyncClient};
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let channel = self.state.lock().await.channel.clone();
+            match AgentSyncClient::new(channel).watch_changes(WatchChangesRequest {}).await {
+                Err(e) if e.code() == tonic::Code::Unimplemented => {
+                    tracing::info!(
+                        sync_interval = ?self.settings.sync_interval,
+                        "the server has no change stream (a SPIRE server, or agent_push is off): polling only"
+                    );
+                    return;
+                }
+                Err(e) => tracing::debug!(code = ?e.code(), error = e.message(), "could not open the server's change stream"),
+                Ok(resp) => {
+                    let mut stream = resp.into_inner();
+                    let mut live = false;
+                    loop {
+                        match stream.message().await {
+                            Ok(Some(notice)) => {
+                                if !live {
+                                    tracing::debug!("following the server's change stream");
+                                    live = true;
+                                    backoff = Duration::from_secs(1);
+                                } else {
+                                    tracing::debug!(generation = notice.generation, kind = notice.kind, "server reported a change");
+                                }
+                                self.wake.notify_one();
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                tracing::debug!(code = ?e.code(), error = e.message(), "the server's change stream ended");
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    async fn sync_loop(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
         tokio::pin!(shutdown);
         let mut backoff = self.settings.sync_interval;
         // A test's manual clock moving triggers a sync at once (SVIDs due for renewal).

@@ -5,6 +5,7 @@
 //! "local", and on the TLS port, where the caller is whoever the client certificate names.
 
 pub mod agent;
+pub mod agentsync;
 pub mod attest;
 pub mod bundle;
 pub mod bundlewatch;
@@ -57,6 +58,8 @@ pub struct ApiState {
     pub upstream_status: Arc<std::sync::RwLock<crate::upstream::UpstreamStatus>>,
     /// Open `BundleWatch` streams, capped.
     pub watchers: Arc<crate::api::bundlewatch::Watchers>,
+    /// Open `AgentSync` change streams, capped per agent.
+    pub agent_streams: Arc<crate::api::agentsync::AgentStreams>,
     /// Failed node attestations per peer address (throttling).
     pub attest_limiter: limiter::FailureLimiter,
     /// The federated bundle refresher (the Trust Domain API reloads and refreshes through it).

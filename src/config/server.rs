@@ -208,6 +208,9 @@ pub struct ServerConfig {
     /// Use polling even when the upstream can push (`experimental.upstream_bundle_push = false`),
     /// to compare the two paths.
     pub upstream_bundle_push: bool,
+    /// Serve cairn's `AgentSync` change stream, so cairn agents sync as soon as something they
+    /// hold changes (`experimental.agent_push`, default true; false: agents poll, as SPIRE's).
+    pub agent_push: bool,
     /// `disable_jwt_svids` (SPIRE 1.14+): no JWT keys, no JWT-SVIDs.
     pub disable_jwt_svids: bool,
     /// `federation { bundle_endpoint { ... } federates_with "<td>" { ... } }`.
@@ -484,6 +487,7 @@ impl ServerConfig {
         let mut jwt_publish_grace = 5;
         let mut upstream_poll_interval = 5;
         let mut upstream_bundle_push = true;
+        let mut agent_push = true;
         let mut entry_prune_interval = 300;
         if let Some(exp) = w.block(server, "experimental", p) {
             let ep = "server.experimental";
@@ -492,6 +496,7 @@ impl ServerConfig {
                 "jwt_publish_grace",
                 "upstream_bundle_poll_interval",
                 "upstream_bundle_push",
+                "agent_push",
                 "entry_prune_interval",
                 "require_pq_kem",
                 "feature_flags",
@@ -529,6 +534,9 @@ impl ServerConfig {
                 } else {
                     upstream_poll_interval = v;
                 }
+            }
+            if let Some(v) = w.boolean(exp, "agent_push", ep) {
+                agent_push = v;
             }
             if let Some(v) = w.boolean(exp, "upstream_bundle_push", ep) {
                 upstream_bundle_push = v;
@@ -598,6 +606,7 @@ impl ServerConfig {
                 jwt_publish_grace,
                 upstream_poll_interval,
                 upstream_bundle_push,
+                agent_push,
                 entry_prune_interval,
                 disable_jwt_svids,
                 federation,

@@ -25,6 +25,16 @@ struct Index {
     nodes: HashMap<SpiffeId, AttestedNode>,
 }
 
+/// How many times what agents sync has changed, by kind; agents' change streams follow it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Generation {
+    /// Entry or node changes applied to the index (whether they concern an agent is for the
+    /// agent's stream to work out).
+    pub entries: u64,
+    /// Bundle changes (the trust domain's or a federated one).
+    pub bundles: u64,
+}
+
 /// The cache.
 #[derive(Debug)]
 pub struct EntryCache {
@@ -33,6 +43,7 @@ pub struct EntryCache {
     index: RwLock<Arc<Index>>,
     bundle: RwLock<Option<Arc<Bundle>>>,
     reloads: AtomicU64,
+    generation: tokio::sync::watch::Sender<Generation>,
 }
 
 impl EntryCache {
@@ -48,6 +59,7 @@ impl EntryCache {
             index: RwLock::new(Arc::new(Index::default())),
             bundle: RwLock::new(None),
             reloads: AtomicU64::new(0),
+            generation: tokio::sync::watch::Sender::new(Generation::default()),
         })
     }
 
@@ -55,6 +67,13 @@ impl EntryCache {
     #[must_use]
     pub fn reload_count(&self) -> u64 {
         self.reloads.load(Ordering::Relaxed)
+    }
+
+    /// Follows [`Generation`]: moves after the index or the bundles changed, once the cache
+    /// answers with the change.
+    #[must_use]
+    pub fn watch_generation(&self) -> tokio::sync::watch::Receiver<Generation> {
+        self.generation.subscribe()
     }
 
     /// Rebuilds the index from the datastore.
@@ -85,8 +104,16 @@ impl EntryCache {
         if let Ok(mut g) = self.index.write() {
             *g = Arc::new(idx);
         }
+        let before = self.bundle();
         self.reload_bundle(ds).await?;
+        let bundle_moved = before != self.bundle();
         self.reloads.fetch_add(1, Ordering::Relaxed);
+        self.generation.send_modify(|g| {
+            g.entries += 1;
+            if bundle_moved {
+                g.bundles += 1;
+            }
+        });
         Ok(())
     }
 
@@ -136,6 +163,9 @@ impl EntryCache {
                         if let Err(e) = self.reload_bundle(ds.as_ref()).await {
                             tracing::warn!(error = %e, "bundle cache reload failed");
                         }
+                        // Federated bundles are not cached here, but agents fetch them: any
+                        // bundle change is news to them.
+                        self.generation.send_modify(|g| g.bundles += 1);
                         continue;
                     }
                     Ok(Change::Relationships) => continue,

@@ -149,6 +149,8 @@ impl Server {
         if let Some(b) = datastore.get_bundle(&config.trust_domain).await? {
             tls.set_roots(&b.x509_authorities);
         }
+        tls.set_admin_ids(&config.admin_ids);
+        refresh_foreign_admin_roots(&tls, datastore.as_ref()).await;
         let entry_cache = Arc::new(
             crate::datastore::entrycache::EntryCache::new(config.trust_domain.clone()).map_err(|e| ServerError::Io(e.to_string()))?,
         );
@@ -192,6 +194,7 @@ impl Server {
             upstream,
             upstream_status: Arc::new(std::sync::RwLock::new(UpstreamStatus::default())),
             watchers: Arc::default(),
+            agent_streams: Arc::default(),
             attest_limiter: crate::api::limiter::FailureLimiter::default(),
             federation,
         });
@@ -365,6 +368,7 @@ impl Server {
                         Ok(None) => {}
                         Err(e) => tracing::warn!(error = %e, "reading the bundle for TLS failed"),
                     }
+                    refresh_foreign_admin_roots(&tls, ds.as_ref()).await;
                 }
             });
         }
@@ -394,6 +398,15 @@ impl Server {
         {
             let svc = Svc::new(Arc::clone(&self.state), false);
             let router = grpc_router(&svc);
+            // Agents reach the server here only; without it cairn agents poll as SPIRE's do.
+            let router = if self.config.agent_push {
+                router.add_service(
+                    crate::wire::pb::cairn::api::agentsync::v1::agent_sync_server::AgentSyncServer::new(svc.clone())
+                        .max_decoding_message_size(MAX_MESSAGE_BYTES),
+                )
+            } else {
+                router
+            };
             let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(self.tls.server_config().map_err(|e| ServerError::Io(e.to_string()))?));
             tracing::info!(network = "tcp", address = %tcp.local_addr().map(|a| a.to_string()).unwrap_or_default(), "Starting Server APIs");
             let incoming = crate::net::tls_incoming(tcp, acceptor, Registry::new(tls_limits(nofile)));
@@ -556,6 +569,17 @@ fn tls_limits(nofile: u64) -> ConnLimits {
         idle_timeout: Duration::from_secs(120),
         max_connections: max,
         max_per_peer: (max / 2).max(8),
+    }
+}
+
+/// Re-reads the bundles of the trust domains foreign `admin_ids` belong to, for the TLS port's
+/// client verification.
+async fn refresh_foreign_admin_roots(tls: &TlsState, ds: &dyn Datastore) {
+    for td in tls.foreign_admin_trust_domains() {
+        match ds.get_bundle(&td).await {
+            Ok(b) => tls.set_foreign_roots(&td, b.as_ref().map_or(&[][..], |b| &b.x509_authorities[..])),
+            Err(e) => tracing::warn!(error = %e, trust_domain = %td, "reading a foreign admin's bundle for TLS failed"),
+        }
     }
 }
 

@@ -2,9 +2,10 @@
 //!
 //! The server presents `spiffe://<td>/spire/server`, an X509-SVID with an in-memory key,
 //! re-minted at half-life or when the active CA changes. Client certificates are optional (an
-//! agent attesting for the first time has none) but, when present, must chain to the trust
-//! domain's current bundle and carry one SPIFFE ID of this trust domain; otherwise the
-//! handshake fails. Session tickets are off so every connection is checked against the
+//! agent attesting for the first time has none) but, when present, must carry one SPIFFE ID of
+//! this trust domain and chain to its current bundle, or be one of the `admin_ids` of another
+//! trust domain and chain to that trust domain's bundle as this server holds it (a federated
+//! bundle, as SPIRE's server checks foreign admins); otherwise the handshake fails. Session tickets are off so every connection is checked against the
 //! bundle of the moment.
 
 use crate::ca::CaError;
@@ -38,6 +39,10 @@ pub struct TlsState {
     provider: Arc<CryptoProvider>,
     svid: RwLock<Option<Svid>>,
     verifier: RwLock<Option<Arc<dyn ClientCertVerifier>>>,
+    /// `admin_ids` of other trust domains, and a verifier per such trust domain from the
+    /// bundle this server holds for it.
+    foreign_admins: RwLock<Vec<SpiffeId>>,
+    foreign_verifiers: RwLock<std::collections::HashMap<TrustDomain, Arc<dyn ClientCertVerifier>>>,
     /// The chain published for debug output.
     pub chain_out: Arc<RwLock<Vec<Vec<u8>>>>,
 }
@@ -64,6 +69,8 @@ impl TlsState {
             provider: Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
             svid: RwLock::new(None),
             verifier: RwLock::new(None),
+            foreign_admins: RwLock::new(Vec::new()),
+            foreign_verifiers: RwLock::new(std::collections::HashMap::new()),
             chain_out: Arc::new(RwLock::new(Vec::new())),
         })
     }
@@ -112,22 +119,51 @@ impl TlsState {
 
     /// Rebuilds the client verifier from the trust domain's X.509 roots.
     pub fn set_roots(&self, roots: &[Vec<u8>]) {
+        if let Some(v) = self.build_verifier(roots)
+            && let Ok(mut g) = self.verifier.write()
+        {
+            *g = Some(v);
+        }
+    }
+
+    /// The server's `admin_ids`: those of other trust domains are admitted on the TLS port when
+    /// they chain to their trust domain's bundle ([`TlsState::set_foreign_roots`]).
+    pub fn set_admin_ids(&self, admin_ids: &[SpiffeId]) {
+        if let Ok(mut g) = self.foreign_admins.write() {
+            *g = admin_ids.iter().filter(|id| !id.is_member_of(&self.trust_domain)).cloned().collect();
+        }
+    }
+
+    /// The trust domains of foreign `admin_ids`, whose bundles [`TlsState::set_foreign_roots`]
+    /// wants.
+    #[must_use]
+    pub fn foreign_admin_trust_domains(&self) -> std::collections::BTreeSet<TrustDomain> {
+        self.foreign_admins.read().map(|g| g.iter().map(|id| id.trust_domain().clone()).collect()).unwrap_or_default()
+    }
+
+    /// Rebuilds the verifier for foreign admins of `td` from its X.509 roots (none: forget it).
+    pub fn set_foreign_roots(&self, td: &TrustDomain, roots: &[Vec<u8>]) {
+        let built = if roots.is_empty() { None } else { self.build_verifier(roots) };
+        if let Ok(mut g) = self.foreign_verifiers.write() {
+            match built {
+                Some(v) => g.insert(td.clone(), v),
+                None => g.remove(td),
+            };
+        }
+    }
+
+    fn build_verifier(&self, roots: &[Vec<u8>]) -> Option<Arc<dyn ClientCertVerifier>> {
         let mut store = rustls::RootCertStore::empty();
         for r in roots {
             if let Err(e) = store.add(CertificateDer::from(r.clone())) {
                 tracing::warn!(error = %e, "a bundle root is not usable as a TLS trust anchor");
             }
         }
-        let built =
-            WebPkiClientVerifier::builder_with_provider(Arc::new(store), Arc::clone(&self.provider)).allow_unauthenticated().build();
-        match built {
-            Ok(v) => {
-                if let Ok(mut g) = self.verifier.write() {
-                    *g = Some(v);
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot build the client verifier from the bundle"),
-        }
+        WebPkiClientVerifier::builder_with_provider(Arc::new(store), Arc::clone(&self.provider))
+            .allow_unauthenticated()
+            .build()
+            .inspect_err(|e| tracing::warn!(error = %e, "cannot build the client verifier from the bundle"))
+            .ok()
     }
 
     /// The current SVID chain, leaf first.
@@ -200,16 +236,25 @@ impl ClientCertVerifier for Verifier {
         intermediates: &[CertificateDer<'_>],
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let inner = self.0.verifier.read().ok().and_then(|g| g.clone()).ok_or(rustls::Error::General("no trust bundle yet".into()))?;
+        let id = crate::spiffe::x509::leaf_spiffe_id(end_entity.as_ref())
+            .map_err(|e| rustls::Error::General(format!("client certificate is not an X509-SVID: {e}")))?;
+        // Which bundle the chain must lead to: the own trust domain's, or for a foreign admin
+        // its trust domain's (anyone else from outside is refused before any chain work).
+        let inner = if id.is_member_of(&self.0.trust_domain) {
+            self.0.verifier.read().ok().and_then(|g| g.clone()).ok_or(rustls::Error::General("no trust bundle yet".into()))?
+        } else if self.0.foreign_admins.read().is_ok_and(|g| g.contains(&id)) {
+            let td = id.trust_domain();
+            self.0.foreign_verifiers.read().ok().and_then(|g| g.get(td).cloned()).ok_or_else(|| {
+                tracing::warn!(admin_id = %id, trust_domain = %td, "No bundle found for foreign admin trust domain; admins from this trust domain will not be able to connect");
+                rustls::Error::General(format!("no bundle for trust domain {td} of admin {id}"))
+            })?
+        } else {
+            return Err(rustls::Error::General(format!("client {id} is not in trust domain {}", self.0.trust_domain)));
+        };
         // The time of cairn's clock rather than rustls's, so that certificates are judged by
         // the same clock that issued and rotated them (a test's manual clock included).
         let now = UnixTime::since_unix_epoch(std::time::Duration::from_secs(u64::try_from(crate::now_unix()).unwrap_or(0)));
         inner.verify_client_cert(end_entity, intermediates, now)?;
-        let id = crate::spiffe::x509::leaf_spiffe_id(end_entity.as_ref())
-            .map_err(|e| rustls::Error::General(format!("client certificate is not an X509-SVID: {e}")))?;
-        if !id.is_member_of(&self.0.trust_domain) {
-            return Err(rustls::Error::General(format!("client {id} is not in trust domain {}", self.0.trust_domain)));
-        }
         Ok(ClientCertVerified::assertion())
     }
 

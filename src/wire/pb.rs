@@ -67,6 +67,11 @@ pub mod spire {
 }
 pub mod cairn {
     pub mod api {
+        pub mod agentsync {
+            pub mod v1 {
+                tonic::include_proto!("cairn.api.agentsync.v1");
+            }
+        }
         pub mod bundlewatch {
             pub mod v1 {
                 tonic::include_proto!("cairn.api.bundlewatch.v1");

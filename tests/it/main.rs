@@ -11,6 +11,7 @@ mod common;
 
 mod agent_cli;
 mod agent_e2e;
+mod agent_push;
 mod agent_x509pop;
 mod api_robustness;
 mod attest_hardening;

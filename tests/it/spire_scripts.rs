@@ -75,3 +75,8 @@ fn fetch_x509_svids_suite() {
 fn fetch_jwt_svids_suite() {
     replay("fetch-jwt-svids");
 }
+
+#[test]
+fn admin_endpoints_suite() {
+    replay("admin-endpoints");
+}

@@ -7,24 +7,21 @@ cases and output), so SPIRE's suites can call /opt/spire/conf/{agent,server}/deb
   prints the server Debug API's GetInfo.
 
 GetInfo answers are printed as protojson (protobuf's MessageToJson: lowerCamelCase names,
-default values left out), as the Go clients print them. The server-over-TCP cases speak gRPC
-over HTTP/2 by hand (h2 + ssl): the server's certificate names it by URI SAN only, which
-grpcio's hostname check cannot accept, and SPIRE's client checks the SPIFFE ID instead, as
-this does.
+default values left out), as the Go clients print them. The server-over-TCP cases go through
+../itclient (gRPC over HTTP/2 by hand, mTLS with the Workload API's X509-SVID); this client
+also requires the server to present spiffe://<its own trust domain>/spire/server.
 """
 
 import argparse
 import os
-import socket
-import ssl
-import struct
 import sys
-import tempfile
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import grpc  # noqa: E402
+import itclient  # noqa: E402
 from google.protobuf import json_format  # noqa: E402
 
 
@@ -57,88 +54,40 @@ def server_page(addr):
     return json_format.MessageToJson(resp, indent=1)
 
 
-def grpc_status_over_tls(server_addr, cert_pem=None, key_pem=None, roots_pem=None, want_id=None):
-    """Calls the server Debug API's GetInfo over TLS by hand; returns the grpc-status code."""
-    import h2.connection
-    import h2.events
-
-    host, port = server_addr.rsplit(":", 1)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.set_alpn_protocols(["h2"])
-    tmp = tempfile.mkdtemp()
-    if roots_pem:
-        roots = os.path.join(tmp, "roots.pem")
-        open(roots, "wb").write(roots_pem)
-        ctx.load_verify_locations(roots)
-        ctx.verify_mode = ssl.CERT_REQUIRED
-    else:
-        ctx.verify_mode = ssl.CERT_NONE
-    if cert_pem:
-        c, k = os.path.join(tmp, "c.pem"), os.path.join(tmp, "k.pem")
-        open(c, "wb").write(cert_pem)
-        open(k, "wb").write(key_pem)
-        ctx.load_cert_chain(c, k)
-    raw = socket.create_connection((host, int(port)), timeout=30)
-    s = ctx.wrap_socket(raw)
-    if want_id:
-        sans = [v for (t, v) in s.getpeercert().get("subjectAltName", ()) if t == "URI"]
-        if want_id not in sans:
-            fail(f"server presented {sans}, not {want_id}")
-    conn = h2.connection.H2Connection()
-    conn.initiate_connection()
-    s.sendall(conn.data_to_send())
-    sid = conn.get_next_available_stream_id()
-    conn.send_headers(sid, [(":method", "POST"), (":scheme", "https"), (":authority", server_addr),
-                            (":path", "/spire.api.server.debug.v1.Debug/GetInfo"),
-                            ("content-type", "application/grpc"), ("te", "trailers")])
-    conn.send_data(sid, struct.pack(">BI", 0, 0), end_stream=True)
-    s.sendall(conn.data_to_send())
-    status = None
-    while status is None:
-        data = s.recv(65536)
-        if not data:
-            fail("connection closed before a grpc-status")
-        for ev in conn.receive_data(data):
-            if isinstance(ev, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
-                for k, v in ev.headers:
-                    k = k.decode() if isinstance(k, bytes) else k
-                    v = v.decode() if isinstance(v, bytes) else v
-                    if k == "grpc-status":
-                        status = int(v)
-            elif isinstance(ev, h2.events.StreamReset):
-                fail(f"stream reset: {ev.error_code}")
-        out = conn.data_to_send()
-        if out:
-            s.sendall(out)
-    s.close()
-    return status
-
-
-def validate(status):
-    if status == 0:
+def validate(err):
+    """The Go client's check of a Debug GetInfo call over TCP: it must fail, as Unimplemented."""
+    code = itclient.status_code(err)
+    if code == itclient.OK:
         fail("connection using TCP must fails")
-    if status == 12:
+    if code == itclient.UNIMPLEMENTED:
         print("success!", file=sys.stderr)
         return
-    fail(f"unexpected error: grpc status {status}")
+    fail(f"unexpected error: grpc status {code} ({err})")
+
+
+def debug_over_tcp(client):
+    """GetInfo of the server Debug API over the client's TCP connection: its error or None."""
+    from spire.api.server.debug.v1 import debug_pb2
+
+    try:
+        client.debug_client().GetInfo(debug_pb2.GetInfoRequest())
+    except itclient.RpcError as e:
+        return e
+    finally:
+        client.release()
+    return None
 
 
 def server_with_workload(args):
-    from spiffe import WorkloadApiClient
-    from cryptography.hazmat.primitives import serialization
+    client = None
 
-    sock = args.socketPath
-    with WorkloadApiClient(sock) as client:
-        ctx = client.fetch_x509_context()
-    svid = ctx.default_svid
-    cert = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in svid.cert_chain)
-    key = svid.private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                        serialization.NoEncryption())
-    td = svid.spiffe_id.trust_domain
-    bundle = ctx.x509_bundle_set.get_bundle_for_trust_domain(td)
-    roots = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in bundle.x509_authorities)
-    validate(grpc_status_over_tls(args.serverAddr, cert, key, roots, f"spiffe://{td.name}/spire/server"))
+    def authorize(sid):
+        want = f"spiffe://{itclient.trust_domain_of(client.source.spiffe_id)}/spire/server"
+        if sid != want:
+            raise ValueError(f"server presented {sid}, not {want}")
+
+    client = itclient.Client.new(args, time.time() + 120, authorize)
+    validate(debug_over_tcp(client))
 
 
 def main():
@@ -162,7 +111,7 @@ def main():
     elif case == "serverWithWorkload":
         server_with_workload(args)
     elif case == "serverWithInsecure":
-        validate(grpc_status_over_tls(args.serverAddr))
+        validate(debug_over_tcp(itclient.Client.new_insecure(args, time.time() + 120)))
     else:
         fail("unsupported test case")
 
