@@ -233,8 +233,24 @@ impl pb::agent_server::Agent for Svc {
     async fn delete_agent(&self, req: Request<pb::DeleteAgentRequest>) -> Result<Response<()>, Status> {
         self.authorize(&req, Policy::LocalOrAdmin, "/spire.api.server.agent.v1.Agent/DeleteAgent").await?;
         let id = agent_id(req.get_ref().id.as_ref(), self)?;
-        self.state().datastore.delete_attested_node(&id).await.map_err(ApiError::from)?;
+        let ds = &self.state().datastore;
+        let node = ds.delete_attested_node(&id).await.map_err(ApiError::from)?;
         tracing::info!(spiffe_id = %id, "Agent deleted");
+        if node.attestation_type == "join_token" {
+            // As SPIRE does: the alias entry attestation made for a join-token agent (parent the
+            // agent, one `spiffe_id` selector naming it) goes with the agent, since no other
+            // agent can ever have that token again. Entries an operator made are kept.
+            let filter = crate::datastore::EntryFilter { parent_id: Some(id.clone()), ..Default::default() };
+            for e in ds.list_entries(&filter).await.map_err(ApiError::from)? {
+                if let [sel] = e.selectors.as_slice()
+                    && sel.kind == "spiffe_id"
+                    && sel.value == id.as_str()
+                {
+                    ds.delete_entry(&e.id).await.map_err(ApiError::from)?;
+                    tracing::info!(spiffe_id = %e.spiffe_id, parent_id = %e.parent_id, registration_id = %e.id, "Cascade-deleted registration entry on attested node deletion");
+                }
+            }
+        }
         Ok(Response::new(()))
     }
 

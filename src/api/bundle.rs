@@ -22,6 +22,26 @@ impl super::ApiState {
     }
 }
 
+/// SPIRE's output masks: with a mask, only the fields it names are filled (the trust domain
+/// always is); without one, everything.
+fn masked(mut b: pt::Bundle, mask: Option<&pt::BundleMask>) -> pt::Bundle {
+    if let Some(m) = mask {
+        if !m.x509_authorities {
+            b.x509_authorities.clear();
+        }
+        if !m.jwt_authorities {
+            b.jwt_authorities.clear();
+        }
+        if !m.refresh_hint {
+            b.refresh_hint = 0;
+        }
+        if !m.sequence_number {
+            b.sequence_number = 0;
+        }
+    }
+    b
+}
+
 #[tonic::async_trait]
 impl pb::bundle_server::Bundle for Svc {
     async fn count_bundles(&self, req: Request<pb::CountBundlesRequest>) -> Result<Response<pb::CountBundlesResponse>, Status> {
@@ -33,12 +53,13 @@ impl pb::bundle_server::Bundle for Svc {
     async fn get_bundle(&self, req: Request<pb::GetBundleRequest>) -> Result<Response<pt::Bundle>, Status> {
         self.authorize(&req, Policy::Any, "/spire.api.server.bundle.v1.Bundle/GetBundle").await?;
         // Served from memory (kept current by bundle change events): agents call this every sync.
+        let mask = req.get_ref().output_mask;
         if let Some(b) = self.state().entry_cache.bundle() {
-            return Ok(Response::new(bundle_to_proto(&b)));
+            return Ok(Response::new(masked(bundle_to_proto(&b), mask.as_ref())));
         }
         let b = self.state().datastore.get_bundle(&self.state().trust_domain).await.map_err(ApiError::from)?;
         let b = b.ok_or_else(|| ApiError::NotFound("bundle not found".into()))?;
-        Ok(Response::new(bundle_to_proto(&b)))
+        Ok(Response::new(masked(bundle_to_proto(&b), mask.as_ref())))
     }
 
     async fn append_bundle(&self, req: Request<pb::AppendBundleRequest>) -> Result<Response<pt::Bundle>, Status> {
@@ -52,7 +73,7 @@ impl pb::bundle_server::Bundle for Svc {
         let b = self.state().datastore.append_bundle(&self.state().trust_domain, &x509, &jwt).await.map_err(ApiError::from)?;
         // Read-your-writes for the in-memory copy GetBundle serves.
         self.state().entry_cache.reload_bundle(self.state().datastore.as_ref()).await.map_err(ApiError::from)?;
-        Ok(Response::new(bundle_to_proto(&b)))
+        Ok(Response::new(masked(bundle_to_proto(&b), r.output_mask.as_ref())))
     }
 
     async fn publish_jwt_authority(
@@ -90,10 +111,29 @@ impl pb::bundle_server::Bundle for Svc {
     ) -> Result<Response<pb::ListFederatedBundlesResponse>, Status> {
         self.authorize(&req, Policy::LocalOrAdmin, "/spire.api.server.bundle.v1.Bundle/ListFederatedBundles").await?;
         let own = &self.state().trust_domain;
-        let bundles = self.state().datastore.list_bundles().await.map_err(ApiError::from)?;
+        let r = req.get_ref();
+        if r.page_size < 0 {
+            return Err(ApiError::InvalidArgument("page size cannot be negative".into()).into());
+        }
+        let mut bundles = self.state().datastore.list_bundles().await.map_err(ApiError::from)?;
+        bundles.retain(|b| &b.trust_domain != own);
+        bundles.sort_by(|a, b| a.trust_domain.as_str().cmp(b.trust_domain.as_str()));
+        // Pages in trust domain order; the token is the last trust domain of the page, and a
+        // full page always carries one (as SPIRE's SQL paging does).
+        if !r.page_token.is_empty() {
+            bundles.retain(|b| b.trust_domain.as_str() > r.page_token.as_str());
+        }
+        let mut next_page_token = String::new();
+        if let Ok(size) = usize::try_from(r.page_size)
+            && size > 0
+            && bundles.len() >= size
+        {
+            bundles.truncate(size);
+            next_page_token = bundles.last().map(|b| b.trust_domain.as_str().to_owned()).unwrap_or_default();
+        }
         Ok(Response::new(pb::ListFederatedBundlesResponse {
-            bundles: bundles.iter().filter(|b| &b.trust_domain != own).map(bundle_to_proto).collect(),
-            next_page_token: String::new(),
+            bundles: bundles.iter().map(|b| masked(bundle_to_proto(b), r.output_mask.as_ref())).collect(),
+            next_page_token,
         }))
     }
 
@@ -107,7 +147,7 @@ impl pb::bundle_server::Bundle for Svc {
             .await
             .map_err(ApiError::from)?
             .ok_or_else(|| ApiError::NotFound("bundle not found".into()))?;
-        Ok(Response::new(bundle_to_proto(&b)))
+        Ok(Response::new(masked(bundle_to_proto(&b), req.get_ref().output_mask.as_ref())))
     }
 
     async fn batch_create_federated_bundle(
@@ -120,7 +160,7 @@ impl pb::bundle_server::Bundle for Svc {
             let r: Result<pt::Bundle, ApiError> = async {
                 foreign_td(self, &b.trust_domain)?;
                 let b = bundle_from_proto(b)?;
-                Ok(bundle_to_proto(&self.state().datastore.create_bundle(&b).await?))
+                Ok(masked(bundle_to_proto(&self.state().datastore.create_bundle(&b).await?), req.get_ref().output_mask.as_ref()))
             }
             .await;
             results.push(match r {
@@ -161,7 +201,10 @@ impl pb::bundle_server::Bundle for Svc {
                         merged
                     }
                 };
-                Ok(bundle_to_proto(&self.state().datastore.set_bundle(&bundle_from_proto(&merged)?).await?))
+                Ok(masked(
+                    bundle_to_proto(&self.state().datastore.set_bundle(&bundle_from_proto(&merged)?).await?),
+                    req.get_ref().output_mask.as_ref(),
+                ))
             }
             .await;
             results.push(match r {
@@ -181,7 +224,10 @@ impl pb::bundle_server::Bundle for Svc {
         for b in &req.get_ref().bundle {
             let r: Result<pt::Bundle, ApiError> = async {
                 foreign_td(self, &b.trust_domain)?;
-                Ok(bundle_to_proto(&self.state().datastore.set_bundle(&bundle_from_proto(b)?).await?))
+                Ok(masked(
+                    bundle_to_proto(&self.state().datastore.set_bundle(&bundle_from_proto(b)?).await?),
+                    req.get_ref().output_mask.as_ref(),
+                ))
             }
             .await;
             results.push(match r {

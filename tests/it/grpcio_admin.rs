@@ -198,6 +198,19 @@ r = B.BatchUpdateFederatedBundle(bpb.BatchUpdateFederatedBundleRequest(
 assert r.results[0].status.code == 0, r
 after = B.GetFederatedBundle(bpb.GetFederatedBundleRequest(trust_domain="fed1.test"))
 assert after.refresh_hint == 77 and list(after.x509_authorities) == list(before.x509_authorities), after
+# Bundle output masks: only the named fields are filled (the trust domain always is).
+m = B.GetFederatedBundle(bpb.GetFederatedBundleRequest(trust_domain="fed1.test", output_mask=tbundle.BundleMask(refresh_hint=True)))
+assert m.trust_domain == "fed1.test" and m.refresh_hint == 77 and not m.x509_authorities, m
+own = B.GetBundle(bpb.GetBundleRequest(output_mask=tbundle.BundleMask(jwt_authorities=True)))
+assert own.jwt_authorities and not own.x509_authorities and own.sequence_number == 0, own
+assert B.GetBundle(bpb.GetBundleRequest()).x509_authorities
+# ListFederatedBundles pages in trust domain order.
+p1 = B.ListFederatedBundles(bpb.ListFederatedBundlesRequest(page_size=1, output_mask=tbundle.BundleMask()))
+assert [b.trust_domain for b in p1.bundles] == ["fed1.test"] and p1.next_page_token and not p1.bundles[0].x509_authorities, p1
+p2 = B.ListFederatedBundles(bpb.ListFederatedBundlesRequest(page_size=1, page_token=p1.next_page_token))
+assert [b.trust_domain for b in p2.bundles] == ["fed2.test"] and p2.bundles[0].x509_authorities, p2
+p3 = B.ListFederatedBundles(bpb.ListFederatedBundlesRequest(page_size=1, page_token=p2.next_page_token))
+assert not p3.bundles and not p3.next_page_token, p3
 print("FILTERS-OK")
 "#;
 

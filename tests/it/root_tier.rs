@@ -598,6 +598,16 @@ fn agent_list_and_count_filters_and_purge() {
     assert_eq!(s.cli_ok(&["agent", "purge", "-expiredFor", "1s", "-output", "json"]).trim(), r#"{"expired_agents":[]}"#);
     assert_eq!(count(&[]), "2 attested agents");
     drop(agents);
+
+    // Evicting a join-token agent removes the alias entry attestation made for it (SPIRE's
+    // cascade), and only that: an operator's entry under the agent stays.
+    let alias = |id: &str| s.cli_ok(&["entry", "count", "-parentID", id, "-selector", &format!("spiffe_id:{id}")]).trim().to_owned();
+    assert_eq!(alias(&ids[1]), "1 registration entry");
+    s.cli_ok(&["entry", "create", "-parentID", &ids[1], "-spiffeID", "spiffe://example.org/kept", "-selector", "unix:uid:7"]);
+    s.cli_ok(&["agent", "evict", "-spiffeID", &ids[1]]);
+    assert_eq!(alias(&ids[1]), "0 registration entries");
+    assert_eq!(s.cli_ok(&["entry", "count", "-parentID", &ids[1]]).trim(), "1 registration entry");
+    assert_eq!(alias(&ids[0]), "1 registration entry", "the other agent's alias stays");
 }
 
 /// Entry import and export at scale: 2,000 entries created from SPIRE's registration JSON on
