@@ -286,6 +286,28 @@ impl Ca {
         self.jwt.read().ok().and_then(|g| g.clone())
     }
 
+    /// Waits for a JWT key to become usable, at most the publication grace (plus a second for
+    /// the rotator's tick); returns it and `now` moved on by the wait. A tier's first key waits
+    /// out `jwt_publish_grace` before first use (so other tiers hold it before tokens signed
+    /// with it reach them); a workload asking in that window gets its JWT-SVID a moment later
+    /// instead of an error, as it would from SPIRE, whose first key is usable at once.
+    async fn await_jwt_signer(&self, now: i64) -> Option<(Arc<JwtSigner>, i64)> {
+        if self.propagation_grace <= 0 {
+            return None;
+        }
+        let start = std::time::Instant::now();
+        let limit = std::time::Duration::from_secs(self.propagation_grace.unsigned_abs() + 1);
+        tracing::debug!("no JWT key is usable yet; waiting for the new one's publication grace");
+        while start.elapsed() < limit {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            if let Some(s) = self.jwt_signer() {
+                let waited = i64::try_from(start.elapsed().as_secs()).unwrap_or(0);
+                return Some((s, now + waited));
+            }
+        }
+        None
+    }
+
     pub(crate) fn set_x509(&self, a: Arc<X509Authority>, issued_at: i64) {
         if let Ok(mut g) = self.x509_next.write()
             && g.as_ref().is_some_and(|n| n.authority.authority_id == a.authority_id)
@@ -456,7 +478,10 @@ impl Ca {
         if self.jwt_disabled {
             return Err(CaError::JwtDisabled);
         }
-        let signer = self.jwt_signer().ok_or(CaError::NoJwtKey)?;
+        let (signer, now) = match self.jwt_signer() {
+            Some(s) => (s, now),
+            None => self.await_jwt_signer(now).await.ok_or(CaError::NoJwtKey)?,
+        };
         let ttl = if ttl == 0 { self.default_jwt_ttl } else { ttl };
         let exp = cap_at(until, (now + ttl).min(signer.not_after), now)?;
         let mut claims = serde_json::Map::new();

@@ -305,6 +305,30 @@ async fn a_fresh_jwt_key_waits_only_when_someone_may_hold_the_bundle_without_it(
 }
 
 #[tokio::test]
+async fn a_jwt_svid_asked_for_during_the_grace_waits_for_the_key_instead_of_failing() {
+    let ds = datastore().await;
+    let mut cfg = config(24 * H);
+    cfg.jwt_publish_grace = 5;
+    CaManager::new(cfg.clone(), Arc::new(MemoryKeyManager::new()), None, Arc::clone(&ds)).initialize(T0).await.unwrap();
+    // A restart that lost its keys: the new JWT key waits out the grace.
+    let m = CaManager::new(cfg, Arc::new(MemoryKeyManager::new()), None, Arc::clone(&ds));
+    m.initialize(T0 + 60).await.unwrap();
+    assert!(m.ca().jwt_signer().is_none());
+    let id = SpiffeId::new("spiffe://example.org/w").unwrap();
+    let audience = ["a".to_owned()];
+    let ca = m.ca();
+    let mint = ca.mint_jwt_svid(&id, &audience, 0, T0 + 65);
+    let activate = async {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        m.rotate(T0 + 65).await.unwrap();
+    };
+    let (minted, ()) = tokio::join!(mint, activate);
+    let (token, _) = minted.unwrap();
+    let kid = crate::spiffe::jwt::header_kid(&token).unwrap();
+    assert_eq!(Some(kid), m.ca().jwt_signer().map(|s| s.kid.clone()));
+}
+
+#[tokio::test]
 async fn disable_jwt_svids_makes_no_key_and_mints_nothing() {
     let ds = datastore().await;
     let mut cfg = config(24 * H);
