@@ -228,29 +228,51 @@ impl pb::entry_server::Entry for Svc {
     ) -> Result<Response<pb::BatchCreateEntryResponse>, Status> {
         self.authorize(&req, Policy::LocalOrAdmin, "/spire.api.server.entry.v1.Entry/BatchCreateEntry").await?;
         let ds = &self.state().datastore;
-        let mut results = Vec::with_capacity(req.get_ref().entries.len());
+        let mask = req.get_ref().output_mask.as_ref();
+        // Checked one by one, then created together (one transaction for the batch), then
+        // answered in request order.
+        let mut checked: Vec<Result<crate::datastore::Entry, ApiError>> = Vec::with_capacity(req.get_ref().entries.len());
+        let mut known_bundles: std::collections::HashMap<crate::spiffe::TrustDomain, bool> = std::collections::HashMap::new();
         for e in &req.get_ref().entries {
-            let r: Result<pt::Entry, (ApiError, Option<pt::Entry>)> = async {
-                let entry = entry_from_proto(e, &self.state().trust_domain).map_err(|e| (e, None))?;
+            let r: Result<crate::datastore::Entry, ApiError> = async {
+                let entry = entry_from_proto(e, &self.state().trust_domain)?;
                 for td in &entry.federates_with {
-                    if ds.get_bundle(td).await.map_err(|e| (e.into(), None))?.is_none() {
-                        return Err((
-                            ApiError::InvalidArgument(format!("failed to create entry: unable to find federated bundle {td:?}")),
-                            None,
-                        ));
+                    let exists = match known_bundles.get(td) {
+                        Some(b) => *b,
+                        None => {
+                            let b = ds.get_bundle(td).await?.is_some();
+                            known_bundles.insert(td.clone(), b);
+                            b
+                        }
+                    };
+                    if !exists {
+                        return Err(ApiError::InvalidArgument(format!("failed to create entry: unable to find federated bundle {td:?}")));
                     }
                 }
-                // create_entry refuses a similar entry itself; only then is the existing one looked up.
-                match ds.create_entry(&entry).await {
-                    Ok(e) => Ok(masked(entry_to_proto(&e), req.get_ref().output_mask.as_ref())),
-                    Err(crate::datastore::DatastoreError::AlreadyExists { what }) => {
+                Ok(entry)
+            }
+            .await;
+            checked.push(r);
+        }
+        let valid: Vec<crate::datastore::Entry> = checked.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
+        let mut created = ds.create_entries(&valid).await.into_iter();
+        let mut results = Vec::with_capacity(checked.len());
+        for (r, asked) in checked.into_iter().zip(&req.get_ref().entries) {
+            let r: Result<pt::Entry, (ApiError, Option<pt::Entry>)> = match r {
+                Err(e) => Err((e, None)),
+                Ok(entry) => match created.next() {
+                    Some(Ok(e)) => Ok(masked(entry_to_proto(&e), mask)),
+                    // The store refuses a similar entry itself; only then is the existing one looked up.
+                    Some(Err(crate::datastore::DatastoreError::AlreadyExists { what })) => {
                         let existing = ds.find_similar_entry(&entry).await.ok().flatten().map(|e| entry_to_proto(&e));
                         Err((ApiError::AlreadyExists(format!("{what} already exists")), existing))
                     }
-                    Err(e) => Err((e.into(), None)),
-                }
-            }
-            .await;
+                    Some(Err(e)) => Err((e.into(), None)),
+                    None => {
+                        Err((ApiError::Internal { public: "failed to create entry", detail: format!("no result for {}", asked.id) }, None))
+                    }
+                },
+            };
             results.push(match r {
                 Ok(e) => pb::batch_create_entry_response::Result { status: Some(ok_status()), entry: Some(e) },
                 Err((err, existing)) => pb::batch_create_entry_response::Result { status: Some(err.to_result_status()), entry: existing },

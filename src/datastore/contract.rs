@@ -29,6 +29,7 @@ where
     entry_filters(make().await.as_ref()).await;
     entry_pruning(make().await.as_ref()).await;
     concurrent_creates_of_one_entry(make().await, 8).await;
+    batch_creates(make().await.as_ref()).await;
     join_tokens(make().await.as_ref()).await;
     attested_nodes(make().await.as_ref()).await;
     ca_journal(make().await.as_ref()).await;
@@ -49,6 +50,38 @@ async fn cache_snapshot(ds: &dyn Datastore) {
     assert_eq!(entries.len(), 2);
     assert_eq!(nodes, ds.list_attested_nodes().await.unwrap());
     assert_eq!(nodes.len(), 1);
+}
+
+/// A batch create answers per entry: the good ones are created, one similar to an existing
+/// entry, one similar to an earlier entry of the same batch and one with a taken id fail
+/// alone; one change event for the batch.
+async fn batch_creates(ds: &dyn Datastore) {
+    ds.create_entry(&entry("old", "spiffe://example.org/old", "spiffe://example.org/agent", &[("unix", "uid:1")])).await.unwrap();
+    let mut rx = ds.watch_changes();
+    let batch = [
+        entry("b-1", "spiffe://example.org/b1", "spiffe://example.org/agent", &[("unix", "uid:2"), ("unix", "gid:2")]),
+        entry("b-2", "spiffe://example.org/old", "spiffe://example.org/agent", &[("unix", "uid:1")]),
+        entry("b-3", "spiffe://example.org/b1", "spiffe://example.org/agent", &[("unix", "gid:2"), ("unix", "uid:2")]),
+        entry("old", "spiffe://example.org/b4", "spiffe://example.org/agent", &[("unix", "uid:4")]),
+        entry("b-5", "spiffe://example.org/b5", "spiffe://example.org/agent", &[("unix", "uid:5")]),
+    ];
+    let results = ds.create_entries(&batch).await;
+    let shape: Vec<Result<&str, &str>> = results
+        .iter()
+        .map(|r| match r {
+            Ok(e) => Ok(e.id.as_str()),
+            Err(DatastoreError::AlreadyExists { what }) => Err(*what),
+            Err(e) => panic!("unexpected error {e}"),
+        })
+        .collect();
+    assert_eq!(shape, [Ok("b-1"), Err("similar entry"), Err("similar entry"), Err("entry id"), Ok("b-5")]);
+    let created = results[0].as_ref().unwrap();
+    assert_eq!(created.revision_number, 0);
+    assert_eq!(created.selectors, ds.get_entry("b-1").await.unwrap().unwrap().selectors, "selectors come back sorted, as stored");
+    assert_eq!(entry_ids(ds, EntryFilter::default()).await, ["b-1", "b-5", "old"]);
+    assert_eq!(next_change(&mut rx, "a batch create").await, Change::Entries);
+    assert!(rx.try_recv().is_err(), "one event for the batch");
+    assert!(ds.create_entries(&[]).await.is_empty());
 }
 
 fn td(name: &str) -> TrustDomain {

@@ -80,6 +80,9 @@ impl Datastore for CountingDatastore {
     async fn create_entry(&self, entry: &Entry) -> Result<Entry, DatastoreError> {
         self.count().create_entry(entry).await
     }
+    async fn create_entries(&self, entries: &[Entry]) -> Vec<Result<Entry, DatastoreError>> {
+        self.count().create_entries(entries).await
+    }
     async fn find_similar_entry(&self, entry: &Entry) -> Result<Option<Entry>, DatastoreError> {
         self.count().find_similar_entry(entry).await
     }

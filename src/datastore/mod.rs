@@ -202,6 +202,17 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
     /// fail with `AlreadyExists` (`find_similar_entry` returns it). The check and the insert are
     /// atomic: of concurrent creators of similar entries, exactly one succeeds.
     async fn create_entry(&self, entry: &Entry) -> Result<Entry, DatastoreError>;
+    /// Creates several entries, each checked as [`Datastore::create_entry`] checks one, one
+    /// result per entry in order: an entry that fails (a similar entry exists, its id is taken)
+    /// fails alone. Backends write the batch in one transaction (bulk loads), which is why this
+    /// is not a loop in the caller.
+    async fn create_entries(&self, entries: &[Entry]) -> Vec<Result<Entry, DatastoreError>> {
+        let mut out = Vec::with_capacity(entries.len());
+        for e in entries {
+            out.push(self.create_entry(e).await);
+        }
+        out
+    }
     /// The similar entry (same SPIFFE ID, parent, selector set), if any.
     async fn find_similar_entry(&self, entry: &Entry) -> Result<Option<Entry>, DatastoreError>;
     /// One entry by id.
