@@ -219,11 +219,21 @@ fn load(server: &Server, n: usize) -> f64 {
 
 type Contexts = std::pin::Pin<Box<dyn futures::Stream<Item = Result<spiffe::X509Context, spiffe::WorkloadApiError>> + Send>>;
 
+/// The workload's stream, once its first identity has arrived (the agent's first sync may
+/// come before the server's cache has the agent's alias).
 async fn open(agent: &Agent) -> Contexts {
-    let client = spiffe::WorkloadApiClient::connect_to(format!("unix:{}", agent.socket.display())).await.unwrap();
-    let mut s: Contexts = Box::pin(client.stream_x509_contexts().await.unwrap());
-    s.next().await.unwrap().unwrap();
-    s
+    let start = Instant::now();
+    loop {
+        let client = spiffe::WorkloadApiClient::connect_to(format!("unix:{}", agent.socket.display())).await.unwrap();
+        if let Ok(stream) = client.stream_x509_contexts().await {
+            let mut s: Contexts = Box::pin(stream);
+            if let Some(Ok(_)) = s.next().await {
+                return s;
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "the workload got no identity in 60 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 async fn until(stream: &mut Contexts, want: impl Fn(&spiffe::X509Context) -> bool) {

@@ -288,9 +288,11 @@ impl pb::entry_server::Entry for Svc {
         self.authorize(&req, Policy::LocalOrAdmin, "/spire.api.server.entry.v1.Entry/BatchUpdateEntry").await?;
         let ds = &self.state().datastore;
         let mask = req.get_ref().input_mask;
-        let mut results = Vec::new();
+        // Each entry is checked and merged with its stored fields, then the batch is written
+        // together (one transaction) and answered in request order.
+        let mut merged_entries: Vec<Result<crate::datastore::Entry, ApiError>> = Vec::with_capacity(req.get_ref().entries.len());
         for e in &req.get_ref().entries {
-            let r: Result<pt::Entry, ApiError> = async {
+            let r: Result<crate::datastore::Entry, ApiError> = async {
                 if e.id.is_empty() {
                     return Err(ApiError::InvalidArgument("failed to convert entry: missing ID".into()));
                 }
@@ -342,10 +344,24 @@ impl pb::entry_server::Entry for Svc {
                     }
                 }
                 merged.id.clone_from(&e.id);
-                let entry = entry_from_proto(&merged, &self.state().trust_domain)?;
-                Ok(masked(entry_to_proto(&ds.update_entry(&entry).await?), req.get_ref().output_mask.as_ref()))
+                entry_from_proto(&merged, &self.state().trust_domain)
             }
             .await;
+            merged_entries.push(r);
+        }
+        let valid: Vec<crate::datastore::Entry> = merged_entries.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
+        let mut updated = ds.update_entries(&valid).await.into_iter();
+        let mut results = Vec::with_capacity(merged_entries.len());
+        for r in merged_entries {
+            let r: Result<pt::Entry, ApiError> = match r {
+                Err(e) => Err(e),
+                Ok(_) => match updated.next() {
+                    Some(Ok(e)) => Ok(masked(entry_to_proto(&e), req.get_ref().output_mask.as_ref())),
+                    Some(Err(crate::datastore::DatastoreError::NotFound(_))) => Err(ApiError::NotFound("entry not found".into())),
+                    Some(Err(e)) => Err(e.into()),
+                    None => Err(ApiError::Internal { public: "failed to update entry", detail: "no result".into() }),
+                },
+            };
             results.push(match r {
                 Ok(e) => pb::batch_update_entry_response::Result { status: Some(ok_status()), entry: Some(e) },
                 Err(err) => pb::batch_update_entry_response::Result { status: Some(err.to_result_status()), entry: None },
@@ -359,15 +375,21 @@ impl pb::entry_server::Entry for Svc {
         req: Request<pb::BatchDeleteEntryRequest>,
     ) -> Result<Response<pb::BatchDeleteEntryResponse>, Status> {
         self.authorize(&req, Policy::LocalOrAdmin, "/spire.api.server.entry.v1.Entry/BatchDeleteEntry").await?;
-        let mut results = Vec::new();
-        for id in &req.get_ref().ids {
+        let ids = &req.get_ref().ids;
+        let wanted: Vec<String> = ids.iter().filter(|id| !id.is_empty()).cloned().collect();
+        // Deleted together (one transaction), answered in request order.
+        let mut deleted = self.state().datastore.delete_entries(&wanted).await.into_iter();
+        let mut results = Vec::with_capacity(ids.len());
+        for id in ids {
             let r = if id.is_empty() {
                 Err(ApiError::InvalidArgument("missing entry ID".into()))
             } else {
-                self.state().datastore.delete_entry(id).await.map(|_| ()).map_err(|e| match e {
-                    crate::datastore::DatastoreError::NotFound(_) => ApiError::NotFound("entry not found".into()),
-                    other => other.into(),
-                })
+                match deleted.next() {
+                    Some(Ok(_)) => Ok(()),
+                    Some(Err(crate::datastore::DatastoreError::NotFound(_))) => Err(ApiError::NotFound("entry not found".into())),
+                    Some(Err(e)) => Err(e.into()),
+                    None => Err(ApiError::Internal { public: "failed to delete entry", detail: "no result".into() }),
+                }
             };
             results.push(pb::batch_delete_entry_response::Result {
                 status: Some(r.map_or_else(|e| e.to_result_status(), |()| ok_status())),

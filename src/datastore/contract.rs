@@ -82,6 +82,24 @@ async fn batch_creates(ds: &dyn Datastore) {
     assert_eq!(next_change(&mut rx, "a batch create").await, Change::Entries);
     assert!(rx.try_recv().is_err(), "one event for the batch");
     assert!(ds.create_entries(&[]).await.is_empty());
+
+    // Batch updates and deletes: per-entry answers, one event each.
+    let mut b1 = ds.get_entry("b-1").await.unwrap().unwrap();
+    b1.hint = "updated".into();
+    let ghost = entry("ghost", "spiffe://example.org/g", "spiffe://example.org/agent", &[("unix", "uid:9")]);
+    let updated = ds.update_entries(&[b1.clone(), ghost]).await;
+    assert_eq!(updated[0].as_ref().unwrap().revision_number, 1);
+    assert!(matches!(updated[1], Err(DatastoreError::NotFound(_))), "{:?}", updated[1]);
+    assert_eq!(ds.get_entry("b-1").await.unwrap().unwrap().hint, "updated");
+    assert_eq!(next_change(&mut rx, "a batch update").await, Change::Entries);
+    assert!(rx.try_recv().is_err(), "one event for the batch");
+    let deleted = ds.delete_entries(&["b-5".into(), "ghost".into(), "old".into()]).await;
+    assert_eq!(deleted[0].as_ref().unwrap().spiffe_id.as_str(), "spiffe://example.org/b5", "the deleted entry is returned");
+    assert!(matches!(deleted[1], Err(DatastoreError::NotFound(_))), "{:?}", deleted[1]);
+    assert!(deleted[2].is_ok());
+    assert_eq!(entry_ids(ds, EntryFilter::default()).await, ["b-1"]);
+    assert_eq!(next_change(&mut rx, "a batch delete").await, Change::Entries);
+    assert!(rx.try_recv().is_err(), "one event for the batch");
 }
 
 fn td(name: &str) -> TrustDomain {

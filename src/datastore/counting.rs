@@ -80,6 +80,12 @@ impl Datastore for CountingDatastore {
     async fn create_entry(&self, entry: &Entry) -> Result<Entry, DatastoreError> {
         self.count().create_entry(entry).await
     }
+    async fn update_entries(&self, entries: &[Entry]) -> Vec<Result<Entry, DatastoreError>> {
+        self.count().update_entries(entries).await
+    }
+    async fn delete_entries(&self, ids: &[String]) -> Vec<Result<Entry, DatastoreError>> {
+        self.count().delete_entries(ids).await
+    }
     async fn create_entries(&self, entries: &[Entry]) -> Vec<Result<Entry, DatastoreError>> {
         self.count().create_entries(entries).await
     }

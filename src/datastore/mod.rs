@@ -221,8 +221,26 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
     async fn list_entries(&self, filter: &EntryFilter) -> Result<Vec<Entry>, DatastoreError>;
     /// Replaces an entry (by id), incrementing its revision number.
     async fn update_entry(&self, entry: &Entry) -> Result<Entry, DatastoreError>;
+    /// [`Datastore::update_entry`] for several entries, one result each, in order; backends
+    /// write the batch in one transaction.
+    async fn update_entries(&self, entries: &[Entry]) -> Vec<Result<Entry, DatastoreError>> {
+        let mut out = Vec::with_capacity(entries.len());
+        for e in entries {
+            out.push(self.update_entry(e).await);
+        }
+        out
+    }
     /// Deletes an entry, returning it.
     async fn delete_entry(&self, id: &str) -> Result<Entry, DatastoreError>;
+    /// [`Datastore::delete_entry`] for several IDs, one result each, in order; backends write
+    /// the batch in one transaction.
+    async fn delete_entries(&self, ids: &[String]) -> Vec<Result<Entry, DatastoreError>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.push(self.delete_entry(id).await);
+        }
+        out
+    }
     /// Number of entries.
     async fn count_entries(&self) -> Result<i64, DatastoreError>;
     /// Deletes the entries that expired before `expires_before` (unix seconds; entries with

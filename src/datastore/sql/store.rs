@@ -426,6 +426,92 @@ where
         row.as_ref().map(entry_from_row::<DB>).transpose()
     }
 
+    /// Replaces entry `e` inside `tx`, bumping its revision; `NotFound` if there is none.
+    async fn update_entry_in(&self, tx: &mut Transaction<'static, DB>, e: &Entry) -> Result<Entry, DatastoreError> {
+        let row = sqlx::query::<DB>(&self.sql("SELECT revision_number, created_at FROM registered_entries WHERE entry_id = ?"))
+            .bind(&e.id)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(db_err)?;
+        let Some(row) = row else { return Err(DatastoreError::NotFound("entry")) };
+        let mut entry = e.clone();
+        entry.revision_number = col::<DB, i64>(&row, "revision_number", "entry")? + 1;
+        entry.created_at = col(&row, "created_at", "entry")?;
+        entry.selectors = sorted_selectors(&entry.selectors);
+        sqlx::query::<DB>(&self.sql(
+            "UPDATE registered_entries SET spiffe_id = ?, parent_id = ?, selectors = ?, x509_svid_ttl = ?, jwt_svid_ttl = ?, admin = ?, downstream = ?, federates_with = ?, dns_names = ?, expires_at = ?, hint = ?, store_svid = ?, revision_number = ?, disable_x509_svid_prefetch = ?, jwt_svid_include_jti = ? WHERE entry_id = ?",
+        ))
+        .bind(entry.spiffe_id.as_str())
+        .bind(entry.parent_id.as_str())
+        .bind(selectors_json(&entry.selectors)?)
+        .bind(entry.x509_svid_ttl)
+        .bind(entry.jwt_svid_ttl)
+        .bind(entry.admin)
+        .bind(entry.downstream)
+        .bind(federates_json(&entry.federates_with)?)
+        .bind(json(&entry.dns_names)?)
+        .bind(entry.expires_at)
+        .bind(&entry.hint)
+        .bind(entry.store_svid)
+        .bind(entry.revision_number)
+        .bind(entry.disable_x509_svid_prefetch)
+        .bind(entry.jwt_svid_include_jti)
+        .bind(&entry.id)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+        Ok(entry)
+    }
+
+    /// Deletes entry `id` inside `tx`, returning it; `NotFound` if there is none.
+    async fn delete_entry_in(&self, tx: &mut Transaction<'static, DB>, id: &str) -> Result<Entry, DatastoreError> {
+        let row = sqlx::query::<DB>(&self.sql("SELECT * FROM registered_entries WHERE entry_id = ?"))
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(db_err)?;
+        let Some(row) = row else { return Err(DatastoreError::NotFound("entry")) };
+        let entry = entry_from_row::<DB>(&row)?;
+        sqlx::query::<DB>(&self.sql("DELETE FROM registered_entries WHERE entry_id = ?"))
+            .bind(id)
+            .execute(&mut **tx)
+            .await
+            .map_err(db_err)?;
+        Ok(entry)
+    }
+
+    /// Runs `op` for every item inside one write transaction on the entries table and commits
+    /// once. `NotFound` and `AlreadyExists` are the item's own answer; any other error rolls
+    /// the batch back and is returned (the caller then goes item by item).
+    async fn batch_in_one_tx<T, F>(&self, items: &[T], op: F) -> Result<Vec<Result<Entry, DatastoreError>>, DatastoreError>
+    where
+        T: Sync,
+        F: for<'a> Fn(
+            &'a Self,
+            &'a mut Transaction<'static, DB>,
+            &'a T,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Entry, DatastoreError>> + Send + 'a>>,
+    {
+        let mut tx = self.write_tx("registered_entries").await?;
+        let mut results = Vec::with_capacity(items.len());
+        let mut changed = false;
+        for item in items {
+            match op(self, &mut tx, item).await {
+                Ok(e) => {
+                    changed = true;
+                    results.push(Ok(e));
+                }
+                Err(e @ (DatastoreError::NotFound(_) | DatastoreError::AlreadyExists { .. })) => results.push(Err(e)),
+                Err(e) => return Err(e),
+            }
+        }
+        tx.commit().await.map_err(db_err)?;
+        if changed {
+            self.feed.publish(Change::Entries).await;
+        }
+        Ok(results)
+    }
+
     /// [`Datastore::create_entries`] in one write transaction: every check and insert under
     /// one lock and one commit (one fsync for the batch instead of one per entry). Entries
     /// that fail a check are left out and reported; any other error rolls the whole batch back.
@@ -800,41 +886,24 @@ where
 
     async fn update_entry(&self, e: &Entry) -> Result<Entry, DatastoreError> {
         let mut tx = self.write_tx("registered_entries").await?;
-        let row = sqlx::query::<DB>(&self.sql("SELECT revision_number, created_at FROM registered_entries WHERE entry_id = ?"))
-            .bind(&e.id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        let Some(row) = row else { return Err(DatastoreError::NotFound("entry")) };
-        let mut entry = e.clone();
-        entry.revision_number = col::<DB, i64>(&row, "revision_number", "entry")? + 1;
-        entry.created_at = col(&row, "created_at", "entry")?;
-        entry.selectors = sorted_selectors(&entry.selectors);
-        sqlx::query::<DB>(&self.sql(
-            "UPDATE registered_entries SET spiffe_id = ?, parent_id = ?, selectors = ?, x509_svid_ttl = ?, jwt_svid_ttl = ?, admin = ?, downstream = ?, federates_with = ?, dns_names = ?, expires_at = ?, hint = ?, store_svid = ?, revision_number = ?, disable_x509_svid_prefetch = ?, jwt_svid_include_jti = ? WHERE entry_id = ?",
-        ))
-        .bind(entry.spiffe_id.as_str())
-        .bind(entry.parent_id.as_str())
-        .bind(selectors_json(&entry.selectors)?)
-        .bind(entry.x509_svid_ttl)
-        .bind(entry.jwt_svid_ttl)
-        .bind(entry.admin)
-        .bind(entry.downstream)
-        .bind(federates_json(&entry.federates_with)?)
-        .bind(json(&entry.dns_names)?)
-        .bind(entry.expires_at)
-        .bind(&entry.hint)
-        .bind(entry.store_svid)
-        .bind(entry.revision_number)
-        .bind(entry.disable_x509_svid_prefetch)
-        .bind(entry.jwt_svid_include_jti)
-        .bind(&entry.id)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
+        let entry = self.update_entry_in(&mut tx, e).await?;
         tx.commit().await.map_err(db_err)?;
         self.feed.publish(Change::Entries).await;
         Ok(entry)
+    }
+
+    async fn update_entries(&self, entries: &[Entry]) -> Vec<Result<Entry, DatastoreError>> {
+        if entries.len() > 1 {
+            match self.batch_in_one_tx(entries, |s, tx, e| Box::pin(s.update_entry_in(tx, e))).await {
+                Ok(results) => return results,
+                Err(e) => tracing::debug!(error = %e, entries = entries.len(), "batch update failed; updating entries one by one"),
+            }
+        }
+        let mut out = Vec::with_capacity(entries.len());
+        for e in entries {
+            out.push(self.update_entry(e).await);
+        }
+        out
     }
 
     async fn delete_entry(&self, id: &str) -> Result<Entry, DatastoreError> {
@@ -843,6 +912,20 @@ where
         let entry = entry_from_row::<DB>(row)?;
         self.feed.publish(Change::Entries).await;
         Ok(entry)
+    }
+
+    async fn delete_entries(&self, ids: &[String]) -> Vec<Result<Entry, DatastoreError>> {
+        if ids.len() > 1 {
+            match self.batch_in_one_tx(ids, |s, tx, id| Box::pin(s.delete_entry_in(tx, id))).await {
+                Ok(results) => return results,
+                Err(e) => tracing::debug!(error = %e, entries = ids.len(), "batch delete failed; deleting entries one by one"),
+            }
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.push(self.delete_entry(id).await);
+        }
+        out
     }
 
     async fn count_entries(&self) -> Result<i64, DatastoreError> {
