@@ -512,63 +512,48 @@ where
         Ok(results)
     }
 
-    /// [`Datastore::create_entries`] in one write transaction: every check and insert under
-    /// one lock and one commit (one fsync for the batch instead of one per entry). Entries
-    /// that fail a check are left out and reported; any other error rolls the whole batch back.
-    async fn create_entries_in_one_tx(&self, entries: &[Entry]) -> Result<Vec<Result<Entry, DatastoreError>>, DatastoreError> {
-        let now = crate::now_unix();
-        let mut tx = self.write_tx("registered_entries").await?;
-        let mut results = Vec::with_capacity(entries.len());
-        let mut created = 0usize;
-        for e in entries {
-            // The transaction sees its own inserts, so duplicates within the batch are caught.
-            if self.similar_entry(&mut *tx, e).await?.is_some() {
-                results.push(Err(DatastoreError::AlreadyExists { what: "similar entry" }));
-                continue;
-            }
-            let taken = sqlx::query::<DB>(&self.sql("SELECT entry_id FROM registered_entries WHERE entry_id = ?"))
-                .bind(&e.id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db_err)?
-                .is_some();
-            if taken {
-                results.push(Err(DatastoreError::AlreadyExists { what: "entry id" }));
-                continue;
-            }
-            let mut entry = e.clone();
-            entry.revision_number = 0;
-            entry.created_at = now;
-            sqlx::query::<DB>(&self.sql(INSERT_ENTRY))
-                .bind(&entry.id)
-                .bind(entry.spiffe_id.as_str())
-                .bind(entry.parent_id.as_str())
-                .bind(selectors_json(&entry.selectors)?)
-                .bind(entry.x509_svid_ttl)
-                .bind(entry.jwt_svid_ttl)
-                .bind(entry.admin)
-                .bind(entry.downstream)
-                .bind(federates_json(&entry.federates_with)?)
-                .bind(json(&entry.dns_names)?)
-                .bind(entry.expires_at)
-                .bind(&entry.hint)
-                .bind(entry.store_svid)
-                .bind(entry.revision_number)
-                .bind(entry.created_at)
-                .bind(entry.disable_x509_svid_prefetch)
-                .bind(entry.jwt_svid_include_jti)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
-            entry.selectors = sorted_selectors(&entry.selectors);
-            results.push(Ok(entry));
-            created += 1;
+    /// Creates entry `e` inside `tx` (created at `now`): `AlreadyExists` if a similar entry
+    /// or one with its id exists (the transaction sees its own inserts, so this holds within a
+    /// batch too).
+    async fn create_entry_in(&self, tx: &mut Transaction<'static, DB>, e: &Entry, now: i64) -> Result<Entry, DatastoreError> {
+        if self.similar_entry(&mut **tx, e).await?.is_some() {
+            return Err(DatastoreError::AlreadyExists { what: "similar entry" });
         }
-        tx.commit().await.map_err(db_err)?;
-        if created > 0 {
-            self.feed.publish(Change::Entries).await;
+        let taken = sqlx::query::<DB>(&self.sql("SELECT entry_id FROM registered_entries WHERE entry_id = ?"))
+            .bind(&e.id)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(db_err)?
+            .is_some();
+        if taken {
+            return Err(DatastoreError::AlreadyExists { what: "entry id" });
         }
-        Ok(results)
+        let mut entry = e.clone();
+        entry.revision_number = 0;
+        entry.created_at = now;
+        sqlx::query::<DB>(&self.sql(INSERT_ENTRY))
+            .bind(&entry.id)
+            .bind(entry.spiffe_id.as_str())
+            .bind(entry.parent_id.as_str())
+            .bind(selectors_json(&entry.selectors)?)
+            .bind(entry.x509_svid_ttl)
+            .bind(entry.jwt_svid_ttl)
+            .bind(entry.admin)
+            .bind(entry.downstream)
+            .bind(federates_json(&entry.federates_with)?)
+            .bind(json(&entry.dns_names)?)
+            .bind(entry.expires_at)
+            .bind(&entry.hint)
+            .bind(entry.store_svid)
+            .bind(entry.revision_number)
+            .bind(entry.created_at)
+            .bind(entry.disable_x509_svid_prefetch)
+            .bind(entry.jwt_svid_include_jti)
+            .execute(&mut **tx)
+            .await
+            .map_err(insert_err("entry id"))?;
+        entry.selectors = sorted_selectors(&entry.selectors);
+        Ok(entry)
     }
 }
 
@@ -815,45 +800,19 @@ where
     }
 
     async fn create_entry(&self, e: &Entry) -> Result<Entry, DatastoreError> {
-        let mut entry = e.clone();
-        entry.revision_number = 0;
-        entry.created_at = crate::now_unix();
-        // The check and the insert share one write transaction: two creators of the same entry
-        // queue on the write lock, and the second one sees the first one's row.
+        // The checks and the insert share one write transaction: two creators of the same
+        // entry queue on the write lock, and the second one sees the first one's row.
         let mut tx = self.write_tx("registered_entries").await?;
-        if self.similar_entry(&mut *tx, e).await?.is_some() {
-            return Err(DatastoreError::AlreadyExists { what: "similar entry" });
-        }
-        sqlx::query::<DB>(&self.sql(INSERT_ENTRY))
-            .bind(&entry.id)
-            .bind(entry.spiffe_id.as_str())
-            .bind(entry.parent_id.as_str())
-            .bind(selectors_json(&entry.selectors)?)
-            .bind(entry.x509_svid_ttl)
-            .bind(entry.jwt_svid_ttl)
-            .bind(entry.admin)
-            .bind(entry.downstream)
-            .bind(federates_json(&entry.federates_with)?)
-            .bind(json(&entry.dns_names)?)
-            .bind(entry.expires_at)
-            .bind(&entry.hint)
-            .bind(entry.store_svid)
-            .bind(entry.revision_number)
-            .bind(entry.created_at)
-            .bind(entry.disable_x509_svid_prefetch)
-            .bind(entry.jwt_svid_include_jti)
-            .execute(&mut *tx)
-            .await
-            .map_err(insert_err("entry id"))?;
+        let entry = self.create_entry_in(&mut tx, e, crate::now_unix()).await?;
         tx.commit().await.map_err(db_err)?;
-        entry.selectors = sorted_selectors(&entry.selectors);
         self.feed.publish(Change::Entries).await;
         Ok(entry)
     }
 
     async fn create_entries(&self, entries: &[Entry]) -> Vec<Result<Entry, DatastoreError>> {
         if entries.len() > 1 {
-            match self.create_entries_in_one_tx(entries).await {
+            let now = crate::now_unix();
+            match self.batch_in_one_tx(entries, |s, tx, e| Box::pin(s.create_entry_in(tx, e, now))).await {
                 Ok(results) => return results,
                 // Nothing was written (the transaction rolled back): one at a time, so each
                 // entry gets its own answer.
