@@ -127,3 +127,33 @@ pub fn token(server: &TestServer, alias: &str, ttl: &str) -> String {
     let out = server.cli_ok(&["token", "generate", "-spiffeID", alias, "-ttl", ttl]);
     out.trim().strip_prefix("Token: ").unwrap().to_owned()
 }
+
+/// A server (with `server_extra` in its `server` block) and one agent attested with a join
+/// token aliased `spiffe://example.org/node1`, syncing every `sync_interval`, with one entry
+/// `spiffe://example.org/web` for `unix:uid:<uid>` under that alias.
+pub fn server_and_agent(tmp: &Path, uid: u32, server_extra: &str, sync_interval: &str) -> (TestServer, TestAgent) {
+    let sdir = tmp.join("server");
+    std::fs::create_dir(&sdir).unwrap();
+    let s = TestServer::start(&sdir, &ServerOpts { extra_server: server_extra.to_owned(), ..ServerOpts::default() });
+    let t = token(&s, "spiffe://example.org/node1", "600");
+    s.cli_ok(&[
+        "entry",
+        "create",
+        "-parentID",
+        "spiffe://example.org/node1",
+        "-spiffeID",
+        "spiffe://example.org/web",
+        "-selector",
+        &format!("unix:uid:{uid}"),
+    ]);
+    let adir = tmp.join("agent");
+    std::fs::create_dir(&adir).unwrap();
+    let config = agent_config(&adir, &s, "NodeAttestor \"join_token\" { plugin_data {} }", Some(&t));
+    if sync_interval != "1s" {
+        let text = std::fs::read_to_string(&config).unwrap();
+        assert!(text.contains("sync_interval = \"1s\""), "the agent config template changed: {text}");
+        std::fs::write(&config, text.replace("sync_interval = \"1s\"", &format!("sync_interval = \"{sync_interval}\""))).unwrap();
+    }
+    let a = TestAgent::start(&adir, config);
+    (s, a)
+}

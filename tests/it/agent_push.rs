@@ -14,28 +14,7 @@ use std::time::Duration;
 
 /// A server, one agent attested with a join token (alias `node1`), one entry for this uid.
 fn setup(tmp: &std::path::Path, server_extra: &str, sync_interval: &str) -> (TestServer, TestAgent) {
-    let sdir = tmp.join("server");
-    std::fs::create_dir(&sdir).unwrap();
-    let s = TestServer::start(&sdir, &ServerOpts { extra_server: server_extra.to_owned(), ..ServerOpts::default() });
-    let t = token(&s, "spiffe://example.org/node1", "600");
-    s.cli_ok(&[
-        "entry",
-        "create",
-        "-parentID",
-        "spiffe://example.org/node1",
-        "-spiffeID",
-        "spiffe://example.org/web",
-        "-selector",
-        &format!("unix:uid:{}", my_uid()),
-    ]);
-    let adir = tmp.join("agent");
-    std::fs::create_dir(&adir).unwrap();
-    let config = agent_config(&adir, &s, "NodeAttestor \"join_token\" { plugin_data {} }", Some(&t));
-    let text = std::fs::read_to_string(&config).unwrap().replace("sync_interval = \"1s\"", &format!("sync_interval = \"{sync_interval}\""));
-    assert!(text.contains(sync_interval), "the agent config template changed: {text}");
-    std::fs::write(&config, text).unwrap();
-    let a = TestAgent::start(&adir, config);
-    (s, a)
+    server_and_agent(tmp, my_uid(), server_extra, sync_interval)
 }
 
 type Contexts = std::pin::Pin<Box<dyn futures::Stream<Item = Result<spiffe::X509Context, spiffe::WorkloadApiError>> + Send>>;

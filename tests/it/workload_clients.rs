@@ -11,24 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn setup(tmp: &std::path::Path, uid: u32) -> (TestServer, TestAgent) {
-    let sdir = tmp.join("server");
-    std::fs::create_dir(&sdir).unwrap();
-    let s = TestServer::start(&sdir, &ServerOpts::default());
-    let t = token(&s, "spiffe://example.org/node1", "600");
-    s.cli_ok(&[
-        "entry",
-        "create",
-        "-parentID",
-        "spiffe://example.org/node1",
-        "-spiffeID",
-        "spiffe://example.org/web",
-        "-selector",
-        &format!("unix:uid:{uid}"),
-    ]);
-    let adir = tmp.join("agent");
-    std::fs::create_dir(&adir).unwrap();
-    let a = TestAgent::start(&adir, agent_config(&adir, &s, "NodeAttestor \"join_token\" { plugin_data {} }", Some(&t)));
-    (s, a)
+    server_and_agent(tmp, uid, "", "1s")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
