@@ -148,10 +148,6 @@ impl EntryCache {
         let mut changes = ds.watch_changes();
         let mut tick = tokio::time::interval(full_reload);
         tick.tick().await;
-        // When the last rebuild ended and how long it took: during a stream of changes (a bulk
-        // load) rebuilds are spaced by at least their own cost, so they take at most half a
-        // core and the writers keep the rest; a change after a quiet spell is applied at once.
-        let mut last: Option<(tokio::time::Instant, Duration)> = None;
         loop {
             tokio::select! {
                 () = &mut shutdown => return,
@@ -160,11 +156,7 @@ impl EntryCache {
                     // A lagged receiver missed events: treat it as "everything changed".
                     Ok(Change::Entries | Change::Nodes) | Err(RecvError::Lagged { .. }) => {
                         // Let a burst (a batch create) finish before rebuilding once.
-                        let mut wait = Duration::from_millis(20);
-                        if let Some((ended, cost)) = last {
-                            wait = wait.max(cost.saturating_sub(ended.elapsed()));
-                        }
-                        tokio::time::sleep(wait).await;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
                         changes.drain();
                     }
                     Ok(Change::Bundle) => {
@@ -180,11 +172,9 @@ impl EntryCache {
                     Err(RecvError::Closed) => return,
                 },
             }
-            let started = tokio::time::Instant::now();
             if let Err(e) = self.reload(ds.as_ref()).await {
                 tracing::warn!(error = %e, "entry cache reload failed; serving the previous one");
             }
-            last = Some((tokio::time::Instant::now(), started.elapsed()));
         }
     }
 
