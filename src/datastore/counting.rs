@@ -56,6 +56,9 @@ impl Datastore for CountingDatastore {
     async fn revoke_jwt_authority(&self, td: &TrustDomain, kid: &str) -> Result<Bundle, DatastoreError> {
         self.count().revoke_jwt_authority(td, kid).await
     }
+    async fn get_entries(&self, ids: &[String]) -> Result<Vec<Entry>, DatastoreError> {
+        self.count().get_entries(ids).await
+    }
     async fn cache_snapshot(&self) -> Result<(Vec<Entry>, Vec<AttestedNode>), DatastoreError> {
         self.count().cache_snapshot().await
     }

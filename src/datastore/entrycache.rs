@@ -2,15 +2,21 @@
 //!
 //! Agents sync every few seconds; answering each sync with datastore queries is what made
 //! SPIRE's datastore the bottleneck at scale (spire-notes §9). This cache holds every entry
-//! and every agent's node selectors, indexed by parent; it is rebuilt from the datastore when
-//! the datastore reports a change (entries or nodes), so steady-state syncs cost the datastore
-//! nothing. Authorization follows SPIRE's crawl: entries parented to the agent or to a node
-//! alias whose selectors the agent has, and, transitively, their descendants.
+//! and every agent's node selectors, indexed by parent, so steady-state syncs cost the
+//! datastore nothing. Authorization follows SPIRE's crawl: entries parented to the agent or to
+//! a node alias whose selectors the agent has, and, transitively, their descendants.
+//!
+//! The index is built once from a full read, then kept current change by change: a change
+//! event that names its records (entry ids, agent IDs) makes the cache re-read just those and
+//! put them in place, so a write costs work proportional to what it wrote, not to the table.
+//! An event without ids (another server's write heard through a shared database) or a lagged
+//! feed makes it rebuild from a full read. A periodic full rebuild is the consistency check:
+//! it replaces the index and says so when the two differed.
 
-use crate::datastore::{AttestedNode, Change, Datastore, DatastoreError, Entry, RecvError, Selector};
+use crate::datastore::{AttestedNode, Change, ChangeReceiver, Datastore, DatastoreError, Entry, RecvError, Selector, TryRecvError};
 use crate::spiffe::Bundle;
 use crate::spiffe::{SpiffeId, TrustDomain};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -25,6 +31,80 @@ struct Index {
     nodes: HashMap<SpiffeId, AttestedNode>,
 }
 
+impl Index {
+    fn build(entries: Vec<Entry>, nodes: Vec<AttestedNode>, td: &TrustDomain, server_id: &SpiffeId) -> Self {
+        let mut idx = Self::default();
+        for e in entries {
+            idx.put_entry(e, td, server_id);
+        }
+        for n in nodes {
+            idx.put_node(n);
+        }
+        idx
+    }
+
+    /// Puts `e` in place of the entry with its id, if any.
+    fn put_entry(&mut self, e: Entry, td: &TrustDomain, server_id: &SpiffeId) {
+        self.remove_entry(&e.id);
+        if !e.spiffe_id.is_member_of(td) || !e.parent_id.is_member_of(td) {
+            return;
+        }
+        let e = Arc::new(e);
+        self.by_id.insert(e.id.clone(), Arc::clone(&e));
+        if e.parent_id == *server_id {
+            self.aliases.push(Arc::clone(&e));
+        }
+        self.by_parent.entry(e.parent_id.clone()).or_default().push(e);
+    }
+
+    fn remove_entry(&mut self, id: &str) {
+        let Some(old) = self.by_id.remove(id) else { return };
+        if let Some(siblings) = self.by_parent.get_mut(&old.parent_id) {
+            siblings.retain(|e| e.id != id);
+            if siblings.is_empty() {
+                self.by_parent.remove(&old.parent_id);
+            }
+        }
+        self.aliases.retain(|e| e.id != id);
+    }
+
+    fn put_node(&mut self, n: AttestedNode) {
+        // A banned agent's selectors must not alias it into anything.
+        if n.cert_serial_number.is_empty() {
+            self.node_selectors.remove(&n.spiffe_id);
+        } else {
+            self.node_selectors.insert(n.spiffe_id.clone(), n.selectors.clone());
+        }
+        self.nodes.insert(n.spiffe_id.clone(), n);
+    }
+
+    fn remove_node(&mut self, id: &SpiffeId) {
+        self.node_selectors.remove(id);
+        self.nodes.remove(id);
+    }
+
+    /// What the consistency check compares: each entry's id and revision, and each node's
+    /// selectors and whether it is banned. Equal for two indexes that authorize alike.
+    fn differs_from(&self, other: &Self) -> Option<String> {
+        let entries = |i: &Self| i.by_id.values().map(|e| (e.id.clone(), e.revision_number)).collect::<BTreeSet<_>>();
+        let (mine, theirs) = (entries(self), entries(other));
+        if mine != theirs {
+            return Some(format!(
+                "entries: {} only in the incremental index, {} only in the datastore",
+                mine.difference(&theirs).count(),
+                theirs.difference(&mine).count()
+            ));
+        }
+        let nodes = |i: &Self| {
+            i.nodes
+                .values()
+                .map(|n| (n.spiffe_id.to_string(), n.cert_serial_number.is_empty(), n.selectors.clone()))
+                .collect::<BTreeSet<_>>()
+        };
+        (nodes(self) != nodes(other)).then(|| "attested nodes differ".to_owned())
+    }
+}
+
 /// How many times what agents sync has changed, by kind; agents' change streams follow it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Generation {
@@ -35,14 +115,62 @@ pub struct Generation {
     pub bundles: u64,
 }
 
+/// What a burst of change events asks of the cache.
+#[derive(Debug, Default)]
+struct Pending {
+    /// Rebuild from a full read (an event without ids, or a lagged feed).
+    rebuild: bool,
+    entries: BTreeSet<String>,
+    nodes: BTreeSet<String>,
+    bundle: bool,
+    closed: bool,
+}
+
+impl Pending {
+    fn add(&mut self, event: Result<crate::datastore::ChangeEvent, RecvError>) {
+        match event {
+            Ok(ev) => match (ev.change, ev.ids) {
+                (Change::Entries, Some(ids)) => self.entries.extend(ids.iter().cloned()),
+                (Change::Nodes, Some(ids)) => self.nodes.extend(ids.iter().cloned()),
+                (Change::Entries | Change::Nodes, None) => self.rebuild = true,
+                (Change::Bundle, _) => self.bundle = true,
+                (Change::Relationships, _) => {}
+            },
+            Err(RecvError::Lagged { .. }) => {
+                self.rebuild = true;
+                self.bundle = true;
+            }
+            Err(RecvError::Closed) => self.closed = true,
+        }
+    }
+
+    /// Adds every event already waiting, so a burst (a batch create heard as several events)
+    /// is applied in one go.
+    fn add_waiting(&mut self, changes: &mut ChangeReceiver) {
+        loop {
+            match changes.try_recv_event() {
+                Ok(ev) => self.add(Ok(ev)),
+                Err(TryRecvError::Lagged { missed }) => self.add(Err(RecvError::Lagged { missed })),
+                Err(TryRecvError::Empty) => return,
+                Err(TryRecvError::Closed) => {
+                    self.closed = true;
+                    return;
+                }
+            }
+        }
+    }
+}
+
 /// The cache.
 #[derive(Debug)]
 pub struct EntryCache {
     trust_domain: TrustDomain,
     server_id: SpiffeId,
-    index: RwLock<Arc<Index>>,
+    index: RwLock<Index>,
     bundle: RwLock<Option<Arc<Bundle>>>,
     reloads: AtomicU64,
+    updates: AtomicU64,
+    drifts: AtomicU64,
     generation: tokio::sync::watch::Sender<Generation>,
 }
 
@@ -56,17 +184,32 @@ impl EntryCache {
         Ok(Self {
             trust_domain,
             server_id,
-            index: RwLock::new(Arc::new(Index::default())),
+            index: RwLock::new(Index::default()),
             bundle: RwLock::new(None),
             reloads: AtomicU64::new(0),
+            updates: AtomicU64::new(0),
+            drifts: AtomicU64::new(0),
             generation: tokio::sync::watch::Sender::new(Generation::default()),
         })
     }
 
-    /// How many times the cache was rebuilt from the datastore (each rebuild is two queries).
+    /// How many times the cache was rebuilt from a full read of the datastore.
     #[must_use]
     pub fn reload_count(&self) -> u64 {
         self.reloads.load(Ordering::Relaxed)
+    }
+
+    /// How many times the index changed: full rebuilds plus applied change events.
+    #[must_use]
+    pub fn update_count(&self) -> u64 {
+        self.updates.load(Ordering::Relaxed)
+    }
+
+    /// How many periodic consistency checks found the incremental index different from the
+    /// datastore (each was then replaced by the full read).
+    #[must_use]
+    pub fn drift_count(&self) -> u64 {
+        self.drifts.load(Ordering::Relaxed)
     }
 
     /// Follows [`Generation`]: moves after the index or the bundles changed, once the cache
@@ -76,44 +219,74 @@ impl EntryCache {
         self.generation.subscribe()
     }
 
-    /// Rebuilds the index from the datastore.
+    /// Rebuilds the index from a full read of the datastore.
     ///
     /// # Errors
     /// The datastore failed; the previous index stays in use.
     pub async fn reload(&self, ds: &dyn Datastore) -> Result<(), DatastoreError> {
+        self.rebuild(ds).await.map(|_| ())
+    }
+
+    /// As [`EntryCache::reload`]; returns how the replaced index differed from the new one.
+    async fn rebuild(&self, ds: &dyn Datastore) -> Result<Option<String>, DatastoreError> {
         let (entries, nodes) = ds.cache_snapshot().await?;
-        let mut idx = Index::default();
-        for e in entries {
-            if !e.spiffe_id.is_member_of(&self.trust_domain) || !e.parent_id.is_member_of(&self.trust_domain) {
-                continue;
+        let idx = Index::build(entries, nodes, &self.trust_domain, &self.server_id);
+        let drift = match self.index.write() {
+            Ok(mut g) => {
+                let drift = g.differs_from(&idx);
+                // The old index is freed outside the lock: at a million entries that takes a while.
+                let old = std::mem::replace(&mut *g, idx);
+                drop(g);
+                drop(old);
+                drift
             }
-            let e = Arc::new(e);
-            idx.by_id.insert(e.id.clone(), Arc::clone(&e));
-            if e.parent_id == self.server_id {
-                idx.aliases.push(Arc::clone(&e));
-            }
-            idx.by_parent.entry(e.parent_id.clone()).or_default().push(e);
-        }
-        for n in nodes {
-            // A banned agent's selectors must not alias it into anything.
-            if !n.cert_serial_number.is_empty() {
-                idx.node_selectors.insert(n.spiffe_id.clone(), n.selectors.clone());
-            }
-            idx.nodes.insert(n.spiffe_id.clone(), n);
-        }
-        if let Ok(mut g) = self.index.write() {
-            *g = Arc::new(idx);
-        }
+            Err(_) => None,
+        };
         let before = self.bundle();
         self.reload_bundle(ds).await?;
         let bundle_moved = before != self.bundle();
         self.reloads.fetch_add(1, Ordering::Relaxed);
+        self.updates.fetch_add(1, Ordering::Relaxed);
         self.generation.send_modify(|g| {
             g.entries += 1;
             if bundle_moved {
                 g.bundles += 1;
             }
         });
+        Ok(drift)
+    }
+
+    /// Re-reads the entries `ids` and the agents `nodes` and puts them in place (or removes
+    /// them when the datastore no longer has them).
+    ///
+    /// # Errors
+    /// The datastore failed; the index is left as it was.
+    async fn apply(&self, ds: &dyn Datastore, ids: &BTreeSet<String>, nodes: &BTreeSet<String>) -> Result<(), DatastoreError> {
+        let ids: Vec<String> = ids.iter().cloned().collect();
+        let mut fresh: HashMap<String, Entry> = ds.get_entries(&ids).await?.into_iter().map(|e| (e.id.clone(), e)).collect();
+        let mut read_nodes = Vec::with_capacity(nodes.len());
+        for n in nodes {
+            // An id that is not a SPIFFE ID cannot be in the index either.
+            let Ok(id) = SpiffeId::new(n) else { continue };
+            let node = ds.get_attested_node(&id).await?;
+            read_nodes.push((id, node));
+        }
+        if let Ok(mut g) = self.index.write() {
+            for id in &ids {
+                match fresh.remove(id) {
+                    Some(e) => g.put_entry(e, &self.trust_domain, &self.server_id),
+                    None => g.remove_entry(id),
+                }
+            }
+            for (id, node) in read_nodes {
+                match node {
+                    Some(n) => g.put_node(n),
+                    None => g.remove_node(&id),
+                }
+            }
+        }
+        self.updates.fetch_add(1, Ordering::Relaxed);
+        self.generation.send_modify(|g| g.entries += 1);
         Ok(())
     }
 
@@ -141,39 +314,81 @@ impl EntryCache {
         self.index.read().ok().and_then(|g| g.nodes.get(id).cloned())
     }
 
-    /// Keeps the cache current: rebuilds after every entry or node change (bursts coalesce),
-    /// and every `full_reload` as a safety net, until `shutdown`.
+    /// Applies what `pending` asks for. Returns false when the feed is closed.
+    async fn handle(&self, ds: &dyn Datastore, pending: Pending) -> bool {
+        if pending.rebuild {
+            if let Err(e) = self.rebuild(ds).await {
+                tracing::warn!(error = %e, "entry cache reload failed; serving the previous one");
+            }
+        } else if (!pending.entries.is_empty() || !pending.nodes.is_empty())
+            && let Err(e) = self.apply(ds, &pending.entries, &pending.nodes).await
+        {
+            // The index may now miss this change: a full read puts it right.
+            tracing::warn!(error = %e, "entry cache update failed; rebuilding it");
+            if let Err(e) = self.rebuild(ds).await {
+                tracing::warn!(error = %e, "entry cache reload failed; serving the previous one");
+            }
+        }
+        if pending.bundle {
+            if let Err(e) = self.reload_bundle(ds).await {
+                tracing::warn!(error = %e, "bundle cache reload failed");
+            }
+            // Federated bundles are not cached here, but agents fetch them: any bundle change
+            // is news to them.
+            self.generation.send_modify(|g| g.bundles += 1);
+        }
+        !pending.closed
+    }
+
+    /// Applies every change event already received on `changes` (for tests that drive the
+    /// cache step by step).
+    #[cfg(test)]
+    pub(crate) async fn catch_up(&self, ds: &dyn Datastore, changes: &mut ChangeReceiver) {
+        let mut pending = Pending::default();
+        pending.add_waiting(changes);
+        self.handle(ds, pending).await;
+    }
+
+    /// The periodic consistency check: a full rebuild, which reports when the incremental
+    /// index had drifted. Changes that arrive while it reads are applied after it (they are
+    /// re-read then), and a difference they could explain is not reported.
+    async fn check(&self, ds: &dyn Datastore, changes: &mut ChangeReceiver) {
+        let mut before = Pending::default();
+        before.add_waiting(changes);
+        self.handle(ds, before).await;
+        match self.rebuild(ds).await {
+            Ok(Some(diff)) if !changes.has_pending() => {
+                self.drifts.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(difference = %diff, "entry cache had drifted from the datastore; replaced by a full read");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "entry cache reload failed; serving the previous one"),
+        }
+    }
+
+    /// Keeps the cache current until `shutdown`: applies each change event's records as it
+    /// arrives (a burst in one go), rebuilds on events that name no records, and checks
+    /// itself against a full read every `full_reload`.
     pub async fn run(self: Arc<Self>, ds: Arc<dyn Datastore>, full_reload: Duration, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut changes = ds.watch_changes();
+        // A bundle written between the caller's first reload and this subscription would
+        // otherwise wait for the periodic check.
+        self.handle(ds.as_ref(), Pending { bundle: true, ..Pending::default() }).await;
         let mut tick = tokio::time::interval(full_reload);
         tick.tick().await;
         loop {
             tokio::select! {
                 () = &mut shutdown => return,
-                _ = tick.tick() => {}
-                c = changes.recv() => match c {
-                    // A lagged receiver missed events: treat it as "everything changed".
-                    Ok(Change::Entries | Change::Nodes) | Err(RecvError::Lagged { .. }) => {
-                        // Let a burst (a batch create) finish before rebuilding once.
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        changes.drain();
+                _ = tick.tick() => self.check(ds.as_ref(), &mut changes).await,
+                c = changes.recv_event() => {
+                    let mut pending = Pending::default();
+                    pending.add(c);
+                    pending.add_waiting(&mut changes);
+                    if !self.handle(ds.as_ref(), pending).await {
+                        return;
                     }
-                    Ok(Change::Bundle) => {
-                        if let Err(e) = self.reload_bundle(ds.as_ref()).await {
-                            tracing::warn!(error = %e, "bundle cache reload failed");
-                        }
-                        // Federated bundles are not cached here, but agents fetch them: any
-                        // bundle change is news to them.
-                        self.generation.send_modify(|g| g.bundles += 1);
-                        continue;
-                    }
-                    Ok(Change::Relationships) => continue,
-                    Err(RecvError::Closed) => return,
-                },
-            }
-            if let Err(e) = self.reload(ds.as_ref()).await {
-                tracing::warn!(error = %e, "entry cache reload failed; serving the previous one");
+                }
             }
         }
     }
@@ -185,7 +400,7 @@ impl EntryCache {
     /// changes, and entries expire with time alone, so expiry is decided here, at each use.
     #[must_use]
     pub fn authorized_entries(&self, agent: &SpiffeId, now: i64) -> Vec<Arc<Entry>> {
-        let Ok(idx) = self.index.read().map(|g| Arc::clone(&g)) else { return Vec::new() };
+        let Ok(idx) = self.index.read() else { return Vec::new() };
         let mut roots: Vec<SpiffeId> = vec![agent.clone()];
         if let Some(sel) = idx.node_selectors.get(agent) {
             for alias in &idx.aliases {
@@ -334,5 +549,196 @@ mod tests {
         assert!(cache.authorized_entry(&SpiffeId::new(agent).unwrap(), "5", NOW).is_none());
         // Unknown agent: nothing.
         assert!(cache.authorized_entries(&SpiffeId::new("spiffe://example.org/spire/agent/x").unwrap(), NOW).is_empty());
+    }
+
+    /// A small deterministic generator (xorshift64*), so a failing sequence can be replayed
+    /// from its seed.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            usize::try_from(self.next() % n as u64).unwrap()
+        }
+        fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
+            &xs[self.below(xs.len())]
+        }
+        fn pick_str<'a>(&mut self, xs: &'a [String]) -> &'a str {
+            self.pick(xs).as_str()
+        }
+    }
+
+    /// Entries created, updated, deleted (one by one, in batches, by pruning), and agents
+    /// attested, re-attested with other selectors, banned and evicted, in a random order; after
+    /// every step the incrementally kept cache must authorize exactly what a cache rebuilt from
+    /// scratch authorizes, for every agent, now and after entries expire, and must never have
+    /// needed a full rebuild to get there.
+    #[tokio::test]
+    async fn incremental_updates_match_a_full_rebuild_after_every_step() {
+        const TD: &str = "spiffe://example.org";
+        let agents: Vec<String> = (0..4).map(|i| format!("{TD}/spire/agent/x509pop/n{i}")).collect();
+        let node_selectors = [("x509pop", "cn:a"), ("x509pop", "cn:b"), ("x509pop", "ca:1")];
+        let mut parents: Vec<String> = agents.clone();
+        // The server thrice: node aliases are what the agents' selectors decide.
+        parents.extend([format!("{TD}/spire/server"), format!("{TD}/spire/server"), format!("{TD}/spire/server")]);
+        let workloads: Vec<String> = (0..8).map(|i| format!("{TD}/w{i}")).collect();
+        parents.extend(workloads.iter().cloned());
+        parents.push("spiffe://other.org/w0".into());
+        let mut ids_pool = workloads.clone();
+        ids_pool.push("spiffe://other.org/w1".into());
+        let ds = SqliteDatastore::connect("sqlite::memory:").await.unwrap();
+        let cache = EntryCache::new(TrustDomain::new("example.org").unwrap()).unwrap();
+        cache.reload(&ds).await.unwrap();
+        let mut rx = ds.watch_changes();
+        for seed in [0x9E37_79B9_7F4A_7C15_u64, 42, 7] {
+            let mut rng = Rng(seed);
+            let mut next_id = 0u32;
+            for step in 0..300 {
+                let op = rng.below(10);
+                let existing = ds.list_entries(&crate::datastore::EntryFilter::default()).await.unwrap();
+                let random_entry = |rng: &mut Rng, id: String| {
+                    let parent = rng.pick_str(&parents);
+                    // A node alias (parented to the server) has node selectors, which agents
+                    // may match; a workload entry has workload selectors.
+                    let mut sel: Vec<(&str, &str)> = if parent.ends_with("/spire/server") {
+                        let mut sel = vec![*rng.pick(&node_selectors)];
+                        if rng.below(3) == 0 {
+                            sel.push(*rng.pick(&node_selectors));
+                        }
+                        sel
+                    } else {
+                        vec![("unix", "uid:1")]
+                    };
+                    sel.sort_unstable();
+                    sel.dedup();
+                    let e = entry(&id, rng.pick_str(&ids_pool), parent, &sel);
+                    match rng.below(4) {
+                        0 => expiring(e, NOW + 50),
+                        _ => e,
+                    }
+                };
+                match op {
+                    0 | 1 => {
+                        next_id += 1;
+                        let _ = ds.create_entry(&random_entry(&mut rng, format!("s{seed}-{next_id}"))).await;
+                    }
+                    2 => {
+                        let batch: Vec<Entry> = (0..3)
+                            .map(|_| {
+                                next_id += 1;
+                                random_entry(&mut rng, format!("s{seed}-{next_id}"))
+                            })
+                            .collect();
+                        let _ = ds.create_entries(&batch).await;
+                    }
+                    3 | 4 if !existing.is_empty() => {
+                        let old = rng.pick(&existing).clone();
+                        let mut new = random_entry(&mut rng, old.id.clone());
+                        if rng.below(2) == 0 {
+                            new.parent_id = old.parent_id.clone();
+                        }
+                        let _ = ds.update_entry(&new).await;
+                    }
+                    5 if !existing.is_empty() => {
+                        let ids: Vec<String> = (0..1 + rng.below(3)).map(|_| rng.pick(&existing).id.clone()).collect();
+                        if ids.len() == 1 {
+                            let _ = ds.delete_entry(&ids[0]).await;
+                        } else {
+                            let _ = ds.delete_entries(&ids).await;
+                        }
+                    }
+                    6 | 7 => {
+                        let agent = rng.pick_str(&agents);
+                        let sel = [*rng.pick(&node_selectors), *rng.pick(&node_selectors)];
+                        let n = node(agent, &sel);
+                        if ds.get_attested_node(&n.spiffe_id).await.unwrap().is_some() {
+                            ds.update_attested_node(&n).await.unwrap();
+                        } else {
+                            ds.create_attested_node(&n).await.unwrap();
+                        }
+                    }
+                    8 => {
+                        let id = SpiffeId::new(rng.pick_str(&agents)).unwrap();
+                        if let Some(mut n) = ds.get_attested_node(&id).await.unwrap() {
+                            if rng.below(2) == 0 {
+                                n.cert_serial_number.clear();
+                                ds.update_attested_node(&n).await.unwrap();
+                            } else {
+                                ds.delete_attested_node(&id).await.unwrap();
+                            }
+                        }
+                    }
+                    _ => {
+                        let _ = ds.prune_entries(NOW + 60).await;
+                    }
+                }
+                cache.catch_up(&ds, &mut rx).await;
+                let fresh = EntryCache::new(TrustDomain::new("example.org").unwrap()).unwrap();
+                fresh.reload(&ds).await.unwrap();
+                for agent in &agents {
+                    let agent = SpiffeId::new(agent).unwrap();
+                    for now in [NOW, NOW + 50] {
+                        let ids = |c: &EntryCache| {
+                            c.authorized_entries(&agent, now).iter().map(|e| (e.id.clone(), e.revision_number)).collect::<Vec<_>>()
+                        };
+                        assert_eq!(ids(&cache), ids(&fresh), "seed {seed:#x} step {step} (op {op}): {agent} at {now}");
+                    }
+                    assert_eq!(cache.node(&agent), fresh.node(&agent), "seed {seed:#x} step {step}: node {agent}");
+                }
+                let guard = cache.index.read().unwrap();
+                assert_eq!(guard.differs_from(&fresh.index.read().unwrap()), None, "seed {seed:#x} step {step}");
+            }
+        }
+        assert_eq!(cache.reload_count(), 1, "every change was applied in place, none by a full rebuild");
+        assert!(cache.update_count() > 500, "the changes went through the incremental path");
+    }
+
+    /// A write the cache never heard of (another datastore handle on the same database, as a
+    /// second server would be) is found by the periodic check, counted, and put right.
+    #[tokio::test]
+    async fn the_periodic_check_finds_and_repairs_what_no_event_announced() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("ds.db").display());
+        let ds = SqliteDatastore::connect(&url).await.unwrap();
+        let other = SqliteDatastore::connect(&url).await.unwrap();
+        let agent = "spiffe://example.org/spire/agent/join_token/t";
+        let cache = EntryCache::new(TrustDomain::new("example.org").unwrap()).unwrap();
+        ds.create_entry(&entry("1", "spiffe://example.org/a", agent, &[("unix", "uid:1")])).await.unwrap();
+        cache.reload(&ds).await.unwrap();
+        let mut rx = ds.watch_changes();
+        ds.create_entry(&entry("2", "spiffe://example.org/b", agent, &[("unix", "uid:2")])).await.unwrap();
+        cache.check(&ds, &mut rx).await;
+        assert_eq!(cache.drift_count(), 0, "a change heard on the feed is not drift");
+        other.create_entry(&entry("3", "spiffe://example.org/c", agent, &[("unix", "uid:3")])).await.unwrap();
+        let ids =
+            |c: &EntryCache| c.authorized_entries(&SpiffeId::new(agent).unwrap(), NOW).iter().map(|e| e.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(&cache), ["1", "2"], "the unannounced write is not in the cache yet");
+        cache.check(&ds, &mut rx).await;
+        assert_eq!(cache.drift_count(), 1);
+        assert_eq!(ids(&cache), ["1", "2", "3"]);
+    }
+
+    /// An event that names no records (what a shared database's feed relays from other
+    /// servers) makes the cache rebuild from a full read.
+    #[tokio::test]
+    async fn an_event_without_ids_rebuilds_the_cache() {
+        let feed = Arc::new(crate::datastore::LocalFeed::new());
+        let ds = SqliteDatastore::connect("sqlite::memory:")
+            .await
+            .unwrap()
+            .with_feed(Arc::clone(&feed) as Arc<dyn crate::datastore::ChangeFeed>);
+        let cache = EntryCache::new(TrustDomain::new("example.org").unwrap()).unwrap();
+        cache.reload(&ds).await.unwrap();
+        let mut rx = ds.watch_changes();
+        ds.create_entry(&entry("1", "spiffe://example.org/a", "spiffe://example.org/spire/agent/t", &[("unix", "uid:1")])).await.unwrap();
+        cache.catch_up(&ds, &mut rx).await;
+        assert_eq!(cache.reload_count(), 1, "an event with ids is applied in place");
+        feed.send(Change::Entries);
+        cache.catch_up(&ds, &mut rx).await;
+        assert_eq!(cache.reload_count(), 2, "an event without ids is a full rebuild");
     }
 }

@@ -2,9 +2,12 @@
 //!
 //! Writers call [`ChangeFeed::publish`] after their write committed; readers hold a
 //! [`ChangeReceiver`] from [`ChangeFeed::subscribe`] (through [`super::Datastore::watch_changes`]).
-//! Events say only *what kind* of record changed ([`Change`]); subscribers re-read what they
-//! need. A receiver that falls behind is told so ([`RecvError::Lagged`]) and must then assume
-//! that everything changed: that is what the entry cache and the bundle watchers do.
+//! Events say *what kind* of record changed ([`Change`]) and, when the writer knows them, the
+//! ids of the records it wrote ([`ChangeEvent::ids`]: entry ids, agent SPIFFE IDs); subscribers
+//! re-read what they need, just those records when the ids are given (the entry cache applies
+//! them one by one) and everything of that kind otherwise. A receiver that falls behind is told
+//! so ([`RecvError::Lagged`]) and must then assume that everything changed: that is what the
+//! entry cache and the bundle watchers do.
 //!
 //! [`LocalFeed`] is the one implementation today: an in-process broadcast, right for a datastore
 //! that only this process writes (SQLite). Servers that share one database need to hear each
@@ -22,6 +25,7 @@
 
 use super::Change;
 use async_trait::async_trait;
+use std::sync::Arc;
 use tokio::sync::broadcast;
 
 /// Events a subscriber may fall behind by before it is told it lagged.
@@ -33,6 +37,14 @@ pub trait ChangeFeed: Send + Sync + std::fmt::Debug + 'static {
     /// Announces `change` to every subscriber. Called after the write committed; failures are
     /// the feed's to log (the write itself succeeded, so there is nothing to return).
     async fn publish(&self, change: Change);
+
+    /// Announces a `change` to the records `ids` (entry ids for [`Change::Entries`], agent
+    /// SPIFFE IDs for [`Change::Nodes`]). A feed that cannot carry ids announces the kind
+    /// alone, which subscribers read as "re-read everything of this kind".
+    async fn publish_ids(&self, change: Change, ids: Vec<String>) {
+        let _ = ids;
+        self.publish(change).await;
+    }
 
     /// A receiver of every change published from now on.
     fn subscribe(&self) -> ChangeReceiver;
@@ -71,6 +83,16 @@ pub enum TryRecvError {
     Closed,
 }
 
+/// One change as subscribers receive it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeEvent {
+    /// What kind of record changed.
+    pub change: Change,
+    /// The records written, when the writer said (entry ids, agent SPIFFE IDs); `None` means
+    /// any number of records of that kind may have changed.
+    pub ids: Option<Arc<[String]>>,
+}
+
 /// One subscriber's view of a [`ChangeFeed`].
 ///
 /// Every feed fans out in-process through a broadcast channel (a shared-database feed pumps
@@ -78,13 +100,13 @@ pub enum TryRecvError {
 /// so that subscribers depend only on this small API.
 #[derive(Debug)]
 pub struct ChangeReceiver {
-    inner: broadcast::Receiver<Change>,
+    inner: broadcast::Receiver<ChangeEvent>,
 }
 
 /// The in-process change feed: a broadcast channel. Right when this process is the only writer.
 #[derive(Debug, Clone)]
 pub struct LocalFeed {
-    sender: broadcast::Sender<Change>,
+    sender: broadcast::Sender<ChangeEvent>,
 }
 
 // === impl ChangeReceiver ===
@@ -96,6 +118,14 @@ impl ChangeReceiver {
     /// [`RecvError::Lagged`] when events were dropped (the receiver then continues with the
     /// oldest one still held), [`RecvError::Closed`] when the feed is gone.
     pub async fn recv(&mut self) -> Result<Change, RecvError> {
+        self.recv_event().await.map(|e| e.change)
+    }
+
+    /// Waits for the next change, with the ids of the records it touched when known.
+    ///
+    /// # Errors
+    /// As [`ChangeReceiver::recv`].
+    pub async fn recv_event(&mut self) -> Result<ChangeEvent, RecvError> {
         self.inner.recv().await.map_err(|e| match e {
             broadcast::error::RecvError::Lagged(missed) => RecvError::Lagged { missed },
             broadcast::error::RecvError::Closed => RecvError::Closed,
@@ -107,6 +137,14 @@ impl ChangeReceiver {
     /// # Errors
     /// [`TryRecvError::Empty`] when nothing is waiting; otherwise as [`ChangeReceiver::recv`].
     pub fn try_recv(&mut self) -> Result<Change, TryRecvError> {
+        self.try_recv_event().map(|e| e.change)
+    }
+
+    /// The next change if one is waiting, with its ids when known.
+    ///
+    /// # Errors
+    /// As [`ChangeReceiver::try_recv`].
+    pub fn try_recv_event(&mut self) -> Result<ChangeEvent, TryRecvError> {
         self.inner.try_recv().map_err(|e| match e {
             broadcast::error::TryRecvError::Empty => TryRecvError::Empty,
             broadcast::error::TryRecvError::Lagged(missed) => TryRecvError::Lagged { missed },
@@ -118,6 +156,12 @@ impl ChangeReceiver {
     /// everything anyway (a burst of writes then costs one reload).
     pub fn drain(&mut self) {
         while let Ok(_) | Err(TryRecvError::Lagged { .. }) = self.try_recv() {}
+    }
+
+    /// Whether changes are waiting.
+    #[must_use]
+    pub fn has_pending(&self) -> bool {
+        !self.inner.is_empty()
     }
 }
 
@@ -134,7 +178,12 @@ impl LocalFeed {
     /// Publishes without waiting (broadcasting never blocks); for feeds that wrap this one.
     pub fn send(&self, change: Change) {
         // No subscribers is normal (nothing follows the feed yet); nothing to do then.
-        let _ = self.sender.send(change);
+        let _ = self.sender.send(ChangeEvent { change, ids: None });
+    }
+
+    /// As [`LocalFeed::send`], naming the records written.
+    pub fn send_ids(&self, change: Change, ids: Vec<String>) {
+        let _ = self.sender.send(ChangeEvent { change, ids: Some(ids.into()) });
     }
 }
 
@@ -148,6 +197,10 @@ impl Default for LocalFeed {
 impl ChangeFeed for LocalFeed {
     async fn publish(&self, change: Change) {
         self.send(change);
+    }
+
+    async fn publish_ids(&self, change: Change, ids: Vec<String>) {
+        self.send_ids(change, ids);
     }
 
     fn subscribe(&self) -> ChangeReceiver {

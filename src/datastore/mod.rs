@@ -20,7 +20,7 @@ pub mod entrycache;
 pub mod feed;
 pub mod sql;
 
-pub use feed::{ChangeFeed, ChangeReceiver, LocalFeed, RecvError, TryRecvError};
+pub use feed::{ChangeEvent, ChangeFeed, ChangeReceiver, LocalFeed, RecvError, TryRecvError};
 
 use crate::spiffe::federation::Relationship;
 use crate::spiffe::{Bundle, JwtAuthority, SpiffeId, TrustDomain};
@@ -283,6 +283,19 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
     /// Deletes the relationship with `td` (its bundle stays, as in SPIRE). `NotFound` when
     /// there is none.
     async fn delete_federation_relationship(&self, td: &TrustDomain) -> Result<(), DatastoreError>;
+
+    /// The entries among `ids` that exist, in no particular order: what the entry cache reads
+    /// to apply a change event that names its entries.
+    ///
+    /// # Errors
+    /// The datastore failed.
+    async fn get_entries(&self, ids: &[String]) -> Result<Vec<Entry>, DatastoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.extend(self.get_entry(id).await?);
+        }
+        Ok(out)
+    }
 
     /// Every entry and every attested node, for the entry cache. This read tolerates staleness
     /// (SPIRE's `TolerateStale`): a datastore with a read replica serves it from the replica,

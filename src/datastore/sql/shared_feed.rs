@@ -46,6 +46,16 @@ fn kind_of(s: &str) -> Option<Change> {
     })
 }
 
+impl<DB: Backend> TableFeed<DB> {
+    /// Queues `change`'s kind for the events table.
+    fn announce(&self, change: Change) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.insert(kind_name(change));
+        }
+        self.wake.notify_one();
+    }
+}
+
 /// The events-table feed over `pool`.
 #[derive(Debug)]
 pub struct TableFeed<DB: Backend> {
@@ -190,10 +200,14 @@ where
 {
     async fn publish(&self, change: Change) {
         self.local.send(change);
-        if let Ok(mut p) = self.pending.lock() {
-            p.insert(kind_name(change));
-        }
-        self.wake.notify_one();
+        self.announce(change);
+    }
+
+    // This process's subscribers get the ids; other servers get the kind alone (the events
+    // table holds kinds), so they re-read everything of that kind.
+    async fn publish_ids(&self, change: Change, ids: Vec<String>) {
+        self.local.send_ids(change, ids);
+        self.announce(change);
     }
 
     fn subscribe(&self) -> ChangeReceiver {

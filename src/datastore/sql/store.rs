@@ -494,11 +494,11 @@ where
     {
         let mut tx = self.write_tx("registered_entries").await?;
         let mut results = Vec::with_capacity(items.len());
-        let mut changed = false;
+        let mut changed = Vec::new();
         for item in items {
             match op(self, &mut tx, item).await {
                 Ok(e) => {
-                    changed = true;
+                    changed.push(e.id.clone());
                     results.push(Ok(e));
                 }
                 Err(e @ (DatastoreError::NotFound(_) | DatastoreError::AlreadyExists { .. })) => results.push(Err(e)),
@@ -506,8 +506,8 @@ where
             }
         }
         tx.commit().await.map_err(db_err)?;
-        if changed {
-            self.feed.publish(Change::Entries).await;
+        if !changed.is_empty() {
+            self.feed.publish_ids(Change::Entries, changed).await;
         }
         Ok(results)
     }
@@ -805,7 +805,7 @@ where
         let mut tx = self.write_tx("registered_entries").await?;
         let entry = self.create_entry_in(&mut tx, e, crate::now_unix()).await?;
         tx.commit().await.map_err(db_err)?;
-        self.feed.publish(Change::Entries).await;
+        self.feed.publish_ids(Change::Entries, vec![entry.id.clone()]).await;
         Ok(entry)
     }
 
@@ -839,6 +839,23 @@ where
         row.as_ref().map(entry_from_row::<DB>).transpose()
     }
 
+    async fn get_entries(&self, ids: &[String]) -> Result<Vec<Entry>, DatastoreError> {
+        // Chunks keep every dialect under its bound-parameter limit.
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let marks = vec!["?"; chunk.len()].join(",");
+            let sql = self.sql(&format!("SELECT * FROM registered_entries WHERE entry_id IN ({marks})")).into_owned();
+            let mut q = sqlx::query::<DB>(&sql);
+            for id in chunk {
+                q = q.bind(id.as_str());
+            }
+            for row in q.fetch_all(&self.pool).await.map_err(db_err)? {
+                out.push(entry_from_row::<DB>(&row)?);
+            }
+        }
+        Ok(out)
+    }
+
     async fn list_entries(&self, f: &EntryFilter) -> Result<Vec<Entry>, DatastoreError> {
         self.select_entries(&self.pool, f).await
     }
@@ -847,7 +864,7 @@ where
         let mut tx = self.write_tx("registered_entries").await?;
         let entry = self.update_entry_in(&mut tx, e).await?;
         tx.commit().await.map_err(db_err)?;
-        self.feed.publish(Change::Entries).await;
+        self.feed.publish_ids(Change::Entries, vec![entry.id.clone()]).await;
         Ok(entry)
     }
 
@@ -869,7 +886,7 @@ where
         let rows = self.delete_returning("registered_entries", "*", "entry_id = ?", Key::Text(id)).await?;
         let Some(row) = rows.first() else { return Err(DatastoreError::NotFound("entry")) };
         let entry = entry_from_row::<DB>(row)?;
-        self.feed.publish(Change::Entries).await;
+        self.feed.publish_ids(Change::Entries, vec![entry.id.clone()]).await;
         Ok(entry)
     }
 
@@ -897,7 +914,7 @@ where
         let rows = self.delete_returning("registered_entries", "*", "expires_at != 0 AND expires_at < ?", Key::Int(expires_before)).await?;
         let pruned = rows.iter().map(entry_from_row::<DB>).collect::<Result<Vec<_>, _>>()?;
         if !pruned.is_empty() {
-            self.feed.publish(Change::Entries).await;
+            self.feed.publish_ids(Change::Entries, pruned.iter().map(|e| e.id.clone()).collect()).await;
         }
         Ok(pruned)
     }
@@ -933,7 +950,7 @@ where
             .execute(&self.pool)
             .await
             .map_err(insert_err("attested node"))?;
-        self.feed.publish(Change::Nodes).await;
+        self.feed.publish_ids(Change::Nodes, vec![n.spiffe_id.to_string()]).await;
         Ok(())
     }
 
@@ -967,7 +984,7 @@ where
         if DB::rows_affected(&done) == 0 {
             return Err(DatastoreError::NotFound("agent"));
         }
-        self.feed.publish(Change::Nodes).await;
+        self.feed.publish_ids(Change::Nodes, vec![n.spiffe_id.to_string()]).await;
         Ok(())
     }
 
@@ -975,7 +992,7 @@ where
         let rows = self.delete_returning("attested_nodes", "*", "spiffe_id = ?", Key::Text(id.as_str())).await?;
         let Some(row) = rows.first() else { return Err(DatastoreError::NotFound("agent")) };
         let node = node_from_row::<DB>(row)?;
-        self.feed.publish(Change::Nodes).await;
+        self.feed.publish_ids(Change::Nodes, vec![node.spiffe_id.to_string()]).await;
         Ok(node)
     }
 
