@@ -437,13 +437,17 @@ impl Agent {
 
     async fn sync_loop(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
         tokio::pin!(shutdown);
-        let mut backoff = self.settings.sync_interval;
+        // Zero while syncs succeed. The first retry comes after a second: most failures are
+        // one lost request (the server ending a connection at its max age, a restart), and
+        // waiting a whole interval or more would hold back a change the server just pushed.
+        // Further retries back off to at most 12 intervals.
+        let mut backoff = Duration::ZERO;
         // A test's manual clock moving triggers a sync at once (SVIDs due for renewal).
         let mut moves = crate::clock::moves();
         loop {
             let wait = match self.sync_once().await {
                 Ok(()) => {
-                    backoff = self.settings.sync_interval;
+                    backoff = Duration::ZERO;
                     self.settings.sync_interval
                 }
                 Err(e) => {
