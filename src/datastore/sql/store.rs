@@ -261,8 +261,14 @@ where
         if let Some(d) = f.downstream {
             q = q.bind(d);
         }
-        let rows = q.fetch_all(pool).await.map_err(db_err)?;
-        rows.iter().map(entry_from_row::<DB>).collect()
+        // Decoded row by row as they stream in: at a million entries, holding every raw row
+        // and every decoded entry at once doubled the peak memory of the cache's full read.
+        let mut rows = q.fetch(pool);
+        let mut out = Vec::new();
+        while let Some(row) = futures::TryStreamExt::try_next(&mut rows).await.map_err(db_err)? {
+            out.push(entry_from_row::<DB>(&row)?);
+        }
+        Ok(out)
     }
 
     /// Every attested node, from `pool`.
