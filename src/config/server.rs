@@ -299,7 +299,7 @@ fn server_experimental_unsupported(key: &str) -> Option<&'static str> {
 const SERVER_EXPERIMENTAL_ALWAYS: &[(&str, &str)] = &[
     ("events_based_cache", "cairn's entry cache is always driven by datastore change events"),
     ("cache_reload_interval", "cairn's entry cache follows change events as they happen; there is no reload interval"),
-    ("full_cache_reload_interval", "cairn's entry cache follows change events; it is never reloaded whole"),
+    ("full_cache_reload_interval", "cairn's entry cache follows change events; a full read every 5 minutes, in the background, checks it"),
     ("prune_events_older_than", "cairn's change events live in memory only; there is nothing to prune"),
     ("event_timeout", "cairn's change events are delivered in process and cannot be skipped"),
 ];
