@@ -255,7 +255,8 @@ impl EntryCache {
     fn install(&self, idx: Index) -> Option<String> {
         // The comparison runs under the read lock (agents' syncs go on); only this cache's run
         // task changes the index, so nothing moves between it and the swap.
-        let drift = self.index.read().ok().and_then(|g| g.differs_from(&idx));
+        // An empty index (the startup read) has nothing to compare.
+        let drift = self.index.read().ok().and_then(|g| if g.by_id.is_empty() && g.nodes.is_empty() { None } else { g.differs_from(&idx) });
         if let Ok(mut g) = self.index.write() {
             let old = std::mem::replace(&mut *g, idx);
             drop(g);

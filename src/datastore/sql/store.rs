@@ -433,6 +433,32 @@ where
         row.as_ref().map(entry_from_row::<DB>).transpose()
     }
 
+    /// Binds one row of [`INSERT_ENTRY`]'s values for `entry`, its selectors already encoded
+    /// as `selectors` (the single insert and the bulk one share the column order here).
+    fn bind_new_entry<'q>(
+        q: Query<'q, DB, DB::Arguments<'q>>,
+        entry: &'q Entry,
+        selectors: String,
+    ) -> Result<Query<'q, DB, DB::Arguments<'q>>, DatastoreError> {
+        Ok(q.bind(entry.id.as_str())
+            .bind(entry.spiffe_id.as_str())
+            .bind(entry.parent_id.as_str())
+            .bind(selectors)
+            .bind(entry.x509_svid_ttl)
+            .bind(entry.jwt_svid_ttl)
+            .bind(entry.admin)
+            .bind(entry.downstream)
+            .bind(federates_json(&entry.federates_with)?)
+            .bind(json(&entry.dns_names)?)
+            .bind(entry.expires_at)
+            .bind(entry.hint.as_str())
+            .bind(entry.store_svid)
+            .bind(entry.revision_number)
+            .bind(entry.created_at)
+            .bind(entry.disable_x509_svid_prefetch)
+            .bind(entry.jwt_svid_include_jti))
+    }
+
     /// Creates `entries` in one write transaction with a few statements per 500 entries,
     /// whatever the batch size: the taken ids and the similar entries (same SPIFFE ID, parent
     /// and selectors) already stored are read in bulk under the write lock, each entry is
@@ -494,24 +520,7 @@ where
             let sql = self.sql(&format!("{head} VALUES {}", vec![values; chunk.len()].join(", "))).into_owned();
             let mut q = sqlx::query::<DB>(&sql);
             for (entry, selectors) in chunk {
-                q = q
-                    .bind(entry.id.as_str())
-                    .bind(entry.spiffe_id.as_str())
-                    .bind(entry.parent_id.as_str())
-                    .bind(selectors.as_str())
-                    .bind(entry.x509_svid_ttl)
-                    .bind(entry.jwt_svid_ttl)
-                    .bind(entry.admin)
-                    .bind(entry.downstream)
-                    .bind(federates_json(&entry.federates_with)?)
-                    .bind(json(&entry.dns_names)?)
-                    .bind(entry.expires_at)
-                    .bind(entry.hint.as_str())
-                    .bind(entry.store_svid)
-                    .bind(entry.revision_number)
-                    .bind(entry.created_at)
-                    .bind(entry.disable_x509_svid_prefetch)
-                    .bind(entry.jwt_svid_include_jti);
+                q = Self::bind_new_entry(q, entry, selectors.clone())?;
             }
             q.execute(&mut *tx).await.map_err(db_err)?;
         }
@@ -627,24 +636,8 @@ where
         let mut entry = e.clone();
         entry.revision_number = 0;
         entry.created_at = now;
-        sqlx::query::<DB>(&self.sql(INSERT_ENTRY))
-            .bind(&entry.id)
-            .bind(entry.spiffe_id.as_str())
-            .bind(entry.parent_id.as_str())
-            .bind(selectors_json(&entry.selectors)?)
-            .bind(entry.x509_svid_ttl)
-            .bind(entry.jwt_svid_ttl)
-            .bind(entry.admin)
-            .bind(entry.downstream)
-            .bind(federates_json(&entry.federates_with)?)
-            .bind(json(&entry.dns_names)?)
-            .bind(entry.expires_at)
-            .bind(&entry.hint)
-            .bind(entry.store_svid)
-            .bind(entry.revision_number)
-            .bind(entry.created_at)
-            .bind(entry.disable_x509_svid_prefetch)
-            .bind(entry.jwt_svid_include_jti)
+        let sql = self.sql(INSERT_ENTRY);
+        Self::bind_new_entry(sqlx::query::<DB>(&sql), &entry, selectors_json(&entry.selectors)?)?
             .execute(&mut **tx)
             .await
             .map_err(insert_err("entry id"))?;
