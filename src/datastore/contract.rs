@@ -38,18 +38,42 @@ where
     cache_snapshot(make().await.as_ref()).await;
 }
 
-/// The entry cache's snapshot holds every entry and node, as the list calls return them.
+/// The entry cache's snapshot holds every entry and node, as the list calls return them (in
+/// any order: the cache indexes them), every field of an entry included.
 async fn cache_snapshot(ds: &dyn Datastore) {
     let (entries, nodes) = ds.cache_snapshot().await.unwrap();
     assert!(entries.is_empty() && nodes.is_empty());
-    ds.create_entry(&entry("snap-1", "spiffe://example.org/s1", "spiffe://example.org/agent", &[("unix", "uid:1")])).await.unwrap();
     ds.create_entry(&entry("snap-2", "spiffe://example.org/s2", "spiffe://example.org/agent", &[("unix", "uid:2")])).await.unwrap();
+    ds.create_entry(&full_entry("snap-1")).await.unwrap();
+    ds.create_entry(&entry("snap-0", "spiffe://example.org/s0", "spiffe://example.org/agent", &[("unix", "uid:0")])).await.unwrap();
     ds.create_attested_node(&node("spiffe://example.org/spire/agent/snap")).await.unwrap();
-    let (entries, nodes) = ds.cache_snapshot().await.unwrap();
+    let (mut entries, nodes) = ds.cache_snapshot().await.unwrap();
+    entries.sort_by(|a, b| a.id.cmp(&b.id));
     assert_eq!(entries, ds.list_entries(&EntryFilter::default()).await.unwrap());
-    assert_eq!(entries.len(), 2);
+    assert_eq!(entries.len(), 3);
+    assert_eq!(entries[1], ds.get_entry("snap-1").await.unwrap().unwrap());
+    assert_eq!(entries[1].dns_names, ["a.example.org", "b.example.org"], "a field read back wrong");
     assert_eq!(nodes, ds.list_attested_nodes().await.unwrap());
     assert_eq!(nodes.len(), 1);
+}
+
+/// An entry with every field away from its default, each value distinct, so a column read into
+/// the wrong field shows.
+pub(crate) fn full_entry(entry_id: &str) -> Entry {
+    Entry {
+        x509_svid_ttl: 3601,
+        jwt_svid_ttl: 302,
+        federates_with: vec![TrustDomain::new("one.test").unwrap(), TrustDomain::new("two.test").unwrap()],
+        admin: true,
+        downstream: true,
+        dns_names: vec!["a.example.org".into(), "b.example.org".into()],
+        expires_at: 4_000_000_003,
+        hint: "the \"full\" entry".into(),
+        store_svid: true,
+        disable_x509_svid_prefetch: true,
+        jwt_svid_include_jti: true,
+        ..entry(entry_id, "spiffe://example.org/full", "spiffe://example.org/agent", &[("unix", "uid:7"), ("k8s", "ns:with,comma")])
+    }
 }
 
 /// A batch create answers per entry: the good ones are created, one similar to an existing

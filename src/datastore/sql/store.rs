@@ -7,7 +7,7 @@
 //! one write transaction ([`SqlDatastore::write_tx`]), so concurrent writers cannot interleave.
 
 use super::codec::{
-    cert_not_after, corrupt, decode_bundle, empty_bundle, encode_bundle, federates_json, join_token_hash, json, parse_federates,
+    EntryColumns, cert_not_after, corrupt, decode_bundle, empty_bundle, encode_bundle, federates_json, join_token_hash, json,
     parse_selectors, same_content, selectors_json, sorted_selectors,
 };
 use super::{Backend, Dialect};
@@ -84,7 +84,7 @@ where
     DB::Connection: Migrate,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> i32: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
@@ -183,7 +183,11 @@ where
 
     /// Every entry and node, from `pool`.
     async fn snapshot_from(&self, pool: &Pool<DB>) -> Result<(Vec<Entry>, Vec<AttestedNode>), DatastoreError> {
-        Ok((self.select_entries(pool, &EntryFilter::default()).await?, self.select_nodes(pool).await?))
+        let entries = match DB::read_all_entries(pool).await? {
+            Some(entries) => entries,
+            None => self.select_entries(pool, &EntryFilter::default()).await?,
+        };
+        Ok((entries, self.select_nodes(pool).await?))
     }
 
     /// The snapshot from the replica if it has applied everything the primary had committed
@@ -679,6 +683,19 @@ where
     }
 }
 
+impl<'r, DB> FromColumn<'r, DB> for &'r str
+where
+    DB: sqlx::Database,
+    &'r str: Decode<'r, DB> + Type<DB>,
+{
+    fn get(row: &'r DB::Row, name: &str) -> Result<Self, sqlx::Error>
+    where
+        for<'n> &'n str: ColumnIndex<DB::Row>,
+    {
+        row.try_get_unchecked(name)
+    }
+}
+
 macro_rules! checked_column {
     ($($t:ty),*) => {$(
         impl<'r, DB> FromColumn<'r, DB> for $t
@@ -700,26 +717,24 @@ checked_column!(i64, i32, bool);
 fn entry_from_row<DB>(row: &DB::Row) -> Result<Entry, DatastoreError>
 where
     DB: sqlx::Database,
-    for<'q> String: Decode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Decode<'q, DB> + Type<DB>,
     for<'q> i64: Decode<'q, DB> + Type<DB>,
     for<'q> i32: Decode<'q, DB> + Type<DB>,
     for<'q> bool: Decode<'q, DB> + Type<DB>,
     for<'n> &'n str: ColumnIndex<DB::Row>,
 {
     const W: &str = "entry";
-    let id =
-        |name: &str| -> Result<SpiffeId, DatastoreError> { SpiffeId::new(&col::<DB, String>(row, name, W)?).map_err(|e| corrupt(W, e)) };
-    Ok(Entry {
-        id: col(row, "entry_id", W)?,
-        spiffe_id: id("spiffe_id")?,
-        parent_id: id("parent_id")?,
-        selectors: parse_selectors(W, &col::<DB, String>(row, "selectors", W)?)?,
+    EntryColumns {
+        entry_id: col(row, "entry_id", W)?,
+        spiffe_id: col(row, "spiffe_id", W)?,
+        parent_id: col(row, "parent_id", W)?,
+        selectors: col(row, "selectors", W)?,
         x509_svid_ttl: col(row, "x509_svid_ttl", W)?,
         jwt_svid_ttl: col(row, "jwt_svid_ttl", W)?,
-        federates_with: parse_federates(&col::<DB, String>(row, "federates_with", W)?)?,
         admin: col(row, "admin", W)?,
         downstream: col(row, "downstream", W)?,
-        dns_names: serde_json::from_str(&col::<DB, String>(row, "dns_names", W)?).map_err(|e| corrupt(W, e))?,
+        federates_with: col(row, "federates_with", W)?,
+        dns_names: col(row, "dns_names", W)?,
         expires_at: col(row, "expires_at", W)?,
         hint: col(row, "hint", W)?,
         store_svid: col(row, "store_svid", W)?,
@@ -727,7 +742,8 @@ where
         jwt_svid_include_jti: col(row, "jwt_svid_include_jti", W)?,
         revision_number: col(row, "revision_number", W)?,
         created_at: col(row, "created_at", W)?,
-    })
+    }
+    .decode()
 }
 
 const RELATIONSHIP_COLUMNS: &str = "trust_domain, bundle_endpoint_url, bundle_endpoint_profile, endpoint_spiffe_id";
@@ -781,7 +797,7 @@ where
     DB::Connection: Migrate,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> i32: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,

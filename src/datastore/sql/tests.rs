@@ -445,3 +445,42 @@ async fn plaintext_tokens_of_an_older_database_are_hashed_on_open() {
     assert!(!file_bytes_contain(&db, token), "plaintext left in the database file after migrating");
     assert_eq!(ds.take_join_token(token).await.unwrap(), Some(99));
 }
+
+/// The entry cache's whole-table read on a SQLite file goes through rusqlite, not sqlx: it
+/// returns what the sqlx queries return, field for field, and a damaged row is an error that
+/// says so rather than a panic or a skipped entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_direct_entry_read_matches_the_sqlx_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("ds.sqlite3");
+    let ds = SqliteDatastore::connect(db.to_str().unwrap()).await.unwrap();
+    for i in 0..50 {
+        let id = format!("e-{:02}", (i * 37) % 50);
+        let e = if i % 3 == 0 {
+            contract::full_entry(&id)
+        } else {
+            contract::entry(&id, &format!("spiffe://example.org/w/{i}"), "spiffe://example.org/agent", &[("unix", &format!("uid:{i}"))])
+        };
+        let e = crate::datastore::Entry { spiffe_id: crate::spiffe::SpiffeId::new(&format!("spiffe://example.org/w/{i}")).unwrap(), ..e };
+        ds.create_entry(&e).await.unwrap();
+    }
+    let mut direct = tokio::task::spawn_blocking({
+        let db = db.clone();
+        move || super::sqlite::read_all_entries(&db)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    direct.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(direct, ds.list_entries(&crate::datastore::EntryFilter::default()).await.unwrap());
+    assert_eq!(direct.iter().filter(|e| e.admin && e.jwt_svid_include_jti).count(), 17);
+
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute("UPDATE registered_entries SET spiffe_id = 'not a spiffe id' WHERE entry_id = 'e-07'", [])
+        .unwrap();
+    let err = super::sqlite::read_all_entries(&db).unwrap_err();
+    assert!(matches!(err, DatastoreError::Corrupt { what: "entry", .. }), "{err}");
+    let through_the_store = ds.cache_snapshot().await.unwrap_err().to_string();
+    assert!(through_the_store.contains("entry"), "{through_the_store}");
+}
