@@ -370,7 +370,7 @@ impl pb::agent_server::Agent for Svc {
         if let Some(id) = alias {
             // As SPIRE does: an entry under the agent-to-be, so workloads can be parented to `id`.
             let entry = Entry {
-                id: uuid::Uuid::new_v4().to_string(),
+                id: crate::datastore::new_entry_id(),
                 spiffe_id: id,
                 parent_id: parent.clone(),
                 selectors: vec![Selector { kind: "spiffe_id".into(), value: parent.to_string() }],

@@ -50,7 +50,7 @@ pub fn entry_from_proto(e: &pt::Entry, td: &TrustDomain) -> Result<Entry, ApiErr
         .map(|t| TrustDomain::new(t).map_err(|err| bad(format!("invalid federated trust domain {t:?}: {err}"))))
         .collect::<Result<Vec<_>, _>>()?;
     let id = if e.id.is_empty() {
-        uuid::Uuid::new_v4().to_string()
+        crate::datastore::new_entry_id()
     } else if valid_entry_id(&e.id) {
         e.id.clone()
     } else {

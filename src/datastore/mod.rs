@@ -68,7 +68,7 @@ pub use crate::spiffe::Selector;
 /// A registration entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
-    /// Unique id (UUIDv4 unless given).
+    /// Unique id ([`new_entry_id`] unless given).
     pub id: String,
     /// The identity issued to matching workloads.
     pub spiffe_id: SpiffeId,
@@ -102,6 +102,17 @@ pub struct Entry {
     pub revision_number: i64,
     /// Unix seconds.
     pub created_at: i64,
+}
+
+/// A fresh entry id: a UUIDv7 (RFC 9562), 48 bits of milliseconds followed by 74 random bits.
+///
+/// Time-ordered, unlike SPIRE's UUIDv4, so that new ids land at the end of the primary-key
+/// index instead of all over it: a batch of random ids dirtied a different B-tree page per
+/// entry, and at a million entries that doubled SQLite's insert cost (WAL and checkpoint
+/// writes). Still a UUID, as SPIRE tools expect; ids given by the caller are kept as given.
+#[must_use]
+pub fn new_entry_id() -> String {
+    uuid::Uuid::now_v7().to_string()
 }
 
 impl Entry {
@@ -308,4 +319,20 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
     /// A receiver of every change from now on (a receiver that falls behind is told so, and
     /// should then assume that everything changed).
     fn watch_changes(&self) -> ChangeReceiver;
+}
+
+#[cfg(test)]
+mod entry_id_tests {
+    /// New ids are UUIDs in the hyphenated form SPIRE prints, and each sorts after the one
+    /// before (what keeps inserts at the end of the index), even within one millisecond.
+    #[test]
+    fn new_entry_ids_are_uuids_in_creation_order() {
+        let ids: Vec<String> = (0..2000).map(|_| super::new_entry_id()).collect();
+        for pair in ids.windows(2) {
+            assert!(pair[0] < pair[1], "{} then {}", pair[0], pair[1]);
+        }
+        let parsed = uuid::Uuid::parse_str(&ids[0]).unwrap_or_else(|e| panic!("{}: {e}", ids[0]));
+        assert_eq!(parsed.get_version_num(), 7);
+        assert_eq!(parsed.hyphenated().to_string(), ids[0]);
+    }
 }
