@@ -443,7 +443,7 @@ async fn part2_one_agent(b: &Bench) {
     println!();
 }
 
-async fn part3_many_agents(b: &Bench, n_agents: usize, per_agent: usize) {
+async fn part3_many_agents(b: &Bench, n_agents: usize, per_agent: usize) -> Vec<(Arc<Agent>, SpiffeId)> {
     let mut agents = Vec::with_capacity(n_agents);
     let t = Instant::now();
     for _ in 0..n_agents {
@@ -513,6 +513,87 @@ async fn part3_many_agents(b: &Bench, n_agents: usize, per_agent: usize) {
         steady.as_secs_f64() * 1e3 / n_agents as f64
     );
     print_counts(b, "  datastore during the steady-state round", steady, steady_c, "target 0");
+    agents
+}
+
+/// Part 4: the agents of part 3 hold their change streams (cairn's AgentSync) and `changes`
+/// entries are created, one at a time, under the first agent. Each change wakes every stream;
+/// a stream crawls its agent's entries again only when the change touched an ID its last
+/// crawl visited. Baseline, same run: the crawls every stream made for every change before
+/// (one authorized-entries crawl and digest per agent).
+async fn part4_change_fanout(b: &Bench, agents: &[(Arc<Agent>, SpiffeId)], per_agent: usize, changes: usize) {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut runs = Vec::new();
+    for (a, _) in agents {
+        let (a, mut stop) = (Arc::clone(a), stop_rx.clone());
+        runs.push(tokio::spawn(async move {
+            let _ = a
+                .run(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+        }));
+    }
+    let t0 = Instant::now();
+    while b.state.agent_streams.open() < agents.len() {
+        assert!(t0.elapsed() < Duration::from_secs(60), "only {} of {} change streams opened", b.state.agent_streams.open(), agents.len());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (first, first_id) = &agents[0];
+    let count = |a: &Agent| a.subscribe().borrow().as_ref().map_or(0, |s| s.svids.len());
+    let crawls0 = b.state.agent_streams.crawls();
+    let cpu0 = process_cpu_seconds();
+    let start = Instant::now();
+    for k in 0..changes {
+        b.create_entries(first_id, 1, &format!("fanout{k}")).await;
+        let t = Instant::now();
+        while count(first) < per_agent + k + 1 {
+            assert!(t.elapsed() < Duration::from_secs(30), "change {k} did not reach the agent");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    let wall = start.elapsed();
+    let cpu = process_cpu_seconds() - cpu0;
+    let crawls = b.state.agent_streams.crawls() - crawls0;
+    // The baseline: what each change cost the streams when every one of them crawled.
+    let now = cairn::now_unix();
+    let t = Instant::now();
+    let mut held = 0usize;
+    for (_, id) in agents {
+        held += std::hint::black_box(b.state.entry_cache.authorized_entries(id, now)).len();
+    }
+    let all_crawls = t.elapsed();
+    let _ = stop_tx.send(true);
+    for r in runs {
+        let _ = r.await;
+    }
+    println!("4. {} agents holding change streams; {changes} entries created one at a time under one agent", agents.len());
+    println!(
+        "  {:<50}: {:>9.2} ms   (create -> the agent holds the new SVID; process CPU {:.2} ms per change)",
+        "per change, end to end",
+        wall.as_secs_f64() * 1e3 / changes as f64,
+        cpu * 1e3 / changes as f64
+    );
+    println!(
+        "  {:<50}: {:>9.2}      (baseline: {} per change, one per stream)",
+        "stream crawls per change",
+        crawls as f64 / changes as f64,
+        agents.len()
+    );
+    println!(
+        "  {:<50}: {:>9.2} ms   ({} crawls over {held} authorized entries, the baseline's work per change)",
+        "every stream crawling once",
+        all_crawls.as_secs_f64() * 1e3,
+        agents.len()
+    );
+}
+
+/// utime + stime of this process, in seconds.
+fn process_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
 }
 
 fn main() {
@@ -554,7 +635,9 @@ fn main() {
             part1_workload_api(&b, dir.path()).await;
         }
         part2_one_agent(&b).await;
-        part3_many_agents(&b, n_agents, per_agent).await;
+        let agents = part3_many_agents(&b, n_agents, per_agent).await;
+        println!();
+        part4_change_fanout(&b, &agents, per_agent, env_usize("BENCH_FANOUT_CHANGES", 50)).await;
         println!();
         println!("total run time {:.0} s", begin.elapsed().as_secs_f64());
 

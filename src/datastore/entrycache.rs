@@ -18,8 +18,22 @@ use crate::spiffe::Bundle;
 use crate::spiffe::{SpiffeId, TrustDomain};
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
+
+/// How many entry generations' [`Touched`] records are kept: an agent's change stream that
+/// falls further behind than this crawls again.
+const TOUCHED_KEPT: usize = 1024;
+
+/// What one entry generation changed, as far as agents' authorizations go.
+#[derive(Debug, Clone)]
+enum Touched {
+    /// Anything may have changed (a full read, a node alias, an unreadable record).
+    Everything,
+    /// Only the authorizations of crawls that visit one of these IDs: the old and new parents
+    /// of changed entries, and changed agents.
+    Ids(HashSet<SpiffeId>),
+}
 
 #[derive(Debug, Default)]
 struct Index {
@@ -184,6 +198,8 @@ pub struct EntryCache {
     updates: AtomicU64,
     drifts: AtomicU64,
     generation: tokio::sync::watch::Sender<Generation>,
+    /// What each recent entry generation touched, oldest first, by generation number.
+    touched: Mutex<VecDeque<(u64, Touched)>>,
 }
 
 impl EntryCache {
@@ -202,6 +218,7 @@ impl EntryCache {
             updates: AtomicU64::new(0),
             drifts: AtomicU64::new(0),
             generation: tokio::sync::watch::Sender::new(Generation::default()),
+            touched: Mutex::new(VecDeque::new()),
         })
     }
 
@@ -265,8 +282,45 @@ impl EntryCache {
         }
         self.reloads.fetch_add(1, Ordering::Relaxed);
         self.updates.fetch_add(1, Ordering::Relaxed);
-        self.generation.send_modify(|g| g.entries += 1);
+        self.next_entry_generation(Touched::Everything);
         drift
+    }
+
+    /// Moves the entry generation on, recording what it `touched` first so that change
+    /// streams woken by it can read it.
+    fn next_entry_generation(&self, touched: Touched) {
+        let next = self.generation.borrow().entries + 1;
+        if let Ok(mut t) = self.touched.lock() {
+            if t.len() >= TOUCHED_KEPT {
+                t.pop_front();
+            }
+            t.push_back((next, touched));
+        }
+        self.generation.send_modify(|g| g.entries = next);
+    }
+
+    /// The IDs whose crawls the entry generations after `from` up to `to` may have changed;
+    /// `None` when any of them may have changed anything, or the record no longer reaches back
+    /// to `from`. An agent whose last crawl visited none of them has the same authorized
+    /// entries as then (entries expiring with time aside, which no generation announces).
+    #[must_use]
+    pub fn touched_between(&self, from: u64, to: u64) -> Option<HashSet<SpiffeId>> {
+        let t = self.touched.lock().ok()?;
+        let oldest = t.front().map(|(g, _)| *g)?;
+        if from + 1 < oldest {
+            return None;
+        }
+        let mut ids = HashSet::new();
+        for (g, touched) in t.iter() {
+            if *g <= from || *g > to {
+                continue;
+            }
+            match touched {
+                Touched::Everything => return None,
+                Touched::Ids(set) => ids.extend(set.iter().cloned()),
+            }
+        }
+        Some(ids)
     }
 
     /// Re-reads the entries `ids` and the agents `nodes` and puts them in place (or removes
@@ -284,22 +338,35 @@ impl EntryCache {
             let node = ds.get_attested_node(&id).await?;
             read_nodes.push((id, node));
         }
+        let mut touched = HashSet::new();
+        let mut everything = false;
         if let Ok(mut g) = self.index.write() {
             for id in &ids {
-                match fresh.remove(id) {
+                // The entry's parent before and after: only crawls through them can change. A
+                // node alias (parented to the server) can change any agent's crawl.
+                let old_parent = g.by_id.get(id).map(|e| e.parent_id.clone());
+                let new_entry = fresh.remove(id);
+                for parent in old_parent.iter().chain(new_entry.as_ref().map(|e| &e.parent_id)) {
+                    everything |= *parent == self.server_id;
+                    touched.insert(parent.clone());
+                }
+                match new_entry {
                     Some(e) => g.put_entry(e, &self.trust_domain, &self.server_id),
                     None => g.remove_entry(id),
                 }
             }
             for (id, node) in read_nodes {
+                touched.insert(id.clone());
                 match node {
                     Some(n) => g.put_node(n),
                     None => g.remove_node(&id),
                 }
             }
+        } else {
+            everything = true;
         }
         self.updates.fetch_add(1, Ordering::Relaxed);
-        self.generation.send_modify(|g| g.entries += 1);
+        self.next_entry_generation(if everything { Touched::Everything } else { Touched::Ids(touched) });
         Ok(())
     }
 
@@ -481,7 +548,15 @@ impl EntryCache {
     /// changes, and entries expire with time alone, so expiry is decided here, at each use.
     #[must_use]
     pub fn authorized_entries(&self, agent: &SpiffeId, now: i64) -> Vec<Arc<Entry>> {
-        let Ok(idx) = self.index.read() else { return Vec::new() };
+        self.authorized_entries_and_crawl(agent, now).0
+    }
+
+    /// [`EntryCache::authorized_entries`], and the IDs the crawl visited: the agent, its node
+    /// aliases, and the SPIFFE IDs of the entries found. Only changes under one of these can
+    /// change what the agent is authorized for (see [`EntryCache::touched_between`]).
+    #[must_use]
+    pub fn authorized_entries_and_crawl(&self, agent: &SpiffeId, now: i64) -> (Vec<Arc<Entry>>, HashSet<SpiffeId>) {
+        let Ok(idx) = self.index.read() else { return (Vec::new(), HashSet::new()) };
         let mut roots: Vec<SpiffeId> = vec![agent.clone()];
         if let Some(sel) = idx.node_selectors.get(agent) {
             for alias in &idx.aliases {
@@ -506,7 +581,7 @@ impl EntryCache {
             }
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
-        out
+        (out, visited)
     }
 
     /// One entry by id that `agent` is authorized for at `now`.
@@ -675,12 +750,22 @@ mod tests {
         let cache = EntryCache::new(TrustDomain::new("example.org").unwrap()).unwrap();
         cache.reload(&ds).await.unwrap();
         let mut rx = ds.watch_changes();
+        // Agent-steps where a change stream would skip its crawl.
+        let mut skipped = 0;
         for seed in [0x9E37_79B9_7F4A_7C15_u64, 42, 7] {
             let mut rng = Rng(seed);
             let mut next_id = 0u32;
             for step in 0..300 {
                 let op = rng.below(10);
                 let existing = ds.list_entries(&crate::datastore::EntryFilter::default()).await.unwrap();
+                let generation_before = cache.watch_generation().borrow().entries;
+                let crawls_before: Vec<_> = agents
+                    .iter()
+                    .map(|a| {
+                        let (entries, visited) = cache.authorized_entries_and_crawl(&SpiffeId::new(a).unwrap(), NOW);
+                        (entries.iter().map(|e| (e.id.clone(), e.revision_number)).collect::<Vec<_>>(), visited)
+                    })
+                    .collect();
                 let random_entry = |rng: &mut Rng, id: String| {
                     let parent = rng.pick_str(&parents);
                     // A node alias (parented to the server) has node selectors, which agents
@@ -758,6 +843,21 @@ mod tests {
                     }
                 }
                 cache.catch_up(&ds, &mut rx).await;
+                // What agents' change streams rely on: an agent whose authorized entries
+                // changed had visited an ID the step touched (or the step touched everything).
+                let touched = cache.touched_between(generation_before, cache.watch_generation().borrow().entries);
+                for (agent, (before, visited)) in agents.iter().zip(&crawls_before) {
+                    let now: Vec<_> = cache
+                        .authorized_entries(&SpiffeId::new(agent).unwrap(), NOW)
+                        .iter()
+                        .map(|e| (e.id.clone(), e.revision_number))
+                        .collect();
+                    let Some(ids) = &touched else { continue };
+                    if !ids.iter().any(|id| visited.contains(id)) {
+                        assert_eq!(&now, before, "seed {seed:#x} step {step} (op {op}): {agent} changed but the step touched only {ids:?}");
+                        skipped += 1;
+                    }
+                }
                 let fresh = EntryCache::new(TrustDomain::new("example.org").unwrap()).unwrap();
                 fresh.reload(&ds).await.unwrap();
                 for agent in &agents {
@@ -774,6 +874,7 @@ mod tests {
                 assert_eq!(guard.differs_from(&fresh.index.read().unwrap()), None, "seed {seed:#x} step {step}");
             }
         }
+        assert!(skipped > 300, "change streams would rarely skip a crawl: {skipped} of 3,600 agent-steps");
         assert_eq!(cache.reload_count(), 1, "every change was applied in place, none by a full rebuild");
         assert!(cache.update_count() > 500, "the changes went through the incremental path");
     }
