@@ -406,7 +406,7 @@ impl pb::entry_server::Entry for Svc {
         let caller = self.authorize(&req, Policy::Agent, "/spire.api.server.entry.v1.Entry/GetAuthorizedEntries").await?;
         let id = caller.id().ok_or(ApiError::PermissionDenied("/spire.api.server.entry.v1.Entry/GetAuthorizedEntries"))?;
         // Answered from memory: steady-state syncs never touch the datastore.
-        let entries = self.state().entry_cache.authorized_entries(id, now()).iter().map(|e| entry_to_proto(e)).collect();
+        let entries = self.state().entry_cache.authorized_entries_shared(id, now()).iter().map(|e| entry_to_proto(e)).collect();
         Ok(Response::new(pb::GetAuthorizedEntriesResponse { entries }))
     }
 
@@ -427,7 +427,7 @@ impl pb::entry_server::Entry for Svc {
         if first.output_mask.is_some_and(|m| !m.revision_number) {
             return Err(ApiError::InvalidArgument("revision number cannot be masked".into()).into());
         }
-        let entries = self.state().entry_cache.authorized_entries(&id, now());
+        let entries = self.state().entry_cache.authorized_entries_shared(&id, now());
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
             if entries.len() <= PAGE {

@@ -82,8 +82,8 @@ impl pb::svid_server::Svid for Svc {
             return Err(ApiError::InvalidArgument("missing parameters".into()).into());
         }
         let now = now();
-        let authorized: std::collections::HashMap<String, std::sync::Arc<crate::datastore::Entry>> =
-            self.state().entry_cache.authorized_entries(agent, now).into_iter().map(|e| (e.id.clone(), e)).collect();
+        // Shared with the agent's sync and its other batches: one crawl for all of them.
+        let authorized = self.state().entry_cache.authorized_entries_shared(agent, now);
         let mut results = Vec::with_capacity(params.len());
         for p in params {
             let r: Result<pt::X509svid, ApiError> = async {
@@ -91,7 +91,8 @@ impl pb::svid_server::Svid for Svc {
                     return Err(ApiError::InvalidArgument("missing entry ID".into()));
                 }
                 crate::pki::csr::check_size(&p.csr)?;
-                let entry = authorized.get(&p.entry_id).ok_or_else(|| ApiError::NotFound("entry not found or not authorized".into()))?;
+                let entry = crate::datastore::entrycache::find_entry(&authorized, &p.entry_id)
+                    .ok_or_else(|| ApiError::NotFound("entry not found or not authorized".into()))?;
                 let csr = Csr::parse(&p.csr)?;
                 let req = X509SvidRequest { id: &entry.spiffe_id, dns_names: &entry.dns_names, ttl: i64::from(entry.x509_svid_ttl) };
                 // The SVID must not outlive its entry.

@@ -25,6 +25,23 @@ use std::time::Duration;
 /// falls further behind than this crawls again.
 const TOUCHED_KEPT: usize = 1024;
 
+/// Agents whose last crawl is kept (the ones minting now); past this the memo starts over.
+const MEMO_AGENTS: usize = 256;
+
+/// One agent's authorized entries, kept while nothing could have changed them.
+#[derive(Debug)]
+struct Memo {
+    /// The entry generation the crawl saw (at least).
+    generation: u64,
+    /// When the crawl was made; a question about an earlier time crawls again.
+    made_at: i64,
+    /// The first time at which one of the entries (or a node alias) expires, which may shrink
+    /// the set; `i64::MAX` when none expires. Time can only take entries away: an expired
+    /// entry never comes back by itself.
+    valid_until: i64,
+    entries: Arc<Vec<Arc<Entry>>>,
+}
+
 /// What one entry generation changed, as far as agents' authorizations go.
 #[derive(Debug, Clone)]
 enum Touched {
@@ -200,6 +217,9 @@ pub struct EntryCache {
     generation: tokio::sync::watch::Sender<Generation>,
     /// What each recent entry generation touched, oldest first, by generation number.
     touched: Mutex<VecDeque<(u64, Touched)>>,
+    /// Recent agents' crawls: an agent's sync and its batches of CSRs (20 of them for 10,000
+    /// entries) ask the same question within a second.
+    memo: Mutex<HashMap<SpiffeId, Memo>>,
 }
 
 impl EntryCache {
@@ -219,6 +239,7 @@ impl EntryCache {
             drifts: AtomicU64::new(0),
             generation: tokio::sync::watch::Sender::new(Generation::default()),
             touched: Mutex::new(VecDeque::new()),
+            memo: Mutex::new(HashMap::new()),
         })
     }
 
@@ -548,7 +569,31 @@ impl EntryCache {
     /// changes, and entries expire with time alone, so expiry is decided here, at each use.
     #[must_use]
     pub fn authorized_entries(&self, agent: &SpiffeId, now: i64) -> Vec<Arc<Entry>> {
-        self.authorized_entries_and_crawl(agent, now).0
+        self.crawl(agent, now).0
+    }
+
+    /// [`EntryCache::authorized_entries`], shared: the same crawl serves every question about
+    /// `agent` until an entry generation passes or one of its entries expires.
+    #[must_use]
+    pub fn authorized_entries_shared(&self, agent: &SpiffeId, now: i64) -> Arc<Vec<Arc<Entry>>> {
+        let generation = self.generation.borrow().entries;
+        if let Ok(memo) = self.memo.lock()
+            && let Some(m) = memo.get(agent)
+            && m.generation == generation
+            && m.made_at <= now
+            && now < m.valid_until
+        {
+            return Arc::clone(&m.entries);
+        }
+        let (entries, _, valid_until) = self.crawl(agent, now);
+        let entries = Arc::new(entries);
+        if let Ok(mut memo) = self.memo.lock() {
+            if memo.len() >= MEMO_AGENTS && !memo.contains_key(agent) {
+                memo.clear();
+            }
+            memo.insert(agent.clone(), Memo { generation, made_at: now, valid_until, entries: Arc::clone(&entries) });
+        }
+        entries
     }
 
     /// [`EntryCache::authorized_entries`], and the IDs the crawl visited: the agent, its node
@@ -556,11 +601,26 @@ impl EntryCache {
     /// change what the agent is authorized for (see [`EntryCache::touched_between`]).
     #[must_use]
     pub fn authorized_entries_and_crawl(&self, agent: &SpiffeId, now: i64) -> (Vec<Arc<Entry>>, HashSet<SpiffeId>) {
-        let Ok(idx) = self.index.read() else { return (Vec::new(), HashSet::new()) };
+        let (entries, visited, _) = self.crawl(agent, now);
+        (entries, visited)
+    }
+
+    /// The crawl: the entries `agent` is authorized for at `now` (sorted by id), the IDs it
+    /// visited, and the first time after `now` at which one of the entries or node aliases it
+    /// went through expires (`i64::MAX` if none does).
+    fn crawl(&self, agent: &SpiffeId, now: i64) -> (Vec<Arc<Entry>>, HashSet<SpiffeId>, i64) {
+        let Ok(idx) = self.index.read() else { return (Vec::new(), HashSet::new(), i64::MIN) };
+        let mut valid_until = i64::MAX;
+        let mut note_expiry = |e: &Entry| {
+            if e.expires_at > now {
+                valid_until = valid_until.min(e.expires_at);
+            }
+        };
         let mut roots: Vec<SpiffeId> = vec![agent.clone()];
         if let Some(sel) = idx.node_selectors.get(agent) {
             for alias in &idx.aliases {
                 if !alias.is_expired(now) && !alias.selectors.is_empty() && alias.selectors.iter().all(|s| sel.contains(s)) {
+                    note_expiry(alias);
                     roots.push(alias.spiffe_id.clone());
                 }
             }
@@ -574,6 +634,7 @@ impl EntryCache {
                 continue;
             }
             for e in idx.by_parent.get(&parent).into_iter().flatten().filter(|e| !e.is_expired(now)) {
+                note_expiry(e);
                 if seen_entries.insert(e.id.as_str()) {
                     out.push(Arc::clone(e));
                 }
@@ -581,14 +642,20 @@ impl EntryCache {
             }
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
-        (out, visited)
+        (out, visited, valid_until)
     }
 
     /// One entry by id that `agent` is authorized for at `now`.
     #[must_use]
     pub fn authorized_entry(&self, agent: &SpiffeId, entry_id: &str, now: i64) -> Option<Arc<Entry>> {
-        self.authorized_entries(agent, now).into_iter().find(|e| e.id == entry_id)
+        find_entry(&self.authorized_entries_shared(agent, now), entry_id)
     }
+}
+
+/// The entry with `id` in `entries` (sorted by id, as the crawl returns them).
+#[must_use]
+pub fn find_entry(entries: &[Arc<Entry>], id: &str) -> Option<Arc<Entry>> {
+    entries.binary_search_by(|e| e.id.as_str().cmp(id)).ok().and_then(|i| entries.get(i)).cloned()
 }
 
 #[cfg(test)]
@@ -867,6 +934,11 @@ mod tests {
                             c.authorized_entries(&agent, now).iter().map(|e| (e.id.clone(), e.revision_number)).collect::<Vec<_>>()
                         };
                         assert_eq!(ids(&cache), ids(&fresh), "seed {seed:#x} step {step} (op {op}): {agent} at {now}");
+                        // The shared crawl, kept across steps that changed nothing and asked
+                        // again after its entries expire, answers the same.
+                        let shared: Vec<_> =
+                            cache.authorized_entries_shared(&agent, now).iter().map(|e| (e.id.clone(), e.revision_number)).collect();
+                        assert_eq!(shared, ids(&fresh), "seed {seed:#x} step {step} (op {op}): {agent} at {now}, shared");
                     }
                     assert_eq!(cache.node(&agent), fresh.node(&agent), "seed {seed:#x} step {step}: node {agent}");
                 }
