@@ -510,11 +510,8 @@ impl Agent {
             st.agent_svid_tainted = false;
         }
         let ch = st.channel.clone();
-        let mut entries = match entrypb::entry_client::EntryClient::new(ch.clone())
-            .get_authorized_entries(entrypb::GetAuthorizedEntriesRequest::default())
-            .await
-        {
-            Ok(r) => r.into_inner().entries,
+        let mut entries = match fetch_authorized_entries(ch.clone(), &st.entries).await {
+            Ok(entries) => entries,
             Err(e) => {
                 let err = format!("failed to fetch authorized entries: {}", e.message());
                 self.check_fatal(&e, &err, &mut st).await;
@@ -1014,6 +1011,61 @@ impl crate::telemetry::health::Readiness for Agent {
     async fn ready(&self) -> bool {
         super::cache::WorkloadSource::subscribe(self).borrow().is_some()
     }
+}
+
+/// The agent's authorized entries, through SPIRE's `SyncAuthorizedEntries` (what SPIRE's own
+/// agents use since 1.12). Past the server's page size the server lists ids and revisions
+/// first, and only the entries `known` lacks at that revision (or creation time) come back in
+/// full; a smaller set comes whole. A server without the RPC (an older SPIRE) answers
+/// Unimplemented, and `GetAuthorizedEntries` is used instead.
+async fn fetch_authorized_entries(ch: tonic::transport::Channel, known: &[pt::Entry]) -> Result<Vec<pt::Entry>, tonic::Status> {
+    let mut client = entrypb::entry_client::EntryClient::new(ch);
+    let (tx, rx) = tokio::sync::mpsc::channel::<entrypb::SyncAuthorizedEntriesRequest>(2);
+    let first = entrypb::SyncAuthorizedEntriesRequest { output_mask: None, ids: vec![] };
+    tx.send(first).await.map_err(|_| tonic::Status::internal("sync request channel closed"))?;
+    let mut stream = match client.sync_authorized_entries(tokio_stream::wrappers::ReceiverStream::new(rx)).await {
+        Ok(r) => r.into_inner(),
+        Err(e) if e.code() == tonic::Code::Unimplemented => {
+            return client.get_authorized_entries(entrypb::GetAuthorizedEntriesRequest::default()).await.map(|r| r.into_inner().entries);
+        }
+        Err(e) => return Err(e),
+    };
+    // One phase: responses up to the one that says no more follow.
+    async fn phase(
+        stream: &mut tonic::Streaming<entrypb::SyncAuthorizedEntriesResponse>,
+        entries: &mut Vec<pt::Entry>,
+        revisions: &mut Vec<entrypb::EntryRevision>,
+    ) -> Result<(), tonic::Status> {
+        loop {
+            let r = stream.message().await?.ok_or_else(|| tonic::Status::unavailable("the server ended the entry sync early"))?;
+            entries.extend(r.entries);
+            revisions.extend(r.entry_revisions);
+            if !r.more {
+                return Ok(());
+            }
+        }
+    }
+    let (mut full, mut revisions) = (Vec::new(), Vec::new());
+    phase(&mut stream, &mut full, &mut revisions).await?;
+    if revisions.is_empty() {
+        return Ok(full);
+    }
+    let held: HashMap<&str, &pt::Entry> = known.iter().map(|e| (e.id.as_str(), e)).collect();
+    let needed: Vec<String> = revisions
+        .iter()
+        .filter(|r| held.get(r.id.as_str()).is_none_or(|e| e.revision_number != r.revision_number || e.created_at != r.created_at))
+        .map(|r| r.id.clone())
+        .collect();
+    if !needed.is_empty() {
+        let ask = entrypb::SyncAuthorizedEntriesRequest { output_mask: None, ids: needed };
+        tx.send(ask).await.map_err(|_| tonic::Status::internal("sync request channel closed"))?;
+        phase(&mut stream, &mut full, &mut Vec::new()).await?;
+    }
+    drop(tx);
+    let mut fetched: HashMap<String, pt::Entry> = full.into_iter().map(|e| (e.id.clone(), e)).collect();
+    // In the server's listing order; an entry deleted between the listing and the fetch is
+    // left out (the next sync confirms it).
+    Ok(revisions.iter().filter_map(|r| fetched.remove(&r.id).or_else(|| held.get(r.id.as_str()).map(|e| (*e).clone()))).collect())
 }
 
 #[cfg(test)]
