@@ -23,7 +23,12 @@ use std::time::Duration;
 
 /// How many entry generations' [`Touched`] records are kept: an agent's change stream that
 /// falls further behind than this crawls again.
-const TOUCHED_KEPT: usize = 1024;
+const TOUCHED_KEPT: usize = 256;
+
+/// A generation that touched more IDs than this is recorded as touching everything: a bulk
+/// load of a thousand parents a batch would otherwise keep megabytes of IDs, and wakes most
+/// agents' crawls anyway.
+const TOUCHED_MAX_IDS: usize = 256;
 
 /// Agents whose last crawl is kept (the ones minting now); past this the memo starts over.
 const MEMO_AGENTS: usize = 256;
@@ -311,6 +316,12 @@ impl EntryCache {
     /// streams woken by it can read it.
     fn next_entry_generation(&self, touched: Touched) {
         let next = self.generation.borrow().entries + 1;
+        if matches!(touched, Touched::Everything)
+            && let Ok(mut memo) = self.memo.lock()
+        {
+            // Kept crawls would hold the replaced entries in memory until their agents ask again.
+            memo.clear();
+        }
         if let Ok(mut t) = self.touched.lock() {
             if t.len() >= TOUCHED_KEPT {
                 t.pop_front();
@@ -387,6 +398,7 @@ impl EntryCache {
             everything = true;
         }
         self.updates.fetch_add(1, Ordering::Relaxed);
+        everything |= touched.len() > TOUCHED_MAX_IDS;
         self.next_entry_generation(if everything { Touched::Everything } else { Touched::Ids(touched) });
         Ok(())
     }
@@ -949,6 +961,35 @@ mod tests {
         assert!(skipped > 300, "change streams would rarely skip a crawl: {skipped} of 3,600 agent-steps");
         assert_eq!(cache.reload_count(), 1, "every change was applied in place, none by a full rebuild");
         assert!(cache.update_count() > 500, "the changes went through the incremental path");
+    }
+
+    /// What a generation touched is kept as IDs only while it is small: a bulk write across
+    /// many parents is recorded as touching everything (every stream crawls again).
+    #[tokio::test]
+    async fn a_bulk_write_across_many_parents_touches_everything() {
+        let ds = SqliteDatastore::connect("sqlite::memory:").await.unwrap();
+        let cache = EntryCache::new(TrustDomain::new("example.org").unwrap()).unwrap();
+        cache.reload(&ds).await.unwrap();
+        let mut rx = ds.watch_changes();
+        let generation = || cache.watch_generation().borrow().entries;
+        let g0 = generation();
+        let one = entry("one", "spiffe://example.org/w", "spiffe://example.org/spire/agent/a", &[("unix", "uid:1")]);
+        ds.create_entry(&one).await.unwrap();
+        cache.catch_up(&ds, &mut rx).await;
+        let g1 = generation();
+        let ids = cache.touched_between(g0, g1).expect("one entry touches its parent only");
+        assert_eq!(ids.into_iter().map(|i| i.to_string()).collect::<Vec<_>>(), ["spiffe://example.org/spire/agent/a"]);
+        let bulk: Vec<Entry> = (0..=TOUCHED_MAX_IDS)
+            .map(|i| {
+                entry(&format!("b{i}"), "spiffe://example.org/w", &format!("spiffe://example.org/spire/agent/p{i}"), &[("unix", "uid:1")])
+            })
+            .collect();
+        assert!(ds.create_entries(&bulk).await.iter().all(Result::is_ok));
+        cache.catch_up(&ds, &mut rx).await;
+        let g2 = generation();
+        assert!(g2 > g1);
+        assert_eq!(cache.touched_between(g1, g2), None, "{} parents in one write", bulk.len());
+        assert_eq!(cache.touched_between(g0, g2), None);
     }
 
     /// A write the cache never heard of (another datastore handle on the same database, as a
