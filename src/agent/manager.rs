@@ -1019,6 +1019,7 @@ impl crate::telemetry::health::Readiness for Agent {
 /// full; a smaller set comes whole. A server without the RPC (an older SPIRE) answers
 /// Unimplemented, and `GetAuthorizedEntries` is used instead.
 async fn fetch_authorized_entries(ch: tonic::transport::Channel, known: &[pt::Entry]) -> Result<Vec<pt::Entry>, tonic::Status> {
+    const ASK_IDS: usize = 10_000;
     let mut client = entrypb::entry_client::EntryClient::new(ch);
     let (tx, rx) = tokio::sync::mpsc::channel::<entrypb::SyncAuthorizedEntriesRequest>(2);
     let first = entrypb::SyncAuthorizedEntriesRequest { output_mask: None, ids: vec![] };
@@ -1056,8 +1057,9 @@ async fn fetch_authorized_entries(ch: tonic::transport::Channel, known: &[pt::En
         .filter(|r| held.get(r.id.as_str()).is_none_or(|e| e.revision_number != r.revision_number || e.created_at != r.created_at))
         .map(|r| r.id.clone())
         .collect();
-    if !needed.is_empty() {
-        let ask = entrypb::SyncAuthorizedEntriesRequest { output_mask: None, ids: needed };
+    // Asked for in chunks: 100,000 ids in one request would pass the server's 4 MB message cap.
+    for chunk in needed.chunks(ASK_IDS) {
+        let ask = entrypb::SyncAuthorizedEntriesRequest { output_mask: None, ids: chunk.to_vec() };
         tx.send(ask).await.map_err(|_| tonic::Status::internal("sync request channel closed"))?;
         phase(&mut stream, &mut full, &mut Vec::new()).await?;
     }
