@@ -17,6 +17,8 @@
 //! nothing about them (it does fail if an RPC fails, so no figure measures an error path).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "benchmark driver")]
 
+mod common;
+
 use cairn::agent::cache::WorkloadSource;
 use cairn::agent::client::ServerTrust;
 use cairn::agent::manager::{Agent, AgentSettings, NodeAttestation};
@@ -542,7 +544,7 @@ async fn part4_change_fanout(b: &Bench, agents: &[(Arc<Agent>, SpiffeId)], per_a
     let (first, first_id) = &agents[0];
     let count = |a: &Agent| a.subscribe().borrow().as_ref().map_or(0, |s| s.svids.len());
     let crawls0 = b.state.agent_streams.crawls();
-    let cpu0 = process_cpu_seconds();
+    let cpu0 = common::cpu_seconds(None);
     let start = Instant::now();
     for k in 0..changes {
         b.create_entries(first_id, 1, &format!("fanout{k}")).await;
@@ -553,7 +555,7 @@ async fn part4_change_fanout(b: &Bench, agents: &[(Arc<Agent>, SpiffeId)], per_a
         }
     }
     let wall = start.elapsed();
-    let cpu = process_cpu_seconds() - cpu0;
+    let cpu = common::cpu_seconds(None) - cpu0;
     let crawls = b.state.agent_streams.crawls() - crawls0;
     // The baseline: what each change cost the streams when every one of them crawled.
     let now = cairn::now_unix();
@@ -586,14 +588,6 @@ async fn part4_change_fanout(b: &Bench, agents: &[(Arc<Agent>, SpiffeId)], per_a
         all_crawls.as_secs_f64() * 1e3,
         agents.len()
     );
-}
-
-/// utime + stime of this process, in seconds.
-fn process_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
 }
 
 fn main() {

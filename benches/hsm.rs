@@ -63,20 +63,12 @@ fn raw_rate(callers: usize) -> f64 {
     count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
 }
 
-/// This process's CPU time (user + system), in seconds.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
-}
-
 /// `f()`'s rate per second and its CPU microseconds per operation, given that `f` returns how
 /// many operations it did.
 fn rate_and_cpu(f: impl FnOnce() -> usize) -> (f64, f64) {
-    let (cpu0, start) = (cpu_seconds(), Instant::now());
+    let (cpu0, start) = (common::cpu_seconds(None), Instant::now());
     let n = f() as f64;
-    (n / start.elapsed().as_secs_f64(), (cpu_seconds() - cpu0) * 1e6 / n)
+    (n / start.elapsed().as_secs_f64(), (common::cpu_seconds(None) - cpu0) * 1e6 / n)
 }
 
 /// CPU microseconds to check one CSR's signature (aws-lc, as the mint path does): work every
@@ -151,8 +143,8 @@ fn main() {
     // least one CSR check plus one C_Sign of CPU. One raw caller keeps exactly one core busy.
     let verify_us = csr_check_cpu(&csrs);
     let (raw1, sign_us) = {
-        let (cpu0, r) = (cpu_seconds(), raw_rate(1));
-        (r, (cpu_seconds() - cpu0) * 1e6 / (r * SECS))
+        let (cpu0, r) = (common::cpu_seconds(None), raw_rate(1));
+        (r, (common::cpu_seconds(None) - cpu0) * 1e6 / (r * SECS))
     };
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) as f64;
     let ceiling = (cores * 1e6 / (verify_us + sign_us)).min(raw1);

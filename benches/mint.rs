@@ -15,16 +15,6 @@ use std::time::{Duration, Instant};
 
 const SECS: f64 = 3.0;
 
-/// utime + stime of a process, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-    ticks / 100.0
-}
-
 async fn in_process(csrs: &[Vec<u8>]) -> f64 {
     let m = common::ca_manager(Arc::new(MemoryKeyManager::new()), "bench").await;
     let ca = m.ca();
@@ -52,7 +42,7 @@ async fn over_rpc(socket: &std::path::Path, pid: u32, callers: usize, csrs: Arc<
     for csr in csrs.iter().take(50) {
         c.mint_x509svid(svidpb::MintX509svidRequest { csr: csr.clone(), ttl: 0 }).await.unwrap();
     }
-    let cpu0 = cpu_seconds(pid);
+    let cpu0 = common::cpu_seconds(Some(pid));
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(SECS);
     let mut tasks = Vec::new();
@@ -74,7 +64,7 @@ async fn over_rpc(socket: &std::path::Path, pid: u32, callers: usize, csrs: Arc<
         total += t.await.unwrap();
     }
     let wall = start.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(pid) - cpu0;
+    let cpu = common::cpu_seconds(Some(pid)) - cpu0;
     (total as f64 / wall, total as f64 / cpu)
 }
 
@@ -207,7 +197,7 @@ plugins {{
     .unwrap();
     // Let the server's entry cache settle before the window opens.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let cpu0 = cpu_seconds(server.child.id());
+    let cpu0 = common::cpu_seconds(Some(server.child.id()));
     let start = Instant::now();
     let log = d.join("agent.log");
     /// Stops the agent however the measurement ends.
@@ -245,7 +235,7 @@ plugins {{
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     let wall = start.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(server.child.id()) - cpu0;
+    let cpu = common::cpu_seconds(Some(server.child.id())) - cpu0;
     (count as f64 / wall, count as f64 / cpu)
 }
 

@@ -1,6 +1,7 @@
 //! What the minting benchmarks share: the CSRs they mint from and a CA manager on an in-memory
 //! datastore, so `mint` and `hsm` measure the same work.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "benchmark driver")]
+#![allow(dead_code, reason = "not every benchmark uses every helper")]
 
 use cairn::ca::{CaConfig, CaManager, CaSubject};
 use cairn::datastore::sql::SqliteDatastore;
@@ -21,7 +22,6 @@ pub fn csrs(n: usize) -> Vec<Vec<u8>> {
 }
 
 /// An initialised CA manager for example.org (EC P-256, SQLite in memory) with keys in `km`.
-#[allow(dead_code, reason = "not every benchmark uses every helper")]
 pub async fn ca_manager(km: Arc<dyn KeyManager>, journal_key: &str) -> CaManager {
     ca_manager_under(km, journal_key, None).await
 }
@@ -54,7 +54,6 @@ pub async fn ca_manager_under(
 
 /// X509-SVIDs per second from `callers` tasks minting through `ca` for `secs` (the RPC's work:
 /// parse and verify the CSR, build, sign).
-#[allow(dead_code, reason = "not every benchmark uses every helper")]
 pub async fn mint_loop(ca: Arc<cairn::ca::Ca>, callers: usize, csrs: Arc<Vec<Vec<u8>>>, secs: f64) -> f64 {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let count = Arc::new(AtomicUsize::new(0));
@@ -79,4 +78,14 @@ pub async fn mint_loop(ca: Arc<cairn::ca::Ca>, callers: usize, csrs: Arc<Vec<Vec
         t.await.unwrap();
     }
     count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// CPU time (user + system) of process `pid`, or of this process when `None`, in seconds.
+pub fn cpu_seconds(pid: Option<u32>) -> f64 {
+    let path = pid.map_or_else(|| "/proc/self/stat".to_owned(), |p| format!("/proc/{p}/stat"));
+    let stat = std::fs::read_to_string(path).unwrap();
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
 }
