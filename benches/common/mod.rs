@@ -80,9 +80,18 @@ pub async fn mint_loop(ca: Arc<cairn::ca::Ca>, callers: usize, csrs: Arc<Vec<Vec
     count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
 }
 
+/// CPU time (user + system) of the calling thread, in seconds.
+pub fn thread_cpu_seconds() -> f64 {
+    stat_cpu_seconds("/proc/thread-self/stat")
+}
+
 /// CPU time (user + system) of process `pid`, or of this process when `None`, in seconds.
 pub fn cpu_seconds(pid: Option<u32>) -> f64 {
-    let path = pid.map_or_else(|| "/proc/self/stat".to_owned(), |p| format!("/proc/{p}/stat"));
+    stat_cpu_seconds(&pid.map_or_else(|| "/proc/self/stat".to_owned(), |p| format!("/proc/{p}/stat")))
+}
+
+/// utime + stime from a /proc `stat` file, in seconds.
+fn stat_cpu_seconds(path: &str) -> f64 {
     let stat = std::fs::read_to_string(path).unwrap();
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
     let rest = &stat[stat.rfind(')').unwrap() + 2..];

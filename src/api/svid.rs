@@ -85,13 +85,14 @@ impl pb::svid_server::Svid for Svc {
         // Shared with the agent's sync and its other batches: one crawl for all of them.
         let authorized = self.state().entry_cache.authorized_entries_shared(agent, now);
         let mut results = Vec::with_capacity(params.len());
+        let mut next = 0;
         for p in params {
             let r: Result<pt::X509svid, ApiError> = async {
                 if p.entry_id.is_empty() {
                     return Err(ApiError::InvalidArgument("missing entry ID".into()));
                 }
                 crate::pki::csr::check_size(&p.csr)?;
-                let entry = crate::datastore::entrycache::find_entry(&authorized, &p.entry_id)
+                let entry = crate::datastore::entrycache::find_entry_after(&authorized, &p.entry_id, &mut next)
                     .ok_or_else(|| ApiError::NotFound("entry not found or not authorized".into()))?;
                 let csr = Csr::parse(&p.csr)?;
                 let req = X509SvidRequest { id: &entry.spiffe_id, dns_names: &entry.dns_names, ttl: i64::from(entry.x509_svid_ttl) };
