@@ -297,3 +297,36 @@ async fn rotations_with_equal_ca_ttl_at_every_tier_leave_no_validation_gap() {
     let _turn = TURN.lock().await;
     rotations_leave_no_gap("2m", "10s", "2m").await;
 }
+
+/// An agent keeps a workload's X509-SVID through its syncs until half its lifetime has passed,
+/// then renews it: not at every sync, and not later. (The agent reads the SVID's validity once,
+/// when it is minted; a wrong `not_before` there re-mints at every sync or never.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_workload_svid_is_kept_until_half_life_then_renewed() {
+    let _turn = TURN.lock().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path();
+    log_to(&base.join("cairn.log"));
+    let clock = install_clock();
+    std::fs::create_dir(base.join("root")).unwrap();
+    let opts = ServerOpts {
+        extra_server: "default_x509_svid_ttl = \"60s\"\n experimental { ca_rotation_interval = \"1s\" }".into(),
+        ..ServerOpts::default()
+    };
+    let root = InProcServer::start(&base.join("root"), &opts, &clock).await;
+    let agent = workload_agent(base, "a", &root, "spiffe://example.org/web").await;
+    let leaf = || async { split_der(&agent.fetch_x509().await.unwrap().svids[0].x509_svid)[0].clone() };
+    let first = leaf().await;
+    let half_life = {
+        let (_, c) = x509_parser::parse_x509_certificate(&first).unwrap();
+        let (nb, na) = (c.validity().not_before.timestamp(), c.validity().not_after.timestamp());
+        nb + (na - nb) / 2
+    };
+    // The agent syncs at every second of the manual clock.
+    step(&clock, half_life - 3 - clock.now()).await;
+    assert_eq!(leaf().await, first, "the SVID was re-minted before half its lifetime");
+    step(&clock, 5).await;
+    assert_ne!(leaf().await, first, "the SVID was not renewed past half its lifetime");
+    agent.stop().await;
+    root.stop().await;
+}

@@ -62,6 +62,9 @@ pub struct X509SvidItem {
     pub hint: String,
     /// Trust domains whose bundles callers of this identity receive.
     pub federates_with: Vec<TrustDomain>,
+    /// Leaf notBefore, unix seconds: with `not_after`, when the SVID is due for renewal, read
+    /// once here rather than from the certificate at every sync.
+    pub not_before: i64,
     /// Leaf notAfter, unix seconds.
     pub not_after: i64,
     /// The entry's expiry, unix seconds (0 = never); past it the SVID is not served even if the
@@ -217,6 +220,7 @@ mod tests {
             key_pkcs8: Arc::new(Zeroizing::new(vec![])),
             hint: String::new(),
             federates_with: vec![],
+            not_before: 0,
             not_after: 5000,
             entry_expires_at,
         })

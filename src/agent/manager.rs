@@ -556,10 +556,7 @@ impl Agent {
             .filter(|e| match st.svids.get(&e.id) {
                 _ if st.force_remint.contains(&e.id) => true,
                 None => true,
-                Some((rev, item)) => {
-                    *rev != e.revision_number
-                        || half_life_passed(validity(item.chain.first().map_or(&[][..], |c| c.as_slice())).0, item.not_after, now)
-                }
+                Some((rev, item)) => *rev != e.revision_number || half_life_passed(item.not_before, item.not_after, now),
             })
             .collect();
         let mut minted: HashMap<String, (i64, Arc<X509SvidItem>)> = HashMap::new();
@@ -832,7 +829,7 @@ fn entry_identity(e: &pt::Entry) -> Option<Identity> {
 }
 
 fn svid_item(e: &pt::Entry, chain: Vec<Vec<u8>>, key: Zeroizing<Vec<u8>>) -> Option<X509SvidItem> {
-    let not_after = validity(chain.first()?).1;
+    let (not_before, not_after) = validity(chain.first()?);
     let Identity { entry_id, spiffe_id, selectors, hint, federates_with, entry_expires_at } = entry_identity(e)?;
     Some(X509SvidItem {
         entry_id,
@@ -842,6 +839,7 @@ fn svid_item(e: &pt::Entry, chain: Vec<Vec<u8>>, key: Zeroizing<Vec<u8>>) -> Opt
         key_pkcs8: Arc::new(key),
         hint,
         federates_with,
+        not_before,
         not_after,
         entry_expires_at,
     })

@@ -99,6 +99,7 @@ fn item(
         key_pkcs8: Arc::new(Zeroizing::new(key.serialize_der())),
         hint: hint.to_owned(),
         federates_with: federates_with.iter().map(|t| td(t)).collect(),
+        not_before: crate::now_unix() - 10,
         not_after: crate::now_unix() + 3600,
         entry_expires_at: 0,
     })
