@@ -132,7 +132,8 @@ struct State {
     channel: tonic::transport::Channel,
     bundle: Bundle,
     federated: BTreeMap<TrustDomain, Bundle>,
-    entries: Vec<pt::Entry>,
+    /// Shared with the next sync's listing, which keeps the entries whose revision did not move.
+    entries: Vec<Arc<pt::Entry>>,
     svids: HashMap<String, (i64, Arc<X509SvidItem>)>,
     /// Cached JWT-SVIDs by (entry, sorted audience): token, iat, exp, last use.
     jwt: HashMap<JwtKey, (String, i64, i64, u64)>,
@@ -249,23 +250,29 @@ fn react_to_taint(st: &mut State, bundle: &Bundle, now: i64) {
 }
 
 /// SPIRE's agent cache lines at DEBUG, per entry that arrived, changed or left at a sync.
-fn log_entry_changes(old: &[pt::Entry], new: &[pt::Entry]) {
+fn log_entry_changes(old: &[Arc<pt::Entry>], new: &[Arc<pt::Entry>]) {
     if !tracing::enabled!(tracing::Level::DEBUG) {
         return;
     }
     let id = |e: &pt::Entry| e.spiffe_id.as_ref().map(|i| format!("spiffe://{}{}", i.trust_domain, i.path)).unwrap_or_default();
-    let before: HashMap<&str, &pt::Entry> = old.iter().map(|e| (e.id.as_str(), e)).collect();
+    let before: HashMap<&str, &pt::Entry> = old.iter().map(|e| (e.id.as_str(), e.as_ref())).collect();
     let after: std::collections::HashSet<&str> = new.iter().map(|e| e.id.as_str()).collect();
     for e in new {
         match before.get(e.id.as_str()) {
             None => tracing::debug!(entry = %e.id, spiffe_id = %id(e), "Entry created"),
-            Some(o) if *o != e => tracing::debug!(entry = %e.id, spiffe_id = %id(e), "Entry updated"),
+            Some(o) if *o != e.as_ref() => tracing::debug!(entry = %e.id, spiffe_id = %id(e), "Entry updated"),
             Some(_) => {}
         }
     }
     for o in old.iter().filter(|o| !after.contains(o.id.as_str())) {
         tracing::debug!(entry = %o.id, spiffe_id = %id(o), "Entry removed");
     }
+}
+
+/// Whether two listings hold the same entries in the same order. Entries kept from the last
+/// sync are the same allocation, so only fetched ones are compared field by field.
+fn same_entries(a: &[Arc<pt::Entry>], b: &[Arc<pt::Entry>]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y) || x == y)
 }
 
 fn half_life_passed(nb: i64, na: i64, now: i64) -> bool {
@@ -550,7 +557,7 @@ impl Agent {
         // Which entries hold an SVID after this sync (the SVID cache's plan), then which of
         // those need a (new) one.
         let keep = self.plan_svid_cache(&mut st, &entries);
-        let due: Vec<&pt::Entry> = entries
+        let due: Vec<&Arc<pt::Entry>> = entries
             .iter()
             .filter(|e| keep.contains(&e.id))
             .filter(|e| match st.svids.get(&e.id) {
@@ -603,7 +610,7 @@ impl Agent {
         }
         let changed = st.bundle != bundle
             || st.federated != federated
-            || entries != st.entries
+            || !same_entries(&entries, &st.entries)
             || svids.keys().collect::<std::collections::BTreeSet<_>>() != st.svids.keys().collect()
             || !minted_is_empty(&svids, &st.svids);
         log_entry_changes(&st.entries, &entries);
@@ -659,7 +666,7 @@ impl Agent {
     /// beyond that, SVIDs past `x509_svid_cache_max_size` are evicted least recently used
     /// first, and free room is filled with entries not yet minted, those workloads used before
     /// first. Entries that opt out of pre-fetching are minted only when asked for.
-    fn plan_svid_cache(&self, st: &mut State, entries: &[pt::Entry]) -> HashSet<String> {
+    fn plan_svid_cache(&self, st: &mut State, entries: &[Arc<pt::Entry>]) -> HashSet<String> {
         st.tick += 1;
         let demand = Demand {
             open: self.subscribers.lock().map(|s| s.values().cloned().collect()).unwrap_or_default(),
@@ -755,7 +762,7 @@ struct Demand {
 /// is updated to `tick` for the entries workloads used, and the result is the set of entries
 /// that hold one after the sync (at most `cap`, unless workloads need more).
 fn svid_cache_plan(
-    entries: &[pt::Entry],
+    entries: &[Arc<pt::Entry>],
     held: &HashSet<&str>,
     demand: &Demand,
     last_access: &mut HashMap<String, u64>,
@@ -1016,7 +1023,7 @@ impl crate::telemetry::health::Readiness for Agent {
 /// first, and only the entries `known` lacks at that revision (or creation time) come back in
 /// full; a smaller set comes whole. A server without the RPC (an older SPIRE) answers
 /// Unimplemented, and `GetAuthorizedEntries` is used instead.
-async fn fetch_authorized_entries(ch: tonic::transport::Channel, known: &[pt::Entry]) -> Result<Vec<pt::Entry>, tonic::Status> {
+async fn fetch_authorized_entries(ch: tonic::transport::Channel, known: &[Arc<pt::Entry>]) -> Result<Vec<Arc<pt::Entry>>, tonic::Status> {
     const ASK_IDS: usize = 10_000;
     let mut client = entrypb::entry_client::EntryClient::new(ch);
     let (tx, rx) = tokio::sync::mpsc::channel::<entrypb::SyncAuthorizedEntriesRequest>(2);
@@ -1025,7 +1032,8 @@ async fn fetch_authorized_entries(ch: tonic::transport::Channel, known: &[pt::En
     let mut stream = match client.sync_authorized_entries(tokio_stream::wrappers::ReceiverStream::new(rx)).await {
         Ok(r) => r.into_inner(),
         Err(e) if e.code() == tonic::Code::Unimplemented => {
-            return client.get_authorized_entries(entrypb::GetAuthorizedEntriesRequest::default()).await.map(|r| r.into_inner().entries);
+            let entries = client.get_authorized_entries(entrypb::GetAuthorizedEntriesRequest::default()).await?.into_inner().entries;
+            return Ok(entries.into_iter().map(Arc::new).collect());
         }
         Err(e) => return Err(e),
     };
@@ -1047,9 +1055,9 @@ async fn fetch_authorized_entries(ch: tonic::transport::Channel, known: &[pt::En
     let (mut full, mut revisions) = (Vec::new(), Vec::new());
     phase(&mut stream, &mut full, &mut revisions).await?;
     if revisions.is_empty() {
-        return Ok(full);
+        return Ok(full.into_iter().map(Arc::new).collect());
     }
-    let held: HashMap<&str, &pt::Entry> = known.iter().map(|e| (e.id.as_str(), e)).collect();
+    let held: HashMap<&str, &Arc<pt::Entry>> = known.iter().map(|e| (e.id.as_str(), e)).collect();
     let needed: Vec<String> = revisions
         .iter()
         .filter(|r| held.get(r.id.as_str()).is_none_or(|e| e.revision_number != r.revision_number || e.created_at != r.created_at))
@@ -1064,8 +1072,12 @@ async fn fetch_authorized_entries(ch: tonic::transport::Channel, known: &[pt::En
     drop(tx);
     let mut fetched: HashMap<String, pt::Entry> = full.into_iter().map(|e| (e.id.clone(), e)).collect();
     // In the server's listing order; an entry deleted between the listing and the fetch is
-    // left out (the next sync confirms it).
-    Ok(revisions.iter().filter_map(|r| fetched.remove(&r.id).or_else(|| held.get(r.id.as_str()).map(|e| (*e).clone()))).collect())
+    // left out (the next sync confirms it). Entries still current are shared, not copied: this
+    // runs at every sync for every entry the agent holds.
+    Ok(revisions
+        .iter()
+        .filter_map(|r| fetched.remove(&r.id).map(Arc::new).or_else(|| held.get(r.id.as_str()).map(|e| Arc::clone(e))))
+        .collect())
 }
 
 #[cfg(test)]
@@ -1073,14 +1085,14 @@ mod tests {
     #![allow(clippy::unwrap_used, reason = "test code")]
     use super::*;
 
-    fn entry(id: &str, uid: u32, prefetch: bool) -> pt::Entry {
-        pt::Entry {
+    fn entry(id: &str, uid: u32, prefetch: bool) -> Arc<pt::Entry> {
+        Arc::new(pt::Entry {
             id: id.to_owned(),
             selectors: vec![pt::Selector { r#type: "unix".into(), value: format!("uid:{uid}") }],
             additional_attributes: (!prefetch)
                 .then_some(pt::entry::AdditionalAttributes { disable_x509_svid_prefetch: true, ..Default::default() }),
             ..Default::default()
-        }
+        })
     }
 
     fn uid(n: u32) -> Vec<Selector> {
@@ -1095,7 +1107,7 @@ mod tests {
 
     #[test]
     fn a_full_cache_mints_no_more_and_free_room_is_filled_in_entry_order() {
-        let entries: Vec<pt::Entry> = (1..=5).map(|i| entry(&format!("e{i}"), 1, true)).collect();
+        let entries: Vec<Arc<pt::Entry>> = (1..=5).map(|i| entry(&format!("e{i}"), 1, true)).collect();
         let mut used = HashMap::new();
         let keep = svid_cache_plan(&entries, &HashSet::new(), &Demand::default(), &mut used, 1, 3);
         assert_eq!(sorted(keep), ["e1", "e2", "e3"]);
@@ -1105,7 +1117,7 @@ mod tests {
 
     #[test]
     fn an_open_stream_keeps_all_its_svids_beyond_the_size_and_the_rest_are_evicted_least_recently_used_first() {
-        let mut entries: Vec<pt::Entry> = (1..=4).map(|i| entry(&format!("a{i}"), 1, true)).collect();
+        let mut entries: Vec<Arc<pt::Entry>> = (1..=4).map(|i| entry(&format!("a{i}"), 1, true)).collect();
         entries.extend((1..=4).map(|i| entry(&format!("b{i}"), 2, true)));
         let held: HashSet<&str> = entries.iter().map(|e| e.id.as_str()).collect();
         // uid 2 used its identities at tick 5, a3 was used at tick 7 on its own.
@@ -1131,7 +1143,7 @@ mod tests {
 
     #[test]
     fn a_workload_that_used_an_identity_before_gets_it_prefetched_first() {
-        let entries: Vec<pt::Entry> = (1..=4).map(|i| entry(&format!("e{i}"), i, true)).collect();
+        let entries: Vec<Arc<pt::Entry>> = (1..=4).map(|i| entry(&format!("e{i}"), i, true)).collect();
         let mut used = HashMap::new();
         let demand = Demand { touched: vec![uid(4)], ..Demand::default() };
         let keep = svid_cache_plan(&entries, &HashSet::new(), &demand, &mut used, 1, 2);
