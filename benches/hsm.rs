@@ -126,6 +126,7 @@ fn main() {
                 module_path: MODULE.into(),
                 token_label: TOKEN.into(),
                 pin: PinSource::Value(zeroize::Zeroizing::new(PIN.into())),
+                max_sessions: cairn::keymanager::pkcs11::DEFAULT_MAX_SESSIONS,
             },
             key_label_prefix: "bench:".into(),
         })

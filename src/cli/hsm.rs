@@ -49,7 +49,12 @@ impl TokenArgs {
                 );
             }
         };
-        Ok(Some(TokenConfig { module_path: self.module.clone(), token_label: label, pin }))
+        Ok(Some(TokenConfig {
+            module_path: self.module.clone(),
+            token_label: label,
+            pin,
+            max_sessions: crate::keymanager::pkcs11::DEFAULT_MAX_SESSIONS,
+        }))
     }
 }
 

@@ -988,7 +988,7 @@ fn embedded_settings(
 }
 
 /// The plugin_data keys that choose a PKCS#11 token and log in to it.
-const TOKEN_KEYS: &[&str] = &["module_path", "token_label", "pin", "pin_file", "pin_env"];
+const TOKEN_KEYS: &[&str] = &["module_path", "token_label", "pin", "pin_file", "pin_env", "max_sessions"];
 
 fn token_key_hint(key: &str) -> Option<&'static str> {
     match key {
@@ -1000,7 +1000,8 @@ fn token_key_hint(key: &str) -> Option<&'static str> {
     }
 }
 
-/// `module_path`, `token_label` and exactly one of `pin`, `pin_file`, `pin_env`.
+/// `module_path`, `token_label`, exactly one of `pin`, `pin_file`, `pin_env`, and optionally
+/// `max_sessions` (at least 1).
 fn token_config(w: &mut Walker, data: &Object, path: &str) -> Option<crate::keymanager::pkcs11::TokenConfig> {
     use crate::keymanager::pkcs11::{PinSource, TokenConfig};
     let module = w.string(data, "module_path", path).filter(|m| !m.is_empty());
@@ -1026,7 +1027,15 @@ fn token_config(w: &mut Walker, data: &Object, path: &str) -> Option<crate::keym
             None
         }
     };
-    Some(TokenConfig { module_path: module?.into(), token_label: label?, pin: pin? })
+    let max_sessions = match w.count(data, "max_sessions", path) {
+        None => Some(crate::keymanager::pkcs11::DEFAULT_MAX_SESSIONS),
+        Some(0) => {
+            w.err(&join(path, "max_sessions"), "must be at least 1: no session would sign");
+            None
+        }
+        Some(n) => usize::try_from(n).ok(),
+    };
+    Some(TokenConfig { module_path: module?.into(), token_label: label?, pin: pin?, max_sessions: max_sessions? })
 }
 
 /// Keys every Vault plugin block shares (SPIRE's `vault` UpstreamAuthority and

@@ -263,6 +263,7 @@ plugins {
     KeyManager "pkcs11" { plugin_data { module_path = "/usr/lib/softhsm/libsofthsm2.so" token_label = "ca" pin_env = "HSM_PIN" } }
     UpstreamAuthority "pkcs11" { plugin_data {
         module_path = "/usr/lib/softhsm/libsofthsm2.so" token_label = "root" pin = "secret-pin" key_label = "org-root" cert_file_path = "root.pem"
+        max_sessions = 4
     } }
 }"#;
     let c = load(text).unwrap();
@@ -271,6 +272,7 @@ plugins {
     assert_eq!(km.token.pin, PinSource::Env("HSM_PIN".into()));
     let Some(UpstreamConfig::Pkcs11(u)) = &c.upstream else { panic!("{:?}", c.upstream) };
     assert_eq!((u.key_label.as_str(), u.cert_file_path.to_str()), ("org-root", Some("root.pem")));
+    assert_eq!((km.token.max_sessions, u.token.max_sessions), (crate::keymanager::pkcs11::DEFAULT_MAX_SESSIONS, 4));
     assert!(!format!("{c:?}").contains("secret-pin"), "the PIN shows in the config's Debug");
 
     let bad = r#"
@@ -278,7 +280,7 @@ server { trust_domain = "example.org" ca_key_type = "rsa-2048" }
 plugins {
     DataStore "sql" { plugin_data { database_type = "sqlite3" connection_string = "x" } }
     KeyManager "pkcs11" { plugin_data { token_label = "ca" slot = 0 pin = "1" pin_file = "f" key_label_prefix = "" } }
-    UpstreamAuthority "pkcs11" { plugin_data { module_path = "m" token_label = "root" key_file_path = "k" } }
+    UpstreamAuthority "pkcs11" { plugin_data { module_path = "m" token_label = "root" key_file_path = "k" max_sessions = 0 } }
 }"#;
     let errs = load(bad).unwrap_err();
     let text = errs.to_string();
@@ -291,6 +293,7 @@ plugins {
         ("plugins.UpstreamAuthority.pkcs11.plugin_data.key_label", "missing"),
         ("plugins.UpstreamAuthority.pkcs11.plugin_data.cert_file_path", "missing"),
         ("plugins.UpstreamAuthority.pkcs11.plugin_data.key_file_path", "key_label"),
+        ("plugins.UpstreamAuthority.pkcs11.plugin_data.max_sessions", "at least 1"),
     ] {
         assert!(errs.0.iter().any(|e| e.path == path && e.message.contains(says)), "no error at {path} saying {says:?}:\n{text}");
     }

@@ -18,7 +18,7 @@ use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Condvar, Mutex, OnceLock};
 
 /// Idle sessions kept for reuse; more are opened under load and closed when returned.
 const MAX_IDLE_SESSIONS: usize = 32;
@@ -105,6 +105,23 @@ pub struct Token {
     /// on the token closes, and the pool may shrink to nothing.
     anchor: Mutex<Session>,
     idle: Mutex<Vec<Session>>,
+    /// Sessions lent out now, at most `max_sessions`; `returned` wakes a waiting caller.
+    in_use: Mutex<usize>,
+    returned: Condvar,
+    max_sessions: usize,
+}
+
+/// A place among the `max_sessions` sessions in use, given back on drop (also when the
+/// PKCS#11 call fails).
+struct Lent<'a>(&'a Token);
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut n) = self.0.in_use.lock() {
+            *n = n.saturating_sub(1);
+        }
+        self.0.returned.notify_one();
+    }
 }
 
 impl std::fmt::Debug for Token {
@@ -146,11 +163,12 @@ pub struct ObjectSummary {
 
 impl Token {
     /// Loads the module, finds the token labelled `label`, checks that it can do what cairn
-    /// needs, and logs the user in.
+    /// needs, and logs the user in. At most `max_sessions` (at least 1) sessions are used at
+    /// once besides the one that holds the login.
     ///
     /// # Errors
     /// Module missing or unloadable, no such token, locked or wrong PIN, missing mechanisms.
-    pub fn open(module_path: &Path, label: &str, pin: AuthPin) -> Result<Self, Pkcs11Error> {
+    pub fn open(module_path: &Path, label: &str, pin: AuthPin, max_sessions: usize) -> Result<Self, Pkcs11Error> {
         let ctx = module(module_path)?;
         let what = module_path.display().to_string();
         let mut present = Vec::new();
@@ -180,7 +198,17 @@ impl Token {
         }
         let anchor = ctx.open_rw_session(slot).map_err(call("C_OpenSession", label))?;
         login(&anchor, &pin, label)?;
-        Ok(Self { ctx, slot, label: label.to_owned(), pin, anchor: Mutex::new(anchor), idle: Mutex::new(Vec::new()) })
+        Ok(Self {
+            ctx,
+            slot,
+            label: label.to_owned(),
+            pin,
+            anchor: Mutex::new(anchor),
+            idle: Mutex::new(Vec::new()),
+            in_use: Mutex::new(0),
+            returned: Condvar::new(),
+            max_sessions: max_sessions.max(1),
+        })
     }
 
     /// The token label.
@@ -190,7 +218,8 @@ impl Token {
 
     /// Runs `f` on a pooled session. A session whose login was lost (the token was
     /// reinserted, another application logged out) is logged in again and `f` retried once.
-    fn with_session<T>(&self, op: &'static str, f: impl Fn(&Session) -> Result<T, CkError>) -> Result<T, Pkcs11Error> {
+    pub(super) fn with_session<T>(&self, op: &'static str, f: impl Fn(&Session) -> Result<T, CkError>) -> Result<T, Pkcs11Error> {
+        let _lent = self.lend()?;
         let pooled = self.idle.lock().ok().and_then(|mut idle| idle.pop());
         let session = match pooled {
             Some(s) => s,
@@ -222,6 +251,24 @@ impl Token {
             // A failed call may leave an operation half-initialised on the session: close it.
             Err(e) => Err(call(op, &self.label)(e)),
         }
+    }
+
+    /// Waits, off the async runtime as every caller here is, until fewer than `max_sessions`
+    /// sessions are in use, and takes a place.
+    fn lend(&self) -> Result<Lent<'_>, Pkcs11Error> {
+        let poisoned = || Pkcs11Error::Call { op: "session pool", token: self.label.clone(), reason: "lock poisoned".into() };
+        let mut n = self.in_use.lock().map_err(|_| poisoned())?;
+        while *n >= self.max_sessions {
+            n = self.returned.wait(n).map_err(|_| poisoned())?;
+        }
+        *n += 1;
+        Ok(Lent(self))
+    }
+
+    /// The most sessions this token lends at once.
+    #[must_use]
+    pub fn max_sessions(&self) -> usize {
+        self.max_sessions
     }
 
     /// Signs `digest` with CKM_ECDSA; the token answers raw `r || s`.

@@ -167,7 +167,14 @@ pub struct TokenConfig {
     pub token_label: String,
     /// `pin`, `pin_file` or `pin_env`.
     pub pin: PinSource,
+    /// `max_sessions`: at most this many sessions in use at once (signing, generating,
+    /// finding); callers beyond it wait for one to come back. Tokens limit sessions per
+    /// application, and a burst of concurrent mints would otherwise open one each.
+    pub max_sessions: usize,
 }
+
+/// `max_sessions` when the config does not say.
+pub const DEFAULT_MAX_SESSIONS: usize = 32;
 
 impl TokenConfig {
     /// Opens the token and logs in.
@@ -175,7 +182,7 @@ impl TokenConfig {
     /// # Errors
     /// See [`Pkcs11Error`].
     pub fn open(&self) -> Result<Token, Pkcs11Error> {
-        Token::open(&self.module_path, &self.token_label, self.pin.resolve()?)
+        Token::open(&self.module_path, &self.token_label, self.pin.resolve()?, self.max_sessions)
     }
 }
 

@@ -57,7 +57,12 @@ fn in_softhsm(test: &str, tokens: &[&str]) -> bool {
 
 fn config(token: &str, prefix: &str) -> Pkcs11Config {
     Pkcs11Config {
-        token: TokenConfig { module_path: MODULE.into(), token_label: token.into(), pin: PinSource::Value(Zeroizing::new(PIN.into())) },
+        token: TokenConfig {
+            module_path: MODULE.into(),
+            token_label: token.into(),
+            pin: PinSource::Value(Zeroizing::new(PIN.into())),
+            max_sessions: DEFAULT_MAX_SESSIONS,
+        },
         key_label_prefix: prefix.into(),
     }
 }
@@ -126,6 +131,70 @@ async fn contract_persistence_and_custody_on_softhsm() {
     // RSA is refused with a message that says what the token keeps.
     let err = km.generate_key("x509-CA-B", KeyType::Rsa2048).await.unwrap_err().to_string();
     assert!(err.contains("ec-p256 and ec-p384"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_session_cap_of_one_serves_every_concurrent_signer_on_one_session() {
+    if !in_softhsm("keymanager::pkcs11::tests::a_session_cap_of_one_serves_every_concurrent_signer_on_one_session", &["cairn-cap"]) {
+        return;
+    }
+    let mut cfg = config("cairn-cap", "c:");
+    cfg.token.max_sessions = 1;
+    let km = Pkcs11KeyManager::open(&cfg).unwrap();
+    let key = km.generate_key("JWT-Signer-A", KeyType::EcP256).await.unwrap();
+    let point = {
+        let spki = key.spki_der();
+        x509_parser::x509::SubjectPublicKeyInfo::from_der(&spki).unwrap().1.subject_public_key.data.to_vec()
+    };
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let key = Arc::clone(&key);
+            tokio::spawn(async move {
+                let mut sigs = Vec::new();
+                for j in 0..10 {
+                    let msg = format!("capped {i}.{j}").into_bytes();
+                    let (k, m) = (Arc::clone(&key), msg.clone());
+                    sigs.push((msg, crate::keymanager::sign_off_runtime(key.as_ref(), move || k.sign_jws(&m)).await.unwrap().unwrap()));
+                }
+                sigs
+            })
+        })
+        .collect();
+    let mut n = 0;
+    for t in tasks {
+        for (msg, sig) in t.await.unwrap() {
+            aws_lc_rs::signature::UnparsedPublicKey::new(&aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED, &point)
+                .verify(&msg, &sig)
+                .unwrap();
+            n += 1;
+        }
+    }
+    assert_eq!(n, 80);
+
+    // The cap itself, seen from inside the PKCS#11 calls: with `max_sessions = 2`, 8 threads
+    // that each hold a session for a while never hold more than 2 at once, and do reach 2.
+    let mut cfg = config("cairn-cap", "c:");
+    cfg.token.max_sessions = 2;
+    let token = cfg.token.open().unwrap();
+    let (inside, most) = (std::sync::atomic::AtomicUsize::new(0), std::sync::atomic::AtomicUsize::new(0));
+    std::thread::scope(|scope| {
+        for _ in 0..8 {
+            scope.spawn(|| {
+                for _ in 0..10 {
+                    token
+                        .with_session("C_GetSessionInfo", |session| {
+                            let now = inside.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                            most.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+                            std::thread::sleep(std::time::Duration::from_millis(2));
+                            inside.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                            session.get_session_info().map(|_| ())
+                        })
+                        .unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(most.into_inner(), 2, "sessions in use at once under max_sessions = 2");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -228,7 +297,14 @@ async fn each_failure_has_its_clear_error() {
 }
 
 fn c_token(label: &str) -> Token {
-    TokenConfig { module_path: MODULE.into(), token_label: label.into(), pin: PinSource::Value(Zeroizing::new(PIN.into())) }.open().unwrap()
+    TokenConfig {
+        module_path: MODULE.into(),
+        token_label: label.into(),
+        pin: PinSource::Value(Zeroizing::new(PIN.into())),
+        max_sessions: DEFAULT_MAX_SESSIONS,
+    }
+    .open()
+    .unwrap()
 }
 
 #[tokio::test]
