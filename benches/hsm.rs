@@ -126,7 +126,11 @@ fn main() {
                 module_path: MODULE.into(),
                 token_label: TOKEN.into(),
                 pin: PinSource::Value(zeroize::Zeroizing::new(PIN.into())),
-                max_sessions: cairn::keymanager::pkcs11::DEFAULT_MAX_SESSIONS,
+                // BENCH_HSM_MAX_SESSIONS tries another session cap than the default.
+                max_sessions: std::env::var("BENCH_HSM_MAX_SESSIONS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(cairn::keymanager::pkcs11::DEFAULT_MAX_SESSIONS),
             },
             key_label_prefix: "bench:".into(),
         })
