@@ -179,3 +179,154 @@ async fn csr_keys_cairn_cannot_verify_are_called_unsupported() {
         assert!(svid.mint_x509svid(svidpb::MintX509svidRequest { csr, ttl: 0 }).await.is_ok(), "{name}");
     }
 }
+
+/// BatchNewX509SVID as an agent calls it, over mTLS with the agent's SVID, with 300 CSRs
+/// mixing good requests, unknown and empty entry ids and malformed CSRs. The server splits a
+/// batch this size across its cores; results must still come back one per request, in the
+/// request's order: each good one an SVID for that entry's SPIFFE ID and that CSR's key, which
+/// openssl verifies against the bundle, and each bad one SPIRE's code for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_mixed_batch_answers_each_csr_in_order() {
+    use cairn::wire::pb::spire::api::server::{agent::v1 as agentpb, entry::v1 as entrypb};
+    let tmp = tempfile::tempdir().unwrap();
+    let (s, _, admin) = started(tmp.path()).await;
+    let token = tokio::task::block_in_place(|| s.cli_ok(&["token", "generate", "-spiffeID", "spiffe://example.org/nodes/n1"]));
+    let token = token.trim().strip_prefix("Token: ").unwrap().to_owned();
+    // Attest as an agent would: join token and a CSR for the agent's own key.
+    let agent_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let server_id = cairn::spiffe::SpiffeId::new("spiffe://example.org/spire/server").unwrap();
+    let bootstrap = cairn::agent::client::connect(
+        &format!("127.0.0.1:{}", s.port),
+        cairn::agent::client::ServerTrust::InsecureBootstrap,
+        server_id.clone(),
+        None,
+    )
+    .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(agentpb::AttestAgentRequest {
+        step: Some(agentpb::attest_agent_request::Step::Params(agentpb::attest_agent_request::Params {
+            data: Some(pt::AttestationData { r#type: "join_token".into(), payload: token.into_bytes() }),
+            params: Some(agentpb::AgentX509svidParams {
+                csr: rcgen::CertificateParams::default().serialize_request(&agent_key).unwrap().der().to_vec(),
+            }),
+        })),
+    })
+    .await
+    .unwrap();
+    let resp = agentpb::agent_client::AgentClient::new(bootstrap)
+        .attest_agent(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .unwrap();
+    let Some(agentpb::attest_agent_response::Step::Result(r)) = resp.step else { panic!("no attestation result") };
+    let bundle = bundlepb::bundle_client::BundleClient::new(admin.clone())
+        .get_bundle(bundlepb::GetBundleRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let roots: Vec<Vec<u8>> = bundle.x509_authorities.iter().map(|a| a.asn1.clone()).collect();
+    let identity = cairn::agent::client::ClientIdentity {
+        chain: r.svid.unwrap().cert_chain,
+        key_pkcs8: std::sync::Arc::new(zeroize::Zeroizing::new(agent_key.serialize_der())),
+    };
+    let agent = cairn::agent::client::connect(
+        &format!("127.0.0.1:{}", s.port),
+        cairn::agent::client::ServerTrust::Roots(roots.clone()),
+        server_id,
+        Some(&identity),
+    )
+    .unwrap();
+
+    // 40 entries under the agent's node alias.
+    let entries: Vec<pt::Entry> = (0..40)
+        .map(|i| pt::Entry {
+            parent_id: Some(pt::Spiffeid { trust_domain: "example.org".into(), path: "/nodes/n1".into() }),
+            spiffe_id: Some(pt::Spiffeid { trust_domain: "example.org".into(), path: format!("/batch/{i}") }),
+            selectors: vec![pt::Selector { r#type: "unix".into(), value: format!("uid:{}", 5000 + i) }],
+            ..Default::default()
+        })
+        .collect();
+    let created = entrypb::entry_client::EntryClient::new(admin)
+        .batch_create_entry(entrypb::BatchCreateEntryRequest { entries, output_mask: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    let ids: Vec<(String, String)> = created
+        .iter()
+        .map(|r| {
+            let e = r.entry.as_ref().unwrap();
+            let id = e.spiffe_id.as_ref().unwrap();
+            (e.id.clone(), format!("spiffe://{}{}", id.trust_domain, id.path))
+        })
+        .collect();
+
+    // What each request is, and what it must get.
+    enum Want {
+        Svid { spiffe_id: String, key: rcgen::KeyPair },
+        Code(i32),
+    }
+    let mut params = Vec::new();
+    let mut wants = Vec::new();
+    for i in 0..300usize {
+        let (entry_id, spiffe_id) = &ids[(i * 7) % ids.len()];
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let csr = rcgen::CertificateParams::default().serialize_request(&key).unwrap().der().to_vec();
+        let (entry_id, csr, want) = match i % 5 {
+            1 => (format!("no-such-entry-{i}"), csr, Want::Code(Code::NotFound as i32)),
+            2 => (String::new(), csr, Want::Code(Code::InvalidArgument as i32)),
+            3 => (entry_id.clone(), csr[..csr.len() / 2].to_vec(), Want::Code(Code::InvalidArgument as i32)),
+            _ => (entry_id.clone(), csr, Want::Svid { spiffe_id: spiffe_id.clone(), key }),
+        };
+        params.push(svidpb::NewX509svidParams { entry_id, csr });
+        wants.push(want);
+    }
+    let results = svidpb::svid_client::SvidClient::new(agent)
+        .batch_new_x509svid(svidpb::BatchNewX509svidRequest { params })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), wants.len(), "one result per request");
+    let ca = tmp.path().join("bundle.pem");
+    std::fs::write(&ca, pem(&roots)).unwrap();
+    let mut verified = 0;
+    for (i, (r, want)) in results.iter().zip(&wants).enumerate() {
+        let code = r.status.as_ref().map(|s| s.code);
+        match want {
+            Want::Code(c) => assert_eq!((code, r.svid.is_some()), (Some(*c), false), "request {i}: {:?}", r.status),
+            Want::Svid { spiffe_id, key } => {
+                assert_eq!(code, Some(0), "request {i}: {:?}", r.status);
+                let leaf = &r.svid.as_ref().unwrap().cert_chain[0];
+                let (_, cert) = x509_parser::parse_x509_certificate(leaf).unwrap();
+                let uris: Vec<String> = cert
+                    .subject_alternative_name()
+                    .unwrap()
+                    .unwrap()
+                    .value
+                    .general_names
+                    .iter()
+                    .filter_map(|g| if let x509_parser::extensions::GeneralName::URI(u) = g { Some((*u).to_owned()) } else { None })
+                    .collect();
+                assert_eq!(uris, std::slice::from_ref(spiffe_id), "request {i} got another entry's SVID");
+                assert_eq!(
+                    cert.public_key().raw,
+                    rcgen::PublicKeyData::subject_public_key_info(key).as_slice(),
+                    "request {i} got an SVID for another CSR's key"
+                );
+                if i % 50 == 0 {
+                    let leaf_pem = tmp.path().join(format!("leaf{i}.pem"));
+                    std::fs::write(&leaf_pem, pem(std::slice::from_ref(leaf))).unwrap();
+                    let out = Command::new("openssl").arg("verify").arg("-CAfile").arg(&ca).arg(&leaf_pem).output().unwrap();
+                    assert!(out.status.success(), "openssl verify: {}", String::from_utf8_lossy(&out.stderr));
+                    verified += 1;
+                }
+            }
+        }
+    }
+    assert!(verified >= 3, "openssl checked {verified} SVIDs");
+}
