@@ -345,6 +345,10 @@ fn main() {
         let bao: f64 = std::env::var("BENCH_OPENBAO_RATE").ok().and_then(|v| v.parse().ok()).unwrap_or(1000.0);
         let n = std::env::var("BENCH_AGENT_SVIDS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
         let BatchFigures { agent: (ar, ac), direct: (dr, dc) } = agent_batch_figures(&this, n).await;
+        let baseline_batches = match &baseline {
+            Some(b) => Some(agent_batch_figures(b, n).await),
+            None => None,
+        };
         let (_, again) = in_process(&pool).await;
         let first = inproc;
         inproc = inproc.max(again);
@@ -371,6 +375,17 @@ fn main() {
             println!("  baseline server {}:", b.display());
             println!("    MintX509SVID, 1 caller        : {b1:>9.0} /s   {bc1:>9.0} per server CPU-s");
             println!("    MintX509SVID, 16 callers      : {b16:>9.0} /s   {bc16:>9.0} per server CPU-s");
+            if let Some(BatchFigures { agent: (bar, bac), direct: (bdr, bdc) }) = baseline_batches {
+                println!("    BatchNewX509SVID, first sync  : {bar:>9.0} /s   {bac:>9.0} per server CPU-s");
+                println!("    BatchNewX509SVID alone        : {bdr:>9.0} /s   {bdc:>9.0} per server CPU-s");
+                println!(
+                    "  this tree / baseline, batches   : first sync {:.2} (/s) {:.2} (per CPU-s)   alone {:.2} (/s) {:.2} (per CPU-s)",
+                    ar / bar,
+                    ac / bac,
+                    dr / bdr,
+                    dc / bdc
+                );
+            }
             println!(
                 "  this tree / baseline            : 1 caller {:.2} (/s) {:.2} (per CPU-s)   16 callers {:.2} (/s) {:.2} (per CPU-s)",
                 r1 / b1,
