@@ -157,3 +157,36 @@ pub fn server_and_agent(tmp: &Path, uid: u32, server_extra: &str, sync_interval:
     let a = TestAgent::start(&adir, config);
     (s, a)
 }
+
+/// A channel to a server's TLS port as an agent before attestation has (server ID checked,
+/// chain not: `insecure_bootstrap`).
+pub fn bootstrap_channel(port: u16) -> tonic::transport::Channel {
+    let server_id = cairn::spiffe::SpiffeId::new("spiffe://example.org/spire/server").unwrap();
+    cairn::agent::client::connect(&format!("127.0.0.1:{port}"), cairn::agent::client::ServerTrust::InsecureBootstrap, server_id, None)
+        .unwrap()
+}
+
+/// One join_token AttestAgent exchange with `csr` for the agent key: the first response, or
+/// the refusal.
+pub async fn attest_with_join_token(
+    ch: &tonic::transport::Channel,
+    token: &str,
+    csr: Vec<u8>,
+) -> Result<cairn::wire::pb::spire::api::server::agent::v1::AttestAgentResponse, tonic::Status> {
+    use cairn::wire::pb::spire::api::server::agent::v1 as agentpb;
+    use cairn::wire::pb::spire::api::types as pt;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(agentpb::AttestAgentRequest {
+        step: Some(agentpb::attest_agent_request::Step::Params(agentpb::attest_agent_request::Params {
+            data: Some(pt::AttestationData { r#type: "join_token".into(), payload: token.as_bytes().to_vec() }),
+            params: Some(agentpb::AgentX509svidParams { csr }),
+        })),
+    })
+    .await
+    .unwrap();
+    let mut stream = agentpb::agent_client::AgentClient::new(ch.clone())
+        .attest_agent(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    stream.message().await?.ok_or_else(|| tonic::Status::unknown("stream closed without a response"))
+}

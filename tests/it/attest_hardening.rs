@@ -5,7 +5,7 @@
 use crate::common;
 
 use cairn::wire::pb::spire::api::server::agent::v1 as agentpb;
-use cairn::wire::pb::spire::api::types as pt;
+use common::agent::{attest_with_join_token as attest, bootstrap_channel as tls_channel};
 use common::*;
 use std::time::Duration;
 use tonic::Code;
@@ -13,30 +13,6 @@ use tonic::Code;
 fn good_csr() -> Vec<u8> {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     rcgen::CertificateParams::default().serialize_request(&key).unwrap().der().to_vec()
-}
-
-fn tls_channel(port: u16) -> tonic::transport::Channel {
-    let server_id = cairn::spiffe::SpiffeId::new("spiffe://example.org/spire/server").unwrap();
-    cairn::agent::client::connect(&format!("127.0.0.1:{port}"), cairn::agent::client::ServerTrust::InsecureBootstrap, server_id, None)
-        .unwrap()
-}
-
-/// One join_token AttestAgent exchange; the first response or the refusal.
-async fn attest(ch: &tonic::transport::Channel, token: &str, csr: Vec<u8>) -> Result<agentpb::AttestAgentResponse, tonic::Status> {
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    tx.send(agentpb::AttestAgentRequest {
-        step: Some(agentpb::attest_agent_request::Step::Params(agentpb::attest_agent_request::Params {
-            data: Some(pt::AttestationData { r#type: "join_token".into(), payload: token.as_bytes().to_vec() }),
-            params: Some(agentpb::AgentX509svidParams { csr }),
-        })),
-    })
-    .await
-    .unwrap();
-    let mut stream = agentpb::agent_client::AgentClient::new(ch.clone())
-        .attest_agent(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await?
-        .into_inner();
-    stream.message().await?.ok_or_else(|| tonic::Status::unknown("stream closed without a response"))
 }
 
 fn agent_id(resp: &agentpb::AttestAgentResponse) -> String {

@@ -194,34 +194,8 @@ async fn a_large_mixed_batch_answers_each_csr_in_order() {
     let token = token.trim().strip_prefix("Token: ").unwrap().to_owned();
     // Attest as an agent would: join token and a CSR for the agent's own key.
     let agent_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let server_id = cairn::spiffe::SpiffeId::new("spiffe://example.org/spire/server").unwrap();
-    let bootstrap = cairn::agent::client::connect(
-        &format!("127.0.0.1:{}", s.port),
-        cairn::agent::client::ServerTrust::InsecureBootstrap,
-        server_id.clone(),
-        None,
-    )
-    .unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    tx.send(agentpb::AttestAgentRequest {
-        step: Some(agentpb::attest_agent_request::Step::Params(agentpb::attest_agent_request::Params {
-            data: Some(pt::AttestationData { r#type: "join_token".into(), payload: token.into_bytes() }),
-            params: Some(agentpb::AgentX509svidParams {
-                csr: rcgen::CertificateParams::default().serialize_request(&agent_key).unwrap().der().to_vec(),
-            }),
-        })),
-    })
-    .await
-    .unwrap();
-    let resp = agentpb::agent_client::AgentClient::new(bootstrap)
-        .attest_agent(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner()
-        .message()
-        .await
-        .unwrap()
-        .unwrap();
+    let csr = rcgen::CertificateParams::default().serialize_request(&agent_key).unwrap().der().to_vec();
+    let resp = common::agent::attest_with_join_token(&common::agent::bootstrap_channel(s.port), &token, csr).await.unwrap();
     let Some(agentpb::attest_agent_response::Step::Result(r)) = resp.step else { panic!("no attestation result") };
     let bundle = bundlepb::bundle_client::BundleClient::new(admin.clone())
         .get_bundle(bundlepb::GetBundleRequest::default())
@@ -236,7 +210,7 @@ async fn a_large_mixed_batch_answers_each_csr_in_order() {
     let agent = cairn::agent::client::connect(
         &format!("127.0.0.1:{}", s.port),
         cairn::agent::client::ServerTrust::Roots(roots.clone()),
-        server_id,
+        cairn::spiffe::SpiffeId::new("spiffe://example.org/spire/server").unwrap(),
         Some(&identity),
     )
     .unwrap();
